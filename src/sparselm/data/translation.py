@@ -1,0 +1,103 @@
+"""`translation`: English→German sentence pairs from the Debian dictionary ``trans-de-en`` (TU Chemnitz, GPL-2+).
+
+The dictionary (``/usr/share/trans/de-en``) has one entry per line, ``DE | DE … :: EN | EN …``, whose ``|`` slots
+align one to one. Most slots are words or phrases; some are example sentences. A slot pair is kept when both
+sides, after removing the ``{f}``, ``[ugs.]``, ``<…>`` annotations, are full sentences:
+
+  * start with a capital letter or digit (optionally after an opening quote), end with ``.``, ``!`` or ``?``
+    (optionally before a closing quote), have at least 2 words;
+  * contain no ``/``, ``;``, ``…`` or ``...`` (alternatives and elisions such as "abgemacht/ausgemacht",
+    "Es regnet oft in …": a reference with alternatives in it would make BLEU meaningless).
+
+That gives ≈16,100 pairs; they are deduplicated by the English sentence (first German kept), sorted, shuffled
+with ``Random(seed)`` and cut into test / validation / train in that order, so the test set does not depend on
+the train size. The data is installed at run time and never committed (licence GPL-2+):
+``apt-get install trans-de-en``.
+
+Item: prompt = "Translate English to German:\\n{en}\\nGerman:", completion = " {de}", answer = "{de}".
+A seq2seq collator uses the prompt as the source and the stripped completion as the target.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sparselm.data.registry import Item, Task, register_task
+
+DEFAULT_PATH = Path("/usr/share/trans/de-en")
+_ANNOTATION = re.compile(r"\s*(\{[^}]*\}|\[[^\]]*\]|<[^>]*>)")
+_START = re.compile(r"^[„“\"'‚‘]?[A-ZÄÖÜ0-9]")
+_END = re.compile(r"[.!?][“”\"'’‘]?$")
+_ALTERNATIVES = re.compile(r"[…/;]|\.\.\.")
+
+
+def _clean(slot: str) -> str:
+    return re.sub(r"\s+", " ", _ANNOTATION.sub("", slot)).strip()
+
+
+def is_sentence(s: str) -> bool:
+    """A full sentence with no alternatives or elisions in it (see the module docstring)."""
+    return bool(_START.match(s)) and bool(_END.search(s)) and len(s.split()) >= 2 and not _ALTERNATIVES.search(s)
+
+
+def parse_trans_de_en(path: str | Path = DEFAULT_PATH) -> list[tuple[str, str]]:
+    """(english, german) sentence pairs from the dictionary file, deduplicated by English, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; install the EN-DE dictionary with "
+                                f"`apt-get install trans-de-en` (Debian/Ubuntu, as root)")
+    pairs: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or " :: " not in line:
+                continue
+            de, en = line.rstrip("\n").split(" :: ", 1)
+            de_slots, en_slots = de.split(" | "), en.split(" | ")
+            if len(de_slots) != len(en_slots):  # misaligned entry: slots cannot be paired
+                continue
+            for d, e in zip(de_slots, en_slots):
+                d, e = _clean(d), _clean(e)
+                if is_sentence(d) and is_sentence(e):
+                    pairs.setdefault(e, d)
+    return list(pairs.items())
+
+
+def translation_prompt(english: str) -> str:
+    return f"Translate English to German:\n{english}\nGerman:"
+
+
+@register_task("translation")
+class TranslationTask(Task):
+    name: ClassVar[str] = "translation"
+    metric: ClassVar[str] = "bleu"
+    # German references run to ~40 words ≈ 100 BPE tokens; 128 new tokens cover them.
+    max_new_tokens: ClassVar[int] = 128
+
+    def __init__(self, n_train: int | None = None, n_validation: int = 500, n_test: int = 1000, seed: int = 0,
+                 path: str | Path = DEFAULT_PATH, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_train, self.n_validation, self.n_test = n_train, n_validation, n_test  # n_train None: all the rest
+        self.seed, self.path = seed, Path(path)
+        self._pairs: list[tuple[str, str]] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "n_train": self.n_train, "n_validation": self.n_validation,
+                "n_test": self.n_test, "seed": self.seed, "path": str(self.path)}
+
+    def generate(self, split: str) -> list[Item]:
+        self.check_split(split)
+        if self._pairs is None:
+            self._pairs = sorted(parse_trans_de_en(self.path))
+            random.Random(self.seed).shuffle(self._pairs)
+        n_eval = self.n_test + self.n_validation
+        if n_eval >= len(self._pairs):
+            raise ValueError(f"n_test + n_validation = {n_eval} leaves no training pairs (have {len(self._pairs)})")
+        bounds = {"test": (0, self.n_test), "validation": (self.n_test, n_eval),
+                  "train": (n_eval, len(self._pairs) if self.n_train is None else n_eval + self.n_train)}
+        lo, hi = bounds[split]
+        if hi > len(self._pairs):
+            raise ValueError(f"n_train={self.n_train}: only {len(self._pairs) - n_eval} training pairs exist")
+        return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": "trans-de-en"}
+                for en, de in self._pairs[lo:hi]]
