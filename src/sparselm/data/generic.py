@@ -74,13 +74,13 @@ class LocalTask(Task):
     def generate(self, split: str) -> list[Item]:
         self.check_split(split)
         if self.path.is_file():
-            rows = read_jsonl(self.path)
+            where, rows = str(self.path), read_jsonl(self.path)
         elif self._files:
-            rows = read_jsonl(self._files[split])
+            where, rows = str(self._files[split]), read_jsonl(self._files[split])
         else:
-            rows = list(self._hf[split] if self.splits != ("all",) else self._hf)
+            where, rows = f"{self.path} [{split}]", list(self._hf[split] if self.splits != ("all",) else self._hf)
         fields = {f"{k}_field": v for k, v in self.fields.items()}
-        return rows_to_items(rows, f"{self.path} [{split}]", **fields)
+        return rows_to_items(rows, where, **fields)
 
     def items(self, split: str, limit: int | None = None) -> list[Item]:
         data = self.generate(split)

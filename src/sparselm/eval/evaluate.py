@@ -1,0 +1,175 @@
+"""`evaluate` (one model, one task split → metrics dict), `run_eval` (the CLI's entry: load, evaluate, write JSON)
+and `print_results_table`.
+
+    from sparselm.eval import run_eval
+    run_eval("out/teacher", "reasoning", split="test", out_json="out/eval/teacher_reasoning.json")
+    run_eval("out/teacher", "perplexity", text_file="data/shakespeare.txt", out_json="out/eval/ppl.json")
+
+Metrics by task (`Task.metric`):
+  exact_match      greedy generation, `extract_short_answer`, `answers_match`; + teacher-forced log-likelihood
+  gsm_exact_match  same with `extract_gsm_answer` (number after the last ####)
+  bleu             greedy generation, first line of the output as the hypothesis; BLEU + chrF; + log-likelihood
+  wer              (ASR) transcripts from `sparselm.data.asr`; word error rate
+  perplexity       not a task: a text file scored by `sparselm.eval.perplexity`
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sparselm.data.jsonl import write_jsonl
+from sparselm.data.registry import Task, get_task
+from sparselm.eval.answers import answers_match, extract_gsm_answer, extract_short_answer
+from sparselm.eval.generate import generate_greedy
+from sparselm.eval.loglik import completion_logliks, loglik_summary
+from sparselm.eval.metrics import bleu_chrf
+
+EVAL_TASKS = ("reasoning", "gsm", "translation", "asr", "perplexity")  # names the CLI offers
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def _per_source(items: list[dict], correct: list[bool]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for it, ok in zip(items, correct):
+        groups[it.get("source", "all")].append(ok)
+    return {k: {"n": len(v), "exact_match": sum(v) / len(v)} for k, v in sorted(groups.items())}
+
+
+def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int | None = None,
+                  batch_size: int = 16, loglik: bool = True, max_new_tokens: int | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Metrics of `model` on `task`/`split` (see the module docstring); ``predictions`` holds one row per item."""
+    items = task.items(split, limit=limit)
+    if not items:
+        raise ValueError(f"task {task.name!r} split {split!r} has no items")
+    metric = task.metric
+    res: dict[str, Any] = {"task": task.name, "split": split, "n": len(items), "metric": metric}
+    if metric in ("exact_match", "gsm_exact_match", "bleu"):
+        budget = max_new_tokens or task.max_new_tokens
+        gens = generate_greedy(model, tokenizer, [it["prompt"] for it in items], budget, batch_size,
+                               progress=progress)
+        res["max_new_tokens"] = budget
+        if metric == "bleu":
+            preds = [_first_line(g) for g in gens]
+            res.update(bleu_chrf(preds, [it["answer"] for it in items]))
+            correct = [None] * len(items)
+        else:
+            extract = extract_gsm_answer if metric == "gsm_exact_match" else extract_short_answer
+            preds = [extract(g) for g in gens]
+            correct = [answers_match(p, it["answer"]) for p, it in zip(preds, items)]
+            res["exact_match"] = sum(correct) / len(correct)
+            res["per_source"] = _per_source(items, correct)
+        res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"], "generation": g, "prediction": p,
+                               "correct": c} for it, g, p, c in zip(items, gens, preds, correct)]
+    else:
+        raise ValueError(f"task {task.name!r}: unknown metric {metric!r}")
+    if loglik:
+        # teacher forcing is ~1 forward per batch; half the generation batch since it keeps full-vocab logits
+        scores = completion_logliks(model, tokenizer, items, batch_size=max(1, batch_size // 2))
+        res.update(loglik_summary(scores))
+        for row, (ll, n) in zip(res["predictions"], scores):
+            row["loglik"], row["target_tokens"] = ll, n
+    return res
+
+
+def evaluate(model, tokenizer, task: str | Task, split: str = "test", limit: int | None = None,
+             batch_size: int = 16, text_file: str | Path | None = None, task_kwargs: dict | None = None,
+             **kwargs: Any) -> dict[str, Any]:
+    """Dispatch by task: "perplexity" (needs `text_file`), "asr" (sparselm.data.asr), or any registered task /
+    dataset path (see `evaluate_task`; `kwargs` go there: loglik, max_new_tokens, progress)."""
+    if task == "perplexity":
+        from sparselm.eval.perplexity import perplexity
+
+        if text_file is None:
+            raise ValueError("task 'perplexity' needs text_file= (a UTF-8 text file)")
+        ppl_kw = {k: kwargs[k] for k in ("context_length", "stride", "max_tokens") if k in kwargs}
+        return {"task": "perplexity", "split": str(text_file), **perplexity(model, tokenizer, path=text_file,
+                                                                             **ppl_kw)}
+    if task == "asr":
+        return _evaluate_asr(model, tokenizer, split, limit, batch_size, **(task_kwargs or {}))
+    task_obj = task if isinstance(task, Task) else get_task(task, **(task_kwargs or {}))
+    return evaluate_task(model, tokenizer, task_obj, split, limit, batch_size, **kwargs)
+
+
+def _evaluate_asr(model, processor, split: str, limit: int | None, batch_size: int, **kw: Any) -> dict[str, Any]:
+    """Speech recognition WER; the data and transcription live in sparselm.data.asr (the speech module)."""
+    try:
+        from sparselm.data import asr
+    except ImportError:
+        raise NotImplementedError("task 'asr' needs sparselm/data/asr.py (functions `transcribe` and `wer`), "
+                                  "which is not in this checkout yet") from None
+    missing = [f for f in ("transcribe", "wer") if not hasattr(asr, f)]
+    if missing:
+        raise NotImplementedError(f"sparselm.data.asr lacks {', '.join(missing)}; task 'asr' cannot run")
+    if hasattr(asr, "evaluate_asr"):
+        return asr.evaluate_asr(model, processor, split=split, limit=limit, batch_size=batch_size, **kw)
+    raise NotImplementedError("sparselm.data.asr has transcribe/wer but no evaluate_asr(model, processor, split, "
+                              "limit, batch_size) to choose its clips; add it there")
+
+
+def load_model(path: str | Path, device: str | None = None):
+    """(model, tokenizer) from a local HF directory, in eval mode; encoder-decoders via AutoModelForSeq2SeqLM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a HF model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = cls.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), tokenizer
+
+
+def write_results(results: dict[str, Any], out_json: str | Path) -> Path:
+    """Write the metrics (without per-item rows) to `out_json` and the rows to `<stem>.predictions.jsonl`."""
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    rows = results.get("predictions")
+    summary = {k: v for k, v in results.items() if k != "predictions"}
+    if rows is not None:
+        pred_path = out_json.with_name(out_json.stem + ".predictions.jsonl")
+        write_jsonl(pred_path, rows)
+        summary["predictions_file"] = pred_path.name
+    tmp = out_json.with_name(f".{out_json.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out_json)
+    return out_json
+
+
+def run_eval(model_path_or_model, task: str, split: str = "test", out_json: str | Path | None = None, *,
+             tokenizer=None, limit: int | None = None, batch_size: int = 16, text_file: str | Path | None = None,
+             task_kwargs: dict | None = None, device: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a model (a local HF directory, a (model, tokenizer) pair, or a model with `tokenizer=`) and write
+    the results JSON when `out_json` is given. Returns the metrics (per-item rows under "predictions")."""
+    import sparselm
+
+    if isinstance(model_path_or_model, (str, Path)):
+        model, tokenizer = load_model(model_path_or_model, device)
+        name = str(model_path_or_model)
+    elif isinstance(model_path_or_model, tuple):
+        model, tokenizer = model_path_or_model
+        name = type(model).__name__
+    else:
+        model, name = model_path_or_model, type(model_path_or_model).__name__
+    if tokenizer is None:
+        raise ValueError("run_eval: pass tokenizer= with a model object (or a model directory)")
+    model.eval()
+    t0 = time.time()
+    res = evaluate(model, tokenizer, task, split, limit=limit, batch_size=batch_size, text_file=text_file,
+                   task_kwargs=task_kwargs, **kwargs)
+    res.update(model=name, batch_size=batch_size, limit=limit, seconds=round(time.time() - t0, 2),
+               sparselm_version=sparselm.__version__, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if out_json is not None:
+        write_results(res, out_json)
+    return res

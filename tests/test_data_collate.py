@@ -1,0 +1,72 @@
+"""Collation: prompt/padding labels masked with -100, right padding for training, left padding for generation,
+seq2seq source/target batches."""
+from __future__ import annotations
+
+import torch
+
+from sparselm.data import (IGNORE_INDEX, CausalLMCollator, Seq2SeqCollator, encode_causal, generation_batch,
+                           pad_token_id)
+from test_eval_fixtures import char_tokenizer
+
+
+def ids(tok, s):
+    return tok(s, add_special_tokens=False)["input_ids"]
+
+
+def test_encode_causal_masks_prompt_and_appends_eos():
+    tok = char_tokenizer(bos=True)
+    f = encode_causal(tok, "Q:1+1", " 2")
+    p = [tok.bos_token_id] + ids(tok, "Q:1+1")
+    c = ids(tok, " 2") + [tok.eos_token_id]
+    assert f["input_ids"] == p + c
+    assert f["labels"] == [IGNORE_INDEX] * len(p) + c
+
+
+def test_truncation_cuts_prompt_from_the_left_then_completion():
+    tok = char_tokenizer()
+    f = encode_causal(tok, "abcdef", "xy", max_length=5)          # completion x, y, eos = 3 tokens
+    assert f["input_ids"] == ids(tok, "ef") + ids(tok, "xy") + [tok.eos_token_id]
+    assert f["labels"][:2] == [IGNORE_INDEX] * 2
+    g = encode_causal(tok, "abc", "vwxyz", max_length=4)
+    assert g["input_ids"] == ids(tok, "vwxy") and IGNORE_INDEX not in g["labels"]
+
+
+def test_causal_collator_right_pads_with_masked_labels():
+    tok = char_tokenizer()
+    batch = CausalLMCollator(tok)([{"prompt": "ab", "completion": "c"}, {"prompt": "a", "completion": "bcde"}])
+    a, b, c, d, e = ids(tok, "abcde")
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert batch["input_ids"].tolist() == [[a, b, c, eos, pad, pad], [a, b, c, d, e, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
+    m = IGNORE_INDEX
+    assert batch["labels"].tolist() == [[m, m, c, eos, m, m], [m, b, c, d, e, eos]]
+
+
+def test_generation_batch_left_pads():
+    tok = char_tokenizer(bos=True)
+    batch = generation_batch(tok, ["abc", "a"])
+    a, b, c = ids(tok, "abc")
+    bos, pad = tok.bos_token_id, tok.pad_token_id
+    assert batch["input_ids"].tolist() == [[bos, a, b, c], [pad, pad, bos, a]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert generation_batch(tok, ["abc"], max_length=2)["input_ids"].tolist() == [[b, c]]
+
+
+def test_seq2seq_collator_source_and_target():
+    tok = char_tokenizer()
+    batch = Seq2SeqCollator(tok)([{"prompt": "ab", "completion": " xyz"}, {"prompt": "abcd", "completion": " x"}])
+    a, b, c, d = ids(tok, "abcd")
+    x, y, z = ids(tok, "xyz")
+    eos, pad, m = tok.eos_token_id, tok.pad_token_id, IGNORE_INDEX
+    assert batch["input_ids"].tolist() == [[a, b, pad, pad], [a, b, c, d]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[x, y, z, eos], [x, eos, m, m]]  # completion stripped, EOS added
+
+
+def test_pad_falls_back_to_eos():
+    tok = char_tokenizer()
+    tok.pad_token = None
+    assert pad_token_id(tok) == tok.eos_token_id
+    batch = CausalLMCollator(tok)([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": "bc"}])
+    assert batch["input_ids"][0, -1] == tok.eos_token_id and batch["labels"][0, -1] == IGNORE_INDEX
+    assert isinstance(batch["labels"], torch.Tensor)
