@@ -1,0 +1,144 @@
+"""The CUDA backend of SparseLinear: per (shape, batch, dtypes) dispatch between the bitmask Triton kernels and
+cuBLAS on a dense copy, from a measured table (autotune / load_dispatch_table) or default heuristics.
+
+Dispatch key: (N, K, batch bucket, values dtype, activation dtype); buckets 1, 2, 4, ..., 64 (next power of two).
+Batches above MAX_SPARSE_BATCH always go dense: tensor-core GEMMs are compute-bound there and the bitmask decode
+is pure overhead (the prefill path decompresses W tile by tile, then calls cuBLAS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from sparselm.kernels.gpu.ops import PackedBitmask, SpmmConfig, decompress_gpu, spmm
+
+MAX_SPARSE_BATCH = 64  # rows of x; above this, dense cuBLAS (decode-sized batches only go sparse)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+Key = tuple[int, int, int, str, str]
+_TABLE: dict[Key, dict[str, Any]] = {}  # measured choices: {"path": "sparse"|"dense", "cfg": SpmmConfig}
+
+
+def bucket(batch: int) -> int:
+    for b in BUCKETS:
+        if batch <= b:
+            return b
+    return batch
+
+
+def default_config(batch: int) -> SpmmConfig:
+    """Heuristic choice when nothing was measured: CUDA-core FMAs for a GEMV, tensor cores above."""
+    if batch == 1:
+        return SpmmConfig(block_n=16, block_k=256, block_b=1, num_warps=4)
+    return SpmmConfig(block_n=32, block_k=256, block_b=max(16, bucket(batch)), use_dot=True, num_warps=4)
+
+
+def _dtype_name(t: torch.dtype) -> str:
+    return str(t).removeprefix("torch.")
+
+
+def key_of(n: int, k: int, batch: int, values: torch.dtype, act: torch.dtype) -> Key:
+    return (n, k, bucket(batch), _dtype_name(values), _dtype_name(act))
+
+
+def record(key: Key, path: str, cfg: SpmmConfig | None) -> None:
+    _TABLE[key] = {"path": path, "cfg": cfg}
+
+
+def choice(key: Key) -> dict[str, Any]:
+    if key in _TABLE:
+        return _TABLE[key]
+    if key[2] > MAX_SPARSE_BATCH:
+        return {"path": "dense", "cfg": None}
+    return {"path": "sparse", "cfg": default_config(key[2])}
+
+
+def save_dispatch_table(path: str | os.PathLike) -> None:
+    rows = [{"N": k[0], "K": k[1], "batch": k[2], "values": k[3], "act": k[4], "path": v["path"],
+             "cfg": asdict(v["cfg"]) if v["cfg"] is not None else None} for k, v in _TABLE.items()]
+    with open(path, "w") as f:
+        json.dump({"rows": rows}, f, indent=1)
+
+
+def load_dispatch_table(path: str | os.PathLike) -> int:
+    """Merge a table written by save_dispatch_table (or benchmarks/gpu_kernels.py's "dispatch"); returns rows."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = data.get("dispatch", data.get("rows", []))
+    for r in rows:
+        cfg = SpmmConfig(**r["cfg"]) if r.get("cfg") else None
+        record((int(r["N"]), int(r["K"]), int(r["batch"]), r["values"], r["act"]), r["path"], cfg)
+    return len(rows)
+
+
+def packed(layer) -> PackedBitmask:
+    """The layer's kernel view, built once per device (SparseLinear._apply clears it on moves)."""
+    p = layer.kernel_state.get("packed")
+    if p is None:
+        p = layer.kernel_state["packed"] = PackedBitmask.from_compressed(layer.compressed)
+    return p
+
+
+def dense_from_kernel(layer, dtype: torch.dtype) -> torch.Tensor | None:
+    return decompress_gpu(packed(layer), dtype)
+
+
+def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
+    """y2d = x2d @ W.T by the table's choice; None = dense fallback (SparseLinear handles it)."""
+    if x2d.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return None
+    ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], layer.values.dtype, x2d.dtype))
+    if ch["path"] == "dense":
+        return F.linear(x2d, layer.dense_weight(x2d.dtype))
+    return spmm(x2d, packed(layer), ch["cfg"])
+
+
+def candidate_configs(batch: int) -> list[SpmmConfig]:
+    """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket."""
+    if batch == 1:
+        return [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
+                for bn, bk, w, s in ((16, 256, 4, 1), (8, 256, 2, 1), (32, 256, 8, 1), (16, 512, 4, 1),
+                                     (16, 256, 4, 4))]
+    bb = max(16, bucket(batch))
+    out = [SpmmConfig(block_n=bn, block_k=bk, block_b=bb, use_dot=True, num_warps=w)
+           for bn, bk, w in ((16, 256, 4), (32, 256, 4), (64, 128, 4))]
+    if batch <= 4:
+        out.append(SpmmConfig(block_n=16, block_k=256, block_b=bucket(batch), num_warps=4))
+    return out
+
+
+def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype: torch.dtype = torch.float16,
+             copies: int = 4) -> dict[Key, dict[str, Any]]:
+    """Measure, for each distinct SparseLinear shape on CUDA, every candidate config and cuBLAS dense; record
+    the fastest per batch bucket (so dispatch is never slower than dense, as measured). Returns the new rows."""
+    from sparselm.kernels.gpu.timing import time_graph
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    seen: dict[tuple, Any] = {}
+    for mod in model.modules():
+        if isinstance(mod, SparseLinear) and mod.values.is_cuda:
+            seen.setdefault((mod.out_features, mod.in_features, mod.values.dtype), mod)
+    new: dict[Key, dict[str, Any]] = {}
+    for (n, k, vdt), layer in seen.items():
+        p = packed(layer)
+        dense = [layer.dense_weight(act_dtype).clone() for _ in range(copies)]
+        for b in batches:
+            x = torch.randn(b, k, device=p.values.device, dtype=act_dtype)
+            best = ("dense", None, time_graph([lambda w=w: F.linear(x, w) for w in dense]))
+            for cfg in candidate_configs(b):
+                try:
+                    ms = time_graph([lambda: spmm(x, p, cfg)] * copies)
+                except Exception:  # a config the compiler rejects on this GPU is skipped, not fatal
+                    continue
+                if ms < best[2]:
+                    best = ("sparse", cfg, ms)
+            key = key_of(n, k, b, vdt, act_dtype)
+            record(key, best[0], best[1])
+            new[key] = _TABLE[key]
+        del dense
+    return new
