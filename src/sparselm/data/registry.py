@@ -39,7 +39,7 @@ class Task:
 
     name: ClassVar[str] = "task"
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
-    # Metric used by `sparselm.eval.evaluate`: "exact_match" | "gsm_exact_match" | "bleu" (BLEU+chrF).
+    # Metric used by `sparselm.eval.evaluate_task`: "exact_match" | "gsm_exact_match" | "bleu" (BLEU+chrF).
     metric: ClassVar[str] = "exact_match"
     # Generation budget in new tokens; per task because a chain of thought needs far more than a word.
     max_new_tokens: ClassVar[int] = 32

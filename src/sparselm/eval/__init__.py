@@ -7,7 +7,7 @@ perplexity, dispatched by task.
 """
 from sparselm.eval.answers import (answers_match, extract_gsm_answer, extract_short_answer, normalize_answer,
                                    parse_number)
-from sparselm.eval.evaluate import (EVAL_TASKS, evaluate, evaluate_task, load_model, run_eval, write_results)
+from sparselm.eval.runner import (EVAL_TASKS, evaluate, evaluate_task, load_model, run_eval, write_results)
 from sparselm.eval.generate import generate_greedy
 from sparselm.eval.loglik import completion_logliks, loglik_summary
 from sparselm.eval.metrics import bleu_chrf, exact_match, normalize_for_wer, word_error_rate

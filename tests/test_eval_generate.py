@@ -1,0 +1,104 @@
+"""Batched greedy generation equals one-at-a-time generation (decoder-only with left padding, and T5), and
+`evaluate` / `run_eval` score, dispatch and write results correctly."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+import sparselm.eval.runner as ev
+from sparselm.data import get_task
+from sparselm.eval import generate_greedy, print_results_table, run_eval
+from test_eval_fixtures import char_tokenizer, tiny_llama, tiny_t5
+
+PROMPTS = ["Question: 12+7=\nAnswer:", "Q: a\nA:", "Translate: the house\nGerman:", "x"]
+
+
+def _one_by_one(model, tok, prompts, n):
+    return [generate_greedy(model, tok, [p], n, batch_size=1)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_decoder_only_batched_equals_single(bos):
+    tok, model = char_tokenizer(bos=bos), tiny_llama()
+    batched = generate_greedy(model, tok, PROMPTS, max_new_tokens=6, batch_size=4)
+    assert batched == _one_by_one(model, tok, PROMPTS, 6)
+    assert all(len(tok(g, add_special_tokens=False)["input_ids"]) <= 6 for g in batched)
+    assert not any(g.startswith(p) for g, p in zip(batched, PROMPTS) if p)  # prompt not echoed
+
+
+def test_encoder_decoder_batched_equals_single():
+    tok, model = char_tokenizer(), tiny_t5()
+    batched = generate_greedy(model, tok, PROMPTS, max_new_tokens=5, batch_size=3)
+    assert batched == _one_by_one(model, tok, PROMPTS, 5)
+
+
+def _gsm_file(tmp_path):
+    rows = [{"prompt": "Question: 2+2?\nAnswer:", "completion": " 2+2=4\n#### 4", "answer": "4"},
+            {"prompt": "Question: 3+3?\nAnswer:", "completion": " 3+3=6\n#### 6", "answer": "6"}]
+    d = tmp_path / "gsm"
+    d.mkdir()
+    (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_evaluate_scores_extracted_answers(tmp_path, monkeypatch):
+    """With the generations forced, exact match counts the number after #### only."""
+    tok, model = char_tokenizer(), tiny_llama()
+    task = get_task("gsm", data_dir=_gsm_file(tmp_path))
+    monkeypatch.setattr(ev, "generate_greedy", lambda m, t, prompts, *a, **k: [" so 4\n#### 4.0", " #### 7"])
+    res = ev.evaluate(model, tok, task, "test", batch_size=2)
+    assert res["exact_match"] == 0.5 and res["n"] == 2 and res["metric"] == "gsm_exact_match"
+    assert [r["prediction"] for r in res["predictions"]] == ["4.0", "7"]
+    assert res["loglik_per_token"] < 0 and res["target_tokens"] == 2 * (len(" 2+2=4\n#### 4") + 1)
+    assert res["per_source"] == {"all": {"n": 2, "exact_match": 0.5}}
+
+
+def test_run_eval_writes_json_and_predictions(tmp_path):
+    tok, model = char_tokenizer(), tiny_llama()
+    out = tmp_path / "res" / "gsm.json"
+    res = run_eval((model, tok), "gsm", "test", out, limit=1, batch_size=2,
+                   task_kwargs={"data_dir": _gsm_file(tmp_path)}, max_new_tokens=4)
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 1 and saved["exact_match"] == res["exact_match"] == 0.0  # random weights
+    assert saved["max_new_tokens"] == 4 and "predictions" not in saved
+    rows = (tmp_path / "res" / "gsm.predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["answer"] == "4"
+    buf = io.StringIO()
+    print_results_table([saved, {"task": "translation", "bleu": 12.345}], file=buf, plain=True)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["model", "task", "split"] and "12.35" in lines[2]
+
+
+def test_translation_metric_and_model_dir_roundtrip(tmp_path, monkeypatch):
+    tok, model = char_tokenizer(), tiny_llama()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    f = tmp_path / "tr.jsonl"
+    f.write_text(json.dumps({"prompt": "EN: the cat\nDE:", "completion": " die Katze sitzt auf der Matte"}) + "\n")
+    task = get_task(str(f), metric="bleu", max_new_tokens=3)
+    monkeypatch.setattr(ev, "generate_greedy", lambda *a, **k: ["die Katze sitzt auf der Matte\nmore text"])
+    res = run_eval(str(tmp_path / "m"), task, "all", device="cpu", loglik=False)
+    assert res["bleu"] == pytest.approx(100.0) and res["chrf"] == pytest.approx(100.0)
+    assert res["predictions"][0]["prediction"] == "die Katze sitzt auf der Matte"  # first line only
+
+
+def test_dispatch_errors(tmp_path):
+    tok, model = char_tokenizer(), tiny_llama()
+    with pytest.raises(ValueError, match="text_file"):
+        run_eval((model, tok), "perplexity")
+    (tmp_path / "t.txt").write_text("some text for perplexity")
+    res = run_eval((model, tok), "perplexity", text_file=tmp_path / "t.txt", context_length=8, stride=4)
+    assert res["perplexity"] > 1 and res["tokens"] == len("some text for perplexity") - 1
+    with pytest.raises(ValueError, match="tokenizer="):
+        run_eval(model, "gsm")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        run_eval(str(tmp_path), "gsm")
+    try:
+        import sparselm.data.asr  # noqa: F401
+    except ImportError:
+        with pytest.raises(NotImplementedError, match="sparselm/data/asr.py"):
+            run_eval((model, tok), "asr")
+    assert torch.is_grad_enabled()
