@@ -127,12 +127,13 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
     for (n, k, vdt), layer in seen.items():
         p = packed(layer)
         dense = [layer.dense_weight(act_dtype).clone() for _ in range(copies)]
+        sparse = [p] + [p.clone() for _ in range(copies - 1)]  # same rotation as dense: no L2 advantage
         for b in batches:
             x = torch.randn(b, k, device=p.values.device, dtype=act_dtype)
             best = ("dense", None, time_graph([lambda w=w: F.linear(x, w) for w in dense]))
             for cfg in candidate_configs(b):
                 try:
-                    ms = time_graph([lambda: spmm(x, p, cfg)] * copies)
+                    ms = time_graph([lambda q=q: spmm(x, q, cfg) for q in sparse])
                 except Exception:  # a config the compiler rejects on this GPU is skipped, not fatal
                     continue
                 if ms < best[2]:
@@ -140,5 +141,5 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
             key = key_of(n, k, b, vdt, act_dtype)
             record(key, best[0], best[1])
             new[key] = _TABLE[key]
-        del dense
+        del dense, sparse
     return new

@@ -64,6 +64,13 @@ class PackedBitmask:
             mode = SCALE_ROW if gs >= k else SCALE_GROUP
         return cls(ct.shape, words, ct.values, ct.row_ptr, ct.scales, max(1, gs), mode, {}, ct)
 
+    def clone(self) -> "PackedBitmask":
+        """An independent copy in fresh memory (benchmarks rotate copies to stay out of the L2)."""
+        cl = lambda t: None if t is None else t.clone()  # noqa: E731
+        return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
+                             self.group_size, self.scale_mode, {k: v.clone() for k, v in self._cptr.items()},
+                             self._ct)
+
     def chunk_ptr(self, block_k: int) -> torch.Tensor:
         if block_k not in self._cptr:
             ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values, self.row_ptr)
