@@ -1,0 +1,284 @@
+"""`finetune`: dense fine-tune, one-shot prune, sparse fine-tune with distillation — driven by one recipe.
+
+    # CPU, tiny Llama, < 60 s:
+    sparselm finetune src/sparselm/recipes/tiny-cpu.yaml --out runs/tiny
+    # one GPU (bf16 autocast, fp32 master weights, fused AdamW):
+    sparselm finetune my-recipe.yaml --out runs/gsm-sparse train.batch_size=32
+    # several GPUs (DDP; add train.fsdp=true for FSDP2, single pruning stage):
+    torchrun --nproc-per-node 2 -m sparselm.train my-recipe.yaml --out runs/gsm-sparse
+
+Phases: [dense-teacher] (teacher.source: dense-finetune) -> stage-0 .. stage-k (each: re-prune the current student
+with keep_zeros, fix the mask, fine-tune), or one `dense` phase when the recipe has no `pruning`. Each phase has
+its own AdamW state and warm-up/decay schedule. A checkpoint is written right after each pruning (so a resume never
+re-prunes), every `train.ckpt_every` steps, and at each phase end; `resume=True` continues from `latest`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparselm.distill import DistillationLoss, check_vocab
+from sparselm.recipes.schema import FinetuneRecipe, dump_recipe, load_finetune_recipe, validate_finetune_recipe
+from sparselm.train import checkpoint as ckpt_io
+from sparselm.train.data import BatchPlan, calibration_batches
+from sparselm.train.loop import LoopParts, MetricsLog, Phase, train_phase
+from sparselm.train.mask import FixedMask
+from sparselm.train.optim import LinearWarmupDecay, build_adamw, warmup_steps
+from sparselm.train.setup import (git_sha, load_examples, load_student, load_teacher_from_path, make_accelerator,
+                                  plan_phases, reload_teacher, save_teacher_atomic, snapshot)
+from sparselm.train.step import ObjectiveStep, model_inputs
+
+
+def resolve_recipe(recipe: FinetuneRecipe | str | Path, overrides: list[str] | None = None,
+                   out: str | None = None) -> FinetuneRecipe:
+    """A validated recipe with overrides applied (and `output.dir` replaced by `out` when given)."""
+    overrides = list(overrides or []) + ([f"output.dir={out}"] if out else [])
+    if isinstance(recipe, FinetuneRecipe):
+        from sparselm.recipes.schema import apply_overrides
+
+        return validate_finetune_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    return load_finetune_recipe(recipe, overrides)
+
+
+def finetune(recipe: FinetuneRecipe | str | Path, overrides: list[str] | None = None, out: str | None = None,
+             resume: bool = False) -> Path:
+    """Run a fine-tuning recipe; returns the output directory (model + tokenizer, sparsity.json, metrics.jsonl,
+    recipe.yaml, run.json, checkpoints/)."""
+    return FinetuneRun(resolve_recipe(recipe, overrides, out)).run(resume)
+
+
+class FinetuneRun:
+    def __init__(self, recipe: FinetuneRecipe) -> None:
+        from sparselm.models import get_adapter
+
+        self.recipe, self.out = recipe, Path(recipe.output.dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.recipe_yaml = dump_recipe(recipe)
+        torch.manual_seed(recipe.train.seed)
+        self.student, self.tokenizer = load_student(recipe)
+        self.adapter = get_adapter(self.student)
+        self.acc = make_accelerator(recipe, type(self.adapter.blocks(self.student)[0][1]).__name__)
+        self.fsdp = recipe.train.fsdp and self.acc.num_processes > 1
+        self.causal = not getattr(self.student.config, "is_encoder_decoder", False)
+        self.examples = load_examples(recipe, self.tokenizer, self.causal)
+        global_batch = recipe.train.batch_size * self.acc.num_processes
+        self.phases = plan_phases(recipe, max(1, len(self.examples) // global_batch))
+        if self.fsdp and len(self.phases) > 1:
+            raise ValueError("train.fsdp: FSDP2 runs support one phase (one pruning stage, no in-run dense "
+                             "teacher); use DDP (train.fsdp=false) for staged pruning")
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.acc.is_main_process)
+        self.student.to(self.acc.device)
+        self.teacher: nn.Module | None = None
+        self.model_fwd: nn.Module | None = None
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+    def run(self, resume: bool) -> Path:
+        ckpt = self._find_checkpoint(resume)
+        start_phase, start_step, masks = 0, 0, None
+        state: dict = {}
+        if ckpt is not None:
+            state = ckpt_io.read_state(ckpt)
+            ckpt_io.load_weights(ckpt, self.student)
+            start_phase, start_step, masks = state["phase"], state["step"], ckpt_io.load_masks(ckpt)
+            self.metrics.truncate_after(state["global_step"])
+            self.acc.print(f"resuming from {ckpt} (phase {start_phase}, step {start_step})")
+        elif self.acc.is_main_process and self.metrics.path.exists():
+            self.metrics.path.unlink()
+        self._init_teacher()
+        for phase in self.phases[start_phase:]:
+            here = ckpt is not None and phase.index == start_phase
+            step0 = start_step if here else 0
+            if step0 < phase.steps:
+                self._run_phase(phase, step0, ckpt if here else None, masks if here else None, state)
+            if phase.name == "dense-teacher" and self.teacher is None:
+                self._make_teacher(lambda: snapshot(self.student))
+        return self._finalize()
+
+    def _find_checkpoint(self, resume: bool) -> Path | None:
+        latest = ckpt_io.latest_checkpoint(self.ckpt_root)
+        if latest is not None and not resume:
+            raise FileExistsError(f"{self.out} already holds a run (checkpoint {latest.name}); pass --resume to "
+                                  "continue it, or choose another --out")
+        if resume and latest is None:
+            self.acc.print(f"--resume: no checkpoint under {self.ckpt_root}; starting from the beginning")
+        return latest
+
+    # -- teacher ---------------------------------------------------------------------------------------------------
+    def _init_teacher(self) -> None:
+        spec = self.recipe.teacher
+        if spec is None:
+            return
+        if spec.source == "path":
+            model, tok = load_teacher_from_path(self.recipe)
+            check_vocab(self.student, model, self.tokenizer, tok)
+            self.teacher = model.to(self.acc.device)
+        elif (self.out / "teacher").is_dir():
+            self.teacher = reload_teacher(self.student, self.out / "teacher").to(self.acc.device)
+        elif spec.source == "initial":
+            self._make_teacher(lambda: snapshot(self.student))
+
+    def _make_teacher(self, build) -> None:
+        teacher = build()
+        if self.acc.is_main_process:
+            save_teacher_atomic(teacher, self.out / "teacher")
+        self.acc.wait_for_everyone()
+        self.teacher = teacher.to(self.acc.device)
+
+    # -- one phase -------------------------------------------------------------------------------------------------
+    def _run_phase(self, phase: Phase, step0: int, ckpt: Path | None, masks: dict | None, state: dict) -> None:
+        r, module = self.recipe, self.student
+        mask: FixedMask | None = None
+        if phase.stage is not None and not self.fsdp:
+            if ckpt is not None and masks is not None:
+                mask = FixedMask.from_state(module, masks)
+            else:
+                self._prune(phase)
+                mask = FixedMask.from_zeros(module, self.adapter.prunable_linears(module))
+                self._save(phase, 0, None, mask, None)
+        elif phase.stage is not None and ckpt is None:
+            self._prune(phase)
+        module.train()
+        optimizer = build_adamw([p for p in module.parameters() if p.requires_grad], r.optim.lr, r.optim.betas,
+                                r.optim.eps, r.optim.weight_decay, r.optim.fused, self.acc.device.type)
+        model_fwd, optimizer = self._prepare(module, optimizer)
+        if self.fsdp and phase.stage is not None:  # masks of the local shards, after sharding
+            mask = FixedMask.from_zeros(module, self.adapter.prunable_linears(module))
+        schedule = LinearWarmupDecay(optimizer, r.optim.lr, phase.steps,
+                                     warmup_steps(phase.steps, r.schedule.warmup_steps, r.schedule.warmup_ratio),
+                                     r.schedule.decay, r.schedule.final_lr_ratio)
+        if ckpt is not None:
+            if step0 > 0:
+                ckpt_io.load_optimizer_state(ckpt, optimizer, module)
+                schedule.load_state_dict(state["schedule"])
+            ckpt_io.load_rng(ckpt)
+        loss = DistillationLoss(phase.loss_weights, self._loss_options())
+        teacher = self.teacher if loss.needs_teacher else None
+        if loss.needs_teacher and teacher is None:
+            raise ValueError(f"phase {phase.name}: losses {loss.names} need a teacher but none was built")
+        objective = ObjectiveStep(model_fwd, module, self.adapter, loss, teacher, r.loss.layers,
+                                  teacher_bf16=bool(r.teacher and r.teacher.bf16))
+        plan = BatchPlan(self.examples, r.train.batch_size, self.tokenizer.pad_token_id, self.causal, r.train.seed,
+                         phase.index, self.acc.process_index, self.acc.num_processes)
+        parts = LoopParts(
+            accelerator=self.acc, model=model_fwd, module=module, objective=objective, optimizer=optimizer,
+            schedule=schedule, plan=plan, post_step=[mask.apply_] if mask is not None else [],
+            save=lambda step: self._save(phase, step, optimizer, mask, schedule),
+            verify=mask.verify if mask is not None else (lambda: None), metrics=self.metrics,
+            grad_accum=r.train.grad_accum, grad_clip=r.optim.grad_clip, log_every=r.train.log_every,
+            ckpt_every=r.train.ckpt_every, global_offset=self._offset(phase))
+        try:
+            train_phase(parts, phase, step0, last_ckpt=ckpt.name if ckpt is not None else "none")
+        finally:
+            objective.close()
+        last = json.loads(self.metrics.path.read_text().splitlines()[-1]) if self.metrics.path.is_file() else {}
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
+        sparsity = f", sparsity {mask.overall():.1%}" if mask is not None else ""
+        self.acc.print(f"[{phase.name}] {phase.steps} steps done{sparsity}; {summary}")
+
+    def _prepare(self, module: nn.Module, optimizer):
+        """DDP-wrap once (later stages prune the same parameters in place); FSDP2 needs model+optimizer together."""
+        if self.fsdp:
+            self.model_fwd, optimizer = self.acc.prepare(module, optimizer)
+        elif self.model_fwd is None:
+            self.model_fwd = self.acc.prepare_model(module) if self.acc.num_processes > 1 else module
+            if self.recipe.train.compile:
+                self.model_fwd = torch.compile(self.model_fwd)
+        return self.model_fwd, optimizer
+
+    def _loss_options(self) -> dict[str, dict[str, object]]:
+        lo = self.recipe.loss
+        return {"kd": {"temperature": lo.temperature},
+                "squarehead": {"variant": lo.squarehead_variant, "eps": lo.squarehead_eps,
+                               "scale_by_layers": lo.squarehead_scale_by_layers}}
+
+    def _offset(self, phase: Phase) -> int:
+        return sum(p.steps for p in self.phases[:phase.index])
+
+    # -- pruning ---------------------------------------------------------------------------------------------------
+    def _prune(self, phase: Phase) -> None:
+        """Re-prune the current student (already-zero weights stay zero); every rank prunes, rank 0's result wins."""
+        from sparselm.pruning import prune_model
+
+        assert self.recipe.pruning is not None
+        d = self.recipe.data
+        calib = [model_inputs(b, self.student) for b in
+                 calibration_batches(self.examples, d.calib_samples, self.tokenizer.pad_token_id, self.causal,
+                                     d.seed)]
+        report = prune_model(self.student, method=self.recipe.pruning.method, sparsity=phase.sparsity,
+                             pattern=phase.pattern, calib=calib, nsamples=len(calib), keep_zeros=True,
+                             seed=self.recipe.train.seed, progress=False)
+        if self.acc.num_processes > 1 and torch.distributed.is_initialized():
+            for p in self.student.parameters():
+                torch.distributed.broadcast(p.data, src=0)
+        self.acc.print(f"[{phase.name}] pruned with {self.recipe.pruning.method} to "
+                       f"{phase.pattern or phase.sparsity}: overall {report['overall']:.1%}")
+
+    # -- checkpoints and final output ------------------------------------------------------------------------------
+    def _save(self, phase: Phase, step: int, optimizer, mask: FixedMask | None,
+              schedule: LinearWarmupDecay | None) -> Path:
+        name = f"p{phase.index}-s{step:07d}"
+        state = {"phase": phase.index, "phase_name": phase.name, "step": step,
+                 "global_step": self._offset(phase) + step,
+                 "schedule": schedule.state_dict() if schedule is not None else {"step": 0},
+                 "sparsity": mask.overall() if mask is not None else None}
+        if self.fsdp:  # full weights gathered to rank 0; optimizer moments are not checkpointed under FSDP
+            sd = self.acc.get_state_dict(self.model_fwd)
+            if self.acc.is_main_process:
+                holder = snapshot_cpu_like(self.student, sd)
+                ckpt_io.save_checkpoint(self.ckpt_root, name, model=holder, optimizer=None, masks=None,
+                                        state=state, recipe_yaml=self.recipe_yaml,
+                                        keep=self.recipe.train.keep_checkpoints)
+        elif self.acc.is_main_process:
+            ckpt_io.save_checkpoint(self.ckpt_root, name, model=self.student, optimizer=optimizer,
+                                    masks=mask.state_tensors() if mask is not None else None, state=state,
+                                    recipe_yaml=self.recipe_yaml, keep=self.recipe.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        return self.ckpt_root / name
+
+    def _finalize(self) -> Path:
+        from sparselm.sparsity.report import sparsity_report
+
+        r = self.recipe
+        sd = self.acc.get_state_dict(self.model_fwd) if self.fsdp else None
+        if self.acc.is_main_process:
+            stage = r.pruning.stages[-1] if r.pruning else None
+            target = (stage.pattern or stage.sparsity) if stage else None
+            tmp = self.out / f".final-tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = snapshot_cpu_like(self.student, sd) if sd is not None else self.student
+            model.save_pretrained(tmp, state_dict=sd)
+            self.tokenizer.save_pretrained(tmp)
+            report = sparsity_report(model, r.pruning.method if r.pruning else None, target)
+            (tmp / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
+            (tmp / "recipe.yaml").write_text(self.recipe_yaml)
+            (tmp / "run.json").write_text(json.dumps(_provenance(), indent=2) + "\n")
+            for f in tmp.iterdir():
+                os.replace(f, self.out / f.name)
+            tmp.rmdir()
+            self.acc.print(f"wrote {self.out} (overall sparsity {report['overall']:.1%})")
+        self.acc.wait_for_everyone()
+        return self.out
+
+
+def snapshot_cpu_like(model: nn.Module, state_dict: dict) -> nn.Module:
+    """A plain (unsharded) CPU copy of `model`'s architecture holding `state_dict` (FSDP full state dict)."""
+    clone = type(model)(model.config)
+    clone.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False)
+    return clone
+
+
+def _provenance() -> dict[str, object]:
+    import datetime
+
+    import transformers
+
+    import sparselm
+
+    return {"sparselm": sparselm.__version__, "git_sha": git_sha(), "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,152 @@
+"""The inner training loop of one phase (a dense fine-tune, or one pruning stage with its mask fixed).
+
+Per optimizer step: `grad_accum` micro-batches (DDP gradient sync only on the last), optional clipping, AdamW step,
+post-step hooks (the fixed mask re-zeroes pruned weights and their Adam moments), schedule step. The device is
+synchronised only every `log_every` steps (loss values are summed as tensors in between) and at checkpoints, where
+a non-finite loss stops the run before anything is written, so the last checkpoint on disk is always a good one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logging step, flushed at once (a killed run keeps what it logged)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, global_step: int) -> None:
+        """Drop lines logged after `global_step` (they will be logged again by the resumed run)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("global_step", 0) <= global_step]
+        self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class Phase:
+    """One training phase. `stage` indexes recipe.pruning.stages (None for dense phases)."""
+
+    index: int
+    name: str                      # "dense-teacher" | "dense" | "stage-<i>"
+    steps: int
+    stage: int | None = None
+    sparsity: float | None = None
+    pattern: str | None = None
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoopParts:
+    """What `train_phase` needs; built by `finetune` (composition: every piece is swappable)."""
+
+    accelerator: Any
+    model: nn.Module               # what runs forward (maybe DDP / compiled)
+    module: nn.Module              # the bare model (parameters, checkpoints)
+    objective: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    plan: Any                      # BatchPlan
+    post_step: list[Callable[[torch.optim.Optimizer], None]]
+    save: Callable[[int], Path]    # save(step_in_phase) -> checkpoint path
+    verify: Callable[[], None]     # sparsity re-check before each checkpoint
+    metrics: MetricsLog
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    log_every: int = 10
+    ckpt_every: int | None = None
+    global_offset: int = 0         # optimizer steps taken in earlier phases
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _check_finite(bad: torch.Tensor, phase: Phase, step: int, last_ckpt: str) -> None:
+    if bool(bad):
+        raise NonFiniteLossError(f"non-finite loss in phase {phase.name} before step {step}: stopping; the last "
+                                 f"good checkpoint is {last_ckpt} (lower optim.lr or set optim.grad_clip)")
+
+
+def _micro_step(p: LoopParts, batch: dict[str, torch.Tensor], sync: bool) -> tuple[torch.Tensor, dict]:
+    acc = p.accelerator
+    ctx = nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(p.model)
+    with ctx:
+        with acc.autocast():
+            total, logged = p.objective(batch)
+        acc.backward(total / p.grad_accum)
+    return total.detach(), logged
+
+
+def train_phase(p: LoopParts, phase: Phase, start_step: int = 0, last_ckpt: str = "none") -> str:
+    """Run optimizer steps start_step..phase.steps-1 of `phase`; returns the name of the last checkpoint."""
+    acc, device = p.accelerator, p.accelerator.device
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    sums: dict[str, torch.Tensor] = {}
+    tokens, t0, since = 0, time.perf_counter(), 0
+    bar = tqdm(total=phase.steps, initial=start_step, desc=phase.name, disable=not acc.is_main_process,
+               dynamic_ncols=True, leave=False)
+    for step in range(start_step, phase.steps):
+        for m in range(p.grad_accum):
+            batch = _to_device(p.plan.micro_batch(step * p.grad_accum + m), device)
+            total, logged = _micro_step(p, batch, sync=m == p.grad_accum - 1)
+            bad |= ~torch.isfinite(total)
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0) + v.float() / p.grad_accum
+            tokens += int(batch["attention_mask"].numel()) if "attention_mask" in batch else 0
+        if p.grad_clip is not None:
+            acc.clip_grad_norm_(p.module.parameters(), p.grad_clip)
+        lr = p.schedule.lr()
+        p.optimizer.step()
+        for hook in p.post_step:
+            hook(p.optimizer)
+        p.schedule.step()
+        p.optimizer.zero_grad(set_to_none=True)
+        since += 1
+        done = step + 1
+        if done % p.log_every == 0 or done == phase.steps:
+            _check_finite(bad, phase, done, last_ckpt)
+            row = _log_row(p, phase, done, lr, sums, since, tokens, time.perf_counter() - t0)
+            if acc.is_main_process:
+                p.metrics.write(row)
+            bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in row.items() if k.startswith("loss/")})
+            sums, tokens, t0, since = {}, 0, time.perf_counter(), 0
+        if (p.ckpt_every and done % p.ckpt_every == 0) or done == phase.steps:
+            _check_finite(bad, phase, done, last_ckpt)
+            p.verify()
+            last_ckpt = p.save(done).name
+        bar.update(1)
+    bar.close()
+    return last_ckpt
+
+
+def _log_row(p: LoopParts, phase: Phase, done: int, lr: float, sums: dict[str, torch.Tensor], since: int,
+             tokens: int, dt: float) -> dict[str, Any]:
+    acc = p.accelerator
+    row: dict[str, Any] = {"global_step": p.global_offset + done, "phase": phase.name, "step": done, "lr": lr}
+    for k, v in sums.items():
+        v = acc.reduce(v.detach().clone(), reduction="mean") if acc.num_processes > 1 else v
+        row[k] = float(v) / since
+    row["tokens_per_s"] = tokens * acc.num_processes / max(dt, 1e-9)
+    return row
