@@ -95,6 +95,15 @@ def test_export_and_reload_from_data_dir(tmp_path):
         get_task("gsm", data_dir=tmp_path / "nowhere").items("test")
 
 
+def test_export_command_line(tmp_path, capsys):
+    from sparselm.data.__main__ import main
+
+    assert main(["export", "reasoning", str(tmp_path / "r"), "--n-train", "9", "--n-validation", "9",
+                 "--n-test", "9", "--n-test-unseen", "4", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert "train.jsonl: 9 items" in capsys.readouterr().out
+    assert len(get_task("reasoning", data_dir=tmp_path / "r").items("test-unseen")) == 4
+
+
 def test_missing_reasoning_gym_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)
     with pytest.raises(ImportError, match="pip install reasoning-gym"):
