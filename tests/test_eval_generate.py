@@ -96,9 +96,17 @@ def test_dispatch_errors(tmp_path):
         run_eval(model, "gsm")
     with pytest.raises(FileNotFoundError, match="config.json"):
         run_eval(str(tmp_path), "gsm")
-    try:
-        import sparselm.data.asr  # noqa: F401
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="sparselm/data/asr.py"):
-            run_eval((model, tok), "asr")
     assert torch.is_grad_enabled()
+
+
+def test_asr_dispatch_uses_the_speech_module(monkeypatch):
+    """run_eval(task="asr") takes clips and transcripts from sparselm.data.asr and reports its corpus WER."""
+    asr = pytest.importorskip("sparselm.data.asr", reason="sparselm/data/asr.py not in this checkout")
+    clips = asr.SpeechDataset([asr.SpeechItem(str(i), t, None) for i, t in enumerate(["the cat sat", "a dog"])])
+    monkeypatch.setattr(asr, "real_clips", lambda: clips)
+    monkeypatch.setattr(asr, "SpeechDataset", lambda items: clips.__class__(items))
+    monkeypatch.setattr(clips.__class__, "audios", lambda self: [None] * len(self.items))
+    monkeypatch.setattr(asr, "transcribe", lambda m, p, audios, **k: ["the cat sat down", "a dog"][:len(audios)])
+    res = run_eval((torch.nn.Linear(1, 1), object()), "asr", "real")
+    assert res["wer"] == pytest.approx(1 / 5) and res["n"] == 2  # one insertion over 5 reference words
+    assert run_eval((torch.nn.Linear(1, 1), object()), "asr", "real", limit=1)["wer"] == pytest.approx(1 / 3)

@@ -97,38 +97,41 @@ def evaluate(model, tokenizer, task: str | Task, split: str = "test", limit: int
     return evaluate_task(model, tokenizer, task_obj, split, limit, batch_size, **kwargs)
 
 
-def _evaluate_asr(model, processor, split: str, limit: int | None, batch_size: int, **kw: Any) -> dict[str, Any]:
-    """Speech recognition WER; the data and transcription live in sparselm.data.asr (the speech module)."""
+def _evaluate_asr(model, processor, split: str, limit: int | None, batch_size: int,
+                  cache_dir: str | Path | None = None, language: str = "en") -> dict[str, Any]:
+    """Speech recognition WER with `sparselm.data.asr`: split "real" = the 10 real pocketsphinx clips,
+    "train" / "validation" / "test" = its synthetic espeak-ng splits (generated into `cache_dir`)."""
     try:
         from sparselm.data import asr
-    except ImportError:
-        raise NotImplementedError("task 'asr' needs sparselm/data/asr.py (functions `transcribe` and `wer`), "
-                                  "which is not in this checkout yet") from None
-    missing = [f for f in ("transcribe", "wer") if not hasattr(asr, f)]
-    if missing:
-        raise NotImplementedError(f"sparselm.data.asr lacks {', '.join(missing)}; task 'asr' cannot run")
-    if hasattr(asr, "evaluate_asr"):
-        return asr.evaluate_asr(model, processor, split=split, limit=limit, batch_size=batch_size, **kw)
-    raise NotImplementedError("sparselm.data.asr has transcribe/wer but no evaluate_asr(model, processor, split, "
-                              "limit, batch_size) to choose its clips; add it there")
+    except ImportError as e:
+        raise NotImplementedError(f"task 'asr' needs sparselm/data/asr.py (transcribe, wer): {e}") from None
+    if split == "real":
+        data = asr.real_clips()
+    else:
+        from sparselm.data.registry import DEFAULT_CACHE_DIR
+
+        splits = asr.synthetic_asr(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR / "asr")
+        if split not in splits:
+            raise ValueError(f"task 'asr' has no split {split!r}; splits: real, {', '.join(splits)}")
+        data = splits[split]
+    if limit is not None:
+        data = asr.SpeechDataset(data.items[:limit])
+    refs = data.texts()
+    hyps = asr.transcribe(model, processor, data.audios(), batch_size=batch_size, language=language)
+    return {"task": "asr", "split": split, "n": len(refs), "metric": "wer", "wer": asr.wer(refs, hyps),
+            "predictions": [{"answer": r, "prediction": h} for r, h in zip(refs, hyps)]}
 
 
-def load_model(path: str | Path, device: str | None = None):
-    """(model, tokenizer) from a local HF directory, in eval mode; encoder-decoders via AutoModelForSeq2SeqLM."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+def load_model(name_or_path: str | Path, device: str | None = None):
+    """(model, tokenizer or processor) via `sparselm.models.load_model` (a local HF directory or a bundled name
+    such as "smollm2-135m"), on `device` (default: cuda when available, else cpu), in eval mode."""
+    import torch
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a HF model directory (no config.json)")
-    config = AutoConfig.from_pretrained(path)
-    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = cls.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from sparselm.models import load_model as _load
+
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), tokenizer
+    return _load(name_or_path, device=device)
 
 
 def write_results(results: dict[str, Any], out_json: str | Path) -> Path:
