@@ -73,6 +73,7 @@ def main() -> None:
     max_len = 16 + args.new_tokens + 8
     hf_done = False
     for s in [float(x) for x in args.sparsities.split(",")]:
+        print(f"[{time.time() - t0:.0f}s] sparsity {s}", flush=True)
         prune_magnitude(model, s)
         dec = StaticDecoder(model, max_len=max_len)
         tps = dec.tokens_per_second(16, args.new_tokens)
@@ -97,7 +98,9 @@ def main() -> None:
         variants = [("float16", None)] + ([("int8", None)] if args.int8 and s == 0.75 else [])
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
+            print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
             autotune(model, batches=(1, 16))
+            print(f"[{time.time() - t0:.0f}s] autotuned", flush=True)
             dec = StaticDecoder(model, max_len=max_len)
             tps = dec.tokens_per_second(16, args.new_tokens)
             tokens, logits = dec.generate(prompt, 32, return_logits=True)

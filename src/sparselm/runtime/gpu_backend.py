@@ -32,10 +32,16 @@ def bucket(batch: int) -> int:
 
 
 def default_config(batch: int) -> SpmmConfig:
-    """Heuristic choice when nothing was measured: CUDA-core FMAs for a GEMV, tensor cores above."""
+    """Heuristic choice when nothing was measured: wide-K CUDA-core tiles for batch <= 8, tensor cores above.
+
+    Wide K (few, long chunk iterations) matters because each iteration is a chain of two dependent global
+    loads (mask word, then the value it indexes): 16 iterations of 256 columns cost 16 load latencies.
+    """
     if batch == 1:
-        return SpmmConfig(block_n=16, block_k=256, block_b=1, num_warps=4)
-    return SpmmConfig(block_n=32, block_k=256, block_b=max(16, bucket(batch)), use_dot=True, num_warps=4)
+        return SpmmConfig(block_n=2, block_k=2048, block_b=1, num_warps=4)
+    if batch <= 8:
+        return SpmmConfig(block_n=2, block_k=1024, block_b=bucket(batch), num_warps=4)
+    return SpmmConfig(block_n=16, block_k=512, block_b=max(16, bucket(batch)), use_dot=True, num_warps=4)
 
 
 def _dtype_name(t: torch.dtype) -> str:
@@ -94,6 +100,10 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
         return None
     ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], layer.values.dtype, x2d.dtype))
     if ch["path"] == "dense":
+        # measured faster dense at a decode-sized batch: keep the dense copy (memory for speed); prefill-sized
+        # batches decompress transiently, their GEMM dwarfs the decode of W
+        if x2d.shape[0] <= MAX_SPARSE_BATCH and layer.cache_dense is None:
+            layer.cache_dense = True
         return F.linear(x2d, layer.dense_weight(x2d.dtype))
     return spmm(x2d, packed(layer), ch["cfg"])
 
@@ -102,13 +112,15 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket."""
     if batch == 1:
         return [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
-                for bn, bk, w, s in ((16, 256, 4, 1), (8, 256, 2, 1), (32, 256, 8, 1), (16, 512, 4, 1),
-                                     (16, 256, 4, 4))]
-    bb = max(16, bucket(batch))
-    out = [SpmmConfig(block_n=bn, block_k=bk, block_b=bb, use_dot=True, num_warps=w)
-           for bn, bk, w in ((16, 256, 4), (32, 256, 4), (64, 128, 4))]
-    if batch <= 4:
-        out.append(SpmmConfig(block_n=16, block_k=256, block_b=bucket(batch), num_warps=4))
+                for bn, bk, w, s in ((2, 2048, 4, 1), (4, 1024, 4, 1), (2, 4096, 8, 1), (4, 2048, 8, 1),
+                                     (8, 512, 4, 1), (16, 256, 4, 4))]
+    bb = bucket(batch)
+    out = []
+    if batch <= 8:
+        out += [SpmmConfig(block_n=bn, block_k=bk, block_b=bb, num_warps=w)
+                for bn, bk, w in ((2, 1024, 4), (4, 512, 4), (2, 2048, 8))]
+    out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
+            for bn, bk, w in ((16, 512, 4), (16, 512, 8), (32, 256, 4), (16, 1024, 8))]
     return out
 
 

@@ -92,17 +92,14 @@ def bitmask_spmm_kernel(x_ptr, words_ptr, values_ptr, cptr_ptr, scales_ptr, y_pt
             xt = tl.load(x_ptr + rb[:, None] * stride_xb + cols2[None, :],
                          mask=b_ok[:, None] & (cols2 < K)[None, :], other=0.0)  # (BB, BK)
             acc += tl.dot(w2.to(xt.dtype), tl.trans(xt))
+        elif BLOCK_B == 1:
+            xb = tl.load(x_ptr + pid_b * stride_xb + cols, mask=cols < K, other=0.0).to(tl.float32)
+            acc1 += w * xb[None, :, :]  # one FFMA per position; reduced once after the loop
         else:
-            # CUDA cores: reduce only over the words axis here (in-thread), keep the 32 bit lanes apart in
-            # acc3 and reduce across lanes once after the loop (a per-chunk lane reduction costs 5 shuffles)
-            for b in tl.static_range(BLOCK_B):
-                xb = tl.load(x_ptr + (pid_b * BLOCK_B + b) * stride_xb + cols,
-                             mask=(cols < K) & (pid_b * BLOCK_B + b < B), other=0.0).to(tl.float32)
-                if BLOCK_B == 1:
-                    acc1 += w * xb[None, :, :]  # one FFMA per position; reduced once after the loop
-                else:
-                    part = tl.sum(w * xb[None, :, :], axis=1)  # (BN, 32)
-                    acc3 += tl.where((tl.arange(0, BLOCK_B) == b)[None, :, None], part[:, None, :], 0.0)
+            # CUDA cores, a few batch rows: (BN, BB, WORDS, 32) products, reduced over words in-thread
+            xt = tl.load(x_ptr + rb[:, None, None] * stride_xb + cols[None, :, :],
+                         mask=b_ok[:, None, None] & (cols < K)[None, :, :], other=0.0).to(tl.float32)
+            acc3 += tl.sum(w[:, None, :, :] * xt[None, :, :, :], axis=2)
     if not USE_DOT:
         if BLOCK_B == 1:
             acc = tl.sum(tl.sum(acc1, axis=2), axis=1)[:, None]

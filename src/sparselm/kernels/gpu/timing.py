@@ -40,10 +40,11 @@ def time_graph(fns: Sequence[Callable[[], object]], reps: int = 20, warmup: int 
     return times[len(times) // 2]
 
 
-def copy_bandwidth_gbps(nbytes: int = 2 << 30) -> float:
-    """Device-to-device copy bandwidth, counting bytes read + written (GB/s)."""
+def copy_bandwidth_gbps(nbytes: int = 4 << 30) -> float:
+    """Device-to-device copy bandwidth, counting bytes read + written (GB/s); best of 3 rounds, so that a GPU
+    still clocking up from idle does not set the ceiling."""
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
     src.random_(0, 255)
     dst = torch.empty_like(src)
-    ms = time_graph([lambda: dst.copy_(src)], reps=10)
+    ms = min(time_graph([lambda: dst.copy_(src)], reps=10, warmup=5) for _ in range(3))
     return 2 * src.numel() / (ms * 1e-3) / 1e9
