@@ -202,3 +202,43 @@ def test_bad_name_or_missing_files(tmp_path: Path) -> None:
         load_whisper_ct2("whisper-nonexistent")
     with pytest.raises(FileNotFoundError, match="model.bin"):
         load_whisper_ct2(tmp_path)
+
+
+def test_repair_bpe_merges_restores_a_dropped_first_merge() -> None:
+    vocab = {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "ca": 5}
+    full = [("a", "b"), ("ab", "c"), ("c", "a")]
+    assert whisper_ct2.repair_bpe_merges(vocab, full[1:], n_base=3) == full
+    assert whisper_ct2.repair_bpe_merges(vocab, full, n_base=3) == full
+
+
+def _librivox():
+    from sparselm.data.asr import POCKETSPHINX_DATA, real_clips
+
+    if not (POCKETSPHINX_DATA / "librivox" / "transcription").is_file():
+        pytest.skip("pocketsphinx clips missing: apt-get install -y pocketsphinx-testdata")
+    return real_clips(subsets=("librivox",))
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("name", ["whisper-tiny.en", "whisper-base"])
+def test_real_model_librivox_wer(name: str) -> None:
+    """Greedy WER <= 0.2 on the 5 LibriVox clips; the tokenizer re-encodes the model's own output exactly."""
+    from sparselm.data.asr import wer
+
+    clips = _librivox()
+    try:
+        model, processor = load_whisper_ct2(name)
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))
+    tok = processor.tokenizer
+    feats = processor.feature_extractor(clips.audios(), sampling_rate=16_000, return_tensors="pt")
+    kwargs = {"language": "en", "task": "transcribe"} if model.generation_config.is_multilingual else {}
+    with torch.inference_mode():
+        out = model.generate(feats.input_features, num_beams=1, do_sample=False, max_new_tokens=96, **kwargs)
+    hyps = tok.batch_decode(out, skip_special_tokens=True)
+    assert wer(clips.texts(), hyps) <= 0.2, hyps
+    prefix = len(tok("").input_ids) - 1  # <|startoftranscript|> (+ language, task), <|notimestamps|>
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    for row in out.tolist():
+        text_ids = [i for i in row if i < eot]
+        assert tok(tok.decode(text_ids)).input_ids[prefix:-1] == text_ids

@@ -34,9 +34,9 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 
 __all__ = [
-    "SAMPLE_RATE", "POCKETSPHINX_DATA", "SpeechItem", "SpeechDataset", "SyntheticASRConfig",
-    "template_sentences", "synthesize", "synthetic_asr", "real_clips", "load_wav", "normalize_transcript",
-    "wer", "WhisperASRCollator", "transcribe", "evaluate_wer",
+    "SAMPLE_RATE", "POCKETSPHINX_DATA", "IGNORE_INDEX", "SpeechItem", "SpeechDataset", "SyntheticASRConfig",
+    "template_sentences", "sentence_splits", "synthesize", "synthetic_asr", "real_clips", "load_wav",
+    "normalize_transcript", "wer", "WhisperASRCollator", "transcribe", "evaluate_wer",
 ]
 
 SAMPLE_RATE = 16_000  # Hz: Whisper's feature extractor expects 16 kHz mono
@@ -253,9 +253,10 @@ def synthesize(text: str, out_path: str | Path, voice: str = "en-us", speed_wpm:
     return out_path
 
 
-def _split_sentences(sentences: list[str], cfg: SyntheticASRConfig) -> dict[str, list[str]]:
-    """Shuffle once with the seed, then cut train | validation | test: disjoint by sentence."""
-    order = sorted(sentences)  # independent of generation order
+def sentence_splits(cfg: SyntheticASRConfig) -> dict[str, list[str]]:
+    """The sentences of each split: shuffled once with the seed, then cut train | validation | test, so the
+    splits are disjoint by sentence and fixed by (n_sentences, seed, fractions)."""
+    order = sorted(template_sentences(cfg.n_sentences, cfg.seed))  # independent of generation order
     random.Random(cfg.seed + 1).shuffle(order)
     n = len(order)
     n_val, n_test = max(1, round(cfg.fractions[1] * n)), max(1, round(cfg.fractions[2] * n))
@@ -284,7 +285,7 @@ def synthetic_asr(cache_dir: str | Path, config: SyntheticASRConfig | None = Non
                 for split, items in data["splits"].items()}
     _require_tools()
     rng = random.Random(cfg.seed + 2)
-    splits = _split_sentences(template_sentences(cfg.n_sentences, cfg.seed), cfg)
+    splits = sentence_splits(cfg)
     jobs = []
     for split, sentences in splits.items():
         for i, text in enumerate(sentences):

@@ -48,6 +48,7 @@ __all__ = [
     "whisper_config_from_ct2",
     "whisper_state_dict_from_ct2",
     "whisper_tokenizer_from_ct2",
+    "repair_bpe_merges",
     "load_whisper_ct2",
     "convert_whisper_ct2",
 ]
@@ -247,24 +248,62 @@ def _added_token_ids(tokenizer_json: Path) -> dict[str, int]:
         raise ValueError(f"{tokenizer_json}: not a tokenizers JSON with 'added_tokens' ({err})") from err
 
 
+def repair_bpe_merges(vocab: dict[str, int], merges: list[tuple[str, str]], n_base: int = 256
+                      ) -> list[tuple[str, str]]:
+    """Restore merges missing from a GPT-2-style byte-level BPE whose merge of rank r makes token id n_base + r.
+
+    The multilingual Whisper ``tokenizer.json`` shipped with CTranslate2 models lacks its first merge
+    ("Ġ t", a merges.txt line read as a header), so " the" encodes as "Ġ", "the" instead of "Ġthe". Each
+    merged token of the vocabulary (ids n_base.. before the first special token) that no merge produces gets
+    back the unique split into two lower-id tokens; merges are returned in id (= rank) order.
+    """
+    produced = {a + b: (a, b) for a, b in merges}
+    ids = [vocab[a + b] for a, b in merges if a + b in vocab]
+    if ids != sorted(ids):
+        return merges  # not the id == rank layout: nothing can be inferred safely
+    top = max(ids, default=n_base - 1)
+    by_id = {i: t for t, i in vocab.items()}
+    for tid in range(n_base, top + 1):
+        token = by_id.get(tid)
+        if token is None or token in produced:
+            continue
+        splits = [(token[:k], token[k:]) for k in range(1, len(token))
+                  if vocab.get(token[:k], tid) < tid and vocab.get(token[k:], tid) < tid]
+        if len(splits) != 1:
+            raise ValueError(f"BPE token {token!r} (id {tid}) has no merge and {len(splits)} candidate splits")
+        produced[token] = splits[0]
+    return [produced[by_id[i]] for i in range(n_base, top + 1) if i in by_id and by_id[i] in produced]
+
+
 def whisper_tokenizer_from_ct2(
     tokenizer_json: Path, vocab_size: int, multilingual: bool
 ) -> WhisperTokenizer:
     """WhisperTokenizer(Fast) from CT2's ``tokenizer.json`` + Whisper's special and timestamp tokens.
 
-    The added tokens of the file become extra special tokens (HF's convention, which ``decode`` and
-    timestamp handling rely on); ``<|0.00|>``..``<|30.00|>`` fill the ids after them up to the model's
-    vocab size. A multilingual tokenizer's label prefix is ``<|en|><|transcribe|>`` by default.
+    BPE vocab and (repaired, see `repair_bpe_merges`) merges come from the file; its added tokens become
+    extra special tokens at the file's ids (HF's convention, which ``decode`` and timestamp handling rely on);
+    ``<|0.00|>``..``<|30.00|>`` fill the ids after them up to the model's vocab size. A multilingual
+    tokenizer's label prefix is ``<|en|><|transcribe|>`` by default.
     """
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    bpe = data.get("model", {})
+    if bpe.get("type") != "BPE" or "vocab" not in bpe or "merges" not in bpe:
+        raise ValueError(f"{tokenizer_json}: expected a byte-level BPE model with vocab and merges")
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
     added = _added_token_ids(tokenizer_json)
     extra = [t for t, _ in sorted(added.items(), key=lambda kv: kv[1]) if t != "<|endoftext|>"]
     tok = WhisperTokenizer(
-        tokenizer_file=str(tokenizer_json),
+        vocab=dict(bpe["vocab"]),
+        merges=repair_bpe_merges(bpe["vocab"], merges),
         extra_special_tokens=extra,
         language="en" if multilingual else None,
         task="transcribe" if multilingual else None,
         predict_timestamps=False,
     )
+    wrong = [t for t, i in added.items() if tok.convert_tokens_to_ids(t) != i]
+    if wrong:
+        raise ValueError(f"{tokenizer_json}: special token {wrong[0]} would get id "
+                         f"{tok.convert_tokens_to_ids(wrong[0])}, the file says {added[wrong[0]]}")
     n_stamps = min(_N_TIMESTAMPS, vocab_size - len(tok))
     if n_stamps > 0:
         tok.add_tokens([AddedToken(f"<|{i * _TIMESTAMP_STEP_S:.2f}|>", special=False, normalized=False)
