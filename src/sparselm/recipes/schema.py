@@ -218,6 +218,8 @@ class TrainSpec(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False                      # torch.compile the student
     fsdp: bool = False                         # FSDP2 under multi-process launch (DDP otherwise)
+    threads: int | None = Field(None, gt=0)    # CPU intra-op threads; None = torch's default. Tiny models run
+                                               # fastest on 1 (no OpenMP spin-waits on a shared machine)
 
 
 class OutputSpec(_Strict):

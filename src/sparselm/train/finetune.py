@@ -59,6 +59,8 @@ class FinetuneRun:
         self.recipe, self.out = recipe, Path(recipe.output.dir)
         self.ckpt_root = self.out / "checkpoints"
         self.recipe_yaml = dump_recipe(recipe)
+        if recipe.train.threads is not None:
+            torch.set_num_threads(recipe.train.threads)
         torch.manual_seed(recipe.train.seed)
         self.student, self.tokenizer = load_student(recipe)
         self.adapter = get_adapter(self.student)
@@ -176,7 +178,7 @@ class FinetuneRun:
         finally:
             objective.close()
         last = json.loads(self.metrics.path.read_text().splitlines()[-1]) if self.metrics.path.is_file() else {}
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/"))
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/") and v is not None)
         sparsity = f", sparsity {mask.overall():.1%}" if mask is not None else ""
         self.acc.print(f"[{phase.name}] {phase.steps} steps done{sparsity}; {summary}")
 

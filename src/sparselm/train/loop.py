@@ -130,7 +130,7 @@ def train_phase(p: LoopParts, phase: Phase, start_step: int = 0, last_ckpt: str 
             row = _log_row(p, phase, done, lr, sums, since, tokens, time.perf_counter() - t0)
             if acc.is_main_process:
                 p.metrics.write(row)
-            bar.set_postfix({k.split("/")[1]: f"{v:.4g}" for k, v in row.items() if k.startswith("loss/")})
+            bar.set_postfix({k[5:]: f"{v:.4g}" for k, v in row.items() if k.startswith("loss/") and v is not None})
             sums, tokens, t0, since = {}, 0, time.perf_counter(), 0
         if (p.ckpt_every and done % p.ckpt_every == 0) or done == phase.steps:
             _check_finite(bad, phase, done, last_ckpt)
@@ -148,5 +148,7 @@ def _log_row(p: LoopParts, phase: Phase, done: int, lr: float, sums: dict[str, t
     for k, v in sums.items():
         v = acc.reduce(v.detach().clone(), reduction="mean") if acc.num_processes > 1 else v
         row[k] = float(v) / since
+    for name in ("ce", "kd", "squarehead"):  # every line has every key; null = term not in this phase's loss
+        row.setdefault(f"loss/{name}", None)
     row["tokens_per_s"] = tokens * acc.num_processes / max(dt, 1e-9)
     return row
