@@ -39,6 +39,12 @@ def cache_dir() -> Path:
     return Path(root) / "cpu-kernels"
 
 
+def _sources() -> bytes:
+    """The kernel source and its headers, the cache key's main part."""
+    parts = [_SOURCE] + sorted(_SOURCE.parent.glob("spmm_*.h"))
+    return b"".join(p.name.encode() + p.read_bytes() for p in parts)
+
+
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if name and shutil.which(name):
@@ -81,7 +87,7 @@ def _build() -> ctypes.CDLL:
     # OpenMP first (threads over rows); without it the library still works, single-threaded.
     for extra in (["-fopenmp"], []):
         flags = _BASE_FLAGS + extra
-        key = hashlib.sha256(_SOURCE.read_bytes() + repr((flags, version)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(_sources() + repr((flags, version)).encode()).hexdigest()[:16]
         out = cache_dir() / f"sparse_matmul-{key}.so"
         try:
             if not out.exists():
