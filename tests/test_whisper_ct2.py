@@ -158,6 +158,8 @@ def test_tiny_conversion_is_exact(tiny) -> None:
     assert model.generation_config.no_timestamps_token_id == SPECIALS.index("<|notimestamps|>") + N_BYTES
     tok = processor.tokenizer
     assert len(tok) == VOCAB and tok.decode(tok("hi there").input_ids, skip_special_tokens=True) == "hi there"
+    half, _ = load_whisper_ct2(root, dtype=torch.float16)
+    assert all(torch.equal(half.state_dict()[k], v.half()) for k, v in want.items())
 
 
 def test_nonzero_key_bias_is_dropped_exactly(tiny, tmp_path: Path) -> None:
@@ -220,12 +222,13 @@ def _librivox():
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("name", ["whisper-tiny.en", "whisper-base"])
-def test_real_model_librivox_wer(name: str) -> None:
-    """Greedy WER <= 0.2 on the 5 LibriVox clips; the tokenizer re-encodes the model's own output exactly."""
-    from sparselm.data.asr import wer
+# tiny.en on all 5 clips; base (2x slower) on the 3 short ones to keep the suite within its CPU budget.
+@pytest.mark.parametrize("name,clip_ids", [("whisper-tiny.en", (0, 1, 2, 3, 4)), ("whisper-base", (1, 2, 4))])
+def test_real_model_librivox_wer(name: str, clip_ids: tuple[int, ...]) -> None:
+    """Greedy WER <= 0.2 on LibriVox clips; the tokenizer re-encodes the model's own output exactly."""
+    from sparselm.data.asr import SpeechDataset, wer
 
-    clips = _librivox()
+    clips = SpeechDataset([_librivox().items[i] for i in clip_ids])
     try:
         model, processor = load_whisper_ct2(name)
     except ModuleNotFoundError as err:

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from pydantic import BaseModel, Field, field_validator
+from transformers.utils import logging as hf_logging
 
 __all__ = [
     "SAMPLE_RATE", "POCKETSPHINX_DATA", "IGNORE_INDEX", "SpeechItem", "SpeechDataset", "SyntheticASRConfig",
@@ -354,11 +355,18 @@ def transcribe(model, processor, audios: Sequence[np.ndarray], batch_size: int =
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language=language, task="transcribe")
     out: list[str] = []
-    for start in range(0, len(audios), batch_size):
-        chunk = [np.asarray(a, dtype=np.float32) for a in audios[start:start + batch_size]]
-        feats = processor.feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        ids = model.generate(feats.to(device=param.device, dtype=param.dtype), **kwargs)
-        out += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    # Whisper's generate warns on every call about settings it combines itself (suppress_tokens, a decoder
+    # pad == eos, max_length vs max_new_tokens): quiet them here, restore the caller's verbosity after.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        for start in range(0, len(audios), batch_size):
+            chunk = [np.asarray(a, dtype=np.float32) for a in audios[start:start + batch_size]]
+            feats = processor.feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            ids = model.generate(feats.to(device=param.device, dtype=param.dtype), **kwargs)
+            out += [t.strip() for t in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return out
 
 
