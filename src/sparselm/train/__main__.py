@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=40")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow --out
     print(finetune(args.recipe, args.overrides, out=args.out, resume=args.resume))
     return 0
 
