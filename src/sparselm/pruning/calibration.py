@@ -84,8 +84,8 @@ def calibration_batches(model, tokenizer, source, nsamples: int = 128, seqlen: i
         raise CalibrationError("text calibration needs a tokenizer")
     if isinstance(source, (list, tuple)):
         text = "\n\n".join(map(str, source))
-    elif isinstance(source, str) and not Path(source).exists() and ("\n" in source or len(source) > 256):
-        text = source  # raw text passed directly
+    elif isinstance(source, str) and ("\n" in source or len(source) > 255):
+        text = source  # raw text passed directly (a path is one short line)
     else:
         text = read_text(source)
     windows = token_windows(tokenizer, text, nsamples, seqlen, seed)

@@ -1,0 +1,101 @@
+"""sparselm command line: prune, finetune, eval, bench, run, demo.
+
+    sparselm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib calib.txt --out out/smol-50
+    sparselm prune ./my-llama --method wanda --pattern 2:4 --calib data.jsonl --nsamples 128 --seqlen 2048 --device cuda
+    sparselm finetune recipes/tiny-cpu.yaml --out runs/tiny           # sparse fine-tune with distillation
+    sparselm eval out/smol-50 --task perplexity                        # held-out perplexity
+    sparselm run recipes/demo-cpu.yaml                                 # teacher -> prune -> fine-tune -> eval -> report
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune LLMs in one shot, sparse fine-tune them with distillation, run them faster.")
+
+# Errors a user can fix: print one line naming the problem, exit non-zero, no traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command(epilog="""\b
+Examples:
+  CPU, tiny:   sparselm prune smollm2-135m --method magnitude --sparsity 0.5 --out out/mag50
+  CPU:         sparselm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib calib.txt --nsamples 32 --seqlen 256 --out out/sgpt50
+  one GPU:     sparselm prune ./llama-7b --method sparsegpt --pattern 2:4 --calib c4.jsonl --seqlen 2048 --device cuda --offload --out out/7b-24
+""")
+def prune(
+    model: str = typer.Argument(..., help="local HF model directory or bundled name (e.g. smollm2-135m)"),
+    method: str = typer.Option("sparsegpt", help="pruner: sparsegpt | wanda | magnitude"),
+    sparsity: Optional[float] = typer.Option(None, help="unstructured target: fraction of zeros in [0, 1)"),
+    pattern: Optional[str] = typer.Option(None, help="N:M pattern, keep N of every M inputs (e.g. 2:4)"),
+    calib: Optional[Path] = typer.Option(None, help="calibration text: .txt, .jsonl (text field) or HF dataset dir"),
+    nsamples: int = typer.Option(128, help="calibration windows (the paper: 128)"),
+    seqlen: int = typer.Option(512, help="tokens per calibration window"),
+    batch_size: int = typer.Option(8, help="calibration windows per forward"),
+    scope: Optional[str] = typer.Option(None, help="unstructured mask scope: row | layer | block (pruner default)"),
+    out: Path = typer.Option(..., help="output directory (written atomically)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:1 (default: cuda if available)"),
+    offload: bool = typer.Option(False, help="keep only the block being pruned on the device"),
+    seed: int = typer.Option(0, help="seed for picking calibration windows"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+) -> None:
+    """One-shot prune the linear layers inside the transformer blocks of MODEL and save it to --out."""
+    from sparselm.pruning.prune_command import run_prune
+
+    settings = {k: v for k, v in locals().items()}
+    try:
+        run_prune(**settings)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+
+
+@app.command(epilog="""\b
+Examples:
+  CPU, tiny:   sparselm finetune src/sparselm/recipes/tiny-cpu.yaml --out runs/tiny
+  one GPU:     sparselm finetune my-recipe.yaml --out runs/sparse train.batch_size=32 loss.squarehead=1.0
+  multi-GPU:   torchrun --nproc-per-node 2 -m sparselm.train my-recipe.yaml --out runs/sparse
+  resume:      sparselm finetune my-recipe.yaml --out runs/sparse --resume
+""")
+def finetune(
+    recipe: Path = typer.Argument(..., help="fine-tuning recipe YAML"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. train.steps=40"),
+    out: Optional[str] = typer.Option(None, help="output directory (default: the recipe's output.dir)"),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoint under --out"),
+) -> None:
+    """Sparse fine-tune with distillation (CE / KD / SquareHead), mask fixed, optionally in pruning stages."""
+    from sparselm.train import NonFiniteLossError
+    from sparselm.train import finetune as run_finetune
+
+    try:
+        typer.echo(run_finetune(recipe, list(overrides or []), out=out, resume=resume))
+    except (*_USER_ERRORS, NonFiniteLossError) as err:
+        fail(str(err).strip("'\""))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo"), help="where the demo writes its outputs")) -> None:
+    """The embedded default job (see README): prune SmolLM2-135M and compare held-out perplexity."""
+    from sparselm.demo import run_demo
+
+    try:
+        run_demo(out)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
