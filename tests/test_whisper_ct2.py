@@ -245,3 +245,16 @@ def test_real_model_librivox_wer(name: str, clip_ids: tuple[int, ...]) -> None:
     for row in out.tolist():
         text_ids = [i for i in row if i < eot]
         assert tok(tok.decode(text_ids)).input_ids[prefix:-1] == text_ids
+
+
+def test_directory_with_split_model_bin(tiny, tmp_path: Path) -> None:
+    """A directory holding model.bin.part1..part11 loads like one file (numeric order: part10 after part9)."""
+    ref, root = tiny
+    raw = (root / "model.bin").read_bytes()
+    step = -(-len(raw) // 11)
+    for k in range(11):
+        (tmp_path / f"model.bin.part{k + 1}").write_bytes(raw[k * step:(k + 1) * step])
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    model, _ = load_whisper_ct2(tmp_path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.state_dict().items())

@@ -118,7 +118,10 @@ def resolve_whisper_ct2(name_or_dir: str | Path) -> CT2Source:
         if not root.is_dir():
             names = ", ".join(sorted(WHISPER_CT2_MODELS))
             raise FileNotFoundError(f"{key!r} is neither a known model ({names}) nor a directory")
-        bins = (root / "model.bin",) if (root / "model.bin").is_file() else tuple(sorted(root.glob("model.bin.part*")))
+        parts = [q for q in root.glob("model.bin.part*") if q.suffix[len(".part"):].isdigit()]
+        # numeric order: part10 comes after part9
+        bins = (root / "model.bin",) if (root / "model.bin").is_file() else tuple(
+            sorted(parts, key=lambda q: int(q.suffix[len(".part"):])))
         src = CT2Source(bins or (root / "model.bin",), root / "config.json", root / "tokenizer.json")
     for path in (*src.bin_parts, src.config_json, src.tokenizer_json):
         if not path.is_file():
