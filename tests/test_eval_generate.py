@@ -85,10 +85,15 @@ def test_translation_metric_and_model_dir_roundtrip(tmp_path, monkeypatch):
     assert res["predictions"][0]["prediction"] == "die Katze sitzt auf der Matte"  # first line only
 
 
-def test_dispatch_errors(tmp_path):
+def test_dispatch_errors(tmp_path, monkeypatch):
     tok, model = char_tokenizer(), tiny_llama()
-    with pytest.raises(ValueError, match="text_file"):
-        run_eval((model, tok), "perplexity")
+    import sparselm.data.corpora as corpora
+
+    monkeypatch.setattr(corpora, "heldout_text", lambda: "held-out text")  # the default text
+    res = run_eval((model, tok), "perplexity", context_length=8, stride=4)
+    assert res["tokens"] == len("held-out text") - 1 and res["split"].startswith("shakespeare:")
+    with pytest.raises(ValueError, match="decoder-only"):
+        run_eval((tiny_t5(), tok), "perplexity", text_file=__file__)
     (tmp_path / "t.txt").write_text("some text for perplexity")
     res = run_eval((model, tok), "perplexity", text_file=tmp_path / "t.txt", context_length=8, stride=4)
     assert res["perplexity"] > 1 and res["tokens"] == len("some text for perplexity") - 1

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def perplexity_of_ids(model, ids: torch.Tensor, context_length: int = 512, stride: int = 256) -> dict[str, float]:
     """PPL of a 1-D token tensor under the protocol above; also the mean NLL (nats/token) and token count."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError("perplexity is defined here for decoder-only (causal) models; got an encoder-decoder")
     if not 0 < stride <= context_length:
         raise ValueError(f"stride={stride}: must be in 1..context_length ({context_length})")
     n = ids.numel()

@@ -10,7 +10,7 @@ Metrics by task (`Task.metric`):
   gsm_exact_match  same with `extract_gsm_answer` (number after the last ####)
   bleu             greedy generation, first line of the output as the hypothesis; BLEU + chrF; + log-likelihood
   wer              (ASR) transcripts from `sparselm.data.asr`; word error rate
-  perplexity       not a task: a text file scored by `sparselm.eval.perplexity`
+  perplexity       not a task: a text file (default: held-out Shakespeare) scored by `sparselm.eval.perplexity`
 """
 from __future__ import annotations
 
@@ -81,16 +81,21 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
 def evaluate(model, tokenizer, task: str | Task, split: str = "test", limit: int | None = None,
              batch_size: int = 16, text_file: str | Path | None = None, task_kwargs: dict | None = None,
              **kwargs: Any) -> dict[str, Any]:
-    """Dispatch by task: "perplexity" (needs `text_file`), "asr" (sparselm.data.asr), or any registered task /
-    dataset path (see `evaluate_task`; `kwargs` go there: loglik, max_new_tokens, progress)."""
+    """Dispatch by task: "perplexity" (on `text_file`, default the held-out Shakespeare plays of
+    `sparselm.data.corpora`; kwargs context_length, stride, max_tokens), "asr" (`sparselm.data.asr`; split
+    "real" or its synthetic splits), or any registered task / dataset path (see `evaluate_task`; `kwargs` go
+    there: loglik, max_new_tokens, progress)."""
     if task == "perplexity":
         from sparselm.eval.perplexity import perplexity
 
-        if text_file is None:
-            raise ValueError("task 'perplexity' needs text_file= (a UTF-8 text file)")
         ppl_kw = {k: kwargs[k] for k in ("context_length", "stride", "max_tokens") if k in kwargs}
-        return {"task": "perplexity", "split": str(text_file), **perplexity(model, tokenizer, path=text_file,
-                                                                             **ppl_kw)}
+        if text_file is not None:
+            return {"task": "perplexity", "split": str(text_file), **perplexity(model, tokenizer, path=text_file,
+                                                                                 **ppl_kw)}
+        from sparselm.data.corpora import HELDOUT_PLAYS, heldout_text  # raises, saying how to fetch it
+
+        return {"task": "perplexity", "split": "shakespeare:" + "+".join(HELDOUT_PLAYS),
+                **perplexity(model, tokenizer, text=heldout_text(), **ppl_kw)}
     if task == "asr":
         return _evaluate_asr(model, tokenizer, split, limit, batch_size, **(task_kwargs or {}))
     task_obj = task if isinstance(task, Task) else get_task(task, **(task_kwargs or {}))
