@@ -62,15 +62,16 @@ def time_mode(name: str, weights: dict[str, float], student, teacher, batch, arg
     from sparselm.models import get_adapter
     from sparselm.train.mask import FixedMask
     from sparselm.train.optim import build_adamw
-    from sparselm.train.step import ObjectiveStep
+    from sparselm.train.step import ObjectiveStep, compile_blocks
 
     cuda = device.type == "cuda"
     adapter = get_adapter(student)
     mask = FixedMask.from_zeros(student, adapter.prunable_linears(student))
     opt = build_adamw(student.parameters(), 1e-5, device_type=device.type)
     loss = DistillationLoss(weights, {"kd": {"temperature": 2.0}})
-    fwd = torch.compile(student) if args.compile else student
-    obj = ObjectiveStep(fwd, student, adapter, loss, teacher if loss.needs_teacher else None,
+    if args.compile:  # regional: blocks compiled, hooks eager (see sparselm.train.step.compile_blocks)
+        compile_blocks(student, adapter)
+    obj = ObjectiveStep(student, student, adapter, loss, teacher if loss.needs_teacher else None,
                         teacher_bf16=cuda and not args.teacher_fp32)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; tiny 1)")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {list(MODES)}")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the student")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the student's (and teacher's) blocks")
     ap.add_argument("--teacher-fp32", action="store_true", help="keep the GPU teacher in fp32 (default bf16)")
     args = ap.parse_args(argv)
     args.batch = args.batch or (4 if args.tiny else 32)
@@ -135,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     student = build_model(args)
     magnitude_prune_(student, args.sparsity)
     teacher = copy.deepcopy(student).to(device)  # the dense-model stand-in: same weights, frozen
+    if args.compile:
+        from sparselm.models import get_adapter
+        from sparselm.train.step import compile_blocks
+
+        compile_blocks(teacher, get_adapter(teacher))
     student.to(device).train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, student.config.vocab_size, (args.batch, args.seqlen), generator=g)

@@ -31,7 +31,7 @@ from sparselm.train.mask import FixedMask
 from sparselm.train.optim import LinearWarmupDecay, build_adamw, warmup_steps
 from sparselm.train.setup import (git_sha, load_examples, load_student, load_teacher_from_path, make_accelerator,
                                   plan_phases, reload_teacher, save_teacher_atomic, snapshot)
-from sparselm.train.step import ObjectiveStep, model_inputs
+from sparselm.train.step import ObjectiveStep, compile_blocks, model_inputs
 
 
 def resolve_recipe(recipe: FinetuneRecipe | str | Path, overrides: list[str] | None = None,
@@ -160,6 +160,10 @@ class FinetuneRun:
             ckpt_io.load_rng(ckpt)
         loss = DistillationLoss(phase.loss_weights, self._loss_options())
         teacher = self.teacher if loss.needs_teacher else None
+        if teacher is not None and r.train.compile:
+            from sparselm.models import get_adapter
+
+            compile_blocks(teacher, get_adapter(teacher))
         if loss.needs_teacher and teacher is None:
             raise ValueError(f"phase {phase.name}: losses {loss.names} need a teacher but none was built")
         objective = ObjectiveStep(model_fwd, module, self.adapter, loss, teacher, r.loss.layers,
@@ -189,7 +193,7 @@ class FinetuneRun:
         elif self.model_fwd is None:
             self.model_fwd = self.acc.prepare_model(module) if self.acc.num_processes > 1 else module
             if self.recipe.train.compile:
-                self.model_fwd = torch.compile(self.model_fwd)
+                compile_blocks(module, self.adapter)
         return self.model_fwd, optimizer
 
     def _loss_options(self) -> dict[str, dict[str, object]]:

@@ -2,7 +2,6 @@
 (Configs do not reach past this file: the loop and losses take keyword arguments.)"""
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shutil
@@ -86,7 +85,12 @@ def reload_teacher(student: nn.Module, folder: Path) -> nn.Module:
 
 
 def snapshot(student: nn.Module) -> nn.Module:
-    return copy.deepcopy(student)
+    """A fresh copy of the student's architecture and weights (not a deepcopy: that would also copy hooks and
+    regionally compiled `forward`s bound to the student's own blocks)."""
+    with torch.random.fork_rng(devices=[]):  # the throw-away random init must not advance the run's RNG
+        clone = type(student)(student.config)
+    clone.load_state_dict(student.state_dict())
+    return clone.to(next(student.parameters()).device)
 
 
 def load_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Example]:

@@ -36,6 +36,17 @@ def model_inputs(batch: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return inputs
 
 
+def compile_blocks(model: nn.Module, adapter) -> None:
+    """Regional torch.compile: each transformer block's `forward` is compiled, the module call around it is not,
+    so the forward hooks that capture block outputs keep running eagerly (a whole-model compile drops their side
+    effects), and identical blocks share one compiled graph (compile time of one block, not of the model)."""
+    if getattr(model, "_sparselm_compiled", False):
+        return
+    for _, block in adapter.blocks(model):
+        block.forward = torch.compile(block.forward)
+    model._sparselm_compiled = True
+
+
 class ObjectiveStep:
     """Callable on a batch -> (total loss, {"loss/<name>": detached value}).
 
