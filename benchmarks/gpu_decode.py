@@ -99,8 +99,9 @@ def main() -> None:
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
-            autotune(model, batches=(1, 16))
-            print(f"[{time.time() - t0:.0f}s] autotuned", flush=True)
+            table = autotune(model, batches=(1, 16))
+            paths = {f"{k[0]}x{k[1]} b{k[2]}": v["path"] for k, v in table.items()}
+            print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
             dec = StaticDecoder(model, max_len=max_len)
             tps = dec.tokens_per_second(16, args.new_tokens)
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
@@ -109,7 +110,7 @@ def main() -> None:
             diff = (logits[0] - ref_logits[0]).abs().max().item() / scale
             agree = (tokens == ref_tokens).float().mean().item()
             rows.append({"model": name, "sparsity": s, "engine": "sparselm-sparse", "values": vdt,
-                         "tokens_per_s": round(tps, 1)})
+                         "tokens_per_s": round(tps, 1), "dispatch": paths})
             checks.append({"sparsity": s, "values": vdt, "first_step_logit_maxdiff_rel": diff,
                            "token_agreement_32": agree})
             dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r["engine"] == "sparselm-dense"][0]

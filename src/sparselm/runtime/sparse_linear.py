@@ -48,10 +48,20 @@ class SparseLinear(nn.Module):
     def sparsity(self) -> float:
         return self.compressed.sparsity
 
-    def _apply(self, fn, recurse=True):  # device/dtype moves invalidate derived data
+    def _apply(self, fn, recurse=True):
+        """Moves follow `fn`'s device but keep the format's dtypes (model.half() must not recast fp32 scales
+        or turn fp16 values into bf16); the bias follows fn fully. Derived data is dropped."""
         self._dense.clear()
         self.kernel_state.clear()
-        return super()._apply(fn, recurse)
+        bufs = dict(self._buffers)
+        self._buffers.clear()
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, b in bufs.items():
+                dev = None if b is None else fn(torch.empty(0, dtype=b.dtype, device=b.device)).device
+                self._buffers[name] = None if b is None else b.to(dev)
+        return self
 
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """W (N, K) in `dtype` (int8 dequantized), cached when caching is on for this device."""

@@ -22,9 +22,12 @@ SCALE_NONE, SCALE_ROW, SCALE_GROUP = 0, 1, 2  # int8: no scales / one per row (a
 
 
 @triton.jit
-def _popc(v, USE_ASM: tl.constexpr):
-    """Population count of int32 lanes: one PTX popc on the GPU; a SWAR sum where inline asm cannot run."""
-    if USE_ASM:
+def _popc(v, NATIVE: tl.constexpr):
+    """Population count of int32 lanes: one PTX popc on the GPU; a SWAR sum where inline asm cannot run.
+
+    NATIVE (in every kernel here): compiled for a GPU. False under TRITON_INTERPRET=1.
+    """
+    if NATIVE:
         return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [v], dtype=tl.int32, is_pure=True, pack=1)
     else:
         u = v.to(tl.uint32, bitcast=True)
@@ -36,7 +39,7 @@ def _popc(v, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _decode_tile(words_ptr, values_ptr, cptr_ptr, scales_ptr, rn, n_ok, c, N, K, n_words, n_chunks,
-                 n_groups, group_size, BLOCK_K: tl.constexpr, SCALE_MODE: tl.constexpr, USE_ASM: tl.constexpr):
+                 n_groups, group_size, BLOCK_K: tl.constexpr, SCALE_MODE: tl.constexpr, NATIVE: tl.constexpr):
     """Dense fp32 tile W[rn, c*BLOCK_K : (c+1)*BLOCK_K] as (BLOCK_N, WORDS, 32), and its columns (WORDS, 32).
 
     idx(n, w, i) = chunk_ptr[n, c] + exclusive_cumsum_w(popc(word)) + popc(word & (2^i - 1)): element-wise
@@ -46,14 +49,14 @@ def _decode_tile(words_ptr, values_ptr, cptr_ptr, scales_ptr, rn, n_ok, c, N, K,
     rw = c * WORDS + tl.arange(0, WORDS)
     word = tl.load(words_ptr + rn[:, None] * n_words + rw[None, :],
                    mask=n_ok[:, None] & (rw < n_words)[None, :], other=0)  # (BN, WORDS) int32
-    cnt = _popc(word, USE_ASM)
+    cnt = _popc(word, NATIVE)
     base = tl.load(cptr_ptr + rn * n_chunks + c, mask=n_ok, other=0)  # (BN,)
     wbase = base[:, None] + tl.cumsum(cnt, axis=1) - cnt  # (BN, WORDS): first nonzero of each word
     i = tl.arange(0, 32)
     below = (1 << i) - 1  # bits under column i of its word; i = 31 wraps to 0x7fffffff, as wanted
     w3 = word[:, :, None]
     nz = (w3 & (1 << i)[None, None, :]) != 0  # (BN, WORDS, 32)
-    idx = wbase[:, :, None] + _popc(w3 & below[None, None, :], USE_ASM)
+    idx = wbase[:, :, None] + _popc(w3 & below[None, None, :], NATIVE)
     w = tl.load(values_ptr + idx, mask=nz, other=0).to(tl.float32)
     cols = (c * BLOCK_K + 32 * tl.arange(0, WORDS))[:, None] + i[None, :]  # (WORDS, 32)
     if SCALE_MODE == 2:
@@ -69,7 +72,7 @@ def bitmask_spmm_kernel(x_ptr, words_ptr, values_ptr, cptr_ptr, scales_ptr, y_pt
                         chunks_per_split,
                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
                         SCALE_MODE: tl.constexpr, USE_DOT: tl.constexpr, ATOMIC: tl.constexpr,
-                        USE_ASM: tl.constexpr):
+                        NATIVE: tl.constexpr):
     """y[b, n] (+)= sum_c W[n, c] x[b, c] over this program's row block, batch block and K split."""
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -85,13 +88,16 @@ def bitmask_spmm_kernel(x_ptr, words_ptr, values_ptr, cptr_ptr, scales_ptr, y_pt
     c_hi = tl.minimum(c_lo + chunks_per_split, n_chunks)
     for c in range(c_lo, c_hi):
         w, cols = _decode_tile(words_ptr, values_ptr, cptr_ptr, scales_ptr, rn, n_ok, c, N, K, n_words,
-                               n_chunks, n_groups, group_size, BLOCK_K, SCALE_MODE, USE_ASM)
+                               n_chunks, n_groups, group_size, BLOCK_K, SCALE_MODE, NATIVE)
         if USE_DOT:
             w2 = tl.reshape(w, (BLOCK_N, BLOCK_K))
             cols2 = c * BLOCK_K + tl.arange(0, BLOCK_K)
             xt = tl.load(x_ptr + rb[:, None] * stride_xb + cols2[None, :],
                          mask=b_ok[:, None] & (cols2 < K)[None, :], other=0.0)  # (BB, BK)
-            acc += tl.dot(w2.to(xt.dtype), tl.trans(xt))
+            if NATIVE:
+                acc += tl.dot(w2.to(xt.dtype), tl.trans(xt))
+            else:  # the interpreter's bf16 dot is wrong (triton 3.9): same math in fp32
+                acc += tl.dot(w2.to(xt.dtype).to(tl.float32), tl.trans(xt.to(tl.float32)))
         elif BLOCK_B == 1:
             xb = tl.load(x_ptr + pid_b * stride_xb + cols, mask=cols < K, other=0.0).to(tl.float32)
             acc1 += w * xb[None, :, :]  # one FFMA per position; reduced once after the loop
@@ -120,13 +126,13 @@ def bitmask_spmm_kernel(x_ptr, words_ptr, values_ptr, cptr_ptr, scales_ptr, y_pt
 def bitmask_decompress_kernel(words_ptr, values_ptr, cptr_ptr, scales_ptr, w_ptr,
                               N, K, n_words, n_chunks, n_groups, group_size,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_MODE: tl.constexpr,
-                              USE_ASM: tl.constexpr):
+                              NATIVE: tl.constexpr):
     """Dense W (N, K) from the bitmask format, one (BLOCK_N, BLOCK_K) tile per program."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     c = tl.program_id(1)
     n_ok = rn < N
     w, cols = _decode_tile(words_ptr, values_ptr, cptr_ptr, scales_ptr, rn, n_ok, c, N, K, n_words,
-                           n_chunks, n_groups, group_size, BLOCK_K, SCALE_MODE, USE_ASM)
+                           n_chunks, n_groups, group_size, BLOCK_K, SCALE_MODE, NATIVE)
     if SCALE_MODE == 1:
         s = tl.load(scales_ptr + rn, mask=n_ok, other=0.0)
         w = w * s[:, None, None]

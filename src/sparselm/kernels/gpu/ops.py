@@ -17,8 +17,8 @@ from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_RO
                                                bitmask_spmm_kernel)
 
 
-def _use_asm(t: torch.Tensor) -> bool:
-    """Inline PTX (popc) only on a real CUDA launch: the CPU interpreter runs the SWAR fallback."""
+def _native(t: torch.Tensor) -> bool:
+    """A real CUDA launch (inline PTX popc, fp16/bf16 tensor-core dots); False under the CPU interpreter."""
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 
@@ -111,7 +111,7 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         x, p.words, p.values, cptr, scales, y, n, k, bsz, p.words.shape[1], n_chunks, n_groups, p.group_size,
         x.stride(0), y.stride(0), per_split,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, SCALE_MODE=p.scale_mode,
-        USE_DOT=cfg.use_dot, ATOMIC=atomic, USE_ASM=_use_asm(x), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        USE_DOT=cfg.use_dot, ATOMIC=atomic, NATIVE=_native(x), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if atomic:
         y = y.to(x.dtype) if out is None else out.copy_(y)
     return y
@@ -127,5 +127,5 @@ def decompress_gpu(p: PackedBitmask, dtype: torch.dtype, block_n: int = 32, bloc
     grid = (triton.cdiv(n, block_n), cptr.shape[1])
     bitmask_decompress_kernel[grid](p.words, p.values, cptr, scales, w, n, k, p.words.shape[1], cptr.shape[1],
                                     n_groups, p.group_size, BLOCK_N=block_n, BLOCK_K=block_k,
-                                    SCALE_MODE=p.scale_mode, USE_ASM=_use_asm(w))
+                                    SCALE_MODE=p.scale_mode, NATIVE=_native(w))
     return w

@@ -1,0 +1,82 @@
+"""The Triton bitmask kernels, run by the Triton interpreter on the CPU (TRITON_INTERPRET=1, set by
+sparselm.kernels.gpu when no GPU is present): odd shapes, 0 / 50 / 90 % sparsity, all-zero rows, every values
+dtype, fp16/bf16 activations, the batch-1 FMA, batch 2-8 FMA and tensor-core (tl.dot) paths, split-K."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton loads (no-op when a GPU runs the tests)
+pytest.importorskip("triton", reason="the GPU kernels need triton: pip install triton")
+
+from sparselm.compress import compress_tensor, decompress  # noqa: E402
+from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, decompress_gpu, spmm  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+VALUES = [("float16", None), ("bfloat16", None), ("float32", None), ("int8", None), ("int8", 24)]
+CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
+    "gemv": (1, SpmmConfig(block_n=2, block_k=128, block_b=1)),
+    "gemv-splitk": (1, SpmmConfig(block_n=4, block_k=64, block_b=1, split_k=3)),
+    "fma-batch": (3, SpmmConfig(block_n=2, block_k=64, block_b=4)),
+    "dot": (5, SpmmConfig(block_n=16, block_k=64, block_b=16, use_dot=True)),
+}
+
+
+def sparse_weight(n, k, sparsity, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    w[torch.rand(n, k, generator=g) < sparsity] = 0
+    w[n // 2] = 0  # an all-zero row
+    return w
+
+
+def rel_err(y, ref):
+    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("values,group_size", VALUES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("path", sorted(CONFIGS))
+def test_spmm_matches_reference(values, group_size, sparsity, path):
+    batch, cfg = CONFIGS[path]
+    n, k = 19, 157  # not multiples of any tile
+    act = torch.bfloat16 if values == "bfloat16" else torch.float16
+    ct = compress_tensor(sparse_weight(n, k, sparsity), values, group_size=group_size).to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(batch, k, device=DEVICE).to(act)
+    out = torch.full((batch, n), float("nan"), device=DEVICE, dtype=act)  # every element must be written
+    y = spmm(x, p, cfg, out=None if cfg.split_k > 1 else out)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert y.shape == (batch, n) and y.dtype == act
+    assert not torch.isnan(y).any()
+    assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
+    assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+
+
+def test_spmm_all_zero_matrix_and_strided_input():
+    ct = compress_tensor(torch.zeros(7, 45), "float16").to(DEVICE)
+    x = torch.randn(4, 90, device=DEVICE).half()[:, ::2]  # a non-contiguous view
+    y = spmm(x, PackedBitmask.from_compressed(ct), SpmmConfig(block_n=2, block_k=64, block_b=4))
+    assert torch.equal(y, torch.zeros(4, 7, device=DEVICE, dtype=torch.float16))
+
+
+def test_spmm_rejects_wrong_width():
+    p = PackedBitmask.from_compressed(compress_tensor(torch.eye(8), "float16").to(DEVICE))
+    with pytest.raises(ValueError, match="x: expected"):
+        spmm(torch.randn(1, 9, device=DEVICE).half(), p)
+
+
+@pytest.mark.parametrize("values,group_size", [("float16", None), ("int8", 24), ("int8", None)])
+def test_decompress_kernel_exact(values, group_size):
+    ct = compress_tensor(sparse_weight(11, 99, 0.6), values, group_size=group_size).to(DEVICE)
+    w = decompress_gpu(PackedBitmask.from_compressed(ct), torch.float32, block_n=4, block_k=64)
+    torch.testing.assert_close(w, decompress(ct, torch.float32), rtol=1e-6, atol=0)
+
+
+def test_format_bytes_count_aux_array():
+    ct = compress_tensor(sparse_weight(10, 300, 0.75), "float16")
+    p = PackedBitmask.from_compressed(ct)
+    base = ct.bitmask.numel() + 2 * ct.nnz
+    assert p.nbytes() == base
+    assert p.nbytes(block_k=128) == base + 4 * 10 * 3  # int32 chunk_ptr, ceil(300/128) chunks per row

@@ -1,0 +1,113 @@
+"""SparseLinear, sparsify/densify, the per-device backend registry and the GPU dispatch table (CPU only)."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sparselm.compress import compress_tensor
+from sparselm.runtime import SparseLinear, densify, get_backend, register_backend, sparsify
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "proj" in name:
+                p[torch.rand_like(p) < 0.7] = 0
+    return model
+
+
+@pytest.mark.parametrize("values_dtype", ["float32", "float16", "bfloat16", "int8"])
+def test_forward_matches_dense(values_dtype):
+    lin = nn.Linear(37, 11)
+    with torch.no_grad():
+        lin.weight[torch.rand_like(lin.weight) < 0.6] = 0
+    sl = SparseLinear.from_linear(lin, values_dtype)
+    x = torch.randn(2, 5, 37)
+    ref = lin(x)
+    tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2, "int8": 3e-2}[values_dtype]
+    torch.testing.assert_close(sl(x), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    assert sl(x).shape == (2, 5, 11)
+
+
+def test_sparsify_only_block_linears_and_min_sparsity():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.normal_()  # dense: stays nn.Linear at min_sparsity 0.5
+    done = sparsify(model, values_dtype="float32", min_sparsity=0.5)
+    assert len(done) == 13 and all(0.5 <= s for s in done.values())
+    assert isinstance(model.model.layers[0].self_attn.q_proj, SparseLinear)
+    assert isinstance(model.model.layers[1].mlp.down_proj, nn.Linear)
+    assert isinstance(model.lm_head, nn.Linear) and isinstance(model.model.embed_tokens, nn.Embedding)
+    with pytest.raises(ValueError, match="min_sparsity"):
+        sparsify(model, min_sparsity=1.5)
+
+
+def test_sparsify_then_densify_is_identity():
+    model = tiny_llama()
+    ids = torch.randint(0, 53, (1, 6))
+    with torch.no_grad():
+        ref = model(ids).logits
+        sparsify(model, values_dtype="float32")
+        torch.testing.assert_close(model(ids).logits, ref)
+        assert densify(model) == 14
+        torch.testing.assert_close(model(ids).logits, ref)
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())
+
+
+def test_backend_registry_hook_and_decline():
+    ct = compress_tensor(torch.eye(4) * 2, "float32")
+    sl = SparseLinear(ct)
+    calls = []
+
+    def fake(x2d, layer):
+        calls.append((tuple(x2d.shape), layer.compressed.nnz))
+        return None if x2d.shape[0] > 1 else torch.full((x2d.shape[0], 4), 7.0)
+
+    old = get_backend("cpu")
+    register_backend("cpu", fake)
+    try:
+        assert torch.equal(sl(torch.ones(1, 4)), torch.full((1, 4), 7.0))  # the backend's answer
+        assert torch.equal(sl(torch.ones(3, 4)), torch.full((3, 4), 2.0))  # declined: dense fallback
+        assert calls == [((1, 4), 4), ((3, 4), 4)]
+    finally:
+        register_backend("cpu", old)
+
+
+def test_state_dict_moves_with_module():
+    sl = SparseLinear(compress_tensor(torch.eye(5), "float16"), bias=torch.ones(5))
+    keys = set(sl.state_dict())
+    assert {"bitmask", "values", "row_ptr", "bias"} <= keys
+    sl = sl.to(torch.float64)  # dtype moves keep the format's dtypes; only the bias follows
+    assert sl.values.dtype == torch.float16 and sl.bitmask.dtype == torch.uint8 and sl.bias.dtype == torch.float64
+    y = sl(torch.ones(2, 5, dtype=torch.float64))
+    assert y.dtype == torch.float64 and torch.equal(y, torch.full((2, 5), 2.0, dtype=torch.float64))
+    q = SparseLinear(compress_tensor(torch.eye(5), "int8")).half()
+    assert q.scales.dtype == torch.float32 and q.values.dtype == torch.int8
+
+
+def test_dispatch_table_roundtrip(tmp_path):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton", reason="the GPU dispatch module imports triton: pip install triton")
+    from sparselm.kernels.gpu import SpmmConfig
+    from sparselm.runtime import gpu_backend as gb
+
+    assert gb.bucket(1) == 1 and gb.bucket(3) == 4 and gb.bucket(64) == 64 and gb.bucket(65) == 65
+    key = gb.key_of(4096, 4096, 3, torch.float16, torch.float16)
+    assert key == (4096, 4096, 4, "float16", "float16")
+    assert gb.choice(gb.key_of(4096, 4096, 512, torch.float16, torch.float16))["path"] == "dense"
+    cfg = SpmmConfig(block_n=4, block_k=1024, block_b=4)
+    gb.record(key, "sparse", cfg)
+    gb.record(gb.key_of(8, 8, 1, torch.int8, torch.bfloat16), "dense", None)
+    gb.save_dispatch_table(tmp_path / "t.json")
+    gb._TABLE.clear()
+    assert gb.load_dispatch_table(tmp_path / "t.json") == 2
+    assert gb.choice(key) == {"path": "sparse", "cfg": cfg}
+    assert gb.choice((8, 8, 1, "int8", "bfloat16"))["path"] == "dense"
+    gb._TABLE.clear()
