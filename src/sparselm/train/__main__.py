@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparselm.train.finetune import finetune
+from sparselm.train.runner import finetune
 
 
 def main(argv: list[str] | None = None) -> int:
