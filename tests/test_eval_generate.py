@@ -54,6 +54,8 @@ def test_evaluate_scores_extracted_answers(tmp_path, monkeypatch):
     assert [r["prediction"] for r in res["predictions"]] == ["4.0", "7"]
     assert res["loglik_per_token"] < 0 and res["target_tokens"] == 2 * (len(" 2+2=4\n#### 4") + 1)
     assert res["per_source"] == {"all": {"n": 2, "exact_match": 0.5}}
+    only = ev.evaluate(model, tok, task, "test", generate=False)
+    assert "exact_match" not in only and only["loglik_per_token"] == pytest.approx(res["loglik_per_token"])
 
 
 def test_run_eval_writes_json_and_predictions(tmp_path):

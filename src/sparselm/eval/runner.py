@@ -43,14 +43,21 @@ def _per_source(items: list[dict], correct: list[bool]) -> dict[str, dict[str, f
 
 def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int | None = None,
                   batch_size: int = 16, loglik: bool = True, max_new_tokens: int | None = None,
-                  progress: bool = False) -> dict[str, Any]:
-    """Metrics of `model` on `task`/`split` (see the module docstring); ``predictions`` holds one row per item."""
+                  progress: bool = False, generate: bool = True) -> dict[str, Any]:
+    """Metrics of `model` on `task`/`split` (see the module docstring); ``predictions`` holds one row per item.
+
+    `generate=False` skips generation (log-likelihood only: one forward per batch, cheap enough to run on
+    the validation split during training)."""
     items = task.items(split, limit=limit)
     if not items:
         raise ValueError(f"task {task.name!r} split {split!r} has no items")
     metric = task.metric
     res: dict[str, Any] = {"task": task.name, "split": split, "n": len(items), "metric": metric}
-    if metric in ("exact_match", "gsm_exact_match", "bleu"):
+    if not generate:
+        if not loglik:
+            raise ValueError("generate=False and loglik=False: nothing to evaluate")
+        res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"]} for it in items]
+    elif metric in ("exact_match", "gsm_exact_match", "bleu"):
         budget = max_new_tokens or task.max_new_tokens
         gens = generate_greedy(model, tokenizer, [it["prompt"] for it in items], budget, batch_size,
                                progress=progress)
