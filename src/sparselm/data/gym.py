@@ -1,9 +1,9 @@
 """Procedural tasks drawn from reasoning-gym generators, with disjoint splits and held-out generators.
 
 Split rules (shared by `gsm` and `reasoning`):
-  * each split draws from its own seed, ``seed + SPLIT_OFFSET[split]``; offsets are 10^6 apart and a split never
-    draws more than 10^6 indices, so two splits never share a reasoning-gym item seed (reasoning-gym seeds
-    item ``i`` of a dataset with seed ``s`` by ``Random(s + i)``);
+  * source ``k`` of a split draws from seed ``seed + SPLIT_OFFSET[split] + 1000 k``; offsets are 10^6 apart and
+    a split never draws more than 10^6 indices, so two splits never share a reasoning-gym item seed of the same
+    source (reasoning-gym seeds item ``i`` of a dataset with seed ``s`` by ``Random(s + i)``);
   * prompts are unique inside a split, and a split never repeats a prompt of a split generated before it, in
     the order test → validation → test-unseen → train; so train shares no prompt with any evaluation split
     even when two seeds produce the same question (frequent for small generators);
