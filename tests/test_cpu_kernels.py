@@ -191,3 +191,27 @@ def test_runtime_backend_serves_sparse_linear() -> None:
         assert backend.cpu_backend(torch.randn(5, 96), layer) is None  # above max_batch: dense
     finally:
         register_backend("cpu", previous)
+
+
+def test_concurrent_callers_share_the_pool() -> None:
+    """Calls from several Python threads at once (ctypes drops the GIL) all get correct results."""
+    import threading
+
+    p = pack_dense(_weight(700, 512, 0.75, seed=9), "fp32")  # > 256 KiB: the threaded path
+    Wd = unpack_dense(p)
+    xs = [torch.randn(2, 512) for _ in range(4)]
+    errors = []
+
+    def work(x: torch.Tensor) -> None:
+        for _ in range(20):
+            try:
+                _check(sparse_matmul(x, **p.kwargs(), threads=2), x, Wd, rel=1e-5)
+            except AssertionError as e:  # collected: pytest sees failures only in the main thread
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in xs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

@@ -26,7 +26,7 @@ _SOURCE = Path(__file__).with_name("sparse_matmul.cpp")
 # -O3: the kernels rely on full unrolling of the small (rows x batch) register tiles.  -fno-math-errno: no libm
 # calls inside loops.  No -march: ISA-specific code is enabled per function by pragmas, so the library also
 # loads on a CPU without AVX-512.
-_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno"]
+_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-pthread"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -84,8 +84,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     errors = []
-    # OpenMP first (threads over rows); without it the library still works, single-threaded.
-    for extra in (["-fopenmp"], []):
+    for extra in ([],):  # threads: pthreads in spmm_pool.h, no OpenMP runtime needed
         flags = _BASE_FLAGS + extra
         key = hashlib.sha256(_sources() + repr((flags, version)).encode()).hexdigest()[:16]
         out = cache_dir() / f"sparse_matmul-{key}.so"
@@ -95,7 +94,7 @@ def _build() -> ctypes.CDLL:
             return _declare(ctypes.CDLL(str(out)))
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
             detail = getattr(e, "stderr", "") or str(e)
-            errors.append(f"{' '.join(extra) or 'no openmp'}: {detail.strip()[-400:]}")
+            errors.append(detail.strip()[-400:])
     raise RuntimeError("; ".join(errors))
 
 

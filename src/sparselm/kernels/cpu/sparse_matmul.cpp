@@ -14,16 +14,14 @@
 //   Scalar: walks the set bits with count-trailing-zeros.
 // Activations are fp32 (the Python wrapper converts bf16/fp16 once per call; K values, negligible next to W).
 // x rows must be readable up to 64*ceil(words/2) columns, zeros past K (the wrapper pads to a multiple of 64).
-// Threads split the rows into ranges of equal estimated bytes (mask bytes + value bytes).
+// Threads (spmm_pool.h) take chunks of rows of equal estimated bytes (mask bytes + value bytes).
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "spmm_common.h"
+#include "spmm_pool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -53,13 +51,8 @@ extern "C" int sl_isa_flags(void) {
     return f;
 }
 
-extern "C" int sl_has_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
+// Threads come from spmm_pool.h (pthreads); kept for callers that ask whether the build is multithreaded.
+extern "C" int sl_has_openmp(void) { return 1; }
 
 // Format check the kernels rely on (they trust row_ptr to match the mask): returns -1 when every row's popcount
 // equals row_ptr[n+1] - row_ptr[n] and padding bits are clear, else the first bad row (N when row_ptr[0] != 0).
@@ -98,11 +91,14 @@ static void run_rows(const Problem& P, const Plan& L, int64_t r0, int64_t r1) {
     rows_scalar(P, r0, r1);
 }
 
-static void run_range(const Problem& P, const Plan& L, int t, int T) {
-    double total = (double)P.N * 4.0 * (double)P.words + (double)P.nnz * value_bytes(P.vtype);
-    int64_t r0 = t == 0 ? 0 : split_row(P, total * t / T);
-    int64_t r1 = t == T - 1 ? P.N : split_row(P, total * (t + 1) / T);
-    if (r1 > r0) run_rows(P, L, r0, r1);
+// Rows are cut into chunks of equal estimated bytes; the pool hands them out.
+struct Job { const Problem* P; const Plan* L; int64_t chunks; double total; };
+
+static void run_chunk(const void* job, int64_t c) {
+    const Job& J = *(const Job*)job;
+    int64_t r0 = c == 0 ? 0 : split_row(*J.P, J.total * (double)c / (double)J.chunks);
+    int64_t r1 = c == J.chunks - 1 ? J.P->N : split_row(*J.P, J.total * (double)(c + 1) / (double)J.chunks);
+    if (r1 > r0) run_rows(*J.P, *J.L, r0, r1);
 }
 
 // The path that runs a request: int8 groups must hold whole decode steps (64 columns on AVX-512, 32 on AVX2);
@@ -183,15 +179,14 @@ extern "C" int sl_spmm(int isa, int vtype, const float* x, int64_t ldx, int64_t 
         L.xp = xbuf;
     }
 #endif
-    int T = threads;
-    if ((int64_t)T > N) T = (int)N;
-#ifdef _OPENMP
-    if (T > 1) {
-#pragma omp parallel num_threads(T)
-        run_range(P, L, omp_get_thread_num(), omp_get_num_threads());
-    } else
-#endif
-        run_range(P, L, 0, 1);
+    // Chunks: 8 per thread, so a thread that starts late (shared machine) costs at most a few chunks' time;
+    // below ~256 KiB of weight bytes a single thread is faster than waking others.
+    double total = (double)N * 4.0 * (double)words + (double)nnz * value_bytes(vtype);
+    int T = total < 262144.0 ? 1 : threads;
+    int64_t chunks = T <= 1 ? 1 : (int64_t)T * 8;
+    if (chunks > N) chunks = N;
+    Job J = {&P, &L, chunks, total};
+    pool_run(run_chunk, &J, chunks, T);
     free(xbuf); free(xu); free(sx); free(xhat);
     return SL_OK;
 }

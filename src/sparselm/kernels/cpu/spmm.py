@@ -201,8 +201,8 @@ def _torch_fallback(x2, bitmask, values, row_ptr, N, K, scales, group_size) -> t
 
 
 def describe() -> dict:
-    """Build and machine facts for benchmark reports: paths, OpenMP, compiler error if any."""
+    """Build and machine facts for benchmark reports: paths, threading, compiler error if any."""
     lib = _build.load()
-    return {"isa": available_isa(), "vnni": has_vnni(), "openmp": bool(lib and lib.sl_has_openmp()), "build_error": _build.build_error(),
+    return {"isa": available_isa(), "vnni": has_vnni(), "threaded": bool(lib and lib.sl_has_openmp()), "build_error": _build.build_error(),
             "threads": get_num_threads()}
 
