@@ -9,7 +9,7 @@ means run over real tokens and the hidden dimension; `eps` keeps an all-padding 
 
 Variant `sum_ratio` (SparseML's): over all elements, padding included, no eps,
 
-    SH_l = Σ (h_t − h_s)² / Σ h_t²,                                    loss = Σ_l SH_l   (÷ L if scale_by_layers)
+    SH_l = Σ (h_t − h_s)² / Σ h_t²,                       loss = Σ_l SH_l   (÷ L if scale_by_layers)
 
 Both compute in fp32: teacher/student hidden states may be bf16, and the ratio of two sums of squares loses
 precision fast in bf16.

@@ -86,7 +86,8 @@ class TeacherSpec(_Strict):
     source: Literal["path", "dense-finetune", "initial"] = "path"
     path: str | None = None
     dense_steps: int = Field(0, ge=0)         # optimizer steps of the in-run dense fine-tune
-    bf16: bool = False                        # cast the teacher to bf16 (halves its memory; GPU only)
+    bf16: bool | None = None                  # cast the teacher to bf16 (half the memory and bandwidth);
+                                              # None = yes when training runs in bf16 (GPU), no in fp32 (CPU)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TeacherSpec":

@@ -5,7 +5,8 @@ After every step:   W ← W ⊙ M,   m_t ← m_t ⊙ M,   v_t ← v_t ⊙ M     
 Zeroing the moments matters: re-zeroing W alone keeps the forward pass sparse, but the moments of pruned weights
 would keep integrating their gradients, so the momentum term −lr·m̂/(√v̂+eps) would push them off zero at every
 step (visible to anyone reading weights between step and hook, and in the optimizer checkpoint). With m = v = 0 the
-optimizer state is as sparse as the model. Masks are kept in the parameter's dtype (exact 0/1) so a single foreach multiply covers all.
+optimizer state is as sparse as the model. Masks are kept in the parameter's dtype (exact 0/1) so one foreach
+multiply covers all of them.
 With FSDP2 the parameters are DTensor shards: masks are built from, and applied to, the local shard.
 """
 from __future__ import annotations

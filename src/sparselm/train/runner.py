@@ -30,7 +30,7 @@ from sparselm.train.loop import LoopParts, MetricsLog, Phase, train_phase
 from sparselm.train.mask import FixedMask
 from sparselm.train.optim import LinearWarmupDecay, build_adamw, warmup_steps
 from sparselm.train.setup import (git_sha, load_examples, load_student, load_teacher_from_path, make_accelerator,
-                                  plan_phases, reload_teacher, save_teacher_atomic, snapshot)
+                                  plan_phases, reload_teacher, resolve_precision, save_teacher_atomic, snapshot)
 from sparselm.train.step import ObjectiveStep, compile_blocks, model_inputs
 
 
@@ -167,7 +167,7 @@ class FinetuneRun:
         if loss.needs_teacher and teacher is None:
             raise ValueError(f"phase {phase.name}: losses {loss.names} need a teacher but none was built")
         objective = ObjectiveStep(model_fwd, module, self.adapter, loss, teacher, r.loss.layers,
-                                  teacher_bf16=bool(r.teacher and r.teacher.bf16))
+                                  teacher_bf16=self._teacher_bf16())
         plan = BatchPlan(self.examples, r.train.batch_size, self.tokenizer.pad_token_id, self.causal, r.train.seed,
                          phase.index, self.acc.process_index, self.acc.num_processes)
         parts = LoopParts(
@@ -195,6 +195,12 @@ class FinetuneRun:
             if self.recipe.train.compile:
                 compile_blocks(module, self.adapter)
         return self.model_fwd, optimizer
+
+    def _teacher_bf16(self) -> bool:
+        spec = self.recipe.teacher
+        if spec is None or spec.bf16 is None:
+            return resolve_precision(self.recipe.train.precision) == "bf16"
+        return spec.bf16
 
     def _loss_options(self) -> dict[str, dict[str, object]]:
         lo = self.recipe.loss
