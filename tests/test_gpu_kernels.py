@@ -1,6 +1,7 @@
 """The Triton bitmask kernels, run by the Triton interpreter on the CPU (TRITON_INTERPRET=1, set by
 sparselm.kernels.gpu when no GPU is present): odd shapes, 0 / 50 / 90 % sparsity, all-zero rows, every values
-dtype, fp16/bf16 activations, the batch-1 FMA, batch 2-8 FMA and tensor-core (tl.dot) paths, split-K."""
+dtype, fp16/bf16 activations, the batch-1 FMA, batch 2-8 FMA and tensor-core (tl.dot) paths, split-K, and the
+per-nonzero csr8 kernel (batch 1 and batched)."""
 
 import os
 
@@ -20,6 +21,8 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "gemv-splitk": (1, SpmmConfig(block_n=4, block_k=64, block_b=1, split_k=3)),
     "fma-batch": (3, SpmmConfig(block_n=2, block_k=64, block_b=4)),
     "dot": (5, SpmmConfig(block_n=16, block_k=64, block_b=16, use_dot=True)),
+    "csr8": (1, SpmmConfig(kernel="csr8", block_n=2, block_k=512, slots=16)),
+    "csr8-batch": (3, SpmmConfig(kernel="csr8", block_n=2, block_k=256, block_b=4, slots=32)),
 }
 
 
@@ -40,7 +43,7 @@ def rel_err(y, ref):
 @pytest.mark.parametrize("path", sorted(CONFIGS))
 def test_spmm_matches_reference(values, group_size, sparsity, path):
     batch, cfg = CONFIGS[path]
-    n, k = 19, 157  # not multiples of any tile
+    n, k = 19, 301  # not multiples of any tile; two 256-column csr8 chunks
     act = torch.bfloat16 if values == "bfloat16" else torch.float16
     ct = compress_tensor(sparse_weight(n, k, sparsity), values, group_size=group_size).to(DEVICE)
     p = PackedBitmask.from_compressed(ct)
@@ -80,3 +83,14 @@ def test_format_bytes_count_aux_array():
     base = ct.bitmask.numel() + 2 * ct.nnz
     assert p.nbytes() == base
     assert p.nbytes(block_k=128) == base + 4 * 10 * 3  # int32 chunk_ptr, ceil(300/128) chunks per row
+    assert p.nbytes(kernel="csr8") == 3 * ct.nnz + 4 * 10 * 3  # values + cols8 + cp256 (2 chunks + end)
+
+
+def test_csr8_aux_arrays():
+    w = sparse_weight(6, 600, 0.5)
+    ct = compress_tensor(w, "float16")
+    cols8, cp = PackedBitmask.from_compressed(ct).csr8()
+    cols = (w != 0).nonzero()[:, 1]
+    assert cols8.dtype == torch.uint8 and torch.equal(cols8.long(), cols % 256)
+    assert cp.shape == (6, 4) and torch.equal(cp[:, -1].long(), ct.row_ptr[1:])
+    assert torch.equal(cp[:, 1].long(), ct.row_ptr[:-1] + (w[:, :256] != 0).sum(1))

@@ -109,18 +109,22 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
 
 
 def candidate_configs(batch: int) -> list[SpmmConfig]:
-    """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket."""
+    """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
+    kernel's measured-best tiles, plus the per-nonzero csr8 kernel for batch <= 8."""
     if batch == 1:
-        return [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
-                for bn, bk, w, s in ((2, 2048, 4, 1), (4, 1024, 4, 1), (2, 4096, 8, 1), (4, 2048, 8, 1),
-                                     (8, 512, 4, 1), (16, 256, 4, 4))]
+        out = [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
+               for bn, bk, w, s in ((2, 2048, 4, 1), (4, 1024, 4, 1), (2, 4096, 8, 1), (8, 512, 4, 1))]
+        return out + [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, num_warps=w)
+                      for bn, bk, sl, w in ((1, 4096, 32, 4), (2, 2048, 32, 4), (1, 4096, 16, 4), (4, 1024, 32, 8))]
     bb = bucket(batch)
     out = []
     if batch <= 8:
         out += [SpmmConfig(block_n=bn, block_k=bk, block_b=bb, num_warps=w)
-                for bn, bk, w in ((2, 1024, 4), (4, 512, 4), (2, 2048, 8))]
+                for bn, bk, w in ((2, 1024, 4), (4, 512, 4))]
+        out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, block_b=bb, slots=sl, num_warps=4)
+                for bn, bk, sl in ((1, 2048, 16), (1, 1024, 32))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
-            for bn, bk, w in ((16, 512, 4), (16, 512, 8), (32, 256, 4), (16, 1024, 8))]
+            for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     return out
 
 

@@ -1,7 +1,8 @@
-"""Host side of the bitmask kernels: a load-time packed view of a CompressedTensor and the launchers.
+"""Host side of the GPU kernels: a load-time packed view of a CompressedTensor and the launchers.
 
-The packed view adds only `chunk_ptr` (int32 (N, ceil(K/BLOCK_K)), FORMAT.md "Auxiliary arrays") to the canonical
-tensors; `PackedBitmask.nbytes(block_k)` counts it with them for honest bandwidth numbers.
+The packed view derives, lazily and only for the kernels used, `chunk_ptr` (int32 (N, ceil(K/BLOCK_K))) for the
+bitmask kernel, and `cols8` (uint8 (nnz,)) + `cp256` (int32 (N, ceil(K/256)+1)) for the per-nonzero csr8 kernel
+(FORMAT.md "Auxiliary arrays"); `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from sparselm.compress.format import CompressedTensor, chunk_ptr
+from sparselm.compress.format import CompressedTensor, chunk_ptr, unpack_mask
 from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_ROW, bitmask_decompress_kernel,
                                                bitmask_spmm_kernel)
+from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
 
 
 def _native(t: torch.Tensor) -> bool:
@@ -33,8 +35,12 @@ class SpmmConfig:
     split_k: int = 1  # programs along K; > 1 accumulates with fp32 atomics
     num_warps: int = 4
     num_stages: int = 2
+    kernel: str = "bitmask"  # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8)
+    slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
 
     def key(self) -> str:
+        if self.kernel == "csr8":
+            return f"csr8-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
         return (f"n{self.block_n}k{self.block_k}b{self.block_b}{'d' if self.use_dot else 'f'}"
                 f"s{self.split_k}w{self.num_warps}p{self.num_stages}")
 
@@ -50,7 +56,7 @@ class PackedBitmask:
     scales: torch.Tensor | None
     group_size: int
     scale_mode: int
-    _cptr: dict[int, torch.Tensor] = field(default_factory=dict)
+    _cptr: dict = field(default_factory=dict)  # derived aux arrays: {block_k: chunk_ptr, "csr8": (cols8, cp256)}
     _ct: CompressedTensor | None = None
 
     @classmethod
@@ -67,9 +73,9 @@ class PackedBitmask:
     def clone(self) -> "PackedBitmask":
         """An independent copy in fresh memory (benchmarks rotate copies to stay out of the L2)."""
         cl = lambda t: None if t is None else t.clone()  # noqa: E731
+        aux = {k: tuple(t.clone() for t in v) if isinstance(v, tuple) else v.clone() for k, v in self._cptr.items()}
         return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
-                             self.group_size, self.scale_mode, {k: v.clone() for k, v in self._cptr.items()},
-                             self._ct)
+                             self.group_size, self.scale_mode, aux, self._ct)
 
     def chunk_ptr(self, block_k: int) -> torch.Tensor:
         if block_k not in self._cptr:
@@ -77,12 +83,26 @@ class PackedBitmask:
             self._cptr[block_k] = chunk_ptr(ct, block_k)
         return self._cptr[block_k]
 
-    def nbytes(self, block_k: int | None = None) -> int:
-        """Bytes a kernel reads for W: mask words + values (+ scales) + chunk_ptr for block_k."""
-        ts = [self.words, self.values] + ([self.scales] if self.scales is not None else [])
-        total = sum(t.numel() * t.element_size() for t in ts)
-        if block_k is not None:
+    def csr8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cols8 (nnz,) uint8 = column % 256 of each nonzero, cp256 (N, ceil(K/256)+1) int32 segment starts)."""
+        if "csr8" not in self._cptr:
             n, k = self.shape
+            ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values, self.row_ptr)
+            cols = unpack_mask(ct.bitmask, k).nonzero()[:, 1]  # row-major: the order of `values`
+            cp = torch.cat([chunk_ptr(ct, CSR8_CHUNK), self.row_ptr[1:, None].to(torch.int32)], dim=1)
+            self._cptr["csr8"] = (cols.remainder(CSR8_CHUNK).to(torch.uint8), cp.contiguous())
+        return self._cptr["csr8"]
+
+    def nbytes(self, block_k: int | None = None, kernel: str = "bitmask") -> int:
+        """Bytes a kernel reads for W. bitmask: mask words + values (+ scales) + chunk_ptr for block_k;
+        csr8: values (+ scales) + cols8 + cp256 (the mask is not read)."""
+        n, k = self.shape
+        ts = [self.values] + ([self.scales] if self.scales is not None else [])
+        total = sum(t.numel() * t.element_size() for t in ts)
+        if kernel == "csr8":
+            return total + self.values.numel() + 4 * n * (triton.cdiv(k, CSR8_CHUNK) + 1)
+        total += self.words.numel() * 4
+        if block_k is not None:
             total += 4 * n * triton.cdiv(k, block_k)
         return total
 
@@ -96,6 +116,8 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     if x.stride(1) != 1:
         x = x.contiguous()
     bsz = x.shape[0]
+    if cfg.kernel == "csr8":
+        return _spmm_csr8(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))
@@ -114,6 +136,20 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         USE_DOT=cfg.use_dot, ATOMIC=atomic, NATIVE=_native(x), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if atomic:
         y = y.to(x.dtype) if out is None else out.copy_(y)
+    return y
+
+
+def _spmm_csr8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:
+    n, k = p.shape
+    bsz = x.shape[0]
+    cols8, cp = p.csr8()
+    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
+    scales = p.scales if p.scales is not None else p.values
+    n_groups = p.scales.shape[1] if p.scales is not None else 1
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
+    csr8_spmv_kernel[grid](x, p.values, cols8, cp, scales, y, n, k, bsz, cp.shape[1], n_groups, p.group_size,
+                           x.stride(0), y.stride(0), BLOCK_N=cfg.block_n, CHUNKS=max(1, cfg.block_k // CSR8_CHUNK),
+                           SLOTS=cfg.slots, BLOCK_B=cfg.block_b, SCALE_MODE=p.scale_mode, num_warps=cfg.num_warps)
     return y
 
 
