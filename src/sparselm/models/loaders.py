@@ -121,8 +121,11 @@ def _load_tokenizer(path: Path, config) -> object | None:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
-    """(model, tokenizer-or-processor) from a local HF directory or a bundled name; eval mode, on `device`."""
+               device: str | torch.device = "cpu", kind: str | None = None) -> tuple[nn.Module, object]:
+    """(model, tokenizer-or-processor) from a local HF directory or a bundled name; eval mode, on `device`.
+
+    kind: optional expectation ("causal-lm" | "seq2seq"); a model of the other kind is a clear error.
+    """
     from transformers import AutoConfig
 
     key = str(name_or_path)
@@ -138,4 +141,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     else:
         raise ModelNotFoundError(
             f"model {key!r} not found: not a local directory, and not a bundled name ({', '.join(bundled_names())})")
+    if kind is not None:
+        is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        if kind not in ("causal-lm", "seq2seq"):
+            raise ValueError(f"kind must be 'causal-lm' or 'seq2seq', got {kind!r}")
+        if is_seq2seq != (kind == "seq2seq"):
+            raise ValueError(f"{key}: expected a {kind} model, got {type(model).__name__}")
     return model.to(device).eval(), tok
