@@ -32,6 +32,9 @@ from sparselm.kernels.cpu.pack import PackedWeight, pack_dense, random_sparse, u
 
 ROTATE_BYTES = 64 << 20  # per engine: > 2x the 32 MiB L3, so no copy is still cached when it comes round again
 MAX_COPIES = 16
+# sparselm engines: (name, values dtype, int8 activations); bf16 values run with bf16 activations.
+ENGINES = (("sparselm_fp32", "fp32", False), ("sparselm_bf16", "bf16", False), ("sparselm_int8", "int8", False),
+           ("sparselm_int8_aq", "int8", True))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -77,40 +80,44 @@ def engines(W: torch.Tensor, x: torch.Tensor, threads: int, hot: bool, which: li
         ws = [csr.clone() for _ in range(copies_for(nbytes, hot))]
         xt = x.T.contiguous()
         out["csr_fp32"] = [lambda w=w: (w @ xt).T for w in ws]
-    for name, vt, aq in (("sparselm_fp32", "fp32", False), ("sparselm_bf16", "bf16", False),
-                         ("sparselm_int8", "int8", False), ("sparselm_int8_aq", "int8", True)):
+    for name, vt, aq in ENGINES:
         if name in which:
             p = pack_dense(W, vt)
             ps = [p] + [clone_packed(p) for _ in range(copies_for(p.nbytes(), hot) - 1)]
-            out[name] = [lambda p=p, aq=aq: sparse_matmul(x, **p.kwargs(), threads=threads, act_quant=aq)
+            xa = x.bfloat16() if vt == "bf16" else x  # bf16 weights run with bf16 activations, like dense_bf16
+            out[name] = [lambda p=p, aq=aq, xa=xa: sparse_matmul(xa, **p.kwargs(), threads=threads, act_quant=aq)
                          for p in ps]
     return out
 
 
 def time_round_robin(fns: dict[str, list], runs: int, warmup: int) -> dict[str, dict]:
-    """Median / min wall time (ms) of each engine, all timed in one interleaved loop."""
+    """Median / min wall time (ms) of each engine, all timed in one interleaved loop, plus the median CPU time of
+    the calling thread (cpu_ms: excludes time the thread was descheduled; with 1 thread, the noise-robust one)."""
     times = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for r in range(warmup + runs):
         for name, calls in fns.items():
             f = calls[r % len(calls)]
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             f()
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             if r >= warmup:
                 times[name].append(dt * 1e3)
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "copies": len(fns[k])} for k, v in times.items()}
+                cpu[name].append(dc * 1e3)
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "cpu_ms": statistics.median(cpu[k]),
+                "copies": len(fns[k])} for k, v in times.items()}
 
 
 def check_outputs(W: torch.Tensor, x: torch.Tensor, threads: int, which: list[str]) -> dict[str, float]:
     """Relative error (max |y - ref| / max |ref|) of each sparselm engine vs the fp64 product with its own
     decoded weights (int8: dequantized; act_quant: against the exact x, so it includes activation rounding)."""
     errs = {}
-    for name, vt, aq in (("sparselm_fp32", "fp32", False), ("sparselm_bf16", "bf16", False),
-                         ("sparselm_int8", "int8", False), ("sparselm_int8_aq", "int8", True)):
+    for name, vt, aq in ENGINES:
         if name in which:
             p = pack_dense(W, vt)
-            ref = x.double() @ unpack_dense(p).double().T
-            y = sparse_matmul(x, **p.kwargs(), threads=threads, act_quant=aq)
+            xa = x.bfloat16() if vt == "bf16" else x
+            ref = xa.double() @ unpack_dense(p).double().T
+            y = sparse_matmul(xa, **p.kwargs(), threads=threads, act_quant=aq)
             errs[name] = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
     return errs
 
@@ -133,6 +140,8 @@ def run_case(N: int, K: int, batch: int, sparsity: float, threads: int, args, wh
                      "baseline": "torch dense fp32", "dense_ms": round(dense, 4),
                      "sparse_ms": round(r["median_ms"], 4), "sparse_min_ms": round(r["min_ms"], 4),
                      "dense_min_ms": round(t["dense_fp32"]["min_ms"], 4), "copies": r["copies"],
+                     "sparse_cpu_ms": round(r["cpu_ms"], 4), "dense_cpu_ms": round(t["dense_fp32"]["cpu_ms"], 4),
+                     "speedup_cpu_time": round(t["dense_fp32"]["cpu_ms"] / max(r["cpu_ms"], 1e-9), 3),
                      "speedup": round(dense / r["median_ms"], 3), "max_rel_err": errs.get(name)})
     return rows
 

@@ -74,13 +74,20 @@ def test_act_quant_is_exact_on_quantized_x(isa: str) -> None:
             _check(y, x, Wd, rel=0.05)  # and close to the unquantized product
 
 
+@pytest.mark.parametrize("isa", ISAS_HERE)
 @pytest.mark.parametrize("act", [torch.bfloat16, torch.float16])
-def test_low_precision_activations(act: torch.dtype) -> None:
-    p = pack_dense(_weight(64, 200, 0.75, seed=5), "bf16")
-    x = torch.randn(2, 3, 200).to(act)
-    y = sparse_matmul(x, **p.kwargs())
-    assert y.dtype == act and y.shape == (2, 3, 64)
-    _check(y.float().reshape(6, 64), x.float().reshape(6, 200), unpack_dense(p), rel=1e-2)
+def test_low_precision_activations(isa: str, act: torch.dtype) -> None:
+    """bf16/fp16 x: same sums as the fp32 call on x.float() (bf16 x + bf16 W may use BF16 dot products), then
+    rounded to x's dtype."""
+    for vt in VALUE_TYPES:
+        for (N, K) in [(64, 200), (130, 640)]:
+            p = pack_dense(_weight(N, K, 0.75, seed=5), vt)
+            x = torch.randn(2, 3, K).to(act)
+            y = sparse_matmul(x, **p.kwargs(), isa=isa)
+            assert y.dtype == act and y.shape == (2, 3, N)
+            y32 = sparse_matmul(x.float(), **p.kwargs(), isa=isa).to(act)
+            torch.testing.assert_close(y, y32, rtol=2e-2, atol=1e-3)
+            _check(y.float().reshape(6, N), x.float().reshape(6, K), unpack_dense(p), rel=1e-2)
 
 
 def test_empty_shapes() -> None:

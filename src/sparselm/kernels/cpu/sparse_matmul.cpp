@@ -32,7 +32,7 @@
 #endif  // x86
 
 // ---------------------------------------------------------------------------------------------- dispatch
-// Bit 1: AVX2 path usable, bit 2: AVX-512 path usable, bit 3: AVX-512 VNNI too
+// Bit 1: AVX2 path usable, bit 2: AVX-512 path usable, bit 3: AVX-512 VNNI too, bit 4: AVX-512 BF16 too
 // (CPU *and* OS support, via libgcc's CPU model).
 extern "C" int sl_isa_flags(void) {
     int f = 0;
@@ -46,6 +46,7 @@ extern "C" int sl_isa_flags(void) {
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("popcnt")) {
         f |= 1 << ISA_AVX512;
         if (__builtin_cpu_supports("avx512vnni")) f |= 1 << ISA_VNNI;
+        if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16")) f |= 1 << ISA_BF16;
     }
 #endif
     return f;
@@ -79,13 +80,10 @@ static int64_t split_row(const Problem& P, double target) {
     return lo;
 }
 
-// What one call runs: the row function of the chosen path, the permuted x of the AVX-512 path, and the
-// biased bytes + per-row scales of the VNNI path.
-struct Plan { int path; const float* xp; int64_t ldxp; const uint8_t* xu; const float* sx; };
 
 static void run_rows(const Problem& P, const Plan& L, int64_t r0, int64_t r1) {
 #ifdef SL_X86
-    if (L.path == ISA_AVX512) { rows_avx512(P, L.xp, L.ldxp, L.xu, L.sx, r0, r1); return; }
+    if (L.path == ISA_AVX512) { rows_avx512(P, L, r0, r1); return; }
     if (L.path == ISA_AVX2) { rows_avx2(P, r0, r1); return; }
 #endif
     rows_scalar(P, r0, r1);
@@ -135,46 +133,60 @@ static void quantize_x(const Problem& P, uint8_t* xu, int64_t ldxu, float* sx, f
     }
 }
 
+// act_mode: 0 = x as given; 1 = int8 values with dynamically int8-quantized activations (quantize_x);
+// 2 = x holds bf16 values exactly (bf16 activations): with bf16 weights the AVX-512 BF16 dot path may run.
 extern "C" int sl_spmm(int isa, int vtype, const float* x, int64_t ldx, int64_t B, const uint8_t* mask,
                        int64_t words, const void* values, int64_t nnz, const int64_t* row_ptr, int64_t N, int64_t K,
                        const float* scales, int64_t n_groups, int64_t group_size, float* y, int64_t ldy,
-                       int threads, int act_quant) {
+                       int threads, int act_mode) {
     if (vtype < VT_F32 || vtype > VT_I8 || B < 0 || N < 0 || K < 0 || words * 32 < K || ldx < (words + 1) / 2 * 64 ||
         ldy < N || threads < 1 || (vtype == VT_I8 && (!scales || n_groups < 1 || group_size < 1)) ||
-        (act_quant && vtype != VT_I8))
+        act_mode < 0 || act_mode > 2 || (act_mode == 1 && vtype != VT_I8))
         return SL_BAD_ARG;
     if (isa < ISA_SCALAR || isa > ISA_AVX512 || (isa != ISA_SCALAR && !(sl_isa_flags() >> isa & 1)))
         return SL_NO_ISA;
     Problem P = {x, ldx, B, mask, words, values, nnz, row_ptr, N, K, scales, n_groups, group_size, y, ldy, vtype};
     if (N == 0 || B == 0) return SL_OK;
-    Plan L = {choose_path(isa, P), nullptr, 0, nullptr, nullptr};
+    Plan L = {choose_path(isa, P), x, ldx, ALT_NONE, nullptr, nullptr};
     float *xbuf = nullptr, *xhat = nullptr, *sx = nullptr;
-    uint8_t* xu = nullptr;
+    void* xalt = nullptr;
+    int flags = sl_isa_flags();
     int cols = L.path == ISA_AVX512 ? step_cols(vtype) : 32;
     int64_t ldxp = (32 * words + cols - 1) / cols * cols;
-    if (act_quant) {
-        xu = (uint8_t*)malloc((size_t)(B * ldxp + 64));
+    if (act_mode == 1) {
+        uint8_t* xu = (uint8_t*)(xalt = malloc((size_t)(B * ldxp + 64)));
         sx = (float*)malloc(sizeof(float) * (size_t)B);
         xhat = (float*)malloc(sizeof(float) * (size_t)(B * ldx + 16));
         if (!xu || !sx || !xhat) { free(xu); free(sx); free(xhat); return SL_BAD_ARG; }
 #ifdef SL_X86
-        if (sl_isa_flags() >> ISA_AVX512 & 1) quantize_x_avx512(P, xu, ldxp, sx, xhat); else
+        if (flags >> ISA_AVX512 & 1) quantize_x_avx512(P, xu, ldxp, sx, xhat); else
 #endif
         quantize_x(P, xu, ldxp, sx, xhat);
-        P.x = xhat;
-        if (L.path == ISA_AVX512 && (sl_isa_flags() >> ISA_VNNI & 1)) { L.xu = xu; L.sx = sx; L.ldxp = ldxp; }
+        P.x = L.xp = xhat;
+        if (L.path == ISA_AVX512 && (flags >> ISA_VNNI & 1)) {
+            L.alt = ALT_VNNI; L.xalt = xu; L.sx = sx; L.ldxp = ldxp;
+        }
     }
 #ifdef SL_X86
+    if (act_mode == 2 && vtype == VT_BF16 && L.path == ISA_AVX512 && (flags >> ISA_BF16 & 1)) {
+        uint16_t* xb = (uint16_t*)(xalt = malloc(sizeof(uint16_t) * (size_t)(B * ldxp + 32)));
+        if (!xb) return SL_BAD_ARG;
+        for (int64_t b = 0; b < B; b++)  // exact: x holds bf16 values, so the low 16 bits are zero
+            for (int64_t k = 0; k < ldxp; k++) {
+                uint32_t u;
+                memcpy(&u, x + b * ldx + k, 4);
+                xb[b * ldxp + k] = (uint16_t)(u >> 16);
+            }
+        L.alt = ALT_BF16DOT; L.xalt = xb; L.ldxp = ldxp;
+    }
     if (L.path == ISA_AVX2) {
         static int built = 0;
         if (!built) { build_perm8(); built = 1; }  // idempotent: a racing second build writes the same bytes
     }
-    if (L.path == ISA_AVX512 && !L.xu && (vtype == VT_F32 || vtype == VT_F16)) {
-        L.ldxp = ldx; L.xp = x;  // natural lane order: x as given
-    } else if (L.path == ISA_AVX512 && !L.xu) {
-        L.ldxp = ldxp;
+    if (L.path == ISA_AVX512 && L.alt == ALT_NONE && (vtype == VT_BF16 || vtype == VT_I8)) {
+        L.ldxp = ldxp;  // these decode steps want x in their lane order (Step512<VT>::xcol)
         xbuf = (float*)malloc(sizeof(float) * (size_t)(B * L.ldxp + 16));
-        if (!xbuf) { free(xu); free(sx); free(xhat); return SL_BAD_ARG; }
+        if (!xbuf) { free(xalt); free(sx); free(xhat); return SL_BAD_ARG; }
         permute_x(P, xbuf, L.ldxp);
         L.xp = xbuf;
     }
@@ -187,6 +199,6 @@ extern "C" int sl_spmm(int isa, int vtype, const float* x, int64_t ldx, int64_t 
     if (chunks > N) chunks = N;
     Job J = {&P, &L, chunks, total};
     pool_run(run_chunk, &J, chunks, T);
-    free(xbuf); free(xu); free(sx); free(xhat);
+    free(xbuf); free(xalt); free(sx); free(xhat);
     return SL_OK;
 }

@@ -147,7 +147,7 @@ def sparse_matmul(x: torch.Tensor, bitmask: torch.Tensor, values: torch.Tensor, 
     rc = lib.sl_spmm(_ISA_CODE[isa], _VTYPE[values.dtype], xp.data_ptr(), xp.shape[1], B, bitmask.data_ptr(), words,
                      values.data_ptr(), values.numel(), row_ptr.data_ptr(), N, K,
                      sc.data_ptr() if sc is not None else None, G, group_size or 0, y.data_ptr(), N, threads,
-                     int(act_quant))
+                     1 if act_quant else (2 if x2.dtype == torch.bfloat16 else 0))
     if rc != 0:
         raise RuntimeError(f"sl_spmm failed with code {rc} (isa={isa}, values={values.dtype}, N={N}, K={K})")
     return (y if x.dtype == torch.float32 else y.to(x.dtype)).reshape(*lead, N)

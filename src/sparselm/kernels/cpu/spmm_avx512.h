@@ -255,6 +255,59 @@ static void rows_vnni_g(const Problem& P, const uint8_t* xu, int64_t ldxu, const
 }
 #pragma GCC pop_options
 
+// ---------------------------------------------------------------------------------------------- AVX-512 BF16 path
+// bf16 values with bf16 activations: one 32 x 16-bit expand per mask word, then one VDPBF16PS, which adds the
+// products of lanes (2i, 2i+1) into fp32 lane i: natural column order on both sides, products exact in fp32.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vbmi2,avx512dq,avx512vnni,avx512bf16,popcnt,bmi,bmi2,f16c,fma")
+
+template <int R, int BT>
+static void block_bf16dot(const Problem& P, const uint16_t* xb, int64_t ldxb, int64_t n0, int64_t r1, int64_t b0) {
+    const int A = BT == 1 ? 2 : 1;
+    const uint8_t* mrow[R]; const uint16_t* vp[R]; int64_t row[R];
+    for (int r = 0; r < R; r++) {
+        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
+        mrow[r] = P.mask + row[r] * P.words * 4;
+        vp[r] = (const uint16_t*)P.values + P.row_ptr[row[r]];
+    }
+    const uint16_t* x0 = xb + b0 * ldxb;
+    __m512 acc[R][BT][A];
+    for (int r = 0; r < R; r++) for (int b = 0; b < BT; b++) for (int a = 0; a < A; a++)
+        acc[r][b][a] = _mm512_setzero_ps();
+    for (int64_t w = 0; w < P.words; w++) {
+        __m512i xv[BT];
+        for (int b = 0; b < BT; b++) xv[b] = _mm512_loadu_si512(x0 + b * ldxb + 32 * w);
+        for (int r = 0; r < R; r++) {
+            uint32_t m = load_u32(mrow[r] + 4 * w);
+            __m512i h = _mm512_maskz_expand_epi16((__mmask32)m, in_reg(_mm512_loadu_si512(vp[r])));
+            vp[r] += _mm_popcnt_u32(m);
+            for (int b = 0; b < BT; b++)
+                acc[r][b][w % A] = _mm512_dpbf16_ps(acc[r][b][w % A], (__m512bh)h, (__m512bh)xv[b]);
+        }
+    }
+    for (int r = 0; r < R && n0 + r < r1; r++)
+        for (int b = 0; b < BT; b++) {
+            __m512 sum = A == 2 ? _mm512_add_ps(acc[r][b][0], acc[r][b][A - 1]) : acc[r][b][0];
+            P.y[(b0 + b) * P.ldy + row[r]] = _mm512_reduce_add_ps(sum);
+        }
+}
+
+template <int R, int BT>
+static void sweep_bf16dot(const Problem& P, const uint16_t* xb, int64_t ldxb, int64_t r0, int64_t r1, int64_t b0) {
+    for (int64_t n = r0; n < r1; n += R) block_bf16dot<R, BT>(P, xb, ldxb, n, r1, b0);
+}
+
+static void rows_bf16dot(const Problem& P, const uint16_t* xb, int64_t ldxb, int64_t r0, int64_t r1) {
+    for (int64_t b0 = 0; b0 < P.B;) {
+        int64_t left = P.B - b0;
+        if (left >= 8) { sweep_bf16dot<2, 8>(P, xb, ldxb, r0, r1, b0); b0 += 8; }
+        else if (left >= 4) { sweep_bf16dot<4, 4>(P, xb, ldxb, r0, r1, b0); b0 += 4; }
+        else if (left >= 2) { sweep_bf16dot<4, 2>(P, xb, ldxb, r0, r1, b0); b0 += 2; }
+        else { sweep_bf16dot<4, 1>(P, xb, ldxb, r0, r1, b0); b0 += 1; }
+    }
+}
+#pragma GCC pop_options
+
 static void permute_x(const Problem& P, float* xp, int64_t ldxp) {
     if (P.vtype == VT_BF16) permute_x_vt<VT_BF16>(P, xp, ldxp);
     else permute_x_vt<VT_I8>(P, xp, ldxp);
@@ -262,13 +315,16 @@ static void permute_x(const Problem& P, float* xp, int64_t ldxp) {
 
 // The loads read up to MARGIN values past the value pointer: the matrix's last rows, whose reads could run past
 // the end of `values`, take the scalar path (a handful of rows at most).
-static void rows_avx512(const Problem& P, const float* xp, int64_t ldxp, const uint8_t* xu, const float* sx,
-                        int64_t r0, int64_t r1) {
-    int64_t safe = r1;
+static void rows_avx512(const Problem& P, const Plan& L, int64_t r0, int64_t r1) {
+    const float* xp = L.xp;
+    int64_t ldxp = L.ldxp, safe = r1;
     while (safe > r0 && P.row_ptr[safe] + margin_avx512(P.vtype) > P.nnz) safe--;
-    if (safe > r0 && xu) {
-        if (P.n_groups > 1) rows_vnni_g<true>(P, xu, ldxp, sx, r0, safe);
-        else rows_vnni_g<false>(P, xu, ldxp, sx, r0, safe);
+    if (safe > r0 && L.alt == ALT_VNNI) {
+        const uint8_t* xu = (const uint8_t*)L.xalt;
+        if (P.n_groups > 1) rows_vnni_g<true>(P, xu, ldxp, L.sx, r0, safe);
+        else rows_vnni_g<false>(P, xu, ldxp, L.sx, r0, safe);
+    } else if (safe > r0 && L.alt == ALT_BF16DOT) {
+        rows_bf16dot(P, (const uint16_t*)L.xalt, ldxp, r0, safe);
     } else if (safe > r0) {
         switch (P.vtype) {
         case VT_F32: rows_avx512_vt<VT_F32, false>(P, xp, ldxp, r0, safe); break;

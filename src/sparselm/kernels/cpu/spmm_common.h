@@ -3,7 +3,7 @@
 #pragma once
 
 enum { VT_F32 = 0, VT_BF16 = 1, VT_F16 = 2, VT_I8 = 3 };
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_VNNI = 3 };  // ISA_VNNI: a flag bit only
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_VNNI = 3, ISA_BF16 = 4 };  // VNNI, BF16: flag bits only
 enum { SL_OK = 0, SL_BAD_ARG = 1, SL_NO_ISA = 2 };
 
 struct Problem {
@@ -69,3 +69,8 @@ static void rows_scalar(const Problem& P, int64_t r0, int64_t r1) {
         }
     }
 }
+
+// What one call runs: the row function of the chosen path, x as that path reads it, and an alternative
+// activation form: ALT_VNNI = biased int8 bytes + per-row scales, ALT_BF16DOT = bf16 copy of x.
+enum { ALT_NONE = 0, ALT_VNNI = 1, ALT_BF16DOT = 2 };
+struct Plan { int path; const float* xp; int64_t ldxp; int alt; const void* xalt; const float* sx; };
