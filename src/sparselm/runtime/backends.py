@@ -1,10 +1,13 @@
 """Registry of sparse matmul backends, one per device type (the plug-in point for the CPU kernels).
 
-A backend computes y2d = x2d @ W.T for a CompressedTensor W that lives on x2d's device, or returns None to
-decline (then SparseLinear falls back to a dense matmul). Example (the CPU helper's kernel):
+A backend is fn(x2d, layer) -> y2d | None: y2d = x2d @ W.T (no bias) for the SparseLinear `layer` whose buffers
+(bitmask, values, row_ptr, scales; `layer.compressed` bundles them) live on x2d's device; None declines and
+SparseLinear falls back to a dense matmul. `layer.kernel_state` is a dict the backend may cache derived data in
+(cleared when the module moves). Example (what sparselm.kernels.cpu.backend does):
 
     from sparselm.runtime import register_backend
-    def cpu_backend(x2d, ct):
+    def cpu_backend(x2d, layer):
+        ct = layer.compressed
         return sparse_matmul(x2d, ct.bitmask, ct.values, ct.row_ptr, *ct.shape, scales=ct.scales,
                              group_size=ct.group_size)
     register_backend("cpu", cpu_backend)
@@ -12,13 +15,11 @@ decline (then SparseLinear falls back to a dense matmul). Example (the CPU helpe
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from sparselm.compress.format import CompressedTensor
-
-BackendFn = Callable[[torch.Tensor, CompressedTensor], Optional[torch.Tensor]]
+BackendFn = Callable[[torch.Tensor, Any], Optional[torch.Tensor]]  # (x2d, SparseLinear) -> y2d | None
 _BACKENDS: dict[str, BackendFn] = {}
 
 
