@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 
 from sparselm.distill import DistillationLoss, check_vocab
@@ -65,7 +66,9 @@ class FinetuneRun:
         self.student, self.tokenizer = load_student(recipe)
         self.adapter = get_adapter(self.student)
         self.acc = make_accelerator(recipe, type(self.adapter.blocks(self.student)[0][1]).__name__)
-        self.fsdp = recipe.train.fsdp and self.acc.num_processes > 1
+        # FSDP only when accelerate really shards (on CPU it falls back to plain multi-process data parallel)
+        self.fsdp = self.acc.distributed_type == DistributedType.FSDP
+        self.model_cls = type(self.student)  # FSDP2 swaps the class of a sharded module; keep the HF class
         self.causal = not getattr(self.student.config, "is_encoder_decoder", False)
         self.examples = load_examples(recipe, self.tokenizer, self.causal)
         global_batch = recipe.train.batch_size * self.acc.num_processes
@@ -241,7 +244,7 @@ class FinetuneRun:
         if self.fsdp:  # full weights gathered to rank 0; optimizer moments are not checkpointed under FSDP
             sd = self.acc.get_state_dict(self.model_fwd)
             if self.acc.is_main_process:
-                holder = snapshot_cpu_like(self.student, sd)
+                holder = snapshot_cpu_like(self.model_cls, self.student.config, sd)
                 ckpt_io.save_checkpoint(self.ckpt_root, name, model=holder, optimizer=None, masks=None,
                                         state=state, recipe_yaml=self.recipe_yaml,
                                         keep=self.recipe.train.keep_checkpoints)
@@ -262,7 +265,7 @@ class FinetuneRun:
             target = (stage.pattern or stage.sparsity) if stage else None
             tmp = self.out / f".final-tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            model = snapshot_cpu_like(self.student, sd) if sd is not None else self.student
+            model = snapshot_cpu_like(self.model_cls, self.student.config, sd) if sd is not None else self.student
             model.save_pretrained(tmp, state_dict=sd)
             self.tokenizer.save_pretrained(tmp)
             report = sparsity_report(model, r.pruning.method if r.pruning else None, target)
@@ -277,9 +280,10 @@ class FinetuneRun:
         return self.out
 
 
-def snapshot_cpu_like(model: nn.Module, state_dict: dict) -> nn.Module:
-    """A plain (unsharded) CPU copy of `model`'s architecture holding `state_dict` (FSDP full state dict)."""
-    clone = type(model)(model.config)
+def snapshot_cpu_like(model_cls: type, config, state_dict: dict) -> nn.Module:
+    """A plain (unsharded) CPU model of class `model_cls` holding `state_dict` (an FSDP full state dict)."""
+    with torch.random.fork_rng(devices=[]):
+        clone = model_cls(config)
     clone.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False)
     return clone
 
