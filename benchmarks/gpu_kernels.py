@@ -118,9 +118,9 @@ def run(args) -> dict:
                 if not err < tol:  # NaN fails too: every output element must be written
                     failures.append({**case, "cfg": cfg.key(), "rel_err": err})
                     continue
-                fb = p.nbytes(cfg.block_k, cfg.kernel)
+                fb = p.nbytes(cfg.block_k, cfg.kernel, cfg.vec)  # also builds the aux arrays; clones copy them
                 copies = max(2, math.ceil(ROTATE_BYTES / fb))
-                p.csr8() if cfg.kernel == "csr8" else p.chunk_ptr(cfg.block_k)  # computed once; clones copy it
+                p.chunk_ptr(cfg.block_k)
                 ps = [p] + [p.clone() for _ in range(copies - 1)]
                 ms = time_graph([lambda q=q: spmm(x, q, cfg) for q in ps])
                 del ps
@@ -128,7 +128,8 @@ def run(args) -> dict:
                 failures.append({**case, "cfg": cfg.key(), "error": repr(e)[:300]})
                 continue
             nbytes[cfg.key()] = fb
-            per_kernel[cfg.kernel] = min(per_kernel.get(cfg.kernel, float("inf")), ms)
+            fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel == "csr8" else "")
+            per_kernel[fam] = min(per_kernel.get(fam, float("inf")), ms)
             if best is None or ms < best[1]:
                 best = (cfg, ms, err)
         if best is None:

@@ -23,6 +23,7 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "dot": (5, SpmmConfig(block_n=16, block_k=64, block_b=16, use_dot=True)),
     "csr8": (1, SpmmConfig(kernel="csr8", block_n=2, block_k=512, slots=16)),
     "csr8-batch": (3, SpmmConfig(kernel="csr8", block_n=2, block_k=256, block_b=4, slots=32)),
+    "csr8-vec": (1, SpmmConfig(kernel="csr8", block_n=2, block_k=512, slots=16, vec=8)),
 }
 
 
@@ -38,10 +39,13 @@ def rel_err(y, ref):
     return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("values,group_size", VALUES)
-@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
-@pytest.mark.parametrize("path", sorted(CONFIGS))
-def test_spmm_matches_reference(values, group_size, sparsity, path):
+# every path x every values dtype at 50%; the 0% / 90% extremes with fp16 and grouped int8 (keeps CI < 60 s)
+CASES = [(p, v, g, 0.5) for p in sorted(CONFIGS) for v, g in VALUES] + [
+    (p, v, g, s) for p in sorted(CONFIGS) for v, g in (VALUES[0], VALUES[4]) for s in (0.0, 0.9)]
+
+
+@pytest.mark.parametrize("path,values,group_size,sparsity", CASES)
+def test_spmm_matches_reference(path, values, group_size, sparsity):
     batch, cfg = CONFIGS[path]
     n, k = 19, 301  # not multiples of any tile; two 256-column csr8 chunks
     act = torch.bfloat16 if values == "bfloat16" else torch.float16
@@ -89,8 +93,16 @@ def test_format_bytes_count_aux_array():
 def test_csr8_aux_arrays():
     w = sparse_weight(6, 600, 0.5)
     ct = compress_tensor(w, "float16")
-    cols8, cp = PackedBitmask.from_compressed(ct).csr8()
+    vals, cols8, cp = PackedBitmask.from_compressed(ct).csr8()
+    assert vals is ct.values  # vec = 1 reads the canonical values
     cols = (w != 0).nonzero()[:, 1]
     assert cols8.dtype == torch.uint8 and torch.equal(cols8.long(), cols % 256)
     assert cp.shape == (6, 4) and torch.equal(cp[:, -1].long(), ct.row_ptr[1:])
     assert torch.equal(cp[:, 1].long(), ct.row_ptr[:-1] + (w[:, :256] != 0).sum(1))
+    pv, pc, pcp = PackedBitmask.from_compressed(ct).csr8(vec=8)
+    assert bool((pcp % 8 == 0).all())  # every segment starts on a vector boundary
+    for n in range(6):
+        for c in range(3):
+            a, b, m = int(cp[n, c]), int(cp[n, c + 1]), int(pcp[n, c])
+            assert torch.equal(pv[m:m + b - a], ct.values[a:b]) and torch.equal(pc[m:m + b - a], cols8[a:b])
+            assert int(pcp[n, c + 1]) - m == (b - a + 7) // 8 * 8 and not pv[m + b - a:int(pcp[n, c + 1])].any()

@@ -114,15 +114,16 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
     if batch == 1:
         out = [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
                for bn, bk, w, s in ((2, 2048, 4, 1), (4, 1024, 4, 1), (2, 4096, 8, 1), (8, 512, 4, 1))]
-        return out + [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, num_warps=w)
-                      for bn, bk, sl, w in ((1, 4096, 32, 4), (2, 2048, 32, 4), (1, 4096, 16, 4), (4, 1024, 32, 8))]
+        return out + [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, vec=v, num_warps=w)
+                      for bn, bk, sl, v, w in ((1, 4096, 64, 8, 4), (2, 4096, 32, 8, 4), (1, 4096, 32, 8, 4),
+                                               (1, 4096, 64, 8, 8), (1, 4096, 32, 1, 4), (2, 2048, 32, 1, 4))]
     bb = bucket(batch)
     out = []
     if batch <= 8:
         out += [SpmmConfig(block_n=bn, block_k=bk, block_b=bb, num_warps=w)
                 for bn, bk, w in ((2, 1024, 4), (4, 512, 4))]
-        out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, block_b=bb, slots=sl, num_warps=4)
-                for bn, bk, sl in ((1, 2048, 16), (1, 1024, 32))]
+        out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, block_b=bb, slots=sl, vec=v, num_warps=4)
+                for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     return out

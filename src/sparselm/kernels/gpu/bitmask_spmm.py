@@ -1,16 +1,15 @@
 """Triton kernels for y = x @ W.T with W in sparselm-bitmask v1 (FORMAT.md), plus a tile decompressor.
 
-Decode of one (BLOCK_N rows x BLOCK_K columns) tile, for every position (n, c) in parallel:
-    word   = mask word (c // 32) of row n               (one int32 load per word, broadcast to its 32 columns)
-    bit    = (word >> (c % 32)) & 1
-    idx    = chunk_ptr[n, chunk] + exclusive_cumsum_c(bit)   # index of W[n, c] in `values` when bit = 1
-    W[n,c] = bit ? values[idx] (* scale) : 0
-The per-(row, chunk) start `chunk_ptr` (int32, FORMAT.md "Auxiliary arrays") is what makes the tiles
-independent. The exclusive prefix uses tl.cumsum (a scan inside the row of the tile), which the interpreter
-runs too; libdevice popc does not run under TRITON_INTERPRET=1.
+Decode of one (BLOCK_N rows x BLOCK_K columns) tile, viewed as (BLOCK_N, WORDS, 32), for every position in
+parallel (lanes run along the 32 bits of a mask word):
+    word   = mask word w of row n                                  (one int32 load per word)
+    idx    = chunk_ptr[n, chunk] + exclusive_cumsum_w(popc(word)) + popc(word & (2^i - 1))
+    W[n,c] = bit i of word ? values[idx] (* scale) : 0              (c = 32 w + i)
+`chunk_ptr` (int32, FORMAT.md "Auxiliary arrays") makes the tiles independent; the only scan is over WORDS.
+Then CUDA-core FMAs (batch <= 8) or tensor cores (tl.dot, batch padded to >= 16).
 
-Then either CUDA-core FMAs (small batch: acc[n, b] += sum_c W[n,c] x[b,c]) or tensor cores (tl.dot with the
-batch padded to >= 16; the MMA is free at decode sizes, the decode dominates).
+Measured on an H200 this is issue-bound (~17 SASS instructions per weight position, zero or not): 0.6-0.97x
+cuBLAS at batch 1 (see .notes / benchmarks/results/gpu_kernels.json); csr8_spmv.py works per nonzero instead.
 """
 
 from __future__ import annotations

@@ -25,8 +25,13 @@ CSR8_CHUNK = 256  # columns per chunk: the uint8 in-chunk column index covers ex
 def csr8_spmv_kernel(x_ptr, values_ptr, cols_ptr, cp_ptr, scales_ptr, y_ptr,
                      N, K, B, n_cp, n_groups, group_size, stride_xb, stride_yb,
                      BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr, SLOTS: tl.constexpr, BLOCK_B: tl.constexpr,
-                     SCALE_MODE: tl.constexpr):
-    """One program: rows [pid_n*BLOCK_N, +BLOCK_N) x every chunk, batch rows [pid_b*BLOCK_B, +BLOCK_B)."""
+                     SCALE_MODE: tl.constexpr, VEC: tl.constexpr):
+    """One program: rows [pid_n*BLOCK_N, +BLOCK_N) x every chunk, batch rows [pid_b*BLOCK_B, +BLOCK_B).
+
+    VEC > 1: the padded layout (every segment starts on, and is padded with zeros to, a multiple of VEC
+    entries), which lets values/cols load as VEC-wide vectors: the start hint and a mask constant over each
+    VEC-group are what the compiler needs to see that.
+    """
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -45,9 +50,14 @@ def csr8_spmv_kernel(x_ptr, values_ptr, cols_ptr, cp_ptr, scales_ptr, y_ptr,
         cnt = end - start
         col0 = rc * 256
         for s0 in range(0, tl.max(tl.max(cnt, axis=1), axis=0), SLOTS):
-            s = s0 + tl.arange(0, SLOTS)
-            ok = s[None, None, :] < cnt[:, :, None]  # (BN, CH, SLOTS)
-            idx = start[:, :, None] + s[None, None, :]
+            lane = tl.arange(0, SLOTS)
+            if VEC > 1:  # hints on the per-segment base, where the compiler can use them
+                base = tl.multiple_of(start + s0, (VEC, VEC))
+                ok = (s0 // VEC + lane // VEC)[None, None, :] < (cnt // VEC)[:, :, None]  # VEC-constant
+            else:
+                base = start + s0
+                ok = (s0 + lane)[None, None, :] < cnt[:, :, None]  # (BN, CH, SLOTS)
+            idx = base[:, :, None] + lane[None, None, :]
             v = tl.load(values_ptr + idx, mask=ok, other=0).to(tl.float32)
             col = col0[None, :, None] + tl.load(cols_ptr + idx, mask=ok, other=0).to(tl.int32)
             if SCALE_MODE == 2:

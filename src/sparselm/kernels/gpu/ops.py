@@ -37,10 +37,11 @@ class SpmmConfig:
     num_stages: int = 2
     kernel: str = "bitmask"  # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8)
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
+    vec: int = 1  # csr8: segments padded to multiples of vec (8 = 16-byte fp16 vectors); 1 = canonical values
 
     def key(self) -> str:
         if self.kernel == "csr8":
-            return f"csr8-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
+            return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
         return (f"n{self.block_n}k{self.block_k}b{self.block_b}{'d' if self.use_dot else 'f'}"
                 f"s{self.split_k}w{self.num_warps}p{self.num_stages}")
 
@@ -83,24 +84,31 @@ class PackedBitmask:
             self._cptr[block_k] = chunk_ptr(ct, block_k)
         return self._cptr[block_k]
 
-    def csr8(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cols8 (nnz,) uint8 = column % 256 of each nonzero, cp256 (N, ceil(K/256)+1) int32 segment starts)."""
-        if "csr8" not in self._cptr:
-            n, k = self.shape
-            ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values, self.row_ptr)
-            cols = unpack_mask(ct.bitmask, k).nonzero()[:, 1]  # row-major: the order of `values`
-            cp = torch.cat([chunk_ptr(ct, CSR8_CHUNK), self.row_ptr[1:, None].to(torch.int32)], dim=1)
-            self._cptr["csr8"] = (cols.remainder(CSR8_CHUNK).to(torch.uint8), cp.contiguous())
-        return self._cptr["csr8"]
+    def csr8(self, vec: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, cols8, cp256) for the csr8 kernel (FORMAT.md "Auxiliary arrays"). vec = 1: the canonical
+        values, cols8 = column % 256 per nonzero, cp256 segment starts; vec > 1: every (row, chunk) segment
+        padded with zeros to a multiple of vec entries (values and cols8 copied), for vector loads."""
+        key = ("csr8", vec)
+        if key not in self._cptr:
+            if vec == 1:
+                n, k = self.shape
+                ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values,
+                                                  self.row_ptr)
+                cols = unpack_mask(ct.bitmask, k).nonzero()[:, 1]  # row-major: the order of `values`
+                cp = torch.cat([chunk_ptr(ct, CSR8_CHUNK), self.row_ptr[1:, None].to(torch.int32)], dim=1)
+                self._cptr[key] = (self.values, cols.remainder(CSR8_CHUNK).to(torch.uint8), cp.contiguous())
+            else:
+                self._cptr[key] = _pad_segments(*self.csr8(1), vec)
+        return self._cptr[key]
 
-    def nbytes(self, block_k: int | None = None, kernel: str = "bitmask") -> int:
+    def nbytes(self, block_k: int | None = None, kernel: str = "bitmask", vec: int = 1) -> int:
         """Bytes a kernel reads for W. bitmask: mask words + values (+ scales) + chunk_ptr for block_k;
-        csr8: values (+ scales) + cols8 + cp256 (the mask is not read)."""
+        csr8: its (padded when vec > 1) values + cols8 + cp256 (+ scales); the mask is not read."""
         n, k = self.shape
-        ts = [self.values] + ([self.scales] if self.scales is not None else [])
-        total = sum(t.numel() * t.element_size() for t in ts)
+        scale_bytes = self.scales.numel() * 4 if self.scales is not None else 0
         if kernel == "csr8":
-            return total + self.values.numel() + 4 * n * (triton.cdiv(k, CSR8_CHUNK) + 1)
+            return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
+        total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if block_k is not None:
             total += 4 * n * triton.cdiv(k, block_k)
@@ -139,17 +147,39 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     return y
 
 
+def _pad_segments(values: torch.Tensor, cols8: torch.Tensor, cp: torch.Tensor, vec: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copy each (row, chunk) segment to a start that is a multiple of vec, zero-padded to a multiple of vec."""
+    n, c = cp.shape[0], cp.shape[1] - 1
+    cnt = (cp[:, 1:] - cp[:, :-1]).long().flatten()  # (N*C,) segments in row-major order = values order
+    padded = (cnt + vec - 1) // vec * vec
+    pstart = torch.cumsum(padded, 0) - padded
+    total = int(padded.sum())
+    if total >= 2**31:
+        raise ValueError(f"values: {total} padded entries overflow the int32 segment offsets")
+    seg = torch.repeat_interleave(torch.arange(n * c, device=cp.device), cnt)
+    dest = pstart[seg] + torch.arange(values.numel(), device=cp.device) - cp[:, :-1].flatten().long()[seg]
+    pv = torch.zeros(total, dtype=values.dtype, device=values.device)
+    pc = torch.zeros(total, dtype=torch.uint8, device=values.device)
+    pv[dest] = values
+    pc[dest] = cols8
+    ends = (pstart + padded).view(n, c)[:, -1:] if c else torch.zeros(n, 1, dtype=torch.long, device=cp.device)
+    pcp = torch.cat([pstart.view(n, c), ends], dim=1).to(torch.int32).contiguous()
+    return pv, pc, pcp
+
+
 def _spmm_csr8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:
     n, k = p.shape
     bsz = x.shape[0]
-    cols8, cp = p.csr8()
+    vals, cols8, cp = p.csr8(cfg.vec)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     scales = p.scales if p.scales is not None else p.values
     n_groups = p.scales.shape[1] if p.scales is not None else 1
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
-    csr8_spmv_kernel[grid](x, p.values, cols8, cp, scales, y, n, k, bsz, cp.shape[1], n_groups, p.group_size,
+    csr8_spmv_kernel[grid](x, vals, cols8, cp, scales, y, n, k, bsz, cp.shape[1], n_groups, p.group_size,
                            x.stride(0), y.stride(0), BLOCK_N=cfg.block_n, CHUNKS=max(1, cfg.block_k // CSR8_CHUNK),
-                           SLOTS=cfg.slots, BLOCK_B=cfg.block_b, SCALE_MODE=p.scale_mode, num_warps=cfg.num_warps)
+                           SLOTS=cfg.slots, BLOCK_B=cfg.block_b, SCALE_MODE=p.scale_mode, VEC=cfg.vec,
+                           num_warps=cfg.num_warps)
     return y
 
 
