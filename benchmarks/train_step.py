@@ -8,7 +8,8 @@
     python benchmarks/train_step.py --tiny --out /tmp/train_step_cpu.json
 
 Each mode runs the training loop's own pieces (`ObjectiveStep`, AdamW, the FixedMask post-step hook) on a model
-whose block linears are 50% magnitude-pruned; the teacher is the dense model (bf16 on GPU, frozen). Times are CUDA
+whose block linears are 50% magnitude-pruned; the teacher is the dense model (bf16 on GPU, frozen; in CE+SquareHead
+mode its forward stops after the last block). KD runs at T=2. Times are CUDA
 events around `--steps` full optimizer steps after `--warmup` steps; peak memory is torch's max allocated per mode.
 """
 from __future__ import annotations
@@ -134,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     student = build_model(args)
+    teacher = copy.deepcopy(student).to(device)  # the dense model, frozen (bf16 on GPU inside ObjectiveStep)
     magnitude_prune_(student, args.sparsity)
-    teacher = copy.deepcopy(student).to(device)  # the dense-model stand-in: same weights, frozen
     if args.compile:
         from sparselm.models import get_adapter
         from sparselm.train.step import compile_blocks

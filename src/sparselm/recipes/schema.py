@@ -104,6 +104,8 @@ class DataSpec(_Strict):
 
     source: Literal["synthetic-arith", "task", "jsonl"] = "synthetic-arith"
     task: str | None = None
+    data_dir: str | None = None                  # task: read <data_dir>/<split>.jsonl (machines without generators)
+    task_args: dict[str, Any] = Field(default_factory=dict)  # task: extra keyword arguments of its factory
     path: str | None = None
     split: str = "train"
     prompt_field: str = "prompt"

@@ -101,7 +101,8 @@ def load_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Examp
     if d.source == "task":
         from sparselm.data.registry import get_task
 
-        items = get_task(d.task).items(d.split, limit=d.num_examples)
+        kwargs = {**d.task_args, **({"data_dir": d.data_dir} if d.data_dir else {})}
+        items = get_task(d.task, **kwargs).items(d.split, limit=d.num_examples)
     else:
         from sparselm.data.jsonl import read_jsonl
 
