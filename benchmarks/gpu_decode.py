@@ -37,7 +37,8 @@ def prune_magnitude(model, sparsity: float) -> None:
     for name in block_linear_names(model):
         w = model.get_submodule(name).weight
         kth = max(1, int(sparsity * w.numel()))
-        thresh = w.abs().float().flatten().kthvalue(kth).values if sparsity > 0 else -1.0
+        # a sort: kthvalue took ~0.2 s per 7B-sized layer on the H200 (45 s per sparsity level)
+        thresh = w.abs().flatten().sort().values[kth - 1].float() if sparsity > 0 else -1.0
         w.mul_(w.abs().float() > thresh)
 
 
