@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,16 @@ def test_torchrun_two_processes(tmp_path):
            "pruning.stages.0.steps=3", "pruning.stages=[{sparsity: 0.5, steps: 3}, {sparsity: 0.6, steps: 3}]",
            "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # own process group: on a timeout the workers die with torchrun instead of lingering as orphans
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 300 s")
+    assert proc.returncode == 0, err[-3000:]
     report = json.loads((out / "sparsity.json").read_text())
     assert report["overall"] == pytest.approx(0.6, abs=0.01)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
