@@ -138,3 +138,17 @@ def test_bad_arguments():
         compress_tensor(torch.eye(3), "float16", group_size=8)
     with pytest.raises(CompressedFormatError, match="2-D"):
         compress_tensor(torch.ones(3), "float16")
+
+
+@pytest.mark.parametrize("dtype,group_size", [("float16", None), ("int8", 16)])
+def test_concat_rows_is_compress_of_stacked(dtype, group_size):
+    from sparselm.compress.format import concat_rows
+
+    ws = [sparse_matrix(n, 50, 0.6, seed=n) for n in (3, 5, 2)]
+    cat = concat_rows([compress_tensor(w, dtype, group_size=group_size) for w in ws])
+    ref = compress_tensor(torch.cat(ws), dtype, group_size=group_size)
+    validate(cat)
+    for f in ("bitmask", "values", "row_ptr", "scales"):
+        assert (getattr(cat, f) is None and getattr(ref, f) is None) or torch.equal(getattr(cat, f), getattr(ref, f))
+    with pytest.raises(CompressedFormatError, match="concat_rows"):
+        concat_rows([compress_tensor(ws[0], "float16"), compress_tensor(ws[1], "float32")])

@@ -46,3 +46,17 @@ def test_rejects_too_long():
     dec = StaticDecoder(tiny_llama(2), max_len=8)
     with pytest.raises(ValueError, match="max_len"):
         dec.generate(torch.zeros(1, 4, dtype=torch.long), 6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fused_projections_change_nothing(sparse):
+    model = tiny_llama(2)
+    if sparse:
+        sparsify(model, values_dtype="float32")
+    ids = torch.randint(0, 71, (1, 4))
+    fused = StaticDecoder(model, max_len=24)
+    assert all(m is not None for m in fused.qkv + fused.gate_up)
+    t1, l1 = fused.generate(ids, 8, return_logits=True)
+    t2, l2 = StaticDecoder(model, max_len=24, fuse=False).generate(ids, 8, return_logits=True)
+    assert torch.equal(t1, t2)
+    torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-4)

@@ -222,6 +222,20 @@ def check_metadata(meta: dict[str, Any], name: str) -> None:
         raise CompressedFormatError(f"{name}: shape {shape!r} is not [N, K]")
 
 
+def concat_rows(cts: list[CompressedTensor]) -> CompressedTensor:
+    """The compressed form of cat([W_1; W_2; ...], dim=0): rows are independent in this format, so the
+    bitmasks, values and scales concatenate and row_ptr is shifted (fuses q/k/v or gate/up projections)."""
+    k = cts[0].shape[1]
+    if any(c.shape[1] != k or c.values.dtype != cts[0].values.dtype or c.group_size != cts[0].group_size
+           for c in cts):
+        raise CompressedFormatError("concat_rows: tensors differ in K, values dtype or group_size")
+    offsets = torch.cumsum(torch.tensor([0] + [c.nnz for c in cts[:-1]]), 0).tolist()
+    row_ptr = torch.cat([cts[0].row_ptr[:1]] + [c.row_ptr[1:] + off for c, off in zip(cts, offsets)])
+    scales = torch.cat([c.scales for c in cts]) if cts[0].scales is not None else None
+    return CompressedTensor((sum(c.shape[0] for c in cts), k), torch.cat([c.bitmask for c in cts]),
+                            torch.cat([c.values for c in cts]), row_ptr, scales, cts[0].group_size)
+
+
 def chunk_ptr(ct: CompressedTensor, chunk: int) -> torch.Tensor:
     """Aux array (FORMAT.md): int32 (N, ceil(K/chunk)) index in values of each (row, column-chunk)'s first nonzero."""
     if chunk % 32:

@@ -17,6 +17,35 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparselm.compress.format import concat_rows
+from sparselm.runtime.sparse_linear import SparseLinear
+
+
+def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
+    """One module computing cat([m(x) for m in mods], -1): stacked rows for nn.Linear, concatenated compressed
+    rows for SparseLinear (same values dtype / group size). None when the modules cannot be fused."""
+    if all(type(m) is nn.Linear for m in mods):
+        if len({(m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1:
+            return None
+        w = torch.cat([m.weight.detach() for m in mods])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(w)
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([m.bias.detach() for m in mods]))
+        return fused.requires_grad_(False)
+    if all(isinstance(m, SparseLinear) for m in mods):
+        try:
+            ct = concat_rows([m.compressed for m in mods])
+        except ValueError:
+            return None
+        has_bias = [m.bias is not None for m in mods]
+        if any(has_bias) and not all(has_bias):
+            return None
+        bias = torch.cat([m.bias.detach() for m in mods]) if all(has_bias) else None
+        return SparseLinear(ct, bias=bias, cache_dense=mods[0].cache_dense)
+    return None
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -26,7 +55,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
-    def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None):
+    def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
+                 fuse: bool = True):
+        """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
+        those weights (dense or compressed) held by the decoder; the model itself is not modified."""
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -47,6 +79,12 @@ class StaticDecoder:
         self.key_pos = torch.arange(max_len, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self._graph = None
+        self.qkv, self.gate_up = [], []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.qkv.append(fuse_linears([a.q_proj, a.k_proj, a.v_proj]) if fuse else None)
+            gu_ok = fuse and hasattr(m, "gate_proj") and hasattr(m, "act_fn")
+            self.gate_up.append(fuse_linears([m.gate_proj, m.up_proj]) if gu_ok else None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -57,9 +95,14 @@ class StaticDecoder:
                    cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         attn = layer.self_attn
         b, t, _ = h.shape
-        q = attn.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = attn.k_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        if self.qkv[i] is not None:
+            q, k, v = self.qkv[i](h).split([nq, nkv, nkv], dim=-1)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         self.k_cache[i].index_copy_(2, positions, k)
@@ -67,6 +110,13 @@ class StaticDecoder:
         a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                            enable_gqa=self.n_kv != self.n_heads)
         return attn.o_proj(a.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def _mlp(self, i: int, mlp: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """down(act(gate h) * up h), with gate/up as one matmul when fused; any other MLP runs as is."""
+        if self.gate_up[i] is None:
+            return mlp(h)
+        g, u = self.gate_up[i](h).chunk(2, dim=-1)
+        return mlp.down_proj(mlp.act_fn(g) * u)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -78,7 +128,7 @@ class StaticDecoder:
         h = self.embed(ids)
         for i, layer in enumerate(self.layers):
             h = h + self._attention(i, layer, layer.input_layernorm(h), positions, cos, sin, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._mlp(i, layer.mlp, layer.post_attention_layernorm(h))
         return self.lm_head(self.norm(h[:, -1])).float()
 
     def _capture(self) -> None:
