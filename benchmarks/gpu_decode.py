@@ -65,7 +65,7 @@ def main() -> None:
         torch.set_default_dtype(torch.float16)
         model = LlamaForCausalLM(llama7b_config(args.layers)).eval()
         torch.set_default_dtype(torch.float32)
-    for p in model.parameters():  # HF init draws N(0, 0.02): keep, but make norms non-trivial
+    for p in model.parameters():  # HF init: N(0, 0.02) weights, unit norms; inference only
         p.requires_grad_(False)
     print(f"built in {time.time() - t0:.0f} s", flush=True)
     name = f"llama-2-7b-shape ({args.layers} layers, random fp16)"
@@ -100,10 +100,11 @@ def main() -> None:
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
-            table = autotune(model, batches=(1, 16))
+            dec = StaticDecoder(model, max_len=max_len)  # its fused q/k/v and gate/up are new shapes: tune them too
+            table = autotune(torch.nn.ModuleList([m for m in dec.qkv + dec.gate_up if m is not None] + [model]),
+                             batches=(1, 16))
             paths = {f"{k[0]}x{k[1]} b{k[2]}": v["path"] for k, v in table.items()}
             print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
-            dec = StaticDecoder(model, max_len=max_len)
             tps = dec.tokens_per_second(16, args.new_tokens)
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             del dec

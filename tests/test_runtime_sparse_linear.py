@@ -102,6 +102,13 @@ def test_dispatch_table_roundtrip(tmp_path):
     key = gb.key_of(4096, 4096, 3, torch.float16, torch.float16)
     assert key == (4096, 4096, 4, "float16", "float16")
     assert gb.choice(gb.key_of(4096, 4096, 512, torch.float16, torch.float16))["path"] == "dense"
+    assert gb.choice(key)["path"] == "dense"  # unmeasured: cuBLAS (the H200 measurement's verdict)
+    gb.set_default_path("sparse")
+    assert gb.choice(key) == {"path": "sparse", "cfg": gb.default_config(4)}
+    assert gb.choice(gb.key_of(4096, 4096, 512, torch.float16, torch.float16))["path"] == "dense"
+    gb.set_default_path("dense")
+    with pytest.raises(ValueError, match="path"):
+        gb.set_default_path("fast")
     cfg = SpmmConfig(block_n=4, block_k=1024, block_b=4)
     gb.record(key, "sparse", cfg)
     gb.record(gb.key_of(8, 8, 1, torch.int8, torch.bfloat16), "dense", None)

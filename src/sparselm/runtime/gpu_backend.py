@@ -19,6 +19,10 @@ from torch.nn import functional as F
 from sparselm.kernels.gpu.ops import PackedBitmask, SpmmConfig, decompress_gpu, spmm
 
 MAX_SPARSE_BATCH = 64  # rows of x; above this, dense cuBLAS (decode-sized batches only go sparse)
+# Path for keys autotune has not measured. "dense": on the H200 (2026-11-29, benchmarks/results/gpu_kernels.json)
+# the bitmask kernel lost to cuBLAS at every measured shape and batch, so unmeasured keys take cuBLAS on a cached
+# dense copy (speed first, at the cost of memory); set_default_path("sparse") puts memory first.
+_DEFAULT = {"path": "dense"}
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 Key = tuple[int, int, int, str, str]
 _TABLE: dict[Key, dict[str, Any]] = {}  # measured choices: {"path": "sparse"|"dense", "cfg": SpmmConfig}
@@ -56,10 +60,17 @@ def record(key: Key, path: str, cfg: SpmmConfig | None) -> None:
     _TABLE[key] = {"path": path, "cfg": cfg}
 
 
+def set_default_path(path: str) -> None:
+    """"dense" (default) or "sparse": what dispatch does for a (shape, batch) that autotune has not measured."""
+    if path not in ("dense", "sparse"):
+        raise ValueError(f"path: 'dense' or 'sparse', got {path!r}")
+    _DEFAULT["path"] = path
+
+
 def choice(key: Key) -> dict[str, Any]:
     if key in _TABLE:
         return _TABLE[key]
-    if key[2] > MAX_SPARSE_BATCH:
+    if key[2] > MAX_SPARSE_BATCH or _DEFAULT["path"] == "dense":
         return {"path": "dense", "cfg": None}
     return {"path": "sparse", "cfg": default_config(key[2])}
 
