@@ -40,3 +40,17 @@ def test_vocab_mismatch_is_a_clear_error():
     with pytest.raises(VocabMismatchError, match="vocab_size"):
         check_vocab(a, b)
     check_vocab(a, build_tiny_model("llama", vocab_size=40, seed=1))
+
+
+def test_hidden_token_masks_per_stack():
+    from sparselm.distill import hidden_token_masks
+
+    att = torch.tensor([[1, 1, 0]])
+    labels = torch.tensor([[5, -100]])
+    h_enc, h_dec, h_audio = torch.zeros(1, 3, 4), torch.zeros(1, 2, 4), torch.zeros(1, 7, 4)
+    batch = {"attention_mask": att, "labels": labels}
+    enc, dec = hidden_token_masks(batch, [0, 1], [h_enc, h_dec], encoder_decoder=True)
+    assert torch.equal(enc, att) and dec.tolist() == [[True, False]]
+    # a hidden state whose length does not match any mask (Whisper's downsampled audio frames) -> all real
+    assert hidden_token_masks({"labels": labels}, [0], [h_audio], encoder_decoder=True) == [None]
+    assert torch.equal(hidden_token_masks(batch, [0], [h_enc], encoder_decoder=False)[0], att)

@@ -226,7 +226,7 @@ class FinetuneRun:
                                      d.seed)]
         report = prune_model(self.student, method=self.recipe.pruning.method, sparsity=phase.sparsity,
                              pattern=phase.pattern, calib=calib, nsamples=len(calib), keep_zeros=True,
-                             seed=self.recipe.train.seed, progress=False)
+                             seed=self.recipe.train.seed, progress=self.acc.is_main_process)
         if self.acc.num_processes > 1 and torch.distributed.is_initialized():
             for p in self.student.parameters():
                 torch.distributed.broadcast(p.data, src=0)
