@@ -86,6 +86,7 @@ class TeacherSpec(_Strict):
     source: Literal["path", "dense-finetune", "initial"] = "path"
     path: str | None = None
     dense_steps: int = Field(0, ge=0)         # optimizer steps of the in-run dense fine-tune
+    dense_lr: float | None = Field(None, gt=0)  # its peak learning rate; None = optim.lr
     bf16: bool | None = None                  # cast the teacher to bf16 (half the memory and bandwidth);
                                               # None = yes when training runs in bf16 (GPU), no in fp32 (CPU)
 

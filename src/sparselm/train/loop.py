@@ -55,6 +55,7 @@ class Phase:
     sparsity: float | None = None
     pattern: str | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None        # peak learning rate of this phase; None = the recipe's optim.lr
 
 
 @dataclass

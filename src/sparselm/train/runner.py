@@ -148,12 +148,13 @@ class FinetuneRun:
         elif phase.stage is not None and ckpt is None:
             self._prune(phase)
         module.train()
-        optimizer = build_adamw([p for p in module.parameters() if p.requires_grad], r.optim.lr, r.optim.betas,
+        lr = phase.lr or r.optim.lr
+        optimizer = build_adamw([p for p in module.parameters() if p.requires_grad], lr, r.optim.betas,
                                 r.optim.eps, r.optim.weight_decay, r.optim.fused, self.acc.device.type)
         model_fwd, optimizer = self._prepare(module, optimizer)
         if self.fsdp and phase.stage is not None:  # masks of the local shards, after sharding
             mask = FixedMask.from_zeros(module, self.adapter.prunable_linears(module))
-        schedule = LinearWarmupDecay(optimizer, r.optim.lr, phase.steps,
+        schedule = LinearWarmupDecay(optimizer, lr, phase.steps,
                                      warmup_steps(phase.steps, r.schedule.warmup_steps, r.schedule.warmup_ratio),
                                      r.schedule.decay, r.schedule.final_lr_ratio)
         if ckpt is not None:

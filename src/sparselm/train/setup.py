@@ -126,7 +126,8 @@ def plan_phases(recipe: FinetuneRecipe, batches_per_epoch: int) -> list[Phase]:
 
     phases: list[Phase] = []
     if recipe.teacher is not None and recipe.teacher.source == "dense-finetune":
-        phases.append(Phase(0, "dense-teacher", recipe.teacher.dense_steps, loss_weights={"ce": 1.0}))
+        phases.append(Phase(0, "dense-teacher", recipe.teacher.dense_steps, loss_weights={"ce": 1.0},
+                            lr=recipe.teacher.dense_lr))
     if recipe.pruning is None:
         phases.append(Phase(len(phases), "dense", length(None, None), loss_weights=weights))
     else:
