@@ -232,7 +232,7 @@ def plot_kernels(result: dict, path: Path) -> None:
     shapes = sorted({(n, k) for n, k, _ in panels})
     batches = sorted({b for _, _, b in panels})
     fig, axes = plt.subplots(len(shapes), len(batches), figsize=(4.2 * len(batches), 3.4 * len(shapes)),
-                             squeeze=False, sharey=True)
+                             squeeze=False)
     for (n, k, b) in panels:
         ax = axes[shapes.index((n, k))][batches.index(b)]
         for eng in sorted({r["engine"] for r in rows}):
@@ -246,12 +246,13 @@ def plot_kernels(result: dict, path: Path) -> None:
             ax.plot([r["sparsity"] * 100 for r in ds], [dense[r["sparsity"]] / r["median_ms"] for r in ds],
                     marker="s", ls="--", color="k", label="deepsparse 1.8 fp32")
         ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_yscale("log")
         ax.set_title(f"{n}x{k}, batch {b}")
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("speedup vs torch dense fp32")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{result['machine']['cpu']}, {result['threads']} threads, {result['mode']} weights "
-                 f"(median of rounds)", fontsize=9)
+    fig.suptitle(f"{result['machine']['cpu']}, {result['threads']} thread(s), {result['mode']} weights, median of "
+                 f"round-robin rounds; shared 2-core machine under load from other jobs", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -265,11 +266,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--hot", action="store_true", help="time one weight copy (cache-resident when it fits)")
     ap.add_argument("--deepsparse", action="store_true", help="also time DeepSparse 1.8 in a side venv (/tmp/ds)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default results/cpu_kernels.json)")
+    ap.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of an existing results JSON")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        plot_kernels(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     if args.quick:

@@ -38,7 +38,8 @@ class PackedWeight:
     def nbytes(self) -> int:
         """Bytes the kernel reads for the weight (mask + values + row_ptr + scales)."""
         extra = self.scales.numel() * 4 if self.scales is not None else 0
-        return self.bitmask.numel() + self.values.numel() * self.values.element_size() + self.row_ptr.numel() * 8 + extra
+        vals = self.values.numel() * self.values.element_size()
+        return self.bitmask.numel() + vals + self.row_ptr.numel() * 8 + extra
 
 
 def pack_bits(nonzero: torch.Tensor) -> torch.Tensor:

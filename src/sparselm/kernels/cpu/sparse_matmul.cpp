@@ -34,22 +34,28 @@
 // ---------------------------------------------------------------------------------------------- dispatch
 // Bit 1: AVX2 path usable, bit 2: AVX-512 path usable, bit 3: AVX-512 VNNI too, bit 4: AVX-512 BF16 too
 // (CPU *and* OS support, via libgcc's CPU model).
-extern "C" int sl_isa_flags(void) {
+static int isa_flags_uncached(void) {
     int f = 0;
 #ifdef SL_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt") &&
-        __builtin_cpu_supports("bmi2"))
+        __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c"))
         f |= 1 << ISA_AVX2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi2") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("popcnt")) {
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("f16c")) {
         f |= 1 << ISA_AVX512;
         if (__builtin_cpu_supports("avx512vnni")) f |= 1 << ISA_VNNI;
         if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16")) f |= 1 << ISA_BF16;
     }
 #endif
     return f;
+}
+
+extern "C" int sl_isa_flags(void) {
+    static int cached = -1;  // benign race: every thread computes the same value
+    if (cached < 0) cached = isa_flags_uncached();
+    return cached;
 }
 
 // Threads come from spmm_pool.h (pthreads); kept for callers that ask whether the build is multithreaded.

@@ -11,6 +11,7 @@ fallback when no compiler is available: decodes W each call, correct but slow).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,12 +27,17 @@ _num_threads: int | None = None
 
 def available_isa() -> list[str]:
     """Kernel paths usable on this machine, fastest first, e.g. ``["avx512", "avx2", "scalar", "torch"]``."""
+    return list(_available())
+
+
+@functools.lru_cache(maxsize=1)
+def _available() -> tuple[str, ...]:
     lib = _build.load()
     if lib is None:
-        return ["torch"]
+        return ("torch",)
     flags = lib.sl_isa_flags()
-    out = [name for name in ("avx512", "avx2") if flags >> _ISA_CODE[name] & 1]
-    return out + ["scalar", "torch"]
+    out = tuple(name for name in ("avx512", "avx2") if flags >> _ISA_CODE[name] & 1)
+    return out + ("scalar", "torch")
 
 
 def best_isa() -> str:
@@ -39,13 +45,13 @@ def best_isa() -> str:
     forced = os.environ.get("SPARSELM_CPU_ISA")
     if forced:
         return _check_isa(forced)
-    return available_isa()[0]
+    return _available()[0]
 
 
 def _check_isa(isa: str) -> str:
     if isa not in ISAS:
         raise ValueError(f"isa: unknown kernel path {isa!r}; expected one of {ISAS}")
-    if isa not in available_isa():
+    if isa not in _available():
         raise ValueError(f"isa: path {isa!r} is not available on this machine (available: {available_isa()})")
     return isa
 
@@ -203,6 +209,6 @@ def _torch_fallback(x2, bitmask, values, row_ptr, N, K, scales, group_size) -> t
 def describe() -> dict:
     """Build and machine facts for benchmark reports: paths, threading, compiler error if any."""
     lib = _build.load()
-    return {"isa": available_isa(), "vnni": has_vnni(), "threaded": bool(lib and lib.sl_has_openmp()), "build_error": _build.build_error(),
-            "threads": get_num_threads()}
+    return {"isa": available_isa(), "vnni": has_vnni(), "threaded": bool(lib and lib.sl_has_openmp()),
+            "build_error": _build.build_error(), "threads": get_num_threads()}
 

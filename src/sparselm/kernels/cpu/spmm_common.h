@@ -16,7 +16,11 @@ struct Problem {
     int vtype;
 };
 
-static inline __attribute__((always_inline)) uint32_t load_u32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline __attribute__((always_inline)) uint32_t load_u32(const uint8_t* p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 // Columns per AVX-512 decode step (Step512<VT>::COLS).
 static inline int step_cols(int vt) { return vt == VT_I8 ? 64 : 32; }
 static inline int value_bytes(int vt) { return vt == VT_F32 ? 4 : (vt == VT_I8 ? 1 : 2); }
