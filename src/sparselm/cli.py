@@ -50,9 +50,9 @@ def prune(
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
     """One-shot prune the linear layers inside the transformer blocks of MODEL and save it to --out."""
+    settings = dict(locals())  # the resolved options, before anything else enters the scope
     from sparselm.pruning.prune_command import run_prune
 
-    settings = {k: v for k, v in locals().items()}
     try:
         run_prune(**settings)
     except _USER_ERRORS as err:
@@ -119,6 +119,44 @@ def eval_cmd(
     print_results_table(res)
     if out is not None:
         print(f"results -> {out}")
+
+
+@app.command("run", epilog="""\b
+Examples:
+  CPU, tiny:   sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run eval.limit=20 teacher.steps=10
+  CPU demo:    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run        (<= 15 min, 2 cores)
+  one GPU:     sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out runs/study task.data_dir=out/data/reasoning
+  check only:  sparselm run src/sparselm/recipes/asr-whisper.yaml --dry-run
+  resume:      run the same command again: finished runs are skipped, the teacher is reused
+""")
+def run_cmd(
+    recipe: Path = typer.Argument(..., help="pipeline recipe YAML (src/sparselm/recipes/demo-cpu.yaml, ...)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. sparsities=[0.5]"),
+    out: Optional[str] = typer.Option(None, help="output directory (default: the recipe's output.dir)"),
+    dry_run: bool = typer.Option(False, help="validate the recipe and print the planned runs; train nothing"),
+) -> None:
+    """Dense teacher -> prune -> sparse fine-tune (per sparsity x loss) -> evaluate -> results.json + report.md."""
+    from sparselm.pipeline.run import NotRunnableError, check_runnable, plan_runs, resolve, run_name, run_pipeline
+    from sparselm.train import NonFiniteLossError
+
+    try:
+        resolved = resolve(recipe, list(overrides or []), out)
+        if dry_run:
+            runs = ", ".join(run_name(s, loss) for s, loss in plan_runs(resolved))
+            typer.echo(f"{recipe}: valid; output {resolved.output.dir}; teacher "
+                       f"{resolved.teacher.path or 'fine-tuned here'}; runs: {runs}")
+            check_runnable(resolved)
+            return
+        out_dir = run_pipeline(resolved, command=" ".join(["sparselm run", *sys.argv[2:]]))
+    except (*_USER_ERRORS, NonFiniteLossError, NotRunnableError) as err:
+        fail(str(err).strip("'\""))
+    res = json.loads((out_dir / "results.json").read_text())
+    typer.echo(f"report -> {out_dir / 'report.md'}")
+    typer.echo(f"dense {res['metric']}: {res['dense']}")
+    first = next(iter(res.get("dense_all") or {"": None}))
+    for r in res["runs"]:
+        if r["split"] == first:
+            typer.echo(f"  {100 * r['sparsity']:.0f}% {r['loss']:<10} {r['value']}")
 
 
 @app.command()

@@ -1,0 +1,339 @@
+"""`run_pipeline`: dense teacher -> for each sparsity x loss: prune (+ sparse fine-tune) -> evaluate -> results.json
+-> report.md + plots. The paper's loss comparison (Kurtic et al. 2023, sec. 4) as one resumable job.
+
+    # CPU demo (~15 min on 2 cores):
+    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run
+    # one GPU (what produced benchmarks/results/replication_reasoning.json):
+    sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out $OUT/study task.data_dir=out/data/reasoning
+
+Every sparse run starts from the same SparseGPT-pruned teacher (or, staged, from the previous sparsity's model of
+the same loss) with the same steps, learning rate and data; only the loss differs. Output layout:
+
+    <out>/recipe.yaml            the resolved pipeline recipe
+    <out>/teacher/               the dense fine-tuned teacher (reused when its run.json exists)
+    <out>/runs/s50-squarehead/   one dir per run: metrics.jsonl, sparsity.json, eval.json (weights only if kept)
+    <out>/results.json           the replication schema of issue 4, rewritten after every run
+    <out>/report.md, *.png       table, settings, notes and plots (sparselm.pipeline.report)
+
+Resume = run the same command again: finished runs are skipped, an interrupted fine-tune continues from its last
+checkpoint, the teacher is reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparselm.pipeline.schema import (LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe, load_pipeline_recipe,
+                                      validate_pipeline_recipe)
+from sparselm.recipes.schema import RecipeError, apply_overrides
+
+#: task metric (sparselm.eval) -> (key of the value in its result dict, higher is better)
+METRIC_KEYS: dict[str, tuple[str, bool]] = {"exact_match": ("exact_match", True),
+                                            "gsm_exact_match": ("exact_match", True),
+                                            "bleu": ("bleu", True), "wer": ("wer", False)}
+
+
+class NotRunnableError(RuntimeError):
+    """A recipe that validates but needs something the training package does not provide yet."""
+
+
+def check_runnable(recipe: PipelineRecipe) -> None:
+    """Fail before any work when a stage is known to be unsupported (rather than deep inside a fine-tune)."""
+    if recipe.task.name == "asr":
+        raise NotRunnableError("task 'asr': sparselm.train fine-tunes on text items only (no log-mel data path "
+                               "yet); the recipe validates but cannot train. Evaluate with `sparselm eval MODEL "
+                               "--task asr` instead")
+    if recipe.model.tiny is not None and recipe.task.name == "translation":
+        raise NotRunnableError("model.tiny with task 'translation': a model built from a config gets the "
+                               "character tokenizer of the synthetic data, which cannot encode sentences")
+
+
+def run_name(sparsity: float, loss: str) -> str:
+    return f"s{round(sparsity * 100)}-{loss}"
+
+
+def plan_runs(recipe: PipelineRecipe) -> list[tuple[float, str]]:
+    """(sparsity, loss) in run order: sparsity-major, so a budget cut still leaves every loss at the first one."""
+    return [(s, loss) for s in recipe.sparsities for loss in recipe.losses]
+
+
+# -- fine-tuning recipes built from the pipeline recipe ---------------------------------------------------------------
+def _base(recipe: PipelineRecipe, model: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    t, task = recipe.train, recipe.task
+    return {"model": model,
+            "data": {"source": "task", "task": task.name, "data_dir": task.data_dir, "task_args": task.args,
+                     "split": task.train_split, "num_examples": task.num_examples,
+                     "calib_samples": recipe.pruning.calib_samples, "seed": t.seed},
+            "schedule": {"warmup_ratio": t.warmup_ratio, "decay": t.decay},
+            "train": {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "seqlen": t.seqlen,
+                      "log_every": t.log_every, "seed": t.seed, "precision": t.precision, "compile": t.compile,
+                      "threads": t.threads},
+            "output": {"dir": str(out_dir)}}
+
+
+def teacher_recipe(recipe: PipelineRecipe, out_dir: Path) -> dict[str, Any]:
+    """The dense fine-tune of the pretrained model on the task (CE only, no pruning)."""
+    rec = _base(recipe, recipe.model.model_dump(mode="json", exclude_none=True), out_dir)
+    rec["optim"] = {"lr": recipe.teacher.lr}
+    rec["train"].update({"epochs": recipe.teacher.epochs, "steps": recipe.teacher.steps})
+    return rec
+
+
+def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: float, loss: str,
+                  out_dir: Path) -> dict[str, Any]:
+    """Prune `start` to `sparsity` (SparseGPT by default, zeros kept) and fine-tune it with the mask fixed."""
+    s = recipe.sparse
+    rec = _base(recipe, {"name": str(start), "kind": recipe.model.kind}, out_dir)
+    rec["pruning"] = {"method": recipe.pruning.method,
+                      "stages": [{"sparsity": sparsity, "epochs": s.epochs, "steps": s.steps}]}
+    weights = LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"])  # "none" only uses the pruning half of this recipe
+    rec["loss"] = {**weights, "temperature": s.temperature, "squarehead_variant": s.squarehead_variant}
+    if weights["kd"] or weights["squarehead"]:  # a CE-only run does not load a teacher it would not use
+        rec["teacher"] = {"source": "path", "path": str(teacher)}
+    rec["optim"] = {"lr": s.lr}
+    return rec
+
+
+def _finetune(rec: dict[str, Any]) -> None:
+    from sparselm.recipes.schema import validate_finetune_recipe
+    from sparselm.train import finetune
+    from sparselm.train.checkpoint import latest_checkpoint
+
+    out = Path(rec["output"]["dir"])
+    resume = latest_checkpoint(out / "checkpoints") is not None
+    finetune(validate_finetune_recipe(rec, f"pipeline run {out.name}"), resume=resume)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is written beside them
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prune_only(rec: dict[str, Any]) -> None:
+    """'none': the SparseGPT-pruned start model, no fine-tune, with exactly the calibration batches the fine-tuned
+    runs prune with (same examples, same seed), so it is their common starting point."""
+    from sparselm.artifacts import atomic_dir
+    from sparselm.models import load_model
+    from sparselm.pruning import prune_model
+    from sparselm.recipes.schema import validate_finetune_recipe
+    from sparselm.train.data import calibration_batches
+    from sparselm.train.setup import load_examples
+    from sparselm.train.step import model_inputs
+
+    fr = validate_finetune_recipe(rec, "pipeline prune-only run")
+    model, tok = load_model(fr.model.name, device=_device(), kind=fr.model.kind)
+    if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token
+    causal = not getattr(model.config, "is_encoder_decoder", False)
+    examples = load_examples(fr, tok, causal)
+    calib = [{k: v.to(model.device) for k, v in model_inputs(b, model).items()}
+             for b in calibration_batches(examples, fr.data.calib_samples, tok.pad_token_id, causal, fr.data.seed)]
+    stage = fr.pruning.stages[0]
+    report = prune_model(model, method=fr.pruning.method, sparsity=stage.sparsity, calib=calib,
+                         nsamples=len(calib), keep_zeros=True, seed=fr.train.seed, progress=False)
+    with atomic_dir(fr.output.dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "sparsity.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (tmp / "run.json").write_text(json.dumps({"prune_only": True, "seconds": report.get("seconds")}) + "\n")
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------------------
+def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str, Any]]:
+    """Metrics per split of the model in `model_dir` (predictions dropped; see sparselm.eval.evaluate)."""
+    from sparselm.eval import evaluate
+    from sparselm.models import load_model
+
+    model, tok = load_model(model_dir, device=_device())
+    if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token
+    e, task = recipe.eval, recipe.task
+    task_kwargs = {**task.args, **({"data_dir": task.data_dir} if task.data_dir else {})}
+    kwargs: dict[str, Any] = {} if task.name == "asr" else {"loglik": e.loglik, "max_new_tokens": e.max_new_tokens,
+                                                            "progress": False}
+    out = {}
+    for split in e.splits:
+        r = evaluate(model, tok, task.name, split=split, limit=e.limit, batch_size=e.batch_size,
+                     task_kwargs=task_kwargs, **kwargs)
+        out[split] = {k: v for k, v in r.items() if k != "predictions"}
+    del model
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> tuple[str, bool, float | None]:
+    """(metric name, higher is better, value) of one split's evaluation result."""
+    key, higher = METRIC_KEYS.get(metrics.get("metric", ""), (metrics.get("metric", "value"), True))
+    return key, higher, metrics.get(key)
+
+
+# -- the job ------------------------------------------------------------------------------------------------------------
+class Results:
+    """results.json in the replication schema; rewritten atomically after every stage so a kill keeps the rest."""
+
+    def __init__(self, path: Path, recipe: PipelineRecipe, command: str) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"task": Path(recipe.task.name).name, "model": recipe.model.name,
+                                     "metric": None, "higher_is_better": True, "dense": None, "dense_all": None,
+                                     "runs": [], "settings": recipe.model_dump(mode="json"), "command": command,
+                                     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+                                     f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+                                     "timings": {}}
+        if path.is_file():
+            old = json.loads(path.read_text())
+            self.data.update({k: old[k] for k in ("metric", "higher_is_better", "dense", "dense_all", "runs",
+                                                  "timings") if k in old})
+
+    def done(self, sparsity: float, loss: str, splits: list[str]) -> bool:
+        have = {r["split"] for r in self.data["runs"] if r["sparsity"] == sparsity and r["loss"] == loss}
+        return set(splits) <= have
+
+    def set_dense(self, ev: dict[str, dict[str, Any]]) -> None:
+        first = ev[next(iter(ev))]
+        self.data["metric"], self.data["higher_is_better"], self.data["dense"] = headline(first)
+        self.data["dense_all"] = ev
+
+    def add_run(self, sparsity: float, loss: str, ev: dict[str, dict[str, Any]], train_s: float) -> None:
+        self.data["runs"] = [r for r in self.data["runs"] if not (r["sparsity"] == sparsity and r["loss"] == loss)]
+        for split, m in ev.items():
+            self.data["runs"].append({"sparsity": sparsity, "loss": loss, "split": split, "value": headline(m)[2],
+                                      "loglik_per_token": m.get("loglik_per_token"), "metrics": m,
+                                      "train_s": round(train_s, 1)})
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _drop_weights(run_dir: Path) -> None:
+    for f in run_dir.glob("*.safetensors*"):
+        f.unlink()
+
+
+def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say) -> Path:
+    if recipe.teacher.path is not None:
+        teacher = Path(recipe.teacher.path)
+        if not (teacher / "config.json").is_file():
+            raise FileNotFoundError(f"teacher.path {teacher}: no config.json (not a model directory)")
+        return teacher
+    teacher = out / "teacher"
+    if not (teacher / "run.json").is_file():
+        say(f"teacher: dense fine-tune of {recipe.model.name} -> {teacher}")
+        t = time.perf_counter()
+        _finetune(teacher_recipe(recipe, teacher))
+        res.data["timings"]["teacher_s"] = round(time.perf_counter() - t, 1)
+    else:
+        say(f"teacher: reusing {teacher}")
+    return teacher
+
+
+def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, loss: str,
+             prev: Path | None) -> tuple[Path, float]:
+    """Prune (+ fine-tune) one (sparsity, loss) run unless its model is already there; returns (dir, seconds)."""
+    run_dir = out / "runs" / run_name(sparsity, loss)
+    start = prev if prev is not None else teacher
+    if not any(start.glob("*.safetensors*")):
+        raise FileNotFoundError(f"{start}: the staged run needs this model's weights, which were dropped; rerun "
+                                "with output.keep_models=true")
+    t = time.perf_counter()
+    if not (run_dir / "run.json").is_file():
+        rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
+        prune_only(rec) if loss == "none" else _finetune(rec)
+    return run_dir, time.perf_counter() - t
+
+
+def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | None = None, out: str | None = None,
+                 command: str | None = None) -> Path:
+    """Run (or resume) the pipeline; returns the output directory holding results.json and report.md."""
+    from tqdm.auto import tqdm
+
+    from sparselm.pipeline.report import write_report
+
+    recipe = resolve(recipe, overrides, out)
+    check_runnable(recipe)
+    _quiet_transformers()
+    out_dir = Path(recipe.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(dump_pipeline_recipe(recipe))
+    res = Results(out_dir / "results.json", recipe, command or " ".join(["sparselm run", *sys.argv[2:]]))
+    t0 = time.perf_counter()
+    runs = plan_runs(recipe)
+    bar = tqdm(total=1 + len(runs), desc="pipeline", unit="stage", dynamic_ncols=True)
+    say = tqdm.write
+    teacher = _teacher(recipe, out_dir, res, say)
+    if res.data["dense"] is None:
+        bar.set_postfix_str("evaluating the teacher")
+        res.set_dense(evaluate_dir(teacher, recipe))
+        res.save()
+    say(f"dense: {_summary(res.data['dense_all'])}")
+    bar.update(1)
+    prev: dict[str, Path] = {}
+    for sparsity, loss in runs:
+        name = run_name(sparsity, loss)
+        bar.set_postfix_str(name)
+        if res.done(sparsity, loss, recipe.eval.splits):
+            prev[loss] = out_dir / "runs" / name
+            bar.update(1)
+            continue
+        if recipe.output.budget_s is not None and time.perf_counter() - t0 > recipe.output.budget_s:
+            say(f"budget of {recipe.output.budget_s:.0f} s reached: not starting {name}")
+            bar.update(1)
+            continue
+        run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
+                                    prev.get(loss) if recipe.sparse.staged else None)
+        ev = evaluate_dir(run_dir, recipe)
+        (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
+        res.add_run(sparsity, loss, ev, train_s)
+        res.save()
+        if not (recipe.output.keep_models or recipe.sparse.staged):
+            _drop_weights(run_dir)
+        prev[loss] = run_dir
+        say(f"{name}: {_summary(ev)}  ({train_s:.0f} s)")
+        write_report(res.data, out_dir)
+        bar.update(1)
+    bar.close()
+    if recipe.sparse.staged and not recipe.output.keep_models:
+        for d in prev.values():
+            _drop_weights(d)
+    res.data["timings"]["last_invocation_s"] = round(time.perf_counter() - t0, 1)
+    res.save()
+    write_report(res.data, out_dir)
+    return out_dir
+
+
+def resolve(recipe: PipelineRecipe | str | Path, overrides: list[str] | None = None,
+            out: str | None = None) -> PipelineRecipe:
+    """A validated pipeline recipe with overrides applied (and `output.dir` replaced by `out` when given)."""
+    overrides = list(overrides or []) + ([f"output.dir={out}"] if out else [])
+    if isinstance(recipe, PipelineRecipe):
+        return validate_pipeline_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    return load_pipeline_recipe(recipe, overrides)
+
+
+def _quiet_transformers() -> None:
+    """One progress bar for the pipeline (and the trainer's per phase), not one per weight load / shard write."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _summary(ev: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for split, m in ev.items():
+        key, _, value = headline(m)
+        ll = m.get("loglik_per_token")
+        parts.append(f"{split} {key}={value:.3f}" if value is not None else f"{split} {key}=n/a")
+        if ll is not None:
+            parts[-1] += f" ll/tok={ll:.3f}"
+    return ", ".join(parts)
+
+
+__all__ = ["METRIC_KEYS", "NotRunnableError", "RecipeError", "check_runnable", "Results", "evaluate_dir", "plan_runs", "prune_only", "resolve",
+           "run_name", "run_pipeline", "sparse_recipe", "teacher_recipe"]

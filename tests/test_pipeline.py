@@ -1,0 +1,133 @@
+"""`sparselm run`: the pipeline end to end on a tiny Llama (character tokenizer built in code, arithmetic items in a
+data dir), resume, recipe validation errors, and every shipped pipeline recipe validates."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparselm.pipeline import load_pipeline_recipe, validate_pipeline_recipe
+from sparselm.pipeline.run import plan_runs, run_pipeline, sparse_recipe, teacher_recipe
+from sparselm.recipes.schema import RecipeError, validate_finetune_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "sparselm" / "recipes"
+PIPELINE_YAMLS = ["demo-cpu.yaml", "reasoning-smollm2.yaml", "gsm-smollm2.yaml", "asr-whisper.yaml",
+                  "translation-t5.yaml"]
+
+
+def _arith_dir(root: Path) -> Path:
+    """train/validation/test .jsonl of "a+b=" -> "c" (characters the tiny char tokenizer knows)."""
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 64), ("validation", 8), ("test", 8)):
+        rows = []
+        for _ in range(n):
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            rows.append({"prompt": f"{a}+{b}=", "completion": f"{a + b}\n", "answer": str(a + b)})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _recipe(data: Path, out: Path, **extra) -> dict:
+    r = {"model": {"name": "tiny-llama", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                                   "intermediate_size": 64, "max_positions": 32}},
+         "task": str(data),
+         "eval": {"splits": ["test", "validation"], "limit": 6, "batch_size": 8, "max_new_tokens": 4},
+         "teacher": {"steps": 8, "lr": 3e-3},
+         "sparsities": [0.5], "losses": ["squarehead", "ce", "none"],
+         "sparse": {"steps": 4, "lr": 1e-3},
+         "pruning": {"method": "sparsegpt", "calib_samples": 8},
+         "train": {"batch_size": 8, "seqlen": 16, "log_every": 2, "threads": 1},
+         "output": {"dir": str(out)},
+         "notes": ["tiny test budget: the numbers mean nothing"]}
+    r.update(extra)
+    return r
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    data = _arith_dir(root / "data")
+    out = run_pipeline(validate_pipeline_recipe(_recipe(data, root / "out")), command="test")
+    return data, out
+
+
+def test_pipeline_end_to_end(finished) -> None:
+    _, out = finished
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "exact_match" and res["higher_is_better"] is True
+    assert set(res["dense_all"]) == {"test", "validation"} and res["dense"] is not None
+    got = {(r["sparsity"], r["loss"], r["split"]) for r in res["runs"]}
+    assert got == {(0.5, loss, s) for loss in ("squarehead", "ce", "none") for s in ("test", "validation")}
+    for run in ("s50-squarehead", "s50-ce", "s50-none"):
+        sp = json.loads((out / "runs" / run / "sparsity.json").read_text())
+        assert abs(sp["overall"] - 0.5) < 0.02, (run, sp["overall"])
+        assert not list((out / "runs" / run).glob("*.safetensors")), "weights are dropped unless keep_models"
+    assert (out / "runs" / "s50-squarehead" / "metrics.jsonl").is_file()
+    report = (out / "report.md").read_text()
+    assert "| sparsity | loss | test exact_match" in report
+    assert "| 50% | CE + SquareHead |" in report and "| 50% | SparseGPT only |" in report
+    assert "tiny test budget" in report
+    for png in ("metric_vs_sparsity.png", "loss_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png})" in report
+
+
+def test_pipeline_resume_skips_finished_runs(finished, monkeypatch) -> None:
+    data, out = finished
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/metrics.jsonl")}
+    teacher_mtime = (out / "teacher" / "run.json").stat().st_mtime_ns
+    trained: list[str] = []
+    import sparselm.pipeline.run as run_mod
+
+    real = run_mod._finetune
+    monkeypatch.setattr(run_mod, "_finetune", lambda rec: (trained.append(rec["output"]["dir"]), real(rec)))
+    run_pipeline(validate_pipeline_recipe(_recipe(data, out, losses=["squarehead", "ce", "none", "kd"])))
+    assert [Path(d).name for d in trained] == ["s50-kd"], "only the new run trains; the teacher is reused"
+    assert (out / "teacher" / "run.json").stat().st_mtime_ns == teacher_mtime
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["runs"]) == 8
+
+
+def test_recipe_errors_name_the_field(tmp_path) -> None:
+    base = _recipe(tmp_path, tmp_path / "o")
+    cases = [({"teacher": {"epocs": 1}}, "teacher.epocs"),
+             ({"losses": ["squarehead", "l2"]}, "losses.1"),
+             ({"sparsities": [0.5, 1.2]}, "sparsities"),
+             ({"sparse": {"lr": 1e-4}}, "sparse: Value error, set epochs or steps".split(":")[0]),
+             ({"teacher": {"lr": 1e-4}}, "teacher"),
+             ({"colour": "red"}, "colour")]
+    for extra, field in cases:
+        with pytest.raises(RecipeError) as e:
+            validate_pipeline_recipe({**base, **extra})
+        assert str(e.value).startswith("recipe: " + field), (extra, str(e.value))
+    with pytest.raises(RecipeError, match="sparse.staged: sparsities must increase"):
+        validate_pipeline_recipe({**base, "sparsities": [0.7, 0.5], "sparse": {"steps": 1, "staged": True}})
+
+
+def test_overrides_and_built_finetune_recipes(tmp_path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_recipe(tmp_path, tmp_path / "o")))
+    r = load_pipeline_recipe(path, ["sparsities=[0.5,0.7]", "losses=[kd]", "sparse.lr=2e-4"])
+    assert plan_runs(r) == [(0.5, "kd"), (0.7, "kd")]
+    with pytest.raises(RecipeError, match="sparse.lr"):
+        load_pipeline_recipe(path, ["sparse.lr=-1"])
+    validate_finetune_recipe(teacher_recipe(r, tmp_path / "t"))
+    fr = validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.7, "kd", tmp_path / "s"))
+    assert fr.pruning.stages[0].sparsity == 0.7 and fr.loss.kd == 1.0 and fr.optim.lr == 2e-4
+    assert fr.teacher is not None and fr.teacher.path == str(tmp_path / "t")
+    ce = validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.7, "ce", tmp_path / "s"))
+    assert ce.teacher is None and ce.loss.squarehead == 0
+
+
+@pytest.mark.parametrize("name", PIPELINE_YAMLS)
+def test_shipped_pipeline_recipes_validate(name) -> None:
+    r = load_pipeline_recipe(RECIPES / name)
+    # each one also yields valid fine-tuning recipes for its teacher and its first sparse run
+    if r.teacher.path is None:
+        validate_finetune_recipe(teacher_recipe(r, Path("t")))
+    validate_finetune_recipe(sparse_recipe(r, Path("t"), Path("t"), r.sparsities[0], r.losses[0], Path("s")))
