@@ -131,3 +131,15 @@ def test_shipped_pipeline_recipes_validate(name) -> None:
     if r.teacher.path is None:
         validate_finetune_recipe(teacher_recipe(r, Path("t")))
     validate_finetune_recipe(sparse_recipe(r, Path("t"), Path("t"), r.sparsities[0], r.losses[0], Path("s")))
+
+
+def test_staged_runs_start_from_the_previous_sparsity(tmp_path) -> None:
+    data = _arith_dir(tmp_path / "data")
+    r = _recipe(data, tmp_path / "out", sparsities=[0.5, 0.7], losses=["ce"],
+                sparse={"steps": 2, "lr": 1e-3, "staged": True}, teacher={"steps": 2, "lr": 1e-3},
+                eval={"splits": ["test"], "limit": 2, "batch_size": 2, "max_new_tokens": 2})
+    out = run_pipeline(validate_pipeline_recipe(r))
+    s70 = out / "runs" / "s70-ce"
+    assert yaml.safe_load((s70 / "recipe.yaml").read_text())["model"]["name"] == str(out / "runs" / "s50-ce")
+    assert abs(json.loads((s70 / "sparsity.json").read_text())["overall"] - 0.7) < 0.02
+    assert not list(s70.glob("*.safetensors")), "staged weights are dropped at the end unless keep_models"

@@ -117,32 +117,26 @@ def _device() -> str:
 
 
 def prune_only(rec: dict[str, Any]) -> None:
-    """'none': the SparseGPT-pruned start model, no fine-tune, with exactly the calibration batches the fine-tuned
-    runs prune with (same examples, same seed), so it is their common starting point."""
-    from sparselm.artifacts import atomic_dir
-    from sparselm.models import load_model
-    from sparselm.pruning import prune_model
+    """'none': the SparseGPT-pruned start model, no fine-tune. It is pruned by the fine-tuning runner itself (same
+    examples, same calibration batches, same seed), so it is exactly the fine-tuned runs' starting point."""
     from sparselm.recipes.schema import validate_finetune_recipe
-    from sparselm.train.data import calibration_batches
-    from sparselm.train.setup import load_examples
-    from sparselm.train.step import model_inputs
+    from sparselm.sparsity.report import sparsity_report
+    from sparselm.train.runner import FinetuneRun
 
     fr = validate_finetune_recipe(rec, "pipeline prune-only run")
-    model, tok = load_model(fr.model.name, device=_device(), kind=fr.model.kind)
-    if getattr(tok, "pad_token_id", None) is None and getattr(tok, "eos_token", None) is not None:
-        tok.pad_token = tok.eos_token
-    causal = not getattr(model.config, "is_encoder_decoder", False)
-    examples = load_examples(fr, tok, causal)
-    calib = [{k: v.to(model.device) for k, v in model_inputs(b, model).items()}
-             for b in calibration_batches(examples, fr.data.calib_samples, tok.pad_token_id, causal, fr.data.seed)]
-    stage = fr.pruning.stages[0]
-    report = prune_model(model, method=fr.pruning.method, sparsity=stage.sparsity, calib=calib,
-                         nsamples=len(calib), keep_zeros=True, seed=fr.train.seed, progress=False)
-    with atomic_dir(fr.output.dir, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "sparsity.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (tmp / "run.json").write_text(json.dumps({"prune_only": True, "seconds": report.get("seconds")}) + "\n")
+    job = FinetuneRun(fr)
+    phase = next(p for p in job.phases if p.stage is not None)
+    job._prune(phase)
+    out = Path(fr.output.dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    job.student.save_pretrained(tmp)
+    job.tokenizer.save_pretrained(tmp)
+    report = sparsity_report(job.student, fr.pruning.method, phase.sparsity)
+    (tmp / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (tmp / "run.json").write_text(json.dumps({"prune_only": True}) + "\n")  # written last: marks it finished
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------------------
@@ -243,6 +237,8 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
         raise FileNotFoundError(f"{start}: the staged run needs this model's weights, which were dropped; rerun "
                                 "with output.keep_models=true")
     t = time.perf_counter()
+    if (run_dir / "run.json").is_file() and not any(run_dir.glob("*.safetensors*")):
+        shutil.rmtree(run_dir)  # trained earlier, weights dropped, evaluation now needs more (e.g. a new split)
     if not (run_dir / "run.json").is_file():
         rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
         prune_only(rec) if loss == "none" else _finetune(rec)
@@ -268,7 +264,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     bar = tqdm(total=1 + len(runs), desc="pipeline", unit="stage", dynamic_ncols=True)
     say = tqdm.write
     teacher = _teacher(recipe, out_dir, res, say)
-    if res.data["dense"] is None:
+    if not set(recipe.eval.splits) <= set(res.data.get("dense_all") or {}):
         bar.set_postfix_str("evaluating the teacher")
         res.set_dense(evaluate_dir(teacher, recipe))
         res.save()
