@@ -10,12 +10,17 @@ from sparselm.recipes.schema import (FinetuneRecipe, RecipeError, apply_override
                                      load_finetune_recipe, validate_finetune_recipe)
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "sparselm" / "recipes"
-FINETUNE_KEYS = {"loss", "train", "optim", "teacher"}  # a fine-tuning recipe has at least one of these
+FINETUNE_KEYS = {"loss", "optim", "schedule", "data"}  # a fine-tuning recipe has at least one of these
+PIPELINE_KEYS = {"sparsities", "losses", "sparse", "task"}  # `sparselm run` recipes: validated by their own schema
 
 
 def _finetune_yamls() -> list[Path]:
-    return [p for p in sorted(RECIPES.glob("*.yaml"))
-            if FINETUNE_KEYS & set(yaml.safe_load(p.read_text()) or {})]
+    out = []
+    for p in sorted(RECIPES.glob("*.yaml")):
+        keys = set(yaml.safe_load(p.read_text()) or {})
+        if keys & FINETUNE_KEYS and not keys & PIPELINE_KEYS:
+            out.append(p)
+    return out
 
 
 def test_there_is_a_shipped_finetune_recipe():

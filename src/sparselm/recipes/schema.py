@@ -48,7 +48,7 @@ class ModelSpec(_Strict):
     """`name`: a local HF directory, a bundled name of `sparselm.models.load_model`, or `tiny-<arch>`."""
 
     name: str
-    kind: Literal["causal-lm", "seq2seq"] = "causal-lm"
+    kind: Literal["causal-lm", "seq2seq"] | None = None  # expected kind (checked at load); None = any
     tiny: TinySpec | None = None
 
     @model_validator(mode="before")

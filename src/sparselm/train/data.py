@@ -7,8 +7,10 @@ Padding is on the right with the pad id in inputs and -100 in labels.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -66,14 +68,23 @@ def collate(examples: list[Example], pad_id: int, causal: bool) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": att, "labels": lab}
 
 
+Collate = Callable[[list[Any]], dict[str, torch.Tensor]]
+
+
+def example_collator(pad_id: int, causal: bool) -> Collate:
+    """The collate function of `Example` lists (see `collate`)."""
+    return functools.partial(collate, pad_id=pad_id, causal=causal)
+
+
 class BatchPlan:
     """Micro-batch k of a phase is a pure function of (seed, phase, k): epoch e = k // batches_per_epoch uses the
     permutation seeded by (seed, phase, e); rank r of W takes its slice of the global micro-batch. The data
-    position to resume from is therefore just the step counter."""
+    position to resume from is therefore just the step counter. Items can be anything `collate` accepts
+    (`Example`s here; a `sparselm.data` collator's items, e.g. Whisper audio features, via `finetune(items=...)`)."""
 
-    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, causal: bool, seed: int, phase: int,
+    def __init__(self, examples: Sequence[Any], batch_size: int, collate_fn: Collate, seed: int, phase: int,
                  rank: int = 0, world: int = 1) -> None:
-        self.examples, self.batch_size, self.pad_id, self.causal = examples, batch_size, pad_id, causal
+        self.examples, self.batch_size, self.collate_fn = examples, batch_size, collate_fn
         self.seed, self.phase, self.rank, self.world = seed, phase, rank, world
         self.global_batch = batch_size * world
         self.batches_per_epoch = len(examples) // self.global_batch
@@ -92,18 +103,12 @@ class BatchPlan:
         epoch, b = divmod(k, self.batches_per_epoch)
         start = b * self.global_batch + self.rank * self.batch_size
         idx = self._permutation(epoch)[start:start + self.batch_size].tolist()
-        return collate([self.examples[i] for i in idx], self.pad_id, self.causal)
+        return self.collate_fn([self.examples[i] for i in idx])
 
 
-def calibration_batches(examples: list[Example], n: int, pad_id: int, causal: bool,
+def calibration_batches(examples: Sequence[Any], n: int, collate_fn: Collate,
                         seed: int) -> list[dict[str, torch.Tensor]]:
     """`n` single-sequence batches (no padding, which would pollute the pruner's Hessian statistics)."""
     g = torch.Generator().manual_seed(seed + 17)
     idx = torch.randperm(len(examples), generator=g)[:n].tolist()
-    batches = []
-    for i in idx:
-        b = collate([examples[i]], pad_id, causal)
-        if causal:
-            b.pop("labels")
-        batches.append(b)
-    return batches
+    return [collate_fn([examples[i]]) for i in idx]

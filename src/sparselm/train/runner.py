@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from accelerate.utils import DistributedType
@@ -26,7 +27,7 @@ from torch import nn
 from sparselm.distill import DistillationLoss, check_vocab
 from sparselm.recipes.schema import FinetuneRecipe, dump_recipe, load_finetune_recipe, validate_finetune_recipe
 from sparselm.train import checkpoint as ckpt_io
-from sparselm.train.data import BatchPlan, calibration_batches
+from sparselm.train.data import BatchPlan, Collate, calibration_batches, example_collator
 from sparselm.train.loop import LoopParts, MetricsLog, Phase, train_phase
 from sparselm.train.mask import FixedMask
 from sparselm.train.optim import LinearWarmupDecay, build_adamw, warmup_steps
@@ -47,14 +48,20 @@ def resolve_recipe(recipe: FinetuneRecipe | str | Path, overrides: list[str] | N
 
 
 def finetune(recipe: FinetuneRecipe | str | Path, overrides: list[str] | None = None, out: str | None = None,
-             resume: bool = False) -> Path:
+             resume: bool = False, *, items: Sequence[Any] | None = None, collate: Collate | None = None) -> Path:
     """Run a fine-tuning recipe; returns the output directory (model + tokenizer, sparsity.json, metrics.jsonl,
-    recipe.yaml, run.json, checkpoints/)."""
-    return FinetuneRun(resolve_recipe(recipe, overrides, out)).run(resume)
+    recipe.yaml, run.json, checkpoints/).
+
+    `items` + `collate` replace the recipe's `data` source with any training items and the function that batches
+    them into model inputs with `labels` (e.g. Whisper audio items with `sparselm.data.asr.WhisperASRCollator`);
+    calibration for pruning then uses single collated items too. Resume needs the same items in the same order.
+    """
+    return FinetuneRun(resolve_recipe(recipe, overrides, out), items=items, collate=collate).run(resume)
 
 
 class FinetuneRun:
-    def __init__(self, recipe: FinetuneRecipe) -> None:
+    def __init__(self, recipe: FinetuneRecipe, items: Sequence[Any] | None = None,
+                 collate: Collate | None = None) -> None:
         from sparselm.models import get_adapter
 
         self.recipe, self.out = recipe, Path(recipe.output.dir)
@@ -70,7 +77,13 @@ class FinetuneRun:
         self.fsdp = self.acc.distributed_type == DistributedType.FSDP
         self.model_cls = type(self.student)  # FSDP2 swaps the class of a sharded module; keep the HF class
         self.causal = not getattr(self.student.config, "is_encoder_decoder", False)
-        self.examples = load_examples(recipe, self.tokenizer, self.causal)
+        if items is not None:
+            if collate is None:
+                raise ValueError("finetune(items=...) needs collate=: the function that batches the items")
+            self.examples, self.collate = list(items), collate
+        else:
+            self.examples = load_examples(recipe, self.tokenizer, self.causal)
+            self.collate = example_collator(self.tokenizer.pad_token_id, self.causal)
         global_batch = recipe.train.batch_size * self.acc.num_processes
         self.phases = plan_phases(recipe, max(1, len(self.examples) // global_batch))
         if self.fsdp and len(self.phases) > 1:
@@ -172,8 +185,8 @@ class FinetuneRun:
             raise ValueError(f"phase {phase.name}: losses {loss.names} need a teacher but none was built")
         objective = ObjectiveStep(model_fwd, module, self.adapter, loss, teacher, r.loss.layers,
                                   teacher_bf16=self._teacher_bf16())
-        plan = BatchPlan(self.examples, r.train.batch_size, self.tokenizer.pad_token_id, self.causal, r.train.seed,
-                         phase.index, self.acc.process_index, self.acc.num_processes)
+        plan = BatchPlan(self.examples, r.train.batch_size, self.collate, r.train.seed, phase.index,
+                         self.acc.process_index, self.acc.num_processes)
         parts = LoopParts(
             accelerator=self.acc, model=model_fwd, module=module, objective=objective, optimizer=optimizer,
             schedule=schedule, plan=plan, post_step=[mask.apply_] if mask is not None else [],
@@ -223,8 +236,7 @@ class FinetuneRun:
         assert self.recipe.pruning is not None
         d = self.recipe.data
         calib = [model_inputs(b, self.student) for b in
-                 calibration_batches(self.examples, d.calib_samples, self.tokenizer.pad_token_id, self.causal,
-                                     d.seed)]
+                 calibration_batches(self.examples, d.calib_samples, self.collate, d.seed)]
         report = prune_model(self.student, method=self.recipe.pruning.method, sparsity=phase.sparsity,
                              pattern=phase.pattern, calib=calib, nsamples=len(calib), keep_zeros=True,
                              seed=self.recipe.train.seed, progress=self.acc.is_main_process)
