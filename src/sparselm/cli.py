@@ -123,9 +123,9 @@ def eval_cmd(
 
 @app.command("run", epilog="""\b
 Examples:
-  CPU, tiny:   sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run eval.limit=20 teacher.steps=10
-  CPU demo:    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run        (<= 15 min, 2 cores)
-  one GPU:     sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out runs/study task.data_dir=out/data/reasoning
+  CPU, quick:  sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/quick teacher.steps=5 sparse.steps=5
+  CPU demo:    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run      (<= 15 min, 2 cores)
+  one GPU:     sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out runs/study task.data_dir=data/rsn
   check only:  sparselm run src/sparselm/recipes/asr-whisper.yaml --dry-run
   resume:      run the same command again: finished runs are skipped, the teacher is reused
 """)

@@ -139,7 +139,7 @@ def prune_only(rec: dict[str, Any]) -> None:
     os.replace(tmp, out)
 
 
-# -- evaluation ---------------------------------------------------------------------------------------------------------
+# -- evaluation --------------------------------------------------------------------------------------------------------
 def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str, Any]]:
     """Metrics per split of the model in `model_dir` (predictions dropped; see sparselm.eval.evaluate)."""
     from sparselm.eval import evaluate
@@ -167,7 +167,7 @@ def headline(metrics: dict[str, Any]) -> tuple[str, bool, float | None]:
     return key, higher, metrics.get(key)
 
 
-# -- the job ------------------------------------------------------------------------------------------------------------
+# -- the job -----------------------------------------------------------------------------------------------------------
 class Results:
     """results.json in the replication schema; rewritten atomically after every stage so a kill keeps the rest."""
 
@@ -331,5 +331,5 @@ def _summary(ev: dict[str, dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["METRIC_KEYS", "NotRunnableError", "RecipeError", "check_runnable", "Results", "evaluate_dir", "plan_runs", "prune_only", "resolve",
-           "run_name", "run_pipeline", "sparse_recipe", "teacher_recipe"]
+__all__ = ["METRIC_KEYS", "NotRunnableError", "RecipeError", "Results", "check_runnable", "evaluate_dir",
+           "plan_runs", "prune_only", "resolve", "run_name", "run_pipeline", "sparse_recipe", "teacher_recipe"]
