@@ -103,13 +103,32 @@ def time_mode(name: str, weights: dict[str, float], student, teacher, batch, arg
             t0 = time.perf_counter()
             last = step()
             times.append((time.perf_counter() - t0) * 1e3)
+    top = profile_steps(step, device, args.profile) if args.profile else None
     mask.verify()
     obj.close()
     ms = statistics.median(times)
     tokens = batch["input_ids"].numel()
     return {"mode": name, "weights": weights, "step_ms_median": ms, "step_ms_mean": statistics.fmean(times),
             "tokens_per_s": tokens / (ms / 1e3), "loss_last": float(last),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            **({"profile_top": top} if top is not None else {})}
+
+
+def profile_steps(step, device: torch.device, n: int) -> list[dict]:
+    """torch.profiler over `n` more steps: the 15 ops with the most self device time (CPU time on CPU), to show
+    whether a step is bound by kernels or by Python/launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:15]
+    return [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0) / 1e3 / n,
+             "cpu_total_ms": e.cpu_time_total / 1e3 / n} for e in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {list(MODES)}")
     ap.add_argument("--compile", action="store_true", help="torch.compile the student's (and teacher's) blocks")
     ap.add_argument("--teacher-fp32", action="store_true", help="keep the GPU teacher in fp32 (default bf16)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps per mode (0: off)")
     args = ap.parse_args(argv)
     args.batch = args.batch or (4 if args.tiny else 32)
     args.seqlen = args.seqlen or (32 if args.tiny else 256)
