@@ -97,12 +97,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert json.loads((out / "sparsity.json").read_text())["overall"] == pytest.approx(0.7, abs=0.01)
 
 
-def test_rerun_without_resume_refuses(tmp_path):
+def test_rerun_without_resume_or_with_another_recipe_refuses(tmp_path):
     recipe = _write(tmp_path)
     small = ["teacher.dense_steps=2", "pruning.stages.0.steps=2", "pruning.stages.1.steps=2"]
     finetune(recipe, small, out=str(tmp_path / "o"))
     with pytest.raises(FileExistsError, match="--resume"):
         finetune(recipe, small, out=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match=r"optim\.lr"):
+        finetune(recipe, small + ["optim.lr=0.1"], out=str(tmp_path / "o"), resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -100,6 +100,7 @@ class FinetuneRun:
         start_phase, start_step, masks = 0, 0, None
         state: dict = {}
         if ckpt is not None:
+            self._check_same_recipe(ckpt)
             state = ckpt_io.read_state(ckpt)
             ckpt_io.load_weights(ckpt, self.student)
             start_phase, start_step, masks = state["phase"], state["step"], ckpt_io.load_masks(ckpt)
@@ -125,6 +126,24 @@ class FinetuneRun:
         if resume and latest is None:
             self.acc.print(f"--resume: no checkpoint under {self.ckpt_root}; starting from the beginning")
         return latest
+
+    def _check_same_recipe(self, ckpt: Path) -> None:
+        """Resuming under a different recipe would silently mix two runs: refuse, naming the changed fields."""
+        import yaml
+
+        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text(encoding="utf-8"))
+        now = yaml.safe_load(self.recipe_yaml)
+
+        def flat(d: object, prefix: str = "") -> dict[str, object]:
+            if isinstance(d, dict):
+                return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()}
+            return {prefix[:-1]: d}
+
+        a, b = flat(saved), flat(now)
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_MAY_CHANGE)
+        if changed:
+            raise ValueError(f"--resume: the recipe differs from the one of checkpoint {ckpt} in {changed[:5]}; "
+                             "resume with the same recipe, or start a new --out")
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     def _init_teacher(self) -> None:
@@ -291,6 +310,10 @@ class FinetuneRun:
             self.acc.print(f"wrote {self.out} (overall sparsity {report['overall']:.1%})")
         self.acc.wait_for_everyone()
         return self.out
+
+
+# Operational settings that do not change what is computed: a resumed run may alter them.
+_RESUME_MAY_CHANGE = {"output.dir", "train.threads", "train.keep_checkpoints", "train.log_every", "train.ckpt_every"}
 
 
 def snapshot_cpu_like(model_cls: type, config, state_dict: dict) -> nn.Module:
