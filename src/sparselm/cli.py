@@ -152,11 +152,11 @@ def run_cmd(
         fail(str(err).strip("'\""))
     res = json.loads((out_dir / "results.json").read_text())
     typer.echo(f"report -> {out_dir / 'report.md'}")
-    typer.echo(f"dense {res['metric']}: {res['dense']}")
     first = next(iter(res.get("dense_all") or {"": None}))
+    typer.echo(f"{first} {res['metric']}: dense {res['dense']:.3f}" if res["dense"] is not None else "dense: n/a")
     for r in res["runs"]:
-        if r["split"] == first:
-            typer.echo(f"  {100 * r['sparsity']:.0f}% {r['loss']:<10} {r['value']}")
+        if r["split"] == first and r["value"] is not None:
+            typer.echo(f"  {100 * r['sparsity']:.0f}% {r['loss']:<10} {r['value']:.3f}")
 
 
 @app.command()

@@ -255,6 +255,8 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     recipe = resolve(recipe, overrides, out)
     check_runnable(recipe)
     _quiet_transformers()
+    if recipe.train.threads is not None:  # evaluation too, not only the fine-tunes
+        torch.set_num_threads(recipe.train.threads)
     out_dir = Path(recipe.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(dump_pipeline_recipe(recipe))
