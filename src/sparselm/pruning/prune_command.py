@@ -31,8 +31,11 @@ def validate_target(sparsity: float | None, pattern: str | None) -> str:
 def run_prune(model: str, method: str, sparsity: float | None, pattern: str | None, calib: Path | None,
               nsamples: int, seqlen: int, batch_size: int, scope: str | None, out: Path, device: str | None,
               offload: bool, seed: int, overwrite: bool, quiet: bool = False) -> dict:
-    from sparselm.models.loaders import load_model
+    from sparselm.models.loaders import ModelNotFoundError, bundled_names, load_model
 
+    if not Path(model).is_dir() and model not in bundled_names():
+        raise ModelNotFoundError(f"model {model!r} not found: not a local directory, and not a bundled name "
+                                 f"({', '.join(bundled_names())})")
     validate_target(sparsity, pattern)
     pruner_cls = get_pruner(method)
     if scope is not None and scope not in ("row", "layer", "block"):

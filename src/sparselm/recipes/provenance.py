@@ -24,8 +24,8 @@ def provenance() -> dict:
 
     from sparselm import __version__
 
-    return {"sparselm": __version__, "git_sha": git_sha(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
+    return {"sparselm": __version__, "git_sha": git_sha(), "torch": str(torch.__version__),
+            "transformers": str(transformers.__version__), "python": platform.python_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
