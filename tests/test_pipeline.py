@@ -76,7 +76,7 @@ def test_pipeline_end_to_end(finished) -> None:
         assert f"({png})" in report
 
 
-def test_pipeline_resume_skips_finished_runs(finished, monkeypatch) -> None:
+def test_pipeline_resume_skips_finished_runs(finished, monkeypatch, capsys) -> None:
     data, out = finished
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/metrics.jsonl")}
     teacher_mtime = (out / "teacher" / "run.json").stat().st_mtime_ns
@@ -91,6 +91,11 @@ def test_pipeline_resume_skips_finished_runs(finished, monkeypatch) -> None:
     assert {p: p.stat().st_mtime_ns for p in before} == before
     res = json.loads((out / "results.json").read_text())
     assert len(res["runs"]) == 8
+    # changed teacher settings: nothing is redone silently, and the user is told
+    changed = _recipe(data, out, losses=["squarehead", "ce", "none", "kd"], teacher={"steps": 9, "lr": 3e-3})
+    run_pipeline(validate_pipeline_recipe(changed))
+    assert [Path(d).name for d in trained] == ["s50-kd"]
+    assert "other teacher settings" in capsys.readouterr().err
 
 
 def test_recipe_errors_name_the_field(tmp_path) -> None:

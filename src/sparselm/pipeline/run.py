@@ -224,7 +224,7 @@ def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say) -> Path:
         _finetune(teacher_recipe(recipe, teacher))
         res.data["timings"]["teacher_s"] = round(time.perf_counter() - t, 1)
     else:
-        say(f"teacher: reusing {teacher}")
+        say(f"teacher: reusing {teacher} (delete it to train a new one)")
     return teacher
 
 
@@ -259,6 +259,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         torch.set_num_threads(recipe.train.threads)
     out_dir = Path(recipe.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _warn_if_changed(out_dir / "recipe.yaml", recipe)
     (out_dir / "recipe.yaml").write_text(dump_pipeline_recipe(recipe))
     res = Results(out_dir / "results.json", recipe, command or " ".join(["sparselm run", *sys.argv[2:]]))
     t0 = time.perf_counter()
@@ -313,6 +314,24 @@ def resolve(recipe: PipelineRecipe | str | Path, overrides: list[str] | None = N
     if isinstance(recipe, PipelineRecipe):
         return validate_pipeline_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides))
     return load_pipeline_recipe(recipe, overrides)
+
+
+#: sections that may change between invocations of one output dir (more runs, other splits, a budget)
+_RESUME_FREE = ("sparsities", "losses", "eval", "output", "notes")
+
+
+def _warn_if_changed(path: Path, recipe: PipelineRecipe) -> None:
+    """Resuming reuses the teacher and finished runs: say so when the settings that made them have changed."""
+    import yaml
+
+    if not path.is_file():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    new = recipe.model_dump(mode="json")
+    changed = [k for k in new if k not in _RESUME_FREE and old.get(k) != new[k]]
+    if changed:
+        print(f"warning: {path.parent} was made with other {', '.join(changed)} settings; its teacher and "
+              "finished runs are reused as they are (use a new --out to redo them)", file=sys.stderr)
 
 
 def _quiet_transformers() -> None:
