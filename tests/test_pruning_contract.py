@@ -5,14 +5,14 @@ import torch
 from sparselm.models import get_adapter, weight_2d
 from sparselm.pruning import pruner_names, prune_model
 from sparselm.sparsity import is_nm, masks_of
-from tiny_models import FAMILIES, calib_batches, tiny
+from tiny_models import ALL_FAMILIES, calib_batches, tiny
 
 
 def test_registry_has_three_pruners():
     assert set(pruner_names()) >= {"magnitude", "wanda", "sparsegpt"}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_unstructured_exact_sparsity(family, method):
     model = tiny(family)

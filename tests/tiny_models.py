@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config,
-                          T5ForConditionalGeneration, WhisperConfig, WhisperForConditionalGeneration)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, MptConfig, MptForCausalLM, T5Config, T5ForConditionalGeneration,
+                          WhisperConfig, WhisperForConditionalGeneration)
 
 VOCAB = 128
 
@@ -17,6 +18,12 @@ def tiny(kind: str) -> torch.nn.Module:
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128,
                                           bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    if kind == "mpt":
+        return MptForCausalLM(MptConfig(vocab_size=VOCAB, d_model=64, n_heads=4, n_layers=2, max_seq_len=128))
+    if kind == "gemma3":  # sliding-window and global layers alternate: different masks per block
+        return Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, sliding_window=8, max_position_embeddings=128))
     if kind == "t5":
         return T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=64, d_ff=128, d_kv=16, num_layers=2,
                                                    num_heads=4, decoder_start_token_id=0, pad_token_id=0))
@@ -43,3 +50,4 @@ def calib_batches(kind: str, model=None, n: int = 8, T: int = 32, seed: int = 1)
 
 
 FAMILIES = ("llama", "gpt2", "t5", "whisper")
+ALL_FAMILIES = FAMILIES + ("mpt", "gemma3")
