@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from sparselm.kernels.cpu.spmm import check_format, sparse_matmul
+from sparselm.kernels.cpu.spmm import best_isa, check_format, sparse_matmul
 
 MAX_BATCH = 16  # rows of x; above this the dense GEMM (MKL) wins on this 2-core EPYC (see module docstring)
 _options = {"max_batch": MAX_BATCH, "act_quant": False, "threads": None}
@@ -26,6 +26,8 @@ def cpu_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     if x2d.device.type != "cpu" or x2d.shape[0] > _options["max_batch"] or layer.values.device.type != "cpu":
         return None
     if x2d.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return None
+    if best_isa() == "torch":  # no compiled kernels: SparseLinear's cached dense weight beats decoding per call
         return None
     if not layer.kernel_state.get("cpu_format_checked"):
         # sparse_matmul trusts row_ptr against the mask popcounts; check once per layer (cleared on .to()).
