@@ -41,22 +41,31 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+def _lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the k lowest entries in each row of a 2-D `score` (ties broken by position).
+
+    kthvalue + a tie fix-up instead of topk: for k near half the row, topk is ~7x slower on a CPU, and a layer-wide
+    selection on a 7B model has tens of millions of entries.
+    """
+    thresh = torch.kthvalue(score, k, dim=1, keepdim=True).values  # (R, 1)
+    mask = score < thresh
+    need = k - mask.sum(dim=1, keepdim=True)  # (R, 1) ties still to take, >= 1
+    tie = score == thresh
+    mask |= tie & (tie.cumsum(dim=1) <= need)
+    return mask
+
+
 def select_unstructured(score: torch.Tensor, sparsity: float, scope: str = "row") -> torch.Tensor:
     """Prune mask with exactly floor(s·count) lowest scores per row ("row") or per layer ("layer")."""
     check_sparsity(sparsity)
     if scope == "row":
         k = int(score.shape[1] * sparsity)
-        mask = torch.zeros_like(score, dtype=torch.bool)
-        if k:
-            idx = torch.topk(score, k, dim=1, largest=False).indices  # (N, k)
-            mask.scatter_(1, idx, True)
-        return mask
+        return _lowest_k(score, k) if k else torch.zeros_like(score, dtype=torch.bool)
     if scope == "layer":
         k = int(score.numel() * sparsity)
-        mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-        if k:
-            mask[torch.topk(score.flatten(), k, largest=False).indices] = True
-        return mask.view_as(score)
+        if not k:
+            return torch.zeros_like(score, dtype=torch.bool)
+        return _lowest_k(score.reshape(1, -1), k).view_as(score)
     raise MaskError(f"unknown selection scope {scope!r}; choose one of {SCOPES[:2]} here")
 
 
