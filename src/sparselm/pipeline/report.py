@@ -68,6 +68,9 @@ def plot_metric_vs_sparsity(results: dict[str, Any], path: Path) -> Path:
         dense = dense_value(results, split)
         if dense is not None:
             ax.axhline(dense, color="black", ls="--", lw=1, label=f"dense teacher ({dense:.3g})")
+        xs = [100 * r["sparsity"] for r in results["runs"]] or [50.0]
+        ax.set_xlim(0 if len(set(xs)) == 1 else min(xs) - 5, max(xs) + 5)  # one sparsity: show it against 0%
+        ax.set_ylim(bottom=0)  # every task metric is >= 0; a cropped axis would exaggerate small gaps
         ax.set_title(f"{results.get('task')} / {split}")
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(metric + ("" if results.get("higher_is_better", True) else " (lower is better)"))

@@ -177,7 +177,7 @@ class Results:
                                      "metric": None, "higher_is_better": True, "dense": None, "dense_all": None,
                                      "runs": [], "settings": recipe.model_dump(mode="json"), "command": command,
                                      "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-                                     f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+                                     f"cpu ({os.cpu_count()} cores, torch threads: {torch.get_num_threads()})",
                                      "timings": {}}
         if path.is_file():
             old = json.loads(path.read_text())
