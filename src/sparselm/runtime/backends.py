@@ -15,6 +15,7 @@ SparseLinear falls back to a dense matmul. `layer.kernel_state` is a dict the ba
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional
 
 import torch
@@ -32,11 +33,19 @@ def register_backend(device_type: str, fn: BackendFn | None) -> None:
 
 
 def get_backend(device_type: str) -> BackendFn | None:
-    """The registered backend for `device_type`, loading the built-in CUDA one on first use."""
+    """The registered backend for `device_type`, loading the built-in CUDA / CPU one on first use.
+
+    The CPU backend JIT-compiles its SIMD kernels on first call (seconds, cached) and declines (dense fallback)
+    for batches above its limit or when no compiler is available; SPARSELM_CPU_DENSE=1 keeps CPU layers dense.
+    """
     if device_type == "cuda" and "cuda" not in _BACKENDS:
         from sparselm.runtime.gpu_backend import cuda_backend  # imports triton: only where CUDA is used
 
         _BACKENDS["cuda"] = cuda_backend
+    if device_type == "cpu" and "cpu" not in _BACKENDS and os.environ.get("SPARSELM_CPU_DENSE") != "1":
+        from sparselm.kernels.cpu.backend import cpu_backend
+
+        _BACKENDS["cpu"] = cpu_backend
     return _BACKENDS.get(device_type)
 
 
