@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml Makefile
 assets:
 	bash scripts/install_system_assets.sh
 
+# The embedded default: dense fine-tune -> SparseGPT 50% -> SquareHead fine-tune -> eval -> report (7-11 min on 2 cores).
 demo: install
-	$(VENV)/bin/sparselm demo
+	$(VENV)/bin/sparselm run src/sparselm/recipes/demo-cpu.yaml
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -161,7 +161,10 @@ def run_cmd(
 
 @app.command()
 def demo(out: Path = typer.Option(Path("out/demo"), help="where the demo writes its outputs")) -> None:
-    """The embedded default job (see README): prune SmolLM2-135M and compare held-out perplexity."""
+    """Pruning showcase: SmolLM2-135M at 50% (magnitude vs SparseGPT), held-out perplexity and the layer table.
+
+    (`make demo` runs the whole pipeline instead: `sparselm run src/sparselm/recipes/demo-cpu.yaml`.)
+    """
     from sparselm.demo import run_demo
 
     try:
