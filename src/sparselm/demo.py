@@ -11,7 +11,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 #: demo budget: windows x tokens of calibration, tokens of held-out text (stated in the report)
 NSAMPLES, SEQLEN, EVAL_TOKENS, CONTEXT = 32, 256, 8192, 256

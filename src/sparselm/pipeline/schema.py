@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sparselm.recipes.schema import ModelSpec, RecipeError, _format, apply_overrides
+from sparselm.recipes.schema import ModelSpec, RecipeError, _format, read_recipe_yaml
 
 Loss = Literal["ce", "kd", "squarehead", "none"]
 
@@ -167,16 +167,7 @@ def validate_pipeline_recipe(data: dict[str, Any], origin: str = "recipe") -> Pi
 
 def load_pipeline_recipe(path: str | Path, overrides: list[str] | None = None) -> PipelineRecipe:
     """Read a YAML pipeline recipe, apply `key=value` overrides, validate; errors name the file and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: the top level must be a mapping")
-    return validate_pipeline_recipe(apply_overrides(data, overrides or []), str(path))
+    return validate_pipeline_recipe(read_recipe_yaml(path, overrides), str(path))
 
 
 def dump_pipeline_recipe(recipe: PipelineRecipe) -> str:

@@ -307,8 +307,8 @@ def validate_finetune_recipe(data: dict[str, Any], origin: str = "recipe") -> Fi
         raise RecipeError(f"{origin}: {_format(e)}") from None
 
 
-def load_finetune_recipe(path: str | Path, overrides: list[str] | None = None) -> FinetuneRecipe:
-    """Read a YAML recipe, apply dotted overrides, validate; raises RecipeError naming the file and field."""
+def read_recipe_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A recipe file's top-level mapping with dotted overrides applied (shared by every recipe kind)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
@@ -318,7 +318,12 @@ def load_finetune_recipe(path: str | Path, overrides: list[str] | None = None) -
         raise RecipeError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the top level must be a mapping")
-    return validate_finetune_recipe(apply_overrides(data, overrides or []), str(path))
+    return apply_overrides(data, overrides or [])
+
+
+def load_finetune_recipe(path: str | Path, overrides: list[str] | None = None) -> FinetuneRecipe:
+    """Read a YAML recipe, apply dotted overrides, validate; raises RecipeError naming the file and field."""
+    return validate_finetune_recipe(read_recipe_yaml(path, overrides), str(path))
 
 
 def dump_recipe(recipe: FinetuneRecipe) -> str:
