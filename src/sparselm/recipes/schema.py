@@ -34,13 +34,22 @@ class TinySpec(_Strict):
     num_heads: int = Field(4, gt=0)
     num_kv_heads: int | None = Field(None, gt=0)  # None = num_heads (no GQA)
     intermediate_size: int = Field(128, gt=0)
-    vocab_size: int | None = Field(None, gt=0)    # None = the tokenizer's size
+    vocab_size: int | None = Field(None, gt=0)    # None = the tokenizer's size (train-bpe: trains 8000 ids)
     max_positions: int = Field(128, gt=0)     # tokens; >= train.seqlen
+    # char: synthetic-arith's digit tokenizer. train-bpe: a byte-level BPE of `vocab_size` ids trained on the
+    # recipe's training items (sparselm.data.tokenizer), for text such as the translation pairs
+    tokenizer: Literal["char", "train-bpe"] = "char"
 
     @model_validator(mode="after")
     def _heads(self) -> "TinySpec":
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.tokenizer == "train-bpe":
+            if self.arch == "whisper":
+                raise ValueError("tokenizer 'train-bpe' is for text models; arch 'whisper' reads audio")
+            if self.vocab_size is not None and self.vocab_size < 259:
+                raise ValueError(f"vocab_size {self.vocab_size} is below 259, the least a byte-level BPE needs "
+                                 "(3 special tokens + 256 bytes)")
         return self
 
 

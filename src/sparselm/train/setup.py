@@ -41,13 +41,16 @@ def make_accelerator(recipe: FinetuneRecipe, block_cls: str | None = None):
 
 
 def load_student(recipe: FinetuneRecipe) -> tuple[nn.Module, object]:
-    """(model, tokenizer): a tiny model from its spec (character tokenizer), or `sparselm.models.load_model`."""
+    """(model, tokenizer): a tiny model from its spec (character tokenizer, or a BPE trained on the recipe's
+    training items), or `sparselm.models.load_model`."""
     spec = recipe.model
     if spec.tiny is not None:
         from sparselm.train.tiny import build_tiny_model, char_tokenizer
 
-        tok = char_tokenizer()
         t = spec.tiny
+        tok = char_tokenizer() if t.tokenizer == "char" else trained_tokenizer(recipe)
+        if t.vocab_size is not None and t.vocab_size < len(tok):
+            raise ValueError(f"model.tiny.vocab_size {t.vocab_size} is below the tokenizer's {len(tok)} ids")
         model = build_tiny_model(t.arch, seed=recipe.train.seed, hidden_size=t.hidden_size,
                                  num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
                                  intermediate_size=t.intermediate_size, vocab_size=t.vocab_size or len(tok),
@@ -93,11 +96,34 @@ def snapshot(student: nn.Module) -> nn.Module:
     return clone.to(next(student.parameters()).device)
 
 
+#: ids a `train-bpe` tokenizer is trained to when model.tiny.vocab_size is unset (sparselm.data.tokenizer's default)
+BPE_VOCAB = 8000
+
+
+def trained_tokenizer(recipe: FinetuneRecipe):  # -> PreTrainedTokenizerFast
+    """The `train-bpe` tokenizer: byte-level BPE on the prompts and targets of the recipe's training items (both
+    languages for translation). Content-hashed and cached, so every run on the same items gets the same ids."""
+    from sparselm.data.tokenizer import item_texts, train_tokenizer
+
+    fields = _fields(recipe)
+    size = recipe.model.tiny.vocab_size if recipe.model.tiny and recipe.model.tiny.vocab_size else BPE_VOCAB
+    return train_tokenizer(item_texts(load_items(recipe), fields), size)
+
+
+def _fields(recipe: FinetuneRecipe) -> tuple[str, str]:
+    d = recipe.data
+    return ("prompt", "completion") if d.source == "synthetic-arith" else (d.prompt_field, d.target_field)
+
+
 def load_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Example]:
+    return tokenize_items(load_items(recipe), tokenizer, recipe.train.seqlen, causal, *_fields(recipe))
+
+
+def load_items(recipe: FinetuneRecipe) -> list[dict[str, str]]:
+    """The training items of `recipe.data` (before tokenization)."""
     d = recipe.data
     if d.source == "synthetic-arith":
-        items = synthetic_arith(d.num_examples or 512, d.max_operand, d.seed)
-        return tokenize_items(items, tokenizer, recipe.train.seqlen, causal)
+        return synthetic_arith(d.num_examples or 512, d.max_operand, d.seed)
     if d.source == "task":
         from sparselm.data.registry import get_task
 
@@ -109,7 +135,7 @@ def load_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Examp
         items = read_jsonl(d.path)[: d.num_examples] if d.num_examples else read_jsonl(d.path)
     if not items:
         raise ValueError(f"data: no items from source {d.source!r}")
-    return tokenize_items(items, tokenizer, recipe.train.seqlen, causal, d.prompt_field, d.target_field)
+    return items
 
 
 def plan_phases(recipe: FinetuneRecipe, batches_per_epoch: int) -> list[Phase]:
