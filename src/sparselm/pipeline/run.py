@@ -50,9 +50,11 @@ def check_runnable(recipe: PipelineRecipe) -> None:
         raise NotRunnableError("task 'asr': sparselm.train fine-tunes on text items only (no log-mel data path "
                                "yet); the recipe validates but cannot train. Evaluate with `sparselm eval MODEL "
                                "--task asr` instead")
-    if recipe.model.tiny is not None and recipe.task.name == "translation":
+    tiny = recipe.model.tiny  # tokenizer "train-bpe" learns a vocabulary from the pairs (sparselm.data.tokenizer)
+    if tiny is not None and recipe.task.name == "translation" and tiny.tokenizer == "char":
         raise NotRunnableError("model.tiny with task 'translation': a model built from a config gets the "
-                               "character tokenizer of the synthetic data, which cannot encode sentences")
+                               "character tokenizer of the synthetic data, which cannot encode sentences (set "
+                               "model.tiny.tokenizer=train-bpe)")
 
 
 def run_name(sparsity: float, loss: str) -> str:
