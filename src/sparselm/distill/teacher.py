@@ -27,6 +27,9 @@ def check_vocab(student: nn.Module, teacher: nn.Module, student_tokenizer: objec
         raise VocabMismatchError(f"teacher vocab_size {tv} != student vocab_size {sv}: distill from a teacher "
                                  "fine-tuned from the same base model (same tokenizer)")
     if student_tokenizer is not None and teacher_tokenizer is not None:
+        # a processor (Whisper: feature extractor + tokenizer) compares by its tokenizer
+        student_tokenizer = getattr(student_tokenizer, "tokenizer", student_tokenizer)
+        teacher_tokenizer = getattr(teacher_tokenizer, "tokenizer", teacher_tokenizer)
         s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
         if s_vocab != t_vocab:
             diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]

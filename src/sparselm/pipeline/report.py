@@ -133,18 +133,28 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _vs_dense(value: float | None, dense: float | None, higher: bool) -> str:
+    """Share of dense (higher is better) or signed change from dense (lower is better)."""
+    if value is None or dense is None:
+        return "—"
+    if not higher:
+        return f"{value - dense:+.3f}"
+    return f"{100 * value / dense:.0f}%" if dense else "—"
+
+
 def results_table(results: dict[str, Any]) -> str:
     """Markdown: dense, then each sparsity x loss; per split the metric, its share of dense, and log-lik/token."""
     splits, metric = splits_of(results), results.get("metric") or "value"
     pct = metric == "exact_match"
+    higher = results.get("higher_is_better", True)
     head = ["sparsity", "loss"]
-    for s in splits:
-        head += [f"{s} {metric}", f"{s} vs dense", f"{s} loglik/tok"]
+    for s in splits:  # lower is better (WER): the change from dense reads better than a ratio of error rates
+        head += [f"{s} {metric}", f"{s} vs dense" if higher else f"{s} Δ vs dense", f"{s} loglik/tok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense_row = ["0% (dense)", "teacher"]
     for s in splits:
         d = (results.get("dense_all") or {}).get(s, {})
-        dense_row += [_fmt(dense_value(results, s), pct), "100%", _fmt(d.get("loglik_per_token"))]
+        dense_row += [_fmt(dense_value(results, s), pct), "100%" if higher else "0", _fmt(d.get("loglik_per_token"))]
     lines.append("| " + " | ".join(dense_row) + " |")
     by_key: dict[tuple[float, str], dict[str, dict]] = defaultdict(dict)
     for r in results["runs"]:
@@ -155,7 +165,7 @@ def results_table(results: dict[str, Any]) -> str:
         for s in splits:
             r = by_key[(sp, loss)].get(s, {})
             dense, value = dense_value(results, s), r.get("value")
-            share = f"{100 * value / dense:.0f}%" if value is not None and dense else "—"
+            share = _vs_dense(value, dense, higher)
             row += [_fmt(value, pct), share, _fmt(r.get("loglik_per_token"))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -181,6 +191,14 @@ def _auto_notes(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _runs_note(settings: Any) -> str:
+    staged = isinstance(settings, dict) and bool((settings.get("sparse") or {}).get("staged"))
+    start = ("the previous sparsity's model of the same loss (the first from the dense teacher), re-pruned with "
+             "SparseGPT" if staged else "the same SparseGPT-pruned teacher")
+    return (f"Every sparse run starts from {start}, with the same steps, learning rate and data; only the loss "
+            "differs. `SparseGPT only` is the pruned model without fine-tuning.")
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """report.md + metric_vs_sparsity.png + loss_curves.png in `out_dir`; returns the report's path."""
     out_dir = Path(out_dir)
@@ -192,8 +210,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             f"Metric: **{results.get('metric')}** ({'higher' if results.get('higher_is_better', True) else 'lower'}"
             f" is better), first split is the headline. Device: {results.get('device')}.", "",
             f"Command: `{results.get('command')}`", "", "## Results", "", results_table(results), "",
-            "Every sparse run starts from the same SparseGPT-pruned teacher with the same steps, learning rate and "
-            "data; only the loss differs. `SparseGPT only` is that pruned teacher without fine-tuning.", "",
+            _runs_note(settings), "",
             "## Plots", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
     text += ["", "## Notes", ""] + [f"- {n}" for n in notes + _auto_notes(results)]

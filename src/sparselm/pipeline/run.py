@@ -46,15 +46,13 @@ class NotRunnableError(RuntimeError):
 
 def check_runnable(recipe: PipelineRecipe) -> None:
     """Fail before any work when a stage is known to be unsupported (rather than deep inside a fine-tune)."""
-    if recipe.task.name == "asr":
-        raise NotRunnableError("task 'asr': sparselm.train fine-tunes on text items only (no log-mel data path "
-                               "yet); the recipe validates but cannot train. Evaluate with `sparselm eval MODEL "
-                               "--task asr` instead")
     tiny = recipe.model.tiny  # tokenizer "train-bpe" learns a vocabulary from the pairs (sparselm.data.tokenizer)
-    if tiny is not None and recipe.task.name == "translation" and tiny.tokenizer == "char":
-        raise NotRunnableError("model.tiny with task 'translation': a model built from a config gets the "
-                               "character tokenizer of the synthetic data, which cannot encode sentences (set "
-                               "model.tiny.tokenizer=train-bpe)")
+    if tiny is not None and (recipe.task.name == "asr" or (recipe.task.name == "translation"
+                                                           and tiny.tokenizer == "char")):
+        raise NotRunnableError(f"model.tiny with task {recipe.task.name!r}: a model built from a config gets the "
+                               "character tokenizer of the synthetic data, which cannot encode its inputs (for "
+                               "translation: set model.tiny.tokenizer=train-bpe; for asr: save a tiny Whisper + "
+                               "processor to a directory and name that)")
 
 
 def run_name(sparsity: float, loss: str) -> str:
@@ -103,14 +101,24 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
     return rec
 
 
-def _finetune(rec: dict[str, Any]) -> None:
+#: (items, collate) for `finetune` when the task is not text (asr: Whisper audio items + their collator), else None
+SpeechData = tuple[list[dict[str, Any]], Any] | None
+
+
+def _extra(data: SpeechData) -> tuple:
+    """The speech-data argument only when there is one (text tasks call `_finetune(rec)` as before)."""
+    return () if data is None else (data,)
+
+
+def _finetune(rec: dict[str, Any], data: SpeechData = None) -> None:
     from sparselm.recipes.schema import validate_finetune_recipe
     from sparselm.train import finetune
     from sparselm.train.checkpoint import latest_checkpoint
 
     out = Path(rec["output"]["dir"])
     resume = latest_checkpoint(out / "checkpoints") is not None
-    finetune(validate_finetune_recipe(rec, f"pipeline run {out.name}"), resume=resume)
+    items, collate = data if data is not None else (None, None)
+    finetune(validate_finetune_recipe(rec, f"pipeline run {out.name}"), resume=resume, items=items, collate=collate)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final model is written beside them
 
 
@@ -118,7 +126,7 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def prune_only(rec: dict[str, Any]) -> None:
+def prune_only(rec: dict[str, Any], data: SpeechData = None) -> None:
     """'none': the SparseGPT-pruned start model, no fine-tune. It is pruned by the fine-tuning runner itself (same
     examples, same calibration batches, same seed), so it is exactly the fine-tuned runs' starting point."""
     from sparselm.recipes.schema import validate_finetune_recipe
@@ -126,7 +134,7 @@ def prune_only(rec: dict[str, Any]) -> None:
     from sparselm.train.runner import FinetuneRun
 
     fr = validate_finetune_recipe(rec, "pipeline prune-only run")
-    job = FinetuneRun(fr)
+    job = FinetuneRun(fr, *(data if data is not None else (None, None)))
     phase = next(p for p in job.phases if p.stage is not None)
     job._prune(phase)
     out = Path(fr.output.dir)
@@ -156,6 +164,12 @@ def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str,
                                                             "progress": False}
     out = {}
     for split in e.splits:
+        if task.name == "asr":  # its own data root (carried clips on machines without espeak-ng)
+            from sparselm.pipeline.asr import evaluate_asr
+
+            r = evaluate_asr(model, tok, task, split, e.limit, e.batch_size)
+            out[split] = {k: v for k, v in r.items() if k != "predictions"}
+            continue
         r = evaluate(model, tok, task.name, split=split, limit=e.limit, batch_size=e.batch_size,
                      task_kwargs=task_kwargs, **kwargs)
         out[split] = {k: v for k, v in r.items() if k != "predictions"}
@@ -213,7 +227,7 @@ def _drop_weights(run_dir: Path) -> None:
         f.unlink()
 
 
-def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say) -> Path:
+def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say, data: SpeechData = None) -> Path:
     if recipe.teacher.path is not None:
         teacher = Path(recipe.teacher.path)
         if not (teacher / "config.json").is_file():
@@ -223,7 +237,7 @@ def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say) -> Path:
     if not (teacher / "run.json").is_file():
         say(f"teacher: dense fine-tune of {recipe.model.name} -> {teacher}")
         t = time.perf_counter()
-        _finetune(teacher_recipe(recipe, teacher))
+        _finetune(teacher_recipe(recipe, teacher), *_extra(data))
         res.data["timings"]["teacher_s"] = round(time.perf_counter() - t, 1)
     else:
         say(f"teacher: reusing {teacher} (delete it to train a new one)")
@@ -231,7 +245,7 @@ def _teacher(recipe: PipelineRecipe, out: Path, res: Results, say) -> Path:
 
 
 def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, loss: str,
-             prev: Path | None) -> tuple[Path, float]:
+             prev: Path | None, data: SpeechData = None) -> tuple[Path, float]:
     """Prune (+ fine-tune) one (sparsity, loss) run unless its model is already there; returns (dir, seconds)."""
     run_dir = out / "runs" / run_name(sparsity, loss)
     start = prev if prev is not None else teacher
@@ -243,7 +257,7 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
         shutil.rmtree(run_dir)  # trained earlier, weights dropped, evaluation now needs more (e.g. a new split)
     if not (run_dir / "run.json").is_file():
         rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
-        prune_only(rec) if loss == "none" else _finetune(rec)
+        prune_only(rec, *_extra(data)) if loss == "none" else _finetune(rec, *_extra(data))
     return run_dir, time.perf_counter() - t
 
 
@@ -268,7 +282,8 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     runs = plan_runs(recipe)
     bar = tqdm(total=1 + len(runs), desc="pipeline", unit="stage", dynamic_ncols=True)
     say = tqdm.write
-    teacher = _teacher(recipe, out_dir, res, say)
+    data = _speech_data(recipe, say)
+    teacher = _teacher(recipe, out_dir, res, say, data)
     if not set(recipe.eval.splits) <= set(res.data.get("dense_all") or {}):
         bar.set_postfix_str("evaluating the teacher")
         res.set_dense(evaluate_dir(teacher, recipe))
@@ -288,7 +303,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             bar.update(1)
             continue
         run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
-                                    prev.get(loss) if recipe.sparse.staged else None)
+                                    prev.get(loss) if recipe.sparse.staged else None, data)
         ev = evaluate_dir(run_dir, recipe)
         (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
         res.add_run(sparsity, loss, ev, train_s)
@@ -307,6 +322,17 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     res.save()
     write_report(res.data, out_dir)
     return out_dir
+
+
+def _speech_data(recipe: PipelineRecipe, say) -> SpeechData:
+    """Whisper items + collator for task "asr" (built once: every fine-tune of the job trains on the same clips)."""
+    if recipe.task.name != "asr":
+        return None
+    from sparselm.pipeline.asr import speech_data
+
+    data = speech_data(recipe.task, recipe.model.name, recipe.train.seqlen)
+    say(f"asr: {len(data[0])} training clips from {recipe.task.train_split!r}")
+    return data
 
 
 def resolve(recipe: PipelineRecipe | str | Path, overrides: list[str] | None = None,
