@@ -111,7 +111,8 @@ def prune_model(model: nn.Module, method: str = "sparsegpt", sparsity: float | N
                 progress: bool = True) -> dict:
     """Prune every linear layer inside `model`'s transformer blocks in place; return the sparsity report.
 
-    sparsity: fraction of zeros in [0, 1) (unstructured), or pattern "N:M" (keep N of every M inputs).
+    sparsity: fraction of zeros in [0, 1) (unstructured), or pattern "N:M" (keep N of every M inputs); a pattern
+              takes precedence over the default sparsity, so `prune_model(m, pattern="2:4")` needs no sparsity=None.
     calib: text file / JSONL / HF dataset dir / str / list of model-input dicts (not needed for magnitude).
     scope: unstructured selection "row" | "layer" | "block" (default per pruner: magnitude layer, Wanda row,
            SparseGPT block). keep_zeros: already-zero weights stay pruned (staged pruning).
