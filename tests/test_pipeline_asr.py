@@ -92,6 +92,7 @@ def test_asr_pipeline_end_to_end(tmp_path) -> None:
     assert rows and all(r["loss/squarehead"] > 0 for r in rows)
     report = (out / "report.md").read_text()
     assert "lower is better" in report and "test Δ vs dense" in report and "previous sparsity" in report
+    assert "loglik/tok" not in report  # WER has no teacher-forced log-likelihood: no empty column
     assert (out / "metric_vs_sparsity.png").is_file()
 
 

@@ -147,14 +147,19 @@ def results_table(results: dict[str, Any]) -> str:
     splits, metric = splits_of(results), results.get("metric") or "value"
     pct = metric == "exact_match"
     higher = results.get("higher_is_better", True)
+    # a metric without a teacher-forced log-likelihood (asr: WER of transcripts) gets no empty column
+    ll = any(m.get("loglik_per_token") is not None for m in (results.get("dense_all") or {}).values()) or \
+        any(r.get("loglik_per_token") is not None for r in results["runs"])
     head = ["sparsity", "loss"]
     for s in splits:  # lower is better (WER): the change from dense reads better than a ratio of error rates
-        head += [f"{s} {metric}", f"{s} vs dense" if higher else f"{s} Δ vs dense", f"{s} loglik/tok"]
+        head += [f"{s} {metric}", f"{s} vs dense" if higher else f"{s} Δ vs dense"]
+        head += [f"{s} loglik/tok"] if ll else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense_row = ["0% (dense)", "teacher"]
     for s in splits:
         d = (results.get("dense_all") or {}).get(s, {})
-        dense_row += [_fmt(dense_value(results, s), pct), "100%" if higher else "0", _fmt(d.get("loglik_per_token"))]
+        dense_row += [_fmt(dense_value(results, s), pct), "100%" if higher else "0"]
+        dense_row += [_fmt(d.get("loglik_per_token"))] if ll else []
     lines.append("| " + " | ".join(dense_row) + " |")
     by_key: dict[tuple[float, str], dict[str, dict]] = defaultdict(dict)
     for r in results["runs"]:
@@ -166,7 +171,7 @@ def results_table(results: dict[str, Any]) -> str:
             r = by_key[(sp, loss)].get(s, {})
             dense, value = dense_value(results, s), r.get("value")
             share = _vs_dense(value, dense, higher)
-            row += [_fmt(value, pct), share, _fmt(r.get("loglik_per_token"))]
+            row += [_fmt(value, pct), share] + ([_fmt(r.get("loglik_per_token"))] if ll else [])
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -5,6 +5,8 @@
     sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run
     # one GPU (what produced benchmarks/results/replication_reasoning.json):
     sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out $OUT/study task.data_dir=out/data/reasoning
+    # speech (Whisper; clips exported where espeak-ng exists, see sparselm.pipeline.asr):
+    sparselm run src/sparselm/recipes/asr-whisper.yaml --out $OUT/asr task.data_dir=out/asr-data
 
 Every sparse run starts from the same SparseGPT-pruned teacher (or, staged, from the previous sparsity's model of
 the same loss) with the same steps, learning rate and data; only the loss differs. Output layout:
