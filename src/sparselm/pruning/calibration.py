@@ -6,7 +6,6 @@ Sources: a plain-text file, a JSONL file (`text`, or `prompt`+`completion`), a l
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -33,19 +32,19 @@ def read_text(source: str | Path) -> str:
             raise CalibrationError(f"dataset {path} has no 'text' column (columns: {ds.column_names})")
         docs = [t for t in ds["text"] if t]
     elif path.suffix in (".jsonl", ".json"):
+        from sparselm.data.jsonl import read_jsonl
+
+        try:
+            rows = read_jsonl(path)
+        except ValueError as err:
+            raise CalibrationError(str(err)) from None
         docs = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CalibrationError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            text = row.get("text") if isinstance(row, dict) else None
-            if text is None and isinstance(row, dict) and "prompt" in row:
+        for lineno, row in enumerate(rows, 1):
+            text = row.get("text")
+            if text is None and "prompt" in row:
                 text = str(row["prompt"]) + str(row.get("completion", ""))
             if text is None:
-                raise CalibrationError(f"{path}:{lineno}: expected a 'text' (or 'prompt'/'completion') field")
+                raise CalibrationError(f"{path}: record {lineno}: expected a 'text' (or 'prompt'/'completion') field")
             docs.append(str(text))
     else:
         docs = [path.read_text(encoding="utf-8", errors="replace")]
