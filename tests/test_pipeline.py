@@ -148,3 +148,54 @@ def test_staged_runs_start_from_the_previous_sparsity(tmp_path) -> None:
     assert yaml.safe_load((s70 / "recipe.yaml").read_text())["model"]["name"] == str(out / "runs" / "s50-ce")
     assert abs(json.loads((s70 / "sparsity.json").read_text())["overall"] - 0.7) < 0.02
     assert not list(s70.glob("*.safetensors")), "staged weights are dropped at the end unless keep_models"
+
+
+def test_results_of_concurrent_invocations_merge(tmp_path) -> None:
+    """Two invocations on one output dir (e.g. one per GPU, disjoint sparsities) each save; neither drops the
+    other's runs, and the one that evaluated the teacher keeps the dense numbers."""
+    from sparselm.pipeline.run import Results
+
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5, 0.7]))
+    path = tmp_path / "results.json"
+    a, b = Results(path, r, "a"), Results(path, r, "b")  # both started before either saved
+    ev = {"test": {"metric": "exact_match", "exact_match": 0.5}}
+    a.set_dense(ev)
+    a.add_run(0.5, "ce", ev, 1.0)
+    a.save()
+    b.add_run(0.7, "ce", {"test": {"metric": "exact_match", "exact_match": 0.25}}, 2.0)
+    b.save()
+    got = json.loads(path.read_text())
+    assert {(x["sparsity"], x["value"]) for x in got["runs"]} == {(0.5, 0.5), (0.7, 0.25)}
+    assert got["dense"] == 0.5 and got["metric"] == "exact_match"
+    a.add_run(0.5, "ce", {"test": {"metric": "exact_match", "exact_match": 0.75}}, 1.0)  # a rerun replaces its own
+    a.save()
+    got = json.loads(path.read_text())
+    assert sorted((x["sparsity"], x["value"]) for x in got["runs"]) == [(0.5, 0.75), (0.7, 0.25)]
+
+
+def test_finished_runs_are_recovered_without_retraining(finished, tmp_path, monkeypatch) -> None:
+    """results.json lost (or written by another invocation): evaluated runs are read back from their eval.json."""
+    import shutil
+
+    import sparselm.pipeline.run as run_mod
+
+    data, out = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "results.json").unlink()
+    monkeypatch.setattr(run_mod, "_finetune", lambda *a: pytest.fail("nothing should be retrained"))
+    monkeypatch.setattr(run_mod, "prune_only", lambda *a: pytest.fail("nothing should be re-pruned"))
+    run_pipeline(validate_pipeline_recipe(_recipe(data, copy)))
+    got = json.loads((copy / "results.json").read_text())
+    want = json.loads((out / "results.json").read_text())
+    want["runs"] = [x for x in want["runs"] if x["loss"] in ("squarehead", "ce", "none")]  # an earlier test adds kd
+    key = lambda x: (x["sparsity"], x["loss"], x["split"])  # noqa: E731
+    assert sorted((key(x), x["value"]) for x in got["runs"]) == sorted((key(x), x["value"]) for x in want["runs"])
+
+
+def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={"steps": 2, "lr": 1e-3,
+                                                                             "num_examples": 16}))
+    assert teacher_recipe(r, tmp_path / "t")["data"]["num_examples"] is None
+    fr = validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.5, "ce", tmp_path / "s"))
+    assert fr.data.num_examples == 16

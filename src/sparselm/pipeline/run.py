@@ -93,6 +93,8 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
     """Prune `start` to `sparsity` (SparseGPT by default, zeros kept) and fine-tune it with the mask fixed."""
     s = recipe.sparse
     rec = _base(recipe, {"name": str(start), "kind": recipe.model.kind}, out_dir)
+    if s.num_examples is not None:
+        rec["data"]["num_examples"] = s.num_examples
     rec["pruning"] = {"method": recipe.pruning.method,
                       "stages": [{"sparsity": sparsity, "epochs": s.epochs, "steps": s.steps}]}
     weights = LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"])  # "none" only uses the pruning half of this recipe
@@ -219,9 +221,33 @@ class Results:
                                       "train_s": round(train_s, 1)})
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        """Write atomically, merged with what is on disk under a lock: several invocations may share one output
+        dir (e.g. one per GPU, each with its own sparsities), and none may drop the others' runs."""
+        import fcntl
+
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                disk = json.loads(self.path.read_text())
+                mine = {(r["sparsity"], r["loss"]) for r in self.data["runs"]}
+                self.data["runs"] += [r for r in disk.get("runs", []) if (r["sparsity"], r["loss"]) not in mine]
+                if self.data.get("dense_all") is None and disk.get("dense_all") is not None:
+                    self.data.update({k: disk.get(k) for k in ("metric", "higher_is_better", "dense", "dense_all")})
+                self.data["timings"] = {**disk.get("timings", {}), **self.data["timings"]}
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+            os.replace(tmp, self.path)
+
+
+def _finished(run_dir: Path, splits: list[str]) -> tuple[dict[str, dict[str, Any]], float] | None:
+    """(evaluation, train seconds) of a run that finished and was evaluated on every split, else None."""
+    ev_file, timing = run_dir / "eval.json", run_dir / "timing.json"
+    if not ((run_dir / "run.json").is_file() and ev_file.is_file() and timing.is_file()):
+        return None
+    ev = json.loads(ev_file.read_text())
+    if not set(splits) <= set(ev):
+        return None
+    return {k: ev[k] for k in splits}, float(json.loads(timing.read_text())["train_s"])
 
 
 def _drop_weights(run_dir: Path) -> None:
@@ -251,6 +277,8 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
     """Prune (+ fine-tune) one (sparsity, loss) run unless its model is already there; returns (dir, seconds)."""
     run_dir = out / "runs" / run_name(sparsity, loss)
     start = prev if prev is not None else teacher
+    if data is not None and recipe.sparse.num_examples is not None:  # speech items: the first N, as for text
+        data = (data[0][: recipe.sparse.num_examples], data[1])
     if not any(start.glob("*.safetensors*")):
         raise FileNotFoundError(f"{start}: the staged run needs this model's weights, which were dropped; rerun "
                                 "with output.keep_models=true")
@@ -304,10 +332,18 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             say(f"budget of {recipe.output.budget_s:.0f} s reached: not starting {name}")
             bar.update(1)
             continue
+        cached = _finished(out_dir / "runs" / name, recipe.eval.splits)
+        if cached is not None:  # trained and evaluated, but not in this results.json (e.g. it was lost)
+            res.add_run(sparsity, loss, *cached)
+            res.save()
+            prev[loss] = out_dir / "runs" / name
+            bar.update(1)
+            continue
         run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
                                     prev.get(loss) if recipe.sparse.staged else None, data)
         ev = evaluate_dir(run_dir, recipe)
         (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
+        (run_dir / "timing.json").write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
         res.add_run(sparsity, loss, ev, train_s)
         res.save()
         if not (recipe.output.keep_models or recipe.sparse.staged):

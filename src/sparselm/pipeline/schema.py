@@ -88,6 +88,9 @@ class SparseSettings(TrainSettings):
     previous (lower) sparsity's model of the same loss, re-pruned (the paper's 50 -> 67 -> 75% schedule)."""
 
     staged: bool = False
+    # training items of the sparse runs (the first N of the teacher's); None = the same as the teacher's. A small
+    # N with several epochs is the paper's low-data regime (GSM8K: 7.5k problems), where CE overfits at high sparsity
+    num_examples: int | None = Field(None, gt=0)
     temperature: float = Field(1.0, gt=0)     # KD softmax temperature
     squarehead_variant: Literal["masked_mean", "sum_ratio"] = "masked_mean"
 
