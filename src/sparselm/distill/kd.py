@@ -16,8 +16,9 @@ from sparselm.distill.registry import LossInputs, register_loss
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-          temperature: float = 1.0) -> torch.Tensor:
-    """T²-scaled mean per-token KL(teacher ‖ student) over positions with targets ≠ -100."""
+          temperature: float = 1.0, count: torch.Tensor | None = None) -> torch.Tensor:
+    """T²-scaled mean per-token KL(teacher ‖ student) over positions with targets ≠ -100 (`count`: the divisor
+    instead of their number, see LossInputs.token_count)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ: the vocabularies must match for KD")
@@ -25,7 +26,8 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: t
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, T, V)
     kl_tok = F.kl_div(log_s, log_t, log_target=True, reduction="none").sum(-1)  # (B, T)
     m = target_mask(targets)
-    return (temperature ** 2) * (kl_tok * m).sum() / m.sum().clamp_min(1.0)
+    n = m.sum() if count is None else count.to(m.dtype)
+    return (temperature ** 2) * (kl_tok * m).sum() / n.clamp_min(1.0)
 
 
 @register_loss("kd")
@@ -40,4 +42,5 @@ class KDLoss:
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         if inputs.teacher_logits is None:
             raise ValueError("KD loss needs teacher logits (set a teacher in the recipe)")
-        return kd_kl(inputs.student_logits, inputs.teacher_logits, inputs.targets, self.temperature)
+        return kd_kl(inputs.student_logits, inputs.teacher_logits, inputs.targets, self.temperature,
+                     inputs.token_count)

@@ -24,6 +24,10 @@ class LossInputs:
     student_hidden: list[torch.Tensor] = field(default_factory=list)
     teacher_hidden: list[torch.Tensor] = field(default_factory=list)
     hidden_masks: list[torch.Tensor | None] = field(default_factory=list)
+    # Divisor of the token-mean losses (CE, KD) instead of this micro-batch's own target count. Data parallel sets
+    # it to (targets over all ranks) / world, so that the gradient average over ranks is the mean over the global
+    # batch's tokens, exactly as on one device (per-rank means would over-weight ranks with short answers).
+    token_count: torch.Tensor | None = None
 
 
 class LossTerm(Protocol):

@@ -47,6 +47,18 @@ def compile_blocks(model: nn.Module, adapter) -> None:
     model._sparselm_compiled = True
 
 
+def global_token_count(targets: torch.Tensor) -> torch.Tensor | None:
+    """Under data parallel, (target tokens summed over ranks) / world: the divisor that makes each rank's token-mean
+    loss a share of the global batch's token mean (see LossInputs.token_count). None on a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    n = (targets != -100).sum().to(torch.float32)
+    dist.all_reduce(n)  # one scalar per micro-batch; no host sync
+    return n / dist.get_world_size()
+
+
 class ObjectiveStep:
     """Callable on a batch -> (total loss, {"loss/<name>": detached value}).
 
@@ -87,7 +99,8 @@ class ObjectiveStep:
         targets = shift_targets(batch["labels"], causal=not self.encoder_decoder)
         masks = (hidden_token_masks(batch, self.stack_ids, s_hidden, self.encoder_decoder) if s_hidden else [])
         return self.loss(LossInputs(student_logits=s_logits, targets=targets, teacher_logits=t_logits,
-                                    student_hidden=s_hidden, teacher_hidden=t_hidden, hidden_masks=masks))
+                                    student_hidden=s_hidden, teacher_hidden=t_hidden, hidden_masks=masks,
+                                    token_count=global_token_count(targets)))
 
     def close(self) -> None:
         for cap in (self.capture, self.teacher.capture if self.teacher else None):
