@@ -8,6 +8,7 @@
 #   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
 #   call 5  carry [out/asr-data]          SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 1
 #   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
+# or, reasoning only (calls 1-2, then):   RS_A=[..] RS_B=[..] RS_LOSSES=[..] bash benchmarks/device_x2.sh main reasoning
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -20,6 +21,8 @@ MODE=${1:?stage1..stage4 or main}
 # the reasoning study's settings: the paper's low-data regime for the sparse runs (see BENCHMARKS.md)
 RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-2000} sparse.epochs=${RS_EPOCHS:-6}
          sparse.lr=${RS_LR:-1e-4} eval.splits=[test,test-unseen])
+RS_LOSSES=${RS_LOSSES:-[squarehead,ce,kd,none]}
+RS_ARGS+=(losses=$RS_LOSSES)
 RS_A=${RS_A:-[0.75,0.8,0.6]}   # GPU 0
 RS_B=${RS_B:-[0.7,0.5]}        # GPU 1 in main 2
 
@@ -51,7 +54,13 @@ main)
     CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
-  if [ "$PHASE" = 1 ]; then
+  if [ "$PHASE" = reasoning ]; then  # reasoning only, both GPUs: GPU 1 starts once GPU 0's teacher is there
+    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
+    ( until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/rs/results.json'))['dense_all'] is None)" \
+          2>/dev/null; do sleep 5; done
+      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B ) &
+    wait
+  elif [ "$PHASE" = 1 ]; then
     timeout 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
     cp /tmp/mg/multi_gpu.json /tmp/mg/multi_gpu.png $OUT/ 2>/dev/null
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
@@ -64,10 +73,9 @@ main)
     wait
   fi
   for f in /tmp/rs0.log /tmp/rs1.log /tmp/asr.log; do [ -f $f ] && { echo "== $f"; grep -v "it/s\|^\s*$" $f | tr '\r' '\n' | grep -v "it/s\|stage/s" | tail -25; }; done
-  mkdir -p $OUT/rs $OUT/asr
-  cp /tmp/rs/results.json /tmp/rs/report.md /tmp/rs/*.png $OUT/rs/ 2>/dev/null
-  cp /tmp/asr/results.json /tmp/asr/report.md /tmp/asr/*.png $OUT/asr/ 2>/dev/null
-  for d in /tmp/rs/runs/*/ /tmp/asr/runs/*/; do [ -f $d/metrics.jsonl ] && cp $d/metrics.jsonl $OUT/$(basename $(dirname $(dirname $d)))/metrics_$(basename $d).jsonl; done
-  cp /tmp/rs/teacher/metrics.jsonl $OUT/rs/metrics_teacher.jsonl 2>/dev/null
-  ls -la $OUT $OUT/rs $OUT/asr ;;
+  # at most 8 files come back per call: everything else travels in one archive
+  (cd /tmp && tar czf $OUT/all.tgz rs/results.json rs/report.md rs/*.png rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl \
+     asr/results.json asr/report.md asr/*.png asr/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
+     rs0.log rs1.log asr.log 2>/dev/null)
+  rm -rf $OUT/rs $OUT/asr; ls -la $OUT ;;
 esac

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sparselm.distill import (DistillationLoss, LossInputs, cross_entropy, kd_kl, select_blocks, shift_targets,
-                              squarehead_masked_mean, squarehead_sum_ratio)
+                              squarehead_masked_mean, squarehead_sum_ratio, squarehead_token_ratio)
 
 
 def _targets(B: int, T: int, V: int, g: torch.Generator) -> torch.Tensor:
@@ -87,6 +87,31 @@ def test_squarehead_masked_mean_ignores_padding_values():
     s2[0][m == 0] = 1e3  # garbage at padded positions must not change the loss
     assert squarehead_masked_mean(s2, t, [m]).item() == pytest.approx(squarehead_masked_mean(s, t, [m]).item())
     assert math.isfinite(squarehead_masked_mean(s, t, [torch.zeros(2, 5)]).item())
+
+
+def test_squarehead_token_ratio_matches_token_loop():
+    g = torch.Generator().manual_seed(5)
+    s, t = _layers(g)
+    m0 = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    masks, eps = [m0, m0, None], 1e-6
+    ref = 0.0
+    for sl, tl, ml in zip(s, t, masks):
+        ratios = [(((sl[b, i] - tl[b, i]) ** 2).mean() / ((tl[b, i] ** 2).mean() + eps)).item()
+                  for b in range(sl.shape[0]) for i in range(sl.shape[1]) if ml is None or ml[b, i]]
+        ref += sum(ratios) / len(ratios)
+    assert squarehead_token_ratio(s, t, masks, eps).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_squarehead_token_ratio_is_not_dominated_by_a_massive_token():
+    """One token 1000x larger (an attention sink's massive activation) swamps masked_mean's denominator: the same
+    relative error on every other token then barely registers. token_ratio weighs every token alike."""
+    g = torch.Generator().manual_seed(6)
+    t = torch.randn(2, 6, 16, generator=g)
+    t[:, 0] *= 1000.0
+    s = t * 1.1  # 10% relative error everywhere: 0.01 per token
+    s[:, 0] = t[:, 0]  # ... except the massive token, matched exactly
+    assert squarehead_masked_mean([s], [t], [None]).item() < 1e-4
+    assert squarehead_token_ratio([s], [t], [None]).item() == pytest.approx(0.01 * 5 / 6, rel=1e-4)
 
 
 def test_squarehead_sum_ratio_matches_reference():

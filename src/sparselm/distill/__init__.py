@@ -10,10 +10,10 @@ from sparselm.distill.ce import cross_entropy
 from sparselm.distill.combined import DistillationLoss
 from sparselm.distill.kd import kd_kl
 from sparselm.distill.registry import LossInputs, build_loss, list_losses, register_loss
-from sparselm.distill.squarehead import squarehead_masked_mean, squarehead_sum_ratio
+from sparselm.distill.squarehead import squarehead_masked_mean, squarehead_sum_ratio, squarehead_token_ratio
 from sparselm.distill.teacher import Teacher, VocabMismatchError, check_vocab
 
 __all__ = ["IGNORE_INDEX", "shift_targets", "BlockCapture", "StopForward", "hidden_token_masks", "select_blocks",
            "cross_entropy", "DistillationLoss", "kd_kl", "LossInputs", "build_loss", "list_losses",
-           "register_loss", "squarehead_masked_mean", "squarehead_sum_ratio", "Teacher", "VocabMismatchError",
-           "check_vocab"]
+           "register_loss", "squarehead_masked_mean", "squarehead_sum_ratio", "squarehead_token_ratio", "Teacher",
+           "VocabMismatchError", "check_vocab"]

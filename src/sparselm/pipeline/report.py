@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
-LOSS_LABELS = {"squarehead": "CE + SquareHead", "kd": "CE + KD", "ce": "CE", "none": "SparseGPT only"}
-LOSS_ORDER = ("squarehead", "kd", "ce", "none")
-COLORS = {"squarehead": "tab:red", "kd": "tab:blue", "ce": "tab:green", "none": "tab:gray"}
-MARKERS = {"squarehead": "o", "kd": "s", "ce": "^", "none": "x"}  # distinct, so coinciding points stay visible
+LOSS_LABELS = {"squarehead": "CE + SquareHead", "squarehead_token": "CE + SquareHead (per-token)", "kd": "CE + KD",
+               "ce": "CE", "none": "SparseGPT only"}
+LOSS_ORDER = ("squarehead_token", "squarehead", "kd", "ce", "none")
+COLORS = {"squarehead": "tab:red", "squarehead_token": "tab:purple", "kd": "tab:blue", "ce": "tab:green",
+          "none": "tab:gray"}
+MARKERS = {"squarehead": "o", "squarehead_token": "D", "kd": "s", "ce": "^", "none": "x"}  # distinct, so coinciding points stay visible
 
 
 def _plt():

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from sparselm.pipeline.schema import (LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe, load_pipeline_recipe,
-                                      validate_pipeline_recipe)
+from sparselm.pipeline.schema import (LOSS_VARIANTS, LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe,
+                                      load_pipeline_recipe, validate_pipeline_recipe)
 from sparselm.recipes.schema import RecipeError, apply_overrides
 
 #: task metric (sparselm.eval) -> (key of the value in its result dict, higher is better)
@@ -98,7 +98,8 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
     rec["pruning"] = {"method": recipe.pruning.method,
                       "stages": [{"sparsity": sparsity, "epochs": s.epochs, "steps": s.steps}]}
     weights = LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"])  # "none" only uses the pruning half of this recipe
-    rec["loss"] = {**weights, "temperature": s.temperature, "squarehead_variant": s.squarehead_variant}
+    rec["loss"] = {**weights, "temperature": s.temperature,
+                   "squarehead_variant": LOSS_VARIANTS.get(loss, s.squarehead_variant)}
     if weights["kd"] or weights["squarehead"]:  # a CE-only run does not load a teacher it would not use
         rec["teacher"] = {"source": "path", "path": str(teacher)}
     rec["optim"] = {"lr": s.lr}

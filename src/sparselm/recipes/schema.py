@@ -181,7 +181,7 @@ class LossSpec(_Strict):
     kd: float = Field(0.0, ge=0)
     squarehead: float = Field(0.0, ge=0)
     temperature: float = Field(1.0, gt=0)      # KD softmax temperature (KL scaled by T²)
-    squarehead_variant: Literal["masked_mean", "sum_ratio"] = "masked_mean"
+    squarehead_variant: Literal["masked_mean", "sum_ratio", "token_ratio"] = "masked_mean"
     squarehead_eps: float = Field(1e-6, ge=0)  # squared-activation units; see distill/squarehead.py
     squarehead_scale_by_layers: bool = False   # sum_ratio only: divide the layer sum by L
     layers: list[int] | str | None = None      # SquareHead layer subset: indices or a regex; None = every block
