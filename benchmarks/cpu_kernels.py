@@ -259,7 +259,8 @@ def plot_kernels(result: dict, path: Path) -> None:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one case (4096x4096, batch 1, 75 %%), < 45 s")
+    ap.add_argument("--quick", action="store_true", help="one case (--shape, batch 1, 75 %%), < 45 s")
+    ap.add_argument("--shape", default="4096x4096", help="NxK of the --quick case (e.g. 11008x4096)")
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and sparselm (default: torch's)")
     ap.add_argument("--runs", type=int, default=30, help="timed rounds per case (median reported)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
@@ -278,7 +279,8 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     if args.quick:
-        cases = [(4096, 4096, 1, 0.75)]
+        N, K = (int(v) for v in args.shape.lower().split("x"))
+        cases = [(N, K, 1, 0.75)]
         which = ["dense_fp32", "sparselm_fp32", "sparselm_int8", "sparselm_int8_aq"]
     else:
         cases = [(n, 4096, b, s) for n in (4096, 11008) for b in (1, 4, 8) for s in (0.5, 0.7, 0.75, 0.9)]

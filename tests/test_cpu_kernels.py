@@ -49,6 +49,18 @@ def test_matches_dense(isa: str, vt: str) -> None:
                     _check(sparse_matmul(x, **p.kwargs(), threads=threads, isa=isa), x, Wd, rel=1e-5)
 
 
+@pytest.mark.parametrize("vt", VALUE_TYPES)
+def test_layer_sized_multithreaded(vt: str) -> None:
+    """Large enough for the threaded chunk split and the prefetch state carried across row blocks (~1 MiB)."""
+    N, K = 1001, 1500
+    p = pack_dense(_weight(N, K, 0.75, seed=5), vt)
+    Wd = unpack_dense(p)
+    for B in (1, 3):
+        x = torch.randn(B, K, generator=torch.Generator().manual_seed(B))
+        for threads in (1, 2):
+            _check(sparse_matmul(x, **p.kwargs(), threads=threads), x, Wd, rel=1e-5)
+
+
 @pytest.mark.parametrize("isa", ISAS_HERE)
 @pytest.mark.parametrize("group_size", [None, 32, 64, 128, 7])
 def test_int8_groups(isa: str, group_size: int | None) -> None:
