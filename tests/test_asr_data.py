@@ -155,3 +155,22 @@ def test_transcribe_batches_and_loss_on_collated_batch(processor: WhisperProcess
     assert torch.isfinite(loss) and loss.item() > 0
     with pytest.raises(ValueError, match="batch_size"):
         transcribe(model, processor, audios, batch_size=0)
+
+
+def test_voices_and_noise_vary_clips_and_keep_old_fingerprints(tmp_path: Path) -> None:
+    # a config without the optional fields names the same cache entry as before they existed
+    assert SyntheticASRConfig(n_sentences=400).fingerprint() == "dc035bf2e928"
+    cfg = dict(n_sentences=6, seed=3, voices=("en-us+f3", "en-gb-x-rp+m2"), noise_snr_db=(20.0,))
+    assert SyntheticASRConfig(**cfg).fingerprint() != SyntheticASRConfig(n_sentences=6, seed=3).fingerprint()
+    splits = synthetic_asr(tmp_path, **cfg)
+    manifest = json.loads(next(tmp_path.glob("*/manifest.json")).read_text())
+    items = [it for v in manifest["splits"].values() for it in v]
+    assert {it["voice"] for it in items} <= set(cfg["voices"]) and all(it["snr_db"] == 20.0 for it in items)
+    synthetic_asr(tmp_path / "clean", n_sentences=6, seed=3)
+    wav = next((tmp_path / "clean").glob("*/test/*.wav"))
+    noisy = tmp_path / "noisy.wav"
+    shutil.copyfile(wav, noisy)
+    asr.add_noise(noisy, 20.0, seed=1)
+    a, b = asr.load_wav(noisy), asr.load_wav(wav)
+    snr = 10 * np.log10(np.mean(b ** 2) / np.mean((a - b) ** 2))
+    assert a.shape == b.shape and 19.0 < snr < 21.0, snr

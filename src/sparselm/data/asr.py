@@ -216,6 +216,11 @@ class SyntheticASRConfig(BaseModel):
     speeds_wpm: tuple[int, ...] = Field((140, 160, 180), min_length=1)
     # espeak-ng pitch 0..99 (default 50); varied per clip like the rate.
     pitches: tuple[int, ...] = Field((35, 50, 65), min_length=1)
+    # More than one speaker: each clip picks one of these espeak-ng voices (e.g. "en-us+f3", "en-gb-x-rp+m2"),
+    # overriding `voice`. One synthetic voice teaches a model that voice, not speech (see BENCHMARKS.md, ASR).
+    voices: tuple[str, ...] | None = Field(None, min_length=1)
+    # White noise at a signal-to-noise ratio (dB) picked per clip; None = clean clips.
+    noise_snr_db: tuple[float, ...] | None = Field(None, min_length=1)
 
     @field_validator("fractions")
     @classmethod
@@ -225,7 +230,8 @@ class SyntheticASRConfig(BaseModel):
         return v
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        # exclude_none: the optional fields added later leave the caches made before them valid
+        return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()[:12]
 
 
 def _require_tools() -> tuple[str, str]:
@@ -252,6 +258,19 @@ def synthesize(text: str, out_path: str | Path, voice: str = "en-us", speed_wpm:
                 raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}): {proc.stderr.strip()[:200]}")
         res.replace(out_path)
     return out_path
+
+
+def add_noise(path: str | Path, snr_db: float, seed: int) -> None:
+    """Mix white noise into a 16 kHz mono 16-bit WAV in place at `snr_db` (signal power over noise power)."""
+    x = load_wav(path).astype(np.float64)
+    power = float(np.mean(x ** 2)) or 1e-12
+    noise = np.random.default_rng(seed).normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), x.shape)
+    pcm = np.clip(np.round((x + noise) * 32768.0), -32768, 32767).astype("<i2")
+    tmp = Path(path).with_suffix(".noisy.tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    tmp.replace(path)
 
 
 def sentence_splits(cfg: SyntheticASRConfig) -> dict[str, list[str]]:
@@ -290,18 +309,24 @@ def synthetic_asr(cache_dir: str | Path, config: SyntheticASRConfig | None = Non
     jobs = []
     for split, sentences in splits.items():
         for i, text in enumerate(sentences):
-            jobs.append((split, f"{split}-{i:05d}", text, rng.choice(cfg.speeds_wpm), rng.choice(cfg.pitches)))
+            job = (split, f"{split}-{i:05d}", text, rng.choice(cfg.speeds_wpm), rng.choice(cfg.pitches))
+            # drawn only when set, so configs without them keep their earlier clips
+            voice = rng.choice(cfg.voices) if cfg.voices else cfg.voice
+            snr = rng.choice(cfg.noise_snr_db) if cfg.noise_snr_db else None
+            jobs.append((*job, voice, snr, rng.randrange(2 ** 31) if snr is not None else 0))
 
     def run(job: tuple) -> None:
-        split, uid, text, speed, pitch = job
-        synthesize(text, root / split / f"{uid}.wav", cfg.voice, speed, pitch)
+        split, uid, text, speed, pitch, voice, snr, seed = job
+        synthesize(text, root / split / f"{uid}.wav", voice, speed, pitch)
+        if snr is not None:
+            add_noise(root / split / f"{uid}.wav", snr, seed)
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         list(pool.map(run, jobs))  # list(): re-raise the first failure here
     data = {"config": cfg.model_dump(), "splits": {s: [] for s in splits}}
-    for split, uid, text, speed, pitch in jobs:
+    for split, uid, text, speed, pitch, voice, snr, _ in jobs:
         data["splits"][split].append({"id": uid, "text": text, "file": f"{split}/{uid}.wav",
-                                      "speed_wpm": speed, "pitch": pitch})
+                                      "speed_wpm": speed, "pitch": pitch, "voice": voice, "snr_db": snr})
     tmp = manifest.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     tmp.replace(manifest)  # the manifest appears last: a cache entry without it is rebuilt

@@ -141,8 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--n-sentences", type=int, default=None, help="synthetic clips in all splits (default 400)")
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--real-dir", type=Path, default=None, help="pocketsphinx test data folder")
+    e.add_argument("--voices", default=None,
+                   help="comma list of espeak-ng voices picked per clip, e.g. en-us,en-us+f3,en-gb-x-rp+m2")
+    e.add_argument("--noise-snr-db", default=None, help="comma list of SNRs (dB) of white noise picked per clip")
     a = p.parse_args(argv)
     synthetic = {k: v for k, v in (("n_sentences", a.n_sentences), ("seed", a.seed)) if v is not None}
+    if a.voices:
+        synthetic["voices"] = tuple(v.strip() for v in a.voices.split(",") if v.strip())
+    if a.noise_snr_db:
+        synthetic["noise_snr_db"] = tuple(float(v) for v in a.noise_snr_db.split(","))
     export_asr_data(a.out_dir, a.real_dir, **synthetic)
 
 
