@@ -199,3 +199,32 @@ def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
     assert teacher_recipe(r, tmp_path / "t")["data"]["num_examples"] is None
     fr = validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.5, "ce", tmp_path / "s"))
     assert fr.data.num_examples == 16
+
+
+def test_two_concurrent_invocations_share_one_output_dir(finished, tmp_path) -> None:
+    """The multi-GPU pattern: after the teacher exists, two processes run disjoint sparsities into one output dir
+    at the same time; results.json ends up with every run of both."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data, out = finished
+    shared = tmp_path / "shared"
+    shutil.copytree(out, shared)
+    procs = []
+    for sp in ("0.6", "0.7"):
+        rec = _recipe(data, shared, sparsities=[float(sp)], losses=["ce", "none"])
+        path = tmp_path / f"r{sp}.yaml"
+        path.write_text(yaml.safe_dump(rec))
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        procs.append(subprocess.Popen([sys.executable, "-m", "sparselm.cli", "run", str(path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    got = json.loads((shared / "results.json").read_text())
+    have = {(r["sparsity"], r["loss"]) for r in got["runs"]}
+    assert {(0.6, "ce"), (0.6, "none"), (0.7, "ce"), (0.7, "none")} <= have
+    assert {(0.5, "squarehead"), (0.5, "ce"), (0.5, "none")} <= have  # the earlier invocation's runs kept
