@@ -3,6 +3,7 @@
     python benchmarks/cpu_decode.py --quick                     # 2 small layers, ~1 min
     python benchmarks/cpu_decode.py                             # TinyLlama-1.1B shape, 4 layers, 75 %
     python benchmarks/cpu_decode.py --model smollm2-135m        # real SmolLM2-135M weights (offline package)
+    python benchmarks/cpu_decode.py --plot benchmarks/results/cpu_decode_smollm2_t2_s*.json   # tokens/s vs sparsity
 
 The model is a Llama built from a config with random weights (or a bundled real model); every linear inside the
 blocks is magnitude-pruned per layer to --sparsity (embeddings and lm_head stay dense, as in the seed paper),
@@ -92,8 +93,31 @@ def run_hf_generate(model, prompt: torch.Tensor, new_tokens: int, repeats: int) 
             "ms_per_token": best * 1e3 / new_tokens}
 
 
+def plot_sweep(paths: list[Path], out: Path) -> None:
+    """Tokens/s vs sparsity, one line per engine, from several result JSONs of one model (one per sparsity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted((json.loads(p.read_text()) for p in paths), key=lambda r: r["sparsity"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for eng in [r["engine"] for r in runs[0]["rows"]]:
+        pts = [(r["sparsity"] * 100, row["tok_s"]) for r in runs for row in r["rows"] if row["engine"] == eng]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=eng)
+    ax.set_xlabel("sparsity of the block linears (%)")
+    ax.set_ylabel("tokens/s (batch 1, greedy)")
+    ax.set_title(f"{runs[0]['model']} on CPU, {runs[0]['threads']} threads, {runs[0]['new_tokens']} new tokens",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plot", type=Path, nargs="+", default=None,
+                    help="only draw tokens/s vs sparsity from these result JSONs (PNG beside the first)")
     ap.add_argument("--quick", action="store_true", help="2 layers, 16 new tokens")
     ap.add_argument("--model", default=None, help="bundled model name or local HF dir (default: random Llama)")
     ap.add_argument("--layers", type=int, default=4)
@@ -106,6 +130,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.plot:
+        out = args.plot[0].with_name(args.plot[0].stem.rsplit("_s", 1)[0] + ".png")
+        plot_sweep(args.plot, out)
+        print(out)
+        return
     if args.quick:
         args.layers, args.new_tokens, args.repeats = 2, 16, 3
     threads = args.threads or torch.get_num_threads()
