@@ -2,13 +2,15 @@
 
     PYTHONPATH=src python benchmarks/gpu_kernels.py --out $OUT/gpu_kernels.json          # the full grid (~4 min)
     PYTHONPATH=src python benchmarks/gpu_kernels.py --quick --out /tmp/k.json            # 1 shape, smoke
+    PYTHONPATH=src python benchmarks/gpu_kernels.py --grid decode --kernels vc32,csr8 --out $OUT/k.json
+                                                        # the decode shapes (fused qkv / gate-up too), batch <= 16
     python benchmarks/gpu_kernels.py --plot benchmarks/results/gpu_kernels.json          # PNG beside the JSON
 
 Protocol (BENCHMARKS.md): random values, random uniform mask at the stated sparsity (plus one non-uniform
 "magnitude" mask), dense cuBLAS baseline in the same run; each timing replays a CUDA graph over enough weight
 copies that their total exceeds 200 MB (> 3x the 60 MB L2), median of 20 replays. format_bytes counts everything
 the kernel reads for W: mask words, values, scales and chunk_ptr (bitmask kernel), or values, scales, cols8 and
-cp256 (csr8 kernel; the mask is not read). Every row also lists the best time of each kernel family.
+cp256 (csr8 kernel; the mask is not read), or the 32-bit words and row starts (vc32). Every row also lists the best time of each kernel family.
 """
 
 from __future__ import annotations
@@ -42,11 +44,22 @@ def random_sparse(n: int, k: int, sparsity: float, mask: str = "uniform", seed: 
     return (w * keep).half()
 
 
-def grid(quick: bool) -> list[dict]:
-    """(shape, batch, sparsity, values, act, mask) cases; the full sweep fits one ~5-minute device call."""
+def grid(quick: bool, name: str = "full") -> list[dict]:
+    """(shape, batch, sparsity, values, act, mask) cases; the full sweep fits one ~5-minute device call.
+    "decode": the shapes a 7B/8B decode step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096)."""
     cases = []
     add = lambda n, k, b, s, v="float16", a="float16", m="uniform": cases.append(  # noqa: E731
         dict(N=n, K=k, batch=b, sparsity=s, values=v, act=a, mask=m))
+    if name == "decode":
+        for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:
+            for s in (0.5, 0.7, 0.75, 0.8, 0.9):
+                add(n, k, 1, s)
+        for b in (2, 4, 8, 16):
+            for n, k in [(4096, 4096), (22016, 4096)]:
+                add(n, k, b, 0.75)
+        add(11008, 4096, 1, 0.75, m="magnitude")
+        add(4096, 4096, 1, 0.75, "bfloat16", "bfloat16")
+        return cases
     if quick:
         for b in (1, 16):
             add(4096, 4096, b, 0.75)
@@ -83,7 +96,8 @@ def run(args) -> dict:
     rows, dispatch, failures = [], [], []
     dense_cache: dict = {}
     t_start = time.time()
-    cases = grid(args.quick)
+    cases = grid(args.quick, args.grid)
+    kernels = set(args.kernels.split(",")) if args.kernels else None
     for ci, case in enumerate(cases):
         if time.time() - t_start > args.budget_s:  # keep inside the device call: report what was skipped
             failures.append({"skipped_cases": len(cases) - ci, "reason": f"time budget {args.budget_s} s"})
@@ -110,6 +124,8 @@ def run(args) -> dict:
         nbytes, per_kernel = {}, {}
         best = None
         for cfg in candidate_configs(b):
+            if not p.supports(cfg) or (kernels and cfg.kernel not in kernels):
+                continue
             try:
                 out = torch.full((b, n), float("nan"), device="cuda", dtype=act)
                 y = spmm(x, p, cfg, out=out)
@@ -128,7 +144,7 @@ def run(args) -> dict:
                 failures.append({**case, "cfg": cfg.key(), "error": repr(e)[:300]})
                 continue
             nbytes[cfg.key()] = fb
-            fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel == "csr8" else "")
+            fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel in ("csr8", "vc32") else "")
             per_kernel[fam] = min(per_kernel.get(fam, float("inf")), ms)
             if best is None or ms < best[1]:
                 best = (cfg, ms, err)
@@ -184,6 +200,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_kernels.json"))
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
+    ap.add_argument("--grid", choices=["full", "decode"], default="full", help="which cases (see grid())")
+    ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new cases after this (s)")
     args = ap.parse_args()

@@ -24,6 +24,9 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "csr8": (1, SpmmConfig(kernel="csr8", block_n=2, block_k=512, slots=16)),
     "csr8-batch": (3, SpmmConfig(kernel="csr8", block_n=2, block_k=256, block_b=4, slots=32)),
     "csr8-vec": (1, SpmmConfig(kernel="csr8", block_n=2, block_k=512, slots=16, vec=8)),
+    "vc32": (1, SpmmConfig(kernel="vc32", block_n=2, block_k=64)),  # 64-word steps: several per row
+    "vc32-batch": (3, SpmmConfig(kernel="vc32", block_n=2, block_k=32, block_b=4)),
+    "vc32-vec": (1, SpmmConfig(kernel="vc32", block_n=4, block_k=64, vec=4)),
 }
 
 
@@ -52,6 +55,11 @@ def test_spmm_matches_reference(path, values, group_size, sparsity):
     ct = compress_tensor(sparse_weight(n, k, sparsity), values, group_size=group_size).to(DEVICE)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(batch, k, device=DEVICE).to(act)
+    if not p.supports(cfg):  # vc32 packs 16-bit values only: a clear error, never a wrong answer
+        assert cfg.kernel == "vc32" and values not in ("float16", "bfloat16")
+        with pytest.raises(ValueError, match="vc32: needs fp16/bf16 values"):
+            spmm(x, p, cfg)
+        return
     out = torch.full((batch, n), float("nan"), device=DEVICE, dtype=act)  # every element must be written
     y = spmm(x, p, cfg, out=None if cfg.split_k > 1 else out)
     ref = x.double() @ decompress(ct, torch.float32).double().T
@@ -106,3 +114,24 @@ def test_csr8_aux_arrays():
             a, b, m = int(cp[n, c]), int(cp[n, c + 1]), int(pcp[n, c])
             assert torch.equal(pv[m:m + b - a], ct.values[a:b]) and torch.equal(pc[m:m + b - a], cols8[a:b])
             assert int(pcp[n, c + 1]) - m == (b - a + 7) // 8 * 8 and not pv[m + b - a:int(pcp[n, c + 1])].any()
+
+
+def test_vc32_words_and_padding():
+    w = sparse_weight(6, 70000, 0.9)[:, :600].contiguous()  # K = 600 (the K > 65536 case is below)
+    ct = compress_tensor(w, "bfloat16")
+    p = PackedBitmask.from_compressed(ct)
+    words, rp = p.vc32()
+    cols = (w != 0).nonzero()[:, 1]
+    assert words.dtype == torch.int32 and torch.equal(rp.long(), ct.row_ptr)
+    assert torch.equal((words.long() >> 16) & 0xFFFF, cols)
+    assert torch.equal((words & 0xFFFF).to(torch.int16).view(torch.bfloat16), ct.values)
+    pw, prp = p.vc32(vec=4)
+    assert bool((prp % 4 == 0).all())
+    for n in range(6):
+        a, b, m = int(ct.row_ptr[n]), int(ct.row_ptr[n + 1]), int(prp[n])
+        assert torch.equal(pw[m:m + b - a], words[a:b]) and not pw[m + b - a:int(prp[n + 1])].any()
+    assert p.nbytes(kernel="vc32") == 4 * ct.nnz + 4 * 7
+    wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, 65537), "float16"))
+    assert not wide.supports(SpmmConfig(kernel="vc32"))
+    with pytest.raises(ValueError, match="K <= 65536"):
+        wide.vc32()

@@ -121,13 +121,18 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
 
 def candidate_configs(batch: int) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
-    kernel's measured-best tiles, plus the per-nonzero csr8 kernel for batch <= 8."""
+    kernel's measured-best tiles, plus the per-nonzero csr8 and vc32 kernels for batch <= 8. A config whose
+    kernel cannot run a given matrix (`PackedBitmask.supports`) is skipped by the callers."""
     if batch == 1:
         out = [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
                for bn, bk, w, s in ((2, 2048, 4, 1), (4, 1024, 4, 1), (2, 4096, 8, 1), (8, 512, 4, 1))]
-        return out + [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, vec=v, num_warps=w)
-                      for bn, bk, sl, v, w in ((1, 4096, 64, 8, 4), (2, 4096, 32, 8, 4), (1, 4096, 32, 8, 4),
-                                               (1, 4096, 64, 8, 8), (1, 4096, 32, 1, 4), (2, 2048, 32, 1, 4))]
+        out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, vec=v, num_warps=w)
+                for bn, bk, sl, v, w in ((1, 4096, 64, 8, 4), (2, 4096, 32, 8, 4), (1, 4096, 32, 8, 4),
+                                         (1, 4096, 64, 8, 8), (1, 4096, 32, 1, 4), (2, 2048, 32, 1, 4))]
+        return out + [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, vec=v, num_warps=w)
+                      for bn, t, v, w in ((1, 1024, 1, 4), (2, 512, 1, 4), (4, 256, 1, 4), (1, 512, 1, 2),
+                                          (2, 1024, 1, 8), (1, 2048, 1, 8), (8, 128, 1, 4), (1, 1024, 4, 4),
+                                          (2, 512, 2, 4))]
     bb = bucket(batch)
     out = []
     if batch <= 8:
@@ -135,6 +140,8 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
                 for bn, bk, w in ((2, 1024, 4), (4, 512, 4))]
         out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, block_b=bb, slots=sl, vec=v, num_warps=4)
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
+        out += [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, block_b=bb, num_warps=w)
+                for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8), (4, 128, 4))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     return out
@@ -160,6 +167,8 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
             x = torch.randn(b, k, device=p.values.device, dtype=act_dtype)
             best = ("dense", None, time_graph([lambda w=w: F.linear(x, w) for w in dense]))
             for cfg in candidate_configs(b):
+                if not p.supports(cfg):
+                    continue
                 try:
                     ms = time_graph([lambda q=q: spmm(x, q, cfg) for q in sparse])
                 except Exception:  # a config the compiler rejects on this GPU is skipped, not fatal

@@ -2,7 +2,8 @@
 
 The packed view derives, lazily and only for the kernels used, `chunk_ptr` (int32 (N, ceil(K/BLOCK_K))) for the
 bitmask kernel, and `cols8` (uint8 (nnz,)) + `cp256` (int32 (N, ceil(K/256)+1)) for the per-nonzero csr8 kernel
-(FORMAT.md "Auxiliary arrays"); `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
+(FORMAT.md "Auxiliary arrays"), and `vc32` (int32 (nnz,): value bits | column << 16) + its row starts for the
+vc32 kernel; `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sparselm.compress.format import CompressedTensor, chunk_ptr, unpack_mask
 from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_ROW, bitmask_decompress_kernel,
                                                bitmask_spmm_kernel)
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
+from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel
 
 
 def _native(t: torch.Tensor) -> bool:
@@ -35,11 +37,15 @@ class SpmmConfig:
     split_k: int = 1  # programs along K; > 1 accumulates with fp32 atomics
     num_warps: int = 4
     num_stages: int = 2
-    kernel: str = "bitmask"  # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8)
+    # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8) | "vc32" (per nonzero, one
+    # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step)
+    kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
-    vec: int = 1  # csr8: segments padded to multiples of vec (8 = 16-byte fp16 vectors); 1 = canonical values
+    vec: int = 1  # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads
 
     def key(self) -> str:
+        if self.kernel == "vc32":
+            return f"vc32v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
         return (f"n{self.block_n}k{self.block_k}b{self.block_b}{'d' if self.use_dot else 'f'}"
@@ -101,6 +107,40 @@ class PackedBitmask:
                 self._cptr[key] = _pad_segments(*self.csr8(1), vec)
         return self._cptr[key]
 
+    def supports(self, cfg: "SpmmConfig") -> bool:
+        """Whether cfg's kernel can run on this matrix (vc32: fp16/bf16 values, K <= 65536)."""
+        if cfg.kernel == "vc32":
+            return self.values.dtype in (torch.float16, torch.bfloat16) and self.shape[1] <= 65536
+        return True
+
+    def vc32(self, vec: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(words, row starts) for the vc32 kernel (FORMAT.md "Auxiliary arrays"): words[i] = column << 16 |
+        the 16 value bits, row-major like `values`; vec > 1: each row zero-padded to a multiple of vec words."""
+        key = ("vc32", vec)
+        if key not in self._cptr:
+            n, k = self.shape
+            if not self.supports(SpmmConfig(kernel="vc32")):
+                raise ValueError(f"vc32: needs fp16/bf16 values and K <= 65536, got {self.values.dtype}, K={k}")
+            ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values, self.row_ptr)
+            cols = unpack_mask(ct.bitmask, k).nonzero()[:, 1]  # row-major: the order of `values`
+            w = (cols << 16) | (self.values.view(torch.int16).to(torch.int64) & 0xFFFF)
+            w = torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)  # the same 32 bits, as int32
+            rp = self.row_ptr.to(torch.int64)
+            if vec > 1:
+                cnt = rp[1:] - rp[:-1]
+                padded = (cnt + vec - 1) // vec * vec
+                prp = torch.zeros(n + 1, dtype=torch.int64, device=rp.device)
+                prp[1:] = torch.cumsum(padded, 0)
+                row = torch.repeat_interleave(torch.arange(n, device=rp.device), cnt)
+                dest = prp[:-1][row] + torch.arange(w.numel(), device=rp.device) - rp[:-1][row]
+                pw = torch.zeros(int(prp[-1]), dtype=torch.int32, device=w.device)
+                pw[dest] = w
+                w, rp = pw, prp
+            if int(rp[-1]) >= 2**31:
+                raise ValueError(f"vc32: {int(rp[-1])} words overflow the int32 row starts")
+            self._cptr[key] = (w.contiguous(), rp.to(torch.int32).contiguous())
+        return self._cptr[key]
+
     def nbytes(self, block_k: int | None = None, kernel: str = "bitmask", vec: int = 1) -> int:
         """Bytes a kernel reads for W. bitmask: mask words + values (+ scales) + chunk_ptr for block_k;
         csr8: its (padded when vec > 1) values + cols8 + cp256 (+ scales); the mask is not read."""
@@ -108,6 +148,8 @@ class PackedBitmask:
         scale_bytes = self.scales.numel() * 4 if self.scales is not None else 0
         if kernel == "csr8":
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
+        if kernel == "vc32":
+            return sum(t.numel() * t.element_size() for t in self.vc32(vec))
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if block_k is not None:
@@ -126,6 +168,8 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     bsz = x.shape[0]
     if cfg.kernel == "csr8":
         return _spmm_csr8(x, p, cfg, out)
+    if cfg.kernel == "vc32":
+        return _spmm_vc32(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))
@@ -180,6 +224,18 @@ def _spmm_csr8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
                            x.stride(0), y.stride(0), BLOCK_N=cfg.block_n, CHUNKS=max(1, cfg.block_k // CSR8_CHUNK),
                            SLOTS=cfg.slots, BLOCK_B=cfg.block_b, SCALE_MODE=p.scale_mode, VEC=cfg.vec,
                            num_warps=cfg.num_warps)
+    return y
+
+
+def _spmm_vc32(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:
+    n, _ = p.shape
+    bsz = x.shape[0]
+    words, rp = p.vc32(cfg.vec)
+    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
+    vc32_spmv_kernel[grid](x, words, rp, y, n, bsz, x.stride(0), y.stride(0), BLOCK_N=cfg.block_n,
+                           TILE=cfg.block_k, BLOCK_B=cfg.block_b, VEC=cfg.vec,
+                           BF16=p.values.dtype == torch.bfloat16, num_warps=cfg.num_warps)
     return y
 
 
