@@ -27,6 +27,9 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "vc32": (1, SpmmConfig(kernel="vc32", block_n=2, block_k=64)),  # 64-word steps: several per row
     "vc32-batch": (3, SpmmConfig(kernel="vc32", block_n=2, block_k=32, block_b=4)),
     "vc32-vec": (1, SpmmConfig(kernel="vc32", block_n=4, block_k=64, vec=4)),
+    "grp8": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=64)),
+    "grp8-batch": (3, SpmmConfig(kernel="grp8", block_n=2, block_k=32, block_b=4)),
+    "grp8-vec": (1, SpmmConfig(kernel="grp8", block_n=4, block_k=64, vec=8)),
 }
 
 
@@ -135,3 +138,25 @@ def test_vc32_words_and_padding():
     assert not wide.supports(SpmmConfig(kernel="vc32"))
     with pytest.raises(ValueError, match="K <= 65536"):
         wide.vc32()
+
+
+def test_grp8_groups_cover_every_nonzero_within_span():
+    w = sparse_weight(9, 3000, 0.9)
+    w[1] = 0
+    w[1, [0, 5, 300, 556, 2999]] = 1.0  # gaps of 295 / 256 / 2443: each starts a new group
+    w[2] = 0
+    w[2, :40] = 2.0  # 40 adjacent nonzeros: a full group of 32, then 8
+    ct = compress_tensor(w, "float16")
+    gvals, goffs, gbase, gptr = PackedBitmask.from_compressed(ct).grp8()
+    base = gbase.long() & 0xFFFF
+    dense = torch.zeros(9, 3000, dtype=torch.float16)
+    for n in range(9):
+        for g in range(int(gptr[n]), int(gptr[n + 1])):
+            for s_ in range(32):
+                if gvals[32 * g + s_] != 0:
+                    dense[n, int(base[g]) + int(goffs[32 * g + s_])] = gvals[32 * g + s_]
+    assert torch.equal(dense, w.half())
+    assert [int(b) for b in base[int(gptr[1]):int(gptr[2])]] == [0, 300, 556, 2999]
+    assert int(gptr[3] - gptr[2]) == 2 and int((gvals[32 * int(gptr[2]):32 * int(gptr[3])] != 0).sum()) == 40
+    p = PackedBitmask.from_compressed(ct)
+    assert p.nbytes(kernel="grp8") == 3 * gvals.numel() + 2 * gbase.numel() + 4 * 10

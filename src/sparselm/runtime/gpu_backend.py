@@ -121,7 +121,7 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
 
 def candidate_configs(batch: int) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
-    kernel's measured-best tiles, plus the per-nonzero csr8 and vc32 kernels for batch <= 8. A config whose
+    kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8. A config whose
     kernel cannot run a given matrix (`PackedBitmask.supports`) is skipped by the callers."""
     if batch == 1:
         out = [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
@@ -129,10 +129,12 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
         out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, slots=sl, vec=v, num_warps=w)
                 for bn, bk, sl, v, w in ((1, 4096, 64, 8, 4), (2, 4096, 32, 8, 4), (1, 4096, 32, 8, 4),
                                          (1, 4096, 64, 8, 8), (1, 4096, 32, 1, 4), (2, 2048, 32, 1, 4))]
-        return out + [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, vec=v, num_warps=w)
-                      for bn, t, v, w in ((1, 1024, 1, 4), (2, 512, 1, 4), (4, 256, 1, 4), (1, 512, 1, 2),
-                                          (2, 1024, 1, 8), (1, 2048, 1, 8), (8, 128, 1, 4), (1, 1024, 4, 4),
-                                          (2, 512, 2, 4))]
+        # vc32 / grp8: one nonzero per lane (vec 1) won every measured shape; wider lanes spread a warp's x gather
+        out += [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, num_warps=w)
+                for bn, t, w in ((1, 512, 2), (1, 1024, 4), (1, 2048, 8), (2, 512, 4))]
+        return out + [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
+                      for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 2048, 1, 8), (2, 512, 1, 4),
+                                          (1, 256, 1, 1), (1, 1024, 8, 4))]
     bb = bucket(batch)
     out = []
     if batch <= 8:
@@ -140,8 +142,8 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
                 for bn, bk, w in ((2, 1024, 4), (4, 512, 4))]
         out += [SpmmConfig(kernel="csr8", block_n=bn, block_k=bk, block_b=bb, slots=sl, vec=v, num_warps=4)
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
-        out += [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, block_b=bb, num_warps=w)
-                for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8), (4, 128, 4))]
+        out += [SpmmConfig(kernel=kn, block_n=bn, block_k=t, block_b=bb, num_warps=w)
+                for kn in ("vc32", "grp8") for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     return out

@@ -3,7 +3,7 @@
 The packed view derives, lazily and only for the kernels used, `chunk_ptr` (int32 (N, ceil(K/BLOCK_K))) for the
 bitmask kernel, and `cols8` (uint8 (nnz,)) + `cp256` (int32 (N, ceil(K/256)+1)) for the per-nonzero csr8 kernel
 (FORMAT.md "Auxiliary arrays"), and `vc32` (int32 (nnz,): value bits | column << 16) + its row starts for the
-vc32 kernel; `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
+vc32 kernel, and the 32-slot groups of the grp8 kernel (`PackedBitmask.grp8`); `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sparselm.compress.format import CompressedTensor, chunk_ptr, unpack_mask
 from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_ROW, bitmask_decompress_kernel,
                                                bitmask_spmm_kernel)
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
+from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel
 from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel
 
 
@@ -38,14 +39,15 @@ class SpmmConfig:
     num_warps: int = 4
     num_stages: int = 2
     # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8) | "vc32" (per nonzero, one
-    # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step)
+    # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step) |
+    # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     vec: int = 1  # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads
 
     def key(self) -> str:
-        if self.kernel == "vc32":
-            return f"vc32v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}"
+        if self.kernel in ("vc32", "grp8"):
+            return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
         return (f"n{self.block_n}k{self.block_k}b{self.block_b}{'d' if self.use_dot else 'f'}"
@@ -111,7 +113,70 @@ class PackedBitmask:
         """Whether cfg's kernel can run on this matrix (vc32: fp16/bf16 values, K <= 65536)."""
         if cfg.kernel == "vc32":
             return self.values.dtype in (torch.float16, torch.bfloat16) and self.shape[1] <= 65536
+        if cfg.kernel == "grp8":
+            return self.shape[1] <= 65536
         return True
+
+    def grp8(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gvals, goffs, gbase, gptr) for the grp8 kernel (grp8_spmv.py; FORMAT.md "Auxiliary arrays").
+
+        Groups are cut greedily per row: a group takes the next nonzeros while there are fewer than 32 and
+        their column is < base + 256. All rows advance together, one group per round (rounds = the most
+        groups in a row), so the cost is a few vectorized passes, not a Python loop over rows."""
+        if "grp8" not in self._cptr:
+            n, k = self.shape
+            if k > 65536:
+                raise ValueError(f"grp8: 16-bit group bases need K <= 65536, got K={k}")
+            dev = self.values.device
+            ct = self._ct or CompressedTensor(self.shape, self.words.view(torch.uint8), self.values, self.row_ptr)
+            cols = unpack_mask(ct.bitmask, k).nonzero()[:, 1].to(torch.int32)  # row-major: `values` order
+            rp = self.row_ptr.to(torch.int64)
+            cnt = rp[1:] - rp[:-1]
+            width = int(cnt.max()) if n else 0
+            big = torch.iinfo(torch.int32).max // 2  # past every real column: ends a group
+            table = torch.full((n, width + GROUP), big, dtype=torch.int32, device=dev)
+            row = torch.repeat_interleave(torch.arange(n, device=dev), cnt)
+            table[row, torch.arange(cols.numel(), device=dev) - rp[:-1][row]] = cols
+            lanes = torch.arange(GROUP, device=dev)
+            pos = torch.zeros(n, dtype=torch.int64, device=dev)
+            g_row, g_pos, g_len, g_base, g_round = [], [], [], [], []
+            r = 0
+            while True:
+                live = (pos < cnt).nonzero()[:, 0]
+                if live.numel() == 0:
+                    break
+                at = pos[live]
+                win = table[live[:, None], at[:, None] + lanes]  # (live, 32) the next 32 columns
+                ok = (win - win[:, :1] < SPAN) & (at[:, None] + lanes < cnt[live, None])
+                length = ok.to(torch.int32).cumprod(1).sum(1).to(torch.int64)  # >= 1: the first always fits
+                g_row.append(live), g_pos.append(at), g_len.append(length), g_base.append(win[:, 0])
+                g_round.append(torch.full_like(live, r))
+                pos[live] = at + length
+                r += 1
+            if g_row:
+                grow, gpos, glen = torch.cat(g_row), torch.cat(g_pos), torch.cat(g_len)
+                gbase, ground = torch.cat(g_base), torch.cat(g_round)
+                order = torch.argsort(grow * (r + 1) + ground)  # row-major, then in column order
+                grow, gpos, glen, gbase = grow[order], gpos[order], glen[order], gbase[order]
+            else:
+                grow = gpos = glen = torch.zeros(0, dtype=torch.int64, device=dev)
+                gbase = torch.zeros(0, dtype=torch.int32, device=dev)
+            n_grp = grow.numel()
+            if n_grp * GROUP >= 2**31:
+                raise ValueError(f"grp8: {n_grp} groups overflow the int32 slot index")
+            gi = torch.repeat_interleave(torch.arange(n_grp, device=dev), glen)
+            within = torch.arange(gi.numel(), device=dev) - (torch.cumsum(glen, 0) - glen)[gi]
+            src = rp[:-1][grow[gi]] + gpos[gi] + within
+            dst = gi * GROUP + within
+            gvals = torch.zeros(n_grp * GROUP, dtype=self.values.dtype, device=dev)
+            goffs = torch.zeros(n_grp * GROUP, dtype=torch.uint8, device=dev)
+            gvals[dst] = self.values[src]
+            goffs[dst] = (cols[src] - gbase[gi].to(torch.int32)).to(torch.uint8)
+            gptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+            gptr[1:] = torch.cumsum(torch.bincount(grow, minlength=n), 0)
+            base16 = torch.where(gbase >= 2**15, gbase - 2**16, gbase).to(torch.int16)  # the low 16 bits
+            self._cptr["grp8"] = (gvals, goffs, base16.contiguous(), gptr.to(torch.int32))
+        return self._cptr["grp8"]
 
     def vc32(self, vec: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(words, row starts) for the vc32 kernel (FORMAT.md "Auxiliary arrays"): words[i] = column << 16 |
@@ -150,6 +215,8 @@ class PackedBitmask:
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
         if kernel == "vc32":
             return sum(t.numel() * t.element_size() for t in self.vc32(vec))
+        if kernel == "grp8":
+            return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8())
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if block_k is not None:
@@ -170,6 +237,8 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         return _spmm_csr8(x, p, cfg, out)
     if cfg.kernel == "vc32":
         return _spmm_vc32(x, p, cfg, out)
+    if cfg.kernel == "grp8":
+        return _spmm_grp8(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))
@@ -236,6 +305,22 @@ def _spmm_vc32(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
     vc32_spmv_kernel[grid](x, words, rp, y, n, bsz, x.stride(0), y.stride(0), BLOCK_N=cfg.block_n,
                            TILE=cfg.block_k, BLOCK_B=cfg.block_b, VEC=cfg.vec,
                            BF16=p.values.dtype == torch.bfloat16, num_warps=cfg.num_warps)
+    return y
+
+
+def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:
+    n, _ = p.shape
+    bsz = x.shape[0]
+    gvals, goffs, gbase, gptr = p.grp8()
+    if cfg.block_k % GROUP:
+        raise ValueError(f"grp8: block_k (slots per step) must be a multiple of {GROUP}, got {cfg.block_k}")
+    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
+    scales = p.scales if p.scales is not None else gvals
+    n_groups = p.scales.shape[1] if p.scales is not None else 1
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
+    grp8_spmv_kernel[grid](x, gvals, goffs, gbase, gptr, scales, y, n, bsz, n_groups, p.group_size,
+                           x.stride(0), y.stride(0), BLOCK_N=cfg.block_n, TILE=cfg.block_k, BLOCK_B=cfg.block_b,
+                           VEC=cfg.vec, SCALE_MODE=p.scale_mode, num_warps=cfg.num_warps)
     return y
 
 
