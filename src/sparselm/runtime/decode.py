@@ -7,6 +7,8 @@ lm_head), so the same model object runs dense or sparse. Per layer l, for new to
     h = h + W_o a;  h = h + MLP(norm(h))
 The attention always spans the whole static cache with a position mask: shapes never change, so one graph
 replays every step (positions live in a device tensor). On CPU it runs eagerly (no graphs).
+On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
+(kernels/gpu/fused.py), the eager ops' rounding kept: ~11 launches per layer instead of ~40.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True):
+                 fuse: bool = True, fused_ops: bool | None = None):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
-        those weights (dense or compressed) held by the decoder; the model itself is not modified."""
+        those weights (dense or compressed) held by the decoder; the model itself is not modified.
+        fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
+        RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops."""
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -85,6 +89,14 @@ class StaticDecoder:
             self.qkv.append(fuse_linears([a.q_proj, a.k_proj, a.v_proj]) if fuse else None)
             gu_ok = fuse and hasattr(m, "gate_proj") and hasattr(m, "act_fn")
             self.gate_up.append(fuse_linears([m.gate_proj, m.up_proj]) if gu_ok else None)
+        plain = (fuse and getattr(cfg, "hidden_act", None) == "silu" and self.head_dim % 2 == 0
+                 and all(q is not None for q in self.qkv) and all(g is not None for g in self.gate_up)
+                 and all(hasattr(n, "variance_epsilon") for layer in self.layers
+                         for n in (layer.input_layernorm, layer.post_attention_layernorm))
+                 and hasattr(self.norm, "variance_epsilon"))
+        if fused_ops and not plain:
+            raise ValueError("fused_ops: needs a Llama-type block (RMSNorm, SiLU MLP) with fuse=True")
+        self.fused_ops = plain and (self.device.type == "cuda" if fused_ops is None else fused_ops)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -118,6 +130,30 @@ class StaticDecoder:
         g, u = self.gate_up[i](h).chunk(2, dim=-1)
         return mlp.down_proj(mlp.act_fn(g) * u)
 
+    def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """The same math as forward's loop with the Triton elementwise kernels; returns norm(h) of the last
+        position. Each add_rmsnorm adds the previous sub-block's output to the residual and normalizes it for
+        the next sub-block (the last one with the final norm)."""
+        from sparselm.kernels.gpu.fused import add_rmsnorm, rope_qkv, silu_mul
+
+        b, t, _ = h.shape
+        nq = self.n_heads * self.head_dim
+        norm0 = self.layers[0].input_layernorm
+        res, x = add_rmsnorm(h, None, norm0.weight, norm0.variance_epsilon)
+        for i, layer in enumerate(self.layers):
+            q = rope_qkv(self.qkv[i](x), cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
+                         self.k_cache[i], self.v_cache[i])
+            a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                               enable_gqa=self.n_kv != self.n_heads)
+            a = layer.self_attn.o_proj(a.transpose(1, 2).reshape(b, t, nq))
+            pn = layer.post_attention_layernorm
+            res, x = add_rmsnorm(res, a, pn.weight, pn.variance_epsilon)
+            m = layer.mlp.down_proj(silu_mul(self.gate_up[i](x)))
+            nn_ = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            res, x = add_rmsnorm(res, m, nn_.weight, nn_.variance_epsilon)
+        return x[:, -1]
+
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab) of the last of `ids` (B, T), whose first token sits at position `start` (0-d)."""
@@ -126,6 +162,8 @@ class StaticDecoder:
         cos, sin = self._rope(positions)
         mask = self.key_pos[None, :] <= positions[:, None]  # (T, max_len): causal over the static cache
         h = self.embed(ids)
+        if self.fused_ops:
+            return self.lm_head(self._forward_fused(h, positions, cos, sin, mask)).float()
         for i, layer in enumerate(self.layers):
             h = h + self._attention(i, layer, layer.input_layernorm(h), positions, cos, sin, mask)
             h = h + self._mlp(i, layer.mlp, layer.post_attention_layernorm(h))

@@ -1,0 +1,123 @@
+"""Fused elementwise Triton kernels for the decode loop (runtime/decode.py): one launch where eager PyTorch
+issues 5-12.
+
+Why: at batch 1 a Llama-2-7B decode step on an H200 spent ~2.3 ms of its ~6.3 ms in ~40 small kernels per layer
+(RMSNorm alone is 6: cast, pow, mean, rsqrt, mul, mul), each costing ~2 us even inside a CUDA graph. Every weight
+byte saved by the sparse kernels is worth less while that fixed cost stays. These kernels keep the eager
+rounding points (fp16/bf16 results of each PyTorch op are rounded where PyTorch rounds them), so they agree
+with the eager path to the last bit or within an ulp where a transcendental differs (exp, rsqrt):
+
+    add_rmsnorm(h, d, w):  s = h + d;  n = w * (s * rsqrt(mean(s^2) + eps))      -> (s, n)     [HF LlamaRMSNorm]
+    rope_qkv(qkv, cos, sin, pos):  q' = q cos + rot(q) sin -> (B, H, T, hd);  K[:, :, pos] = k', V[:, :, pos] = v
+    silu_mul(gu):  silu(g) * u  for gu = [g | u] along the last dim
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, s_ptr, n_ptr, D, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < D
+    x = tl.load(h_ptr + row * D + offs, mask=ok, other=0.0)
+    if HAS_D:
+        x = (x.to(tl.float32) + tl.load(d_ptr + row * D + offs, mask=ok, other=0.0).to(tl.float32)).to(
+            s_ptr.dtype.element_ty)  # the residual sum, rounded like the eager fp16 add
+        tl.store(s_ptr + row * D + offs, x, mask=ok)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / D
+    nf = (xf * (1.0 / tl.sqrt(var + eps))).to(n_ptr.dtype.element_ty)  # rounded before the weight, as in HF
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(n_ptr + row * D + offs, (w * nf.to(tl.float32)).to(n_ptr.dtype.element_ty), mask=ok)
+
+
+def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h + delta, RMSNorm(h + delta)) over the last dim; delta None: (h, RMSNorm(h))."""
+    d = h.shape[-1]
+    h2 = h.reshape(-1, d)
+    if not h2.is_contiguous():
+        h2 = h2.contiguous()
+    s = torch.empty_like(h2) if delta is not None else h2
+    n = torch.empty_like(h2)
+    d2 = delta.reshape(-1, d).contiguous() if delta is not None else h2
+    _add_rmsnorm_kernel[(h2.shape[0],)](h2, d2, weight, s, n, d, eps, HAS_D=delta is not None,
+                                        BLOCK=triton.next_power_of_2(d), num_warps=4 if d <= 4096 else 8)
+    return s.view(h.shape), n.view(h.shape)
+
+
+@triton.jit
+def _rope_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, H, HKV, HD, max_len,
+                     stride_row, BLOCK: tl.constexpr):
+    bt = tl.program_id(0)  # b * T + t
+    head = tl.program_id(1)  # [0, H): a query head; [H, H + HKV): a key/value head
+    b = bt // T
+    t = bt % T
+    offs = tl.arange(0, BLOCK)
+    ok = offs < HD
+    half = HD // 2
+    rot = tl.where(offs < half, offs + half, offs - half)
+    sign = tl.where(offs < half, -1.0, 1.0)
+    c = tl.load(cos_ptr + t * HD + offs, mask=ok, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + t * HD + offs, mask=ok, other=0.0).to(tl.float32)
+    row = qkv_ptr + bt * stride_row
+    if head < H:
+        col = head * HD
+    else:
+        col = H * HD + (head - H) * HD
+    x = tl.load(row + col + offs, mask=ok, other=0.0)
+    xr = tl.load(row + col + rot, mask=ok, other=0.0).to(tl.float32) * sign
+    a = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)  # each eager op rounds: x*cos, rot(x)*sin, the sum
+    r = (xr * s).to(x.dtype).to(tl.float32)
+    y = (a + r).to(x.dtype)
+    if head < H:
+        tl.store(q_ptr + ((b * H + head) * T + t) * HD + offs, y, mask=ok)
+    else:
+        j = head - H
+        p = tl.load(pos_ptr + t)
+        dst = ((b * HKV + j) * max_len + p) * HD + offs
+        tl.store(k_ptr + dst, y, mask=ok)
+        v = tl.load(row + H * HD + HKV * HD + j * HD + offs, mask=ok, other=0.0)
+        tl.store(v_ptr + dst, v, mask=ok)
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, n_heads: int,
+             n_kv: int, head_dim: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """qkv (B, T, (H + 2 HKV) hd) -> rotated q (B, H, T, hd); rotated k and v written into the caches
+    (B, HKV, max_len, hd) at `positions` (T,)."""
+    b, t, _ = qkv.shape
+    q = torch.empty(b, n_heads, t, head_dim, device=qkv.device, dtype=qkv.dtype)
+    rows = qkv.reshape(b * t, -1)
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    _rope_qkv_kernel[(b * t, n_heads + n_kv)](rows, cos.contiguous(), sin.contiguous(), positions, q, k_cache,
+                                             v_cache, t, n_heads, n_kv, head_dim, k_cache.shape[2],
+                                             rows.stride(0), BLOCK=triton.next_power_of_2(head_dim), num_warps=1)
+    return q
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < I
+    g = tl.load(gu_ptr + row * 2 * I + offs, mask=ok, other=0.0)
+    u = tl.load(gu_ptr + row * 2 * I + I + offs, mask=ok, other=0.0).to(tl.float32)
+    gf = g.to(tl.float32)
+    a = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)  # silu, rounded as the eager op's result
+    tl.store(out_ptr + row * I + offs, (a * u).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u for gu = cat([g, u], -1)."""
+    i2 = gu.shape[-1]
+    rows = gu.reshape(-1, i2).contiguous()
+    out = torch.empty(rows.shape[0], i2 // 2, device=gu.device, dtype=gu.dtype)
+    block = 1024
+    _silu_mul_kernel[(rows.shape[0], triton.cdiv(i2 // 2, block))](rows, out, i2 // 2, BLOCK=block, num_warps=4)
+    return out.view(*gu.shape[:-1], i2 // 2)

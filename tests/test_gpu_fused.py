@@ -1,0 +1,92 @@
+"""The decode loop's fused Triton kernels (kernels/gpu/fused.py) under the interpreter on the CPU: equal to the
+eager PyTorch ops they replace (fp16 rounding points kept), and the decoder's fused path equal to its eager path."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton loads (no-op when a GPU runs the tests)
+pytest.importorskip("triton", reason="the GPU kernels need triton: pip install triton")
+
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
+
+from sparselm.kernels.gpu.fused import add_rmsnorm, rope_qkv, silu_mul  # noqa: E402
+from sparselm.runtime import StaticDecoder, sparsify  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def ulps_close(a, b, ulps=1):
+    """|a - b| within `ulps` units in the last place of fp16 (relative) or 1e-6 absolute."""
+    tol = ulps * torch.finfo(a.dtype).eps * b.float().abs() + 1e-6
+    return bool(((a.float() - b.float()).abs() <= tol).all())
+
+
+@pytest.mark.parametrize("with_delta", [True, False])
+def test_add_rmsnorm_matches_hf(with_delta):
+    torch.manual_seed(0)
+    d = 40  # not a power of two: the masked tail
+    norm = LlamaRMSNorm(d, eps=1e-5).to(DEVICE, torch.float16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(d) * 0.5 + 1)
+    h = torch.randn(2, 3, d, device=DEVICE).half()
+    delta = torch.randn(2, 3, d, device=DEVICE).half() if with_delta else None
+    s, n = add_rmsnorm(h, delta, norm.weight, 1e-5)
+    ref_s = h + delta if with_delta else h
+    assert torch.equal(s, ref_s)
+    with torch.no_grad():
+        assert ulps_close(n, norm(ref_s), ulps=2)
+
+
+def test_rope_qkv_matches_eager_and_writes_the_cache():
+    torch.manual_seed(0)
+    b, t, h, hkv, hd, max_len = 2, 3, 4, 2, 16, 9
+    qkv = torch.randn(b, t, (h + 2 * hkv) * hd, device=DEVICE).half()
+    positions = torch.tensor([2, 3, 4], device=DEVICE)
+    ang = positions.float()[:, None] * (1.0 / 10000 ** (torch.arange(0, hd, 2, device=DEVICE).float() / hd))
+    emb = torch.cat([ang, ang], -1)
+    cos, sin = emb.cos().half(), emb.sin().half()
+    kc = torch.zeros(b, hkv, max_len, hd, device=DEVICE).half()
+    vc = torch.zeros_like(kc)
+    q = rope_qkv(qkv, cos, sin, positions, h, hkv, hd, kc, vc)
+    rot = lambda x: torch.cat([-x[..., hd // 2:], x[..., :hd // 2]], -1)  # noqa: E731
+    qe, ke, ve = qkv.split([h * hd, hkv * hd, hkv * hd], -1)
+    qe = qe.view(b, t, h, hd).transpose(1, 2)
+    ke = ke.view(b, t, hkv, hd).transpose(1, 2)
+    assert torch.equal(q, qe * cos + rot(qe) * sin)
+    assert torch.equal(kc[:, :, 2:5], ke * cos + rot(ke) * sin)
+    assert torch.equal(vc[:, :, 2:5], ve.view(b, t, hkv, hd).transpose(1, 2))
+    assert not kc[:, :, :2].any() and not kc[:, :, 5:].any()
+
+
+def test_silu_mul_matches_eager():
+    torch.manual_seed(0)
+    gu = (torch.randn(3, 2 * 1100, device=DEVICE) * 3).half()  # two column blocks, a masked tail
+    g, u = gu.chunk(2, -1)
+    assert ulps_close(silu_mul(gu), torch.nn.functional.silu(g) * u, ulps=2)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decoder_fused_ops_equal_eager(sparse):
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval().to(DEVICE)
+    if sparse:
+        sparsify(model, values_dtype="float32")
+    ids = torch.randint(0, 53, (1, 4), device=DEVICE)
+    fused = StaticDecoder(model, max_len=16, use_graph=False, fused_ops=True)
+    assert fused.fused_ops
+    t1, l1 = fused.generate(ids, 6, return_logits=True)
+    t2, l2 = StaticDecoder(model, max_len=16, use_graph=False, fused_ops=False).generate(ids, 6, return_logits=True)
+    assert torch.equal(t1, t2)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_fused_ops_need_a_llama_block():
+    cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                      num_attention_heads=4, hidden_act="gelu")
+    with pytest.raises(ValueError, match="fused_ops"):
+        StaticDecoder(LlamaForCausalLM(cfg).eval(), max_len=8, fused_ops=True)
