@@ -4,7 +4,8 @@
     PYTHONPATH=src python benchmarks/gpu_decode.py --layers 2 --out /tmp/d.json            # smoke
     PYTHONPATH=src python benchmarks/gpu_decode.py --model smollm2-135m --out $OUT/gpu_decode_smollm2.json
 
-Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph), "sparselm-sparse" (the same loop
+Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
+"sparselm-dense-eager-ops": the same with PyTorch's eager elementwise ops), "sparselm-sparse" (the same loop
 over SparseLinear: per shape, the Triton kernel autotune measured fastest — bitmask, csr8, vc32, grp8 — or cuBLAS), "hf-generate" (transformers generate, dynamic cache, dense).
 Sparsity: per-layer magnitude pruning of every linear inside the blocks (embeddings / lm_head dense). Check:
 the sparse engine's logits vs the dense engine on the same sparse weights (max |diff| relative to max |logit|)
@@ -93,6 +94,12 @@ def main() -> None:
         tps = dec.tokens_per_second(16, args.new_tokens)
         rows.append({"model": name, "sparsity": s, "engine": "sparselm-dense", "values": "float16",
                      "tokens_per_s": round(tps, 1)})
+        if s == 0:  # the same loop with eager elementwise ops: what the fused Triton kernels save
+            eager = StaticDecoder(model, max_len=max_len, fused_ops=False)
+            rows.append({"model": name, "sparsity": s, "engine": "sparselm-dense-eager-ops", "values": "float16",
+                         "tokens_per_s": round(eager.tokens_per_second(16, args.new_tokens), 1)})
+            print(f"s=0.00 dense engine, eager ops {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
+            del eager
         ref_tokens, ref_logits = dec.generate(prompt, 32, return_logits=True)
         del dec
         print(f"s={s:.2f} dense engine {tps:7.1f} tok/s", flush=True)

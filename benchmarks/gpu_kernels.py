@@ -59,6 +59,9 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
                 add(n, k, b, 0.75)
         add(11008, 4096, 1, 0.75, m="magnitude")
         add(4096, 4096, 1, 0.75, "bfloat16", "bfloat16")
+        for n, k in [(4096, 4096), (22016, 4096), (4096, 11008)]:
+            add(n, k, 1, 0.75, "int8")
+        add(4096, 4096, 1, 0.75, "int8g128")
         return cases
     if quick:
         for b in (1, 16):
