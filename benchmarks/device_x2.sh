@@ -9,6 +9,7 @@
 #   call 5  carry [out/asr-data]          SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 1
 #   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
 # or, reasoning only (calls 1-2, then):   RS_A=[..] RS_B=[..] RS_LOSSES=[..] bash benchmarks/device_x2.sh main reasoning
+# or, reasoning on GPU 0 + benchmarks/device_gpu.sh on GPU 1:   RS_A=[..] RS_LOSSES=[..] ... main combo
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -25,6 +26,7 @@ RS_LOSSES=${RS_LOSSES:-[squarehead,ce,kd,none]}
 RS_ARGS+=(losses=$RS_LOSSES)
 RS_A=${RS_A:-[0.75,0.8,0.6]}   # GPU 0
 RS_B=${RS_B:-[0.7,0.5]}        # GPU 1 in main 2
+RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}  # GPU 1's losses in main reasoning
 
 case $MODE in
 stage1)
@@ -54,11 +56,17 @@ main)
     CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
-  if [ "$PHASE" = reasoning ]; then  # reasoning only, both GPUs: GPU 1 starts once GPU 0's teacher is there
+  if [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
+    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
+    CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( LEFT - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1 &
+    wait
+    echo "== /tmp/gpu.log"; cat /tmp/gpu.log
+  elif [ "$PHASE" = reasoning ]; then  # reasoning only, both GPUs: GPU 1 starts once GPU 0's teacher is there
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
     ( until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/rs/results.json'))['dense_all'] is None)" \
           2>/dev/null; do sleep 5; done
-      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B ) &
+      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B \
+        losses=$RS_LOSSES_B ) &
     wait
   elif [ "$PHASE" = 1 ]; then
     timeout 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
