@@ -182,8 +182,12 @@ def plot(path: Path) -> Path:
     data = json.loads(path.read_text())
     shapes = sorted({(r["N"], r["K"]) for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"
                      and len({x["sparsity"] for x in data["rows"] if (x["N"], x["K"]) == (r["N"], r["K"])}) > 2})
-    fig, axes = plt.subplots(1, max(1, len(shapes)), figsize=(6 * max(1, len(shapes)), 4.5), squeeze=False)
-    for ax, (n, k) in zip(axes[0], shapes):
+    cols = min(3, max(1, len(shapes)))
+    rows_ = (max(1, len(shapes)) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(6 * cols, 4.5 * rows_), squeeze=False)
+    for ax in axes.flat[len(shapes):]:
+        ax.set_visible(False)
+    for ax, (n, k) in zip(axes.flat, shapes):
         for b in BATCHES:
             pts = sorted((r["sparsity"], r["speedup"]) for r in data["rows"] if (r["N"], r["K"], r["batch"]) ==
                          (n, k, b) and r["values"] == "float16" and r["mask"] == "uniform")
@@ -192,7 +196,7 @@ def plot(path: Path) -> Path:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(title=f"{n}x{k}, fp16 values vs cuBLAS fp16", xlabel="sparsity (%)", ylabel="speedup (x)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"bitmask Triton kernel, {data.get('device', '')}")
+    fig.suptitle(f"fastest sparse Triton kernel per case (bitmask / csr8 / vc32 / grp8), {data.get('device', '')}")
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
