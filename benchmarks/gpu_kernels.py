@@ -147,7 +147,7 @@ def run(args) -> dict:
                 failures.append({**case, "cfg": cfg.key(), "error": repr(e)[:300]})
                 continue
             nbytes[cfg.key()] = fb
-            fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel in ("csr8", "vc32") else "")
+            fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel in ("csr8", "vc32", "grp8") else "")
             per_kernel[fam] = min(per_kernel.get(fam, float("inf")), ms)
             if best is None or ms < best[1]:
                 best = (cfg, ms, err)

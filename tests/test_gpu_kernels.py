@@ -30,6 +30,7 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "grp8": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=64)),
     "grp8-batch": (3, SpmmConfig(kernel="grp8", block_n=2, block_k=32, block_b=4)),
     "grp8-vec": (1, SpmmConfig(kernel="grp8", block_n=4, block_k=64, vec=8)),
+    "grp8-interleaved": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)),
 }
 
 

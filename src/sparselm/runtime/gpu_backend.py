@@ -132,9 +132,10 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
         # vc32 / grp8: one nonzero per lane (vec 1) won every measured shape; wider lanes spread a warp's x gather
         out += [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, num_warps=w)
                 for bn, t, w in ((1, 512, 2), (1, 1024, 4), (1, 2048, 8), (2, 512, 4))]
+        # grp8 vec 4 = the interleaved layout (vector loads, one nonzero per lane per gather)
         return out + [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
-                      for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 2048, 1, 8), (2, 512, 1, 4),
-                                          (1, 256, 1, 1), (1, 1024, 8, 4))]
+                      for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 256, 1, 1), (1, 512, 4, 2),
+                                          (1, 1024, 4, 4), (2, 512, 4, 4), (1, 256, 4, 1), (1, 2048, 4, 8))]
     bb = bucket(batch)
     out = []
     if batch <= 8:

@@ -18,7 +18,7 @@ from sparselm.compress.format import CompressedTensor, chunk_ptr, unpack_mask
 from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_ROW, bitmask_decompress_kernel,
                                                bitmask_spmm_kernel)
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
-from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel
+from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel, grp8i_spmv_kernel
 from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel
 
 
@@ -117,12 +117,20 @@ class PackedBitmask:
             return self.shape[1] <= 65536
         return True
 
-    def grp8(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(gvals, goffs, gbase, gptr) for the grp8 kernel (grp8_spmv.py; FORMAT.md "Auxiliary arrays").
+    def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gvals, goffs, gbase, gptr) for the grp8 kernels (grp8_spmv.py; FORMAT.md "Auxiliary arrays").
+        interleave 4: rows padded with empty groups to whole quads of 4 groups, and inside each quad the slot
+        32j + l (group j, lane l) stored at 4l + j, so one lane's 4 nonzeros load as vectors (grp8i kernel).
 
         Groups are cut greedily per row: a group takes the next nonzeros while there are fewer than 32 and
         their column is < base + 256. All rows advance together, one group per round (rounds = the most
         groups in a row), so the cost is a few vectorized passes, not a Python loop over rows."""
+        if interleave == 4:
+            if ("grp8", 4) not in self._cptr:
+                self._cptr[("grp8", 4)] = _interleave_quads(*self.grp8())
+            return self._cptr[("grp8", 4)]
+        if interleave != 1:
+            raise ValueError(f"grp8: interleave must be 1 or 4, got {interleave}")
         if "grp8" not in self._cptr:
             n, k = self.shape
             if k > 65536:
@@ -216,7 +224,7 @@ class PackedBitmask:
         if kernel == "vc32":
             return sum(t.numel() * t.element_size() for t in self.vc32(vec))
         if kernel == "grp8":
-            return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8())
+            return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8(4 if vec == 4 else 1))
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if block_k is not None:
@@ -308,9 +316,42 @@ def _spmm_vc32(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
     return y
 
 
+def _interleave_quads(gvals: torch.Tensor, goffs: torch.Tensor, gbase: torch.Tensor, gptr: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The grp8 arrays with every row padded to a multiple of 4 groups and each quad's slots lane-major."""
+    dev = gvals.device
+    ng = (gptr[1:] - gptr[:-1]).long()
+    nq4 = (ng + 3) // 4 * 4
+    p4 = torch.zeros(ng.numel() + 1, dtype=torch.long, device=dev)
+    p4[1:] = torch.cumsum(nq4, 0)
+    row = torch.repeat_interleave(torch.arange(ng.numel(), device=dev), ng)
+    new_g = p4[:-1][row] + torch.arange(row.numel(), device=dev) - gptr[:-1].long()[row]  # old group -> new
+    total = int(p4[-1])
+    base4 = torch.zeros(total, dtype=gbase.dtype, device=dev)
+    base4[new_g] = gbase
+    slots = (new_g[:, None] * GROUP + torch.arange(GROUP, device=dev)).flatten()
+    out = []
+    for a in (gvals, goffs):
+        logical = torch.zeros(total * GROUP, dtype=a.dtype, device=dev)
+        logical[slots] = a
+        out.append(logical.view(-1, 4, GROUP).transpose(1, 2).contiguous().view(-1))  # [quad, lane, group]
+    return out[0], out[1], base4, p4.to(torch.int32)
+
+
 def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:
     n, _ = p.shape
     bsz = x.shape[0]
+    if cfg.vec == 4:  # the interleaved layout: batch 1 only
+        if bsz != 1 or cfg.block_k % 128:
+            raise ValueError("grp8 vec 4: batch 1 and block_k a multiple of 128 only")
+        gvals, goffs, gbase, gptr = p.grp8(4)
+        y = out if out is not None else torch.empty(1, n, device=x.device, dtype=x.dtype)
+        scales = p.scales if p.scales is not None else gvals
+        n_groups = p.scales.shape[1] if p.scales is not None else 1
+        grp8i_spmv_kernel[(triton.cdiv(n, cfg.block_n),)](
+            x, gvals, goffs, gbase, gptr, scales, y, n, n_groups, p.group_size, x.stride(0),
+            BLOCK_N=cfg.block_n, TILE=cfg.block_k, SCALE_MODE=p.scale_mode, num_warps=cfg.num_warps)
+        return y
     gvals, goffs, gbase, gptr = p.grp8()
     if cfg.block_k % GROUP:
         raise ValueError(f"grp8: block_k (slots per step) must be a multiple of {GROUP}, got {cfg.block_k}")
