@@ -161,3 +161,18 @@ def test_grp8_groups_cover_every_nonzero_within_span():
     assert int(gptr[3] - gptr[2]) == 2 and int((gvals[32 * int(gptr[2]):32 * int(gptr[3])] != 0).sum()) == 40
     p = PackedBitmask.from_compressed(ct)
     assert p.nbytes(kernel="grp8") == 3 * gvals.numel() + 2 * gbase.numel() + 4 * 10
+
+
+def test_drop_aux_keeps_only_what_the_chosen_kernels_read():
+    p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(8, 300, 0.7), "float16"))
+    chosen = [SpmmConfig(kernel="grp8", vec=4), SpmmConfig(block_k=128)]
+    for cfg in chosen + [SpmmConfig(kernel="vc32"), SpmmConfig(kernel="csr8", vec=8)]:
+        p.nbytes(cfg.block_k, cfg.kernel, cfg.vec)  # builds the per-nonzero kernels' aux arrays
+    p.chunk_ptr(128)  # and the bitmask kernel's
+    p.drop_aux(chosen + [None])
+    assert set(p._cptr) == {("grp8", 4), 128}
+    x = torch.randn(1, 300, device=DEVICE).half()
+    ref = spmm(x, p, chosen[1])
+    torch.testing.assert_close(spmm(x, p, chosen[0]).float(), ref.float(), rtol=2e-3, atol=2e-3)
+    p.drop_aux([None])
+    assert not p._cptr

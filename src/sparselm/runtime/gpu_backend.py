@@ -183,5 +183,7 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
             key = key_of(n, k, b, vdt, act_dtype)
             record(key, best[0], best[1])
             new[key] = _TABLE[key]
+        # the tuned layer built every candidate's aux arrays; keep only what its chosen kernels read
+        p.drop_aux([new[key_of(n, k, b, vdt, act_dtype)]["cfg"] for b in batches])
         del dense, sparse
     return new

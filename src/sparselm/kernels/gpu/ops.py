@@ -109,6 +109,23 @@ class PackedBitmask:
                 self._cptr[key] = _pad_segments(*self.csr8(1), vec)
         return self._cptr[key]
 
+    def aux_keys(self, cfg: "SpmmConfig") -> set:
+        """The `_cptr` entries cfg's kernel reads."""
+        if cfg.kernel == "csr8":
+            return {("csr8", cfg.vec)}
+        if cfg.kernel == "vc32":
+            return {("vc32", cfg.vec)}
+        if cfg.kernel == "grp8":
+            return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
+        return {cfg.block_k}
+
+    def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
+        """Free the derived arrays no config in `keep` reads (None entries: cuBLAS, nothing needed)."""
+        needed = set().union(*(self.aux_keys(c) for c in keep if c is not None)) if keep else set()
+        for key in list(self._cptr):
+            if key not in needed:
+                del self._cptr[key]
+
     def supports(self, cfg: "SpmmConfig") -> bool:
         """Whether cfg's kernel can run on this matrix (vc32: fp16/bf16 values, K <= 65536)."""
         if cfg.kernel == "vc32":
