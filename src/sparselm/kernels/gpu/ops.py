@@ -43,7 +43,9 @@ class SpmmConfig:
     # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
-    vec: int = 1  # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads
+    # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
+    # layout (quads of 4 groups stored lane-major; batch 1), 1 = plain groups
+    vec: int = 1
 
     def key(self) -> str:
         if self.kernel in ("vc32", "grp8"):
@@ -233,7 +235,8 @@ class PackedBitmask:
 
     def nbytes(self, block_k: int | None = None, kernel: str = "bitmask", vec: int = 1) -> int:
         """Bytes a kernel reads for W. bitmask: mask words + values (+ scales) + chunk_ptr for block_k;
-        csr8: its (padded when vec > 1) values + cols8 + cp256 (+ scales); the mask is not read."""
+        csr8: its (padded when vec > 1) values + cols8 + cp256 (+ scales); vc32: its words + row starts; grp8
+        (vec 4: the interleaved layout): values + offsets + bases + group starts (+ scales); no mask read."""
         n, k = self.shape
         scale_bytes = self.scales.numel() * 4 if self.scales is not None else 0
         if kernel == "csr8":
