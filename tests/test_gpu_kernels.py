@@ -176,3 +176,28 @@ def test_drop_aux_keeps_only_what_the_chosen_kernels_read():
     torch.testing.assert_close(spmm(x, p, chosen[0]).float(), ref.float(), rtol=2e-3, atol=2e-3)
     p.drop_aux([None])
     assert not p._cptr
+
+
+@pytest.mark.parametrize("cfg", [SpmmConfig(kernel="vc32", block_n=2, block_k=64),
+                                 SpmmConfig(kernel="grp8", block_n=2, block_k=64),
+                                 SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)], ids=str)
+def test_per_nonzero_kernels_on_an_all_zero_matrix(cfg):
+    p = PackedBitmask.from_compressed(compress_tensor(torch.zeros(5, 70), "float16").to(DEVICE))
+    out = torch.full((1, 5), float("nan"), device=DEVICE, dtype=torch.float16)
+    y = spmm(torch.randn(1, 70, device=DEVICE).half(), p, cfg, out=out)
+    assert torch.equal(y, torch.zeros(1, 5, device=DEVICE, dtype=torch.float16))
+
+
+def test_grp8_rejects_wide_matrices_and_bad_configs():
+    wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, 65537), "float16"))
+    assert not wide.supports(SpmmConfig(kernel="grp8"))
+    with pytest.raises(ValueError, match="K <= 65536"):
+        wide.grp8()
+    p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(4, 100, 0.5), "float16").to(DEVICE))
+    x = torch.randn(1, 100, device=DEVICE).half()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        spmm(x, p, SpmmConfig(kernel="grp8", block_k=48))
+    with pytest.raises(ValueError, match="batch 1"):
+        spmm(torch.randn(2, 100, device=DEVICE).half(), p, SpmmConfig(kernel="grp8", block_k=128, vec=4))
+    with pytest.raises(ValueError, match="interleave"):
+        p.grp8(interleave=2)
