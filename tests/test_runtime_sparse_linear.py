@@ -118,3 +118,13 @@ def test_dispatch_table_roundtrip(tmp_path):
     assert gb.choice(key) == {"path": "sparse", "cfg": cfg}
     assert gb.choice((8, 8, 1, "int8", "bfloat16"))["path"] == "dense"
     gb._TABLE.clear()
+
+
+def test_dispatch_choice_needs_a_margin_over_cublas():
+    from sparselm.runtime.gpu_backend import choose
+
+    assert choose(10.0, [("a", 9.8), ("b", 9.9)]) == ("dense", None, 10.0)  # within 3%: a tie goes to cuBLAS
+    assert choose(10.0, [("a", 9.8), ("b", 9.0), ("c", 9.5)]) == ("sparse", "b", 9.0)
+    assert choose(10.0, [("a", 9.6), ("b", 9.65)]) == ("sparse", "a", 9.6)  # then simply the fastest
+    assert choose(10.0, [], margin=0.0) == ("dense", None, 10.0)
+    assert choose(10.0, [("a", 9.9)], margin=0.0) == ("sparse", "a", 9.9)

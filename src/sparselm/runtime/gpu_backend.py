@@ -150,6 +150,15 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
     return out
 
 
+def choose(dense_ms: float, timed: list[tuple[Any, float]], margin: float = 0.03) -> tuple[str, Any, float]:
+    """("dense", None, ms) or ("sparse", cfg, ms): the fastest sparse config, if it beats cuBLAS by `margin`."""
+    best: tuple[str, Any, float] = ("dense", None, dense_ms)
+    for cfg, ms in timed:
+        if ms < best[2] * (1.0 - margin if best[0] == "dense" else 1.0):
+            best = ("sparse", cfg, ms)
+    return best
+
+
 def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype: torch.dtype = torch.float16,
              copies: int = 4, margin: float = 0.03) -> dict[Key, dict[str, Any]]:
     """Measure, for each distinct SparseLinear shape on CUDA, every candidate config and cuBLAS dense; record
@@ -170,16 +179,16 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
         sparse = [p] + [p.clone() for _ in range(copies - 1)]  # same rotation as dense: no L2 advantage
         for b in batches:
             x = torch.randn(b, k, device=p.values.device, dtype=act_dtype)
-            best = ("dense", None, time_graph([lambda w=w: F.linear(x, w) for w in dense]))
+            dense_ms = time_graph([lambda w=w: F.linear(x, w) for w in dense])
+            timed = []
             for cfg in candidate_configs(b):
                 if not p.supports(cfg):
                     continue
                 try:
-                    ms = time_graph([lambda q=q: spmm(x, q, cfg) for q in sparse])
+                    timed.append((cfg, time_graph([lambda q=q: spmm(x, q, cfg) for q in sparse])))
                 except Exception:  # a config the compiler rejects on this GPU is skipped, not fatal
                     continue
-                if ms < best[2] * (1.0 - margin if best[0] == "dense" else 1.0):
-                    best = ("sparse", cfg, ms)
+            best = choose(dense_ms, timed, margin)
             key = key_of(n, k, b, vdt, act_dtype)
             record(key, best[0], best[1])
             new[key] = _TABLE[key]
