@@ -295,8 +295,8 @@ def synthetic_asr(cache_dir: str | Path, config: SyntheticASRConfig | None = Non
     them; a second call with the same config only reads the manifest. ``overrides`` set config fields
     (e.g. ``n_sentences=40``). ``workers``: parallel espeak-ng processes (default: CPU count).
     """
-    cfg = (config or SyntheticASRConfig()).model_copy(update=overrides)
-    cfg = SyntheticASRConfig.model_validate(cfg.model_dump())  # re-validate the overrides
+    # validated as a whole (model_copy(update=...) would skip validation and keep lists in tuple fields)
+    cfg = SyntheticASRConfig.model_validate({**(config or SyntheticASRConfig()).model_dump(), **overrides})
     root = Path(cache_dir) / cfg.fingerprint()
     manifest = root / "manifest.json"
     if manifest.is_file():
