@@ -10,6 +10,9 @@
 #   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
 # or, reasoning only (calls 1-2, then):   RS_A=[..] RS_B=[..] RS_LOSSES=[..] bash benchmarks/device_x2.sh main reasoning
 # or, reasoning on GPU 0 + benchmarks/device_gpu.sh on GPU 1:   RS_A=[..] RS_LOSSES=[..] ... main combo
+# or, gsm on GPU 0 + translation on GPU 1 (call 1 also carrying out/data/gsm and out/data/translation, exported
+#   here with `python -m sparselm.data export gsm|translation out/data/...`): main studies, repeated until done
+#   (both pipelines resume in /tmp while the machine stays warm)
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -30,6 +33,7 @@ RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}  # GPU 1's losses in main reasoning
 
 case $MODE in
 stage1)
+  for d in gsm translation; do [ -d out/data/$d ] && cp -r out/data/$d /tmp/$d; done  # when carried
   mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ && cp -r out/data/reasoning /tmp/reasoning &&
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     .stage/asr/whl/*.whl && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
@@ -56,7 +60,15 @@ main)
     CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
-  if [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
+  if [ "$PHASE" = studies ]; then  # GPU 0: gsm (SmolLM2); GPU 1: translation (T5-small shape from scratch)
+    run 0 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm.log task.data_dir=/tmp/gsm &
+    run 1 src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr.log task.data_dir=/tmp/translation &
+    wait
+    for f in /tmp/gsm.log /tmp/tr.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block" | tail -15; done
+    (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
+       gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
+       tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl gsm.log tr.log 2>/dev/null)
+  elif [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
     CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( LEFT - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1 &
     wait
