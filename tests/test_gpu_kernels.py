@@ -31,6 +31,8 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "grp8-batch": (3, SpmmConfig(kernel="grp8", block_n=2, block_k=32, block_b=4)),
     "grp8-vec": (1, SpmmConfig(kernel="grp8", block_n=4, block_k=64, vec=8)),
     "grp8-interleaved": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)),
+    "vc32t-batch": (3, SpmmConfig(kernel="vc32t", block_n=2, block_k=64, block_b=4)),
+    "vc32t-batch16": (16, SpmmConfig(kernel="vc32t", block_n=1, block_k=32, block_b=16)),
 }
 
 
@@ -60,7 +62,7 @@ def test_spmm_matches_reference(path, values, group_size, sparsity):
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(batch, k, device=DEVICE).to(act)
     if not p.supports(cfg):  # vc32 packs 16-bit values only: a clear error, never a wrong answer
-        assert cfg.kernel == "vc32" and values not in ("float16", "bfloat16")
+        assert cfg.kernel in ("vc32", "vc32t") and values not in ("float16", "bfloat16")
         with pytest.raises(ValueError, match="vc32: needs fp16/bf16 values"):
             spmm(x, p, cfg)
         return

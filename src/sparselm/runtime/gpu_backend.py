@@ -121,7 +121,8 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
 
 def candidate_configs(batch: int) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
-    kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8. A config whose
+    kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
+    (transposed x) for batch 2-16. A config whose
     kernel cannot run a given matrix (`PackedBitmask.supports`) is skipped by the callers."""
     if batch == 1:
         out = [SpmmConfig(block_n=bn, block_k=bk, block_b=1, num_warps=w, split_k=s)
@@ -145,6 +146,9 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
         out += [SpmmConfig(kernel=kn, block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for kn in ("vc32", "grp8") for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8))]
+    if batch <= 16:  # x transposed: one vector gather per nonzero for all batch rows (not measured yet)
+        out += [SpmmConfig(kernel="vc32t", block_n=bn, block_k=t, block_b=bb, num_warps=w)
+                for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     return out

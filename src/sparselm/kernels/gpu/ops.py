@@ -19,7 +19,7 @@ from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_RO
                                                bitmask_spmm_kernel)
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
 from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel, grp8i_spmv_kernel
-from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel
+from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
 
 
 def _native(t: torch.Tensor) -> bool:
@@ -40,7 +40,8 @@ class SpmmConfig:
     num_stages: int = 2
     # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8) | "vc32" (per nonzero, one
     # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step) |
-    # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536)
+    # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536) |
+    # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -48,7 +49,7 @@ class SpmmConfig:
     vec: int = 1
 
     def key(self) -> str:
-        if self.kernel in ("vc32", "grp8"):
+        if self.kernel in ("vc32", "vc32t", "grp8"):
             return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
@@ -115,7 +116,7 @@ class PackedBitmask:
         """The `_cptr` entries cfg's kernel reads."""
         if cfg.kernel == "csr8":
             return {("csr8", cfg.vec)}
-        if cfg.kernel == "vc32":
+        if cfg.kernel in ("vc32", "vc32t"):
             return {("vc32", cfg.vec)}
         if cfg.kernel == "grp8":
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
@@ -130,7 +131,7 @@ class PackedBitmask:
 
     def supports(self, cfg: "SpmmConfig") -> bool:
         """Whether cfg's kernel can run on this matrix (vc32: fp16/bf16 values, K <= 65536)."""
-        if cfg.kernel == "vc32":
+        if cfg.kernel in ("vc32", "vc32t"):
             return self.values.dtype in (torch.float16, torch.bfloat16) and self.shape[1] <= 65536
         if cfg.kernel == "grp8":
             return self.shape[1] <= 65536
@@ -241,7 +242,7 @@ class PackedBitmask:
         scale_bytes = self.scales.numel() * 4 if self.scales is not None else 0
         if kernel == "csr8":
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
-        if kernel == "vc32":
+        if kernel in ("vc32", "vc32t"):
             return sum(t.numel() * t.element_size() for t in self.vc32(vec))
         if kernel == "grp8":
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8(4 if vec == 4 else 1))
@@ -263,7 +264,7 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     bsz = x.shape[0]
     if cfg.kernel == "csr8":
         return _spmm_csr8(x, p, cfg, out)
-    if cfg.kernel == "vc32":
+    if cfg.kernel in ("vc32", "vc32t"):
         return _spmm_vc32(x, p, cfg, out)
     if cfg.kernel == "grp8":
         return _spmm_grp8(x, p, cfg, out)
@@ -329,6 +330,13 @@ def _spmm_vc32(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
     bsz = x.shape[0]
     words, rp = p.vc32(cfg.vec)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
+    if cfg.kernel == "vc32t":  # x transposed once per call (B x K is at most 16 x 64k: tiny next to W)
+        if bsz > cfg.block_b:
+            raise ValueError(f"vc32t: batch {bsz} > block_b {cfg.block_b}")
+        vc32t_spmm_kernel[(triton.cdiv(n, cfg.block_n),)](
+            x.t().contiguous(), words, rp, y, n, bsz, y.stride(0), BLOCK_N=cfg.block_n, TILE=cfg.block_k,
+            BLOCK_B=cfg.block_b, BF16=p.values.dtype == torch.bfloat16, num_warps=cfg.num_warps)
+        return y
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
     vc32_spmv_kernel[grid](x, words, rp, y, n, bsz, x.stride(0), y.stride(0), BLOCK_N=cfg.block_n,
                            TILE=cfg.block_k, BLOCK_B=cfg.block_b, VEC=cfg.vec,
