@@ -6,7 +6,8 @@
 
 Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
 "sparselm-dense-eager-ops": the same with PyTorch's eager elementwise ops), "sparselm-sparse" (the same loop
-over SparseLinear: per shape, the Triton kernel autotune measured fastest — bitmask, csr8, vc32, grp8 — or cuBLAS), "hf-generate" (transformers generate, dynamic cache, dense).
+over SparseLinear: per shape, the Triton kernel autotune measured fastest — bitmask, csr8, vc32, grp8 — or
+cuBLAS), "hf-generate" (transformers generate, dynamic cache, dense).
 Sparsity: per-layer magnitude pruning of every linear inside the blocks (embeddings / lm_head dense). Check:
 the sparse engine's logits vs the dense engine on the same sparse weights (max |diff| relative to max |logit|)
 and the fraction of equal greedy tokens.

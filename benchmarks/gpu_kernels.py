@@ -10,7 +10,8 @@ Protocol (BENCHMARKS.md): random values, random uniform mask at the stated spars
 "magnitude" mask), dense cuBLAS baseline in the same run; each timing replays a CUDA graph over enough weight
 copies that their total exceeds 200 MB (> 3x the 60 MB L2), median of 20 replays. format_bytes counts everything
 the kernel reads for W: mask words, values, scales and chunk_ptr (bitmask kernel), or values, scales, cols8 and
-cp256 (csr8 kernel; the mask is not read), or the 32-bit words and row starts (vc32). Every row also lists the best time of each kernel family.
+cp256 (csr8 kernel; the mask is not read), or the 32-bit words and row starts (vc32), or the groups' values,
+offsets, bases and starts (grp8). Every row also lists the best time of each kernel family.
 """
 
 from __future__ import annotations

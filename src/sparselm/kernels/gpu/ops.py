@@ -2,8 +2,9 @@
 
 The packed view derives, lazily and only for the kernels used, `chunk_ptr` (int32 (N, ceil(K/BLOCK_K))) for the
 bitmask kernel, and `cols8` (uint8 (nnz,)) + `cp256` (int32 (N, ceil(K/256)+1)) for the per-nonzero csr8 kernel
-(FORMAT.md "Auxiliary arrays"), and `vc32` (int32 (nnz,): value bits | column << 16) + its row starts for the
-vc32 kernel, and the 32-slot groups of the grp8 kernel (`PackedBitmask.grp8`); `PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
+(FORMAT.md "Auxiliary arrays"), `vc32` (int32 (nnz,): value bits | column << 16) + its row starts for the
+vc32 / vc32t kernels, and the 32-slot groups of the grp8 kernels (`PackedBitmask.grp8`);
+`PackedBitmask.nbytes(cfg)` counts what each kernel reads, for honest bandwidth.
 """
 
 from __future__ import annotations
