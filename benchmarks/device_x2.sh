@@ -52,7 +52,8 @@ main)
   PHASE=${2:-1}
   START=$(date +%s); LEFT=${SECONDS_LEFT:-560}
   left() { echo $(( LEFT - ($(date +%s) - START) )); }
-  [ -d out/asr-data ] && [ ! -d /tmp/asr-data ] && cp -r out/asr-data /tmp/asr-data
+  ASR_DATA=${ASR_DATA:-out/asr-data}  # e.g. out/asr-data-varied (6 voices, noise 40/25/15 dB): carry that folder
+  [ -d $ASR_DATA ] && [ ! -d /tmp/asr-data ] && cp -r $ASR_DATA /tmp/asr-data
   nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
   run() {  # run GPU RECIPE OUTDIR LOG overrides...: a pipeline that stops starting runs 100 s before the end
     local gpu=$1 rec=$2 out=$3 log=$4; shift 4
