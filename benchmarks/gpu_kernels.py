@@ -201,6 +201,31 @@ def plot(path: Path) -> Path:
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
+    plot_bytes_bound(data, path.with_name(path.stem + "_bytes.png"))
+    return out
+
+
+def plot_bytes_bound(data: dict, out: Path) -> Path:
+    """Speedup vs the bytes bound (dense fp16 bytes / the kernel's bytes), batch 1: a point on the diagonal streams
+    its own bytes as fast as cuBLAS streams the dense weight; below it, the kernel loses time to something else."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["rows"] if r["batch"] == 1]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fams = sorted({r["cfg"].split("-")[0] if r["cfg"][0] != "n" else "bitmask" for r in rows})
+    for fam, marker in zip(fams, "os^Dvx"):
+        pts = [(r["dense_bytes"] / r["format_bytes"], r["speedup"]) for r in rows
+               if (r["cfg"].split("-")[0] if r["cfg"][0] != "n" else "bitmask") == fam]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=fam, alpha=0.8)
+    top = max([r["dense_bytes"] / r["format_bytes"] for r in rows] + [1.0]) * 1.05
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="bytes bound at cuBLAS's bandwidth")
+    ax.axhline(1.0, color="gray", lw=0.6)
+    ax.set(xlabel="dense fp16 bytes / kernel bytes", ylabel="speedup vs cuBLAS fp16 (batch 1)",
+           title=f"batch-1 kernels against their bytes bound, {data.get('device', '')}", xlim=(0, top), ylim=(0, top))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 
