@@ -73,8 +73,7 @@ def main() -> None:
         model = model.to("cuda", torch.float16).eval()
         name = f"{args.model} (real weights, fp16)"
         ids = tok("Question: A farmer has 3 cows and 5 hens. How many legs are there?", return_tensors="pt")
-        prompt = ids["input_ids"][:, :16].to("cuda")
-        prompt = torch.cat([prompt, prompt[:, :16 - prompt.shape[1]]], 1) if prompt.shape[1] < 16 else prompt
+        prompt = ids["input_ids"][:, :16].to("cuda")  # the question is longer than 16 tokens in any BPE here
     else:
         with torch.device("cuda"):
             torch.set_default_dtype(torch.float16)

@@ -110,7 +110,8 @@ class PackedBitmask:
                 cp = torch.cat([chunk_ptr(ct, CSR8_CHUNK), self.row_ptr[1:, None].to(torch.int32)], dim=1)
                 self._cptr[key] = (self.values, cols.remainder(CSR8_CHUNK).to(torch.uint8), cp.contiguous())
             else:
-                self._cptr[key] = _pad_segments(*self.csr8(1), vec)
+                vals, cols8, cp = self.csr8(1)
+                self._cptr[key] = _pad_segments((vals, cols8), cp, vec)
         return self._cptr[key]
 
     def aux_keys(self, cfg: "SpmmConfig") -> set:
@@ -220,18 +221,11 @@ class PackedBitmask:
             w = (cols << 16) | (self.values.view(torch.int16).to(torch.int64) & 0xFFFF)
             w = torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)  # the same 32 bits, as int32
             rp = self.row_ptr.to(torch.int64)
-            if vec > 1:
-                cnt = rp[1:] - rp[:-1]
-                padded = (cnt + vec - 1) // vec * vec
-                prp = torch.zeros(n + 1, dtype=torch.int64, device=rp.device)
-                prp[1:] = torch.cumsum(padded, 0)
-                row = torch.repeat_interleave(torch.arange(n, device=rp.device), cnt)
-                dest = prp[:-1][row] + torch.arange(w.numel(), device=rp.device) - rp[:-1][row]
-                pw = torch.zeros(int(prp[-1]), dtype=torch.int32, device=w.device)
-                pw[dest] = w
-                w, rp = pw, prp
             if int(rp[-1]) >= 2**31:
                 raise ValueError(f"vc32: {int(rp[-1])} words overflow the int32 row starts")
+            if vec > 1:  # one segment per row
+                w, seg = _pad_segments((w,), torch.stack([rp[:-1], rp[1:]], 1), vec)
+                rp = torch.cat([seg[:, 0], seg[-1:, 1]])
             self._cptr[key] = (w.contiguous(), rp.to(torch.int32).contiguous())
         return self._cptr[key]
 
@@ -290,25 +284,26 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     return y
 
 
-def _pad_segments(values: torch.Tensor, cols8: torch.Tensor, cp: torch.Tensor, vec: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Copy each (row, chunk) segment to a start that is a multiple of vec, zero-padded to a multiple of vec."""
+def _pad_segments(arrays: tuple[torch.Tensor, ...], cp: torch.Tensor, vec: int) -> tuple[torch.Tensor, ...]:
+    """Copy each segment of `arrays` (segment (n, c) = entries cp[n, c] : cp[n, c+1], row-major) to a start that
+    is a multiple of vec, zero-padded to a multiple of vec. Returns the padded arrays and their (N, C+1) starts."""
     n, c = cp.shape[0], cp.shape[1] - 1
-    cnt = (cp[:, 1:] - cp[:, :-1]).long().flatten()  # (N*C,) segments in row-major order = values order
+    cnt = (cp[:, 1:] - cp[:, :-1]).long().flatten()  # (N*C,) segments in row-major order = the arrays' order
     padded = (cnt + vec - 1) // vec * vec
     pstart = torch.cumsum(padded, 0) - padded
     total = int(padded.sum())
     if total >= 2**31:
         raise ValueError(f"values: {total} padded entries overflow the int32 segment offsets")
     seg = torch.repeat_interleave(torch.arange(n * c, device=cp.device), cnt)
-    dest = pstart[seg] + torch.arange(values.numel(), device=cp.device) - cp[:, :-1].flatten().long()[seg]
-    pv = torch.zeros(total, dtype=values.dtype, device=values.device)
-    pc = torch.zeros(total, dtype=torch.uint8, device=values.device)
-    pv[dest] = values
-    pc[dest] = cols8
+    dest = pstart[seg] + torch.arange(arrays[0].numel(), device=cp.device) - cp[:, :-1].flatten().long()[seg]
+    out = []
+    for a in arrays:
+        pa = torch.zeros(total, dtype=a.dtype, device=a.device)
+        pa[dest] = a
+        out.append(pa)
     ends = (pstart + padded).view(n, c)[:, -1:] if c else torch.zeros(n, 1, dtype=torch.long, device=cp.device)
     pcp = torch.cat([pstart.view(n, c), ends], dim=1).to(torch.int32).contiguous()
-    return pv, pc, pcp
+    return (*out, pcp)
 
 
 def _spmm_csr8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Tensor | None) -> torch.Tensor:

@@ -25,6 +25,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _decode_words(w, BF16: tl.constexpr):
+    """(column, fp32 value) of vc32 words: the layout's only definition on the kernel side."""
+    col = (w >> 16) & 0xFFFF
+    bits = (w & 0xFFFF).to(tl.int16)
+    if BF16:
+        v = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
+    else:
+        v = bits.to(tl.float16, bitcast=True).to(tl.float32)
+    return col, v
+
+
+@triton.jit
 def vc32_spmv_kernel(x_ptr, w_ptr, rp_ptr, y_ptr, N, B, stride_xb, stride_yb,
                      BLOCK_N: tl.constexpr, TILE: tl.constexpr, BLOCK_B: tl.constexpr, VEC: tl.constexpr,
                      BF16: tl.constexpr):
@@ -49,12 +61,7 @@ def vc32_spmv_kernel(x_ptr, w_ptr, rp_ptr, y_ptr, N, B, stride_xb, stride_yb,
             base = start + t
             ok = (t + lane)[None, :] < cnt[:, None]
         w = tl.load(w_ptr + base[:, None] + lane[None, :], mask=ok, other=0)  # (BN, TILE) int32
-        col = (w >> 16) & 0xFFFF
-        bits = (w & 0xFFFF).to(tl.int16)
-        if BF16:
-            v = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-        else:
-            v = bits.to(tl.float16, bitcast=True).to(tl.float32)
+        col, v = _decode_words(w, BF16)
         if BLOCK_B == 1:
             xv = tl.load(x_ptr + pid_b * stride_xb + col, mask=ok, other=0.0).to(tl.float32)
             part += v * xv
@@ -89,12 +96,7 @@ def vc32t_spmm_kernel(xt_ptr, w_ptr, rp_ptr, y_ptr, N, B, stride_yb,
     for t in range(0, tl.max(cnt, axis=0), TILE):
         ok = (t + lane)[None, :] < cnt[:, None]
         w = tl.load(w_ptr + start[:, None] + t + lane[None, :], mask=ok, other=0)
-        col = (w >> 16) & 0xFFFF
-        bits = (w & 0xFFFF).to(tl.int16)
-        if BF16:
-            v = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-        else:
-            v = bits.to(tl.float16, bitcast=True).to(tl.float32)
+        col, v = _decode_words(w, BF16)
         xv = tl.load(xt_ptr + col[:, :, None] * B + ob[None, None, :], mask=ok[:, :, None] & b_ok[None, None, :],
                      other=0.0).to(tl.float32)
         part += v[:, :, None] * xv
