@@ -202,8 +202,8 @@ def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
 
 
 def test_two_concurrent_invocations_share_one_output_dir(finished, tmp_path) -> None:
-    """The multi-GPU pattern: after the teacher exists, two processes run disjoint sparsities into one output dir
-    at the same time; results.json ends up with every run of both."""
+    """The multi-GPU pattern: after the teacher exists, two processes run the same recipe into one output dir at
+    the same time; run claims split the runs between them (none trained twice) and results.json has them all."""
     import os
     import shutil
     import subprocess
@@ -213,18 +213,44 @@ def test_two_concurrent_invocations_share_one_output_dir(finished, tmp_path) -> 
     shared = tmp_path / "shared"
     shutil.copytree(out, shared)
     procs = []
-    for sp in ("0.6", "0.7"):
-        rec = _recipe(data, shared, sparsities=[float(sp)], losses=["ce", "none"])
+    for sp in ("0.6", "0.7"):  # the same runs, listed in different orders
+        sps = [0.6, 0.7] if sp == "0.6" else [0.7, 0.6]
+        rec = _recipe(data, shared, sparsities=sps, losses=["ce", "none"])
         path = tmp_path / f"r{sp}.yaml"
         path.write_text(yaml.safe_dump(rec))
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
         procs.append(subprocess.Popen([sys.executable, "-m", "sparselm.cli", "run", str(path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    trained = []
     for p in procs:
-        _, err = p.communicate(timeout=300)
+        out_text, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
+        trained += [ln.split(":")[0] for ln in out_text.splitlines() if ln.startswith(("s60-", "s70-"))
+                    and "skipped" not in ln]
+    assert sorted(trained) == ["s60-ce", "s60-none", "s70-ce", "s70-none"]  # each run trained exactly once
+    assert not list(shared.glob("runs/*/.claim.json"))  # claims released
     got = json.loads((shared / "results.json").read_text())
     have = {(r["sparsity"], r["loss"]) for r in got["runs"]}
     assert {(0.6, "ce"), (0.6, "none"), (0.7, "ce"), (0.7, "none")} <= have
     assert {(0.5, "squarehead"), (0.5, "ce"), (0.5, "none")} <= have  # the earlier invocation's runs kept
+
+
+def test_claim_run_skips_live_holders_and_takes_over_stale_ones(tmp_path) -> None:
+    import os
+    import socket
+
+    from sparselm.pipeline.run import CLAIM, claim_run
+
+    d = tmp_path / "runs" / "s50-ce"
+    assert claim_run(d) is None and claim_run(d) is None  # claimed, then already ours
+    host = socket.gethostname()
+    (d / CLAIM).write_text(json.dumps({"pid": os.getppid(), "host": host}))  # a live process
+    assert claim_run(d) == f"{host}:{os.getppid()}"
+    (d / CLAIM).write_text(json.dumps({"pid": 2**22 + 12345, "host": host}))  # no such process: stale
+    assert claim_run(d) is None
+    assert json.loads((d / CLAIM).read_text())["pid"] == os.getpid()
+    (d / CLAIM).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))  # not checkable from here: honoured
+    assert claim_run(d) == "elsewhere:1"
+    (d / CLAIM).write_text("{")  # half-written by a holder that died: stale
+    assert claim_run(d) is None

@@ -251,6 +251,51 @@ def _finished(run_dir: Path, splits: list[str]) -> tuple[dict[str, dict[str, Any
     return {k: ev[k] for k in splits}, float(json.loads(timing.read_text())["train_s"])
 
 
+#: a run's claim file: {"pid", "host"} of the invocation training it, so invocations sharing an output dir (one per
+#: GPU, same recipe) split the runs between them instead of repeating them
+CLAIM = ".claim.json"
+
+
+def claim_run(run_dir: Path) -> str | None:
+    """Claim `run_dir` for this process: None when claimed (or already ours), else "host:pid" of the live holder.
+    A claim whose process is gone (killed by a timeout, a crash) on this host is stale and taken over; a claim
+    from another host is honoured (its liveness cannot be checked from here)."""
+    import socket
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path, me = run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):  # the second try follows the removal of a stale claim
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):  # half-written by a holder that died at once: stale
+                other = {"pid": -1, "host": me["host"]}
+            if other == me:
+                return None
+            if other.get("host") != me["host"] or _alive(int(other.get("pid", -1))):
+                return f"{other.get('host')}:{other.get('pid')}"
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return "unknown (claim file contended)"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _drop_weights(run_dir: Path) -> None:
     for f in run_dir.glob("*.safetensors*"):
         f.unlink()
@@ -340,11 +385,19 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             prev[loss] = out_dir / "runs" / name
             bar.update(1)
             continue
-        run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
-                                    prev.get(loss) if recipe.sparse.staged else None, data)
-        ev = evaluate_dir(run_dir, recipe)
-        (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
-        (run_dir / "timing.json").write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
+        holder = None if recipe.sparse.staged else claim_run(out_dir / "runs" / name)
+        if holder is not None:  # another live invocation (e.g. the other GPU) is running it: take the next one
+            say(f"{name}: running in process {holder}, skipped here")
+            bar.update(1)
+            continue
+        try:
+            run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
+                                        prev.get(loss) if recipe.sparse.staged else None, data)
+            ev = evaluate_dir(run_dir, recipe)
+            (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
+            (run_dir / "timing.json").write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
+        finally:  # released once the run is on disk as finished, so no other invocation repeats it
+            (out_dir / "runs" / name / CLAIM).unlink(missing_ok=True)
         res.add_run(sparsity, loss, ev, train_s)
         res.save()
         if not (recipe.output.keep_models or recipe.sparse.staged):
