@@ -254,3 +254,15 @@ def test_claim_run_skips_live_holders_and_takes_over_stale_ones(tmp_path) -> Non
     assert claim_run(d) == "elsewhere:1"
     (d / CLAIM).write_text("{")  # half-written by a holder that died: stale
     assert claim_run(d) is None
+
+
+@pytest.mark.parametrize("loss,weights,variant", [("squarehead_token", (1.0, 0.0, 1.0), "token_ratio"),
+                                                  ("kd_squarehead_token", (1.0, 1.0, 1.0), "token_ratio"),
+                                                  ("kd", (1.0, 1.0, 0.0), None)])
+def test_sparse_recipe_loss_names_set_weights_and_variant(tmp_path, loss, weights, variant) -> None:
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", losses=[loss]))
+    fr = validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.5, loss, tmp_path / "s"))
+    assert (fr.loss.ce, fr.loss.kd, fr.loss.squarehead) == weights
+    assert fr.teacher is not None
+    if variant is not None:
+        assert fr.loss.squarehead_variant == variant

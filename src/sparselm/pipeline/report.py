@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 
 LOSS_LABELS = {"squarehead": "CE + SquareHead", "squarehead_token": "CE + SquareHead (per-token)", "kd": "CE + KD",
-               "ce": "CE", "none": "SparseGPT only"}
-LOSS_ORDER = ("squarehead_token", "squarehead", "kd", "ce", "none")
-COLORS = {"squarehead": "tab:red", "squarehead_token": "tab:purple", "kd": "tab:blue", "ce": "tab:green",
-          "none": "tab:gray"}
-MARKERS = {"squarehead": "o", "squarehead_token": "D", "kd": "s", "ce": "^", "none": "x"}  # distinct, so coinciding points stay visible
+               "kd_squarehead_token": "CE + KD + SquareHead (per-token)", "ce": "CE", "none": "SparseGPT only"}
+LOSS_ORDER = ("kd_squarehead_token", "squarehead_token", "squarehead", "kd", "ce", "none")
+COLORS = {"squarehead": "tab:red", "squarehead_token": "tab:purple", "kd_squarehead_token": "tab:orange",
+          "kd": "tab:blue", "ce": "tab:green", "none": "tab:gray"}
+MARKERS = {"squarehead": "o", "squarehead_token": "D", "kd_squarehead_token": "P", "kd": "s", "ce": "^",
+           "none": "x"}  # distinct, so coinciding points stay visible
 
 
 def _plt():

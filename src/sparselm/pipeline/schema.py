@@ -17,16 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sparselm.recipes.schema import ModelSpec, RecipeError, _format, read_recipe_yaml
 
-Loss = Literal["ce", "kd", "squarehead", "squarehead_token", "none"]
+Loss = Literal["ce", "kd", "squarehead", "squarehead_token", "kd_squarehead_token", "none"]
 
 #: loss name -> weights (w_ce, w_kd, w_squarehead) of DESIGN.md's `loss = w_ce·CE + w_kd·KD + w_sh·Σ_l SH_l`.
 #: The paper's comparison: CE alone, CE+KD, CE+SquareHead; "none" = the SparseGPT-pruned teacher, not fine-tuned.
 LOSS_WEIGHTS: dict[str, dict[str, float]] = {"ce": {"ce": 1.0, "kd": 0.0, "squarehead": 0.0},
                                              "kd": {"ce": 1.0, "kd": 1.0, "squarehead": 0.0},
                                              "squarehead": {"ce": 1.0, "kd": 0.0, "squarehead": 1.0},
-                                             "squarehead_token": {"ce": 1.0, "kd": 0.0, "squarehead": 1.0}}
+                                             "squarehead_token": {"ce": 1.0, "kd": 0.0, "squarehead": 1.0},
+                                             # all three terms (DESIGN.md's a·CE + b·KD + c·SquareHead)
+                                             "kd_squarehead_token": {"ce": 1.0, "kd": 1.0, "squarehead": 1.0}}
 #: loss name -> the SquareHead variant it forces ("squarehead" uses `sparse.squarehead_variant`)
-LOSS_VARIANTS: dict[str, str] = {"squarehead_token": "token_ratio"}
+LOSS_VARIANTS: dict[str, str] = {"squarehead_token": "token_ratio", "kd_squarehead_token": "token_ratio"}
 
 
 class _Strict(BaseModel):
