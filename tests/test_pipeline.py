@@ -266,3 +266,30 @@ def test_sparse_recipe_loss_names_set_weights_and_variant(tmp_path, loss, weight
     assert fr.teacher is not None
     if variant is not None:
         assert fr.loss.squarehead_variant == variant
+
+
+def test_two_invocations_from_scratch_train_the_teacher_once(tmp_path) -> None:
+    """Both start before any teacher exists: one trains and evaluates it, the other waits, then they split runs."""
+    import os
+    import subprocess
+    import sys
+
+    data = _arith_dir(tmp_path / "data")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_recipe(data, tmp_path / "out", sparsities=[0.6], losses=["ce", "none"])))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    procs = [subprocess.Popen([sys.executable, "-m", "sparselm.cli", "run", str(path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    for p in procs:
+        out_text, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(out_text)
+    text = "\n".join(outs)
+    assert text.count("teacher: dense fine-tune") == 1 and text.count("teacher: reusing") == 1
+    assert text.count("dense: ") == 2  # both report the one evaluation
+    trained = sorted(ln.split(":")[0] for ln in text.splitlines() if ln.startswith("s60-") and "skipped" not in ln)
+    assert trained == ["s60-ce", "s60-none"]
+    got = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {(r["sparsity"], r["loss"]) for r in got["runs"]} == {(0.6, "ce"), (0.6, "none")}
+    assert not list((tmp_path / "out").rglob(".claim.json"))

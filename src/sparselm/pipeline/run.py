@@ -205,6 +205,13 @@ class Results:
             self.data.update({k: old[k] for k in ("metric", "higher_is_better", "dense", "dense_all", "runs",
                                                   "timings") if k in old})
 
+    def reload_dense(self) -> None:
+        """Take the teacher's evaluation from disk when another invocation wrote it since this one started."""
+        if self.path.is_file() and self.data.get("dense_all") is None:
+            disk = json.loads(self.path.read_text())
+            if disk.get("dense_all") is not None:
+                self.data.update({k: disk.get(k) for k in ("metric", "higher_is_better", "dense", "dense_all")})
+
     def done(self, sparsity: float, loss: str, splits: list[str]) -> bool:
         have = {r["split"] for r in self.data["runs"] if r["sparsity"] == sparsity and r["loss"] == loss}
         return set(splits) <= have
@@ -284,6 +291,16 @@ def claim_run(run_dir: Path) -> str | None:
     return "unknown (claim file contended)"
 
 
+def _wait_for_claim(run_dir: Path, say, poll_s: float = 10.0) -> None:
+    """Claim `run_dir`, waiting while another live process holds it."""
+    told = False
+    while (holder := claim_run(run_dir)) is not None:
+        if not told:
+            say(f"{run_dir.name}: being made by process {holder}; waiting for it")
+            told = True
+        time.sleep(poll_s)
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -359,11 +376,19 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     bar = tqdm(total=1 + len(runs), desc="pipeline", unit="stage", dynamic_ncols=True)
     say = tqdm.write
     data = _speech_data(recipe, say)
-    teacher = _teacher(recipe, out_dir, res, say, data)
-    if not set(recipe.eval.splits) <= set(res.data.get("dense_all") or {}):
-        bar.set_postfix_str("evaluating the teacher")
-        res.set_dense(evaluate_dir(teacher, recipe))
-        res.save()
+    own = recipe.teacher.path is None  # a teacher this pipeline trains: claimed like a run, so a second
+    if own:                            # invocation started at the same time waits for it instead of training it
+        _wait_for_claim(out_dir / "teacher", say)
+        res.reload_dense()
+    try:
+        teacher = _teacher(recipe, out_dir, res, say, data)
+        if not set(recipe.eval.splits) <= set(res.data.get("dense_all") or {}):
+            bar.set_postfix_str("evaluating the teacher")
+            res.set_dense(evaluate_dir(teacher, recipe))
+            res.save()
+    finally:
+        if own:
+            (out_dir / "teacher" / CLAIM).unlink(missing_ok=True)
     say(f"dense: {_summary(res.data['dense_all'])}")
     bar.update(1)
     prev: dict[str, Path] = {}
