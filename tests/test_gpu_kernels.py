@@ -3,7 +3,9 @@ sparselm.kernels.gpu when no GPU is present): odd shapes, 0 / 50 / 90 % sparsity
 dtype, fp16/bf16 activations, the batch-1 FMA, batch 2-8 FMA and tensor-core (tl.dot) paths, split-K, and the
 per-nonzero csr8 kernel (batch 1 and batched)."""
 
+import json
 import os
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -182,7 +184,10 @@ def test_drop_aux_keeps_only_what_the_chosen_kernels_read():
 
 @pytest.mark.parametrize("cfg", [SpmmConfig(kernel="vc32", block_n=2, block_k=64),
                                  SpmmConfig(kernel="grp8", block_n=2, block_k=64),
-                                 SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)], ids=str)
+                                 SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4),
+                                 SpmmConfig(kernel="vc32", block_n=1, block_k=64, persist=2),
+                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, persist=2)],
+                         ids=lambda c: c.key())
 def test_per_nonzero_kernels_on_an_all_zero_matrix(cfg):
     p = PackedBitmask.from_compressed(compress_tensor(torch.zeros(5, 70), "float16").to(DEVICE))
     out = torch.full((1, 5), float("nan"), device=DEVICE, dtype=torch.float16)
@@ -203,3 +208,73 @@ def test_grp8_rejects_wide_matrices_and_bad_configs():
         spmm(torch.randn(2, 100, device=DEVICE).half(), p, SpmmConfig(kernel="grp8", block_k=128, vec=4))
     with pytest.raises(ValueError, match="interleave"):
         p.grp8(interleave=2)
+
+
+# persistent, software-pipelined batch-1 kernels (SpmmConfig.persist): under the interpreter a launch has
+# 4 * persist programs, so N = 37 gives more row blocks than programs at block_n 1 (37 vs 8) and fewer at
+# block_n 4 (10 vs 16); K = 300 makes several TILE steps per row at low sparsity and uneven rows
+PERSIST = {
+    "grp8i-p2-n1": SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, num_warps=2, persist=2),
+    "grp8i-p4-n4": SpmmConfig(kernel="grp8", block_n=4, block_k=256, vec=4, persist=4, num_stages=3),
+    "vc32-p2-n1": SpmmConfig(kernel="vc32", block_n=1, block_k=64, persist=2, num_stages=3),
+    "vc32-p4-n4-vec4": SpmmConfig(kernel="vc32", block_n=4, block_k=128, vec=4, persist=4),
+}
+PERSIST_CASES = [(c, v, g, s) for c in sorted(PERSIST) for v, g in (("float16", None), ("int8", 24))
+                 for s in (0.0, 0.5, 0.9)] + [(c, v, g, 0.5) for c in sorted(PERSIST)
+                                              for v, g in (("bfloat16", None), ("int8", None))]
+
+
+@pytest.mark.parametrize("name,values,group_size,sparsity", PERSIST_CASES)
+def test_persistent_spmv_matches_reference(name, values, group_size, sparsity):
+    cfg = PERSIST[name]
+    n, k = 37, 300
+    act = torch.bfloat16 if values == "bfloat16" else torch.float16
+    w = sparse_weight(n, k, sparsity, seed=1)
+    w[3, :] = 0
+    w[3, ::2] = 1.0  # one row twice as long as the rest at 90%: the others take masked steps
+    ct = compress_tensor(w, values, group_size=group_size).to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k, device=DEVICE).to(act)
+    if not p.supports(cfg):
+        with pytest.raises(ValueError, match="vc32: needs fp16/bf16 values"):
+            spmm(x, p, cfg)
+        return
+    out = torch.full((1, n), float("nan"), device=DEVICE, dtype=act)  # every row must be stored
+    y = spmm(x, p, cfg, out=out)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert not torch.isnan(y).any()
+    assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
+    assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+    plain = SpmmConfig(**{**asdict(cfg), "persist": 0})  # same tiles, one program per row block
+    torch.testing.assert_close(y.float(), spmm(x, p, plain).float(), rtol=1e-2, atol=1e-2)
+
+
+def test_persistent_config_round_trip_and_bad_values(tmp_path):
+    from sparselm.runtime import gpu_backend as gb
+
+    cfg = SpmmConfig(kernel="grp8", block_n=1, block_k=512, vec=4, num_warps=2, persist=4, num_stages=3)
+    assert SpmmConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+    assert cfg.key() == "grp8v4-n1t512b1w2-p4s3"
+    assert SpmmConfig(kernel="grp8", block_n=1, block_k=512, vec=4, num_warps=2).key() == "grp8v4-n1t512b1w2"
+    assert SpmmConfig(**{k: v for k, v in asdict(cfg).items() if k != "persist"}).persist == 0  # old tables
+    key = gb.key_of(37, 300, 1, torch.float16, torch.float16)
+    gb.record(key, "sparse", cfg)
+    gb.save_dispatch_table(tmp_path / "t.json")
+    gb._TABLE.clear()
+    gb.load_dispatch_table(tmp_path / "t.json")
+    assert gb.choice(key)["cfg"] == cfg
+    gb._TABLE.clear()
+    new = [c for c in gb.candidate_configs(1) if c.persist]
+    assert 0 < len(new) <= 8 and len({c.key() for c in new}) == len(new)
+    assert all(c.block_b == 1 and c.num_stages >= 2 for c in new)
+    for bad, match in ((dict(kernel="vc32", persist=-1), "persist"), (dict(kernel="vc32", persist=1.5), "persist"),
+                       (dict(kernel="vc32", persist=True), "persist"), (dict(persist=2), "only for kernel"),
+                       (dict(kernel="grp8", vec=1, persist=2), "only for kernel"),
+                       (dict(kernel="vc32t", persist=2), "only for kernel"),
+                       (dict(kernel="vc32", block_b=4, persist=2), "batch-1"),
+                       (dict(kernel="vc32", persist=2, num_stages=0), "num_stages")):
+        with pytest.raises(ValueError, match=match):
+            SpmmConfig(**bad)
+    p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(4, 100, 0.5), "float16").to(DEVICE))
+    with pytest.raises(ValueError, match="batch 1"):
+        spmm(torch.randn(2, 100, device=DEVICE).half(), p, SpmmConfig(kernel="vc32", block_k=64, persist=2))

@@ -134,9 +134,17 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
         out += [SpmmConfig(kernel="vc32", block_n=bn, block_k=t, num_warps=w)
                 for bn, t, w in ((1, 512, 2), (1, 1024, 4), (1, 2048, 8), (2, 512, 4))]
         # grp8 vec 4 = the interleaved layout (vector loads, one nonzero per lane per gather)
-        return out + [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
-                      for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 256, 1, 1), (1, 512, 4, 2),
-                                          (1, 1024, 4, 4), (2, 512, 4, 4), (1, 256, 4, 1), (1, 2048, 4, 8))]
+        out += [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
+                for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 256, 1, 1), (1, 512, 4, 2),
+                                    (1, 1024, 4, 4), (2, 512, 4, 4), (1, 256, 4, 1), (1, 2048, 4, 8))]
+        # persistent, software-pipelined variants of the two best tiles of grp8i and vc32 (not measured yet):
+        # persist programs per SM, num_stages of the flat row-block loop; 2 x 3 and 4 x 2 bracket the
+        # iterations in flight per SM without trying every pair (8 configs)
+        pipelined = ((2, 3), (4, 2))
+        out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, persist=ps, num_stages=st)
+                for t, w in ((512, 2), (1024, 4)) for ps, st in pipelined]
+        return out + [SpmmConfig(kernel="vc32", block_n=1, block_k=t, num_warps=w, persist=ps, num_stages=st)
+                      for t, w in ((1024, 4), (512, 2)) for ps, st in pipelined]
     bb = bucket(batch)
     out = []
     if batch <= 8:

@@ -75,37 +75,84 @@ def grp8_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y_
 
 
 @triton.jit
-def grp8i_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y_ptr,
-                      N, n_groups, group_size, stride_xb,
-                      BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr):
-    """Batch 1 over the interleaved grp8 layout (`PackedBitmask.grp8(interleave=4)`): rows padded to whole quads
-    of 4 groups (128 slots), and inside a quad slot 32j + l (group j, lane l) stored at 4l + j. A lane then loads
-    the 4 values (8 bytes), 4 offsets (4 bytes) and the quad's 4 bases (8 bytes, the same for every lane) of its
-    4 nonzeros as three vectors — 5 loads per 4 nonzeros instead of 12 — while each of its 4 x gathers still
-    spans one group across the warp's lanes (32 consecutive nonzeros: ~2 cache lines)."""
-    pid_n = tl.program_id(0)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = rn < N
-    g0 = tl.load(gp_ptr + rn, mask=n_ok, other=0)
-    nq = (tl.load(gp_ptr + rn + 1, mask=n_ok, other=0) - g0) // 4  # quads per row (rows are padded to quads)
-    start = tl.multiple_of(g0 * 32, 128)
+def _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, t, n_groups, group_size,
+                BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr):
+    """Products of slots [t, t + TILE) of rows rn (first slot `start`, nq quads each), shape (BLOCK_N, TILE/4, 4):
+    the one definition of the interleaved layout's loads, shared by the per-row-block and persistent loops."""
     r = tl.arange(0, TILE // 4)  # lane-major position inside the step: quad r // 32, lane r % 32
     j = tl.arange(0, 4)  # the group inside the quad
-    part = tl.zeros((BLOCK_N, TILE // 4, 4), dtype=tl.float32)
-    for t in range(0, tl.max(nq, axis=0) * 128, TILE):
-        base = tl.multiple_of(start + t, 128)
-        ok = ((t // 128 + r // 32)[None, :, None] < nq[:, None, None]) & (j < 4)[None, None, :]
-        idx = base[:, None, None] + (4 * r)[None, :, None] + j[None, None, :]
-        v = tl.load(vals_ptr + idx, mask=ok, other=0).to(tl.float32)
-        off = tl.load(offs_ptr + idx, mask=ok, other=0).to(tl.int32)
-        gidx = tl.multiple_of((base // 32)[:, None, None] + (4 * (r // 32))[None, :, None], (4, 4, 1)) + \
-            j[None, None, :]
-        gb = tl.load(base_ptr + gidx, mask=ok, other=0).to(tl.int32) & 0xFFFF
-        col = gb + off
-        if SCALE_MODE == 2:
-            v = v * tl.load(scales_ptr + rn[:, None, None] * n_groups + col // group_size, mask=ok, other=0.0)
-        part += v * tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
+    base = tl.multiple_of(start + t, 128)
+    ok = ((t // 128 + r // 32)[None, :, None] < nq[:, None, None]) & (j < 4)[None, None, :]
+    idx = base[:, None, None] + (4 * r)[None, :, None] + j[None, None, :]
+    v = tl.load(vals_ptr + idx, mask=ok, other=0).to(tl.float32)
+    off = tl.load(offs_ptr + idx, mask=ok, other=0).to(tl.int32)
+    gidx = tl.multiple_of((base // 32)[:, None, None] + (4 * (r // 32))[None, :, None], (4, 4, 1)) + \
+        j[None, None, :]
+    gb = tl.load(base_ptr + gidx, mask=ok, other=0).to(tl.int32) & 0xFFFF
+    col = gb + off
+    if SCALE_MODE == 2:
+        v = v * tl.load(scales_ptr + rn[:, None, None] * n_groups + col // group_size, mask=ok, other=0.0)
+    return v * tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _grp8i_rows(gp_ptr, rb, N, BLOCK_N: tl.constexpr):
+    """(rows, in-range mask, first slot, quads per row) of row block rb (rows are padded to whole quads)."""
+    rn = rb * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    g0 = tl.load(gp_ptr + rn, mask=n_ok, other=0)
+    nq = (tl.load(gp_ptr + rn + 1, mask=n_ok, other=0) - g0) // 4
+    return rn, n_ok, tl.multiple_of(g0 * 32, 128), nq
+
+
+@triton.jit
+def _grp8i_store(y_ptr, scales_ptr, part, rn, n_ok, SCALE_MODE: tl.constexpr):
     acc = tl.sum(tl.sum(part, axis=2), axis=1)
     if SCALE_MODE == 1:
         acc = acc * tl.load(scales_ptr + rn, mask=n_ok, other=0.0)
     tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def grp8i_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y_ptr,
+                      N, n_groups, group_size, stride_xb, n_progs, steps,
+                      BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr,
+                      PERSIST: tl.constexpr = 0, STAGES: tl.constexpr = 2):
+    """Batch 1 over the interleaved grp8 layout (`PackedBitmask.grp8(interleave=4)`): rows padded to whole quads
+    of 4 groups (128 slots), and inside a quad slot 32j + l (group j, lane l) stored at 4l + j. A lane then loads
+    the 4 values (8 bytes), 4 offsets (4 bytes) and the quad's 4 bases (8 bytes, the same for every lane) of its
+    4 nonzeros as three vectors — 5 loads per 4 nonzeros instead of 12 — while each of its 4 x gathers still
+    spans one group across the warp's lanes (32 consecutive nonzeros: ~2 cache lines).
+
+    PERSIST 0: one program per row block of BLOCK_N rows, looping over its rows' TILE-slot steps.
+    PERSIST 1: n_progs programs (a few per SM); program pid takes row blocks pid, pid + n_progs, ... and walks
+    every one of them in exactly `steps` TILE-slot steps (steps = the longest row's, >= 1, from the host). Why:
+    a row block is only ~1-2 steps, each a dependent chain gptr -> values/offsets/bases -> x gather -> FMA, so
+    one program per row block is latency-bound with nothing to overlap. Here the steps of all of a program's
+    row blocks form ONE flat loop whose iteration i maps to (row block, step) by arithmetic on i alone, so
+    Triton's software pipeliner (tl.range num_stages=STAGES) can issue iteration i+1's gptr and data loads
+    while iteration i's FMAs run. The flat loop is deliberate: Triton pipelines innermost loops only (a loop
+    holding another scf.for is left alone), so a row-block loop around today's per-row loop would not
+    pipeline; and mapping i -> (row block, step) from the loaded row lengths would make every address depend
+    on the previous iteration's loads. The price: rows shorter than the longest take masked (no-traffic) steps,
+    so matrices with a few very long rows run slower here (autotune measures, and keeps PERSIST 0 there)."""
+    pid = tl.program_id(0)
+    if PERSIST == 0:
+        rn, n_ok, start, nq = _grp8i_rows(gp_ptr, pid, N, BLOCK_N)
+        part = tl.zeros((BLOCK_N, TILE // 4, 4), dtype=tl.float32)
+        for t in range(0, tl.max(nq, axis=0) * 128, TILE):
+            part += _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, t, n_groups,
+                                group_size, BLOCK_N, TILE, SCALE_MODE)
+        _grp8i_store(y_ptr, scales_ptr, part, rn, n_ok, SCALE_MODE)
+    else:
+        n_rb = tl.cdiv(N, BLOCK_N)
+        mine = (n_rb - pid + n_progs - 1) // n_progs  # row blocks of this program (0 when pid >= n_rb)
+        part = tl.zeros((BLOCK_N, TILE // 4, 4), dtype=tl.float32)
+        for i in tl.range(0, mine * steps, num_stages=STAGES):
+            s = i % steps
+            rn, n_ok, start, nq = _grp8i_rows(gp_ptr, pid + (i // steps) * n_progs, N, BLOCK_N)
+            prod = _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, s * TILE, n_groups,
+                               group_size, BLOCK_N, TILE, SCALE_MODE)
+            part = tl.where(s == 0, prod, part + prod)  # a new row block starts from zero
+            if s == steps - 1:
+                _grp8i_store(y_ptr, scales_ptr, part, rn, n_ok, SCALE_MODE)

@@ -9,6 +9,7 @@ vc32 / vc32t kernels, and the 32-slot groups of the grp8 kernels (`PackedBitmask
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -21,6 +22,20 @@ from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_RO
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
 from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel, grp8i_spmv_kernel
 from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _persist_launch(x: torch.Tensor, cfg: "SpmmConfig", longest: int) -> tuple[int, int]:
+    """(n_progs, steps) of a persistent launch: cfg.persist programs per SM (per 4 "SMs" on the CPU / under the
+    interpreter, so tests see both more and fewer programs than row blocks), and TILE steps per row block =
+    the longest row's, at least 1 so that every row (also an empty one) is stored."""
+    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.is_cuda else 4
+    return cfg.persist * sms, max(1, triton.cdiv(longest, cfg.block_k))
 
 
 def _native(t: torch.Tensor) -> bool:
@@ -48,10 +63,29 @@ class SpmmConfig:
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
     # layout (quads of 4 groups stored lane-major; batch 1), 1 = plain groups
     vec: int = 1
+    # batch-1 vc32 and grp8 vec 4 only: > 0 launches persist programs per SM (4 per "SM" under the interpreter),
+    # each looping over row blocks in one flat loop that Triton software-pipelines with num_stages stages
+    # (grp8_spmv.py grp8i_spmv_kernel says why); 0 = one program per row block, num_stages unused there
+    persist: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.persist, int) or isinstance(self.persist, bool) or self.persist < 0:
+            raise ValueError(f"SpmmConfig.persist: programs per SM, an int >= 0 (0 = off), got {self.persist!r}")
+        if self.persist:
+            if not (self.kernel == "vc32" or (self.kernel == "grp8" and self.vec == 4)):
+                raise ValueError(f"SpmmConfig.persist: only for kernel 'vc32' or 'grp8' with vec 4, got "
+                                 f"kernel {self.kernel!r} vec {self.vec}")
+            if self.block_b != 1:
+                raise ValueError(f"SpmmConfig.persist: batch-1 kernels only (block_b 1), got {self.block_b}")
+            if not isinstance(self.num_stages, int) or isinstance(self.num_stages, bool) or self.num_stages < 1:
+                raise ValueError(f"SpmmConfig.num_stages: pipeline stages of the persistent loop, an int >= 1, "
+                                 f"got {self.num_stages!r}")
 
     def key(self) -> str:
         if self.kernel in ("vc32", "vc32t", "grp8"):
-            return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}"
+            # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
+            pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
+            return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}{pers}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
         return (f"n{self.block_n}k{self.block_k}b{self.block_b}{'d' if self.use_dot else 'f'}"
@@ -71,6 +105,7 @@ class PackedBitmask:
     scale_mode: int
     _cptr: dict = field(default_factory=dict)  # derived aux arrays: {block_k: chunk_ptr, "csr8": (cols8, cp256)}
     _ct: CompressedTensor | None = None
+    _rowmax: dict = field(default_factory=dict)  # {aux key: most slots/words in a row} for persistent launches
 
     @classmethod
     def from_compressed(cls, ct: CompressedTensor) -> "PackedBitmask":
@@ -88,7 +123,7 @@ class PackedBitmask:
         cl = lambda t: None if t is None else t.clone()  # noqa: E731
         aux = {k: tuple(t.clone() for t in v) if isinstance(v, tuple) else v.clone() for k, v in self._cptr.items()}
         return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
-                             self.group_size, self.scale_mode, aux, self._ct)
+                             self.group_size, self.scale_mode, aux, self._ct, dict(self._rowmax))
 
     def chunk_ptr(self, block_k: int) -> torch.Tensor:
         if block_k not in self._cptr:
@@ -114,6 +149,13 @@ class PackedBitmask:
                 self._cptr[key] = _pad_segments((vals, cols8), cp, vec)
         return self._cptr[key]
 
+    def row_max(self, key, ptr: torch.Tensor) -> int:
+        """The longest row of an aux array with row starts `ptr` (entries), cached: a persistent launch needs it
+        on the host, and reading it back at every call would sync the GPU and break CUDA-graph capture."""
+        if key not in self._rowmax:
+            self._rowmax[key] = int((ptr[1:] - ptr[:-1]).max()) if ptr.numel() > 1 else 0
+        return self._rowmax[key]
+
     def aux_keys(self, cfg: "SpmmConfig") -> set:
         """The `_cptr` entries cfg's kernel reads."""
         if cfg.kernel == "csr8":
@@ -130,6 +172,7 @@ class PackedBitmask:
         for key in list(self._cptr):
             if key not in needed:
                 del self._cptr[key]
+                self._rowmax.pop(key, None)
 
     def supports(self, cfg: "SpmmConfig") -> bool:
         """Whether cfg's kernel can run on this matrix (vc32: fp16/bf16 values, K <= 65536)."""
@@ -333,8 +376,17 @@ def _spmm_vc32(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
             x.t().contiguous(), words, rp, y, n, bsz, y.stride(0), BLOCK_N=cfg.block_n, TILE=cfg.block_k,
             BLOCK_B=cfg.block_b, BF16=p.values.dtype == torch.bfloat16, num_warps=cfg.num_warps)
         return y
+    if cfg.persist:
+        if bsz != 1:
+            raise ValueError(f"vc32 persist: batch 1 only, got batch {bsz}")
+        n_progs, steps = _persist_launch(x, cfg, p.row_max(("vc32", cfg.vec), rp))
+        vc32_spmv_kernel[(n_progs,)](x, words, rp, y, n, 1, x.stride(0), y.stride(0), n_progs, steps,
+                                     BLOCK_N=cfg.block_n, TILE=cfg.block_k, BLOCK_B=1, VEC=cfg.vec,
+                                     BF16=p.values.dtype == torch.bfloat16, PERSIST=1, STAGES=cfg.num_stages,
+                                     num_warps=cfg.num_warps)
+        return y
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(bsz, cfg.block_b))
-    vc32_spmv_kernel[grid](x, words, rp, y, n, bsz, x.stride(0), y.stride(0), BLOCK_N=cfg.block_n,
+    vc32_spmv_kernel[grid](x, words, rp, y, n, bsz, x.stride(0), y.stride(0), 1, 1, BLOCK_N=cfg.block_n,
                            TILE=cfg.block_k, BLOCK_B=cfg.block_b, VEC=cfg.vec,
                            BF16=p.values.dtype == torch.bfloat16, num_warps=cfg.num_warps)
     return y
@@ -372,9 +424,15 @@ def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
         y = out if out is not None else torch.empty(1, n, device=x.device, dtype=x.dtype)
         scales = p.scales if p.scales is not None else gvals
         n_groups = p.scales.shape[1] if p.scales is not None else 1
-        grp8i_spmv_kernel[(triton.cdiv(n, cfg.block_n),)](
-            x, gvals, goffs, gbase, gptr, scales, y, n, n_groups, p.group_size, x.stride(0),
-            BLOCK_N=cfg.block_n, TILE=cfg.block_k, SCALE_MODE=p.scale_mode, num_warps=cfg.num_warps)
+        if cfg.persist:  # gptr counts groups: 32 slots each
+            n_progs, steps = _persist_launch(x, cfg, GROUP * p.row_max(("grp8", 4), gptr))
+            grid = n_progs
+        else:  # one program per row block; n_progs and steps unused (1s: no extra specializations)
+            grid, n_progs, steps = triton.cdiv(n, cfg.block_n), 1, 1
+        grp8i_spmv_kernel[(grid,)](
+            x, gvals, goffs, gbase, gptr, scales, y, n, n_groups, p.group_size, x.stride(0), n_progs, steps,
+            BLOCK_N=cfg.block_n, TILE=cfg.block_k, SCALE_MODE=p.scale_mode, PERSIST=1 if cfg.persist else 0,
+            STAGES=cfg.num_stages if cfg.persist else 2, num_warps=cfg.num_warps)
         return y
     gvals, goffs, gbase, gptr = p.grp8()
     if cfg.block_k % GROUP:
