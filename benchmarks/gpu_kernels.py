@@ -127,7 +127,7 @@ def run(args) -> dict:
         ref = (x.double() @ wd.double().T)
         nbytes, per_kernel = {}, {}
         best = None
-        for cfg in candidate_configs(b):
+        for cfg in candidate_configs(b, pipelined=args.pipelined):
             if not p.supports(cfg) or (kernels and cfg.kernel not in kernels):
                 continue
             try:
@@ -235,6 +235,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
     ap.add_argument("--grid", choices=["full", "decode"], default="full", help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
+    ap.add_argument("--pipelined", action="store_true",
+                    help="also the persistent, software-pipelined batch-1 configs (not default candidates)")
     ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new cases after this (s)")
     args = ap.parse_args()

@@ -264,7 +264,8 @@ def test_persistent_config_round_trip_and_bad_values(tmp_path):
     gb.load_dispatch_table(tmp_path / "t.json")
     assert gb.choice(key)["cfg"] == cfg
     gb._TABLE.clear()
-    new = [c for c in gb.candidate_configs(1) if c.persist]
+    assert not [c for c in gb.candidate_configs(1) if c.persist]  # measured slower: not default candidates
+    new = [c for c in gb.candidate_configs(1, pipelined=True) if c.persist]
     assert 0 < len(new) <= 8 and len({c.key() for c in new}) == len(new)
     assert all(c.block_b == 1 and c.num_stages >= 2 for c in new)
     for bad, match in ((dict(kernel="vc32", persist=-1), "persist"), (dict(kernel="vc32", persist=1.5), "persist"),

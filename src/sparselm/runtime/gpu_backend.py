@@ -119,7 +119,19 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     return spmm(x2d, packed(layer), ch["cfg"])
 
 
-def candidate_configs(batch: int) -> list[SpmmConfig]:
+def pipelined_configs() -> list[SpmmConfig]:
+    """Persistent, software-pipelined batch-1 variants of the two best tiles of grp8i and vc32 (`persist` programs
+    per SM, `num_stages` of the flat row-block loop; 2 x 3 and 4 x 2 bracket the iterations in flight per SM).
+    Measured on an H200 (gpu_kernels_decode_vc32t.json, 30 batch-1 cases): never the fastest config, so they are
+    not default candidates; `candidate_configs(1, pipelined=True)` adds them back for a sweep."""
+    pipe = ((2, 3), (4, 2))
+    return ([SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, persist=ps, num_stages=st)
+             for t, w in ((512, 2), (1024, 4)) for ps, st in pipe] +
+            [SpmmConfig(kernel="vc32", block_n=1, block_k=t, num_warps=w, persist=ps, num_stages=st)
+             for t, w in ((1024, 4), (512, 2)) for ps, st in pipe])
+
+
+def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
     kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
     (transposed x) for batch 2-16. A config whose
@@ -137,14 +149,7 @@ def candidate_configs(batch: int) -> list[SpmmConfig]:
         out += [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
                 for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 256, 1, 1), (1, 512, 4, 2),
                                     (1, 1024, 4, 4), (2, 512, 4, 4), (1, 256, 4, 1), (1, 2048, 4, 8))]
-        # persistent, software-pipelined variants of the two best tiles of grp8i and vc32 (not measured yet):
-        # persist programs per SM, num_stages of the flat row-block loop; 2 x 3 and 4 x 2 bracket the
-        # iterations in flight per SM without trying every pair (8 configs)
-        pipelined = ((2, 3), (4, 2))
-        out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, persist=ps, num_stages=st)
-                for t, w in ((512, 2), (1024, 4)) for ps, st in pipelined]
-        return out + [SpmmConfig(kernel="vc32", block_n=1, block_k=t, num_warps=w, persist=ps, num_stages=st)
-                      for t, w in ((1024, 4), (512, 2)) for ps, st in pipelined]
+        return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []
     if batch <= 8:
