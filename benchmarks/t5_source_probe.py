@@ -1,0 +1,88 @@
+"""Does a from-scratch tiny T5 use its source on the translation pairs? Trains one (plain AdamW, linear warmup and
+decay) and prints, every 250 steps, the training loss (EMA) and the validation CE with the true sources and with
+the sources shuffled across items: the gap is what the encoder contributes (0 = a target-language model).
+
+    python benchmarks/t5_source_probe.py --data out/data/translation --lr 3e-3 --d 128 --layers 2 --steps 1000
+
+Why: the first H200 translation teacher stalled at training CE ~5.3 (BENCHMARKS.md section 3); this separates "the
+model ignores its source" (a data or collation bug) from "it learns slowly" (an optimization setting). CPU, one
+thread: ~0.5 s per step of 64 pairs at d 128.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from sparselm.data.collate import Seq2SeqCollator
+from sparselm.data.tokenizer import item_texts, train_tokenizer
+from sparselm.train.tiny import build_tiny_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("out/data/translation"),
+                    help="train/validation .jsonl (python -m sparselm.data export translation DIR)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--d", type=int, default=128, help="d_model (d_ff = 4 d, 4 heads)")
+    ap.add_argument("--layers", type=int, default=2, help="encoder and decoder blocks each")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+
+    def read(split: str) -> list[dict]:
+        return [json.loads(line) for line in (args.data / f"{split}.jsonl").read_text().splitlines() if line]
+
+    train, val = read("train"), read("validation")[:256]
+    tok = train_tokenizer(item_texts(train, ("prompt", "completion")), 8000)
+    col = Seq2SeqCollator(tok, 128, 128)
+    model = build_tiny_model("t5", hidden_size=args.d, num_layers=args.layers, num_heads=4,
+                             intermediate_size=4 * args.d, vocab_size=len(tok), pad_id=tok.pad_token_id,
+                             bos_id=tok.bos_token_id, eos_id=tok.eos_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / args.warmup) * max(0.0, 1.0 - s / args.steps))
+
+    @torch.no_grad()
+    def val_ce(shuffle: bool) -> float:
+        model.eval()
+        items = [dict(v) for v in val]
+        if shuffle:  # each target paired with another item's source
+            srcs = [v["prompt"] for v in items]
+            random.Random(1).shuffle(srcs)
+            for v, s in zip(items, srcs):
+                v["prompt"] = s
+        total = count = 0
+        for i in range(0, len(items), 64):
+            b = col(items[i:i + 64])
+            k = int((b["labels"] != -100).sum())
+            total += model(**b).loss.item() * k
+            count += k
+        model.train()
+        return total / count
+
+    t0, ema = time.time(), None
+    for step in range(args.steps):
+        loss = model(**col(rng.sample(train, args.batch))).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if (step + 1) % 250 == 0:
+            print(f"step {step + 1} train {ema:.3f} val {val_ce(False):.3f} val-shuffled {val_ce(True):.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
