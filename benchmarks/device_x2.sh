@@ -62,7 +62,7 @@ main)
   run() {  # run GPU RECIPE OUTDIR LOG overrides...: a pipeline that stops starting runs 100 s before the end
     local gpu=$1 rec=$2 out=$3 log=$4; shift 4
     local t=$(( $(left) - 15 ))
-    CUDA_VISIBLE_DEVICES=$gpu timeout $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
+    CUDA_VISIBLE_DEVICES=$gpu timeout -k 10 $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
   if [ "$PHASE" = studies ]; then
@@ -101,7 +101,7 @@ main)
         losses=$RS_LOSSES_B ) &
     wait
   elif [ "$PHASE" = 1 ]; then
-    timeout 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
+    timeout -k 10 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
     cp /tmp/mg/multi_gpu.json /tmp/mg/multi_gpu.png $OUT/ 2>/dev/null
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
     run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data &
