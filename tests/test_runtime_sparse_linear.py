@@ -128,3 +128,19 @@ def test_dispatch_choice_needs_a_margin_over_cublas():
     assert choose(10.0, [("a", 9.6), ("b", 9.65)]) == ("sparse", "a", 9.6)  # then simply the fastest
     assert choose(10.0, [], margin=0.0) == ("dense", None, 10.0)
     assert choose(10.0, [("a", 9.9)], margin=0.0) == ("sparse", "a", 9.9)
+
+
+def test_confirm_rejects_a_winner_that_does_not_hold_head_to_head():
+    from sparselm.runtime.gpu_backend import confirm
+
+    def seq(*vals):
+        it = iter(vals)
+        return lambda: next(it)
+
+    won = ("sparse", "cfg", 9.0)  # the min over many noisy candidates
+    assert confirm(won, seq(10.0, 10.1, 9.9), seq(9.5, 9.4, 9.6)) == ("sparse", "cfg", 9.5)  # still >= 3% faster
+    assert confirm(won, seq(10.0, 10.1, 9.9), seq(9.8, 9.9, 10.2)) == ("dense", None, 10.0)  # a tie: cuBLAS
+    assert confirm(won, seq(10.0, 20.0, 10.0), seq(9.0, 9.0, 30.0)) == ("sparse", "cfg", 9.0)  # medians, not means
+    dense = ("dense", None, 10.0)
+    assert confirm(dense, seq(), seq()) == dense  # nothing to confirm, nothing timed
+    assert confirm(won, seq(), seq(), rounds=0) == won
