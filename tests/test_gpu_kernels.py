@@ -33,6 +33,7 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "grp8-batch": (3, SpmmConfig(kernel="grp8", block_n=2, block_k=32, block_b=4)),
     "grp8-vec": (1, SpmmConfig(kernel="grp8", block_n=4, block_k=64, vec=8)),
     "grp8-interleaved": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)),
+    "grp8-interleaved-c16": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4, col16=True)),
     "vc32t-batch": (3, SpmmConfig(kernel="vc32t", block_n=2, block_k=64, block_b=4)),
     "vc32t-batch16": (16, SpmmConfig(kernel="vc32t", block_n=1, block_k=32, block_b=16)),
 }
@@ -186,7 +187,8 @@ def test_drop_aux_keeps_only_what_the_chosen_kernels_read():
                                  SpmmConfig(kernel="grp8", block_n=2, block_k=64),
                                  SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4),
                                  SpmmConfig(kernel="vc32", block_n=1, block_k=64, persist=2),
-                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, persist=2)],
+                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, persist=2),
+                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, col16=True)],
                          ids=lambda c: c.key())
 def test_per_nonzero_kernels_on_an_all_zero_matrix(cfg):
     p = PackedBitmask.from_compressed(compress_tensor(torch.zeros(5, 70), "float16").to(DEVICE))
@@ -279,3 +281,43 @@ def test_persistent_config_round_trip_and_bad_values(tmp_path):
     p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(4, 100, 0.5), "float16").to(DEVICE))
     with pytest.raises(ValueError, match="batch 1"):
         spmm(torch.randn(2, 100, device=DEVICE).half(), p, SpmmConfig(kernel="vc32", block_k=64, persist=2))
+
+
+# grp8 vec 4 with col16 (the column as (base + offset) & 0xFFFF, a 32-bit sum): the same results as the default,
+# bit for bit, on the persistent shapes (N = 37, K = 300) and the plain / persistent loops
+@pytest.mark.parametrize("values,group_size,sparsity,persist", [("float16", None, 0.0, 0), ("bfloat16", None, 0.5, 0),
+                                                                ("int8", 24, 0.9, 0), ("float16", None, 0.5, 2)])
+def test_grp8i_col16_matches_default(values, group_size, sparsity, persist):
+    n, k = 37, 300
+    act = torch.bfloat16 if values == "bfloat16" else torch.float16
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=2), values, group_size=group_size).to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k, device=DEVICE).to(act)
+    base = SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, num_warps=2, persist=persist)
+    cfg = SpmmConfig(**{**asdict(base), "col16": True})
+    y = spmm(x, p, cfg, out=torch.full((1, n), float("nan"), device=DEVICE, dtype=act))
+    assert torch.equal(y, spmm(x, p, base))
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
+    assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+
+
+def test_grp8i_col16_top_columns_and_config():
+    """K = 65536 with nonzeros in the top columns: bases >= 32768 are negative as int16, so col16's sum wraps
+    through the sign bit and must still land on the right column (65535 included)."""
+    k = 65536
+    w = torch.zeros(3, k)
+    w[0, -300::3] = torch.arange(1, 101, dtype=torch.float32) / 64
+    w[2, [0, 5, 32767, 32768, 40000, 65534, 65535]] = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.5, 2.5, 4.0])
+    ct = compress_tensor(w, "float16").to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k, device=DEVICE).half()
+    cfg = SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, col16=True)
+    y = spmm(x, p, cfg)
+    assert torch.equal(y, spmm(x, p, SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4)))
+    assert rel_err(y, x.double() @ decompress(ct, torch.float32).double().T) < 1e-3
+    assert cfg.key() == "grp8v4-n1t128b1w4-c16" and SpmmConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+    for bad in (dict(kernel="grp8", col16=True), dict(kernel="vc32", col16=True), dict(kernel="grp8", vec=4,
+                                                                                       col16=1)):
+        with pytest.raises(ValueError, match="col16"):
+            SpmmConfig(**bad)

@@ -149,6 +149,10 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
         out += [SpmmConfig(kernel="grp8", block_n=bn, block_k=t, vec=v, num_warps=w)
                 for bn, t, v, w in ((1, 512, 1, 2), (1, 1024, 1, 4), (1, 256, 1, 1), (1, 512, 4, 2),
                                     (1, 1024, 4, 4), (2, 512, 4, 4), (1, 256, 4, 1), (1, 2048, 4, 8))]
+        # grp8 vec 4 with the 32-bit column sum (col16): 15-16 SASS instructions per nonzero instead of 17-19
+        # (offline sm_90 count, docs/notes/gpu.md; not yet timed); 1024 / 2 warps = 16 nonzeros per thread-step
+        out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, col16=True)
+                for t, w in ((512, 2), (1024, 4), (256, 1), (1024, 2))]
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

@@ -67,8 +67,16 @@ class SpmmConfig:
     # each looping over row blocks in one flat loop that Triton software-pipelines with num_stages stages
     # (grp8_spmv.py grp8i_spmv_kernel says why); 0 = one program per row block, num_stages unused there
     persist: int = 0
+    # grp8 vec 4 only: the x column as (base + offset) & 0xFFFF, a 32-bit sum (fewer SASS instructions per
+    # nonzero offline, same results; grp8_spmv.py _grp8i_step); False = the original (base & 0xFFFF) + offset
+    col16: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.col16, bool):
+            raise ValueError(f"SpmmConfig.col16: a bool, got {self.col16!r}")
+        if self.col16 and not (self.kernel == "grp8" and self.vec == 4):
+            raise ValueError(f"SpmmConfig.col16: only for kernel 'grp8' with vec 4, got kernel {self.kernel!r} "
+                             f"vec {self.vec}")
         if not isinstance(self.persist, int) or isinstance(self.persist, bool) or self.persist < 0:
             raise ValueError(f"SpmmConfig.persist: programs per SM, an int >= 0 (0 = off), got {self.persist!r}")
         if self.persist:
@@ -85,6 +93,7 @@ class SpmmConfig:
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
+            pers += "-c16" if self.col16 else ""
             return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}{pers}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
@@ -432,7 +441,7 @@ def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
         grp8i_spmv_kernel[(grid,)](
             x, gvals, goffs, gbase, gptr, scales, y, n, n_groups, p.group_size, x.stride(0), n_progs, steps,
             BLOCK_N=cfg.block_n, TILE=cfg.block_k, SCALE_MODE=p.scale_mode, PERSIST=1 if cfg.persist else 0,
-            STAGES=cfg.num_stages if cfg.persist else 2, num_warps=cfg.num_warps)
+            STAGES=cfg.num_stages if cfg.persist else 2, COL16=1 if cfg.col16 else 0, num_warps=cfg.num_warps)
         return y
     gvals, goffs, gbase, gptr = p.grp8()
     if cfg.block_k % GROUP:
