@@ -293,3 +293,25 @@ def test_two_invocations_from_scratch_train_the_teacher_once(tmp_path) -> None:
     got = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {(r["sparsity"], r["loss"]) for r in got["runs"]} == {(0.6, "ce"), (0.6, "none")}
     assert not list((tmp_path / "out").rglob(".claim.json"))
+
+
+def test_record_study_copies_a_run_dir_into_the_results_shape(finished, tmp_path) -> None:
+    """benchmarks/record_study.py: results.json -> replication_<name>.json (+ notes), plots, report links, logs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "record_study.py"
+    spec = importlib.util.spec_from_file_location("record_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _, out = finished
+    dest = tmp_path / "results"
+    got = mod.record(out, "toy", ["a note"], dest)
+    rec = json.loads(got.read_text())
+    assert got.name == "replication_toy.json" and rec["notes"][-1] == "a note"
+    assert {"task", "model", "metric", "higher_is_better", "dense", "runs", "command", "device"} <= set(rec)
+    md = (dest / "replication_toy.md").read_text()
+    assert "(replication_toy.png)" in md and (dest / "replication_toy.png").is_file()
+    assert (dest / "replication_toy_metrics" / "teacher.jsonl").is_file()
+    assert sorted(p.stem for p in (dest / "replication_toy_metrics").glob("s*.jsonl"))
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        mod.record(tmp_path, "none", [], dest)
