@@ -56,7 +56,7 @@ def _recipe(model_dir: Path, data: Path, out: Path, **extra) -> dict:
          "task": {"name": "asr", "data_dir": str(data), "args": SYNTH},
          "eval": {"splits": ["test", "real"], "limit": 3, "batch_size": 3},
          "teacher": {"steps": 2, "lr": 1e-3},
-         "sparsities": [0.5, 0.67], "losses": ["squarehead", "ce"],
+         "sparsities": [0.5, 0.67], "losses": ["squarehead", "ce", "squarehead_token"],
          "sparse": {"steps": 2, "lr": 1e-3, "staged": True},
          "pruning": {"method": "sparsegpt", "calib_samples": 2},
          "train": {"batch_size": 3, "seqlen": 64, "log_every": 1, "threads": 2},
@@ -82,14 +82,15 @@ def test_asr_pipeline_end_to_end(tmp_path) -> None:
     assert res["metric"] == "wer" and res["higher_is_better"] is False
     assert set(res["dense_all"]) == {"test", "real"} and res["dense_all"]["real"]["n"] == 3
     got = {(r["sparsity"], r["loss"], r["split"]) for r in res["runs"]}
-    assert got == {(s, loss, split) for s in (0.5, 0.67) for loss in ("squarehead", "ce")
+    assert got == {(s, loss, split) for s in (0.5, 0.67) for loss in ("squarehead", "ce", "squarehead_token")
                    for split in ("test", "real")}
     assert all(r["value"] is not None and r["value"] >= 0 for r in res["runs"])
     sp = json.loads((out / "runs" / "s67-squarehead" / "sparsity.json").read_text())
     assert sp["overall"] == pytest.approx(0.67, abs=0.01)
     assert any(k.startswith("model.encoder.") for k in sp["layers"])
-    rows = [json.loads(x) for x in (out / "runs" / "s50-squarehead" / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(r["loss/squarehead"] > 0 for r in rows)
+    for name in ("s50-squarehead", "s67-squarehead_token"):  # both normalizations over encoder + decoder blocks
+        rows = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        assert rows and all(r["loss/squarehead"] > 0 for r in rows)
     report = (out / "report.md").read_text()
     assert "lower is better" in report and "test Δ vs dense" in report and "previous sparsity" in report
     assert "loglik/tok" not in report  # WER has no teacher-forced log-likelihood: no empty column
