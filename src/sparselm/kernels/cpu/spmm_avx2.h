@@ -35,11 +35,7 @@ template <int VT, int R, int BT, bool GROUPED>
 static void block_avx2(const Problem& P, int64_t n0, int64_t r1, int64_t b0) {
     const int es = VT == VT_F32 ? 4 : (VT == VT_I8 ? 1 : 2);
     const uint8_t* mrow[R]; const char* vp[R]; int64_t row[R];
-    for (int r = 0; r < R; r++) {
-        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
-        mrow[r] = P.mask + row[r] * P.words * 4;
-        vp[r] = (const char*)P.values + P.row_ptr[row[r]] * es;
-    }
+    block_rows<R>(P, n0, r1, es, row, mrow, vp);
     const float* xb = P.x + b0 * P.ldx;
     const int64_t seg = GROUPED ? P.group_size / 32 : P.words;
     __m256 tot[R][BT], acc[R][BT];

@@ -121,11 +121,7 @@ static void block_avx512(const Problem& P, const float* xp, int64_t ldxp, int64_
     const int NV = S::NV, A = BT == 1 ? 2 : 1;
     const bool PRELOAD = R > 1 && BT * NV <= 8;  // share x loads across rows while registers allow
     const uint8_t* mrow[R]; const char* vp[R]; int64_t row[R];
-    for (int r = 0; r < R; r++) {
-        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
-        mrow[r] = P.mask + row[r] * P.words * 4;
-        vp[r] = (const char*)P.values + P.row_ptr[row[r]] * value_bytes(VT);
-    }
+    block_rows<R>(P, n0, r1, value_bytes(VT), row, mrow, vp);
     const float* xb = xp + b0 * ldxp;
     const int64_t steps = (32 * P.words + S::COLS - 1) / S::COLS;
     const int64_t seg = GROUPED ? P.group_size / S::COLS : steps;  // steps per scaling segment
@@ -185,11 +181,7 @@ template <int R>
 static void block_f32b1(const Problem& P, const float* x, float* y, int64_t n0, int64_t r1, Prefetch& pf_io) {
     Prefetch pf = pf_io;  // a local copy stays in registers (through the reference: a store every step)
     const uint8_t* mrow[R]; const float* vp[R]; int64_t row[R];
-    for (int r = 0; r < R; r++) {
-        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
-        mrow[r] = P.mask + row[r] * P.words * 4;
-        vp[r] = (const float*)P.values + P.row_ptr[row[r]];
-    }
+    block_rows<R>(P, n0, r1, 4, row, mrow, vp);
     const int64_t words = P.words;
     pf.block(P, n0, n0 + R < r1 ? n0 + R : r1, words);
     __m512 acc[R][2];
@@ -281,11 +273,7 @@ static void block_vnni(const Problem& P, const uint8_t* xu, int64_t ldxu, const 
                        int64_t b0, Prefetch& pf_io) {
     Prefetch pf = pf_io;  // a local copy stays in registers (through the reference: a store every step)
     const uint8_t* mrow[R]; const char* vp[R]; int64_t row[R];
-    for (int r = 0; r < R; r++) {
-        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
-        mrow[r] = P.mask + row[r] * P.words * 4;
-        vp[r] = (const char*)P.values + P.row_ptr[row[r]];
-    }
+    block_rows<R>(P, n0, r1, 1, row, mrow, vp);
     const uint8_t* xb = xu + b0 * ldxu;
     const int64_t steps = (P.words + 1) / 2;
     const int64_t seg = GROUPED ? P.group_size / 64 : steps;
@@ -361,11 +349,7 @@ template <int R, int BT>
 static void block_bf16dot(const Problem& P, const uint16_t* xb, int64_t ldxb, int64_t n0, int64_t r1, int64_t b0) {
     const int A = BT == 1 ? 2 : 1;
     const uint8_t* mrow[R]; const uint16_t* vp[R]; int64_t row[R];
-    for (int r = 0; r < R; r++) {
-        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
-        mrow[r] = P.mask + row[r] * P.words * 4;
-        vp[r] = (const uint16_t*)P.values + P.row_ptr[row[r]];
-    }
+    block_rows<R>(P, n0, r1, 2, row, mrow, vp);
     const uint16_t* x0 = xb + b0 * ldxb;
     __m512 acc[R][BT][A];
     for (int r = 0; r < R; r++) for (int b = 0; b < BT; b++) for (int a = 0; a < A; a++)

@@ -24,6 +24,18 @@ static inline __attribute__((always_inline)) uint32_t load_u32(const uint8_t* p)
 // Columns per AVX-512 decode step (Step512<VT>::COLS).
 static inline int step_cols(int vt) { return vt == VT_I8 ? 64 : 32; }
 static inline int value_bytes(int vt) { return vt == VT_F32 ? 4 : (vt == VT_I8 ? 1 : 2); }
+// The R rows of a row block at n0: rows past r1 repeat the last real row, so a partial block runs the same
+// branch-free inner loop (its extra results are never stored); each row's mask words and first value (es bytes
+// per value) are looked up once per block.
+template <int R, typename V>
+static inline void block_rows(const Problem& P, int64_t n0, int64_t r1, int es, int64_t row[R],
+                              const uint8_t* mrow[R], const V* vp[R]) {
+    for (int r = 0; r < R; r++) {
+        row[r] = n0 + r < r1 ? n0 + r : r1 - 1;
+        mrow[r] = P.mask + row[r] * P.words * 4;
+        vp[r] = (const V*)((const char*)P.values + P.row_ptr[row[r]] * es);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------- scalar path
 static inline float half_to_float(uint16_t h) {
