@@ -37,8 +37,8 @@ def _decode_words(w, BF16: tl.constexpr):
 
 
 @triton.jit
-def _vc32_step(x_ptr, w_ptr, start, cnt, t, TILE: tl.constexpr, VEC: tl.constexpr, BF16: tl.constexpr):
-    """Batch-1 products of words [t, t + TILE) of rows starting at `start` with `cnt` words, (BLOCK_N, TILE)."""
+def _load_words(w_ptr, start, cnt, t, TILE: tl.constexpr, VEC: tl.constexpr, BF16: tl.constexpr):
+    """(column, fp32 value, valid) of words [t, t + TILE) of rows starting at `start` with `cnt` words."""
     lane = tl.arange(0, TILE)
     if VEC > 1:  # rows padded to VEC words: the hint and a VEC-constant mask let loads become vectors
         base = tl.multiple_of(start + t, VEC)
@@ -48,6 +48,13 @@ def _vc32_step(x_ptr, w_ptr, start, cnt, t, TILE: tl.constexpr, VEC: tl.constexp
         ok = (t + lane)[None, :] < cnt[:, None]
     w = tl.load(w_ptr + base[:, None] + lane[None, :], mask=ok, other=0)  # (BN, TILE) int32
     col, v = _decode_words(w, BF16)
+    return col, v, ok
+
+
+@triton.jit
+def _vc32_step(x_ptr, w_ptr, start, cnt, t, TILE: tl.constexpr, VEC: tl.constexpr, BF16: tl.constexpr):
+    """Batch-1 products of words [t, t + TILE) of rows starting at `start` with `cnt` words, (BLOCK_N, TILE)."""
+    col, v, ok = _load_words(w_ptr, start, cnt, t, TILE, VEC, BF16)
     return v * tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
 
 
@@ -84,7 +91,6 @@ def vc32_spmv_kernel(x_ptr, w_ptr, rp_ptr, y_ptr, N, B, stride_xb, stride_yb, n_
         n_ok = rn < N
         start = tl.load(rp_ptr + rn, mask=n_ok, other=0)
         cnt = tl.load(rp_ptr + rn + 1, mask=n_ok, other=0) - start
-        lane = tl.arange(0, TILE)
         ob = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
         b_ok = ob < B
         part = tl.zeros((BLOCK_N, TILE), dtype=tl.float32)  # batch 1: per-slot sums, reduced once at the end
@@ -93,14 +99,7 @@ def vc32_spmv_kernel(x_ptr, w_ptr, rp_ptr, y_ptr, N, B, stride_xb, stride_yb, n_
             if BLOCK_B == 1:
                 part += _vc32_step(x_ptr + pid_b * stride_xb, w_ptr, start, cnt, t, TILE, VEC, BF16)
             else:
-                if VEC > 1:
-                    base = tl.multiple_of(start + t, VEC)
-                    ok = (t // VEC + lane // VEC)[None, :] < (cnt // VEC)[:, None]
-                else:
-                    base = start + t
-                    ok = (t + lane)[None, :] < cnt[:, None]
-                w = tl.load(w_ptr + base[:, None] + lane[None, :], mask=ok, other=0)
-                col, v = _decode_words(w, BF16)
+                col, v, ok = _load_words(w_ptr, start, cnt, t, TILE, VEC, BF16)
                 xv = tl.load(x_ptr + ob[None, :, None] * stride_xb + col[:, None, :],
                              mask=ok[:, None, :] & b_ok[None, :, None], other=0.0).to(tl.float32)
                 part3 += v[:, None, :] * xv
