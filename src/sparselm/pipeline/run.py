@@ -207,10 +207,12 @@ class Results:
 
     def reload_dense(self) -> None:
         """Take the teacher's evaluation from disk when another invocation wrote it since this one started."""
-        if self.path.is_file() and self.data.get("dense_all") is None:
-            disk = json.loads(self.path.read_text())
-            if disk.get("dense_all") is not None:
-                self.data.update({k: disk.get(k) for k in ("metric", "higher_is_better", "dense", "dense_all")})
+        if self.path.is_file():
+            self._take_dense(json.loads(self.path.read_text()))
+
+    def _take_dense(self, disk: dict[str, Any]) -> None:
+        if self.data.get("dense_all") is None and disk.get("dense_all") is not None:
+            self.data.update({k: disk.get(k) for k in ("metric", "higher_is_better", "dense", "dense_all")})
 
     def done(self, sparsity: float, loss: str, splits: list[str]) -> bool:
         have = {r["split"] for r in self.data["runs"] if r["sparsity"] == sparsity and r["loss"] == loss}
@@ -239,8 +241,7 @@ class Results:
                 disk = json.loads(self.path.read_text())
                 mine = {(r["sparsity"], r["loss"]) for r in self.data["runs"]}
                 self.data["runs"] += [r for r in disk.get("runs", []) if (r["sparsity"], r["loss"]) not in mine]
-                if self.data.get("dense_all") is None and disk.get("dense_all") is not None:
-                    self.data.update({k: disk.get(k) for k in ("metric", "higher_is_better", "dense", "dense_all")})
+                self._take_dense(disk)
                 self.data["timings"] = {**disk.get("timings", {}), **self.data["timings"]}
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps(self.data, indent=2) + "\n")
