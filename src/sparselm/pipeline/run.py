@@ -272,24 +272,47 @@ def claim_run(run_dir: Path) -> str | None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path, me = run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):  # the second try follows the removal of a stale claim
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    # written whole to a private file, then hard-linked into place: the link is the atomic "create if absent",
+    # and a reader never sees a half-written claim (which would look stale and be taken over)
+    tmp = run_dir / f".claim-{me['host']}-{me['pid']}.tmp"
+    tmp.write_text(json.dumps(me))
+    try:
+        for _ in range(3):  # a retry follows the removal of a stale claim
             try:
-                other = json.loads(path.read_text())
-            except (OSError, ValueError):  # half-written by a holder that died at once: stale
-                other = {"pid": -1, "host": me["host"]}
-            if other == me:
+                os.link(tmp, path)
                 return None
-            if other.get("host") != me["host"] or _alive(int(other.get("pid", -1))):
-                return f"{other.get('host')}:{other.get('pid')}"
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return None
-    return "unknown (claim file contended)"
+            except FileExistsError:
+                other = _read_claim(path, me["host"])
+                if other == me:
+                    return None
+                if other.get("host") != me["host"] or _alive(int(other.get("pid", -1))):
+                    return f"{other.get('host')}:{other.get('pid')}"
+                # stale: move it aside atomically; if what moved is not the claim judged stale (a new holder
+                # linked its own in between), put that back and leave the run to it
+                grave = run_dir / f".claim-stale-{me['host']}-{me['pid']}"
+                try:
+                    os.rename(path, grave)
+                except FileNotFoundError:  # another invocation moved it first: try again
+                    continue
+                moved = _read_claim(grave, me["host"])
+                if moved != other:
+                    try:
+                        os.link(grave, path)
+                    except FileExistsError:
+                        pass
+                    grave.unlink(missing_ok=True)
+                    return f"{moved.get('host')}:{moved.get('pid')}"
+                grave.unlink(missing_ok=True)
+        return "unknown (claim file contended)"
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_claim(path: Path, host: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable (damaged): nobody can be shown to hold it
+        return {"pid": -1, "host": host}
 
 
 def _wait_for_claim(run_dir: Path, say, poll_s: float = 10.0) -> None:
