@@ -2,7 +2,8 @@
 decay) and prints, every 250 steps, the training loss (EMA) and the validation CE with the true sources and with
 the sources shuffled across items: the gap is what the encoder contributes (0 = a target-language model).
 
-    python benchmarks/t5_source_probe.py --data out/data/translation --lr 3e-3 --d 128 --layers 2 --steps 1000
+    python benchmarks/t5_source_probe.py --lr 3e-3 --steps 3000 --stop-after 1000 \
+        --out benchmarks/results/t5_source_probe.json
 
 Why: the first H200 translation teacher stalled at training CE ~5.3 (BENCHMARKS.md section 3); this separates "the
 model ignores its source" (a data or collation bug) from "it learns slowly" (an optimization setting). CPU, one
@@ -34,6 +35,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (the schedule still "
+                    "spans --steps)")
+    ap.add_argument("--out", type=Path, default=None, help="write the settings and the rows as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -70,8 +74,8 @@ def main() -> None:
         model.train()
         return total / count
 
-    t0, ema = time.time(), None
-    for step in range(args.steps):
+    t0, ema, rows = time.time(), None, []
+    for step in range(min(args.steps, args.stop_after or args.steps)):
         loss = model(**col(rng.sample(train, args.batch))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -80,8 +84,15 @@ def main() -> None:
         opt.zero_grad()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % 250 == 0:
-            print(f"step {step + 1} train {ema:.3f} val {val_ce(False):.3f} val-shuffled {val_ce(True):.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+            rows.append({"step": step + 1, "train_ce_ema": round(ema, 4), "val_ce": round(val_ce(False), 4),
+                         "val_ce_shuffled_sources": round(val_ce(True), 4), "seconds": round(time.time() - t0)})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.out is not None:
+        import sys
+
+        args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "settings": vars(args) | {
+            "data": str(args.data), "out": str(args.out)}, "device": f"cpu, {args.threads} thread(s)",
+            "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
