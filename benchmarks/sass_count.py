@@ -1,0 +1,132 @@
+"""Offline sm_90 SASS of the batch-1 vc32 and grp8i kernels: instructions in the main loop, by class, per nonzero.
+
+    python benchmarks/sass_count.py --out benchmarks/results/sass_counts.json     # CPU only, ~1 min
+
+Why: on an H200 the per-nonzero kernels stream their bytes at different rates (vc32 ~3 TB/s, grp8i ~2.3 TB/s on
+tall shapes), and instruction counts say where the difference goes without spending device time. Triton
+compiles for `GPUTarget("cuda", 90, 32)` without a GPU; the `cuobjdump` shipped with Triton disassembles the cubin.
+The loop body is the span between the last backward branch and its target. Pointer arguments are specialized
+16-byte aligned, as real launches are. An analysis, not a measurement: the GPU decides what these counts cost.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# sparselm.kernels.gpu turns the interpreter on where no GPU exists; compiling for sm_90 needs it off, set
+# before anything imports triton
+os.environ["TRITON_INTERPRET"] = "0"
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from sparselm.kernels.gpu.grp8_spmv import grp8i_spmv_kernel  # noqa: E402
+from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+INS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+ADDR = {"IMAD", "LEA", "IADD3", "SHF", "LOP3", "SGXT", "IABS", "IMNMX", "VIADD", "IADD"}
+
+
+def cuobjdump() -> str:
+    found = sorted(Path(triton.__file__).parent.rglob("cuobjdump"))
+    if not found:
+        raise SystemExit("cuobjdump not found in the triton package")
+    return str(found[0])
+
+
+def _aligned(n: int) -> dict:
+    return {(i,): [["tt.divisibility", 16]] for i in range(n)}
+
+
+def compile_vc32(tile: int, warps: int):
+    sig = {"x_ptr": "*fp16", "w_ptr": "*i32", "rp_ptr": "*i32", "y_ptr": "*fp16", "N": "i32", "B": "i32",
+           "stride_xb": "i32", "stride_yb": "i32", "n_progs": "i32", "steps": "i32"}
+    ce = {"BLOCK_N": 1, "TILE": tile, "BLOCK_B": 1, "VEC": 1, "BF16": 0, "PERSIST": 0, "STAGES": 2}
+    sig.update({k: "constexpr" for k in ce})
+    return triton.compile(ASTSource(vc32_spmv_kernel, sig, constexprs=ce, attrs=_aligned(4)), target=TARGET,
+                          options={"num_warps": warps})
+
+
+def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool):
+    sig = {"x_ptr": "*fp16", "vals_ptr": "*i8" if int8 else "*fp16", "offs_ptr": "*u8", "base_ptr": "*i16",
+           "gp_ptr": "*i32", "scales_ptr": "*fp32" if int8 else "*fp16", "y_ptr": "*fp16", "N": "i32",
+           "n_groups": "i32", "group_size": "i32", "stride_xb": "i32", "n_progs": "i32", "steps": "i32"}
+    ce = {"BLOCK_N": 1, "TILE": tile, "SCALE_MODE": 1 if int8 else 0, "PERSIST": 0, "STAGES": 2,
+          "COL16": int(col16)}
+    sig.update({k: "constexpr" for k in ce})
+    return triton.compile(ASTSource(grp8i_spmv_kernel, sig, constexprs=ce, attrs=_aligned(7)), target=TARGET,
+                          options={"num_warps": warps})
+
+
+def loop_body(sass: str) -> list[tuple[int, str]]:
+    """(address, opcode) of the longest span closed by a backward branch."""
+    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(sass)]
+    best: list = []
+    for addr, op, args in ins:
+        tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+        if tgt and int(tgt.group(1), 16) < addr:
+            body = [(a, o) for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
+            best = body if len(body) > len(best) else best
+    return best
+
+
+def classify(op: str) -> str:
+    base = op.split(".")[0]
+    if base in ("LDG", "LD"):
+        w = re.search(r"\.(U8|S8|U16|S16|64|128)", op)
+        return f"LDG.{w.group(1) if w else '32'}"
+    if base in ADDR:
+        return "MOV" if base == "IMAD" and ".MOV" in op else "int/addr"
+    if base in ("I2F", "F2F", "PRMT", "HADD2", "F2I", "I2FP"):
+        return f"cvt {base}"
+    if base in ("FFMA", "FADD", "FMUL"):
+        return base
+    if base in ("ISETP", "FSETP", "PLOP3", "SEL", "FSEL"):
+        return "pred/select"
+    return "other"
+
+
+def count(kernel, nnz_per_thread_step: float) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        cubin = Path(d) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        sass = subprocess.run([cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    body = loop_body(sass)
+    classes = collections.Counter(classify(op) for _, op in body)
+    return {"loop_instructions": len(body), "nnz_per_thread_step": nnz_per_thread_step,
+            "per_nnz": round(len(body) / nnz_per_thread_step, 2),
+            "per_nnz_by_class": {k: round(v / nnz_per_thread_step, 2) for k, v in sorted(classes.items())}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    for tile, warps in ((512, 2), (1024, 4)):
+        rows.append({"kernel": "vc32", "values": "fp16", "tile": tile, "warps": warps,
+                     **count(compile_vc32(tile, warps), tile / (32 * warps))})
+    for int8 in (False, True):
+        for col16 in (False, True):
+            for tile, warps in ((512, 2), (1024, 4), (256, 1)):
+                rows.append({"kernel": "grp8i" + ("-c16" if col16 else ""), "values": "int8" if int8 else "fp16",
+                             "tile": tile, "warps": warps,
+                             **count(compile_grp8i(tile, warps, int8, col16), tile / (32 * warps))})
+    for r in rows:
+        print(f"{r['kernel']:10s} {r['values']:5s} tile {r['tile']:5d} w{r['warps']}  {r['per_nnz']:5.2f} per nonzero  "
+              f"(addr {r['per_nnz_by_class'].get('int/addr', 0)})")
+    if args.out is not None:
+        args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
+                                        "triton": triton.__version__, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
