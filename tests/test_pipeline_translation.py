@@ -37,7 +37,7 @@ def _recipe(data: Path, out: Path, tokenizer: str = "train-bpe") -> dict:
                                "vocab_size": 300, "max_positions": 64, "tokenizer": tokenizer}},
             "task": {"name": "translation", "data_dir": str(data)},
             "eval": {"splits": ["test"], "limit": 8, "batch_size": 8, "max_new_tokens": 12},
-            "teacher": {"steps": 150, "lr": 3e-3},
+            "teacher": {"steps": 150, "lr": 3e-3, "eval_every": 50},
             "sparsities": [0.5], "losses": ["squarehead"], "sparse": {"steps": 4, "lr": 1e-3},
             "pruning": {"method": "sparsegpt", "calib_samples": 4},
             "train": {"batch_size": 8, "seqlen": 64, "log_every": 50, "threads": 1},
@@ -67,6 +67,11 @@ def test_tiny_t5_translation_end_to_end(tmp_path, monkeypatch) -> None:
     assert (tok.pad_token_id, tok.eos_token_id, model.config.decoder_start_token_id) == (0, 1, 0)
     assert model.config.vocab_size == 300 and len(tok) <= 300
     assert len(list((tmp_path / "cache" / "tokenizers").glob("*/tokenizer.json"))) == 1  # one shared vocabulary
+    # teacher.eval_every: validation CE every 50 steps on the validation split; the best step is recorded
+    val = [json.loads(x) for x in (out / "teacher" / "metrics.jsonl").read_text().splitlines() if "val/ce" in x]
+    assert [r["step"] for r in val] == [50, 100, 150]
+    chosen = json.loads((out / "teacher" / "selection.json").read_text())["p0"]
+    assert chosen["step"] in (50, 100, 150) and chosen["val"] == min(r["val/ce"] for r in val)
 
 
 def test_char_tokenizer_translation_is_refused(tmp_path) -> None:

@@ -112,12 +112,16 @@ def plot_loss_curves(out_dir: Path, path: Path) -> Path | None:
         for i, name in enumerate(sorted(groups[group], key=lambda n: int(n[1:].split("-")[0]) if n[1:2].isdigit()
                                         else 0)):
             rows, color = curves[name], f"C{i}"  # one colour per run (sparsity), one line style per loss term
+            val = [(r.get("global_step", i), r["val/ce"]) for i, r in enumerate(rows) if "val/ce" in r]
+            rows = [r for r in rows if "val/ce" not in r]
             steps = [r.get("global_step", i) for i, r in enumerate(rows)]
             for key, style in (("loss/ce", "-"), ("loss/kd", "--"), ("loss/squarehead", ":")):
                 ys = [r.get(key) for r in rows]
                 if any(y is not None for y in ys):
                     ax.plot(steps, [math.nan if y is None else y for y in ys], style, color=color,
                             label=f"{name} {key.split('/')[1]}")
+            if val:  # train.eval_every: held-out CE, the model-selection signal
+                ax.plot(*zip(*val), "o-", color=color, ms=3, alpha=0.6, label=f"{name} validation ce")
         ax.set_title("dense teacher" if group == "teacher" else LOSS_LABELS.get(group, group))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss")

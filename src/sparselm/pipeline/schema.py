@@ -80,6 +80,10 @@ class TeacherSettings(_Strict):
     epochs: float | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
     lr: float = Field(1e-4, gt=0)
+    # validation CE on the task's `validation` split every `eval_every` steps; the teacher is the best checkpoint
+    # (with early_stop_patience: training stops after that many evaluations without a new best)
+    eval_every: int | None = Field(None, gt=0)
+    early_stop_patience: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _source(self) -> "TeacherSettings":

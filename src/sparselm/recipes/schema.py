@@ -39,6 +39,7 @@ class TinySpec(_Strict):
     # char: synthetic-arith's digit tokenizer. train-bpe: a byte-level BPE of `vocab_size` ids trained on the
     # recipe's training items (sparselm.data.tokenizer), for text such as the translation pairs
     tokenizer: Literal["char", "train-bpe"] = "char"
+    dropout: float = Field(0.0, ge=0, lt=1)      # t5 / gpt2 / whisper: residual and attention dropout
 
     @model_validator(mode="after")
     def _heads(self) -> "TinySpec":
@@ -124,6 +125,9 @@ class DataSpec(_Strict):
     max_operand: int = Field(99, gt=0)           # synthetic-arith: operands drawn from [0, max_operand]
     calib_samples: int = Field(32, gt=0)         # calibration sequences for each pruning stage
     seed: int = 0
+    eval_split: str | None = None                # task source: held-out split for train.eval_every (validation)
+    eval_path: str | None = None                 # jsonl source: held-out file for train.eval_every
+    eval_examples: int = Field(512, gt=0)        # held-out items used per evaluation
 
     @model_validator(mode="after")
     def _source(self) -> "DataSpec":
@@ -227,6 +231,10 @@ class TrainSpec(_Strict):
     log_every: int = Field(10, gt=0)           # optimizer steps between metric lines (each one syncs the device)
     ckpt_every: int | None = Field(None, gt=0)  # optimizer steps; None = only at stage ends
     keep_checkpoints: int = Field(2, gt=0)
+    # Dense phases only (sparse phases keep a fixed length, so losses compare at equal steps): validation CE every
+    # `eval_every` optimizer steps on data.eval_split / eval_path; the phase ends with its best weights.
+    eval_every: int | None = Field(None, gt=0)
+    early_stop_patience: int | None = Field(None, gt=0)  # stop after this many evaluations without a new best
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False                      # torch.compile the student
@@ -261,6 +269,11 @@ class FinetuneRecipe(_Strict):
         for i, st in enumerate(stages):
             if not ((st and (st.steps or st.epochs)) or self.train.steps or self.train.epochs):
                 raise ValueError(f"pruning.stages.{i}: no length; set steps/epochs there or train.steps/epochs")
+        if self.train.early_stop_patience and not self.train.eval_every:
+            raise ValueError("train.early_stop_patience needs train.eval_every (how often to evaluate)")
+        if self.train.eval_every and not (self.data.eval_split or self.data.eval_path):
+            raise ValueError("train.eval_every needs held-out data: data.eval_split (task source, e.g. "
+                             "validation) or data.eval_path (jsonl source)")
         if self.model.tiny and self.train.seqlen > self.model.tiny.max_positions:
             raise ValueError(f"train.seqlen {self.train.seqlen} exceeds model.tiny.max_positions "
                              f"{self.model.tiny.max_positions}")

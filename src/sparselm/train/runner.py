@@ -28,11 +28,13 @@ from sparselm.distill import DistillationLoss, check_vocab
 from sparselm.recipes.schema import FinetuneRecipe, dump_recipe, load_finetune_recipe, validate_finetune_recipe
 from sparselm.train import checkpoint as ckpt_io
 from sparselm.train.data import BatchPlan, Collate, calibration_batches, example_collator
-from sparselm.train.loop import LoopParts, MetricsLog, Phase, train_phase
+from sparselm.train.loop import BestSelection, LoopParts, MetricsLog, Phase, train_phase
 from sparselm.train.mask import FixedMask
 from sparselm.train.optim import LinearWarmupDecay, build_adamw, warmup_steps
-from sparselm.train.setup import (git_sha, load_examples, load_student, load_teacher_from_path, make_accelerator,
-                                  plan_phases, reload_teacher, resolve_precision, save_teacher_atomic, snapshot)
+from sparselm.train.select import BestWeights, validation_loss
+from sparselm.train.setup import (git_sha, load_eval_examples, load_examples, load_student, load_teacher_from_path,
+                                  make_accelerator, plan_phases, reload_teacher, resolve_precision,
+                                  save_teacher_atomic, snapshot)
 from sparselm.train.step import ObjectiveStep, compile_blocks, model_inputs
 
 
@@ -84,8 +86,17 @@ class FinetuneRun:
         else:
             self.examples = load_examples(recipe, self.tokenizer, self.causal)
             self.collate = example_collator(self.tokenizer.pad_token_id, self.causal)
+        self.eval_examples = None
+        if recipe.train.eval_every:
+            if items is not None:
+                raise ValueError("train.eval_every reads held-out data from the recipe's data section; with "
+                                 "finetune(items=...) leave it unset")
+            self.eval_examples = load_eval_examples(recipe, self.tokenizer, self.causal)
         global_batch = recipe.train.batch_size * self.acc.num_processes
         self.phases = plan_phases(recipe, max(1, len(self.examples) // global_batch))
+        if self.fsdp and recipe.train.eval_every:
+            raise ValueError("train.eval_every: model selection needs the full weights on one rank; use DDP "
+                             "(train.fsdp=false)")
         if self.fsdp and len(self.phases) > 1:
             raise ValueError("train.fsdp: FSDP2 runs support one phase (one pruning stage, no in-run dense "
                              "teacher); use DDP (train.fsdp=false) for staged pruning")
@@ -106,8 +117,11 @@ class FinetuneRun:
             start_phase, start_step, masks = state["phase"], state["step"], ckpt_io.load_masks(ckpt)
             self.metrics.truncate_after(state["global_step"])
             self.acc.print(f"resuming from {ckpt} (phase {start_phase}, step {start_step})")
-        elif self.acc.is_main_process and self.metrics.path.exists():
-            self.metrics.path.unlink()
+        else:
+            if self.acc.is_main_process and self.metrics.path.exists():
+                self.metrics.path.unlink()
+            if self.acc.is_main_process:
+                shutil.rmtree(self.out / "best", ignore_errors=True)  # a killed run's best is not this run's
         self._init_teacher()
         for phase in self.phases[start_phase:]:
             here = ckpt is not None and phase.index == start_phase
@@ -212,15 +226,45 @@ class FinetuneRun:
             save=lambda step: self._save(phase, step, optimizer, mask, schedule),
             verify=mask.verify if mask is not None else (lambda: None), metrics=self.metrics,
             grad_accum=r.train.grad_accum, grad_clip=r.optim.grad_clip, log_every=r.train.log_every,
-            ckpt_every=r.train.ckpt_every, global_offset=self._offset(phase))
+            ckpt_every=r.train.ckpt_every, global_offset=self._offset(phase),
+            selection=self._selection(phase, module) if phase.stage is None else None)
         try:
             train_phase(parts, phase, step0, last_ckpt=ckpt.name if ckpt is not None else "none")
         finally:
             objective.close()
-        last = json.loads(self.metrics.path.read_text().splitlines()[-1]) if self.metrics.path.is_file() else {}
+        rows = [json.loads(ln) for ln in self.metrics.path.read_text().splitlines()] if self.metrics.path.is_file() \
+            else []
+        last = next((row for row in reversed(rows) if "loss/ce" in row), {})
         summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("loss/") and v is not None)
         sparsity = f", sparsity {mask.overall():.1%}" if mask is not None else ""
-        self.acc.print(f"[{phase.name}] {phase.steps} steps done{sparsity}; {summary}")
+        self.acc.print(f"[{phase.name}] {last.get('step', phase.steps)} steps done{sparsity}; {summary}")
+
+    def _selection(self, phase: Phase, module: nn.Module) -> BestSelection | None:
+        """Validation-CE model selection for a dense phase (train.eval_every), resuming from a saved best."""
+        r = self.recipe
+        if self.eval_examples is None:
+            return None
+        best = BestWeights(self.out / "best", phase.index, self.recipe_yaml)
+
+        def keep(step: int, loss: float) -> None:
+            if self.acc.is_main_process:
+                best.save(module, step, loss)
+            self.acc.wait_for_everyone()
+
+        def restore() -> None:
+            best.load_into(module)
+            self.acc.print(f"[{phase.name}] best validation CE {sel.best:.4g} at step {sel.best_step}: "
+                           "those weights end the phase")
+
+        sel = BestSelection(every=r.train.eval_every, patience=r.train.early_stop_patience, keep=keep,
+                            restore=restore,
+                            evaluate=lambda: validation_loss(module, self.eval_examples, self.collate,
+                                                             r.train.batch_size, self.acc.device,
+                                                             self.acc.autocast))
+        saved = best.saved()
+        if saved is not None:
+            sel.best, sel.best_step = float(saved["val"]), int(saved["step"])
+        return sel
 
     def _prepare(self, module: nn.Module, optimizer):
         """DDP-wrap once (later stages prune the same parameters in place); FSDP2 needs model+optimizer together."""
@@ -304,9 +348,14 @@ class FinetuneRun:
             (tmp / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "recipe.yaml").write_text(self.recipe_yaml)
             (tmp / "run.json").write_text(json.dumps(_provenance(), indent=2) + "\n")
+            chosen = {d.name: BestWeights(self.out / "best", 0, "").read(d) for d in sorted(
+                (self.out / "best").glob("p*")) if (d / "state.json").is_file()}
+            if chosen:  # train.eval_every: which step each dense phase kept (its weights are in the model now)
+                (tmp / "selection.json").write_text(json.dumps(chosen, indent=2) + "\n")
             for f in tmp.iterdir():
                 os.replace(f, self.out / f.name)
             tmp.rmdir()
+            shutil.rmtree(self.out / "best", ignore_errors=True)  # a full weight copy, no longer needed
             self.acc.print(f"wrote {self.out} (overall sparsity {report['overall']:.1%})")
         self.acc.wait_for_everyone()
         return self.out

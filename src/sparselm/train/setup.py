@@ -55,7 +55,7 @@ def load_student(recipe: FinetuneRecipe) -> tuple[nn.Module, object]:
                                  num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
                                  intermediate_size=t.intermediate_size, vocab_size=t.vocab_size or len(tok),
                                  max_positions=t.max_positions, pad_id=tok.pad_token_id, bos_id=tok.bos_token_id,
-                                 eos_id=tok.eos_token_id)
+                                 eos_id=tok.eos_token_id, dropout=t.dropout)
         return model, tok
     from sparselm.models import load_model
 
@@ -136,6 +136,26 @@ def load_items(recipe: FinetuneRecipe) -> list[dict[str, str]]:
     if not items:
         raise ValueError(f"data: no items from source {d.source!r}")
     return items
+
+
+def load_eval_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Example]:
+    """The held-out items for `train.eval_every` (data.eval_split of the task, or data.eval_path), tokenized."""
+    d = recipe.data
+    if d.source == "task" and d.eval_split:
+        from sparselm.data.registry import get_task
+
+        kwargs = {**d.task_args, **({"data_dir": d.data_dir} if d.data_dir else {})}
+        items = get_task(d.task, **kwargs).items(d.eval_split, limit=d.eval_examples)
+    elif d.eval_path:
+        from sparselm.data.jsonl import read_jsonl
+
+        items = read_jsonl(d.eval_path)[: d.eval_examples]
+    else:
+        raise ValueError(f"train.eval_every: data source {d.source!r} has no held-out data; set data.eval_split "
+                         "(task) or data.eval_path (jsonl)")
+    if not items:
+        raise ValueError(f"train.eval_every: no held-out items in {d.eval_split or d.eval_path!r}")
+    return tokenize_items(items, tokenizer, recipe.train.seqlen, causal, *_fields(recipe))
 
 
 def plan_phases(recipe: FinetuneRecipe, batches_per_epoch: int) -> list[Phase]:
