@@ -56,11 +56,27 @@ def test_seq2seq_collator_source_and_target():
     tok = char_tokenizer()
     batch = Seq2SeqCollator(tok)([{"prompt": "ab", "completion": " xyz"}, {"prompt": "abcd", "completion": " x"}])
     a, b, c, d = ids(tok, "abcd")
-    x, y, z = ids(tok, "xyz")
+    sp, x, y, z = ids(tok, " xyz")
     eos, pad, m = tok.eos_token_id, tok.pad_token_id, IGNORE_INDEX
     assert batch["input_ids"].tolist() == [[a, b, pad, pad], [a, b, c, d]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert batch["labels"].tolist() == [[x, y, z, eos], [x, eos, m, m]]  # completion stripped, EOS added
+    assert batch["labels"].tolist() == [[sp, x, y, z, eos], [sp, x, eos, m, m]]  # completion as given + EOS
+
+
+def test_seq2seq_eval_targets_match_training_targets():
+    """The log-likelihood metric scores exactly the token ids the model was trained on (a byte-level BPE
+    tokenizes " Sie" and "Sie" differently)."""
+    from sparselm.data.tokenizer import train_tokenizer
+    from sparselm.train.data import tokenize_items
+
+    items = [{"prompt": "Translate: The house is big.", "completion": " Das Haus ist groß."},
+             {"prompt": "Translate: The dog is old.", "completion": " Der Hund ist alt."}] * 20
+    tok = train_tokenizer([t for it in items for t in (it["prompt"], it["completion"])], 300)
+    train = tokenize_items(items[:2], tok, 64, causal=False)
+    batch = Seq2SeqCollator(tok)(items[:2])
+    for ex, row, src in zip(train, batch["labels"].tolist(), batch["input_ids"].tolist()):
+        assert [t for t in row if t != IGNORE_INDEX] == ex.labels
+        assert [t for t in src if t != tok.pad_token_id] == ex.input_ids
 
 
 def test_pad_falls_back_to_eos():

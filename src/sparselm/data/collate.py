@@ -112,7 +112,11 @@ class CausalLMCollator:
 
 
 class Seq2SeqCollator:
-    """Items → encoder input (the prompt) and labels (the stripped completion + EOS), both right-padded.
+    """Items → encoder input (the prompt) and labels (the completion as given + EOS), both right-padded.
+
+    The completion is not stripped: training (`sparselm.train.data.tokenize_items`) tokenizes it as given, and
+    for a byte-level BPE " Sie" and "Sie" are different first tokens, so scoring a stripped reference would
+    charge the model for a token it was never trained to emit (sentencepiece tokenizers treat both alike).
 
     The model builds decoder inputs by shifting the labels right (T5/BART/Whisper do it when given `labels`).
     Lengths in tokens: 512 source / 256 target by default, T5's pre-training source length and twice the
@@ -125,7 +129,7 @@ class Seq2SeqCollator:
         self.pad_id = pad_token_id(tokenizer)
 
     def target_ids(self, completion: str) -> list[int]:
-        ids = list(self.tokenizer(completion.strip(), add_special_tokens=True)["input_ids"])
+        ids = list(self.tokenizer(completion, add_special_tokens=True)["input_ids"])
         if self.tokenizer.eos_token_id is not None and (not ids or ids[-1] != self.tokenizer.eos_token_id):
             ids.append(int(self.tokenizer.eos_token_id))  # the decoder must learn to stop
         return ids[: self.max_target_length]
