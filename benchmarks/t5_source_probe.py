@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dropout", type=float, default=0.0, help="T5 dropout_rate")
+    ap.add_argument("--vocab", type=int, default=8000, help="ids of the BPE trained on the pairs")
+    ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (the schedule still "
                     "spans --steps)")
     ap.add_argument("--out", type=Path, default=None, help="write the settings and the rows as JSON")
@@ -47,17 +50,18 @@ def main() -> None:
         return [json.loads(line) for line in (args.data / f"{split}.jsonl").read_text().splitlines() if line]
 
     train, val = read("train"), read("validation")[:256]
-    tok = train_tokenizer(item_texts(train, ("prompt", "completion")), 8000)
+    tok = train_tokenizer(item_texts(train, ("prompt", "completion")), args.vocab)
     col = Seq2SeqCollator(tok, 128, 128)
     model = build_tiny_model("t5", hidden_size=args.d, num_layers=args.layers, num_heads=4,
                              intermediate_size=4 * args.d, vocab_size=len(tok), pad_id=tok.pad_token_id,
-                             bos_id=tok.bos_token_id, eos_id=tok.eos_token_id)
+                             bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, dropout=args.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / args.warmup) * max(0.0, 1.0 - s / args.steps))
 
     @torch.no_grad()
-    def val_ce(shuffle: bool) -> float:
+    def val_ce(shuffle: bool, per_char: bool = False) -> float:
+        """Mean CE per target token (per target character with per_char: comparable across vocabularies)."""
         model.eval()
         items = [dict(v) for v in val]
         if shuffle:  # each target paired with another item's source
@@ -72,7 +76,8 @@ def main() -> None:
             total += model(**b).loss.item() * k
             count += k
         model.train()
-        return total / count
+        chars = sum(len(v["completion"]) + 1 for v in items)  # + 1: the EOS
+        return total / (chars if per_char else count)
 
     t0, ema, rows = time.time(), None, []
     for step in range(min(args.steps, args.stop_after or args.steps)):
@@ -83,8 +88,9 @@ def main() -> None:
         sched.step()
         opt.zero_grad()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if (step + 1) % 250 == 0:
+        if (step + 1) % args.eval_every == 0:
             rows.append({"step": step + 1, "train_ce_ema": round(ema, 4), "val_ce": round(val_ce(False), 4),
+                         "val_nats_per_char": round(val_ce(False, per_char=True), 4),
                          "val_ce_shuffled_sources": round(val_ce(True), 4), "seconds": round(time.time() - t0)})
             print(json.dumps(rows[-1]), flush=True)
     if args.out is not None:
