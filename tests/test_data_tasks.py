@@ -10,7 +10,7 @@ import pytest
 from sparselm.data import export_task, get_task, list_tasks, read_jsonl
 from sparselm.data.gsm import HELD_OUT_TEMPLATES
 from sparselm.data.reasoning import SEEN, UNSEEN
-from sparselm.data.translation import DEFAULT_PATH, is_sentence, parse_trans_de_en
+from sparselm.data.translation import DEFAULT_PATH, is_sentence, parse_phrase_pairs, parse_trans_de_en
 
 rg = pytest.importorskip("reasoning_gym", reason="reasoning-gym missing: pip install reasoning-gym==0.1.25")
 
@@ -141,6 +141,27 @@ def test_translation_parsing_rules(tmp_path):
     assert [len(task.items(s)) for s in ("train", "validation", "test")] == [1, 1, 1]
     it = task.items("test")[0]
     assert it["completion"] == " " + it["answer"] and it["prompt"].endswith("\nGerman:")
+
+
+def test_translation_phrase_pairs_join_the_train_split_only(tmp_path):
+    path = tmp_path / "de-en"
+    path.write_text("\n".join(DICT_LINES + [
+        "Katze {f}; Mieze {f} | Katzen {pl} :: cat; puss | cats",
+        "etw. abholen | jdn. abholen :: to collect sth. | to pick sb. up",
+        "großes Haus | Das ist gut. :: big house | That is good.",
+    ]) + "\n", encoding="utf-8")
+    phrases = dict(parse_phrase_pairs(path))
+    # first alternative of each non-sentence slot; placeholders (sth./etw., sb./jdn.) and annotations dropped
+    assert phrases == {"house": "Haus", "houses": "Häuser", "deal": "Abmachung", "to rain": "regnen",
+                       "dog": "Hund", "cat": "Katze", "cats": "Katzen", "big house": "großes Haus"}
+    base = get_task("translation", path=path, n_validation=1, n_test=1, use_cache=False)
+    task = get_task("translation", path=path, n_validation=1, n_test=1, n_phrases=5, use_cache=False)
+    assert task.items("test") == base.items("test") and task.items("validation") == base.items("validation")
+    train = task.items("train")
+    assert len(train) == len(base.items("train")) + 5
+    assert sum(it["source"] == "trans-de-en-phrase" for it in train) == 5
+    with pytest.raises(ValueError, match="phrase pairs"):
+        get_task("translation", path=path, n_validation=1, n_test=1, n_phrases=99, use_cache=False).items("train")
 
 
 def test_translation_missing_file_says_how_to_install(tmp_path):

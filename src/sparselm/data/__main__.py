@@ -4,6 +4,7 @@ reasoning-gym and no trans-de-en):
     python -m sparselm.data export reasoning out/data/reasoning --n-train 20000
     python -m sparselm.data export gsm out/data/gsm
     python -m sparselm.data export translation out/data/translation
+    python -m sparselm.data export translation out/data/translation-lex --n-phrases 60000   # + lexicon pairs
     # there: get_task("reasoning", data_dir="out/data/reasoning")
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--n-validation", type=int)
     ex.add_argument("--n-test", type=int)
     ex.add_argument("--n-test-unseen", type=int)
+    ex.add_argument("--n-phrases", type=int, help="translation: dictionary word/phrase pairs added to train")
     ex.add_argument("--seed", type=int)
     ex.add_argument("--cache-dir", help="generation cache (default ~/.cache/sparselm/data or $SPARSELM_DATA_CACHE)")
     args = ap.parse_args(argv)

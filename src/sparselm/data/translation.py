@@ -15,7 +15,14 @@ the train size. The data is installed at run time and never committed (licence G
 ``apt-get install trans-de-en``.
 
 Item: prompt = "Translate English to German:\\n{en}\\nGerman:", completion = " {de}", answer = "{de}".
-A seq2seq collator uses the prompt as the source and the stripped completion as the target.
+A seq2seq collator uses the prompt as the source and the completion as the target.
+
+`n_phrases` > 0 adds that many of the dictionary's word and phrase pairs to the *train* split only (validation and
+test stay sentences): the first alternative of each slot pair that is not a sentence, 1-6 words a side, without
+the dictionary's placeholders (sth., sb., etw., jdn. ...), deduplicated by English and disjoint from every
+sentence. ~265k exist. Why: 14.5k idiomatic example sentences are too few for a model trained from scratch to
+learn the lexicon (a T5-small teacher stopped improving on validation after ~25 epochs at BLEU 1.6); a
+bilingual lexicon as extra training pairs is the classic low-resource remedy.
 """
 from __future__ import annotations
 
@@ -64,6 +71,35 @@ def parse_trans_de_en(path: str | Path = DEFAULT_PATH) -> list[tuple[str, str]]:
     return list(pairs.items())
 
 
+_PLACEHOLDER = re.compile(r"\b(sth|sb|etw|jd[mnrs]?|jds)\.|[()…/]|\.\.\.")
+
+
+def parse_phrase_pairs(path: str | Path = DEFAULT_PATH, max_words: int = 6) -> list[tuple[str, str]]:
+    """(english, german) word / phrase pairs (the first alternative of each non-sentence slot), deduplicated by
+    English, in file order; none of them is a sentence of `parse_trans_de_en`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; install the EN-DE dictionary with "
+                                f"`apt-get install trans-de-en` (Debian/Ubuntu, as root)")
+    pairs: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or " :: " not in line:
+                continue
+            de, en = line.rstrip("\n").split(" :: ", 1)
+            de_slots, en_slots = de.split(" | "), en.split(" | ")
+            if len(de_slots) != len(en_slots):
+                continue
+            for d, e in zip(de_slots, en_slots):
+                if is_sentence(_clean(d)) or is_sentence(_clean(e)):
+                    continue
+                d, e = _clean(d.split(";")[0]), _clean(e.split(";")[0])
+                if (d and e and len(d.split()) <= max_words and len(e.split()) <= max_words
+                        and not _PLACEHOLDER.search(d + " " + e)):
+                    pairs.setdefault(e, d)
+    return list(pairs.items())
+
+
 def translation_prompt(english: str) -> str:
     return f"Translate English to German:\n{english}\nGerman:"
 
@@ -76,15 +112,26 @@ class TranslationTask(Task):
     max_new_tokens: ClassVar[int] = 128
 
     def __init__(self, n_train: int | None = None, n_validation: int = 500, n_test: int = 1000, seed: int = 0,
-                 path: str | Path = DEFAULT_PATH, **kwargs: Any) -> None:
+                 path: str | Path = DEFAULT_PATH, n_phrases: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if n_phrases < 0:
+            raise ValueError(f"n_phrases must be >= 0, got {n_phrases}")
         self.n_train, self.n_validation, self.n_test = n_train, n_validation, n_test  # n_train None: all the rest
-        self.seed, self.path = seed, Path(path)
+        self.seed, self.path, self.n_phrases = seed, Path(path), n_phrases
         self._pairs: list[tuple[str, str]] | None = None
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "n_train": self.n_train, "n_validation": self.n_validation,
-                "n_test": self.n_test, "seed": self.seed, "path": str(self.path)}
+                "n_test": self.n_test, "seed": self.seed, "path": str(self.path), "n_phrases": self.n_phrases}
+
+    def _phrase_items(self) -> list[Item]:
+        sentences = {en for en, _ in self._pairs or []}  # an English slot can be a sentence whose German is not
+        phrases = sorted(p for p in parse_phrase_pairs(self.path) if p[0] not in sentences)
+        random.Random(self.seed + 1).shuffle(phrases)
+        if self.n_phrases > len(phrases):
+            raise ValueError(f"n_phrases={self.n_phrases}: the dictionary has {len(phrases)} phrase pairs")
+        return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de,
+                 "source": "trans-de-en-phrase"} for en, de in phrases[:self.n_phrases]]
 
     def generate(self, split: str) -> list[Item]:
         self.check_split(split)
@@ -99,5 +146,9 @@ class TranslationTask(Task):
         lo, hi = bounds[split]
         if hi > len(self._pairs):
             raise ValueError(f"n_train={self.n_train}: only {len(self._pairs) - n_eval} training pairs exist")
-        return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": "trans-de-en"}
-                for en, de in self._pairs[lo:hi]]
+        items = [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": "trans-de-en"}
+                 for en, de in self._pairs[lo:hi]]
+        if split == "train" and self.n_phrases:  # lexicon pairs, interleaved so every batch mixes both kinds
+            items = items + self._phrase_items()
+            random.Random(self.seed + 2).shuffle(items)
+        return items
