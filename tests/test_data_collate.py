@@ -58,9 +58,10 @@ def test_seq2seq_collator_source_and_target():
     a, b, c, d = ids(tok, "abcd")
     sp, x, y, z = ids(tok, " xyz")
     eos, pad, m = tok.eos_token_id, tok.pad_token_id, IGNORE_INDEX
-    assert batch["input_ids"].tolist() == [[a, b, pad, pad], [a, b, c, d]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-    assert batch["labels"].tolist() == [[sp, x, y, z, eos], [sp, x, eos, m, m]]  # completion as given + EOS
+    # both sides as training tokenizes them (sparselm.train.data.tokenize_items): ids + EOS, the completion as given
+    assert batch["input_ids"].tolist() == [[a, b, eos, pad, pad], [a, b, c, d, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[sp, x, y, z, eos], [sp, x, eos, m, m]]
 
 
 def test_seq2seq_eval_targets_match_training_targets():

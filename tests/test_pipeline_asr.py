@@ -103,6 +103,13 @@ def test_asr_with_tiny_arch_is_refused(tmp_path) -> None:
         check_runnable(r)
 
 
+def test_asr_teacher_model_selection_is_refused_before_work(tmp_path) -> None:
+    rec = _recipe(tmp_path, tmp_path, tmp_path / "out")
+    rec["teacher"] = {**rec["teacher"], "eval_every": 10}
+    with pytest.raises(NotRunnableError, match="teacher.eval_every"):
+        check_runnable(validate_pipeline_recipe(rec))
+
+
 def test_asr_unknown_task_arg(tmp_path) -> None:
     from sparselm.pipeline.asr import train_items
 

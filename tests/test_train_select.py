@@ -79,9 +79,28 @@ def test_eval_every_real_validation_loss_runs_to_the_end(tmp_path):
     assert best["val"] == pytest.approx(val[-1]["val/best"])
 
 
+def test_two_dense_phases_each_keep_their_selection_and_checkpoints_record_it(tmp_path):
+    rec = _recipe(tmp_path, eval_every=2, ckpt_every=2)
+    rec["teacher"] = {"source": "dense-finetune", "dense_steps": 4}  # phase 0: the in-run teacher; phase 1: dense
+    out = finetune(validate_finetune_recipe(rec))
+    chosen = json.loads((out / "selection.json").read_text())
+    assert set(chosen) == {"p0", "p1"} and chosen["p0"]["step"] in (2, 4)
+    state = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() /
+                        "state.json").read_text())
+    assert state["phase"] == 1 and set(state["selection"]) == {"best", "best_step", "stale"}
+    assert state["selection"]["best"] == chosen["p1"]["val"]
+
+
+def test_selection_state_round_trips():
+    sel = BestSelection(every=1, evaluate=lambda: 1.0, keep=lambda s, v: None, restore=lambda: None)
+    sel.load_state({"best": 2.5, "best_step": 40, "stale": 3})
+    assert sel.state() == {"best": 2.5, "best_step": 40, "stale": 3}
+
+
 @pytest.mark.parametrize("train, data, msg", [
     ({"early_stop_patience": 2}, {}, "needs train.eval_every"),
     ({"eval_every": 2}, {"eval_path": None}, "needs held-out data"),
+    ({"eval_every": 2}, {"eval_path": None, "eval_split": "validation"}, "set data.eval_path"),
 ])
 def test_selection_settings_are_checked(tmp_path, train, data, msg):
     rec = _recipe(tmp_path, **train)

@@ -81,10 +81,11 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch
 def generation_batch(tokenizer, prompts: Sequence[str], max_length: int | None = None,
                      encoder_decoder: bool = False) -> dict[str, torch.Tensor]:
     """Prompts tokenized for `model.generate`: left-padded for a decoder-only model (prompts cut from the left
-    to `max_length`); for an encoder-decoder, the encoder input with its special tokens (padding side is
-    irrelevant there, the attention mask hides it), cut from the right like the seq2seq collator."""
+    to `max_length`); for an encoder-decoder, the encoder input as training builds it (prompt ids + EOS; padding
+    side is irrelevant there, the attention mask hides it), cut from the right like the seq2seq collator."""
     if encoder_decoder:
-        seqs = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+        eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+        seqs = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) + eos for p in prompts]
         seqs = [s[:max_length] if max_length else s for s in seqs]
     else:
         seqs = [prompt_ids(tokenizer, p) for p in prompts]
@@ -128,15 +129,19 @@ class Seq2SeqCollator:
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
         self.pad_id = pad_token_id(tokenizer)
 
-    def target_ids(self, completion: str) -> list[int]:
-        ids = list(self.tokenizer(completion, add_special_tokens=True)["input_ids"])
-        if self.tokenizer.eos_token_id is not None and (not ids or ids[-1] != self.tokenizer.eos_token_id):
+    def _with_eos(self, text: str, limit: int) -> list[int]:
+        """The ids of `text` (no special tokens) + EOS: the rule training uses on both sides
+        (`sparselm.train.data.tokenize_items`), so evaluation scores the sequences the model was trained on."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.tokenizer.eos_token_id is not None:
             ids.append(int(self.tokenizer.eos_token_id))  # the decoder must learn to stop
-        return ids[: self.max_target_length]
+        return ids[:limit]
+
+    def target_ids(self, completion: str) -> list[int]:
+        return self._with_eos(completion, self.max_target_length)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        src = [list(self.tokenizer(it["prompt"], add_special_tokens=True)["input_ids"])[: self.max_source_length]
-               for it in items]
+        src = [self._with_eos(it["prompt"], self.max_source_length) for it in items]
         enc = pad_right([{"input_ids": s} for s in src], self.pad_id)
         tgt = pad_right([{"input_ids": self.target_ids(it["completion"])} for it in items], self.pad_id)  # -100 pads
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": tgt["labels"]}

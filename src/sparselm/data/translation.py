@@ -95,7 +95,7 @@ def parse_phrase_pairs(path: str | Path = DEFAULT_PATH, max_words: int = 6) -> l
                     continue
                 d, e = _clean(d.split(";")[0]), _clean(e.split(";")[0])
                 if (d and e and len(d.split()) <= max_words and len(e.split()) <= max_words
-                        and not _PLACEHOLDER.search(d + " " + e)):
+                        and not _PLACEHOLDER.search(d + " " + e) and not is_sentence(d) and not is_sentence(e)):
                     pairs.setdefault(e, d)
     return list(pairs.items())
 
@@ -125,8 +125,10 @@ class TranslationTask(Task):
                 "n_test": self.n_test, "seed": self.seed, "path": str(self.path), "n_phrases": self.n_phrases}
 
     def _phrase_items(self) -> list[Item]:
-        sentences = {en for en, _ in self._pairs or []}  # an English slot can be a sentence whose German is not
-        phrases = sorted(p for p in parse_phrase_pairs(self.path) if p[0] not in sentences)
+        # no phrase may repeat either side of any sentence pair (validation and test included)
+        en_seen = {en for en, _ in self._pairs or []}
+        de_seen = {de for _, de in self._pairs or []}
+        phrases = sorted(p for p in parse_phrase_pairs(self.path) if p[0] not in en_seen and p[1] not in de_seen)
         random.Random(self.seed + 1).shuffle(phrases)
         if self.n_phrases > len(phrases):
             raise ValueError(f"n_phrases={self.n_phrases}: the dictionary has {len(phrases)} phrase pairs")

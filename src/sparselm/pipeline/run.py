@@ -55,6 +55,9 @@ def check_runnable(recipe: PipelineRecipe) -> None:
                                "character tokenizer of the synthetic data, which cannot encode its inputs (for "
                                "translation: set model.tiny.tokenizer=train-bpe; for asr: save a tiny Whisper + "
                                "processor to a directory and name that)")
+    if recipe.task.name == "asr" and recipe.teacher.eval_every:
+        raise NotRunnableError("teacher.eval_every: the asr teacher trains on audio items that model selection "
+                               "does not read yet; leave it unset for asr")
 
 
 def run_name(sparsity: float, loss: str) -> str:

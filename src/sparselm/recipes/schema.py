@@ -271,6 +271,9 @@ class FinetuneRecipe(_Strict):
                 raise ValueError(f"pruning.stages.{i}: no length; set steps/epochs there or train.steps/epochs")
         if self.train.early_stop_patience and not self.train.eval_every:
             raise ValueError("train.early_stop_patience needs train.eval_every (how often to evaluate)")
+        if self.data.eval_split and self.data.source != "task" and not self.data.eval_path:
+            raise ValueError(f"data.eval_split names a split of a task; with source {self.data.source!r} set "
+                             "data.eval_path (a held-out .jsonl) instead")
         if self.train.eval_every and not (self.data.eval_split or self.data.eval_path):
             raise ValueError("train.eval_every needs held-out data: data.eval_split (task source, e.g. "
                              "validation) or data.eval_path (jsonl source)")

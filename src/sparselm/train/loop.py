@@ -86,11 +86,12 @@ class BestSelection:
     """Model selection by validation loss for a dense phase: every `every` optimizer steps (and at the phase end)
     `evaluate()` returns the validation loss; each new best is written by `keep(step, loss)`, and at the end of the
     phase `restore()` loads it back, so the phase returns its best weights, not its last ones. With `patience`,
-    the phase stops after that many evaluations without a new best.
+    the phase stops after that many evaluations without a new best. Every rank must get the same loss from
+`evaluate()` (the runner broadcasts rank 0's), so all ranks take the same early-stop decision.
 
     Why: a teacher trained from scratch on a small corpus (14.5k translation pairs) memorizes it within a few
-    dozen epochs; a fixed epoch count either underfits or hands the students a memorizer. `best` / `best_step`
-    start from the values saved with the last best (a resumed run keeps comparing against them).
+    dozen epochs; a fixed epoch count either underfits or hands the students a memorizer. A resumed run restores
+    `state()` from its checkpoint.
     """
 
     every: int
@@ -102,6 +103,13 @@ class BestSelection:
     best_step: int = 0
     stale: int = 0                 # evaluations since the last new best
     last: float = float("nan")     # the latest validation loss
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint records, so a resume compares against the same best with the same patience left."""
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.stale = float(state["best"]), int(state["best_step"]), int(state["stale"])
 
     def check(self, step: int) -> bool:
         """Evaluate at `step`; True when the phase should stop early."""
@@ -160,20 +168,21 @@ def train_phase(p: LoopParts, phase: Phase, start_step: int = 0, last_ckpt: str 
         p.optimizer.zero_grad(set_to_none=True)
         since += 1
         done = step + 1
-        if done % p.log_every == 0 or done == phase.steps:
+        stop = False
+        evaluate = p.selection is not None and (done % p.selection.every == 0 or done == phase.steps)
+        if evaluate:
+            _check_finite(bad, phase, done, last_ckpt)
+            stop = p.selection.check(done)
+        if done % p.log_every == 0 or done == phase.steps or (stop and since):
             _check_finite(bad, phase, done, last_ckpt)
             row = _log_row(p, phase, done, lr, sums, since, tokens, time.perf_counter() - t0)
             if acc.is_main_process:
                 p.metrics.write(row)
             bar.set_postfix({k[5:]: f"{v:.4g}" for k, v in row.items() if k.startswith("loss/") and v is not None})
             sums, tokens, t0, since = {}, 0, time.perf_counter(), 0
-        stop = False
-        if p.selection is not None and (done % p.selection.every == 0 or done == phase.steps):
-            _check_finite(bad, phase, done, last_ckpt)
-            stop = p.selection.check(done)
-            if acc.is_main_process:
-                p.metrics.write({"global_step": p.global_offset + done, "phase": phase.name, "step": done,
-                                 "val/ce": p.selection.last, "val/best": p.selection.best})
+        if evaluate and acc.is_main_process:
+            p.metrics.write({"global_step": p.global_offset + done, "phase": phase.name, "step": done,
+                             "val/ce": p.selection.last, "val/best": p.selection.best})
         if stop:
             sel = p.selection
             acc.print(f"[{phase.name}] early stop at step {done}: no better validation loss in {sel.stale} "

@@ -122,6 +122,7 @@ class FinetuneRun:
                 self.metrics.path.unlink()
             if self.acc.is_main_process:
                 shutil.rmtree(self.out / "best", ignore_errors=True)  # a killed run's best is not this run's
+            self.acc.wait_for_everyone()  # no rank may read best/ before it is gone
         self._init_teacher()
         for phase in self.phases[start_phase:]:
             here = ckpt is not None and phase.index == start_phase
@@ -183,6 +184,7 @@ class FinetuneRun:
     # -- one phase -------------------------------------------------------------------------------------------------
     def _run_phase(self, phase: Phase, step0: int, ckpt: Path | None, masks: dict | None, state: dict) -> None:
         r, module = self.recipe, self.student
+        self._sel: BestSelection | None = None
         mask: FixedMask | None = None
         if phase.stage is not None and not self.fsdp:
             if ckpt is not None and masks is not None:
@@ -227,7 +229,9 @@ class FinetuneRun:
             verify=mask.verify if mask is not None else (lambda: None), metrics=self.metrics,
             grad_accum=r.train.grad_accum, grad_clip=r.optim.grad_clip, log_every=r.train.log_every,
             ckpt_every=r.train.ckpt_every, global_offset=self._offset(phase),
-            selection=self._selection(phase, module) if phase.stage is None else None)
+            selection=self._selection(phase, module, state if ckpt is not None else None)
+            if phase.stage is None else None)
+        self._sel = parts.selection  # _save records its state in each checkpoint
         try:
             train_phase(parts, phase, step0, last_ckpt=ckpt.name if ckpt is not None else "none")
         finally:
@@ -239,8 +243,10 @@ class FinetuneRun:
         sparsity = f", sparsity {mask.overall():.1%}" if mask is not None else ""
         self.acc.print(f"[{phase.name}] {last.get('step', phase.steps)} steps done{sparsity}; {summary}")
 
-    def _selection(self, phase: Phase, module: nn.Module) -> BestSelection | None:
-        """Validation-CE model selection for a dense phase (train.eval_every), resuming from a saved best."""
+    def _selection(self, phase: Phase, module: nn.Module, resumed: dict | None) -> BestSelection | None:
+        """Validation-CE model selection for a dense phase (train.eval_every); `resumed`: the state.json of the
+        checkpoint this phase resumes from (its best / patience are restored; a best saved after it, by the run
+        that crashed, is not this run's and is dropped)."""
         r = self.recipe
         if self.eval_examples is None:
             return None
@@ -256,14 +262,24 @@ class FinetuneRun:
             self.acc.print(f"[{phase.name}] best validation CE {sel.best:.4g} at step {sel.best_step}: "
                            "those weights end the phase")
 
+        def evaluate() -> float:
+            loss = validation_loss(module, self.eval_examples, self.collate, r.train.batch_size, self.acc.device,
+                                   self.acc.autocast)
+            if self.acc.num_processes > 1:  # one decision for all ranks: rank 0's number
+                t = torch.tensor([loss], device=self.acc.device)
+                torch.distributed.broadcast(t, src=0)
+                loss = float(t.item())
+            return loss
+
         sel = BestSelection(every=r.train.eval_every, patience=r.train.early_stop_patience, keep=keep,
-                            restore=restore,
-                            evaluate=lambda: validation_loss(module, self.eval_examples, self.collate,
-                                                             r.train.batch_size, self.acc.device,
-                                                             self.acc.autocast))
+                            restore=restore, evaluate=evaluate)
+        record = (resumed or {}).get("selection") if (resumed or {}).get("phase") == phase.index else None
         saved = best.saved()
-        if saved is not None:
-            sel.best, sel.best_step = float(saved["val"]), int(saved["step"])
+        if record is not None and saved is not None and int(saved["step"]) == int(record["best_step"]):
+            sel.load_state(record)
+        elif saved is not None and self.acc.is_main_process:
+            shutil.rmtree(best.root, ignore_errors=True)
+        self.acc.wait_for_everyone()
         return sel
 
     def _prepare(self, module: nn.Module, optimizer):
@@ -317,6 +333,9 @@ class FinetuneRun:
                  "global_step": self._offset(phase) + step,
                  "schedule": schedule.state_dict() if schedule is not None else {"step": 0},
                  "sparsity": mask.overall() if mask is not None else None}
+        sel = getattr(self, "_sel", None)  # this phase's model selection, if any
+        if sel is not None:
+            state["selection"] = sel.state()
         if self.fsdp:  # full weights gathered to rank 0; optimizer moments are not checkpointed under FSDP
             sd = self.acc.get_state_dict(self.model_fwd)
             if self.acc.is_main_process:
@@ -348,8 +367,7 @@ class FinetuneRun:
             (tmp / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "recipe.yaml").write_text(self.recipe_yaml)
             (tmp / "run.json").write_text(json.dumps(_provenance(), indent=2) + "\n")
-            chosen = {d.name: BestWeights(self.out / "best", 0, "").read(d) for d in sorted(
-                (self.out / "best").glob("p*")) if (d / "state.json").is_file()}
+            chosen = BestWeights.chosen(self.out / "best")
             if chosen:  # train.eval_every: which step each dense phase kept (its weights are in the model now)
                 (tmp / "selection.json").write_text(json.dumps(chosen, indent=2) + "\n")
             for f in tmp.iterdir():

@@ -2,7 +2,7 @@
 
     val CE = -(1/N) Σ_{held-out target tokens} log p(y_i | y_<i, x)      (the training CE, on data.eval_split)
 
-Used by `train.eval_every` (see `sparselm.train.loop.BestSelection`). The best weights live in `<out>/best/p<phase>/`
+Used by `train.eval_every` (see `sparselm.train.loop.BestSelection`). The best weights live in `<out>/best/p<phase>/best/`
 (a checkpoint without optimizer state, outside `checkpoints/`, so checkpoint rotation never deletes it), with the
 step and loss in its state.json: a resumed run restores the best value it must beat, and the phase's final
 weights are read back from there. When the run is written, the chosen steps go to `selection.json` and the copy
@@ -47,15 +47,15 @@ def validation_loss(module: nn.Module, examples: Sequence[Any], collate: Callabl
 
 
 class BestWeights:
-    """`<root>/p<phase>`: the best weights of one phase, with {"phase", "step", "val"} in state.json."""
+    """`<root>/p<phase>/best`: the best weights of one phase, with {"phase", "step", "val"} in state.json (one
+    folder per phase, so a second dense phase's rotation never deletes the first's)."""
 
     def __init__(self, root: Path, phase: int, recipe_yaml: str) -> None:
-        self.root, self.name, self.recipe_yaml = root, f"p{phase}", recipe_yaml
-        self.phase = phase
+        self.root, self.recipe_yaml, self.phase = root / f"p{phase}", recipe_yaml, phase
 
     @property
     def path(self) -> Path:
-        return self.root / self.name
+        return self.root / "best"
 
     def saved(self) -> dict[str, Any] | None:
         """The saved best's state ({"step", "val", ...}), or None when there is none."""
@@ -65,8 +65,14 @@ class BestWeights:
     def read(path: Path) -> dict[str, Any]:
         return ckpt_io.read_state(path)
 
+    @staticmethod
+    def chosen(root: Path) -> dict[str, dict[str, Any]]:
+        """{"p<phase>": {"phase", "step", "val"}} for every phase with a saved best under `root`."""
+        return {d.name: ckpt_io.read_state(d / "best") for d in sorted(root.glob("p*"))
+                if (d / "best" / "state.json").is_file()}
+
     def save(self, module: nn.Module, step: int, loss: float) -> None:
-        ckpt_io.save_checkpoint(self.root, self.name, model=module, optimizer=None, masks=None,
+        ckpt_io.save_checkpoint(self.root, "best", model=module, optimizer=None, masks=None,
                                 state={"phase": self.phase, "step": step, "val": loss},
                                 recipe_yaml=self.recipe_yaml, keep=1)
 
