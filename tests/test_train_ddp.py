@@ -65,3 +65,21 @@ def test_torchrun_two_processes(tmp_path):
     assert report["overall"] == pytest.approx(0.6, abs=0.01)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["dense-teacher"] * 4 + ["stage-0"] * 3 + ["stage-1"] * 3  # rank 0 only
+
+
+def test_ddp_model_selection_every_rank_decides_alike(tmp_path):
+    """train.eval_every under 2 processes: rank 0's validation loss is broadcast, so both ranks take the same
+    keep / early-stop decisions (a split decision would hang in the next collective or barrier)."""
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n"
+                           for a, b in [(3, 4), (12, 30), (7, 8), (21, 21), (5, 60), (44, 11)]))
+    out = tmp_path / "sel"
+    _wait(_torchrun(2, out, "train.batch_size=8", "teacher.dense_steps=6", "pruning.stages=[{sparsity: 0.5, steps: 2}]",
+                    "train.log_every=1", "train.eval_every=2", "train.early_stop_patience=1", f"data.eval_path={val}"))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    val_rows = [r for r in rows if "val/ce" in r]
+    assert val_rows and all(r["phase"] == "dense-teacher" for r in val_rows)  # dense phases only, rank 0 only
+    assert len({r["step"] for r in val_rows}) == len(val_rows)
+    chosen = json.loads((out / "selection.json").read_text())["p0"]
+    assert chosen["val"] == min(r["val/ce"] for r in val_rows)
+    assert [r["phase"] for r in rows if "val/ce" not in r][-2:] == ["stage-0"] * 2
