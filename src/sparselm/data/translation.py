@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from sparselm.data.registry import Item, Task, register_task
 
@@ -51,25 +51,29 @@ def is_sentence(s: str) -> bool:
     return bool(_START.match(s)) and bool(_END.search(s)) and len(s.split()) >= 2 and not _ALTERNATIVES.search(s)
 
 
-def parse_trans_de_en(path: str | Path = DEFAULT_PATH) -> list[tuple[str, str]]:
-    """(english, german) sentence pairs from the dictionary file, deduplicated by English, in file order."""
+def _slot_pairs(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(german slot, english slot) of every aligned dictionary entry, raw (annotations still in), in file order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; install the EN-DE dictionary with "
                                 f"`apt-get install trans-de-en` (Debian/Ubuntu, as root)")
-    pairs: dict[str, str] = {}
     with path.open(encoding="utf-8") as f:
         for line in f:
             if line.startswith("#") or " :: " not in line:
                 continue
             de, en = line.rstrip("\n").split(" :: ", 1)
             de_slots, en_slots = de.split(" | "), en.split(" | ")
-            if len(de_slots) != len(en_slots):  # misaligned entry: slots cannot be paired
-                continue
-            for d, e in zip(de_slots, en_slots):
-                d, e = _clean(d), _clean(e)
-                if is_sentence(d) and is_sentence(e):
-                    pairs.setdefault(e, d)
+            if len(de_slots) == len(en_slots):  # a misaligned entry's slots cannot be paired
+                yield from zip(de_slots, en_slots)
+
+
+def parse_trans_de_en(path: str | Path = DEFAULT_PATH) -> list[tuple[str, str]]:
+    """(english, german) sentence pairs from the dictionary file, deduplicated by English, in file order."""
+    pairs: dict[str, str] = {}
+    for d, e in _slot_pairs(path):
+        d, e = _clean(d), _clean(e)
+        if is_sentence(d) and is_sentence(e):
+            pairs.setdefault(e, d)
     return list(pairs.items())
 
 
@@ -79,26 +83,14 @@ _PLACEHOLDER = re.compile(r"\b(sth|sb|etw|jd[mnrs]?|jds)\.|[()…/]|\.\.\.")
 def parse_phrase_pairs(path: str | Path = DEFAULT_PATH, max_words: int = 6) -> list[tuple[str, str]]:
     """(english, german) word / phrase pairs (the first alternative of each non-sentence slot), deduplicated by
     English, in file order; none of them is a sentence of `parse_trans_de_en`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; install the EN-DE dictionary with "
-                                f"`apt-get install trans-de-en` (Debian/Ubuntu, as root)")
     pairs: dict[str, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("#") or " :: " not in line:
-                continue
-            de, en = line.rstrip("\n").split(" :: ", 1)
-            de_slots, en_slots = de.split(" | "), en.split(" | ")
-            if len(de_slots) != len(en_slots):
-                continue
-            for d, e in zip(de_slots, en_slots):
-                if is_sentence(_clean(d)) or is_sentence(_clean(e)):
-                    continue
-                d, e = _clean(d.split(";")[0]), _clean(e.split(";")[0])
-                if (d and e and len(d.split()) <= max_words and len(e.split()) <= max_words
-                        and not _PLACEHOLDER.search(d + " " + e) and not is_sentence(d) and not is_sentence(e)):
-                    pairs.setdefault(e, d)
+    for d, e in _slot_pairs(path):
+        if is_sentence(_clean(d)) or is_sentence(_clean(e)):
+            continue
+        d, e = _clean(d.split(";")[0]), _clean(e.split(";")[0])
+        if (d and e and len(d.split()) <= max_words and len(e.split()) <= max_words
+                and not _PLACEHOLDER.search(d + " " + e) and not is_sentence(d) and not is_sentence(e)):
+            pairs.setdefault(e, d)
     return list(pairs.items())
 
 
