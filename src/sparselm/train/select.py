@@ -59,11 +59,7 @@ class BestWeights:
 
     def saved(self) -> dict[str, Any] | None:
         """The saved best's state ({"step", "val", ...}), or None when there is none."""
-        return self.read(self.path) if (self.path / "state.json").is_file() else None
-
-    @staticmethod
-    def read(path: Path) -> dict[str, Any]:
-        return ckpt_io.read_state(path)
+        return ckpt_io.read_state(self.path) if (self.path / "state.json").is_file() else None
 
     @staticmethod
     def chosen(root: Path) -> dict[str, dict[str, Any]]:

@@ -119,20 +119,26 @@ def load_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[Examp
     return tokenize_items(load_items(recipe), tokenizer, recipe.train.seqlen, causal, *_fields(recipe))
 
 
+def _task_items(d, split: str, limit: int | None) -> list[dict[str, str]]:
+    from sparselm.data.registry import get_task
+
+    kwargs = {**d.task_args, **({"data_dir": d.data_dir} if d.data_dir else {})}
+    return get_task(d.task, **kwargs).items(split, limit=limit)
+
+
+def _jsonl_items(path: str, limit: int | None) -> list[dict[str, str]]:
+    from sparselm.data.jsonl import read_jsonl
+
+    items = read_jsonl(path)
+    return items[:limit] if limit else items
+
+
 def load_items(recipe: FinetuneRecipe) -> list[dict[str, str]]:
     """The training items of `recipe.data` (before tokenization)."""
     d = recipe.data
     if d.source == "synthetic-arith":
         return synthetic_arith(d.num_examples or 512, d.max_operand, d.seed)
-    if d.source == "task":
-        from sparselm.data.registry import get_task
-
-        kwargs = {**d.task_args, **({"data_dir": d.data_dir} if d.data_dir else {})}
-        items = get_task(d.task, **kwargs).items(d.split, limit=d.num_examples)
-    else:
-        from sparselm.data.jsonl import read_jsonl
-
-        items = read_jsonl(d.path)[: d.num_examples] if d.num_examples else read_jsonl(d.path)
+    items = _task_items(d, d.split, d.num_examples) if d.source == "task" else _jsonl_items(d.path, d.num_examples)
     if not items:
         raise ValueError(f"data: no items from source {d.source!r}")
     return items
@@ -142,14 +148,9 @@ def load_eval_examples(recipe: FinetuneRecipe, tokenizer, causal: bool) -> list[
     """The held-out items for `train.eval_every` (data.eval_split of the task, or data.eval_path), tokenized."""
     d = recipe.data
     if d.source == "task" and d.eval_split:
-        from sparselm.data.registry import get_task
-
-        kwargs = {**d.task_args, **({"data_dir": d.data_dir} if d.data_dir else {})}
-        items = get_task(d.task, **kwargs).items(d.eval_split, limit=d.eval_examples)
+        items = _task_items(d, d.eval_split, d.eval_examples)
     elif d.eval_path:
-        from sparselm.data.jsonl import read_jsonl
-
-        items = read_jsonl(d.eval_path)[: d.eval_examples]
+        items = _jsonl_items(d.eval_path, d.eval_examples)
     else:
         raise ValueError(f"train.eval_every: data source {d.source!r} has no held-out data; set data.eval_split "
                          "(task) or data.eval_path (jsonl)")
