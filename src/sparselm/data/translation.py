@@ -14,6 +14,11 @@ with ``Random(seed)`` and cut into test / validation / train in that order, so t
 the train size. The data is installed at run time and never committed (licence GPL-2+):
 ``apt-get install trans-de-en``.
 
+`corpus`: "dictionary" (the sentences above, the default), "messages" (English→German software messages from the
+installed gettext catalogs, sparselm.data.messages: ≈32k pairs, a more literal and regular domain), or "both"
+(the union, deduplicated by English, dictionary first; one shuffle, so every split mixes both sources in
+proportion, ≈46k pairs). Each item's `source` names its origin ("trans-de-en" or "gettext:<domain>").
+
 Item: prompt = "Translate English to German:\\n{en}\\nGerman:", completion = " {de}", answer = "{de}".
 A seq2seq collator uses the prompt as the source and the completion as the target.
 
@@ -33,8 +38,10 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+from sparselm.data.messages import DEFAULT_LOCALE_DIR, parse_catalogs
 from sparselm.data.registry import Item, Task, register_task
 
+CORPORA = ("dictionary", "messages", "both")
 DEFAULT_PATH = Path("/usr/share/trans/de-en")
 _ANNOTATION = re.compile(r"\s*(\{[^}]*\}|\[[^\]]*\]|<[^>]*>)")
 _START = re.compile(r"^[„“\"'‚‘]?[A-ZÄÖÜ0-9]")
@@ -106,22 +113,38 @@ class TranslationTask(Task):
     max_new_tokens: ClassVar[int] = 128
 
     def __init__(self, n_train: int | None = None, n_validation: int = 500, n_test: int = 1000, seed: int = 0,
-                 path: str | Path = DEFAULT_PATH, n_phrases: int = 0, **kwargs: Any) -> None:
+                 path: str | Path = DEFAULT_PATH, n_phrases: int = 0, corpus: str = "dictionary",
+                 locale_dir: str | Path = DEFAULT_LOCALE_DIR, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if n_phrases < 0:
             raise ValueError(f"n_phrases must be >= 0, got {n_phrases}")
+        if corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {CORPORA}, got {corpus!r}")
         self.n_train, self.n_validation, self.n_test = n_train, n_validation, n_test  # n_train None: all the rest
         self.seed, self.path, self.n_phrases = seed, Path(path), n_phrases
-        self._pairs: list[tuple[str, str]] | None = None
+        self.corpus, self.locale_dir = corpus, Path(locale_dir)
+        self._pairs: list[tuple[str, str, str]] | None = None  # (english, german, source)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "n_train": self.n_train, "n_validation": self.n_validation,
-                "n_test": self.n_test, "seed": self.seed, "path": str(self.path), "n_phrases": self.n_phrases}
+                "n_test": self.n_test, "seed": self.seed, "path": str(self.path), "n_phrases": self.n_phrases,
+                "corpus": self.corpus, "locale_dir": str(self.locale_dir)}
+
+    def _all_pairs(self) -> list[tuple[str, str, str]]:
+        """The corpus's (english, german, source) pairs, deduplicated by English (dictionary first), sorted."""
+        pairs: dict[str, tuple[str, str]] = {}
+        if self.corpus in ("dictionary", "both"):
+            for en, de in parse_trans_de_en(self.path):
+                pairs.setdefault(en, (de, "trans-de-en"))
+        if self.corpus in ("messages", "both"):
+            for en, de, domain in parse_catalogs(self.locale_dir)[0]:
+                pairs.setdefault(en, (de, f"gettext:{domain}"))
+        return sorted((en, de, src) for en, (de, src) in pairs.items())
 
     def _phrase_items(self) -> list[Item]:
         # no phrase may repeat either side of any sentence pair (validation and test included)
-        en_seen = {en for en, _ in self._pairs or []}
-        de_seen = {de for _, de in self._pairs or []}
+        en_seen = {en for en, _, _ in self._pairs or []}
+        de_seen = {de for _, de, _ in self._pairs or []}
         phrases = sorted(p for p in parse_phrase_pairs(self.path) if p[0] not in en_seen and p[1] not in de_seen)
         random.Random(self.seed + 1).shuffle(phrases)
         if self.n_phrases > len(phrases):
@@ -132,7 +155,7 @@ class TranslationTask(Task):
     def generate(self, split: str) -> list[Item]:
         self.check_split(split)
         if self._pairs is None:
-            self._pairs = sorted(parse_trans_de_en(self.path))
+            self._pairs = self._all_pairs()
             random.Random(self.seed).shuffle(self._pairs)
         n_eval = self.n_test + self.n_validation
         if n_eval >= len(self._pairs):
@@ -142,8 +165,8 @@ class TranslationTask(Task):
         lo, hi = bounds[split]
         if hi > len(self._pairs):
             raise ValueError(f"n_train={self.n_train}: only {len(self._pairs) - n_eval} training pairs exist")
-        items = [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": "trans-de-en"}
-                 for en, de in self._pairs[lo:hi]]
+        items = [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": src}
+                 for en, de, src in self._pairs[lo:hi]]
         if split == "train" and self.n_phrases:  # lexicon pairs, interleaved so every batch mixes both kinds
             items = items + self._phrase_items()
             random.Random(self.seed + 2).shuffle(items)
