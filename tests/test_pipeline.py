@@ -315,3 +315,16 @@ def test_record_study_copies_a_run_dir_into_the_results_shape(finished, tmp_path
     assert sorted(p.stem for p in (dest / "replication_toy_metrics").glob("s*.jsonl"))
     with pytest.raises(FileNotFoundError, match="results.json"):
         mod.record(tmp_path, "none", [], dest)
+
+
+def test_sparse_weights_scale_only_the_terms_a_loss_has(tmp_path) -> None:
+    sparse = {"steps": 4, "lr": 1e-3, "squarehead_weight": 0.25, "kd_weight": 2.0}
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse=sparse))
+    got = {loss: validate_finetune_recipe(sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.5, loss,
+                                                        tmp_path / "s")).loss
+           for loss in ("ce", "kd", "squarehead_token", "kd_squarehead_token")}
+    assert {k: (v.ce, v.kd, v.squarehead) for k, v in got.items()} == {
+        "ce": (1.0, 0.0, 0.0), "kd": (1.0, 2.0, 0.0), "squarehead_token": (1.0, 0.0, 0.25),
+        "kd_squarehead_token": (1.0, 2.0, 0.25)}
+    with pytest.raises(Exception, match="squarehead_weight"):
+        validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={**sparse, "squarehead_weight": 0}))

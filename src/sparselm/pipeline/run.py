@@ -104,7 +104,9 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
         rec["data"]["num_examples"] = s.num_examples
     rec["pruning"] = {"method": recipe.pruning.method,
                       "stages": [{"sparsity": sparsity, "epochs": s.epochs, "steps": s.steps}]}
-    weights = LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"])  # "none" only uses the pruning half of this recipe
+    weights = dict(LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"]))  # "none" only uses the pruning half of this recipe
+    weights["kd"] *= s.kd_weight
+    weights["squarehead"] *= s.squarehead_weight
     rec["loss"] = {**weights, "temperature": s.temperature,
                    "squarehead_variant": LOSS_VARIANTS.get(loss, s.squarehead_variant)}
     if weights["kd"] or weights["squarehead"]:  # a CE-only run does not load a teacher it would not use

@@ -102,6 +102,10 @@ class SparseSettings(TrainSettings):
     num_examples: int | None = Field(None, gt=0)
     temperature: float = Field(1.0, gt=0)     # KD softmax temperature
     squarehead_variant: Literal["masked_mean", "sum_ratio", "token_ratio"] = "masked_mean"
+    # the SquareHead / KD term's weight relative to CE in every loss that has that term (the named losses use 1:1,
+    # the paper's setting); a sweep of these is how to tune distillation per model family
+    squarehead_weight: float = Field(1.0, gt=0)
+    kd_weight: float = Field(1.0, gt=0)
 
 
 class PruningSettings(_Strict):
