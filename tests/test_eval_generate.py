@@ -117,3 +117,16 @@ def test_asr_dispatch_uses_the_speech_module(monkeypatch):
     res = run_eval((torch.nn.Linear(1, 1), object()), "asr", "real")
     assert res["wer"] == pytest.approx(1 / 5) and res["n"] == 2  # one insertion over 5 reference words
     assert run_eval((torch.nn.Linear(1, 1), object()), "asr", "real", limit=1)["wer"] == pytest.approx(1 / 3)
+
+
+def test_bleu_per_source_groups_by_corpus():
+    from sparselm.eval.runner import _per_source_bleu
+
+    items = [{"answer": "die Katze sitzt auf der Matte", "source": "gettext:git"},
+             {"answer": "der Hund bellt laut im Garten", "source": "gettext:tar"},
+             {"answer": "das Haus ist alt und sehr groß", "source": "trans-de-en"}]
+    got = _per_source_bleu(items, ["die Katze sitzt auf der Matte", "der Hund bellt laut im Garten",
+                                   "ganz etwas anderes hier"])
+    assert list(got) == ["gettext", "trans-de-en"]
+    assert got["gettext"]["n"] == 2 and got["gettext"]["bleu"] == pytest.approx(100.0)
+    assert got["trans-de-en"]["n"] == 1 and got["trans-de-en"]["bleu"] < 10

@@ -41,6 +41,18 @@ def _per_source(items: list[dict], correct: list[bool]) -> dict[str, dict[str, f
     return {k: {"n": len(v), "exact_match": sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
+def _per_source_bleu(items: list[dict], preds: list[str]) -> dict[str, dict[str, float]]:
+    """BLEU / chrF per corpus ("gettext:git" counts as "gettext": one row per corpus, not per catalog)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        groups[str(it.get("source", "all")).split(":")[0]].append(i)
+    out = {}
+    for k, idx in sorted(groups.items()):
+        m = bleu_chrf([preds[i] for i in idx], [items[i]["answer"] for i in idx])
+        out[k] = {"n": len(idx), "bleu": m["bleu"], "chrf": m["chrf"]}
+    return out
+
+
 def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int | None = None,
                   batch_size: int = 16, loglik: bool = True, max_new_tokens: int | None = None,
                   progress: bool = False, generate: bool = True) -> dict[str, Any]:
@@ -65,6 +77,7 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
         if metric == "bleu":
             preds = [_first_line(g) for g in gens]
             res.update(bleu_chrf(preds, [it["answer"] for it in items]))
+            res["per_source"] = _per_source_bleu(items, preds)
             correct = [None] * len(items)
         else:
             extract = extract_gsm_answer if metric == "gsm_exact_match" else extract_short_answer
