@@ -102,3 +102,19 @@ def test_roundtrip_identical_weights_and_masks(tmp_path, family, cls):
     sd, sd2 = model.state_dict(), back.state_dict()
     for k in sd:
         assert torch.equal(sd[k], sd2[k]), k
+
+
+def test_eval_cli_task_args_reach_the_task(llama_dir, tmp_path):
+    data = tmp_path / "tr"
+    data.mkdir()
+    rows = [{"prompt": "Translate English to German:\nthe cat\nGerman:", "completion": " die Katze",
+             "answer": "die Katze", "source": "gettext:tool"}] * 2
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ev.json"
+    res = runner.invoke(app, ["eval", str(llama_dir), "--task", "translation", "--task-arg", f"data_dir={data}",
+                              "--limit", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["metric"] == "bleu" and got["n"] == 2 and list(got["per_source"]) == ["gettext"]
+    bad = runner.invoke(app, ["eval", str(llama_dir), "--task", "translation", "--task-arg", "corpus"])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output

@@ -87,6 +87,7 @@ Examples:
   CPU:       sparselm eval out/sgpt50 --task perplexity                  (held-out Shakespeare tragedies)
   CPU:       sparselm eval out/sgpt50 --task reasoning --split test --limit 200
   one GPU:   sparselm eval runs/gsm-sparse --task gsm --split test-unseen --device cuda
+  exported:  sparselm eval runs/tr/teacher --task translation --task-arg data_dir=out/data/translation-both
 """)
 def eval_cmd(
     model: str = typer.Argument(..., help="local HF model directory or bundled name"),
@@ -97,19 +98,22 @@ def eval_cmd(
     text_file: Optional[Path] = typer.Option(None, help="perplexity: text file (default: held-out Shakespeare)"),
     out: Optional[Path] = typer.Option(None, help="results JSON (default: <model>/eval_<task>_<split>.json)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    task_arg: Optional[list[str]] = typer.Option(None, help="KEY=VALUE for the task (repeatable; YAML values), "
+                                                 "e.g. corpus=both, data_dir=out/data/gsm, n_test=500"),
 ) -> None:
     """Evaluate MODEL on a task split; prints a table and writes JSON."""
     from sparselm.eval import print_results_table, run_eval
 
     try:
-        kwargs = {}
+        task_kwargs = _task_args(task_arg or [])
+        kwargs = {"task_kwargs": task_kwargs} if task_kwargs else {}
         if task == "perplexity":
             if text_file is None:
                 from sparselm.data.corpora import write_texts
                 from sparselm.models.loaders import cache_dir
 
                 text_file = write_texts(cache_dir() / "corpora" / "texts")[1]
-            kwargs = {"context_length": 512, "stride": 256}
+            kwargs.update(context_length=512, stride=256)
         if out is None and Path(model).is_dir():
             out = Path(model) / f"eval_{Path(task).stem}_{split}.json"
         res = run_eval(model, task, split=split, out_json=out, limit=limit, batch_size=batch_size,
@@ -119,6 +123,18 @@ def eval_cmd(
     print_results_table(res)
     if out is not None:
         print(f"results -> {out}")
+
+
+def _task_args(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--task-arg {text!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 @app.command("run", epilog="""\b
