@@ -74,6 +74,18 @@ def test_pipeline_end_to_end(finished) -> None:
     for png in ("metric_vs_sparsity.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in report
+    # per-item predictions beside each run, and the paired test of each distillation loss against CE from them
+    preds = [json.loads(x) for x in (out / "runs" / "s50-ce" / "predictions_test.jsonl").read_text().splitlines()]
+    assert len(preds) == 6 and {"answer", "prediction", "correct"} <= set(preds[0])
+    assert (out / "teacher" / "predictions_validation.jsonl").is_file()
+    paired = {(r["sparsity"], r["loss"], r["split"]): r for r in res["paired"]}
+    assert set(paired) == {(0.5, "squarehead", "test"), (0.5, "squarehead", "validation")}
+    row = paired[(0.5, "squarehead", "test")]
+    correct = {run: sum(json.loads(x)["correct"] for x in (out / "runs" / run / "predictions_test.jsonl")
+                        .read_text().splitlines()) for run in ("s50-ce", "s50-squarehead")}
+    assert row["test"] == "mcnemar_exact" and 0 < row["p_value"] <= 1
+    assert row["diff"] == pytest.approx((correct["s50-squarehead"] - correct["s50-ce"]) / 6)
+    assert "## Paired tests vs CE" in report
 
 
 def test_pipeline_resume_skips_finished_runs(finished, monkeypatch, capsys) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from sparselm.pipeline.paired import paired_table
+
 LOSS_LABELS = {"squarehead": "CE + SquareHead", "squarehead_token": "CE + SquareHead (per-token)", "kd": "CE + KD",
                "kd_squarehead_token": "CE + KD + SquareHead (per-token)", "ce": "CE", "none": "SparseGPT only"}
 LOSS_ORDER = ("kd_squarehead_token", "squarehead_token", "squarehead", "kd", "ce", "none")
@@ -225,6 +227,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             _runs_note(settings), "",
             "## Plots", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    if results.get("paired"):
+        text += ["", "## Paired tests vs CE", "",
+                 "Each loss against CE at the same sparsity on the same items (exact match: exact McNemar test on "
+                 "the items exactly one of the two gets right; BLEU: approximate randomization, 10,000 shuffles). "
+                 "A small p says the difference is not item noise; it says nothing about other seeds.", "",
+                 paired_table(results["paired"], LOSS_LABELS)]
     text += ["", "## Notes", ""] + [f"- {n}" for n in notes + _auto_notes(results)]
     text += ["", "## Settings", "", "```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
     path = out_dir / "report.md"

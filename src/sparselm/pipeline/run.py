@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sparselm.pipeline.paired import paired_tests
 from sparselm.pipeline.schema import (LOSS_VARIANTS, LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe,
                                       load_pipeline_recipe, validate_pipeline_recipe)
 from sparselm.recipes.schema import RecipeError, apply_overrides
@@ -165,7 +166,8 @@ def prune_only(rec: dict[str, Any], data: SpeechData = None) -> None:
 
 # -- evaluation --------------------------------------------------------------------------------------------------------
 def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str, Any]]:
-    """Metrics per split of the model in `model_dir` (predictions dropped; see sparselm.eval.evaluate)."""
+    """Metrics per split of the model in `model_dir` (see sparselm.eval.evaluate); the per-item predictions go to
+    `model_dir/predictions_<split>.jsonl`, not into the metrics."""
     from sparselm.eval import evaluate
     from sparselm.models import load_model
 
@@ -182,13 +184,22 @@ def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str,
             from sparselm.pipeline.asr import evaluate_asr
 
             r = evaluate_asr(model, tok, task, split, e.limit, e.batch_size)
-            out[split] = {k: v for k, v in r.items() if k != "predictions"}
-            continue
-        r = evaluate(model, tok, task.name, split=split, limit=e.limit, batch_size=e.batch_size,
-                     task_kwargs=task_kwargs, **kwargs)
+        else:
+            r = evaluate(model, tok, task.name, split=split, limit=e.limit, batch_size=e.batch_size,
+                         task_kwargs=task_kwargs, **kwargs)
+        write_predictions(model_dir / f"predictions_{split}.jsonl", r.get("predictions") or [])
         out[split] = {k: v for k, v in r.items() if k != "predictions"}
     del model
     return out
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-item outputs beside the model (answer, prediction, correct, loglik; no prompts): what the paired tests
+    between runs (sparselm.pipeline.paired) read."""
+    keep = ("answer", "prediction", "correct", "loglik")
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({k: row[k] for k in keep if row.get(k) is not None}, ensure_ascii=False) + "\n")
 
 
 def headline(metrics: dict[str, Any]) -> tuple[str, bool, float | None]:
@@ -457,6 +468,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         finally:  # released once the run is on disk as finished, so no other invocation repeats it
             (out_dir / "runs" / name / CLAIM).unlink(missing_ok=True)
         res.add_run(sparsity, loss, ev, train_s)
+        res.data["paired"] = paired_tests(out_dir, res.data)
         res.save()
         if not (recipe.output.keep_models or recipe.sparse.staged):
             _drop_weights(run_dir)

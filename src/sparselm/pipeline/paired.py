@@ -1,0 +1,55 @@
+"""Paired tests of every distillation loss against CE at the same sparsity, from the prediction files the pipeline
+writes beside each run (`runs/<run>/predictions_<split>.jsonl`): exact McNemar for exact match, approximate
+randomization for BLEU (sparselm.eval.paired). The runs share their test items, so this is the test that says
+whether "SquareHead beats CE by 5 points" is more than noise; two independent standard errors would overstate it.
+
+A pair is skipped (not an error) when either file is missing: runs evaluated before the files existed, or a run
+still in progress. WER (asr) has no paired test here yet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparselm.eval.paired import compare_predictions, read_predictions
+
+BASELINE = "ce"
+TESTED_METRICS = ("exact_match", "gsm_exact_match", "bleu")
+
+
+def _name(sparsity: float, loss: str) -> str:
+    return f"s{round(sparsity * 100)}-{loss}"  # = sparselm.pipeline.run.run_name (no import cycle)
+
+
+def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (sparsity, split, loss != CE) whose two prediction files exist; `diff` = loss - CE."""
+    metric = results.get("metric")
+    if metric not in TESTED_METRICS:
+        return []
+    runs = Path(out_dir) / "runs"
+    rows = []
+    pairs = sorted({(r["sparsity"], r["loss"], r["split"]) for r in results.get("runs", [])
+                    if r["loss"] not in (BASELINE, "none")})
+    for sparsity, loss, split in pairs:
+        base = runs / _name(sparsity, BASELINE) / f"predictions_{split}.jsonl"
+        system = runs / _name(sparsity, loss) / f"predictions_{split}.jsonl"
+        if not (base.is_file() and system.is_file()):
+            continue
+        test = compare_predictions(read_predictions(base), read_predictions(system), metric)
+        rows.append({"sparsity": sparsity, "loss": loss, "baseline": BASELINE, "split": split, **test})
+    return rows
+
+
+def paired_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """Markdown table of `paired_tests` rows (exact match: points; BLEU: BLEU)."""
+    if not rows:
+        return ""
+    lines = ["| sparsity | split | loss | vs CE | p (two-sided) | test | items where only one is right (loss / CE) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        exact = r["test"] == "mcnemar_exact"
+        diff = f"{100 * r['diff']:+.1f} pts" if exact else f"{r['diff']:+.2f}"
+        only = f"{r['a_only']} / {r['b_only']}" if exact else "—"
+        lines.append(f"| {100 * r['sparsity']:.0f}% | {r['split']} | {labels.get(r['loss'], r['loss'])} | {diff} | "
+                     f"{r['p_value']:.3g} | {r['test']} | {only} |")
+    return "\n".join(lines)

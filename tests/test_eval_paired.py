@@ -1,0 +1,46 @@
+"""Paired significance tests (sparselm.eval.paired): exact McNemar values, the AR test's behaviour, and errors."""
+import math
+
+import pytest
+
+from sparselm.eval.paired import compare_predictions, mcnemar_exact, paired_corpus_metric
+
+
+def test_mcnemar_exact_values():
+    # 10 discordant items all for a: p = 2 * 0.5^10
+    r = mcnemar_exact([True] * 10 + [False] * 5, [False] * 10 + [False] * 5)
+    assert (r["a_only"], r["b_only"]) == (10, 0) and r["p_value"] == pytest.approx(2 / 1024)
+    assert r["diff"] == pytest.approx(10 / 15)
+    # 7 vs 3 discordant: two-sided binomial tail = 2 * P(X <= 3 | n=10)
+    a = [True] * 7 + [False] * 3 + [True] * 4
+    b = [False] * 7 + [True] * 3 + [True] * 4
+    want = 2 * sum(math.comb(10, i) for i in range(4)) / 2 ** 10
+    assert mcnemar_exact(a, b)["p_value"] == pytest.approx(want)
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0   # no discordant items
+    assert mcnemar_exact(b, a)["p_value"] == pytest.approx(want)            # symmetric
+    with pytest.raises(ValueError, match="same items"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_ar_bleu_separates_a_real_difference_from_none():
+    refs = [f"der Hund Nummer {i} bellt laut im Garten" for i in range(200)]
+    wrong = "etwas ganz anderes"
+    base = [r if i % 2 else wrong for i, r in enumerate(refs)]           # half right
+    better = [r if i % 4 else wrong for i, r in enumerate(refs)]         # three quarters right
+    r = paired_corpus_metric(base, better, refs, n_samples=2000)
+    assert r["diff"] > 10 and r["p_value"] < 0.01
+    lo, hi = r["system_ci95"]
+    assert lo < r["system"] < hi
+    same = paired_corpus_metric(base, list(base), refs)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+
+
+def test_compare_predictions_checks_the_items():
+    base = [{"answer": "4", "prediction": "4", "correct": True}, {"answer": "5", "prediction": "6", "correct": False}]
+    system = [{"answer": "4", "prediction": "4", "correct": True}, {"answer": "5", "prediction": "5", "correct": True}]
+    r = compare_predictions(base, system, "exact_match")
+    assert (r["a_only"], r["b_only"], r["diff"]) == (1, 0, 0.5)
+    with pytest.raises(ValueError, match="different reference answers"):
+        compare_predictions(base, [dict(system[0]), {**system[1], "answer": "7"}], "exact_match")
+    with pytest.raises(ValueError, match="no paired test"):
+        compare_predictions(base, system, "wer")
