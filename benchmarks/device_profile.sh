@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Nsight Compute counters of the batch-1 decode kernels (one H200, ~3 min; ncu works on the Firecracker machines,
+# KINDS.md). Carry .whl (pydantic). Results: $OUT/gpu_profile.ncu-rep (open in Nsight Compute), the same as CSV
+# (details page and raw metrics), and the launch list that maps ncu's rows to (shape, sparsity, config).
+#   bash benchmarks/device_profile.sh [extra gpu_profile.py args, e.g. --shapes 4096x11008 --sparsities 0.75]
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
+[ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
+"$NCU" --version | tail -1
+SECTIONS=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables
+          --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats
+          --section InstructionStats --section SourceCounters)
+run() {  # run NAME SECTION-ARGS... -- profile the launches between cudaProfilerStart/Stop
+  local name=$1; shift
+  timeout -k 10 ${NCU_TIMEOUT:-300} "$NCU" --clock-control none --profile-from-start off "$@" -f -o $OUT/$name \
+    python3 benchmarks/gpu_profile.py --out $OUT/${name}_launches.json "${ARGS[@]}" > /tmp/$name.log 2>&1
+}
+ARGS=("$@")
+run gpu_profile "${SECTIONS[@]}" || {
+  echo "== sections run failed:"; tail -20 /tmp/gpu_profile.log
+  ARGS=(--sparsities 0.75,0.9 --values float16 "$@"); run gpu_profile --set full || tail -20 /tmp/gpu_profile.log; }
+for page in details raw; do
+  "$NCU" --import $OUT/gpu_profile.ncu-rep --csv --page $page > $OUT/gpu_profile_$page.csv 2>/dev/null
+done
+grep -v "^==PROF==" /tmp/gpu_profile.log | tail -5
+python3 benchmarks/gpu_profile_summary.py $OUT/gpu_profile_raw.csv $OUT/gpu_profile_launches.json \
+  --out $OUT/gpu_profile_summary.json 2>&1 | tail -60
+ls -la $OUT
