@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Nsight Compute counters of the batch-1 decode kernels (one H200, ~3 min; ncu works on the Firecracker machines,
 # KINDS.md). Carry .whl (pydantic). Results: $OUT/gpu_profile.ncu-rep (open in Nsight Compute), the same as CSV
-# (details page and raw metrics), and the launch list that maps ncu's rows to (shape, sparsity, config).
+# (details page and raw metrics), and the launch list that maps ncu's rows to (shape, sparsity, config); then
+# benchmarks/smem_probe.py (x gathered through L1 vs from shared memory, CUDA C++ built there) -> smem_probe.json.
 #   bash benchmarks/device_profile.sh [extra gpu_profile.py args, e.g. --shapes 4096x11008 --sparsities 0.75]
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
@@ -27,4 +28,7 @@ done
 grep -v "^==PROF==" /tmp/gpu_profile.log | tail -5
 python3 benchmarks/gpu_profile_summary.py $OUT/gpu_profile_raw.csv $OUT/gpu_profile_launches.json \
   --out $OUT/gpu_profile_summary.json 2>&1 | tail -60
+# the direct test of the L1-gather hypothesis: the same CUDA kernel gathering x through L1 vs shared memory
+[ "${SMEM_PROBE:-1}" = 1 ] && timeout -k 10 ${PROBE_TIMEOUT:-240} python3 benchmarks/smem_probe.py \
+  --out $OUT/smem_probe.json 2>&1 | grep -v "Warn\|warn(" | tail -15
 ls -la $OUT
