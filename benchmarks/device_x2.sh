@@ -35,7 +35,7 @@ RS_A=${RS_A:-[0.75,0.8,0.6,0.7,0.5]}  # sparsities, shared by the GPUs that run 
 RS_B=${RS_B:-$RS_A}                    # GPU 1's own sparsities / losses, when set
 RS_LOSSES_B=${RS_LOSSES_B:-$RS_LOSSES}
 
-for d in reasoning gsm translation translation-both; do  # task data, in whichever call carried it
+for d in reasoning gsm translation translation-both translation-unseen; do  # task data, in whichever call carried it
   [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
 done
 case $MODE in

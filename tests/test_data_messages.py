@@ -85,3 +85,24 @@ def test_translation_corpus_option(tmp_path):
     assert both.config()["corpus"] == "both"
     with pytest.raises(ValueError, match="corpus must be one of"):
         get_task("translation", corpus="news", **kw)
+
+
+def test_unseen_catalogs_become_their_own_split(tmp_path):
+    lc = tmp_path / "locale" / "de" / "LC_MESSAGES"
+    lc.mkdir(parents=True)
+    write_mo(lc / "tool.mo", {f"cannot read the file number {i}": f"Datei {i} nicht lesbar" for i in range(6)})
+    write_mo(lc / "other.mo", {f"remove the old package {i}": f"altes Paket {i} entfernen" for i in range(3)})
+    kw = dict(locale_dir=tmp_path / "locale", corpus="messages", n_validation=1, n_test=1, use_cache=False)
+    task = get_task("translation", unseen_catalogs="other", **kw)
+    assert task.splits == ("train", "validation", "test", "test-unseen")
+    unseen = task.items("test-unseen")
+    assert len(unseen) == 3 and {it["source"] for it in unseen} == {"gettext:other"}
+    rest = [it for s in ("train", "validation", "test") for it in task.items(s)]
+    assert len(rest) == 6 and all(it["source"] == "gettext:tool" for it in rest)
+    assert task.config()["unseen_catalogs"] == ["other"]
+    plain = get_task("translation", **kw)  # no held-out catalogs: the three usual splits, all 9 messages
+    assert plain.splits == ("train", "validation", "test") and "unseen_catalogs" not in plain.config()
+    with pytest.raises(ValueError, match="no messages from"):
+        get_task("translation", unseen_catalogs=["nosuch"], **kw).items("test")
+    with pytest.raises(ValueError, match="needs corpus"):
+        get_task("translation", unseen_catalogs=["other"], **{**kw, "corpus": "dictionary"})

@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--n-phrases", type=int, help="translation: dictionary word/phrase pairs added to train")
     ex.add_argument("--corpus", choices=("dictionary", "messages", "both"),
                     help="translation: the dictionary's sentences, software messages (gettext catalogs), or both")
+    ex.add_argument("--unseen-catalogs", help="translation: comma-separated gettext catalogs (e.g. tar,dpkg) "
+                    "held out of every split into test-unseen")
     ex.add_argument("--seed", type=int)
     ex.add_argument("--cache-dir", help="generation cache (default ~/.cache/sparselm/data or $SPARSELM_DATA_CACHE)")
     args = ap.parse_args(argv)
-    kwargs = {k: v for k, v in vars(args).items() if k.startswith(("n_", "seed", "cache_dir", "corpus")) and v is not None}
+    kwargs = {k: v for k, v in vars(args).items() if k.startswith(("n_", "seed", "cache_dir", "corpus", "unseen")) and v is not None}
     task = get_task(args.task, **kwargs)
     for path in export_task(task, args.out):
         with open(path, encoding="utf-8") as f:

@@ -19,6 +19,12 @@ installed gettext catalogs, sparselm.data.messages: ≈32k pairs, a more literal
 (the union, deduplicated by English, dictionary first; one shuffle, so every split mixes both sources in
 proportion, ≈46k pairs). Each item's `source` names its origin ("trans-de-en" or "gettext:<domain>").
 
+`unseen_catalogs` (corpus messages / both): every message of these gettext catalogs (e.g. "tar,dpkg,systemd") is
+moved out of train / validation / test into an extra `test-unseen` split (the first `n_test_unseen`): translation
+of a package the model never saw. Messages shared with another catalog belong to the first catalog in sorted
+order (deduplication), so only a catalog's own messages are held out; near-duplicates elsewhere remain
+(benchmarks/translation_overlap.py measures them). Empty (the default) leaves the splits exactly as before.
+
 Item: prompt = "Translate English to German:\\n{en}\\nGerman:", completion = " {de}", answer = "{de}".
 A seq2seq collator uses the prompt as the source and the completion as the target.
 
@@ -36,7 +42,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Sequence
 
 from sparselm.data.messages import DEFAULT_LOCALE_DIR, parse_catalogs
 from sparselm.data.registry import Item, Task, register_task
@@ -114,7 +120,8 @@ class TranslationTask(Task):
 
     def __init__(self, n_train: int | None = None, n_validation: int = 500, n_test: int = 1000, seed: int = 0,
                  path: str | Path = DEFAULT_PATH, n_phrases: int = 0, corpus: str = "dictionary",
-                 locale_dir: str | Path = DEFAULT_LOCALE_DIR, **kwargs: Any) -> None:
+                 locale_dir: str | Path = DEFAULT_LOCALE_DIR, unseen_catalogs: Sequence[str] = (),
+                 n_test_unseen: int = 1000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if n_phrases < 0:
             raise ValueError(f"n_phrases must be >= 0, got {n_phrases}")
@@ -123,12 +130,22 @@ class TranslationTask(Task):
         self.n_train, self.n_validation, self.n_test = n_train, n_validation, n_test  # n_train None: all the rest
         self.seed, self.path, self.n_phrases = seed, Path(path), n_phrases
         self.corpus, self.locale_dir = corpus, Path(locale_dir)
+        if isinstance(unseen_catalogs, str):
+            unseen_catalogs = [c for c in unseen_catalogs.split(",") if c]
+        self.unseen_catalogs, self.n_test_unseen = tuple(sorted(set(unseen_catalogs))), n_test_unseen
+        if self.unseen_catalogs:
+            if corpus == "dictionary":
+                raise ValueError("unseen_catalogs needs corpus 'messages' or 'both' (they are gettext catalogs)")
+            self.splits = (*type(self).splits, "test-unseen")  # this instance's extra split
         self._pairs: list[tuple[str, str, str]] | None = None  # (english, german, source)
+        self._unseen: list[tuple[str, str, str]] = []
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "n_train": self.n_train, "n_validation": self.n_validation,
                 "n_test": self.n_test, "seed": self.seed, "path": str(self.path), "n_phrases": self.n_phrases,
-                "corpus": self.corpus, "locale_dir": str(self.locale_dir)}
+                "corpus": self.corpus, "locale_dir": str(self.locale_dir),
+                **({"unseen_catalogs": list(self.unseen_catalogs), "n_test_unseen": self.n_test_unseen}
+                   if self.unseen_catalogs else {})}
 
     def _all_pairs(self) -> list[tuple[str, str, str]]:
         """The corpus's (english, german, source) pairs, deduplicated by English (dictionary first), sorted."""
@@ -155,8 +172,19 @@ class TranslationTask(Task):
     def generate(self, split: str) -> list[Item]:
         self.check_split(split)
         if self._pairs is None:
-            self._pairs = self._all_pairs()
-            random.Random(self.seed).shuffle(self._pairs)
+            pairs = self._all_pairs()
+            random.Random(self.seed).shuffle(pairs)
+            held = {f"gettext:{c}" for c in self.unseen_catalogs}
+            self._unseen = [p for p in pairs if p[2] in held]
+            self._pairs = [p for p in pairs if p[2] not in held]
+            missing = held - {p[2] for p in self._unseen}
+            if missing:
+                have = sorted({p[2].split(":", 1)[1] for p in self._pairs if p[2].startswith("gettext:")})
+                raise ValueError(f"unseen_catalogs: no messages from {sorted(m[8:] for m in missing)}; "
+                                 f"catalogs with messages: {', '.join(have)}")
+        if split == "test-unseen":  # messages of catalogs no other split holds (a package the model never saw)
+            return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": src}
+                    for en, de, src in self._unseen[:self.n_test_unseen]]
         n_eval = self.n_test + self.n_validation
         if n_eval >= len(self._pairs):
             raise ValueError(f"n_test + n_validation = {n_eval} leaves no training pairs (have {len(self._pairs)})")
