@@ -222,8 +222,9 @@ def main() -> None:
                 blocks = min(sms * bps, math.ceil(n / (threads // 32)))
                 ext.vc32_gemv_run(xpad, words, rp, y, smem, unroll, blocks, threads)
                 err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
-                if err > 1e-2:
-                    raise SystemExit(f"{shape} {s} smem={smem} unroll={unroll}: relative error {err:.3g}")
+                if err > 1e-2:  # recorded, not timed: one wrong variant must not lose the others
+                    rows.append({**base, "variant": f"cuda-vc32-smem{smem}-u{unroll}", "error": f"rel err {err:.3g}"})
+                    continue
                 ms = time_graph([lambda q=q: ext.vc32_gemv_run(xpad, q, rp, y, smem, unroll, blocks, threads)
                                  for q in wcopies])
                 rows.append({**base, "variant": f"cuda-{'smem' if smem else 'l1'}-u{unroll}-b{bps}x{threads}",
@@ -240,18 +241,19 @@ def main() -> None:
                     ext.bm_gemv_run(xpad, bm_words, bm_vals, bm_rp, y, smem, blocks, threads)
                     err = ((y.double() - ref).abs().max() / ref.abs().max()).item()
                     if err > 1e-2:
-                        raise SystemExit(f"{shape} {s} bitmask smem={smem}: relative error {err:.3g}")
+                        rows.append({**base, "variant": f"cuda-bitmask-smem{smem}", "error": f"rel err {err:.3g}"})
+                        continue
                     ms = time_graph([lambda q=q: ext.bm_gemv_run(xpad, q[0], q[1], bm_rp, y, smem, blocks, threads)
                                      for q in bcopies])
                     rows.append({**base, "variant": f"cuda-bitmask-{'smem' if smem else 'l1'}-b{bps}x{threads}",
                                  "ms": ms, "rel_err": err, "format_bytes": bbytes})
             del bcopies
             for r in rows:
-                if r["N"] == n and r["K"] == k and r["sparsity"] == s and "speedup" not in r:
+                if r["N"] == n and r["K"] == k and r["sparsity"] == s and "speedup" not in r and "ms" in r:
                     r["speedup"] = round(dense_ms / r["ms"], 3)
                     r["T_nnz_per_s"] = round(ct.nnz / (r["ms"] * 1e-3) / 1e12, 3)
                     r["GBps_own_bytes"] = round(r.get("format_bytes", wbytes) / (r["ms"] * 1e-3) / 1e9)
-            best = sorted((r for r in rows if r["N"] == n and r["K"] == k and r["sparsity"] == s),
+            best = sorted((r for r in rows if r["N"] == n and r["K"] == k and r["sparsity"] == s and "ms" in r),
                           key=lambda r: r["ms"])[:4]
             print(f"{n}x{k} {s:.2f} dense {dense_ms * 1e3:.1f} us | " + " | ".join(
                 f"{r['variant']} {r['ms'] * 1e3:.1f} us {r['speedup']}x" for r in best), flush=True)
