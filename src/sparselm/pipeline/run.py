@@ -481,6 +481,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         for d in prev.values():
             _drop_weights(d)
     res.data["timings"]["last_invocation_s"] = round(time.perf_counter() - t0, 1)
+    res.data["paired"] = paired_tests(out_dir, res.data)  # also for runs another invocation finished
     res.save()
     write_report(res.data, out_dir)
     return out_dir
