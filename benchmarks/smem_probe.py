@@ -170,7 +170,8 @@ def build():
     from torch.utils.cpp_extension import load_inline
 
     return load_inline(name="sparselm_smem_probe", cpp_sources=CPP_DECL, cuda_sources=CUDA_SRC,
-                       functions=["vc32_gemv_run", "bm_gemv_run"], extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
+                       functions=["vc32_gemv_run", "bm_gemv_run"], extra_cuda_cflags=["-O3", "--use_fast_math"],
+                       verbose=False)
 
 
 def main() -> None:
