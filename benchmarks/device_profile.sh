@@ -6,6 +6,7 @@
 #   bash benchmarks/device_profile.sh [extra gpu_profile.py args, e.g. --shapes 4096x11008 --sparsities 0.75]
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
+export PATH=$(dirname "$(python3 -c "import sys; print(sys.executable)")"):$PATH  # ninja, for the probe's JIT build
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
