@@ -44,3 +44,22 @@ def test_compare_predictions_checks_the_items():
         compare_predictions(base, [dict(system[0]), {**system[1], "answer": "7"}], "exact_match")
     with pytest.raises(ValueError, match="no paired test"):
         compare_predictions(base, system, "wer")
+
+
+def test_pipeline_paired_tests_report_a_mismatch_instead_of_failing(tmp_path):
+    import json
+
+    from sparselm.pipeline.paired import paired_table, paired_tests
+
+    for run, rows in (("s50-ce", [{"answer": "1", "prediction": "1", "correct": True}]),
+                      ("s50-squarehead", [{"answer": "1", "prediction": "1", "correct": True},
+                                          {"answer": "2", "prediction": "3", "correct": False}])):
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        (d / "predictions_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"metric": "exact_match", "runs": [{"sparsity": 0.5, "loss": loss, "split": "test"}
+                                                 for loss in ("ce", "squarehead", "none")]}
+    rows = paired_tests(tmp_path, results)
+    assert len(rows) == 1 and "not the same split" in rows[0]["error"]
+    assert "not tested" in paired_table(rows, {})
+    assert paired_tests(tmp_path, {**results, "metric": "wer"}) == []

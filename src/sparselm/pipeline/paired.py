@@ -8,6 +8,7 @@ still in progress. WER (asr) has no paired test here yet.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,11 @@ def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str,
         system = runs / _name(sparsity, loss) / f"predictions_{split}.jsonl"
         if not (base.is_file() and system.is_file()):
             continue
-        test = compare_predictions(read_predictions(base), read_predictions(system), metric)
-        rows.append({"sparsity": sparsity, "loss": loss, "baseline": BASELINE, "split": split, **test})
+        row = {"sparsity": sparsity, "loss": loss, "baseline": BASELINE, "split": split}
+        try:
+            rows.append({**row, **compare_predictions(read_predictions(base), read_predictions(system), metric)})
+        except (ValueError, KeyError, json.JSONDecodeError) as e:  # e.g. runs evaluated with different limits:
+            rows.append({**row, "error": str(e)[:200]})           # reported, never fatal to the pipeline
     return rows
 
 
@@ -47,6 +51,10 @@ def paired_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
     lines = ["| sparsity | split | loss | vs CE | p (two-sided) | test | items where only one is right (loss / CE) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {100 * r['sparsity']:.0f}% | {r['split']} | {labels.get(r['loss'], r['loss'])} | — | — | "
+                         f"not tested: {r['error']} | — |")
+            continue
         exact = r["test"] == "mcnemar_exact"
         diff = f"{100 * r['diff']:+.1f} pts" if exact else f"{r['diff']:+.2f}"
         only = f"{r['a_only']} / {r['b_only']}" if exact else "—"
