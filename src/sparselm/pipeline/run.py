@@ -197,9 +197,11 @@ def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     """Per-item outputs beside the model (answer, prediction, correct, loglik; no prompts): what the paired tests
     between runs (sparselm.pipeline.paired) read."""
     keep = ("answer", "prediction", "correct", "loglik")
-    with path.open("w", encoding="utf-8") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")  # atomic: two pipelines may evaluate one shared teacher
+    with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps({k: row[k] for k in keep if row.get(k) is not None}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def headline(metrics: dict[str, Any]) -> tuple[str, bool, float | None]:
