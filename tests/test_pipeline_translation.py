@@ -23,7 +23,8 @@ ADJS = [("big", "groß"), ("small", "klein"), ("old", "alt"), ("new", "neu"), ("
 def _pairs_dir(root: Path) -> Path:
     """36 'The X is Y.' -> 'Der/Die/Das X ist Y.' items: 24 train, 4 validation, 8 test (unseen combinations)."""
     items = [{"prompt": translation_prompt(f"The {n} is {a}."), "completion": f" {N} ist {A}.",
-              "answer": f"{N} ist {A}."} for n, N in NOUNS for a, A in ADJS]
+              "answer": f"{N} ist {A}.", "source": "gettext:toy" if i % 2 else "trans-de-en"}
+             for i, (n, N) in enumerate(NOUNS) for a, A in ADJS]
     random.Random(0).shuffle(items)
     root.mkdir(parents=True, exist_ok=True)
     for split, rows in (("test", items[:8]), ("validation", items[8:12]), ("train", items[12:])):
@@ -72,6 +73,11 @@ def test_tiny_t5_translation_end_to_end(tmp_path, monkeypatch) -> None:
     assert [r["step"] for r in val] == [50, 100, 150]
     chosen = json.loads((out / "teacher" / "selection.json").read_text())["p0"]
     assert chosen["step"] in (50, 100, 150) and chosen["val"] == min(r["val/ce"] for r in val)
+    # BLEU per corpus in results.json and in the report
+    assert set(res["dense_all"]["test"]["per_source"]) == set(run["metrics"]["per_source"]) <= {"gettext",
+                                                                                                "trans-de-en"}
+    report = (out / "report.md").read_text()
+    assert "## BLEU per corpus (`test`)" in report and "| 50% | CE + SquareHead |" in report
 
 
 def test_char_tokenizer_translation_is_refused(tmp_path) -> None:

@@ -185,6 +185,27 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_source_table(results: dict[str, Any]) -> str:
+    """BLEU per corpus of the headline split (translation mixes dictionary sentences and software messages, whose
+    difficulty differs); empty when the metric has no per-corpus breakdown."""
+    split = splits_of(results)[0] if splits_of(results) else None
+    dense = ((results.get("dense_all") or {}).get(split) or {}).get("per_source") or {}
+    if results.get("metric") != "bleu" or not dense:
+        return ""
+    sources = sorted(dense)
+    lines = ["| sparsity | loss | " + " | ".join(f"{s} BLEU (n={dense[s]['n']})" for s in sources) + " |",
+             "|" + "---|" * (2 + len(sources)),
+             "| 0% (dense) | teacher | " + " | ".join(_fmt(dense[s]["bleu"]) for s in sources) + " |"]
+    order = {x: i for i, x in enumerate(LOSS_ORDER)}
+    runs = sorted((r for r in results["runs"] if r["split"] == split),
+                  key=lambda r: (r["sparsity"], order.get(r["loss"], 9)))
+    for r in runs:
+        ps = (r.get("metrics") or {}).get("per_source") or {}
+        lines.append(f"| {100 * r['sparsity']:.0f}% | {LOSS_LABELS.get(r['loss'], r['loss'])} | " +
+                     " | ".join(_fmt((ps.get(s) or {}).get("bleu")) for s in sources) + " |")
+    return "\n".join(lines)
+
+
 def _auto_notes(results: dict[str, Any]) -> list[str]:
     notes = []
     dense_all = results.get("dense_all") or {}
@@ -227,6 +248,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             _runs_note(settings), "",
             "## Plots", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    if per_source_table(results):
+        text += ["", f"## BLEU per corpus (`{splits_of(results)[0]}`)", "", per_source_table(results)]
     if results.get("paired"):
         text += ["", "## Paired tests vs CE", "",
                  "Each loss against CE at the same sparsity on the same items (exact match: exact McNemar test on "
