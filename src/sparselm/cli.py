@@ -126,15 +126,13 @@ def eval_cmd(
 
 
 def _task_args(pairs: list[str]) -> dict:
-    import yaml
+    """--task-arg KEY=VALUE pairs, parsed as recipe overrides are (YAML values)."""
+    from sparselm.recipes.schema import RecipeError, apply_overrides
 
-    out = {}
-    for text in pairs:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--task-arg {text!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return apply_overrides({}, pairs)
+    except RecipeError as e:
+        raise ValueError(f"--task-arg: expected KEY=VALUE ({e})") from None
 
 
 @app.command("run", epilog="""\b

@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sparselm.eval.paired import compare_predictions, read_predictions
+from sparselm.pipeline.schema import run_name
 
 BASELINE = "ce"
 TESTED_METRICS = ("exact_match", "gsm_exact_match", "bleu")
-
-
-def _name(sparsity: float, loss: str) -> str:
-    return f"s{round(sparsity * 100)}-{loss}"  # = sparselm.pipeline.run.run_name (no import cycle)
 
 
 def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -32,8 +29,8 @@ def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str,
     pairs = sorted({(r["sparsity"], r["loss"], r["split"]) for r in results.get("runs", [])
                     if r["loss"] not in (BASELINE, "none")})
     for sparsity, loss, split in pairs:
-        base = runs / _name(sparsity, BASELINE) / f"predictions_{split}.jsonl"
-        system = runs / _name(sparsity, loss) / f"predictions_{split}.jsonl"
+        base = runs / run_name(sparsity, BASELINE) / f"predictions_{split}.jsonl"
+        system = runs / run_name(sparsity, loss) / f"predictions_{split}.jsonl"
         if not (base.is_file() and system.is_file()):
             continue
         row = {"sparsity": sparsity, "loss": loss, "baseline": BASELINE, "split": split}

@@ -248,8 +248,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             _runs_note(settings), "",
             "## Plots", ""]
     text += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
-    if per_source_table(results):
-        text += ["", f"## BLEU per corpus (`{splits_of(results)[0]}`)", "", per_source_table(results)]
+    by_corpus = per_source_table(results)
+    if by_corpus:
+        text += ["", f"## BLEU per corpus (`{splits_of(results)[0]}`)", "", by_corpus]
     if results.get("paired"):
         text += ["", "## Paired tests vs CE", "",
                  "Each loss against CE at the same sparsity on the same items (exact match: exact McNemar test on "

@@ -34,7 +34,7 @@ import torch
 
 from sparselm.pipeline.paired import paired_tests
 from sparselm.pipeline.schema import (LOSS_VARIANTS, LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe,
-                                      load_pipeline_recipe, validate_pipeline_recipe)
+                                      load_pipeline_recipe, run_name, validate_pipeline_recipe)
 from sparselm.recipes.schema import RecipeError, apply_overrides
 
 #: task metric (sparselm.eval) -> (key of the value in its result dict, higher is better)
@@ -59,10 +59,6 @@ def check_runnable(recipe: PipelineRecipe) -> None:
     if recipe.task.name == "asr" and recipe.teacher.eval_every:
         raise NotRunnableError("teacher.eval_every: the asr teacher trains on audio items that model selection "
                                "does not read yet; leave it unset for asr")
-
-
-def run_name(sparsity: float, loss: str) -> str:
-    return f"s{round(sparsity * 100)}-{loss}"
 
 
 def plan_runs(recipe: PipelineRecipe) -> list[tuple[float, str]]:

@@ -31,6 +31,11 @@ LOSS_WEIGHTS: dict[str, dict[str, float]] = {"ce": {"ce": 1.0, "kd": 0.0, "squar
 LOSS_VARIANTS: dict[str, str] = {"squarehead_token": "token_ratio", "kd_squarehead_token": "token_ratio"}
 
 
+def run_name(sparsity: float, loss: str) -> str:
+    """The directory name of one sparse run under `<out>/runs/` (e.g. s75-squarehead_token)."""
+    return f"s{round(sparsity * 100)}-{loss}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
