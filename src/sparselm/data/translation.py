@@ -111,6 +111,10 @@ def translation_prompt(english: str) -> str:
     return f"Translate English to German:\n{english}\nGerman:"
 
 
+def _item(english: str, german: str, source: str) -> Item:
+    return {"prompt": translation_prompt(english), "completion": f" {german}", "answer": german, "source": source}
+
+
 @register_task("translation")
 class TranslationTask(Task):
     name: ClassVar[str] = "translation"
@@ -166,8 +170,7 @@ class TranslationTask(Task):
         random.Random(self.seed + 1).shuffle(phrases)
         if self.n_phrases > len(phrases):
             raise ValueError(f"n_phrases={self.n_phrases}: the dictionary has {len(phrases)} phrase pairs")
-        return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de,
-                 "source": "trans-de-en-phrase"} for en, de in phrases[:self.n_phrases]]
+        return [_item(en, de, "trans-de-en-phrase") for en, de in phrases[:self.n_phrases]]
 
     def generate(self, split: str) -> list[Item]:
         self.check_split(split)
@@ -183,8 +186,7 @@ class TranslationTask(Task):
                 raise ValueError(f"unseen_catalogs: no messages from {sorted(m[8:] for m in missing)}; "
                                  f"catalogs with messages: {', '.join(have)}")
         if split == "test-unseen":  # messages of catalogs no other split holds (a package the model never saw)
-            return [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": src}
-                    for en, de, src in self._unseen[:self.n_test_unseen]]
+            return [_item(*p) for p in self._unseen[:self.n_test_unseen]]
         n_eval = self.n_test + self.n_validation
         if n_eval >= len(self._pairs):
             raise ValueError(f"n_test + n_validation = {n_eval} leaves no training pairs (have {len(self._pairs)})")
@@ -193,8 +195,7 @@ class TranslationTask(Task):
         lo, hi = bounds[split]
         if hi > len(self._pairs):
             raise ValueError(f"n_train={self.n_train}: only {len(self._pairs) - n_eval} training pairs exist")
-        items = [{"prompt": translation_prompt(en), "completion": f" {de}", "answer": de, "source": src}
-                 for en, de, src in self._pairs[lo:hi]]
+        items = [_item(*p) for p in self._pairs[lo:hi]]
         if split == "train" and self.n_phrases:  # lexicon pairs, interleaved so every batch mixes both kinds
             items = items + self._phrase_items()
             random.Random(self.seed + 2).shuffle(items)
