@@ -15,7 +15,9 @@
 # runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
 # an ASR_DATA folder carried), reasoning (RS_A /
 # RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), reasoning2 (more sparse runs
-# against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), kernels (benchmarks/device_gpu.sh).
+# against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), translation2 (the same against
+# translation's teacher in /tmp/tr2: TR2_ARGS), kernels (benchmarks/device_gpu.sh), profile (device_profile.sh ->
+# $OUT/profile.tgz). `main` installs .whl when carried, so a first call may skip the SmolLM2 staging.
 # translation reads /tmp/${TR_DATA:-translation} (carry out/data/$TR_DATA) with TR_ARGS overrides.
 #   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
 #   main reasoning   both GPUs reasoning          main combo   GPU 0 reasoning, GPU 1 kernels
@@ -61,6 +63,8 @@ main)
   ASR_DATA=${ASR_DATA:-out/asr-data}  # e.g. out/asr-data-varied (6 voices, noise 40/25/15 dB): carry that folder
   [ -d $ASR_DATA ] && [ ! -d /tmp/asr-data ] && cp -r $ASR_DATA /tmp/asr-data
   nvidia-smi --query-gpu=index,name,memory.used --format=csv,noheader
+  [ -d .whl ] && [ ! -d /tmp/site/pydantic ] &&  # a first call that skips the SmolLM2 staging still needs pydantic
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   run() {  # run GPU RECIPE OUTDIR LOG overrides...: a pipeline that stops starting runs 100 s before the end
     local gpu=$1 rec=$2 out=$3 log=$4; shift 4
     local t=$(( $(left) - 15 ))
@@ -83,6 +87,12 @@ main)
                   run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs2$gpu.log "${RS_ARGS[@]}" \
                     teacher.path=/tmp/rs/teacher sparsities=${RS2_A:-$RS_A} losses=${RS2_LOSSES:-$RS_LOSSES} \
                     ${RS2_ARGS:-} ;;
+      translation2) [ -f /tmp/tr-run/teacher/run.json ] &&  # variants against translation's teacher, in /tmp/tr2
+                    run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr2 /tmp/tr2$gpu.log \
+                      task.data_dir=/tmp/${TR_DATA:-translation} teacher.path=/tmp/tr-run/teacher ${TR_ARGS:-} \
+                      ${TR2_ARGS:-} ;;
+      profile) mkdir -p /tmp/prof && CUDA_VISIBLE_DEVICES=$gpu OUT=/tmp/prof bash benchmarks/device_profile.sh \
+                 > /tmp/profile.log 2>&1; (cd /tmp && tar czf $OUT/profile.tgz prof profile.log) ;;
       kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
                  > /tmp/gpu.log 2>&1 ;;
       *) echo "unknown study $name" ;;
@@ -104,16 +114,17 @@ main)
   ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
   wait
   [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
-  for f in /tmp/gsm?.log /tmp/tr?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
+  [ -f /tmp/profile.log ] && { echo "== /tmp/profile.log"; tail -40 /tmp/profile.log; }
+  for f in /tmp/gsm?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
     echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
   # at most 8 files come back per call: everything else travels in one archive
   G=$(basename ${GSM_OUT:-/tmp/gsm-run})
   (cd /tmp && tar czf $OUT/studies.tgz $G/results.json $G/report.md $G/*.png \
      $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
-     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/*.png tr2/runs/*/metrics.jsonl asr/results.json asr/report.md asr/*.png \
+     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/report.md tr2/*.png tr2/runs/*/metrics.jsonl tr-run/runs/*/predictions_*.jsonl tr2/runs/*/predictions_*.jsonl tr-run/teacher/predictions_*.jsonl $G/runs/*/predictions_*.jsonl $G/teacher/predictions_*.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
      rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs2/results.json rs2/report.md rs2/*.png \
      rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
-     gsm?.log tr?.log asr?.log rs?.log rs2?.log gpu.log 2>/dev/null)
+     gsm?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log 2>/dev/null)
   ls -la $OUT ;;
 esac
