@@ -106,3 +106,17 @@ def test_unseen_catalogs_become_their_own_split(tmp_path):
         get_task("translation", unseen_catalogs=["nosuch"], **kw).items("test")
     with pytest.raises(ValueError, match="needs corpus"):
         get_task("translation", unseen_catalogs=["other"], **{**kw, "corpus": "dictionary"})
+
+
+def test_an_exported_directory_serves_its_extra_splits(tmp_path):
+    """A held-out split exported with `--unseen-catalogs` is readable from the directory alone (the GPU machine has
+    no catalogs, so the task there is built without `unseen_catalogs`); an absent split still names the real ones."""
+    from sparselm.data.jsonl import write_jsonl
+
+    item = {"prompt": "translate: open the file", "answer": "Datei öffnen", "source": "gettext:tool"}
+    for split in ("train", "validation", "test", "test-unseen"):
+        write_jsonl(tmp_path / f"{split}.jsonl", [item])
+    task = get_task("translation", data_dir=tmp_path)
+    assert task.items("test-unseen") == [item]
+    with pytest.raises(ValueError, match="no split 'test-other'; splits: train, validation, test"):
+        task.items("test-other")
