@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 HELPER = re.compile(r"elementwise|vectorized|fill|copy|reduce_kernel|CatArray|index_", re.I)
-SCALE = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "second": 1.0, "msecond": 1e-3,
-         "usecond": 1e-6, "nsecond": 1e-9, "%": 1.0, "": 1.0, "sector": 1.0, "request": 1.0, "inst": 1.0,
-         "warp": 1.0, "cycle": 1.0}
+# ncu prints each column in the unit it finds readable (us / ms / ns, byte / Kbyte / Mbyte / Gbyte): scale to base
+SCALE = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "Tbyte": 1e12, "s": 1.0, "second": 1.0,
+         "ms": 1e-3, "msecond": 1e-3, "us": 1e-6, "usecond": 1e-6, "ns": 1e-9, "nsecond": 1e-9, "%": 1.0, "": 1.0,
+         "sector": 1.0, "request": 1.0, "inst": 1.0, "warp": 1.0, "cycle": 1.0}
 
 
 def read_raw(path: str | Path) -> list[dict[str, float | str]]:
@@ -68,10 +69,39 @@ def summarize(rows: list[dict], launches: list[dict[str, Any]]) -> list[dict[str
                "occupancy_pct": _get(r, "sm__warps_active.avg.pct_of_peak_sustained_active"),
                "l1tex_pct_peak": _get(r, "l1tex__throughput.avg.pct_of_peak_sustained_active"),
                "top_stalls_per_issue": {k: round(v, 2) for k, v in top.items()}}
+        # instructions per stored nonzero (per weight for cuBLAS): the profile showed the decode kernels issue-bound,
+        # so this is the number a new kernel design has to lower (offline SASS counts predict it: sass_count.py)
+        work = launch.get("nnz") or launch["N"] * launch["K"]
+        warp_inst, thread_inst = _get(r, "inst_executed"), _get(r, "thread_inst_executed_true")
+        row["warp_inst_per_nnz"] = None if warp_inst is None else round(warp_inst / work, 3)
+        row["thread_inst_per_nnz"] = None if thread_inst is None else round(thread_inst / work, 1)
         if launch.get("nnz") and t:
             row["T_nnz_per_s"] = round(launch["nnz"] / t / 1e12, 3)
         out.append(row)
     return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Nonzero rate against instructions per nonzero, one marker per kernel family: the issue-bound picture."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fams: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("T_nnz_per_s") and r.get("thread_inst_per_nnz"):
+            fams.setdefault(r["kernel"].split("-")[0] + f" {r['values']}", []).append(r)
+    for name, rs in sorted(fams.items()):
+        ax.scatter([r["thread_inst_per_nnz"] for r in rs], [r["T_nnz_per_s"] for r in rs], label=name, s=22)
+    ax.set_xlabel("SASS thread-instructions per stored nonzero")
+    ax.set_ylabel("T nonzeros / s")
+    ax.set_title("batch-1 decode kernels (Nsight Compute)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -79,6 +109,7 @@ def main() -> None:
     ap.add_argument("raw_csv")
     ap.add_argument("launches")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--plot", type=Path, help="PNG: nonzero rate vs instructions per nonzero")
     args = ap.parse_args()
     launches = json.loads(Path(args.launches).read_text())["launches"]
     rows = summarize(read_raw(args.raw_csv), launches)
@@ -86,9 +117,12 @@ def main() -> None:
         print(f"{r['N']}x{r['K']} s{r['sparsity']:.2f} {r['values']:8s} {r['kernel']:26s} {r['time_us']} us "
               f"dram {r['dram_GBps']} GB/s sect/req {r['sectors_per_request']} issue {r['issue_active_pct']} "
               f"occ {r['occupancy_pct']} l1 {r['l1tex_pct_peak']} nnz/s {r.get('T_nnz_per_s')} "
+              f"inst/nnz {r['thread_inst_per_nnz']} "
               f"stalls {r['top_stalls_per_issue']}")
     if args.out:
         args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

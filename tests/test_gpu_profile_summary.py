@@ -14,8 +14,9 @@ spec.loader.exec_module(gps)
 NAMES = ["ID", "Kernel Name", "gpu__time_duration.sum", "dram__bytes_read.sum",
          "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum", "l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum",
          "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
-         "smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio"]
-UNITS = ["", "", "usecond", "Mbyte", "sector", "request", "", ""]
+         "smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio", "inst_executed",
+         "thread_inst_executed_true"]
+UNITS = ["", "", "us", "Mbyte", "sector", "request", "", "", "inst", "inst"]
 
 
 def _csv(path, rows):
@@ -29,9 +30,9 @@ def _csv(path, rows):
 
 def test_summary_matches_launches_and_converts_units(tmp_path):
     _csv(tmp_path / "raw.csv", [
-        ["0", "gemv_kernel", "20.0", "90.0", "1000", "100", "3.0", "0.5"],
-        ["1", "at::native::vectorized_elementwise_kernel", "1.0", "0.1", "1", "1", "0", "0"],
-        ["2", "vc32_spmv_kernel", "10.0", "45.0", "8000", "1000", "1.5", "4.0"]])
+        ["0", "gemv_kernel", "20.0", "90.0", "1000", "100", "3.0", "0.5", "1,802,240", "51,380,224"],
+        ["1", "at::native::vectorized_elementwise_kernel", "1.0", "0.1", "1", "1", "0", "0", "5", "100"],
+        ["2", "vc32_spmv_kernel", "10.0", "45.0", "8000", "1000", "1.5", "4.0", "8,454,144", "247,990,224"]])
     launches = [{"N": 4096, "K": 11008, "sparsity": 0.0, "values": "float16", "kernel": "cublas"},
                 {"N": 4096, "K": 11008, "sparsity": 0.75, "values": "float16", "kernel": "vc32v1-n1t512b1w2",
                  "nnz": 11_272_192}]
@@ -40,6 +41,9 @@ def test_summary_matches_launches_and_converts_units(tmp_path):
     assert rows[0]["time_us"] == 20.0 and rows[0]["dram_GBps"] == 4500   # 90 MB in 20 us
     assert rows[1]["sectors_per_request"] == 8.0
     assert rows[1]["T_nnz_per_s"] == pytest.approx(1.127, abs=1e-3)
+    assert rows[0]["thread_inst_per_nnz"] == pytest.approx(1.1, abs=0.05)  # per weight for the dense GEMV
+    assert rows[1]["warp_inst_per_nnz"] == pytest.approx(0.75, abs=1e-3)
+    assert rows[1]["thread_inst_per_nnz"] == pytest.approx(22.0, abs=0.05)
     assert list(rows[1]["top_stalls_per_issue"]) == ["lg_throttle", "long_scoreboard"]
 
 
