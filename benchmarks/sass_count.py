@@ -55,12 +55,12 @@ def compile_vc32(tile: int, warps: int):
                           options={"num_warps": warps})
 
 
-def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool):
+def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool, lean: bool = False):
     sig = {"x_ptr": "*fp16", "vals_ptr": "*i8" if int8 else "*fp16", "offs_ptr": "*u8", "base_ptr": "*i16",
            "gp_ptr": "*i32", "scales_ptr": "*fp32" if int8 else "*fp16", "y_ptr": "*fp16", "N": "i32",
            "n_groups": "i32", "group_size": "i32", "stride_xb": "i32", "n_progs": "i32", "steps": "i32"}
     ce = {"BLOCK_N": 1, "TILE": tile, "SCALE_MODE": 1 if int8 else 0, "PERSIST": 0, "STAGES": 2,
-          "COL16": int(col16)}
+          "COL16": int(col16), "LEAN": int(lean)}
     sig.update({k: "constexpr" for k in ce})
     return triton.compile(ASTSource(grp8i_spmv_kernel, sig, constexprs=ce, attrs=_aligned(7)), target=TARGET,
                           options={"num_warps": warps})
@@ -120,6 +120,9 @@ def main() -> None:
                 rows.append({"kernel": "grp8i" + ("-c16" if col16 else ""), "values": "int8" if int8 else "fp16",
                              "tile": tile, "warps": warps,
                              **count(compile_grp8i(tile, warps, int8, col16), tile / (32 * warps))})
+        for tile, warps in ((512, 2), (1024, 4), (256, 1), (1024, 2)):  # the lean kernel's unmasked main loop
+            rows.append({"kernel": "grp8i-lean", "values": "int8" if int8 else "fp16", "tile": tile, "warps": warps,
+                         **count(compile_grp8i(tile, warps, int8, False, lean=True), tile / (32 * warps))})
     for r in rows:
         print(f"{r['kernel']:10s} {r['values']:5s} tile {r['tile']:5d} w{r['warps']}  {r['per_nnz']:5.2f} per nonzero  "
               f"(addr {r['per_nnz_by_class'].get('int/addr', 0)})")

@@ -34,6 +34,7 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "grp8-vec": (1, SpmmConfig(kernel="grp8", block_n=4, block_k=64, vec=8)),
     "grp8-interleaved": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4)),
     "grp8-interleaved-c16": (1, SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4, col16=True)),
+    "grp8-interleaved-lean": (1, SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, lean=True)),
     "vc32t-batch": (3, SpmmConfig(kernel="vc32t", block_n=2, block_k=64, block_b=4)),
     "vc32t-batch16": (16, SpmmConfig(kernel="vc32t", block_n=1, block_k=32, block_b=16)),
 }
@@ -188,7 +189,8 @@ def test_drop_aux_keeps_only_what_the_chosen_kernels_read():
                                  SpmmConfig(kernel="grp8", block_n=2, block_k=128, vec=4),
                                  SpmmConfig(kernel="vc32", block_n=1, block_k=64, persist=2),
                                  SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, persist=2),
-                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, col16=True)],
+                                 SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, col16=True),
+                                 SpmmConfig(kernel="grp8", block_n=1, block_k=256, vec=4, lean=True)],
                          ids=lambda c: c.key())
 def test_per_nonzero_kernels_on_an_all_zero_matrix(cfg):
     p = PackedBitmask.from_compressed(compress_tensor(torch.zeros(5, 70), "float16").to(DEVICE))
@@ -320,4 +322,47 @@ def test_grp8i_col16_top_columns_and_config():
     for bad in (dict(kernel="grp8", col16=True), dict(kernel="vc32", col16=True), dict(kernel="grp8", vec=4,
                                                                                        col16=1)):
         with pytest.raises(ValueError, match="col16"):
+            SpmmConfig(**bad)
+
+
+# the lean grp8 kernel (whole steps without load masks + one masked tail step; column = sign-extended base + offset):
+# bit for bit the default's results. K = 700 at 10% gives rows of ~5 quads (whole 256-slot steps and a tail), at
+# 90% rows of one quad (the tail alone); TILE 512 makes most rows tail-only, TILE 128 tail-free.
+@pytest.mark.parametrize("values,group_size,sparsity,tile", [("float16", None, 0.1, 256), ("bfloat16", None, 0.5, 128),
+                                                             ("int8", 24, 0.9, 256), ("int8", None, 0.1, 512),
+                                                             ("float16", None, 0.0, 128)])
+def test_grp8i_lean_matches_default(values, group_size, sparsity, tile):
+    n, k = 19, 700
+    act = torch.bfloat16 if values == "bfloat16" else torch.float16
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=3), values, group_size=group_size).to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k, device=DEVICE).to(act)
+    base = SpmmConfig(kernel="grp8", block_n=1, block_k=tile, vec=4, num_warps=1)
+    cfg = SpmmConfig(**{**asdict(base), "lean": True})
+    y = spmm(x, p, cfg, out=torch.full((1, n), float("nan"), device=DEVICE, dtype=act))
+    assert torch.equal(y, spmm(x, p, base))
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
+    assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+
+
+def test_grp8i_lean_bounds_and_config():
+    """K = 32768 (the largest base is 32767: still positive as int16) is served; K = 32769 is refused with a clear
+    error rather than a wrong column; the config is checked and round-trips through JSON."""
+    w = torch.zeros(2, 32768)
+    w[0, [0, 1, 16384, 32766, 32767]] = torch.tensor([1.0, 2.0, -1.0, 0.5, 3.0])
+    ct = compress_tensor(w, "float16").to(DEVICE)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, 32768, device=DEVICE).half()
+    cfg = SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, lean=True)
+    y = spmm(x, p, cfg)
+    assert torch.equal(y, spmm(x, p, SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4)))
+    wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, 32769), "float16").to(DEVICE))
+    with pytest.raises(ValueError, match="K <= 32768"):
+        spmm(torch.randn(1, 32769, device=DEVICE).half(), wide, cfg)
+    assert cfg.key() == "grp8v4-n1t128b1w4-lean" and SpmmConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
+    for bad in (dict(kernel="grp8", lean=True), dict(kernel="grp8", vec=4, block_n=2, lean=True),
+                dict(kernel="grp8", vec=4, block_n=1, persist=2, lean=True), dict(kernel="vc32", lean=True),
+                dict(kernel="grp8", vec=4, block_n=1, block_k=64, lean=True), dict(kernel="grp8", vec=4, lean=1)):
+        with pytest.raises(ValueError, match="lean"):
             SpmmConfig(**bad)

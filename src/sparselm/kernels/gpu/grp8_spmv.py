@@ -76,7 +76,8 @@ def grp8_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y_
 
 @triton.jit
 def _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, t, n_groups, group_size,
-                BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr, COL16: tl.constexpr = 0):
+                BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr, COL16: tl.constexpr = 0,
+                MASKED: tl.constexpr = 1):
     """Products of slots [t, t + TILE) of rows rn (first slot `start`, nq quads each), shape (BLOCK_N, TILE/4, 4):
     the one definition of the interleaved layout's loads, shared by the per-row-block and persistent loops.
 
@@ -84,24 +85,42 @@ def _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, 
     SASS (docs/notes/gpu.md "SASS analysis"): the default form is two zero-extended terms, which LLVM adds as
     64-bit byte offsets (SHL + IMAD.HI per term, IADD3 + IADD3.X: ~8 instructions per nonzero for the x
     address); the masked sum stays 32-bit (VIADD.16x2 for 2 columns, then LEA + LEA.HI.X): loop 149 -> 129
-    instructions per 8 nonzeros per thread (fp16), 148 -> 135 (int8)."""
+    instructions per 8 nonzeros per thread (fp16), 148 -> 135 (int8).
+
+    COL16 2 (the lean kernel's form, K <= 32768 only): column = base + offset with the int16 base sign-extended
+    as loaded; exact because every base is < 32768 there, and it skips the 16-bit repacking (PRMT / LOP3 per
+    nonzero) that COL16 1 costs. MASKED 0: every slot of the step exists (the caller guarantees it), so the loads
+    carry no predicate and no zero fill."""
     r = tl.arange(0, TILE // 4)  # lane-major position inside the step: quad r // 32, lane r % 32
     j = tl.arange(0, 4)  # the group inside the quad
     base = tl.multiple_of(start + t, 128)
-    ok = ((t // 128 + r // 32)[None, :, None] < nq[:, None, None]) & (j < 4)[None, None, :]
     idx = base[:, None, None] + (4 * r)[None, :, None] + j[None, None, :]
-    v = tl.load(vals_ptr + idx, mask=ok, other=0).to(tl.float32)
-    off = tl.load(offs_ptr + idx, mask=ok, other=0).to(tl.int32)
     gidx = tl.multiple_of((base // 32)[:, None, None] + (4 * (r // 32))[None, :, None], (4, 4, 1)) + \
         j[None, None, :]
-    gb = tl.load(base_ptr + gidx, mask=ok, other=0).to(tl.int32)  # the int16 base, sign-extended
-    if COL16:  # the sum's low 16 bits: exact (every column < K <= 65536), and lets the compiler add 16-bit pairs
+    if MASKED:
+        ok = ((t // 128 + r // 32)[None, :, None] < nq[:, None, None]) & (j < 4)[None, None, :]
+        v = tl.load(vals_ptr + idx, mask=ok, other=0).to(tl.float32)
+        off = tl.load(offs_ptr + idx, mask=ok, other=0).to(tl.int32)
+        gb = tl.load(base_ptr + gidx, mask=ok, other=0).to(tl.int32)  # the int16 base, sign-extended
+    else:
+        v = tl.load(vals_ptr + idx).to(tl.float32)
+        off = tl.load(offs_ptr + idx).to(tl.int32)
+        gb = tl.load(base_ptr + gidx).to(tl.int32)
+    if COL16 == 2:  # K <= 32768: the sign-extended base is the base
+        col = gb + off
+    elif COL16:  # the sum's low 16 bits: exact (every column < K <= 65536), and lets the compiler add 16-bit pairs
         col = (gb + off) & 0xFFFF
     else:
         col = (gb & 0xFFFF) + off
+    if MASKED:
+        if SCALE_MODE == 2:
+            v = v * tl.load(scales_ptr + rn[:, None, None] * n_groups + col // group_size, mask=ok, other=0.0)
+        return v * tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
     if SCALE_MODE == 2:
-        v = v * tl.load(scales_ptr + rn[:, None, None] * n_groups + col // group_size, mask=ok, other=0.0)
-    return v * tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
+        v = v * tl.load(scales_ptr + rn[:, None, None] * n_groups + col // group_size)
+    # unsigned: the address is x + 2 * zext(col), which keeps the column sum in 32 bits (a sign-extended index
+    # lets LLVM split it into two 64-bit adds: 12.4 instead of 13.6 SASS instructions per nonzero offline)
+    return v * tl.load(x_ptr + col.to(tl.uint32)).to(tl.float32)
 
 
 @triton.jit
@@ -126,7 +145,8 @@ def _grp8i_store(y_ptr, scales_ptr, part, rn, n_ok, SCALE_MODE: tl.constexpr):
 def grp8i_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y_ptr,
                       N, n_groups, group_size, stride_xb, n_progs, steps,
                       BLOCK_N: tl.constexpr, TILE: tl.constexpr, SCALE_MODE: tl.constexpr,
-                      PERSIST: tl.constexpr = 0, STAGES: tl.constexpr = 2, COL16: tl.constexpr = 0):
+                      PERSIST: tl.constexpr = 0, STAGES: tl.constexpr = 2, COL16: tl.constexpr = 0,
+                      LEAN: tl.constexpr = 0):
     """Batch 1 over the interleaved grp8 layout (`PackedBitmask.grp8(interleave=4)`): rows padded to whole quads
     of 4 groups (128 slots), and inside a quad slot 32j + l (group j, lane l) stored at 4l + j. A lane then loads
     the 4 values (8 bytes), 4 offsets (4 bytes) and the quad's 4 bases (8 bytes, the same for every lane) of its
@@ -146,9 +166,25 @@ def grp8i_spmv_kernel(x_ptr, vals_ptr, offs_ptr, base_ptr, gp_ptr, scales_ptr, y
     on the previous iteration's loads. The price: rows shorter than the longest take masked (no-traffic) steps,
     so matrices with a few very long rows run slower here (autotune measures, and keeps PERSIST 0 there).
 
-    COL16 1: the 32-bit column sum (`_grp8i_step`), same results with fewer instructions per nonzero."""
+    COL16 1: the 32-bit column sum (`_grp8i_step`), same results with fewer instructions per nonzero.
+
+    LEAN 1 (PERSIST 0, BLOCK_N 1, K <= 32768; COL16 2): the row's whole TILE-slot steps run with no load masks,
+    then one masked step takes the remainder. The H200 profile (benchmarks/results/gpu_profile_h200.json) found
+    these kernels issue-bound at 20-29 SASS thread-instructions per nonzero; per nonzero the masked form pays a
+    zero fill (PRMT) and predicate setup on every gather, and the 16-bit column repacking, which this drops."""
     pid = tl.program_id(0)
-    if PERSIST == 0:
+    if LEAN:
+        rn, n_ok, start, nq = _grp8i_rows(gp_ptr, pid, N, 1)
+        part = tl.zeros((1, TILE // 4, 4), dtype=tl.float32)
+        n_full = (tl.max(nq, axis=0) * 128) // TILE * TILE  # slots covered by whole steps
+        for t in range(0, n_full, TILE):
+            part += _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, t, n_groups,
+                                group_size, 1, TILE, SCALE_MODE, 2, 0)
+        if n_full < tl.max(nq, axis=0) * 128:
+            part += _grp8i_step(x_ptr, vals_ptr, offs_ptr, base_ptr, scales_ptr, rn, start, nq, n_full, n_groups,
+                                group_size, 1, TILE, SCALE_MODE, 2, 1)
+        _grp8i_store(y_ptr, scales_ptr, part, rn, n_ok, SCALE_MODE)
+    elif PERSIST == 0:
         rn, n_ok, start, nq = _grp8i_rows(gp_ptr, pid, N, BLOCK_N)
         part = tl.zeros((BLOCK_N, TILE // 4, 4), dtype=tl.float32)
         for t in range(0, tl.max(nq, axis=0) * 128, TILE):

@@ -70,8 +70,17 @@ class SpmmConfig:
     # grp8 vec 4 only: the x column as (base + offset) & 0xFFFF, a 32-bit sum (fewer SASS instructions per
     # nonzero offline, same results; grp8_spmv.py _grp8i_step); False = the original (base & 0xFFFF) + offset
     col16: bool = False
+    # grp8 vec 4, block_n 1, persist 0, K <= 32768: whole steps without load masks plus one masked tail step,
+    # column = sign-extended base + offset (grp8_spmv.py grp8i_spmv_kernel LEAN; fewer instructions per nonzero)
+    lean: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.lean, bool):
+            raise ValueError(f"SpmmConfig.lean: a bool, got {self.lean!r}")
+        if self.lean and not (self.kernel == "grp8" and self.vec == 4 and self.block_n == 1 and not self.persist
+                              and self.block_k % 128 == 0):
+            raise ValueError(f"SpmmConfig.lean: only for kernel 'grp8' with vec 4, block_n 1, persist 0 and "
+                             f"block_k a multiple of 128, got {self}")
         if not isinstance(self.col16, bool):
             raise ValueError(f"SpmmConfig.col16: a bool, got {self.col16!r}")
         if self.col16 and not (self.kernel == "grp8" and self.vec == 4):
@@ -94,6 +103,7 @@ class SpmmConfig:
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
             pers += "-c16" if self.col16 else ""
+            pers += "-lean" if self.lean else ""
             return f"{self.kernel}v{self.vec}-n{self.block_n}t{self.block_k}b{self.block_b}w{self.num_warps}{pers}"
         if self.kernel == "csr8":
             return f"csr8v{self.vec}-n{self.block_n}k{self.block_k}b{self.block_b}s{self.slots}w{self.num_warps}"
@@ -433,6 +443,8 @@ def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
         y = out if out is not None else torch.empty(1, n, device=x.device, dtype=x.dtype)
         scales = p.scales if p.scales is not None else gvals
         n_groups = p.scales.shape[1] if p.scales is not None else 1
+        if cfg.lean and p.shape[1] > 32768:
+            raise ValueError(f"grp8 lean: K <= 32768 only (the int16 base is used sign-extended), got K {p.shape[1]}")
         if cfg.persist:  # gptr counts groups: 32 slots each
             n_progs, steps = _persist_launch(x, cfg, GROUP * p.row_max(("grp8", 4), gptr))
             grid = n_progs
@@ -441,7 +453,8 @@ def _spmm_grp8(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig, out: torch.Te
         grp8i_spmv_kernel[(grid,)](
             x, gvals, goffs, gbase, gptr, scales, y, n, n_groups, p.group_size, x.stride(0), n_progs, steps,
             BLOCK_N=cfg.block_n, TILE=cfg.block_k, SCALE_MODE=p.scale_mode, PERSIST=1 if cfg.persist else 0,
-            STAGES=cfg.num_stages if cfg.persist else 2, COL16=1 if cfg.col16 else 0, num_warps=cfg.num_warps)
+            STAGES=cfg.num_stages if cfg.persist else 2, COL16=1 if cfg.col16 else 0, LEAN=int(cfg.lean),
+            num_warps=cfg.num_warps)
         return y
     gvals, goffs, gbase, gptr = p.grp8()
     if cfg.block_k % GROUP:
