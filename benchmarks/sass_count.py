@@ -66,6 +66,45 @@ def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool, lean: bool = F
                           options={"num_warps": warps})
 
 
+def count_cuda() -> list[dict]:
+    """The CUDA C++ grp8 kernel (src/sparselm/kernels/gpu/grp8_gemv.cu) built by a local nvcc for sm_90: per
+    instantiation, the innermost loop (the quad loop, unrolled twice: 8 nonzeros per lane per iteration)."""
+    import shutil
+
+    from sparselm.kernels.gpu import cuda_grp8
+
+    nvcc = cuda_grp8._nvcc() or shutil.which("nvcc")
+    if nvcc is None:
+        raise SystemExit("--cuda: nvcc not found")
+    names = {"ILi0ELi0E": ("fp16", "fp16"), "ILi2ELi0E": ("int8", "fp16"), "ILi1ELi1E": ("bf16", "bf16"),
+             "ILi2ELi1E": ("int8", "bf16")}
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / "k.so"
+        subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
+                        "-o", str(lib), str(cuda_grp8._SOURCE)], check=True, capture_output=True, text=True)
+        sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        tag = next((v for k, v in names.items() if k in part.split("\n", 1)[0]), None)
+        if tag is None:
+            continue
+        ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
+        loops = []  # (start, end, length) of every backward branch; the quad loop is the innermost long one
+        for addr, op, args in ins:
+            tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+            if tgt and int(tgt.group(1), 16) < addr:
+                body = [o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
+                loops.append(body)
+        # nonzeros per iteration = x gathers from shared memory; the quad loop is the shortest loop holding 8
+        gathers = [sum(o.startswith("LDS") for o in b) for b in loops]
+        inner = min((b for b, g in zip(loops, gathers) if g == 8), key=len)
+        classes = collections.Counter(classify(op) for op in inner)
+        rows.append({"kernel": "grp8cu", "values": tag[0], "act": tag[1], "loop_instructions": len(inner),
+                     "nnz_per_thread_step": 8, "per_nnz": round(len(inner) / 8, 2),
+                     "per_nnz_by_class": {k: round(v / 8, 2) for k, v in sorted(classes.items())}})
+    return rows
+
+
 def loop_body(sass: str) -> list[tuple[int, str]]:
     """(address, opcode) of the longest span closed by a backward branch."""
     ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(sass)]
@@ -109,8 +148,9 @@ def count(kernel, nnz_per_thread_step: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cuda", action="store_true", help="also the CUDA C++ grp8 kernel (needs a local nvcc)")
     args = ap.parse_args()
-    rows = []
+    rows = count_cuda() if args.cuda else []
     for tile, warps in ((512, 2), (1024, 4)):
         rows.append({"kernel": "vc32", "values": "fp16", "tile": tile, "warps": warps,
                      **count(compile_vc32(tile, warps), tile / (32 * warps))})
@@ -124,7 +164,8 @@ def main() -> None:
             rows.append({"kernel": "grp8i-lean", "values": "int8" if int8 else "fp16", "tile": tile, "warps": warps,
                          **count(compile_grp8i(tile, warps, int8, False, lean=True), tile / (32 * warps))})
     for r in rows:
-        print(f"{r['kernel']:10s} {r['values']:5s} tile {r['tile']:5d} w{r['warps']}  {r['per_nnz']:5.2f} per nonzero  "
+        print(f"{r['kernel']:10s} {r['values']:5s} tile {r.get('tile', '-'):>5} w{r.get('warps', '-')}  "
+              f"{r['per_nnz']:5.2f} per nonzero  "
               f"(addr {r['per_nnz_by_class'].get('int/addr', 0)})")
     if args.out is not None:
         args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",

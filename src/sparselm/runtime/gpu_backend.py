@@ -158,6 +158,13 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
         # the H200 profile found these kernels issue-bound (benchmarks/results/gpu_profile_h200.json; not yet timed)
         out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, lean=True)
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
+        # the CUDA C++ kernel over the same layout (x in shared memory, one warp per row; ~9 instructions per
+        # nonzero offline), where nvcc can build it for this GPU; (warps per block, blocks per SM)
+        from sparselm.kernels.gpu import cuda_grp8
+
+        if cuda_grp8.available():
+            out += [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb)
+                    for w, pb in ((4, 4), (8, 2), (8, 4), (16, 1), (16, 2), (32, 1))]
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

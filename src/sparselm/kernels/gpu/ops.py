@@ -57,7 +57,9 @@ class SpmmConfig:
     # "bitmask" (per position, reads the mask) | "csr8" (per nonzero, batch <= 8) | "vc32" (per nonzero, one
     # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step) |
     # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536) |
-    # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows)
+    # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
+    # "grp8cu" (CUDA C++, batch 1, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
+    # num_warps = warps per block, persist = blocks per SM)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -75,6 +77,15 @@ class SpmmConfig:
     lean: bool = False
 
     def __post_init__(self):
+        if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
+            if self.block_b != 1 or self.vec != 4:
+                raise ValueError(f"SpmmConfig grp8cu: batch-1 kernel over the interleaved layout (block_b 1, vec 4), "
+                                 f"got block_b {self.block_b} vec {self.vec}")
+            if not (isinstance(self.persist, int) and not isinstance(self.persist, bool) and self.persist >= 1):
+                raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {self.persist!r}")
+            if not (isinstance(self.num_warps, int) and 1 <= self.num_warps <= 32):
+                raise ValueError(f"SpmmConfig grp8cu: num_warps = warps per block, 1-32, got {self.num_warps!r}")
+            return
         if not isinstance(self.lean, bool):
             raise ValueError(f"SpmmConfig.lean: a bool, got {self.lean!r}")
         if self.lean and not (self.kernel == "grp8" and self.vec == 4 and self.block_n == 1 and not self.persist
@@ -99,6 +110,8 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
+        if self.kernel == "grp8cu":
+            return f"grp8cu-w{self.num_warps}p{self.persist}"
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -183,6 +196,8 @@ class PackedBitmask:
             return {("vc32", cfg.vec)}
         if cfg.kernel == "grp8":
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
+        if cfg.kernel == "grp8cu":
+            return {("grp8", 4), ("grp8cu",)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
@@ -199,6 +214,10 @@ class PackedBitmask:
             return self.values.dtype in (torch.float16, torch.bfloat16) and self.shape[1] <= 65536
         if cfg.kernel == "grp8":
             return self.shape[1] <= 65536
+        if cfg.kernel == "grp8cu":
+            from sparselm.kernels.gpu import cuda_grp8
+
+            return cuda_grp8.supports(self)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -301,7 +320,7 @@ class PackedBitmask:
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
         if kernel in ("vc32", "vc32t"):
             return sum(t.numel() * t.element_size() for t in self.vc32(vec))
-        if kernel == "grp8":
+        if kernel == "grp8" or kernel == "grp8cu":  # grp8cu: the interleaved layout with doubled bases, same size
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8(4 if vec == 4 else 1))
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
@@ -325,6 +344,10 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         return _spmm_vc32(x, p, cfg, out)
     if cfg.kernel == "grp8":
         return _spmm_grp8(x, p, cfg, out)
+    if cfg.kernel == "grp8cu":
+        from sparselm.kernels.gpu import cuda_grp8
+
+        return cuda_grp8.gemv(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))

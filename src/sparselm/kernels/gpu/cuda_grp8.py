@@ -1,0 +1,191 @@
+"""The CUDA C++ batch-1 grp8 kernel (`grp8_gemv.cu`): build, launch, and its CPU emulation.
+
+    y = gemv(x, packed, cfg)          # x (1, K) fp16/bf16 on the GPU; cfg = SpmmConfig(kernel="grp8cu", ...)
+    y = gemv_host(x, packed)          # the same arithmetic on the CPU (tests): float32 (1, N)
+
+Why a second language: the Triton grp8 kernels are issue-bound (benchmarks/results/gpu_profile_h200.json: 20-30 SASS
+instructions per nonzero); this kernel stages x in shared memory and computes two gather addresses per 16-bit-lane
+add, ~9 instructions per nonzero at sm_90 (offline count, `benchmarks/sass_count.py --cuda`).
+
+Build: `nvcc` (from $CUDA_HOME/bin or PATH) compiles the one file into a shared library for the GPU's architecture,
+cached by content hash under $SPARSELM_CACHE/cuda-kernels (as the CPU kernels are), loaded with ctypes and launched
+on torch's current stream, so CUDA-graph capture records it like any other kernel. No nvcc, or a failed build:
+`available()` is False with the reason in `build_error()`, and autotune simply never offers the config.
+The host build (g++ -x c++ of the same file) is what CPU tests run: index math, decoders and lane sums are shared.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("grp8_gemv.cu")
+MAX_K = 32768  # 2 * column must fit 16 bits (the kernel adds doubled offsets to doubled bases in 16-bit lanes)
+_VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
+_XT = {torch.float16: 0, torch.bfloat16: 1}
+_lock = threading.Lock()
+_libs: dict[str, ctypes.CDLL | None] = {}
+_errors: dict[str, str] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPARSELM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparselm")
+    return Path(root) / "cuda-kernels"
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    cands = ([os.path.join(home, "bin", "nvcc")] if home else []) + [shutil.which("nvcc") or "",
+                                                                     "/usr/local/cuda/bin/nvcc"]
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def _compile(cmd: list[str], out: Path) -> None:
+    """Build into a temporary file beside `out`, then rename: concurrent processes never load half a library."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run(cmd + ["-o", tmp, str(_SOURCE)], check=True, capture_output=True, text=True, timeout=600)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build(kind: str) -> ctypes.CDLL:
+    if kind == "device":
+        nvcc = _nvcc()
+        if nvcc is None:
+            raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+        major, minor = torch.cuda.get_device_capability()
+        cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+               f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+    else:
+        cxx = next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)),
+                   None)
+        if cxx is None:
+            raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-x", "c++"]
+    version = subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
+    key = hashlib.sha256(_SOURCE.read_bytes() + repr((cmd[1:], version)).encode()).hexdigest()[:16]
+    out = cache_dir() / f"grp8_gemv-{kind}-{key}.so"
+    if not out.exists():
+        try:
+            _compile(cmd, out)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {(e.stderr or '').strip()[-600:]}") from None
+    lib = ctypes.CDLL(str(out))
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    if kind == "device":
+        lib.sl_grp8_gemv.restype = i32
+        lib.sl_grp8_gemv.argtypes = [i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, vp]
+        lib.sl_error_string.restype = ctypes.c_char_p
+        lib.sl_error_string.argtypes = [i32]
+    else:
+        lib.sl_grp8_gemv_host.restype = i32
+        lib.sl_grp8_gemv_host.argtypes = [i32, i32, vp, vp, vp, vp, vp, vp, vp, i32]
+    return lib
+
+
+def load(kind: str = "device") -> ctypes.CDLL | None:
+    """The built library ("device": nvcc for the current GPU; "host": g++ emulation), None when it cannot be built."""
+    if kind not in ("device", "host"):
+        raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
+    with _lock:
+        if kind not in _libs:
+            try:
+                if kind == "device" and not torch.cuda.is_available():
+                    raise RuntimeError("no CUDA device")
+                _libs[kind] = _build(kind)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                _libs[kind], _errors[kind] = None, str(e)
+    return _libs[kind]
+
+
+def available() -> bool:
+    return load("device") is not None
+
+
+def build_error(kind: str = "device") -> str | None:
+    return _errors.get(kind)
+
+
+def supports(p, x_dtype: torch.dtype | None = None) -> bool:
+    """Whether the kernel serves this matrix: K <= 32768; fp16 values with fp16 x, bf16 with bf16, int8 values
+    (no scales per group: one scale per row) with either."""
+    n, k = p.shape
+    if k > MAX_K or p.values.dtype not in _VT or p.scale_mode == 2:
+        return False
+    if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
+        return False
+    return True
+
+
+def aux(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, offsets as int32 words, doubled bases as int32 words, group starts) of the interleaved layout,
+    cached on the matrix under ("grp8cu",) next to the layout itself (("grp8", 4))."""
+    if ("grp8cu",) not in p._cptr:
+        gvals, goffs, gbase, gptr = p.grp8(4)
+        # base * 2 as uint16 bits (K <= 32768: fits), two per 32-bit word: the quad's 4 bases are 2 words
+        base2 = (gbase.to(torch.int32) & 0xFFFF) * 2
+        base2 = torch.where(base2 >= 32768, base2 - 65536, base2).to(torch.int16).contiguous()  # the same 16 bits
+        p._cptr[("grp8cu",)] = (gvals.contiguous(), goffs.contiguous().view(torch.int32), base2.view(torch.int32),
+                                gptr.contiguous())
+    return p._cptr[("grp8cu",)]
+
+
+def _check(x: torch.Tensor, p) -> None:
+    n, k = p.shape
+    if x.dim() != 2 or x.shape != (1, k):
+        raise ValueError(f"grp8cu: batch 1 only, x must be (1, {k}), got {tuple(x.shape)}")
+    if not supports(p, x.dtype):
+        raise ValueError(f"grp8cu: needs K <= {MAX_K}, values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row "
+                         f"scales; got K {k}, values {p.values.dtype}, x {x.dtype}, scale mode {p.scale_mode}")
+
+
+def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (1, N) = x W^T on the GPU; cfg.num_warps warps per block, cfg.persist blocks per SM."""
+    _check(x, p)
+    lib = load("device")
+    if lib is None:
+        raise RuntimeError(f"grp8cu: the CUDA kernel is unavailable ({build_error()})")
+    n, k = p.shape
+    x = x.contiguous()
+    vals, offs, base2, gptr = aux(p)
+    y = out if out is not None else torch.empty(1, n, device=x.device, dtype=x.dtype)
+    scales = p.scales.reshape(-1).contiguous() if p.scales is not None else None
+    blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
+                        -(-n // cfg.num_warps)))
+    code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
+                            base2.data_ptr(), gptr.data_ptr(), scales.data_ptr() if scales is not None else None,
+                            y.data_ptr(), n, k, blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
+    if code != 0:
+        raise RuntimeError(f"grp8cu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
+    return y
+
+
+def gemv_host(x: torch.Tensor, p) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference."""
+    _check(x, p)
+    lib = load("host")
+    if lib is None:
+        raise RuntimeError(f"grp8cu host emulation unavailable ({build_error('host')})")
+    n, _ = p.shape
+    x = x.contiguous().cpu()
+    vals, offs, base2, gptr = (t.cpu() for t in aux(p))
+    y = torch.empty(1, n, dtype=torch.float32)
+    scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None else None
+    code = lib.sl_grp8_gemv_host(_VT[p.values.dtype], _XT[x.dtype], x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
+                                 base2.data_ptr(), gptr.data_ptr(), scales.data_ptr() if scales is not None else None,
+                                 y.data_ptr(), n)
+    if code != 0:
+        raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}")
+    return y

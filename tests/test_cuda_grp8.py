@@ -1,0 +1,103 @@
+"""The CUDA C++ grp8 kernel's arithmetic, checked on the CPU through its host build (the same source compiled by g++
+as C++: index math, int8 / fp16 / bf16 decoders and lane sums are shared with the GPU build), and its config and
+dispatch rules. The GPU build itself is checked at full shape by benchmarks/gpu_kernels.py before timing."""
+import shutil
+
+import pytest
+import torch
+
+from sparselm.compress import compress_tensor, decompress
+from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, cuda_grp8
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                                reason="the host build of grp8_gemv.cu needs a C++ compiler")
+
+
+def weight(n, k, sparsity, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    w[torch.rand(n, k, generator=g) < sparsity] = 0
+    w[n // 2] = 0  # an all-zero row
+    return w
+
+
+@pytest.mark.parametrize("values,act,sparsity,n,k", [
+    ("float16", torch.float16, 0.5, 37, 300), ("float16", torch.float16, 0.0, 9, 700),
+    ("float16", torch.float16, 0.9, 21, 1000), ("bfloat16", torch.bfloat16, 0.75, 17, 513),
+    ("int8", torch.float16, 0.75, 23, 640), ("int8", torch.bfloat16, 0.5, 11, 333)])
+def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
+    ct = compress_tensor(weight(n, k, sparsity, seed=n), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k).to(act)
+    y = cuda_grp8.gemv_host(x, p)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5  # float32 sums of exact products
+    assert torch.all(y[:, n // 2] == 0)
+
+
+def test_host_build_decodes_every_int8_and_special_fp16_value():
+    """All 256 int8 codes (the magic-number conversion), each alone against a one-hot x, and fp16 subnormals,
+    signed zeros and the largest finite value through x."""
+    k = 256
+    w = torch.zeros(2, k)
+    w[0] = torch.arange(-128, 128, dtype=torch.float32) / 127  # codes -127..127 after per-row scaling
+    w[0, 128] = 1e-3  # keep position 128 in the mask (code 0)
+    w[1, ::2] = 1.0
+    ct = compress_tensor(w, "int8")
+    p = PackedBitmask.from_compressed(ct)
+    dense = decompress(ct, torch.float32)
+    for j in range(0, k, 5):
+        x = torch.zeros(1, k, dtype=torch.float16)
+        x[0, j] = 1.0
+        assert cuda_grp8.gemv_host(x, p)[0, 0].item() == dense[0, j].item()
+    x = torch.zeros(1, k, dtype=torch.float16)
+    x[0, ::2] = torch.tensor([6e-8, -6e-8, 1e-5, -0.0, 65504.0, 1.0, -2.5, 3e-6] * 16, dtype=torch.float16)
+    ref = x.double() @ dense.double().T
+    torch.testing.assert_close(cuda_grp8.gemv_host(x, p)[0, 1].double(), ref[0, 1], rtol=1e-6, atol=0)
+
+
+def test_columns_up_to_the_32768_limit_and_refusals():
+    w = torch.zeros(3, 32768)
+    w[0, [0, 255, 256, 16384, 32511, 32512, 32767]] = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.5, 2.5, 4.0])
+    w[2, -40:] = 1.0
+    ct = compress_tensor(w, "float16")
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, 32768).half()
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    torch.testing.assert_close(cuda_grp8.gemv_host(x, p).double(), ref, rtol=1e-5, atol=1e-5)
+    assert p.supports(SpmmConfig(kernel="grp8cu", vec=4, persist=1))
+    wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, 32769), "float16"))
+    assert not wide.supports(SpmmConfig(kernel="grp8cu", vec=4, persist=1))
+    with pytest.raises(ValueError, match="K <= 32768"):
+        cuda_grp8.gemv_host(torch.randn(1, 32769).half(), wide)
+    grouped = PackedBitmask.from_compressed(compress_tensor(weight(4, 256, 0.5), "int8", group_size=64))
+    assert not cuda_grp8.supports(grouped)  # per-group scales: the Triton kernels serve those
+    with pytest.raises(ValueError, match="batch 1"):
+        cuda_grp8.gemv_host(torch.randn(2, 32768).half(), p)
+    with pytest.raises(ValueError, match="values fp16"):
+        cuda_grp8.gemv_host(x.bfloat16(), p)  # fp16 values with bf16 activations
+
+
+def test_config_rules_and_keys():
+    cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2)
+    assert cfg.key() == "grp8cu-w8p2"
+    for bad in (dict(vec=1, persist=1), dict(vec=4, persist=0), dict(vec=4, persist=1, block_b=2),
+                dict(vec=4, persist=1, num_warps=33)):
+        with pytest.raises(ValueError, match="grp8cu"):
+            SpmmConfig(kernel="grp8cu", **bad)
+    p = PackedBitmask.from_compressed(compress_tensor(weight(8, 128, 0.5), "float16"))
+    assert p.aux_keys(cfg) == {("grp8", 4), ("grp8cu",)}
+    assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)
+    cuda_grp8.aux(p)
+    p.drop_aux([SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4)])
+    assert ("grp8cu",) not in p._cptr and ("grp8", 4) in p._cptr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_unavailable_without_a_gpu_says_why():
+    assert not cuda_grp8.available()
+    assert "no CUDA device" in cuda_grp8.build_error()
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cuda_grp8.gemv(torch.randn(1, 128).half(),
+                       PackedBitmask.from_compressed(compress_tensor(weight(4, 128, 0.5), "float16")),
+                       SpmmConfig(kernel="grp8cu", vec=4, persist=1))
