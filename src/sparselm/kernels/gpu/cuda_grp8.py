@@ -3,7 +3,7 @@
     y = gemv(x, packed, cfg)          # x (1, K) fp16/bf16 on the GPU; cfg = SpmmConfig(kernel="grp8cu", ...)
     y = gemv_host(x, packed)          # the same arithmetic on the CPU (tests): float32 (1, N)
 
-Why a second language: the Triton grp8 kernels are issue-bound (benchmarks/results/gpu_profile_h200.json: 20-30 SASS
+Why a second language: the Triton grp8 kernels run under high issue pressure (gpu_profile_h200.json: 20-30 executed SASS
 instructions per nonzero); this kernel stages x in shared memory and computes two gather addresses per 16-bit-lane
 add, ~9 instructions per nonzero at sm_90 (offline count, `benchmarks/sass_count.py --cuda`).
 

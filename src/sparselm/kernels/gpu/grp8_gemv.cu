@@ -1,10 +1,10 @@
 // Batch-1 y = x W^T over the interleaved grp8 layout (grp8_spmv.py, FORMAT.md "Auxiliary arrays"), in CUDA C++.
 //
 // Why CUDA here when every other GPU kernel is Triton: the H200 profile (benchmarks/results/gpu_profile_h200.json)
-// found the Triton per-nonzero kernels issue-bound at 20-30 SASS instructions per nonzero, most of them address
-// arithmetic and conversions Triton gives no control over (64-bit gather addresses, 16-bit repacking of columns).
+// found the Triton per-nonzero kernels under 58-80% issue pressure at 20-30 executed SASS instructions per nonzero
+// (masked tail steps, cross-warp reductions, 64-bit gather addresses, 16-bit column repacking: not ours to control).
 // Here x sits in shared memory (32-bit addresses), the column sum is done two nonzeros per instruction in 16-bit
-// lanes, and one warp owns a row (no cross-warp reduction): ~8 instructions per nonzero at sm_90.
+// lanes, and one warp owns a row (no cross-warp reduction): ~9 instructions per nonzero at sm_90.
 //
 // Layout, per row (rows padded to whole quads of 4 groups of 32 slots): in quad q, the slot of group j and lane l
 // is at 128 q + 4 l + j, so lane l's 4 nonzeros of quad q are 4 consecutive entries of
