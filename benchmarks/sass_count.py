@@ -85,9 +85,11 @@ def count_cuda() -> list[dict]:
         sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
-        tag = next((v for k, v in names.items() if k in part.split("\n", 1)[0]), None)
+        head = part.split("\n", 1)[0]
+        tag = next((v for k, v in names.items() if k in head), None)
         if tag is None:
             continue
+        smem = "Lb1E" in head  # the SMEM template flag: x gathered by LDS (shared) or by LDG (through L1)
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
         loops = []  # (start, end, length) of every backward branch; the quad loop is the innermost long one
         for addr, op, args in ins:
@@ -96,10 +98,11 @@ def count_cuda() -> list[dict]:
                 body = [o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
                 loops.append(body)
         # nonzeros per iteration = x gathers from shared memory; the quad loop is the shortest loop holding 8
-        gathers = [sum(o.startswith("LDS") for o in b) for b in loops]
+        gather = "LDS" if smem else "LDG.E.U16"
+        gathers = [sum(o.startswith(gather) for o in b) for b in loops]
         inner = min((b for b, g in zip(loops, gathers) if g == 8), key=len)
         classes = collections.Counter(classify(op) for op in inner)
-        rows.append({"kernel": "grp8cu", "values": tag[0], "act": tag[1], "loop_instructions": len(inner),
+        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1"), "values": tag[0], "act": tag[1], "loop_instructions": len(inner),
                      "nnz_per_thread_step": 8, "per_nnz": round(len(inner) / 8, 2),
                      "per_nnz_by_class": {k: round(v / 8, 2) for k, v in sorted(classes.items())}})
     return rows

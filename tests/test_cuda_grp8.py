@@ -81,10 +81,14 @@ def test_columns_up_to_the_32768_limit_and_refusals():
 def test_config_rules_and_keys():
     cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2)
     assert cfg.key() == "grp8cu-w8p2"
+    assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2, smem=False).key() == "grp8cu-w8p2-l1"
     for bad in (dict(vec=1, persist=1), dict(vec=4, persist=0), dict(vec=4, persist=1, block_b=2),
                 dict(vec=4, persist=1, num_warps=33)):
         with pytest.raises(ValueError, match="grp8cu"):
             SpmmConfig(kernel="grp8cu", **bad)
+    for bad in (dict(kernel="grp8", smem=False), dict(kernel="grp8cu", vec=4, persist=1, smem=0)):
+        with pytest.raises(ValueError, match="smem"):
+            SpmmConfig(**bad)
     p = PackedBitmask.from_compressed(compress_tensor(weight(8, 128, 0.5), "float16"))
     assert p.aux_keys(cfg) == {("grp8", 4), ("grp8cu",)}
     assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)

@@ -163,8 +163,9 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
         from sparselm.kernels.gpu import cuda_grp8
 
         if cuda_grp8.available():
-            out += [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb)
-                    for w, pb in ((4, 4), (8, 2), (8, 4), (16, 1), (16, 2), (32, 1))]
+            out += [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm)
+                    for w, pb, sm in ((4, 4, True), (8, 2, True), (8, 4, True), (16, 1, True), (16, 2, True),
+                                      (32, 1, True), (8, 4, False), (16, 2, False), (4, 8, False))]
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

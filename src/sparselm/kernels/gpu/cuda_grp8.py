@@ -4,7 +4,7 @@
     y = gemv_host(x, packed)          # the same arithmetic on the CPU (tests): float32 (1, N)
 
 Why a second language: the Triton grp8 kernels run under high issue pressure (gpu_profile_h200.json: 20-30 executed SASS
-instructions per nonzero); this kernel stages x in shared memory and computes two gather addresses per 16-bit-lane
+instructions per nonzero); this kernel stages x in shared memory (or reads it through L1: `smem=False`) and computes two gather addresses per 16-bit-lane
 add, ~9 instructions per nonzero at sm_90 (offline count, `benchmarks/sass_count.py --cuda`).
 
 Build: `nvcc` (from $CUDA_HOME/bin or PATH) compiles the one file into a shared library for the GPU's architecture,
@@ -86,7 +86,7 @@ def _build(kind: str) -> ctypes.CDLL:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_gemv.restype = i32
-        lib.sl_grp8_gemv.argtypes = [i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, vp]
+        lib.sl_grp8_gemv.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
@@ -152,11 +152,18 @@ def _check(x: torch.Tensor, p) -> None:
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (1, N) = x W^T on the GPU; cfg.num_warps warps per block, cfg.persist blocks per SM."""
+    """y (1, N) = x W^T on the GPU; cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.smem: x staged
+    in shared memory (else read through L1). `out`: a contiguous (1, N) tensor of x's dtype."""
     _check(x, p)
+    if out is not None and (out.shape != (1, p.shape[0]) or out.dtype != x.dtype or not out.is_contiguous()):
+        raise ValueError(f"grp8cu: out must be a contiguous (1, {p.shape[0]}) {x.dtype} tensor, got "
+                         f"{tuple(out.shape)} {out.dtype}")
     lib = load("device")
     if lib is None:
         raise RuntimeError(f"grp8cu: the CUDA kernel is unavailable ({build_error()})")
+    if not (x.is_cuda and p.values.device == x.device):
+        raise ValueError(f"grp8cu: x and the matrix must be on the same CUDA device, got {x.device} and "
+                         f"{p.values.device}")
     n, k = p.shape
     x = x.contiguous()
     vals, offs, base2, gptr = aux(p)
@@ -164,7 +171,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     scales = p.scales.reshape(-1).contiguous() if p.scales is not None else None
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
+    code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], int(cfg.smem), x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
                             base2.data_ptr(), gptr.data_ptr(), scales.data_ptr() if scales is not None else None,
                             y.data_ptr(), n, k, blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
     if code != 0:

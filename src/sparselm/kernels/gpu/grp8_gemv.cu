@@ -67,8 +67,13 @@ SL_HD float bf16_to_float(uint32_t h) { return as_float(h << 16); }
 template <int T>
 SL_HD float act_to_float(uint32_t h) { return T == XT_F16 ? half_to_float(h) : bf16_to_float(h & 0xFFFFu); }
 
-template <int XT>
+// x[col] from its byte offset: from the shared-memory copy (SMEM), or straight from global memory through the
+// read-only L1 path (no staging: each block would otherwise copy all of x, 2K bytes, from L2)
+template <int XT, bool SMEM>
 SL_HD float load_x(const unsigned char* xs, uint32_t byte_offset) {
+#ifdef __CUDACC__
+  if (!SMEM) return act_to_float<XT>(__ldg(reinterpret_cast<const uint16_t*>(xs + byte_offset)));
+#endif
   return act_to_float<XT>(*reinterpret_cast<const uint16_t*>(xs + byte_offset));
 }
 
@@ -79,7 +84,7 @@ SL_HD float i8_to_float(uint32_t biased_word, uint32_t sel) {
 }
 
 // Lane `lane`'s partial dot product over quads [q0, q1) of one row.
-template <int VT, int XT>
+template <int VT, int XT, bool SMEM = true>
 SL_HD float grp8_lane(const void* vals, const uint32_t* offs, const uint32_t* base2, const unsigned char* xs,
                       int q0, int q1, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
@@ -98,8 +103,8 @@ SL_HD float grp8_lane(const void* vals, const uint32_t* offs, const uint32_t* ba
     // offsets into x of the 4 nonzeros, two per register (no carry: every 2 * column < 65536)
     const uint32_t c01 = (byte_perm(o, 0, 0x4140) << 1) + b01;
     const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
-    const float x0 = load_x<XT>(xs, c01 & 0xFFFFu), x1 = load_x<XT>(xs, c01 >> 16);
-    const float x2 = load_x<XT>(xs, c23 & 0xFFFFu), x3 = load_x<XT>(xs, c23 >> 16);
+    const float x0 = load_x<XT, SMEM>(xs, c01 & 0xFFFFu), x1 = load_x<XT, SMEM>(xs, c01 >> 16);
+    const float x2 = load_x<XT, SMEM>(xs, c23 & 0xFFFFu), x3 = load_x<XT, SMEM>(xs, c23 >> 16);
     float v0, v1, v2, v3;
     if (VT == VT_I8) {
 #ifdef __CUDACC__
@@ -138,43 +143,47 @@ __device__ __forceinline__ uint16_t float_to_act(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
-// Persistent blocks: each stages x into shared memory once (16-byte copies), then its warps take rows
-// blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
-template <int VT, int XT>
+// Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
+// its warps take rows blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
+template <int VT, int XT, bool SMEM>
 __global__ void grp8_gemv_kernel(const uint16_t* __restrict__ x, const void* __restrict__ vals,
                                  const uint32_t* __restrict__ offs, const uint32_t* __restrict__ base2,
                                  const int* __restrict__ gptr, const float* __restrict__ scales,
                                  uint16_t* __restrict__ y, int N, int K) {
   extern __shared__ uint4 xs4[];
-  unsigned char* xs = reinterpret_cast<unsigned char*>(xs4);
-  if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+  const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
+                                 : reinterpret_cast<const unsigned char*>(x);
+  if (!SMEM) {
+  } else if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
     const int n16 = K >> 3;
     for (int i = threadIdx.x; i < n16; i += blockDim.x) xs4[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
-    for (int i = (n16 << 3) + threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs)[i] = x[i];
+    for (int i = (n16 << 3) + threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
   } else {
-    for (int i = threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs)[i] = x[i];
+    for (int i = threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
   }
-  __syncthreads();
+  if (SMEM) __syncthreads();
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < N; r += gridDim.x * warps) {
     const int q0 = __ldg(gptr + r) >> 2, q1 = __ldg(gptr + r + 1) >> 2;
-    float acc = grp8_lane<VT, XT>(vals, offs, base2, xs, q0, q1, lane);
+    float acc = grp8_lane<VT, XT, SMEM>(vals, offs, base2, xs, q0, q1, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) y[r] = float_to_act<XT>(scales ? acc * __ldg(scales + r) : acc);
   }
 }
 
-template <int VT, int XT>
+template <int VT, int XT, bool SMEM>
 static int launch(const void* x, const void* vals, const void* offs, const void* base2, const void* gptr,
                   const void* scales, void* y, int N, int K, int blocks, int threads, cudaStream_t stream) {
-  const size_t smem = ((size_t)K * 2 + 15) / 16 * 16;
-  auto kernel = grp8_gemv_kernel<VT, XT>;
-  static size_t opted = 48 * 1024;  // per instantiation: raise the dynamic shared-memory limit once, as needed
-  if (smem > opted) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return (int)e;
-    opted = smem;
+  const size_t smem = SMEM ? ((size_t)K * 2 + 15) / 16 * 16 : 0;
+  auto kernel = grp8_gemv_kernel<VT, XT, SMEM>;
+  if constexpr (SMEM) {
+    static size_t opted = 48 * 1024;  // per instantiation: raise the dynamic shared-memory limit once, as needed
+    if (smem > opted) {
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return (int)e;
+      opted = smem;
+    }
   }
   kernel<<<blocks, threads, smem, stream>>>(
       static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
@@ -182,18 +191,27 @@ static int launch(const void* x, const void* vals, const void* offs, const void*
   return (int)cudaGetLastError();
 }
 
-extern "C" int sl_grp8_gemv(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
-                            const void* gptr, const void* scales, void* y, int N, int K, int blocks, int threads,
-                            void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (xt == XT_F16) {
-    if (vt == VT_F16) return launch<VT_F16, XT_F16>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_F16>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  } else if (xt == XT_BF16) {
-    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_BF16>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  }
+template <bool SMEM>
+static int dispatch(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
+                    const void* gptr, const void* scales, void* y, int N, int K, int blocks, int threads,
+                    cudaStream_t s) {
+  if (xt == XT_F16 && vt == VT_F16)
+    return launch<VT_F16, XT_F16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8)
+    return launch<VT_I8, XT_F16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16)
+    return launch<VT_BF16, XT_BF16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8)
+    return launch<VT_I8, XT_BF16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
   return -1;  // an unsupported (values, activations) pair: the caller checks first
+}
+
+extern "C" int sl_grp8_gemv(int vt, int xt, int smem, const void* x, const void* vals, const void* offs,
+                            const void* base2, const void* gptr, const void* scales, void* y, int N, int K,
+                            int blocks, int threads, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return smem ? dispatch<true>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s)
+              : dispatch<false>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
 }
 
 extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }

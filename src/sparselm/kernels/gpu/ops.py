@@ -75,8 +75,12 @@ class SpmmConfig:
     # grp8 vec 4, block_n 1, persist 0, K <= 32768: whole steps without load masks plus one masked tail step,
     # column = sign-extended base + offset (grp8_spmv.py grp8i_spmv_kernel LEAN; fewer instructions per nonzero)
     lean: bool = False
+    # grp8cu only: x staged in shared memory per block (False: gathered through L1, no staging)
+    smem: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
+            raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
         if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
             if self.block_b != 1 or self.vec != 4:
                 raise ValueError(f"SpmmConfig grp8cu: batch-1 kernel over the interleaved layout (block_b 1, vec 4), "
@@ -111,7 +115,7 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel == "grp8cu":
-            return f"grp8cu-w{self.num_warps}p{self.persist}"
+            return f"grp8cu-w{self.num_warps}p{self.persist}" + ("" if self.smem else "-l1")
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
