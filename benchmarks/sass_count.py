@@ -89,6 +89,9 @@ def count_cuda() -> list[dict]:
         tag = next((v for k, v in names.items() if k in head), None)
         if tag is None:
             continue
+        if "gemm" in head:  # the batched kernel: B from its third template argument, one LDS (B <= 8) per nonzero
+            rows.append(_count_gemm(part, head, tag))
+            continue
         smem = "Lb1E" in head  # the SMEM template flag: x gathered by LDS (shared) or by LDG (through L1)
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
         loops = []  # (start, end, length) of every backward branch; the quad loop is the innermost long one
@@ -106,6 +109,26 @@ def count_cuda() -> list[dict]:
                      "nnz_per_thread_step": 8, "per_nnz": round(len(inner) / 8, 2),
                      "per_nnz_by_class": {k: round(v / 8, 2) for k, v in sorted(classes.items())}})
     return rows
+
+
+def _count_gemm(part: str, head: str, tag: tuple[str, str]) -> dict:
+    b = int(re.search(r"ILi\d+ELi\d+ELi(\d+)E", head).group(1))
+    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
+    best = None
+    for addr, op, args in ins:
+        tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+        if tgt and int(tgt.group(1), 16) < addr:
+            body = [o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
+            lds = sum(o.startswith("LDS") for o in body)
+            if lds >= 4 and (best is None or len(body) < len(best[0])):
+                best = (body, lds)
+    body, lds = best
+    nnz = lds // max(1, b // 8)  # B = 16: two 16-byte loads per nonzero
+    classes = collections.Counter(classify(op) for op in body)
+    return {"kernel": f"grp8cu-b{b}", "values": tag[0], "act": tag[1], "batch": b, "loop_instructions": len(body),
+            "nnz_per_thread_step": nnz, "per_nnz": round(len(body) / nnz, 2),
+            "per_nnz_per_batch_row": round(len(body) / nnz / b, 2),
+            "per_nnz_by_class": {k: round(v / nnz, 2) for k, v in sorted(classes.items())}}
 
 
 def loop_body(sass: str) -> list[tuple[int, str]]:

@@ -35,6 +35,24 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
     assert torch.all(y[:, n // 2] == 0)
 
 
+@pytest.mark.parametrize("values,act,batch,bsz,sparsity", [
+    ("float16", torch.float16, 2, 2, 0.5), ("float16", torch.float16, 4, 3, 0.75), ("bfloat16", torch.bfloat16, 8, 5, 0.5),
+    ("int8", torch.float16, 8, 8, 0.9), ("int8", torch.bfloat16, 16, 11, 0.0), ("float16", torch.float16, 16, 16, 0.75)])
+def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz, sparsity):
+    """The batch 2-16 kernel's arithmetic (x transposed, B activations per nonzero, padded rows ignored)."""
+    n, k = 29, 430
+    ct = compress_tensor(weight(n, k, sparsity, seed=batch), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(bsz, k).to(act)
+    y = cuda_grp8.gemv_host(x, p, batch=batch)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert y.shape == (bsz, n)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    # row 0 against the batch-1 kernel (which sums in two accumulators: equal up to float32 reassociation)
+    torch.testing.assert_close(y[:1], cuda_grp8.gemv_host(x[:1], p), rtol=1e-5, atol=1e-4)
+    assert torch.all(y[:, n // 2] == 0)
+
+
 def test_host_build_decodes_every_int8_and_special_fp16_value():
     """All 256 int8 codes (the magic-number conversion), each alone against a one-hot x, and fp16 subnormals,
     signed zeros and the largest finite value through x."""
@@ -72,8 +90,10 @@ def test_columns_up_to_the_32768_limit_and_refusals():
         cuda_grp8.gemv_host(torch.randn(1, 32769).half(), wide)
     grouped = PackedBitmask.from_compressed(compress_tensor(weight(4, 256, 0.5), "int8", group_size=64))
     assert not cuda_grp8.supports(grouped)  # per-group scales: the Triton kernels serve those
-    with pytest.raises(ValueError, match="batch 1"):
+    with pytest.raises(ValueError, match="1 <= B <= 1"):
         cuda_grp8.gemv_host(torch.randn(2, 32768).half(), p)
+    with pytest.raises(ValueError, match="2 \\* K \\* batch"):  # 32768 x 8 activations overflow shared memory
+        cuda_grp8.gemv_host(torch.randn(2, 32768).half(), p, batch=8)
     with pytest.raises(ValueError, match="values fp16"):
         cuda_grp8.gemv_host(x.bfloat16(), p)  # fp16 values with bf16 activations
 
@@ -82,8 +102,9 @@ def test_config_rules_and_keys():
     cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2)
     assert cfg.key() == "grp8cu-w8p2"
     assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2, smem=False).key() == "grp8cu-w8p2-l1"
-    for bad in (dict(vec=1, persist=1), dict(vec=4, persist=0), dict(vec=4, persist=1, block_b=2),
-                dict(vec=4, persist=1, num_warps=33)):
+    assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=1, block_b=4).key() == "grp8cu-w8p1b4"
+    for bad in (dict(vec=1, persist=1), dict(vec=4, persist=0), dict(vec=4, persist=1, block_b=3),
+                dict(vec=4, persist=1, block_b=4, smem=False), dict(vec=4, persist=1, num_warps=33)):
         with pytest.raises(ValueError, match="grp8cu"):
             SpmmConfig(kernel="grp8cu", **bad)
     for bad in (dict(kernel="grp8", smem=False), dict(kernel="grp8cu", vec=4, persist=1, smem=0)):

@@ -176,6 +176,12 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
         out += [SpmmConfig(kernel=kn, block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for kn in ("vc32", "grp8") for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8))]
+    if batch <= 16:  # the CUDA kernel's batched form: x transposed in shared memory, one vector load per nonzero
+        from sparselm.kernels.gpu import cuda_grp8
+
+        if bb in cuda_grp8.BATCHES and cuda_grp8.available():
+            out += [SpmmConfig(kernel="grp8cu", vec=4, block_b=bb, num_warps=w, persist=pb)
+                    for w, pb in ((8, 1), (16, 1), (32, 1), (8, 2))]
     if batch <= 16:  # x transposed: one vector gather per nonzero for all batch rows (not measured yet)
         out += [SpmmConfig(kernel="vc32t", block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]

@@ -87,11 +87,15 @@ def _build(kind: str) -> ctypes.CDLL:
     if kind == "device":
         lib.sl_grp8_gemv.restype = i32
         lib.sl_grp8_gemv.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, vp]
+        lib.sl_grp8_gemm.restype = i32
+        lib.sl_grp8_gemm.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, i32, i32, i32, vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_grp8_gemv_host.restype = i32
         lib.sl_grp8_gemv_host.argtypes = [i32, i32, vp, vp, vp, vp, vp, vp, vp, i32]
+        lib.sl_grp8_gemm_host.restype = i32
+        lib.sl_grp8_gemm_host.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32]
     return lib
 
 
@@ -118,11 +122,19 @@ def build_error(kind: str = "device") -> str | None:
     return _errors.get(kind)
 
 
-def supports(p, x_dtype: torch.dtype | None = None) -> bool:
+#: shared memory one block may opt into (H100 / H200: 227 KB): the batched kernel keeps x transposed there
+SMEM_LIMIT = 232448
+BATCHES = (1, 2, 4, 8, 16)
+
+
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
     """Whether the kernel serves this matrix: K <= 32768; fp16 values with fp16 x, bf16 with bf16, int8 values
-    (no scales per group: one scale per row) with either."""
+    (no scales per group: one scale per row) with either; batch (the padded one) 1-16 with B * K * 2 bytes of x
+    fitting in one block's shared memory."""
     n, k = p.shape
     if k > MAX_K or p.values.dtype not in _VT or p.scale_mode == 2:
+        return False
+    if batch not in BATCHES or (batch > 1 and 2 * k * batch > SMEM_LIMIT):
         return False
     if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
         return False
@@ -142,21 +154,26 @@ def aux(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return p._cptr[("grp8cu",)]
 
 
-def _check(x: torch.Tensor, p) -> None:
+def _check(x: torch.Tensor, p, batch: int = 1) -> None:
     n, k = p.shape
-    if x.dim() != 2 or x.shape != (1, k):
-        raise ValueError(f"grp8cu: batch 1 only, x must be (1, {k}), got {tuple(x.shape)}")
-    if not supports(p, x.dtype):
-        raise ValueError(f"grp8cu: needs K <= {MAX_K}, values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row "
-                         f"scales; got K {k}, values {p.values.dtype}, x {x.dtype}, scale mode {p.scale_mode}")
+    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
+        raise ValueError(f"grp8cu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
+                         f"{tuple(x.shape)}")
+    if not supports(p, x.dtype, batch):
+        raise ValueError(f"grp8cu: needs K <= {MAX_K} (and 2 * K * batch <= {SMEM_LIMIT} bytes when batched), values "
+                         f"fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, batch {batch}, "
+                         f"values {p.values.dtype}, x {x.dtype}, scale mode {p.scale_mode}")
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (1, N) = x W^T on the GPU; cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.smem: x staged
-    in shared memory (else read through L1). `out`: a contiguous (1, N) tensor of x's dtype."""
-    _check(x, p)
-    if out is not None and (out.shape != (1, p.shape[0]) or out.dtype != x.dtype or not out.is_contiguous()):
-        raise ValueError(f"grp8cu: out must be a contiguous (1, {p.shape[0]}) {x.dtype} tensor, got "
+    """y (B, N) = x W^T on the GPU, B <= cfg.block_b (1: the batch-1 kernel; 2-16: the batched one, x transposed
+    in shared memory); cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.smem (batch 1): x staged in
+    shared memory, else read through L1. `out`: a contiguous (B, N) tensor of x's dtype."""
+    _check(x, p, cfg.block_b)
+    n, k = p.shape
+    bsz = x.shape[0]
+    if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
+        raise ValueError(f"grp8cu: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
                          f"{tuple(out.shape)} {out.dtype}")
     lib = load("device")
     if lib is None:
@@ -164,35 +181,44 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     if not (x.is_cuda and p.values.device == x.device):
         raise ValueError(f"grp8cu: x and the matrix must be on the same CUDA device, got {x.device} and "
                          f"{p.values.device}")
-    n, k = p.shape
     x = x.contiguous()
     vals, offs, base2, gptr = aux(p)
-    y = out if out is not None else torch.empty(1, n, device=x.device, dtype=x.dtype)
+    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     scales = p.scales.reshape(-1).contiguous() if p.scales is not None else None
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], int(cfg.smem), x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
-                            base2.data_ptr(), gptr.data_ptr(), scales.data_ptr() if scales is not None else None,
-                            y.data_ptr(), n, k, blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
+    ptrs = (x.data_ptr(), vals.data_ptr(), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(),
+            scales.data_ptr() if scales is not None else None, y.data_ptr())
+    stream = torch.cuda.current_stream().cuda_stream
+    if cfg.block_b == 1:
+        code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], int(cfg.smem), *ptrs, n, k, blocks,
+                                32 * cfg.num_warps, stream)
+    else:
+        code = lib.sl_grp8_gemm(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, *ptrs, n, k, bsz, k, n, blocks,
+                                32 * cfg.num_warps, stream)
     if code != 0:
         raise RuntimeError(f"grp8cu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
     return y
 
 
-def gemv_host(x: torch.Tensor, p) -> torch.Tensor:
-    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference."""
-    _check(x, p)
+def gemv_host(x: torch.Tensor, p, batch: int = 1) -> torch.Tensor:
+    """The kernels' arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
+    batch: the padded batch of the kernel to emulate (1: the batch-1 kernel; 2-16: the batched one)."""
+    _check(x, p, batch)
     lib = load("host")
     if lib is None:
         raise RuntimeError(f"grp8cu host emulation unavailable ({build_error('host')})")
-    n, _ = p.shape
+    n, k = p.shape
     x = x.contiguous().cpu()
     vals, offs, base2, gptr = (t.cpu() for t in aux(p))
-    y = torch.empty(1, n, dtype=torch.float32)
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
     scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None else None
-    code = lib.sl_grp8_gemv_host(_VT[p.values.dtype], _XT[x.dtype], x.data_ptr(), vals.data_ptr(), offs.data_ptr(),
-                                 base2.data_ptr(), gptr.data_ptr(), scales.data_ptr() if scales is not None else None,
-                                 y.data_ptr(), n)
+    ptrs = (x.data_ptr(), vals.data_ptr(), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(),
+            scales.data_ptr() if scales is not None else None, y.data_ptr())
+    if batch == 1:
+        code = lib.sl_grp8_gemv_host(_VT[p.values.dtype], _XT[x.dtype], *ptrs, n)
+    else:
+        code = lib.sl_grp8_gemm_host(_VT[p.values.dtype], _XT[x.dtype], batch, *ptrs, n, k, x.shape[0])
     if code != 0:
-        raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}")
+        raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}")
     return y

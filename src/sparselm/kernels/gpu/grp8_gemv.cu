@@ -134,6 +134,75 @@ SL_HD float grp8_lane(const void* vals, const uint32_t* offs, const uint32_t* ba
   return acc0 + acc1;
 }
 
+// Batched form: B activation rows, x stored transposed (K, B) so one nonzero's B activations are B consecutive
+// 16-bit words (one vector load). acc[b] += value * x[b, col] for lane `lane` over quads [q0, q1).
+template <int B, int XT>
+SL_HD void load_xb(const unsigned char* xt, uint32_t col2, float* xv) {  // col2 = 2 * column
+  const unsigned char* src = xt + col2 * B;  // byte offset of (col, 0) in the (K, B) copy
+  alignas(16) uint32_t w[B / 2 > 0 ? B / 2 : 1];
+  if (B == 1) {
+    w[0] = *reinterpret_cast<const uint16_t*>(src);
+  } else {
+#ifdef __CUDACC__
+    if (B == 2) *reinterpret_cast<uint32_t*>(w) = *reinterpret_cast<const uint32_t*>(src);
+    else if (B == 4) *reinterpret_cast<uint2*>(w) = *reinterpret_cast<const uint2*>(src);
+    else for (int v = 0; v < B / 8; ++v) reinterpret_cast<uint4*>(w)[v] = reinterpret_cast<const uint4*>(src)[v];
+#else
+    memcpy(w, src, 2 * B);
+#endif
+  }
+  for (int b = 0; b < B; ++b) xv[b] = act_to_float<XT>(b & 1 ? w[b / 2] >> 16 : w[b / 2] & 0xFFFFu);
+}
+
+template <int VT, int XT, int B>
+SL_HD void grp8_lane_b(const void* vals, const uint32_t* offs, const uint32_t* base2, const unsigned char* xt,
+                       int q0, int q1, int lane, float* acc) {
+  for (int q = q0; q < q1; ++q) {
+    const int i = q * 32 + lane;
+#ifdef __CUDACC__
+    const uint32_t o = __ldg(offs + i);
+    const uint32_t b01 = __ldg(base2 + 2 * q), b23 = __ldg(base2 + 2 * q + 1);
+#else
+    const uint32_t o = offs[i], b01 = base2[2 * q], b23 = base2[2 * q + 1];
+#endif
+    const uint32_t c01 = (byte_perm(o, 0, 0x4140) << 1) + b01;
+    const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
+    const uint32_t c[4] = {c01 & 0xFFFFu, c01 >> 16, c23 & 0xFFFFu, c23 >> 16};
+    float v[4];
+    if (VT == VT_I8) {
+#ifdef __CUDACC__
+      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(vals) + i) ^ 0x80808080u;
+#else
+      const uint32_t w = reinterpret_cast<const uint32_t*>(vals)[i] ^ 0x80808080u;
+#endif
+      v[0] = i8_to_float(w, 0x7540); v[1] = i8_to_float(w, 0x7541);
+      v[2] = i8_to_float(w, 0x7542); v[3] = i8_to_float(w, 0x7543);
+    } else {
+#ifdef __CUDACC__
+      const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
+      const uint32_t w0 = w.x, w1 = w.y;
+#else
+      const uint32_t w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
+      const uint32_t w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
+#endif
+      constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
+      v[0] = act_to_float<vt>(w0 & 0xFFFFu); v[1] = act_to_float<vt>(w0 >> 16);
+      v[2] = act_to_float<vt>(w1 & 0xFFFFu); v[3] = act_to_float<vt>(w1 >> 16);
+    }
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int j = 0; j < 4; ++j) {
+      float xv[B];
+      load_xb<B, XT>(xt, c[j], xv);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+      for (int b = 0; b < B; ++b) acc[b] = fmaf(v[j], xv[b], acc[b]);
+    }
+  }
+}
+
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 
@@ -214,6 +283,87 @@ extern "C" int sl_grp8_gemv(int vt, int xt, int smem, const void* x, const void*
               : dispatch<false>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
 }
 
+// Batch 2-16: x (bsz <= B rows, stride ldx) copied transposed into shared memory (zero rows past bsz), then one
+// warp per row as in the batch-1 kernel; lane 0 writes y[b, row] for b < bsz (stride ldy).
+template <int VT, int XT, int B>
+__global__ void grp8_gemm_kernel(const uint16_t* __restrict__ x, const void* __restrict__ vals,
+                                 const uint32_t* __restrict__ offs, const uint32_t* __restrict__ base2,
+                                 const int* __restrict__ gptr, const float* __restrict__ scales,
+                                 uint16_t* __restrict__ y, int N, int K, int bsz, int ldx, int ldy) {
+  extern __shared__ uint4 xs4[];
+  uint16_t* xt = reinterpret_cast<uint16_t*>(xs4);
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) xt[k * B + b] = b < bsz ? x[(size_t)b * ldx + k] : (uint16_t)0;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < N; r += gridDim.x * warps) {
+    const int q0 = __ldg(gptr + r) >> 2, q1 = __ldg(gptr + r + 1) >> 2;
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[b] = 0.0f;
+    grp8_lane_b<VT, XT, B>(vals, offs, base2, reinterpret_cast<const unsigned char*>(xt), q0, q1, lane, acc);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+#pragma unroll
+      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
+    }
+    if (lane == 0) {
+      const float sc = scales ? __ldg(scales + r) : 1.0f;
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        if (b < bsz) y[(size_t)b * ldy + r] = float_to_act<XT>(acc[b] * sc);
+    }
+  }
+}
+
+template <int VT, int XT, int B>
+static int launch_b(const void* x, const void* vals, const void* offs, const void* base2, const void* gptr,
+                    const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks, int threads,
+                    cudaStream_t stream) {
+  const size_t smem = ((size_t)K * B * 2 + 15) / 16 * 16;
+  auto kernel = grp8_gemm_kernel<VT, XT, B>;
+  static size_t opted = 48 * 1024;
+  if (smem > opted) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    opted = smem;
+  }
+  kernel<<<blocks, threads, smem, stream>>>(
+      static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
+      static_cast<const int*>(gptr), static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx,
+      ldy);
+  return (int)cudaGetLastError();
+}
+
+template <int B>
+static int dispatch_b(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
+                      const void* gptr, const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy,
+                      int blocks, int threads, cudaStream_t s) {
+#define SL_LAUNCH_B(V, X) \
+  return launch_b<V, X, B>(x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s)
+  if (xt == XT_F16 && vt == VT_F16) SL_LAUNCH_B(VT_F16, XT_F16);
+  if (xt == XT_F16 && vt == VT_I8) SL_LAUNCH_B(VT_I8, XT_F16);
+  if (xt == XT_BF16 && vt == VT_BF16) SL_LAUNCH_B(VT_BF16, XT_BF16);
+  if (xt == XT_BF16 && vt == VT_I8) SL_LAUNCH_B(VT_I8, XT_BF16);
+#undef SL_LAUNCH_B
+  return -1;
+}
+
+extern "C" int sl_grp8_gemm(int vt, int xt, int B, const void* x, const void* vals, const void* offs,
+                            const void* base2, const void* gptr, const void* scales, void* y, int N, int K, int bsz,
+                            int ldx, int ldy, int blocks, int threads, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (B) {
+    case 2: return dispatch_b<2>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
+    case 4: return dispatch_b<4>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
+    case 8: return dispatch_b<8>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
+    case 16: return dispatch_b<16>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
+    default: return -1;
+  }
+}
+
 extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
@@ -228,6 +378,52 @@ static void host_rows(const void* x, const void* vals, const void* offs, const v
       acc += grp8_lane<VT, XT>(vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
                                static_cast<const unsigned char*>(x), gp[r] >> 2, gp[r + 1] >> 2, lane);
     y[r] = scales ? acc * scales[r] : acc;
+  }
+}
+
+template <int VT, int XT, int B>
+static void host_rows_b(const uint16_t* x, const void* vals, const void* offs, const void* base2, const void* gptr,
+                        const float* scales, float* y, int N, int K, int bsz) {
+  uint16_t* xt = new uint16_t[(size_t)K * B]();
+  for (int k = 0; k < K; ++k)
+    for (int b = 0; b < bsz; ++b) xt[(size_t)k * B + b] = x[(size_t)b * K + k];
+  const int* gp = static_cast<const int*>(gptr);
+  for (int r = 0; r < N; ++r) {
+    float acc[B] = {0.0f};
+    for (int lane = 0; lane < 32; ++lane) {
+      float part[B] = {0.0f};
+      grp8_lane_b<VT, XT, B>(vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
+                             reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2, gp[r + 1] >> 2, lane, part);
+      for (int b = 0; b < B; ++b) acc[b] += part[b];
+    }
+    for (int b = 0; b < bsz; ++b) y[(size_t)b * N + r] = scales ? acc[b] * scales[r] : acc[b];
+  }
+  delete[] xt;
+}
+
+template <int B>
+static int host_b(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
+                  const void* gptr, const float* sc, float* y, int N, int K, int bsz) {
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  if (xt == XT_F16 && vt == VT_F16) host_rows_b<VT_F16, XT_F16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
+  else if (xt == XT_F16 && vt == VT_I8) host_rows_b<VT_I8, XT_F16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
+  else if (xt == XT_BF16 && vt == VT_BF16) host_rows_b<VT_BF16, XT_BF16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
+  else if (xt == XT_BF16 && vt == VT_I8) host_rows_b<VT_I8, XT_BF16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
+  else return -1;
+  return 0;
+}
+
+// x (bsz, K) row-major, y (bsz, N) float32; B the kernel's padded batch (2, 4, 8, 16)
+extern "C" int sl_grp8_gemm_host(int vt, int xt, int B, const void* x, const void* vals, const void* offs,
+                                 const void* base2, const void* gptr, const void* scales, float* y, int N, int K,
+                                 int bsz) {
+  const float* sc = static_cast<const float*>(scales);
+  switch (B) {
+    case 2: return host_b<2>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
+    case 4: return host_b<4>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
+    case 8: return host_b<8>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
+    case 16: return host_b<16>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
+    default: return -1;
   }
 }
 

@@ -58,8 +58,8 @@ class SpmmConfig:
     # 32-bit word per nonzero, fp16/bf16 values, K <= 65536, batch <= 8; block_k = words per row per step) |
     # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536) |
     # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
-    # "grp8cu" (CUDA C++, batch 1, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
-    # num_warps = warps per block, persist = blocks per SM)
+    # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
+    # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -82,9 +82,10 @@ class SpmmConfig:
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
         if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
-            if self.block_b != 1 or self.vec != 4:
-                raise ValueError(f"SpmmConfig grp8cu: batch-1 kernel over the interleaved layout (block_b 1, vec 4), "
-                                 f"got block_b {self.block_b} vec {self.vec}")
+            if self.block_b not in (1, 2, 4, 8, 16) or self.vec != 4 or (self.block_b > 1 and not self.smem):
+                raise ValueError(f"SpmmConfig grp8cu: the interleaved layout (vec 4), block_b (padded batch) 1, 2, 4, "
+                                 f"8 or 16, x through L1 (smem False) at block_b 1 only; got block_b {self.block_b} "
+                                 f"vec {self.vec} smem {self.smem}")
             if not (isinstance(self.persist, int) and not isinstance(self.persist, bool) and self.persist >= 1):
                 raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {self.persist!r}")
             if not (isinstance(self.num_warps, int) and 1 <= self.num_warps <= 32):
@@ -115,7 +116,8 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel == "grp8cu":
-            return f"grp8cu-w{self.num_warps}p{self.persist}" + ("" if self.smem else "-l1")
+            return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
+                    + ("" if self.smem else "-l1"))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -221,7 +223,7 @@ class PackedBitmask:
         if cfg.kernel == "grp8cu":
             from sparselm.kernels.gpu import cuda_grp8
 
-            return cuda_grp8.supports(self)
+            return cuda_grp8.supports(self, batch=cfg.block_b)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
