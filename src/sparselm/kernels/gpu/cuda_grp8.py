@@ -41,10 +41,19 @@ def cache_dir() -> Path:
 
 
 def _nvcc() -> str | None:
+    """$CUDA_HOME / $CUDA_PATH, PATH, /usr/local/cuda, then the toolkit torch's extension builder would use."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     cands = ([os.path.join(home, "bin", "nvcc")] if home else []) + [shutil.which("nvcc") or "",
                                                                      "/usr/local/cuda/bin/nvcc"]
-    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    found = next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    if found is None:
+        try:
+            from torch.utils.cpp_extension import CUDA_HOME
+        except Exception:  # an install without the extension builder: nothing more to try
+            return None
+        c = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else ""
+        found = c if c and os.path.isfile(c) and os.access(c, os.X_OK) else None
+    return found
 
 
 def _compile(cmd: list[str], out: Path) -> None:
