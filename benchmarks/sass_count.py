@@ -1,6 +1,7 @@
 """Offline sm_90 SASS of the batch-1 vc32 and grp8i kernels: instructions in the main loop, by class, per nonzero.
 
     python benchmarks/sass_count.py --out benchmarks/results/sass_counts.json     # CPU only, ~1 min
+    python benchmarks/sass_count.py --cuda --out ...    # also the CUDA C++ grp8cu kernels (a local nvcc, ~10 s)
 
 Why: on an H200 the per-nonzero kernels stream their bytes at different rates (vc32 ~3 TB/s, grp8i ~2.3 TB/s on
 tall shapes), and instruction counts say where the difference goes without spending device time. Triton
