@@ -340,3 +340,35 @@ def test_sparse_weights_scale_only_the_terms_a_loss_has(tmp_path) -> None:
         "kd_squarehead_token": (1.0, 2.0, 0.25)}
     with pytest.raises(Exception, match="squarehead_weight"):
         validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={**sparse, "squarehead_weight": 0}))
+
+
+def test_a_teacher_stopped_midway_resumes_from_its_checkpoint(tmp_path, monkeypatch) -> None:
+    """teacher.ckpt_every: a pipeline killed during the teacher's training (here: the optimizer raises at step 5)
+    continues from the step-4 checkpoint on the next invocation, and its log is not restarted."""
+    import torch
+
+    data = _arith_dir(tmp_path / "data")
+    r = validate_pipeline_recipe(_recipe(data, tmp_path / "out", losses=["ce"],
+                                         teacher={"steps": 6, "lr": 3e-3, "ckpt_every": 2, "eval_every": 2}))
+    assert teacher_recipe(r, tmp_path / "t")["train"]["ckpt_every"] == 2
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def failing_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("killed mid-teacher")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
+    with pytest.raises(RuntimeError, match="killed mid-teacher"):
+        run_pipeline(r)
+    teacher = tmp_path / "out" / "teacher"
+    assert (teacher / "checkpoints" / "latest").is_file() and not list(teacher.glob("*.safetensors"))
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    calls["n"] = 0
+    run_pipeline(r)
+    steps = [row["step"] for row in map(json.loads, (teacher / "metrics.jsonl").read_text().splitlines())
+             if "loss/ce" in row]
+    assert steps == [2, 4, 6]  # steps 1-4 were not trained again
+    assert not (teacher / "checkpoints").exists()  # cleaned once the teacher is written
+    assert list(teacher.glob("*.safetensors")) and (teacher / "run.json").is_file()

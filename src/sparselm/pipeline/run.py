@@ -85,6 +85,8 @@ def teacher_recipe(recipe: PipelineRecipe, out_dir: Path) -> dict[str, Any]:
     rec = _base(recipe, recipe.model.model_dump(mode="json", exclude_none=True), out_dir)
     rec["optim"] = {"lr": recipe.teacher.lr}
     rec["train"].update({"epochs": recipe.teacher.epochs, "steps": recipe.teacher.steps})
+    if recipe.teacher.ckpt_every:  # resumable mid-teacher (the model-selection state is checkpointed too)
+        rec["train"]["ckpt_every"] = recipe.teacher.ckpt_every
     if recipe.teacher.eval_every:  # model selection on the task's validation split (epochs become a ceiling)
         rec["train"].update({"eval_every": recipe.teacher.eval_every,
                              "early_stop_patience": recipe.teacher.early_stop_patience})

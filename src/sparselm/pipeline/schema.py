@@ -89,6 +89,9 @@ class TeacherSettings(_Strict):
     # (with early_stop_patience: training stops after that many evaluations without a new best)
     eval_every: int | None = Field(None, gt=0)
     early_stop_patience: int | None = Field(None, gt=0)
+    # a checkpoint of the teacher's training every ckpt_every optimizer steps: a pipeline stopped mid-teacher (a
+    # time limit, a crash) resumes from the last one instead of starting the teacher again (None: none mid-way)
+    ckpt_every: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _source(self) -> "TeacherSettings":
