@@ -36,8 +36,9 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
 
 
 @pytest.mark.parametrize("values,act,batch,bsz,sparsity", [
-    ("float16", torch.float16, 2, 2, 0.5), ("float16", torch.float16, 4, 3, 0.75), ("bfloat16", torch.bfloat16, 8, 5, 0.5),
-    ("int8", torch.float16, 8, 8, 0.9), ("int8", torch.bfloat16, 16, 11, 0.0), ("float16", torch.float16, 16, 16, 0.75)])
+    ("float16", torch.float16, 2, 2, 0.5), ("float16", torch.float16, 4, 3, 0.75),
+    ("bfloat16", torch.bfloat16, 8, 5, 0.5), ("int8", torch.float16, 8, 8, 0.9),
+    ("int8", torch.bfloat16, 16, 11, 0.0), ("float16", torch.float16, 16, 16, 0.75)])
 def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz, sparsity):
     """The batch 2-16 kernel's arithmetic (x transposed, B activations per nonzero, padded rows ignored)."""
     n, k = 29, 430

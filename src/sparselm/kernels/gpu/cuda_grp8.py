@@ -3,9 +3,10 @@
     y = gemv(x, packed, cfg)          # x (1, K) fp16/bf16 on the GPU; cfg = SpmmConfig(kernel="grp8cu", ...)
     y = gemv_host(x, packed)          # the same arithmetic on the CPU (tests): float32 (1, N)
 
-Why a second language: the Triton grp8 kernels run under high issue pressure (gpu_profile_h200.json: 20-30 executed SASS
-instructions per nonzero); this kernel stages x in shared memory (or reads it through L1: `smem=False`) and computes two gather addresses per 16-bit-lane
-add, ~9 instructions per nonzero at sm_90 (offline count, `benchmarks/sass_count.py --cuda`).
+Why a second language: the Triton grp8 kernels run under high issue pressure (gpu_profile_h200.json: 20-30
+executed SASS instructions per nonzero); this kernel stages x in shared memory (or reads it through L1:
+`smem=False`) and computes two gather addresses per 16-bit-lane add, ~9 instructions per nonzero at sm_90
+(offline count, `benchmarks/sass_count.py --cuda`). Batches 2-16 (`block_b`): x transposed in shared memory.
 
 Build: `nvcc` (from $CUDA_HOME/bin or PATH) compiles the one file into a shared library for the GPU's architecture,
 cached by content hash under $SPARSELM_CACHE/cuda-kernels (as the CPU kernels are), loaded with ctypes and launched
@@ -131,9 +132,17 @@ def build_error(kind: str = "device") -> str | None:
     return _errors.get(kind)
 
 
-#: shared memory one block may opt into (H100 / H200: 227 KB): the batched kernel keeps x transposed there
+#: shared memory one block may opt into on an H100 / H200 (227 KB): the batched kernel keeps x transposed there.
+#: The current GPU's own limit is used when there is one (an A100 allows 163 KB).
 SMEM_LIMIT = 232448
 BATCHES = (1, 2, 4, 8, 16)
+
+
+def smem_limit() -> int:
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return int(getattr(props, "shared_memory_per_block_optin", SMEM_LIMIT))
+    return SMEM_LIMIT
 
 
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
@@ -143,7 +152,7 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
     n, k = p.shape
     if k > MAX_K or p.values.dtype not in _VT or p.scale_mode == 2:
         return False
-    if batch not in BATCHES or (batch > 1 and 2 * k * batch > SMEM_LIMIT):
+    if batch not in BATCHES or (batch > 1 and 2 * k * batch > smem_limit()):
         return False
     if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
         return False
@@ -169,7 +178,7 @@ def _check(x: torch.Tensor, p, batch: int = 1) -> None:
         raise ValueError(f"grp8cu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
     if not supports(p, x.dtype, batch):
-        raise ValueError(f"grp8cu: needs K <= {MAX_K} (and 2 * K * batch <= {SMEM_LIMIT} bytes when batched), values "
+        raise ValueError(f"grp8cu: needs K <= {MAX_K} (and 2 * K * batch <= {smem_limit()} bytes when batched), values "
                          f"fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, batch {batch}, "
                          f"values {p.values.dtype}, x {x.dtype}, scale mode {p.scale_mode}")
 

@@ -355,11 +355,14 @@ extern "C" int sl_grp8_gemm(int vt, int xt, int B, const void* x, const void* va
                             const void* base2, const void* gptr, const void* scales, void* y, int N, int K, int bsz,
                             int ldx, int ldy, int blocks, int threads, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+#define SL_CASE(NB) \
+  case NB: return dispatch_b<NB>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s)
   switch (B) {
-    case 2: return dispatch_b<2>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
-    case 4: return dispatch_b<4>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
-    case 8: return dispatch_b<8>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
-    case 16: return dispatch_b<16>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s);
+    SL_CASE(2);
+    SL_CASE(4);
+    SL_CASE(8);
+    SL_CASE(16);
+#undef SL_CASE
     default: return -1;
   }
 }
