@@ -127,3 +127,25 @@ def test_unavailable_without_a_gpu_says_why():
         cuda_grp8.gemv(torch.randn(1, 128).half(),
                        PackedBitmask.from_compressed(compress_tensor(weight(4, 128, 0.5), "float16")),
                        SpmmConfig(kernel="grp8cu", vec=4, persist=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,act,batch,smem", [
+    ("float16", torch.float16, 1, True), ("int8", torch.float16, 1, False), ("bfloat16", torch.bfloat16, 1, True),
+    ("float16", torch.float16, 4, True), ("int8", torch.bfloat16, 16, True)])
+def test_gpu_build_matches_the_host_build(values, act, batch, smem):
+    """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
+    all-zero row, K past the 48 KB default shared-memory window)."""
+    if not cuda_grp8.available():
+        pytest.skip(f"grp8cu unavailable: {cuda_grp8.build_error()}")
+    for n, k in ((37, 300), (19, 30000 if batch == 1 else 3000)):
+        ct = compress_tensor(weight(n, k, 0.75, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(min(batch, 3) if batch > 1 else 1, k, device="cuda").to(act)
+        cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=4, persist=2, block_b=batch, smem=smem)
+        y = cuda_grp8.gemv(x, p, cfg)
+        ref = x.double() @ decompress(ct, torch.float32).double().T
+        tol = 1e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), cuda_grp8.gemv_host(x.cpu(), p, batch=batch).to(act).float(),
+                                   rtol=tol, atol=tol)
