@@ -140,7 +140,7 @@ def test_bad_arguments():
         compress_tensor(torch.ones(3), "float16")
 
 
-@pytest.mark.parametrize("dtype,group_size", [("float16", None), ("int8", 16)])
+@pytest.mark.parametrize("dtype,group_size", [("float16", None), ("int8", 16), ("int4", 16)])
 def test_concat_rows_is_compress_of_stacked(dtype, group_size):
     from sparselm.compress.format import concat_rows
 
@@ -150,5 +150,39 @@ def test_concat_rows_is_compress_of_stacked(dtype, group_size):
     validate(cat)
     for f in ("bitmask", "values", "row_ptr", "scales"):
         assert (getattr(cat, f) is None and getattr(ref, f) is None) or torch.equal(getattr(cat, f), getattr(ref, f))
+    assert cat.values_dtype == ref.values_dtype == dtype
     with pytest.raises(CompressedFormatError, match="concat_rows"):
         concat_rows([compress_tensor(ws[0], "float16"), compress_tensor(ws[1], "float32")])
+    with pytest.raises(CompressedFormatError, match="concat_rows"):  # int8 and int4 codes must not mix
+        concat_rows([compress_tensor(ws[0], "int8", group_size=16), compress_tensor(ws[1], "int4", group_size=16)])
+
+
+@pytest.mark.parametrize("group_size", [None, 16, 50])
+def test_int4_quantization_rules(group_size):
+    """int4: scale = max|w| / 7 per (row, group), codes in [-7, 7], half a step of error, the float mask kept;
+    the default group is 128 columns capped at K; canonical bytes count half a byte per value."""
+    from sparselm.compress.format import pack_int4, unpack_int4
+
+    w = sparse_matrix(6, 100, 0.6)
+    ct = compress_tensor(w, "int4", group_size=group_size)
+    validate(ct)
+    gs = group_size or 100  # 128 capped at K = 100
+    assert ct.values_dtype == "int4" and ct.bits == 4 and ct.group_size == gs
+    assert ct.scales.shape == (6, math.ceil(100 / gs))
+    assert float(ct.scales[0, 0]) == pytest.approx(float(w[0, :gs].abs().max()) / 7, rel=1e-6)
+    assert int(ct.values.abs().max()) <= 7
+    err = (decompress(ct) - w).abs()
+    assert bool((err <= ct.scales.repeat_interleave(gs, 1)[:, :100] / 2 + 1e-7).all())
+    assert torch.equal(unpack_mask(ct.bitmask, 100), w != 0)
+    packed = pack_int4(ct.values)
+    assert packed.numel() == (ct.nnz + 1) // 2 and torch.equal(unpack_int4(packed, ct.nnz), ct.values)
+    i8 = compress_tensor(w, "int8", group_size=gs)
+    assert ct.nbytes() == i8.nbytes() - ct.nnz + (ct.nnz + 1) // 2
+    assert compress_tensor(sparse_matrix(2, 300, 0.5), "int4").group_size == 128
+
+
+def test_int4_codes_out_of_range_are_rejected():
+    ct = compress_tensor(sparse_matrix(3, 40, 0.5), "int4", group_size=8)
+    ct.values[0] = 9
+    with pytest.raises(CompressedFormatError, match=r"\[-7, 7\]"):
+        validate(ct, "w")

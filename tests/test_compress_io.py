@@ -23,7 +23,7 @@ def tiny_llama(tie: bool = False) -> LlamaForCausalLM:
     return model
 
 
-@pytest.mark.parametrize("values_dtype,tie", [("float32", False), ("int8", True)])
+@pytest.mark.parametrize("values_dtype,tie", [("float32", False), ("int8", True), ("int4", False)])
 def test_save_load_same_logits(tmp_path, values_dtype, tie):
     model = tiny_llama(tie)
     sparsify(model, values_dtype=values_dtype)
@@ -86,3 +86,34 @@ def test_tampered_tensor_names_layer(tmp_path):
 def test_missing_index_rejected(tmp_path):
     with pytest.raises(CompressedFormatError, match="compression.json"):
         load_compressed(tmp_path)
+
+
+def test_int4_is_stored_packed_and_refuses_bad_codes(tmp_path):
+    """int4 layers go to disk two codes per byte (half the int8 value bytes), come back as the same codes, and a
+    truncated or out-of-range (-8) value tensor is a format error naming the layer."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama()
+    sparsify(model, values_dtype="int4", group_size=16)
+    layer = model.model.layers[0].mlp.up_proj
+    assert layer.compressed.values_dtype == "int4" and int(layer.values.abs().max()) <= 7
+    out = save_compressed(model, tmp_path / "m")
+    index = json.loads((out / "compression.json").read_text())
+    meta = index["layers"]["model.layers.0.mlp.up_proj"]
+    assert meta["values_dtype"] == "int4" and meta["group_size"] == 16
+    tensors = load_file(str(out / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.values"
+    assert tensors[key].dtype == torch.uint8 and tensors[key].numel() == (meta["nnz"] + 1) // 2
+    loaded = load_compressed(out)
+    assert torch.equal(loaded.model.layers[0].mlp.up_proj.values, layer.values)
+    assert loaded.model.layers[0].mlp.up_proj.compressed.values_dtype == "int4"
+    bad = dict(tensors)
+    bad[key] = tensors[key][:-1].clone()
+    save_file(bad, str(out / "model.safetensors"))
+    with pytest.raises(CompressedFormatError, match="up_proj.values: int4 values need"):
+        load_compressed(out)
+    bad[key] = tensors[key].clone()
+    bad[key][0] = 0x88  # two -8 codes
+    save_file(bad, str(out / "model.safetensors"))
+    with pytest.raises(CompressedFormatError, match="code -8"):
+        load_compressed(out)

@@ -17,7 +17,7 @@ from sparselm.compress import compress_tensor, decompress  # noqa: E402
 from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, decompress_gpu, spmm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-VALUES = [("float16", None), ("bfloat16", None), ("float32", None), ("int8", None), ("int8", 24)]
+VALUES = [("float16", None), ("bfloat16", None), ("float32", None), ("int8", None), ("int8", 24), ("int4", 24)]
 CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "gemv": (1, SpmmConfig(block_n=2, block_k=128, block_b=1)),
     "gemv-splitk": (1, SpmmConfig(block_n=4, block_k=64, block_b=1, split_k=3)),
@@ -92,7 +92,7 @@ def test_spmm_rejects_wrong_width():
         spmm(torch.randn(1, 9, device=DEVICE).half(), p)
 
 
-@pytest.mark.parametrize("values,group_size", [("float16", None), ("int8", 24), ("int8", None)])
+@pytest.mark.parametrize("values,group_size", [("float16", None), ("int8", 24), ("int8", None), ("int4", 24)])
 def test_decompress_kernel_exact(values, group_size):
     ct = compress_tensor(sparse_weight(11, 99, 0.6), values, group_size=group_size).to(DEVICE)
     w = decompress_gpu(PackedBitmask.from_compressed(ct), torch.float32, block_n=4, block_k=64)

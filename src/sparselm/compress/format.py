@@ -3,6 +3,8 @@
 W (N, K) is stored as a bitmask (N, 4*ceil(K/32)) uint8, the nonzeros row-major in `values`, and `row_ptr`
 (N+1) int64 prefix sums of per-row nonzero counts; int8 values add `scales` (N, ceil(K/group_size)) with
 W[n, c] = values[i] * scales[n, c // group_size]  (symmetric, round-to-nearest, qmax 127).
+int4 values (bits = 4) are the same with qmax 7: in memory one int8 code in [-7, 7] per nonzero (so every int8
+kernel runs them unchanged), on disk two codes per byte (`pack_int4`: low nibble first), half the value bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ VALUE_DTYPES: dict[str, torch.dtype] = {
     "int8": torch.int8,
 }
 _DTYPE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
+QMAX = {8: QMAX_INT8, 4: 7}  # symmetric int4: [-7, 7] (the code -8 is never written, and rejected on load)
+VALUE_NAMES = (*VALUE_DTYPES, "int4")  # what `values_dtype` may say
+INT4_GROUP_SIZE = 128  # int4's default columns per scale: one scale per row loses too much at 4 bits
 _BYTE_BITS = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)  # LSB first
 
 
@@ -40,6 +45,7 @@ class CompressedTensor:
     row_ptr: torch.Tensor  # (N+1,) int64
     scales: torch.Tensor | None = None  # (N, ceil(K/group_size)) float32, int8 values only
     group_size: int | None = None  # columns per scale; K = per row
+    bits: int = 8  # int8 values only: 4 = int4 codes in [-7, 7] (packed two per byte on disk)
 
     @property
     def nnz(self) -> int:
@@ -52,12 +58,14 @@ class CompressedTensor:
 
     @property
     def values_dtype(self) -> str:
-        return _DTYPE_NAMES[self.values.dtype]
+        name = _DTYPE_NAMES[self.values.dtype]
+        return "int4" if name == "int8" and self.bits == 4 else name
 
     def nbytes(self) -> int:
-        """Bytes of the canonical format (what a kernel must read at least once)."""
-        ts = [self.bitmask, self.values, self.row_ptr] + ([self.scales] if self.scales is not None else [])
-        return sum(t.numel() * t.element_size() for t in ts)
+        """Bytes of the canonical format (what a kernel must read at least once; int4: packed values)."""
+        ts = [self.bitmask, self.row_ptr] + ([self.scales] if self.scales is not None else [])
+        vbytes = (self.nnz + 1) // 2 if self.bits == 4 else self.nnz * self.values.element_size()
+        return vbytes + sum(t.numel() * t.element_size() for t in ts)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -79,7 +87,7 @@ class CompressedTensor:
     def to(self, device: torch.device | str) -> "CompressedTensor":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return CompressedTensor(self.shape, mv(self.bitmask), mv(self.values), mv(self.row_ptr),
-                                mv(self.scales), self.group_size)
+                                mv(self.scales), self.group_size, self.bits)
 
 
 def words_per_row(k: int) -> int:
@@ -104,16 +112,39 @@ def unpack_mask(bitmask: torch.Tensor, k: int) -> torch.Tensor:
     return bits.reshape(n, -1)[:, :k]
 
 
-def quantize_int8(w: torch.Tensor, mask: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-(row, group) int8: s = max|w|/127, q = clamp(round(w/s), -127, 127). Returns (q, scales)."""
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes in [-7, 7] (1-D) -> uint8 bytes, two codes per byte, the first in the low nibble (zero pad)."""
+    c = codes.to(torch.int16) & 0xF
+    if c.numel() % 2:
+        c = torch.cat([c, c.new_zeros(1)])
+    return (c[0::2] | (c[1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor, nnz: int, name: str = "values") -> torch.Tensor:
+    """Inverse of pack_int4: the first `nnz` codes as int8; a wrong length or the code -8 is a format error."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (nnz + 1) // 2:
+        raise CompressedFormatError(f"{name}: int4 values need {(nnz + 1) // 2} uint8 bytes for {nnz} nonzeros, got "
+                                    f"{packed.dtype} {tuple(packed.shape)} (truncated?)")
+    b = packed.to(torch.int16)
+    codes = torch.stack([b & 0xF, b >> 4], dim=1).flatten()[:nnz]
+    codes = torch.where(codes >= 8, codes - 16, codes)
+    if bool((codes == -8).any()):
+        raise CompressedFormatError(f"{name}: int4 code -8 (outside the symmetric [-7, 7])")
+    return codes.to(torch.int8)
+
+
+def quantize_int8(w: torch.Tensor, mask: torch.Tensor, group_size: int,
+                  qmax: int = QMAX_INT8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-(row, group): s = max|w|/qmax, q = clamp(round(w/s), -qmax, qmax) (qmax 127: int8, 7:
+    int4 codes). Returns (q int8, scales float32)."""
     n, k = w.shape
     g = math.ceil(k / group_size)
     wf = torch.zeros(n, g * group_size, dtype=torch.float32, device=w.device)
     wf[:, :k] = torch.where(mask, w.float(), 0.0)
     amax = wf.view(n, g, group_size).abs().amax(dim=2)  # (N, G)
-    scales = amax / QMAX_INT8
+    scales = amax / qmax
     safe = torch.where(scales > 0, scales, 1.0).repeat_interleave(group_size, dim=1)[:, :k]
-    q = torch.clamp(torch.round(wf[:, :k] / safe), -QMAX_INT8, QMAX_INT8).to(torch.int8)
+    q = torch.clamp(torch.round(wf[:, :k] / safe), -qmax, qmax).to(torch.int8)
     return q, scales.contiguous()
 
 
@@ -121,32 +152,35 @@ def compress_tensor(w: torch.Tensor, values_dtype: str | torch.dtype | None = No
                     group_size: int | None = None) -> CompressedTensor:
     """Compress a 2-D weight W (N, K); the mask is W != 0 on the source tensor.
 
-    values_dtype: "float16" | "bfloat16" | "float32" | "int8" (or the torch dtype); None keeps W's dtype.
-    group_size: int8 only, columns per scale (None = K, one scale per row).
+    values_dtype: "float16" | "bfloat16" | "float32" | "int8" | "int4" (or the torch dtype); None keeps W's dtype.
+    group_size: int8 / int4 only, columns per scale (None: int8 K, one scale per row; int4 128, capped at K).
     """
     if w.dim() != 2:
         raise CompressedFormatError(f"weight: expected a 2-D tensor, got shape {tuple(w.shape)}")
     n, k = w.shape
     name = values_dtype if isinstance(values_dtype, str) or values_dtype is None else _DTYPE_NAMES.get(values_dtype)
     name = name or _DTYPE_NAMES.get(w.dtype, "float32")
-    if name not in VALUE_DTYPES:
-        raise CompressedFormatError(f"values_dtype: {values_dtype!r} is not one of {sorted(VALUE_DTYPES)}")
+    if name not in VALUE_NAMES:
+        raise CompressedFormatError(f"values_dtype: {values_dtype!r} is not one of {sorted(VALUE_NAMES)}")
     mask = w != 0
     counts = mask.sum(dim=1, dtype=torch.int64)
     row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
     row_ptr[1:] = torch.cumsum(counts, 0)
     scales = None
-    if name == "int8":
-        group_size = k if group_size is None else int(group_size)
+    bits = 4 if name == "int4" else 8
+    if name in ("int8", "int4"):
+        if group_size is None:
+            group_size = k if name == "int8" else max(1, min(INT4_GROUP_SIZE, k))
+        group_size = int(group_size)
         if group_size <= 0:
             raise CompressedFormatError(f"group_size: must be > 0, got {group_size}")
-        q, scales = quantize_int8(w, mask, group_size)
+        q, scales = quantize_int8(w, mask, group_size, QMAX[bits])
         values = q[mask]  # boolean indexing walks row-major: row order, increasing column
     else:
         if group_size is not None:
-            raise CompressedFormatError("group_size: only meaningful for int8 values")
+            raise CompressedFormatError("group_size: only meaningful for int8 / int4 values")
         values = w[mask].to(VALUE_DTYPES[name])
-    return CompressedTensor((n, k), pack_mask(mask), values.contiguous(), row_ptr, scales, group_size)
+    return CompressedTensor((n, k), pack_mask(mask), values.contiguous(), row_ptr, scales, group_size, bits)
 
 
 def decompress(ct: CompressedTensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -204,8 +238,12 @@ def validate(ct: CompressedTensor, name: str = "tensor") -> None:
                                         f"{ct.scales.dtype} {tuple(ct.scales.shape)}")
         if not bool(torch.isfinite(ct.scales).all()):
             raise CompressedFormatError(f"{name}.scales: holds non-finite values")
+        if ct.bits == 4 and ct.nnz and int(ct.values.abs().max()) > QMAX[4]:
+            raise CompressedFormatError(f"{name}.values: int4 codes must lie in [-7, 7]")
     elif ct.scales is not None:
         raise CompressedFormatError(f"{name}.scales: present but values are {ct.values.dtype}, not int8")
+    if ct.bits not in (8, 4) or (ct.bits == 4 and ct.values.dtype != torch.int8):
+        raise CompressedFormatError(f"{name}: bits {ct.bits} (4 only with int8-held int4 codes)")
 
 
 def check_metadata(meta: dict[str, Any], name: str) -> None:
@@ -215,7 +253,7 @@ def check_metadata(meta: dict[str, Any], name: str) -> None:
     if meta.get("version") != FORMAT_VERSION:
         raise CompressedFormatError(f"{name}: unknown {FORMAT_NAME} version {meta.get('version')!r} "
                                     f"(this reader knows {FORMAT_VERSION})")
-    if meta.get("values_dtype") not in VALUE_DTYPES:
+    if meta.get("values_dtype") not in VALUE_NAMES:
         raise CompressedFormatError(f"{name}: values_dtype {meta.get('values_dtype')!r} unknown")
     shape = meta.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s >= 0 for s in shape)):
@@ -226,14 +264,14 @@ def concat_rows(cts: list[CompressedTensor]) -> CompressedTensor:
     """The compressed form of cat([W_1; W_2; ...], dim=0): rows are independent in this format, so the
     bitmasks, values and scales concatenate and row_ptr is shifted (fuses q/k/v or gate/up projections)."""
     k = cts[0].shape[1]
-    if any(c.shape[1] != k or c.values.dtype != cts[0].values.dtype or c.group_size != cts[0].group_size
+    if any(c.shape[1] != k or c.values_dtype != cts[0].values_dtype or c.group_size != cts[0].group_size
            for c in cts):
         raise CompressedFormatError("concat_rows: tensors differ in K, values dtype or group_size")
     offsets = torch.cumsum(torch.tensor([0] + [c.nnz for c in cts[:-1]]), 0).tolist()
     row_ptr = torch.cat([cts[0].row_ptr[:1]] + [c.row_ptr[1:] + off for c, off in zip(cts, offsets)])
     scales = torch.cat([c.scales for c in cts]) if cts[0].scales is not None else None
     return CompressedTensor((sum(c.shape[0] for c in cts), k), torch.cat([c.bitmask for c in cts]),
-                            torch.cat([c.values for c in cts]), row_ptr, scales, cts[0].group_size)
+                            torch.cat([c.values for c in cts]), row_ptr, scales, cts[0].group_size, cts[0].bits)
 
 
 def chunk_ptr(ct: CompressedTensor, chunk: int) -> torch.Tensor:

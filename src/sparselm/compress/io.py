@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sparselm.compress.format import (FORMAT_NAME, FORMAT_VERSION, CompressedFormatError, CompressedTensor,
-                                      check_metadata, validate)
+                                      check_metadata, pack_int4, unpack_int4, validate)
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "compression.json"
@@ -46,6 +46,8 @@ def save_compressed(model: torch.nn.Module, out_dir: str | os.PathLike) -> Path:
         ct: CompressedTensor = mod.compressed
         validate(ct, name)
         for key, t in ct.tensors(prefix=f"{name}.").items():
+            if ct.bits == 4 and key == f"{name}.values":  # int4: two codes per byte on disk
+                t = pack_int4(t.detach().cpu())
             tensors[key] = t.detach().cpu().contiguous()
         if mod.bias is not None:
             tensors[f"{name}.bias"] = mod.bias.detach().cpu().contiguous()
@@ -122,8 +124,14 @@ def load_compressed_tensors(model_dir: str | os.PathLike, device: str | torch.de
             parts = {p: get(f"{name}.{p}") for p in _PARTS if f"{name}.{p}" in keys}
             claimed |= {f"{name}.{p}" for p in parts}
             n, k = meta["shape"]
-            ct = CompressedTensor((n, k), parts["bitmask"], parts["values"], parts["row_ptr"],
-                                  parts.get("scales"), meta.get("group_size"))
+            values, bits = parts["values"], 8
+            if meta["values_dtype"] == "int4":
+                nnz = meta.get("nnz")
+                if not isinstance(nnz, int) or nnz < 0:
+                    raise CompressedFormatError(f"{name}: int4 values need the metadata's nnz, got {nnz!r}")
+                values, bits = unpack_int4(values, nnz, f"{name}.values"), 4
+            ct = CompressedTensor((n, k), parts["bitmask"], values, parts["row_ptr"],
+                                  parts.get("scales"), meta.get("group_size"), bits)
             if ct.values_dtype != meta["values_dtype"]:
                 raise CompressedFormatError(f"{name}.values: dtype {ct.values_dtype}, metadata says "
                                             f"{meta['values_dtype']}")

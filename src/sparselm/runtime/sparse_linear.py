@@ -23,6 +23,7 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = compressed.shape
         self.group_size = compressed.group_size
+        self.bits = compressed.bits  # 4: the int8 values are int4 codes (saved packed)
         self.register_buffer("bitmask", compressed.bitmask)
         self.register_buffer("values", compressed.values)
         self.register_buffer("row_ptr", compressed.row_ptr)
@@ -42,7 +43,7 @@ class SparseLinear(nn.Module):
     @property
     def compressed(self) -> CompressedTensor:
         return CompressedTensor((self.out_features, self.in_features), self.bitmask, self.values, self.row_ptr,
-                                self.scales, self.group_size)
+                                self.scales, self.group_size, self.bits)
 
     @property
     def sparsity(self) -> float:

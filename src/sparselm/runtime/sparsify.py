@@ -29,10 +29,10 @@ def sparsify(model: nn.Module, values_dtype: str | torch.dtype | None = None, mi
              cache_dense: bool | None = None) -> dict[str, float]:
     """Swap each selected nn.Linear whose sparsity >= min_sparsity for a SparseLinear, in place.
 
-    values_dtype: "float16" | "bfloat16" | "float32" | "int8" | None (keep the weight's dtype).
+    values_dtype: "float16" | "bfloat16" | "float32" | "int8" | "int4" | None (keep the weight's dtype).
     min_sparsity: fraction in [0, 1]; 0 converts every selected layer (a dense layer then costs 1/8 byte per
         weight more than dense, so callers serving dense layers may want ~0.3).
-    group_size: int8 columns per scale (None = one scale per row).
+    group_size: int8 / int4 columns per scale (None: int8 one scale per row, int4 128).
     Returns {layer name: sparsity} of the converted layers.
     """
     if not 0.0 <= min_sparsity <= 1.0:
