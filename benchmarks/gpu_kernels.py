@@ -62,6 +62,7 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
         add(4096, 4096, 1, 0.75, "bfloat16", "bfloat16")
         for n, k in [(4096, 4096), (22016, 4096), (4096, 11008)]:
             add(n, k, 1, 0.75, "int8")
+            add(n, k, 1, 0.75, "int4g128")
         add(4096, 4096, 1, 0.75, "int8g128")
         return cases
     if quick:
@@ -81,6 +82,9 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
         for b in (1, 16):
             add(n, k, b, 0.75, "int8")
     add(4096, 4096, 1, 0.75, "int8g128")
+    for n, k in SHAPES[:2]:
+        for b in (1, 16):
+            add(n, k, b, 0.75, "int4g128")
     for b in (1, 16):
         add(4096, 4096, b, 0.75, "bfloat16", "bfloat16")
         add(11008, 4096, b, 0.75, m="magnitude")
@@ -108,7 +112,8 @@ def run(args) -> dict:
             break
         n, k, b, s = case["N"], case["K"], case["batch"], case["sparsity"]
         act = getattr(torch, case["act"])
-        vname, gs = ("int8", 128) if case["values"] == "int8g128" else (case["values"], None)
+        vname, gs = ((case["values"][:4], 128) if case["values"] in ("int8g128", "int4g128")
+                     else (case["values"], None))
         w = random_sparse(n, k, s, case["mask"])
         ct = compress_tensor(w, values_dtype=vname, group_size=gs)
         p = PackedBitmask.from_compressed(ct)
@@ -162,7 +167,7 @@ def run(args) -> dict:
                    dense_GBps=round(n * k * 2 / (dense_ms * 1e-3) / 1e9, 1), rel_err=err, cfg=cfg.key(),
                    nnz=ct.nnz, best_ms_by_kernel={k_: round(v, 5) for k_, v in per_kernel.items()})
         rows.append(row)
-        dispatch.append({"N": n, "K": k, "batch": b, "values": str(ct.values.dtype).removeprefix("torch."),
+        dispatch.append({"N": n, "K": k, "batch": b, "values": ct.values_dtype,
                          "act": case["act"], "path": "sparse" if ms < dense_ms else "dense",
                          "cfg": {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}})
         if args.partial:

@@ -67,9 +67,13 @@ def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool, lean: bool = F
                           options={"num_warps": warps})
 
 
+VT_NAMES, XT_NAMES = {0: "fp16", 1: "bf16", 2: "int8", 3: "int4"}, {0: "fp16", 1: "bf16"}
+
+
 def count_cuda() -> list[dict]:
-    """The CUDA C++ grp8 kernel (src/sparselm/kernels/gpu/grp8_gemv.cu) built by a local nvcc for sm_90: per
-    instantiation, the innermost loop (the quad loop, unrolled twice: 8 nonzeros per lane per iteration)."""
+    """The CUDA C++ grp8 kernels (src/sparselm/kernels/gpu/grp8_gemv.cu) built by a local nvcc for sm_90: per
+    instantiation (values, activations, x path or batch, per-group scales), the quad loop's instructions per
+    nonzero (the batch-1 loop is unrolled twice: 8 nonzeros per lane per iteration)."""
     import shutil
 
     from sparselm.kernels.gpu import cuda_grp8
@@ -77,8 +81,6 @@ def count_cuda() -> list[dict]:
     nvcc = cuda_grp8._nvcc() or shutil.which("nvcc")
     if nvcc is None:
         raise SystemExit("--cuda: nvcc not found")
-    names = {"ILi0ELi0E": ("fp16", "fp16"), "ILi2ELi0E": ("int8", "fp16"), "ILi1ELi1E": ("bf16", "bf16"),
-             "ILi2ELi1E": ("int8", "bf16")}
     with tempfile.TemporaryDirectory() as d:
         lib = Path(d) / "k.so"
         subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
@@ -87,33 +89,32 @@ def count_cuda() -> list[dict]:
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         head = part.split("\n", 1)[0]
-        tag = next((v for k, v in names.items() if k in head), None)
-        if tag is None:
+        gemv = re.search(r"grp8_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELb(\d)E", head)
+        gemm = re.search(r"grp8_gemm_kernelILi(\d)ELi(\d)ELi(\d+)ELb(\d)E", head)
+        if gemm:
+            rows.append(_count_gemm(part, int(gemm.group(3)), (VT_NAMES[int(gemm.group(1))],
+                                                             XT_NAMES[int(gemm.group(2))]), gemm.group(4) == "1"))
             continue
-        if "gemm" in head:  # the batched kernel: B from its third template argument, one LDS (B <= 8) per nonzero
-            rows.append(_count_gemm(part, head, tag))
+        if not gemv:
             continue
-        smem = "Lb1E" in head  # the SMEM template flag: x gathered by LDS (shared) or by LDG (through L1)
+        vt, xt, smem, gs = int(gemv.group(1)), int(gemv.group(2)), gemv.group(3) == "1", gemv.group(4) == "1"
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
-        loops = []  # (start, end, length) of every backward branch; the quad loop is the innermost long one
+        loops = []  # every backward branch's body; the quad loop is the shortest holding 8 x gathers
         for addr, op, args in ins:
             tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
             if tgt and int(tgt.group(1), 16) < addr:
-                body = [o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
-                loops.append(body)
-        # nonzeros per iteration = x gathers from shared memory; the quad loop is the shortest loop holding 8
+                loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
         gather = "LDS" if smem else "LDG.E.U16"
-        gathers = [sum(o.startswith(gather) for o in b) for b in loops]
-        inner = min((b for b, g in zip(loops, gathers) if g == 8), key=len)
+        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= 8), key=len)
         classes = collections.Counter(classify(op) for op in inner)
-        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1"), "values": tag[0], "act": tag[1], "loop_instructions": len(inner),
+        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1") + ("-gs" if gs else ""), "values": VT_NAMES[vt],
+                     "act": XT_NAMES[xt], "group_scales": gs, "loop_instructions": len(inner),
                      "nnz_per_thread_step": 8, "per_nnz": round(len(inner) / 8, 2),
                      "per_nnz_by_class": {k: round(v / 8, 2) for k, v in sorted(classes.items())}})
     return rows
 
 
-def _count_gemm(part: str, head: str, tag: tuple[str, str]) -> dict:
-    b = int(re.search(r"ILi\d+ELi\d+ELi(\d+)E", head).group(1))
+def _count_gemm(part: str, b: int, tag: tuple[str, str], gs: bool) -> dict:
     ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
     best = None
     for addr, op, args in ins:
@@ -126,9 +127,9 @@ def _count_gemm(part: str, head: str, tag: tuple[str, str]) -> dict:
     body, lds = best
     nnz = lds // max(1, b // 8)  # B = 16: two 16-byte loads per nonzero
     classes = collections.Counter(classify(op) for op in body)
-    return {"kernel": f"grp8cu-b{b}", "values": tag[0], "act": tag[1], "batch": b, "loop_instructions": len(body),
-            "nnz_per_thread_step": nnz, "per_nnz": round(len(body) / nnz, 2),
-            "per_nnz_per_batch_row": round(len(body) / nnz / b, 2),
+    return {"kernel": f"grp8cu-b{b}" + ("-gs" if gs else ""), "values": tag[0], "act": tag[1], "batch": b,
+            "group_scales": gs, "loop_instructions": len(body), "nnz_per_thread_step": nnz,
+            "per_nnz": round(len(body) / nnz, 2), "per_nnz_per_batch_row": round(len(body) / nnz / b, 2),
             "per_nnz_by_class": {k: round(v / nnz, 2) for k, v in sorted(classes.items())}}
 
 
@@ -191,7 +192,8 @@ def main() -> None:
             rows.append({"kernel": "grp8i-lean", "values": "int8" if int8 else "fp16", "tile": tile, "warps": warps,
                          **count(compile_grp8i(tile, warps, int8, False, lean=True), tile / (32 * warps))})
     for r in rows:
-        print(f"{r['kernel']:10s} {r['values']:5s} tile {r.get('tile', '-'):>5} w{r.get('warps', '-')}  "
+        print(f"{r['kernel']:13s} {r['values']:5s} {r.get('act', ''):4s} tile {r.get('tile', '-'):>5} "
+              f"w{r.get('warps', '-')}  "
               f"{r['per_nnz']:5.2f} per nonzero  "
               f"(addr {r['per_nnz_by_class'].get('int/addr', 0)})")
     if args.out is not None:

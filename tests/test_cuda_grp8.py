@@ -21,12 +21,16 @@ def weight(n, k, sparsity, seed=0):
     return w
 
 
-@pytest.mark.parametrize("values,act,sparsity,n,k", [
-    ("float16", torch.float16, 0.5, 37, 300), ("float16", torch.float16, 0.0, 9, 700),
-    ("float16", torch.float16, 0.9, 21, 1000), ("bfloat16", torch.bfloat16, 0.75, 17, 513),
-    ("int8", torch.float16, 0.75, 23, 640), ("int8", torch.bfloat16, 0.5, 11, 333)])
-def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
-    ct = compress_tensor(weight(n, k, sparsity, seed=n), values)
+@pytest.mark.parametrize("values,act,sparsity,n,k,group", [
+    ("float16", torch.float16, 0.5, 37, 300, None), ("float16", torch.float16, 0.0, 9, 700, None),
+    ("float16", torch.float16, 0.9, 21, 1000, None), ("bfloat16", torch.bfloat16, 0.75, 17, 513, None),
+    ("int8", torch.float16, 0.75, 23, 640, None), ("int8", torch.bfloat16, 0.5, 11, 333, None),
+    ("int8", torch.float16, 0.5, 13, 700, 64), ("int4", torch.float16, 0.75, 19, 650, None),
+    ("int4", torch.bfloat16, 0.0, 7, 300, 32), ("int4", torch.float16, 0.5, 15, 517, 517)])
+def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k, group):
+    """Every values form, per-row and per-group scales (group-scaled layouts cut groups at scale boundaries),
+    int4 codes packed four to a 16-bit word."""
+    ct = compress_tensor(weight(n, k, sparsity, seed=n), values, group_size=group)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(1, k).to(act)
     y = cuda_grp8.gemv_host(x, p)
@@ -38,7 +42,8 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
 @pytest.mark.parametrize("values,act,batch,bsz,sparsity", [
     ("float16", torch.float16, 2, 2, 0.5), ("float16", torch.float16, 4, 3, 0.75),
     ("bfloat16", torch.bfloat16, 8, 5, 0.5), ("int8", torch.float16, 8, 8, 0.9),
-    ("int8", torch.bfloat16, 16, 11, 0.0), ("float16", torch.float16, 16, 16, 0.75)])
+    ("int8", torch.bfloat16, 16, 11, 0.0), ("float16", torch.float16, 16, 16, 0.75),
+    ("int4", torch.float16, 4, 4, 0.5)])
 def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz, sparsity):
     """The batch 2-16 kernel's arithmetic (x transposed, B activations per nonzero, padded rows ignored)."""
     n, k = 29, 430
@@ -89,8 +94,6 @@ def test_columns_up_to_the_32768_limit_and_refusals():
     assert not wide.supports(SpmmConfig(kernel="grp8cu", vec=4, persist=1))
     with pytest.raises(ValueError, match="K <= 32768"):
         cuda_grp8.gemv_host(torch.randn(1, 32769).half(), wide)
-    grouped = PackedBitmask.from_compressed(compress_tensor(weight(4, 256, 0.5), "int8", group_size=64))
-    assert not cuda_grp8.supports(grouped)  # per-group scales: the Triton kernels serve those
     with pytest.raises(ValueError, match="1 <= B <= 1"):
         cuda_grp8.gemv_host(torch.randn(2, 32768).half(), p)
     with pytest.raises(ValueError, match="2 \\* K \\* batch"):  # 32768 x 8 activations overflow shared memory
@@ -112,11 +115,17 @@ def test_config_rules_and_keys():
         with pytest.raises(ValueError, match="smem"):
             SpmmConfig(**bad)
     p = PackedBitmask.from_compressed(compress_tensor(weight(8, 128, 0.5), "float16"))
-    assert p.aux_keys(cfg) == {("grp8", 4), ("grp8cu",)}
-    assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)
+    assert p.aux_keys(cfg) == {("grp8cu",)}
+    assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)  # fp16: the same arrays' sizes
     cuda_grp8.aux(p)
     p.drop_aux([SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4)])
     assert ("grp8cu",) not in p._cptr and ("grp8", 4) in p._cptr
+    # int4: half the value bytes of int8 in the kernel's own arrays
+    w = weight(8, 256, 0.5)
+    p4 = PackedBitmask.from_compressed(compress_tensor(w, "int4", group_size=256))
+    p8 = PackedBitmask.from_compressed(compress_tensor(w, "int8"))
+    v4, v8 = cuda_grp8.aux(p4)[0], cuda_grp8.aux(p8)[0]
+    assert v4.numel() * v4.element_size() * 2 == v8.numel() * v8.element_size()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
@@ -132,7 +141,8 @@ def test_unavailable_without_a_gpu_says_why():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
 @pytest.mark.parametrize("values,act,batch,smem", [
     ("float16", torch.float16, 1, True), ("int8", torch.float16, 1, False), ("bfloat16", torch.bfloat16, 1, True),
-    ("float16", torch.float16, 4, True), ("int8", torch.bfloat16, 16, True)])
+    ("float16", torch.float16, 4, True), ("int8", torch.bfloat16, 16, True), ("int4", torch.float16, 1, True),
+    ("int4", torch.float16, 8, True)])
 def test_gpu_build_matches_the_host_build(values, act, batch, smem):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
     all-zero row, K past the 48 KB default shared-memory window)."""

@@ -52,8 +52,13 @@ def _dtype_name(t: torch.dtype) -> str:
     return str(t).removeprefix("torch.")
 
 
-def key_of(n: int, k: int, batch: int, values: torch.dtype, act: torch.dtype) -> Key:
-    return (n, k, bucket(batch), _dtype_name(values), _dtype_name(act))
+def key_of(n: int, k: int, batch: int, values: torch.dtype | str, act: torch.dtype) -> Key:
+    """values: the torch dtype, or the format's name ("int4" layers hold int8 codes: a dtype cannot tell them)."""
+    return (n, k, bucket(batch), values if isinstance(values, str) else _dtype_name(values), _dtype_name(act))
+
+
+def values_name(layer) -> str:
+    return "int4" if getattr(layer, "bits", 8) == 4 else _dtype_name(layer.values.dtype)
 
 
 def record(key: Key, path: str, cfg: SpmmConfig | None) -> None:
@@ -109,7 +114,7 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     """y2d = x2d @ W.T by the table's choice; None = dense fallback (SparseLinear handles it)."""
     if x2d.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
-    ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], layer.values.dtype, x2d.dtype))
+    ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], values_name(layer), x2d.dtype))
     if ch["path"] == "dense":
         # measured faster dense at a decode-sized batch: keep the dense copy (memory for speed); prefill-sized
         # batches decompress transiently, their GEMM dwarfs the decode of W
@@ -228,7 +233,7 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
     seen: dict[tuple, Any] = {}
     for mod in model.modules():
         if isinstance(mod, SparseLinear) and mod.values.is_cuda:
-            seen.setdefault((mod.out_features, mod.in_features, mod.values.dtype), mod)
+            seen.setdefault((mod.out_features, mod.in_features, values_name(mod)), mod)
     new: dict[Key, dict[str, Any]] = {}
     for (n, k, vdt), layer in seen.items():
         p = packed(layer)

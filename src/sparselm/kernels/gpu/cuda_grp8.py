@@ -29,7 +29,7 @@ import torch
 
 _SOURCE = Path(__file__).with_name("grp8_gemv.cu")
 MAX_K = 32768  # 2 * column must fit 16 bits (the kernel adds doubled offsets to doubled bases in 16-bit lanes)
-_VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
+_VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}  # int4 codes (int8-held, bits 4): 3
 _XT = {torch.float16: 0, torch.bfloat16: 1}
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
@@ -95,17 +95,13 @@ def _build(kind: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
-        lib.sl_grp8_gemv.restype = i32
-        lib.sl_grp8_gemv.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, vp]
-        lib.sl_grp8_gemm.restype = i32
-        lib.sl_grp8_gemm.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32, i32, i32, i32, i32, vp]
+        lib.sl_grp8_launch.restype = i32
+        lib.sl_grp8_launch.argtypes = [i32, i32, i32, i32] + [vp] * 8 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
-        lib.sl_grp8_gemv_host.restype = i32
-        lib.sl_grp8_gemv_host.argtypes = [i32, i32, vp, vp, vp, vp, vp, vp, vp, i32]
-        lib.sl_grp8_gemm_host.restype = i32
-        lib.sl_grp8_gemm_host.argtypes = [i32, i32, i32, vp, vp, vp, vp, vp, vp, vp, i32, i32, i32]
+        lib.sl_grp8_host.restype = i32
+        lib.sl_grp8_host.argtypes = [i32, i32, i32] + [vp] * 8 + [i32] * 3
     return lib
 
 
@@ -145,12 +141,20 @@ def smem_limit() -> int:
     return SMEM_LIMIT
 
 
+def _bits(p) -> int:
+    return p._ct.bits if p._ct is not None else 8
+
+
+def _vt(p) -> int:
+    return 3 if _bits(p) == 4 else _VT[p.values.dtype]
+
+
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
-    """Whether the kernel serves this matrix: K <= 32768; fp16 values with fp16 x, bf16 with bf16, int8 values
-    (no scales per group: one scale per row) with either; batch (the padded one) 1-16 with B * K * 2 bytes of x
-    fitting in one block's shared memory."""
+    """Whether the kernel serves this matrix: K <= 32768; fp16 values with fp16 x, bf16 with bf16, int8 / int4
+    values (scales per row or per group) with either; batch (the padded one) 1-16 with B * K * 2 bytes of x fitting
+    in one block's shared memory."""
     n, k = p.shape
-    if k > MAX_K or p.values.dtype not in _VT or p.scale_mode == 2:
+    if k > MAX_K or p.values.dtype not in _VT:
         return False
     if batch not in BATCHES or (batch > 1 and 2 * k * batch > smem_limit()):
         return False
@@ -159,16 +163,29 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
     return True
 
 
-def aux(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(values, offsets as int32 words, doubled bases as int32 words, group starts) of the interleaved layout,
-    cached on the matrix under ("grp8cu",) next to the layout itself (("grp8", 4))."""
+def aux(p) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, per-group scales or None, offsets as int32 words, doubled bases as int32 words, group starts) of the
+    interleaved layout, cached on the matrix under ("grp8cu",). Group-scaled int8 / int4 use the scale-aligned
+    layout (a group never crosses a scale group: one scale per group, float32 [4 q + j]); int4 codes are packed
+    4 per 16-bit word (a lane's 4 nonzeros of a quad, group j in bits 4j..4j+3)."""
     if ("grp8cu",) not in p._cptr:
-        gvals, goffs, gbase, gptr = p.grp8(4)
+        grouped = p.scale_mode == 2
+        gvals, goffs, gbase, gptr = p.grp8(4, scale_aligned=grouped)
         # base * 2 as uint16 bits (K <= 32768: fits), two per 32-bit word: the quad's 4 bases are 2 words
         base2 = (gbase.to(torch.int32) & 0xFFFF) * 2
         base2 = torch.where(base2 >= 32768, base2 - 65536, base2).to(torch.int16).contiguous()  # the same 16 bits
-        p._cptr[("grp8cu",)] = (gvals.contiguous(), goffs.contiguous().view(torch.int32), base2.view(torch.int32),
-                                gptr.contiguous())
+        gscale = None
+        if grouped:  # group g (row r, first column base) -> scales[r, base // group_size]; empty groups: 0
+            n = p.shape[0]
+            rows = torch.repeat_interleave(torch.arange(n, device=gptr.device), (gptr[1:] - gptr[:-1]).long())
+            base = gbase.to(torch.int64) & 0xFFFF
+            gscale = p.scales[rows, base // p.group_size].float().contiguous()
+        if _bits(p) == 4:
+            nib = (gvals.view(-1, 4).to(torch.int32) & 0xF) << torch.tensor([0, 4, 8, 12], device=gvals.device)
+            packed = nib.sum(1)
+            gvals = torch.where(packed >= 32768, packed - 65536, packed).to(torch.int16).contiguous()
+        p._cptr[("grp8cu",)] = (gvals.contiguous(), gscale, goffs.contiguous().view(torch.int32),
+                                base2.view(torch.int32), gptr.contiguous())
     return p._cptr[("grp8cu",)]
 
 
@@ -179,8 +196,8 @@ def _check(x: torch.Tensor, p, batch: int = 1) -> None:
                          f"{tuple(x.shape)}")
     if not supports(p, x.dtype, batch):
         raise ValueError(f"grp8cu: needs K <= {MAX_K} (and 2 * K * batch <= {smem_limit()} bytes when batched), values "
-                         f"fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, batch {batch}, "
-                         f"values {p.values.dtype}, x {x.dtype}, scale mode {p.scale_mode}")
+                         f"fp16 (x fp16) / bf16 (x bf16) / int8 / int4; got K {k}, batch {batch}, "
+                         f"values {p.values.dtype}, x {x.dtype}")
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,20 +217,16 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
         raise ValueError(f"grp8cu: x and the matrix must be on the same CUDA device, got {x.device} and "
                          f"{p.values.device}")
     x = x.contiguous()
-    vals, offs, base2, gptr = aux(p)
+    vals, gscale, offs, base2, gptr = aux(p)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
-    scales = p.scales.reshape(-1).contiguous() if p.scales is not None else None
+    scales = p.scales.reshape(-1).contiguous() if p.scales is not None and gscale is None else None
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    ptrs = (x.data_ptr(), vals.data_ptr(), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(),
-            scales.data_ptr() if scales is not None else None, y.data_ptr())
-    stream = torch.cuda.current_stream().cuda_stream
-    if cfg.block_b == 1:
-        code = lib.sl_grp8_gemv(_VT[p.values.dtype], _XT[x.dtype], int(cfg.smem), *ptrs, n, k, blocks,
-                                32 * cfg.num_warps, stream)
-    else:
-        code = lib.sl_grp8_gemm(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, *ptrs, n, k, bsz, k, n, blocks,
-                                32 * cfg.num_warps, stream)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), x.data_ptr(), vals.data_ptr(),
+                              ptr(gscale), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(), ptr(scales),
+                              y.data_ptr(), n, k, bsz, k, n, blocks, 32 * cfg.num_warps,
+                              torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"grp8cu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
     return y
@@ -228,15 +241,12 @@ def gemv_host(x: torch.Tensor, p, batch: int = 1) -> torch.Tensor:
         raise RuntimeError(f"grp8cu host emulation unavailable ({build_error('host')})")
     n, k = p.shape
     x = x.contiguous().cpu()
-    vals, offs, base2, gptr = (t.cpu() for t in aux(p))
+    vals, gscale, offs, base2, gptr = (None if t is None else t.cpu() for t in aux(p))
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None else None
-    ptrs = (x.data_ptr(), vals.data_ptr(), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(),
-            scales.data_ptr() if scales is not None else None, y.data_ptr())
-    if batch == 1:
-        code = lib.sl_grp8_gemv_host(_VT[p.values.dtype], _XT[x.dtype], *ptrs, n)
-    else:
-        code = lib.sl_grp8_gemm_host(_VT[p.values.dtype], _XT[x.dtype], batch, *ptrs, n, k, x.shape[0])
+    scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None and gscale is None else None
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    code = lib.sl_grp8_host(_vt(p), _XT[x.dtype], batch, x.data_ptr(), vals.data_ptr(), ptr(gscale), offs.data_ptr(),
+                            base2.data_ptr(), gptr.data_ptr(), ptr(scales), y.data_ptr(), n, k, x.shape[0])
     if code != 0:
         raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}")
     return y

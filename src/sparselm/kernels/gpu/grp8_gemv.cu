@@ -26,7 +26,7 @@
 #define SL_HD static inline
 #endif
 
-enum { VT_F16 = 0, VT_BF16 = 1, VT_I8 = 2 };  // values
+enum { VT_F16 = 0, VT_BF16 = 1, VT_I8 = 2, VT_I4 = 3 };  // values (int4: a lane's 4 codes in one 16-bit word)
 enum { XT_F16 = 0, XT_BF16 = 1 };             // activations (and the output)
 
 SL_HD float as_float(uint32_t u) {
@@ -83,10 +83,59 @@ SL_HD float i8_to_float(uint32_t biased_word, uint32_t sel) {
   return as_float(byte_perm(biased_word, 0x4B000000u, sel)) - 8388736.0f;
 }
 
+// The 4 values of lane-quad entry i (group j = 0..3), times the 4 groups' scales when gscale is given (int8 /
+// int4 with per-group scales: scale-aligned groups, one scale each; gscale[4 q + j]).
+template <int VT, bool GS>
+SL_HD void load_values(const void* vals, const float* gscale, int q, int i, float* v) {
+  if (VT == VT_I8 || VT == VT_I4) {
+    uint32_t t;
+    if (VT == VT_I8) {
+#ifdef __CUDACC__
+      t = __ldg(reinterpret_cast<const uint32_t*>(vals) + i) ^ 0x80808080u;
+#else
+      t = reinterpret_cast<const uint32_t*>(vals)[i] ^ 0x80808080u;
+#endif
+    } else {  // 4 nibbles n0..n3 (two's complement); ^ 0x8888 biases each by 8, then spread to bytes n0 n2 n1 n3
+#ifdef __CUDACC__
+      const uint32_t w = __ldg(reinterpret_cast<const uint16_t*>(vals) + i) ^ 0x8888u;
+#else
+      const uint32_t w = reinterpret_cast<const uint16_t*>(vals)[i] ^ 0x8888u;
+#endif
+      t = (w & 0x0F0Fu) | ((w & 0xF0F0u) << 12);
+    }
+    // int8: bytes 0..3 hold the biased codes in order; int4: bytes 0, 2, 1, 3 (see the spread above)
+    const float bias = VT == VT_I8 ? 8388736.0f : 8388616.0f;  // 2^23 + 128 / 2^23 + 8
+    v[0] = as_float(byte_perm(t, 0x4B000000u, 0x7540)) - bias;
+    v[1] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7541 : 0x7542)) - bias;
+    v[2] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7542 : 0x7541)) - bias;
+    v[3] = as_float(byte_perm(t, 0x4B000000u, 0x7543)) - bias;
+    if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
+#ifdef __CUDACC__
+      const float4 s = __ldg(reinterpret_cast<const float4*>(gscale) + q);
+#else
+      const float* s4 = gscale + 4 * q;
+      const struct { float x, y, z, w; } s = {s4[0], s4[1], s4[2], s4[3]};
+#endif
+      v[0] *= s.x; v[1] *= s.y; v[2] *= s.z; v[3] *= s.w;
+    }
+  } else {
+#ifdef __CUDACC__
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
+    const uint32_t w0 = w.x, w1 = w.y;
+#else
+    const uint32_t w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
+    const uint32_t w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
+#endif
+    constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
+    v[0] = act_to_float<vt>(w0 & 0xFFFFu); v[1] = act_to_float<vt>(w0 >> 16);
+    v[2] = act_to_float<vt>(w1 & 0xFFFFu); v[3] = act_to_float<vt>(w1 >> 16);
+  }
+}
+
 // Lane `lane`'s partial dot product over quads [q0, q1) of one row.
-template <int VT, int XT, bool SMEM = true>
-SL_HD float grp8_lane(const void* vals, const uint32_t* offs, const uint32_t* base2, const unsigned char* xs,
-                      int q0, int q1, int lane) {
+template <int VT, int XT, bool SMEM = true, bool GS = false>
+SL_HD float grp8_lane(const void* vals, const float* gscale, const uint32_t* offs, const uint32_t* base2,
+                      const unsigned char* xs, int q0, int q1, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
 #ifdef __CUDACC__
 #pragma unroll 2
@@ -105,27 +154,9 @@ SL_HD float grp8_lane(const void* vals, const uint32_t* offs, const uint32_t* ba
     const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
     const float x0 = load_x<XT, SMEM>(xs, c01 & 0xFFFFu), x1 = load_x<XT, SMEM>(xs, c01 >> 16);
     const float x2 = load_x<XT, SMEM>(xs, c23 & 0xFFFFu), x3 = load_x<XT, SMEM>(xs, c23 >> 16);
-    float v0, v1, v2, v3;
-    if (VT == VT_I8) {
-#ifdef __CUDACC__
-      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(vals) + i) ^ 0x80808080u;
-#else
-      const uint32_t w = reinterpret_cast<const uint32_t*>(vals)[i] ^ 0x80808080u;
-#endif
-      v0 = i8_to_float(w, 0x7540); v1 = i8_to_float(w, 0x7541);
-      v2 = i8_to_float(w, 0x7542); v3 = i8_to_float(w, 0x7543);
-    } else {
-#ifdef __CUDACC__
-      const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
-      const uint32_t w0 = w.x, w1 = w.y;
-#else
-      const uint32_t w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
-      const uint32_t w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
-#endif
-      constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
-      v0 = act_to_float<vt>(w0 & 0xFFFFu); v1 = act_to_float<vt>(w0 >> 16);
-      v2 = act_to_float<vt>(w1 & 0xFFFFu); v3 = act_to_float<vt>(w1 >> 16);
-    }
+    float v[4];
+    load_values<VT, GS>(vals, gscale, q, i, v);
+    const float v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     acc0 = fmaf(v0, x0, acc0);
     acc1 = fmaf(v1, x1, acc1);
     acc0 = fmaf(v2, x2, acc0);
@@ -154,9 +185,9 @@ SL_HD void load_xb(const unsigned char* xt, uint32_t col2, float* xv) {  // col2
   for (int b = 0; b < B; ++b) xv[b] = act_to_float<XT>(b & 1 ? w[b / 2] >> 16 : w[b / 2] & 0xFFFFu);
 }
 
-template <int VT, int XT, int B>
-SL_HD void grp8_lane_b(const void* vals, const uint32_t* offs, const uint32_t* base2, const unsigned char* xt,
-                       int q0, int q1, int lane, float* acc) {
+template <int VT, int XT, int B, bool GS = false>
+SL_HD void grp8_lane_b(const void* vals, const float* gscale, const uint32_t* offs, const uint32_t* base2,
+                       const unsigned char* xt, int q0, int q1, int lane, float* acc) {
   for (int q = q0; q < q1; ++q) {
     const int i = q * 32 + lane;
 #ifdef __CUDACC__
@@ -169,26 +200,7 @@ SL_HD void grp8_lane_b(const void* vals, const uint32_t* offs, const uint32_t* b
     const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
     const uint32_t c[4] = {c01 & 0xFFFFu, c01 >> 16, c23 & 0xFFFFu, c23 >> 16};
     float v[4];
-    if (VT == VT_I8) {
-#ifdef __CUDACC__
-      const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(vals) + i) ^ 0x80808080u;
-#else
-      const uint32_t w = reinterpret_cast<const uint32_t*>(vals)[i] ^ 0x80808080u;
-#endif
-      v[0] = i8_to_float(w, 0x7540); v[1] = i8_to_float(w, 0x7541);
-      v[2] = i8_to_float(w, 0x7542); v[3] = i8_to_float(w, 0x7543);
-    } else {
-#ifdef __CUDACC__
-      const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
-      const uint32_t w0 = w.x, w1 = w.y;
-#else
-      const uint32_t w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
-      const uint32_t w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
-#endif
-      constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
-      v[0] = act_to_float<vt>(w0 & 0xFFFFu); v[1] = act_to_float<vt>(w0 >> 16);
-      v[2] = act_to_float<vt>(w1 & 0xFFFFu); v[3] = act_to_float<vt>(w1 >> 16);
-    }
+    load_values<VT, GS>(vals, gscale, q, i, v);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -212,157 +224,142 @@ __device__ __forceinline__ uint16_t float_to_act(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
+// The arrays of one launch (pointers as the caller passes them; scales: per-row (or null), gscale: per-group
+// (or null)).
+struct Args {
+  const uint16_t* x;
+  const void* vals;
+  const float* gscale;
+  const uint32_t* offs;
+  const uint32_t* base2;
+  const int* gptr;
+  const float* scales;
+  uint16_t* y;
+  int N, K, bsz, ldx, ldy;
+};
+
 // Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
 // its warps take rows blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
-template <int VT, int XT, bool SMEM>
-__global__ void grp8_gemv_kernel(const uint16_t* __restrict__ x, const void* __restrict__ vals,
-                                 const uint32_t* __restrict__ offs, const uint32_t* __restrict__ base2,
-                                 const int* __restrict__ gptr, const float* __restrict__ scales,
-                                 uint16_t* __restrict__ y, int N, int K) {
+template <int VT, int XT, bool SMEM, bool GS>
+__global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
-                                 : reinterpret_cast<const unsigned char*>(x);
+                                 : reinterpret_cast<const unsigned char*>(a.x);
   if (!SMEM) {
-  } else if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
-    const int n16 = K >> 3;
-    for (int i = threadIdx.x; i < n16; i += blockDim.x) xs4[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
-    for (int i = (n16 << 3) + threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
+  } else if ((reinterpret_cast<uintptr_t>(a.x) & 15) == 0) {
+    const int n16 = a.K >> 3;
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) xs4[i] = __ldg(reinterpret_cast<const uint4*>(a.x) + i);
+    for (int i = (n16 << 3) + threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
   } else {
-    for (int i = threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
+    for (int i = threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
   }
   if (SMEM) __syncthreads();
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < N; r += gridDim.x * warps) {
-    const int q0 = __ldg(gptr + r) >> 2, q1 = __ldg(gptr + r + 1) >> 2;
-    float acc = grp8_lane<VT, XT, SMEM>(vals, offs, base2, xs, q0, q1, lane);
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    const int q0 = __ldg(a.gptr + r) >> 2, q1 = __ldg(a.gptr + r + 1) >> 2;
+    float acc = grp8_lane<VT, XT, SMEM, GS>(a.vals, a.gscale, a.offs, a.base2, xs, q0, q1, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-    if (lane == 0) y[r] = float_to_act<XT>(scales ? acc * __ldg(scales + r) : acc);
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
   }
-}
-
-template <int VT, int XT, bool SMEM>
-static int launch(const void* x, const void* vals, const void* offs, const void* base2, const void* gptr,
-                  const void* scales, void* y, int N, int K, int blocks, int threads, cudaStream_t stream) {
-  const size_t smem = SMEM ? ((size_t)K * 2 + 15) / 16 * 16 : 0;
-  auto kernel = grp8_gemv_kernel<VT, XT, SMEM>;
-  if constexpr (SMEM) {
-    static size_t opted = 48 * 1024;  // per instantiation: raise the dynamic shared-memory limit once, as needed
-    if (smem > opted) {
-      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-      if (e != cudaSuccess) return (int)e;
-      opted = smem;
-    }
-  }
-  kernel<<<blocks, threads, smem, stream>>>(
-      static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
-      static_cast<const int*>(gptr), static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K);
-  return (int)cudaGetLastError();
-}
-
-template <bool SMEM>
-static int dispatch(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
-                    const void* gptr, const void* scales, void* y, int N, int K, int blocks, int threads,
-                    cudaStream_t s) {
-  if (xt == XT_F16 && vt == VT_F16)
-    return launch<VT_F16, XT_F16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8)
-    return launch<VT_I8, XT_F16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16)
-    return launch<VT_BF16, XT_BF16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8)
-    return launch<VT_I8, XT_BF16, SMEM>(x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
-  return -1;  // an unsupported (values, activations) pair: the caller checks first
-}
-
-extern "C" int sl_grp8_gemv(int vt, int xt, int smem, const void* x, const void* vals, const void* offs,
-                            const void* base2, const void* gptr, const void* scales, void* y, int N, int K,
-                            int blocks, int threads, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return smem ? dispatch<true>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s)
-              : dispatch<false>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, blocks, threads, s);
 }
 
 // Batch 2-16: x (bsz <= B rows, stride ldx) copied transposed into shared memory (zero rows past bsz), then one
 // warp per row as in the batch-1 kernel; lane 0 writes y[b, row] for b < bsz (stride ldy).
-template <int VT, int XT, int B>
-__global__ void grp8_gemm_kernel(const uint16_t* __restrict__ x, const void* __restrict__ vals,
-                                 const uint32_t* __restrict__ offs, const uint32_t* __restrict__ base2,
-                                 const int* __restrict__ gptr, const float* __restrict__ scales,
-                                 uint16_t* __restrict__ y, int N, int K, int bsz, int ldx, int ldy) {
+template <int VT, int XT, int B, bool GS>
+__global__ void grp8_gemm_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   uint16_t* xt = reinterpret_cast<uint16_t*>(xs4);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+  for (int k = threadIdx.x; k < a.K; k += blockDim.x) {
 #pragma unroll
-    for (int b = 0; b < B; ++b) xt[k * B + b] = b < bsz ? x[(size_t)b * ldx + k] : (uint16_t)0;
+    for (int b = 0; b < B; ++b) xt[k * B + b] = b < a.bsz ? a.x[(size_t)b * a.ldx + k] : (uint16_t)0;
   }
   __syncthreads();
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < N; r += gridDim.x * warps) {
-    const int q0 = __ldg(gptr + r) >> 2, q1 = __ldg(gptr + r + 1) >> 2;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    const int q0 = __ldg(a.gptr + r) >> 2, q1 = __ldg(a.gptr + r + 1) >> 2;
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-    grp8_lane_b<VT, XT, B>(vals, offs, base2, reinterpret_cast<const unsigned char*>(xt), q0, q1, lane, acc);
+    grp8_lane_b<VT, XT, B, GS>(a.vals, a.gscale, a.offs, a.base2, reinterpret_cast<const unsigned char*>(xt), q0,
+                               q1, lane, acc);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
 #pragma unroll
       for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
     }
     if (lane == 0) {
-      const float sc = scales ? __ldg(scales + r) : 1.0f;
+      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
 #pragma unroll
       for (int b = 0; b < B; ++b)
-        if (b < bsz) y[(size_t)b * ldy + r] = float_to_act<XT>(acc[b] * sc);
+        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
     }
   }
 }
 
-template <int VT, int XT, int B>
-static int launch_b(const void* x, const void* vals, const void* offs, const void* base2, const void* gptr,
-                    const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks, int threads,
-                    cudaStream_t stream) {
-  const size_t smem = ((size_t)K * B * 2 + 15) / 16 * 16;
-  auto kernel = grp8_gemm_kernel<VT, XT, B>;
+// Raise a kernel's dynamic shared-memory limit once per instantiation, as far as a launch needs.
+template <typename Kernel>
+static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
+  if (smem <= *opted) return 0;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return (int)e;
+  *opted = smem;
+  return 0;
+}
+
+template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kernel (SMEM chooses x's path)
+static int launch_one(const Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  if (smem > opted) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return (int)e;
-    opted = smem;
+  if constexpr (B == 1) {
+    const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
+    if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS>, smem, &opted)) return e;
+    grp8_gemv_kernel<VT, XT, SMEM, GS><<<blocks, threads, smem, stream>>>(a);
+  } else {
+    const size_t smem = ((size_t)a.K * B * 2 + 15) / 16 * 16;
+    if (const int e = opt_in(grp8_gemm_kernel<VT, XT, B, GS>, smem, &opted)) return e;
+    grp8_gemm_kernel<VT, XT, B, GS><<<blocks, threads, smem, stream>>>(a);
   }
-  kernel<<<blocks, threads, smem, stream>>>(
-      static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
-      static_cast<const int*>(gptr), static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx,
-      ldy);
   return (int)cudaGetLastError();
 }
 
-template <int B>
-static int dispatch_b(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
-                      const void* gptr, const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy,
-                      int blocks, int threads, cudaStream_t s) {
-#define SL_LAUNCH_B(V, X) \
-  return launch_b<V, X, B>(x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s)
-  if (xt == XT_F16 && vt == VT_F16) SL_LAUNCH_B(VT_F16, XT_F16);
-  if (xt == XT_F16 && vt == VT_I8) SL_LAUNCH_B(VT_I8, XT_F16);
-  if (xt == XT_BF16 && vt == VT_BF16) SL_LAUNCH_B(VT_BF16, XT_BF16);
-  if (xt == XT_BF16 && vt == VT_I8) SL_LAUNCH_B(VT_I8, XT_BF16);
-#undef SL_LAUNCH_B
-  return -1;
+template <int VT, int XT, int B, bool SMEM>  // per-group scales exist for the quantized values only
+static int launch(const Args& a, int blocks, int threads, cudaStream_t stream) {
+  if constexpr (VT == VT_I8 || VT == VT_I4) {
+    if (a.gscale) return launch_one<VT, XT, B, SMEM, true>(a, blocks, threads, stream);
+  }
+  return launch_one<VT, XT, B, SMEM, false>(a, blocks, threads, stream);
 }
 
-extern "C" int sl_grp8_gemm(int vt, int xt, int B, const void* x, const void* vals, const void* offs,
-                            const void* base2, const void* gptr, const void* scales, void* y, int N, int K, int bsz,
-                            int ldx, int ldy, int blocks, int threads, void* stream) {
+template <int B, bool SMEM>
+static int by_types(int vt, int xt, const Args& a, int blocks, int threads, cudaStream_t s) {
+  if (xt == XT_F16) {
+    if (vt == VT_F16) return launch<VT_F16, XT_F16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_F16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_F16, B, SMEM>(a, blocks, threads, s);
+  } else if (xt == XT_BF16) {
+    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_BF16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_BF16, B, SMEM>(a, blocks, threads, s);
+  }
+  return -1;  // an unsupported (values, activations) pair: the caller checks first
+}
+
+// y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path;
+// 2 / 4 / 8 / 16: the batched one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
+extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, const void* x, const void* vals, const void* gscale,
+                              const void* offs, const void* base2, const void* gptr, const void* scales, void* y,
+                              int N, int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
+  const Args a{static_cast<const uint16_t*>(x), vals, static_cast<const float*>(gscale),
+               static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2), static_cast<const int*>(gptr),
+               static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-#define SL_CASE(NB) \
-  case NB: return dispatch_b<NB>(vt, xt, x, vals, offs, base2, gptr, scales, y, N, K, bsz, ldx, ldy, blocks, threads, s)
   switch (B) {
-    SL_CASE(2);
-    SL_CASE(4);
-    SL_CASE(8);
-    SL_CASE(16);
-#undef SL_CASE
+    case 1: return smem ? by_types<1, true>(vt, xt, a, blocks, threads, s)
+                        : by_types<1, false>(vt, xt, a, blocks, threads, s);
+    case 2: return by_types<2, true>(vt, xt, a, blocks, threads, s);
+    case 4: return by_types<4, true>(vt, xt, a, blocks, threads, s);
+    case 8: return by_types<8, true>(vt, xt, a, blocks, threads, s);
+    case 16: return by_types<16, true>(vt, xt, a, blocks, threads, s);
     default: return -1;
   }
 }
@@ -371,32 +368,28 @@ extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(sta
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
 
-template <int VT, int XT>
-static void host_rows(const void* x, const void* vals, const void* offs, const void* base2, const void* gptr,
-                      const float* scales, float* y, int N) {
-  const int* gp = static_cast<const int*>(gptr);
-  for (int r = 0; r < N; ++r) {
-    float acc = 0.0f;
-    for (int lane = 0; lane < 32; ++lane)
-      acc += grp8_lane<VT, XT>(vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
-                               static_cast<const unsigned char*>(x), gp[r] >> 2, gp[r + 1] >> 2, lane);
-    y[r] = scales ? acc * scales[r] : acc;
+template <int VT, int XT, int B, bool GS>
+static void host_rows(const uint16_t* x, const void* vals, const float* gscale, const uint32_t* offs,
+                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int K, int bsz) {
+  if constexpr (B == 1) {  // the batch-1 kernel's lane function on x as it is
+    for (int r = 0; r < N; ++r) {
+      float acc = 0.0f;
+      for (int lane = 0; lane < 32; ++lane)
+        acc += grp8_lane<VT, XT, true, GS>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(x), gp[r] >> 2,
+                                 gp[r + 1] >> 2, lane);
+      y[r] = scales ? acc * scales[r] : acc;
+    }
+    return;
   }
-}
-
-template <int VT, int XT, int B>
-static void host_rows_b(const uint16_t* x, const void* vals, const void* offs, const void* base2, const void* gptr,
-                        const float* scales, float* y, int N, int K, int bsz) {
-  uint16_t* xt = new uint16_t[(size_t)K * B]();
+  uint16_t* xt = new uint16_t[(size_t)K * B]();  // x transposed, rows past bsz zero: as the batched kernel stages it
   for (int k = 0; k < K; ++k)
     for (int b = 0; b < bsz; ++b) xt[(size_t)k * B + b] = x[(size_t)b * K + k];
-  const int* gp = static_cast<const int*>(gptr);
   for (int r = 0; r < N; ++r) {
-    float acc[B] = {0.0f};
+    float acc[B > 1 ? B : 1] = {0.0f};
     for (int lane = 0; lane < 32; ++lane) {
-      float part[B] = {0.0f};
-      grp8_lane_b<VT, XT, B>(vals, static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2),
-                             reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2, gp[r + 1] >> 2, lane, part);
+      float part[B > 1 ? B : 1] = {0.0f};
+      grp8_lane_b<VT, XT, B, GS>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2,
+                                 gp[r + 1] >> 2, lane, part);
       for (int b = 0; b < B; ++b) acc[b] += part[b];
     }
     for (int b = 0; b < bsz; ++b) y[(size_t)b * N + r] = scales ? acc[b] * scales[r] : acc[b];
@@ -405,39 +398,38 @@ static void host_rows_b(const uint16_t* x, const void* vals, const void* offs, c
 }
 
 template <int B>
-static int host_b(int vt, int xt, const void* x, const void* vals, const void* offs, const void* base2,
-                  const void* gptr, const float* sc, float* y, int N, int K, int bsz) {
-  const uint16_t* xx = static_cast<const uint16_t*>(x);
-  if (xt == XT_F16 && vt == VT_F16) host_rows_b<VT_F16, XT_F16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
-  else if (xt == XT_F16 && vt == VT_I8) host_rows_b<VT_I8, XT_F16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
-  else if (xt == XT_BF16 && vt == VT_BF16) host_rows_b<VT_BF16, XT_BF16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
-  else if (xt == XT_BF16 && vt == VT_I8) host_rows_b<VT_I8, XT_BF16, B>(xx, vals, offs, base2, gptr, sc, y, N, K, bsz);
+static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const float* gs, const uint32_t* offs,
+                      const uint32_t* base2, const int* gp, const float* sc, float* y, int N, int K, int bsz) {
+#define SL_HOST(V, X) (gs ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz) \
+                          : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz))
+  if (xt == XT_F16 && vt == VT_F16) SL_HOST(VT_F16, XT_F16);
+  else if (xt == XT_F16 && vt == VT_I8) SL_HOST(VT_I8, XT_F16);
+  else if (xt == XT_F16 && vt == VT_I4) SL_HOST(VT_I4, XT_F16);
+  else if (xt == XT_BF16 && vt == VT_BF16) SL_HOST(VT_BF16, XT_BF16);
+  else if (xt == XT_BF16 && vt == VT_I8) SL_HOST(VT_I8, XT_BF16);
+  else if (xt == XT_BF16 && vt == VT_I4) SL_HOST(VT_I4, XT_BF16);
   else return -1;
+#undef SL_HOST
   return 0;
 }
 
-// x (bsz, K) row-major, y (bsz, N) float32; B the kernel's padded batch (2, 4, 8, 16)
-extern "C" int sl_grp8_gemm_host(int vt, int xt, int B, const void* x, const void* vals, const void* offs,
-                                 const void* base2, const void* gptr, const void* scales, float* y, int N, int K,
-                                 int bsz) {
+// The host twin of sl_grp8_launch: x (bsz, K) row-major, y (bsz, N) float32.
+extern "C" int sl_grp8_host(int vt, int xt, int B, const void* x, const void* vals, const void* gscale,
+                            const void* offs, const void* base2, const void* gptr, const void* scales, float* y,
+                            int N, int K, int bsz) {
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  const float* gs = static_cast<const float*>(gscale);
   const float* sc = static_cast<const float*>(scales);
+  const uint32_t* of = static_cast<const uint32_t*>(offs);
+  const uint32_t* b2 = static_cast<const uint32_t*>(base2);
+  const int* gp = static_cast<const int*>(gptr);
   switch (B) {
-    case 2: return host_b<2>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
-    case 4: return host_b<4>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
-    case 8: return host_b<8>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
-    case 16: return host_b<16>(vt, xt, x, vals, offs, base2, gptr, sc, y, N, K, bsz);
+    case 1: return host_types<1>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
+    case 2: return host_types<2>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
+    case 4: return host_types<4>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
+    case 8: return host_types<8>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
+    case 16: return host_types<16>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
     default: return -1;
   }
-}
-
-extern "C" int sl_grp8_gemv_host(int vt, int xt, const void* x, const void* vals, const void* offs,
-                                 const void* base2, const void* gptr, const void* scales, float* y, int N) {
-  const float* sc = static_cast<const float*>(scales);
-  if (xt == XT_F16 && vt == VT_F16) host_rows<VT_F16, XT_F16>(x, vals, offs, base2, gptr, sc, y, N);
-  else if (xt == XT_F16 && vt == VT_I8) host_rows<VT_I8, XT_F16>(x, vals, offs, base2, gptr, sc, y, N);
-  else if (xt == XT_BF16 && vt == VT_BF16) host_rows<VT_BF16, XT_BF16>(x, vals, offs, base2, gptr, sc, y, N);
-  else if (xt == XT_BF16 && vt == VT_I8) host_rows<VT_I8, XT_BF16>(x, vals, offs, base2, gptr, sc, y, N);
-  else return -1;
-  return 0;
 }
 #endif

@@ -202,8 +202,8 @@ class PackedBitmask:
             return {("vc32", cfg.vec)}
         if cfg.kernel == "grp8":
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
-        if cfg.kernel == "grp8cu":
-            return {("grp8", 4), ("grp8cu",)}
+        if cfg.kernel == "grp8cu":  # its arrays hold everything it reads (the layouts they came from may go)
+            return {("grp8cu",)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
@@ -226,21 +226,25 @@ class PackedBitmask:
             return cuda_grp8.supports(self, batch=cfg.block_b)
         return True
 
-    def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grp8(self, interleave: int = 1,
+             scale_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gvals, goffs, gbase, gptr) for the grp8 kernels (grp8_spmv.py; FORMAT.md "Auxiliary arrays").
         interleave 4: rows padded with empty groups to whole quads of 4 groups, and inside each quad the slot
         32j + l (group j, lane l) stored at 4l + j, so one lane's 4 nonzeros load as vectors (grp8i kernel).
 
         Groups are cut greedily per row: a group takes the next nonzeros while there are fewer than 32 and
         their column is < base + 256. All rows advance together, one group per round (rounds = the most
-        groups in a row), so the cost is a few vectorized passes, not a Python loop over rows."""
+        groups in a row), so the cost is a few vectorized passes, not a Python loop over rows.
+        scale_aligned (group-scaled int8 / int4): a group also ends at a multiple of group_size, so each group has
+        one scale (the CUDA kernel multiplies by it per group; cached apart from the plain layout)."""
+        name = "grp8sa" if scale_aligned else "grp8"
         if interleave == 4:
-            if ("grp8", 4) not in self._cptr:
-                self._cptr[("grp8", 4)] = _interleave_quads(*self.grp8())
-            return self._cptr[("grp8", 4)]
+            if (name, 4) not in self._cptr:
+                self._cptr[(name, 4)] = _interleave_quads(*self.grp8(1, scale_aligned))
+            return self._cptr[(name, 4)]
         if interleave != 1:
             raise ValueError(f"grp8: interleave must be 1 or 4, got {interleave}")
-        if "grp8" not in self._cptr:
+        if name not in self._cptr:
             n, k = self.shape
             if k > 65536:
                 raise ValueError(f"grp8: 16-bit group bases need K <= 65536, got K={k}")
@@ -265,6 +269,8 @@ class PackedBitmask:
                 at = pos[live]
                 win = table[live[:, None], at[:, None] + lanes]  # (live, 32) the next 32 columns
                 ok = (win - win[:, :1] < SPAN) & (at[:, None] + lanes < cnt[live, None])
+                if scale_aligned and self.scale_mode == SCALE_GROUP:
+                    ok &= win // self.group_size == win[:, :1] // self.group_size
                 length = ok.to(torch.int32).cumprod(1).sum(1).to(torch.int64)  # >= 1: the first always fits
                 g_row.append(live), g_pos.append(at), g_len.append(length), g_base.append(win[:, 0])
                 g_round.append(torch.full_like(live, r))
@@ -292,8 +298,8 @@ class PackedBitmask:
             gptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
             gptr[1:] = torch.cumsum(torch.bincount(grow, minlength=n), 0)
             base16 = torch.where(gbase >= 2**15, gbase - 2**16, gbase).to(torch.int16)  # the low 16 bits
-            self._cptr["grp8"] = (gvals, goffs, base16.contiguous(), gptr.to(torch.int32))
-        return self._cptr["grp8"]
+            self._cptr[name] = (gvals, goffs, base16.contiguous(), gptr.to(torch.int32))
+        return self._cptr[name]
 
     def vc32(self, vec: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(words, row starts) for the vc32 kernel (FORMAT.md "Auxiliary arrays"): words[i] = column << 16 |
@@ -326,8 +332,13 @@ class PackedBitmask:
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.csr8(vec))
         if kernel in ("vc32", "vc32t"):
             return sum(t.numel() * t.element_size() for t in self.vc32(vec))
-        if kernel == "grp8" or kernel == "grp8cu":  # grp8cu: the interleaved layout with doubled bases, same size
+        if kernel == "grp8":
             return scale_bytes + sum(t.numel() * t.element_size() for t in self.grp8(4 if vec == 4 else 1))
+        if kernel == "grp8cu":  # its own arrays (packed int4 values, per-group scales) + per-row scales
+            from sparselm.kernels.gpu import cuda_grp8
+
+            row_scales = scale_bytes if self.scale_mode == SCALE_ROW else 0
+            return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if block_k is not None:
