@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0,0.5,0.7,0.75,0.8")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
+    ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_decode.py: needs a CUDA GPU")
@@ -116,7 +117,8 @@ def main() -> None:
             hf_done = True
         if s == 0:
             continue
-        variants = [("float16", None)] + ([("int8", None)] if args.int8 and s == 0.75 else [])
+        variants = [("float16", None)] + ([("int8", None)] if args.int8 and s == 0.75 else []) + (
+            [("int4", 128)] if args.int4 and s == 0.75 else [])  # quantized: logits differ by quantization error
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
