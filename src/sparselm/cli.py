@@ -1,10 +1,11 @@
-"""sparselm command line: prune, finetune, eval, bench, run, demo.
+"""sparselm command line: prune, finetune, eval, run, compress, demo.
 
     sparselm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib calib.txt --out out/smol-50
     sparselm prune ./my-llama --method wanda --pattern 2:4 --calib data.jsonl --nsamples 128 --seqlen 2048 --device cuda
     sparselm finetune recipes/tiny-cpu.yaml --out runs/tiny           # sparse fine-tune with distillation
     sparselm eval out/smol-50 --task perplexity                        # held-out perplexity
     sparselm run recipes/demo-cpu.yaml                                 # teacher -> prune -> fine-tune -> eval -> report
+    sparselm compress out/smol-50 --values int4 --out out/smol-50-int4  # bitmask + packed values, no dense weights
 """
 from __future__ import annotations
 
@@ -171,6 +172,33 @@ def run_cmd(
     for r in res["runs"]:
         if r["split"] == first and r["value"] is not None:
             typer.echo(f"  {100 * r['sparsity']:.0f}% {r['loss']:<10} {r['value']:.3f}")
+
+
+@app.command(epilog="""\b
+Examples:
+  sparselm compress out/smol-50 --out out/smol-50-fp16
+  sparselm compress runs/demo/runs/s50-squarehead_token --values int4 --group-size 64 --out out/demo-int4
+Load it back: sparselm.compress.load_compressed(DIR) (SparseLinear layers; no dense weights are materialized).
+""")
+def compress(
+    model: str = typer.Argument(..., help="a pruned model: local HF directory or bundled name"),
+    values: str = typer.Option("float16", help="stored values: float16 | bfloat16 | float32 | int8 | int4"),
+    group_size: Optional[int] = typer.Option(None, help="int8 / int4: columns per scale (int8: a row, int4: 128)"),
+    min_sparsity: float = typer.Option(0.3, help="compress only block linears at least this sparse"),
+    dense_dtype: str = typer.Option("float16", help="dtype of the tensors left dense (embeddings, norms)"),
+    out: Path = typer.Option(..., help="output directory (written atomically)"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+) -> None:
+    """Store MODEL's sparse linear layers as bitmask + packed values (sparselm-bitmask) in --out."""
+    from sparselm.compress.command import run_compress
+
+    try:
+        s = run_compress(model, values, group_size, min_sparsity, dense_dtype, out, overwrite)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+    typer.echo(f"{s['layers']} layers compressed (mean sparsity {s['mean_layer_sparsity']:.1%}, values {values}); "
+               f"{s['file_bytes'] / 1e6:.1f} MB on disk against {s['dense_fp16_matrix_bytes'] / 1e6:.1f} MB of "
+               f"fp16 matrices -> {out}")
 
 
 @app.command()
