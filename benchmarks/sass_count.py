@@ -173,6 +173,30 @@ def count(kernel, nnz_per_thread_step: float) -> dict:
             "per_nnz_by_class": {k: round(v / nnz_per_thread_step, 2) for k, v in sorted(classes.items())}}
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Instructions per nonzero of each batch-1 form (best tile per kernel and values dtype), as bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r.get("batch", 1) != 1 or r.get("act", r["values"] if r["values"] != "int8" else "fp16") == "bf16":
+            continue
+        key = (r["kernel"], r["values"])
+        best[key] = min(best.get(key, float("inf")), r["per_nnz"])
+    keys = sorted(best, key=lambda kv: -best[kv])
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(keys) + 1.2))
+    ax.barh([f"{k} {v}" for k, v in keys], [best[kv] for kv in keys],
+            color=["tab:orange" if k.startswith("grp8cu") else "tab:blue" for k, _ in keys])
+    ax.set_xlabel("SASS instructions per nonzero (static loop, sm_90, best tile)")
+    ax.set_title("batch-1 decode loops: Triton (blue) vs CUDA C++ (orange)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
@@ -199,6 +223,7 @@ def main() -> None:
     if args.out is not None:
         args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
                                         "triton": triton.__version__, "rows": rows}, indent=1) + "\n")
+        plot(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

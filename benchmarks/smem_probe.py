@@ -174,12 +174,48 @@ def build():
                        verbose=False)
 
 
+FAMILIES = {"cuda-l1": "vc32 words, x via L1", "cuda-smem": "vc32 words, x in shared memory",
+            "triton": "Triton vc32", "cuda-bitmask": "bitmask + packed values"}
+
+
+def plot(data: dict, path: Path) -> None:
+    """Best speedup over cuBLAS per kernel family, one group of bars per (shape, sparsity)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: dict[tuple, dict[str, float]] = {}
+    for r in data["rows"]:
+        fam = next((f for f in ("cuda-bitmask", "cuda-smem", "cuda-l1", "triton") if r["variant"].startswith(f)), None)
+        case = best.setdefault((r["N"], r["K"], r["sparsity"]), {})
+        if fam is not None:
+            case[fam] = max(case.get(fam, 0.0), r["speedup"])
+    cases = sorted(best)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(cases)), 4))
+    width = 0.8 / len(FAMILIES)
+    for i, (fam, label) in enumerate(FAMILIES.items()):
+        ax.bar([c + i * width for c in range(len(cases))], [best[c].get(fam, 0.0) for c in cases], width, label=label)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))],
+                  [f"{n}x{k}\n{s:.0%}" for n, k, s in cases], fontsize=8)
+    ax.set_ylabel("speedup over cuBLAS fp16 (batch 1)")
+    ax.set_title(f"x gathered through L1 vs shared memory ({data.get('device', '')})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4096x11008,11008x4096,4096x4096")
     ap.add_argument("--sparsities", default="0.5,0.75,0.9")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="only plot a recorded JSON (PNG beside it); no GPU")
     args = ap.parse_args()
+    if args.plot is not None:
+        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return
 
     from sparselm.compress.format import compress_tensor, decompress
     from sparselm.kernels.gpu.ops import PackedBitmask, SpmmConfig, spmm
@@ -263,6 +299,7 @@ def main() -> None:
            "command": "python benchmarks/smem_probe.py", "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
+        plot(out, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
