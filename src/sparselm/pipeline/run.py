@@ -111,6 +111,8 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
     if weights["kd"] or weights["squarehead"]:  # a CE-only run does not load a teacher it would not use
         rec["teacher"] = {"source": "path", "path": str(teacher)}
     rec["optim"] = {"lr": s.lr}
+    if s.ckpt_every:  # resumable mid-run (the pruned mask and the optimizer state are in each checkpoint)
+        rec["train"]["ckpt_every"] = s.ckpt_every
     return rec
 
 

@@ -114,6 +114,9 @@ class SparseSettings(TrainSettings):
     # the paper's setting); a sweep of these is how to tune distillation per model family
     squarehead_weight: float = Field(1.0, gt=0)
     kd_weight: float = Field(1.0, gt=0)
+    # a checkpoint every ckpt_every optimizer steps of each sparse run, so a run stopped mid-way (a device call's
+    # time limit) resumes from it on the next invocation instead of starting over (None: only at its end)
+    ckpt_every: int | None = Field(None, gt=0)
 
 
 class PruningSettings(_Strict):
