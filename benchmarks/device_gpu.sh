@@ -9,6 +9,9 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
 # build the CUDA C++ grp8 kernel once (nvcc, a few seconds) so the sweeps time it rather than its build
 python3 -c "from sparselm.kernels.gpu import cuda_grp8 as c; print('grp8cu available:', c.available(), c.build_error() or '')"
+# its GPU build against its host build on small odd shapes (every values form, batches), when pytest is there
+python3 -c "import pytest" 2>/dev/null && timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_cuda_grp8.py -k gpu_build 2>&1 | tail -4
 # the decode grid first and longest: it holds the first timings of the lean and CUDA kernels
 timeout -k 10 230 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8,grp8cu --budget-s 200 \
   --out $OUT/gpu_kernels_decode.json 2>&1 | q 50
