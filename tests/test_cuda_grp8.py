@@ -8,17 +8,10 @@ import torch
 
 from sparselm.compress import compress_tensor, decompress
 from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, cuda_grp8
+from tiny_models import sparse_weight
 
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
                                 reason="the host build of grp8_gemv.cu needs a C++ compiler")
-
-
-def weight(n, k, sparsity, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    w[torch.rand(n, k, generator=g) < sparsity] = 0
-    w[n // 2] = 0  # an all-zero row
-    return w
 
 
 @pytest.mark.parametrize("values,act,sparsity,n,k,group", [
@@ -30,7 +23,7 @@ def weight(n, k, sparsity, seed=0):
 def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k, group):
     """Every values form, per-row and per-group scales (group-scaled layouts cut groups at scale boundaries),
     int4 codes packed four to a 16-bit word."""
-    ct = compress_tensor(weight(n, k, sparsity, seed=n), values, group_size=group)
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=n), values, group_size=group)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(1, k).to(act)
     y = cuda_grp8.gemv_host(x, p)
@@ -47,7 +40,7 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k, gro
 def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz, sparsity):
     """The batch 2-16 kernel's arithmetic (x transposed, B activations per nonzero, padded rows ignored)."""
     n, k = 29, 430
-    ct = compress_tensor(weight(n, k, sparsity, seed=batch), values)
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=batch), values)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(bsz, k).to(act)
     y = cuda_grp8.gemv_host(x, p, batch=batch)
@@ -114,14 +107,14 @@ def test_config_rules_and_keys():
     for bad in (dict(kernel="grp8", smem=False), dict(kernel="grp8cu", vec=4, persist=1, smem=0)):
         with pytest.raises(ValueError, match="smem"):
             SpmmConfig(**bad)
-    p = PackedBitmask.from_compressed(compress_tensor(weight(8, 128, 0.5), "float16"))
+    p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(8, 128, 0.5), "float16"))
     assert p.aux_keys(cfg) == {("grp8cu",)}
     assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)  # fp16: the same arrays' sizes
     cuda_grp8.aux(p)
     p.drop_aux([SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4)])
     assert ("grp8cu",) not in p._cptr and ("grp8", 4) in p._cptr
     # int4: half the value bytes of int8 in the kernel's own arrays
-    w = weight(8, 256, 0.5)
+    w = sparse_weight(8, 256, 0.5)
     p4 = PackedBitmask.from_compressed(compress_tensor(w, "int4", group_size=256))
     p8 = PackedBitmask.from_compressed(compress_tensor(w, "int8"))
     v4, v8 = cuda_grp8.aux(p4)[0], cuda_grp8.aux(p8)[0]
@@ -134,7 +127,7 @@ def test_unavailable_without_a_gpu_says_why():
     assert "no CUDA device" in cuda_grp8.build_error()
     with pytest.raises(RuntimeError, match="unavailable"):
         cuda_grp8.gemv(torch.randn(1, 128).half(),
-                       PackedBitmask.from_compressed(compress_tensor(weight(4, 128, 0.5), "float16")),
+                       PackedBitmask.from_compressed(compress_tensor(sparse_weight(4, 128, 0.5), "float16")),
                        SpmmConfig(kernel="grp8cu", vec=4, persist=1))
 
 
@@ -149,7 +142,7 @@ def test_gpu_build_matches_the_host_build(values, act, batch, smem):
     if not cuda_grp8.available():
         pytest.skip(f"grp8cu unavailable: {cuda_grp8.build_error()}")
     for n, k in ((37, 300), (19, 30000 if batch == 1 else 3000)):
-        ct = compress_tensor(weight(n, k, 0.75, seed=k), values).to("cuda")
+        ct = compress_tensor(sparse_weight(n, k, 0.75, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(min(batch, 3) if batch > 1 else 1, k, device="cuda").to(act)
         cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=4, persist=2, block_b=batch, smem=smem)

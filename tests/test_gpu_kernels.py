@@ -15,6 +15,7 @@ pytest.importorskip("triton", reason="the GPU kernels need triton: pip install t
 
 from sparselm.compress import compress_tensor, decompress  # noqa: E402
 from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, decompress_gpu, spmm  # noqa: E402
+from tiny_models import sparse_weight  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VALUES = [("float16", None), ("bfloat16", None), ("float32", None), ("int8", None), ("int8", 24), ("int4", 24)]
@@ -38,14 +39,6 @@ CONFIGS = {  # (batch, config): every code path of bitmask_spmm_kernel
     "vc32t-batch": (3, SpmmConfig(kernel="vc32t", block_n=2, block_k=64, block_b=4)),
     "vc32t-batch16": (16, SpmmConfig(kernel="vc32t", block_n=1, block_k=32, block_b=16)),
 }
-
-
-def sparse_weight(n, k, sparsity, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    w[torch.rand(n, k, generator=g) < sparsity] = 0
-    w[n // 2] = 0  # an all-zero row
-    return w
 
 
 def rel_err(y, ref):
@@ -285,23 +278,28 @@ def test_persistent_config_round_trip_and_bad_values(tmp_path):
         spmm(torch.randn(2, 100, device=DEVICE).half(), p, SpmmConfig(kernel="vc32", block_k=64, persist=2))
 
 
-# grp8 vec 4 with col16 (the column as (base + offset) & 0xFFFF, a 32-bit sum): the same results as the default,
-# bit for bit, on the persistent shapes (N = 37, K = 300) and the plain / persistent loops
-@pytest.mark.parametrize("values,group_size,sparsity,persist", [("float16", None, 0.0, 0), ("bfloat16", None, 0.5, 0),
-                                                                ("int8", 24, 0.9, 0), ("float16", None, 0.5, 2)])
-def test_grp8i_col16_matches_default(values, group_size, sparsity, persist):
-    n, k = 37, 300
+def _variant_matches_default(n, k, values, group_size, sparsity, seed, base, **variant):
+    """The grp8 vec 4 config `base` with `variant` set (col16, lean) against `base` itself: equal bit for bit, every
+    output written, close to the float64 reference, the all-zero row zero."""
     act = torch.bfloat16 if values == "bfloat16" else torch.float16
-    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=2), values, group_size=group_size).to(DEVICE)
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=seed), values, group_size=group_size).to(DEVICE)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(1, k, device=DEVICE).to(act)
-    base = SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, num_warps=2, persist=persist)
-    cfg = SpmmConfig(**{**asdict(base), "col16": True})
+    cfg = SpmmConfig(**{**asdict(base), **variant})
     y = spmm(x, p, cfg, out=torch.full((1, n), float("nan"), device=DEVICE, dtype=act))
     assert torch.equal(y, spmm(x, p, base))
     ref = x.double() @ decompress(ct, torch.float32).double().T
     assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
     assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+
+
+# grp8 vec 4 with col16 (the column as (base + offset) & 0xFFFF, a 32-bit sum): the same results as the default,
+# bit for bit, on the persistent shapes (N = 37, K = 300) and the plain / persistent loops
+@pytest.mark.parametrize("values,group_size,sparsity,persist", [("float16", None, 0.0, 0), ("bfloat16", None, 0.5, 0),
+                                                                ("int8", 24, 0.9, 0), ("float16", None, 0.5, 2)])
+def test_grp8i_col16_matches_default(values, group_size, sparsity, persist):
+    base = SpmmConfig(kernel="grp8", block_n=1, block_k=128, vec=4, num_warps=2, persist=persist)
+    _variant_matches_default(37, 300, values, group_size, sparsity, 2, base, col16=True)
 
 
 def test_grp8i_col16_top_columns_and_config():
@@ -332,18 +330,8 @@ def test_grp8i_col16_top_columns_and_config():
                                                              ("int8", 24, 0.9, 256), ("int8", None, 0.1, 512),
                                                              ("float16", None, 0.0, 128)])
 def test_grp8i_lean_matches_default(values, group_size, sparsity, tile):
-    n, k = 19, 700
-    act = torch.bfloat16 if values == "bfloat16" else torch.float16
-    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=3), values, group_size=group_size).to(DEVICE)
-    p = PackedBitmask.from_compressed(ct)
-    x = torch.randn(1, k, device=DEVICE).to(act)
     base = SpmmConfig(kernel="grp8", block_n=1, block_k=tile, vec=4, num_warps=1)
-    cfg = SpmmConfig(**{**asdict(base), "lean": True})
-    y = spmm(x, p, cfg, out=torch.full((1, n), float("nan"), device=DEVICE, dtype=act))
-    assert torch.equal(y, spmm(x, p, base))
-    ref = x.double() @ decompress(ct, torch.float32).double().T
-    assert rel_err(y, ref) < (8e-3 if act == torch.bfloat16 else 1e-3)
-    assert torch.all(y[:, n // 2] == 0)  # the all-zero row
+    _variant_matches_default(19, 700, values, group_size, sparsity, 3, base, lean=True)
 
 
 def test_grp8i_lean_bounds_and_config():

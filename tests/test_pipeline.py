@@ -342,40 +342,43 @@ def test_sparse_weights_scale_only_the_terms_a_loss_has(tmp_path) -> None:
         validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={**sparse, "squarehead_weight": 0}))
 
 
+def _count_optimizer_steps(monkeypatch, fail_at: int | None = None) -> dict:
+    """Patch AdamW.step to count calls ({"n": ...}), raising RuntimeError("killed") at call `fail_at`: a run killed
+    mid-training, or proof of how many steps a resumed invocation really trained."""
+    import torch
+
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("killed")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return calls
+
+
+def _logged_steps(metrics: Path) -> list[int]:
+    return [row["step"] for row in map(json.loads, metrics.read_text().splitlines()) if "loss/ce" in row]
+
+
 def test_a_teacher_stopped_midway_resumes_from_its_checkpoint(tmp_path, monkeypatch) -> None:
     """teacher.ckpt_every: a pipeline killed during the teacher's training (here: the optimizer raises at step 5)
     continues from the step-4 checkpoint on the next invocation, and its log is not restarted."""
-    import torch
-
     data = _arith_dir(tmp_path / "data")
     r = validate_pipeline_recipe(_recipe(data, tmp_path / "out", losses=["ce"],
                                          teacher={"steps": 6, "lr": 3e-3, "ckpt_every": 2, "eval_every": 2}))
     assert teacher_recipe(r, tmp_path / "t")["train"]["ckpt_every"] == 2
-    real_step, calls = torch.optim.AdamW.step, {"n": 0}
-
-    def failing_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("killed mid-teacher")
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
-    with pytest.raises(RuntimeError, match="killed mid-teacher"):
+    _count_optimizer_steps(monkeypatch, fail_at=5)
+    with pytest.raises(RuntimeError, match="killed"):
         run_pipeline(r)
     teacher = tmp_path / "out" / "teacher"
     assert (teacher / "checkpoints" / "latest").is_file() and not list(teacher.glob("*.safetensors"))
-    counted = {"n": 0}
-
-    def counting_step(self, *a, **k):
-        counted["n"] += 1
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    counted = _count_optimizer_steps(monkeypatch)
     run_pipeline(r)
     assert counted["n"] == 2 + 4  # the teacher's steps 5-6 (1-4 came from the checkpoint), then the sparse run's 4
-    steps = [row["step"] for row in map(json.loads, (teacher / "metrics.jsonl").read_text().splitlines())
-             if "loss/ce" in row]
-    assert steps == [2, 4, 6]  # one log, continued
+    assert _logged_steps(teacher / "metrics.jsonl") == [2, 4, 6]  # one log, continued
     assert not (teacher / "checkpoints").exists()  # cleaned once the teacher is written
     assert list(teacher.glob("*.safetensors")) and (teacher / "run.json").is_file()
 
@@ -383,36 +386,18 @@ def test_a_teacher_stopped_midway_resumes_from_its_checkpoint(tmp_path, monkeypa
 def test_a_sparse_run_stopped_midway_resumes_from_its_checkpoint(tmp_path, monkeypatch) -> None:
     """sparse.ckpt_every: a sparse run killed at its step 3 continues from its step-2 checkpoint (same mask), and
     its log is not restarted; the finished run matches the layout of an uninterrupted one."""
-    import torch
-
     data = _arith_dir(tmp_path / "data")
     r = validate_pipeline_recipe(_recipe(data, tmp_path / "out", losses=["ce"], teacher={"steps": 4, "lr": 3e-3},
                                          sparse={"steps": 4, "lr": 1e-3, "ckpt_every": 2}))
     assert sparse_recipe(r, tmp_path / "t", tmp_path / "t", 0.5, "ce", tmp_path / "s")["train"]["ckpt_every"] == 2
-    real_step, calls = torch.optim.AdamW.step, {"n": 0}
-
-    def failing_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4 + 3:  # the teacher's 4 steps, then the sparse run's third
-            raise RuntimeError("killed mid-run")
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
-    with pytest.raises(RuntimeError, match="killed mid-run"):
+    _count_optimizer_steps(monkeypatch, fail_at=4 + 3)  # the teacher's 4 steps, then the sparse run's third
+    with pytest.raises(RuntimeError, match="killed"):
         run_pipeline(r)
     run = tmp_path / "out" / "runs" / "s50-ce"
     assert (run / "checkpoints" / "latest").is_file()
-    counted = {"n": 0}
-
-    def counting_step(self, *a, **k):
-        counted["n"] += 1
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    counted = _count_optimizer_steps(monkeypatch)
     run_pipeline(r)
     assert counted["n"] == 2  # the sparse run's steps 3-4 only: the teacher is reused, steps 1-2 restored
-    steps = [row["step"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-             if "loss/ce" in row]
-    assert steps == [2, 4]
+    assert _logged_steps(run / "metrics.jsonl") == [2, 4]
     assert not (run / "checkpoints").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"]

@@ -9,6 +9,15 @@ from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2L
 VOCAB = 128
 
 
+def sparse_weight(n: int, k: int, sparsity: float, seed: int = 0) -> torch.Tensor:
+    """A random (n, k) weight with `sparsity` of it zero and row n // 2 all zero (the kernels' edge case)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    w[torch.rand(n, k, generator=g) < sparsity] = 0
+    w[n // 2] = 0  # an all-zero row
+    return w
+
+
 def tiny(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "llama":

@@ -238,7 +238,7 @@ def validate(ct: CompressedTensor, name: str = "tensor") -> None:
                                         f"{ct.scales.dtype} {tuple(ct.scales.shape)}")
         if not bool(torch.isfinite(ct.scales).all()):
             raise CompressedFormatError(f"{name}.scales: holds non-finite values")
-        if ct.bits == 4 and ct.nnz and int(ct.values.abs().max()) > QMAX[4]:
+        if ct.bits == 4 and ct.nnz and int(ct.values.to(torch.int16).abs().max()) > QMAX[4]:  # int16: abs(-128)
             raise CompressedFormatError(f"{name}.values: int4 codes must lie in [-7, 7]")
     elif ct.scales is not None:
         raise CompressedFormatError(f"{name}.scales: present but values are {ct.values.dtype}, not int8")
