@@ -130,7 +130,7 @@ def run(args) -> dict:
             dense_ms_by_b[b] = time_graph([lambda d=d: F.linear(x, d) for d in dense])
         dense_ms = dense_ms_by_b[b]
         ref = (x.double() @ wd.double().T)
-        nbytes, per_kernel = {}, {}
+        nbytes, per_kernel, by_cfg = {}, {}, {}
         best = None
         for cfg in candidate_configs(b, pipelined=args.pipelined):
             if not p.supports(cfg) or (kernels and cfg.kernel not in kernels):
@@ -155,6 +155,7 @@ def run(args) -> dict:
             nbytes[cfg.key()] = fb
             fam = cfg.kernel + (f"-vec{cfg.vec}" if cfg.kernel in ("csr8", "vc32", "grp8") else "")
             per_kernel[fam] = min(per_kernel.get(fam, float("inf")), ms)
+            by_cfg[cfg.key()] = round(ms, 5)
             if best is None or ms < best[1]:
                 best = (cfg, ms, err)
         if best is None:
@@ -166,6 +167,8 @@ def run(args) -> dict:
                    dense_bytes=n * k * 2, GBps=round(fb / (ms * 1e-3) / 1e9, 1),
                    dense_GBps=round(n * k * 2 / (dense_ms * 1e-3) / 1e9, 1), rel_err=err, cfg=cfg.key(),
                    nnz=ct.nnz, best_ms_by_kernel={k_: round(v, 5) for k_, v in per_kernel.items()})
+        if args.all_configs:  # every config's time, for tuning a kernel's launch grid
+            row["ms_by_cfg"] = by_cfg
         rows.append(row)
         dispatch.append({"N": n, "K": k, "batch": b, "values": ct.values_dtype,
                          "act": case["act"], "path": "sparse" if ms < dense_ms else "dense",
@@ -243,6 +246,7 @@ def main() -> None:
     ap.add_argument("--pipelined", action="store_true",
                     help="also the persistent, software-pipelined batch-1 configs (not default candidates)")
     ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
+    ap.add_argument("--all-configs", action="store_true", help="record every config's time in each row")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new cases after this (s)")
     args = ap.parse_args()
     if args.plot:

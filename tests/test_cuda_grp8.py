@@ -152,3 +152,19 @@ def test_gpu_build_matches_the_host_build(values, act, batch, smem):
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
         torch.testing.assert_close(y.float().cpu(), cuda_grp8.gemv_host(x.cpu(), p, batch=batch).to(act).float(),
                                    rtol=tol, atol=tol)
+
+
+def test_clone_copies_the_cuda_arrays_including_absent_ones():
+    """Benchmarks rotate clones past the L2: a clone must copy grp8cu's arrays, some of which are None (no
+    per-group scales for fp16), and compute the same product from fresh memory."""
+    ct = compress_tensor(sparse_weight(13, 300, 0.75, seed=3), "float16")
+    p = PackedBitmask.from_compressed(ct)
+    arrays = cuda_grp8.aux(p)
+    assert any(t is None for t in arrays)
+    q = p.clone()
+    for a, b in zip(arrays, cuda_grp8.aux(q)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    x = torch.randn(1, 300).half()
+    torch.testing.assert_close(cuda_grp8.gemv_host(x, q), cuda_grp8.gemv_host(x, p), rtol=0, atol=0)

@@ -159,7 +159,7 @@ class PackedBitmask:
     def clone(self) -> "PackedBitmask":
         """An independent copy in fresh memory (benchmarks rotate copies to stay out of the L2)."""
         cl = lambda t: None if t is None else t.clone()  # noqa: E731
-        aux = {k: tuple(t.clone() for t in v) if isinstance(v, tuple) else v.clone() for k, v in self._cptr.items()}
+        aux = {k: tuple(cl(t) for t in v) if isinstance(v, tuple) else cl(v) for k, v in self._cptr.items()}  # grp8cu: gscale None
         return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
                              self.group_size, self.scale_mode, aux, self._ct, dict(self._rowmax))
 
