@@ -136,6 +136,22 @@ def pipelined_configs() -> list[SpmmConfig]:
              for t, w in ((1024, 4), (512, 2)) for ps, st in pipe])
 
 
+# grp8cu at batch 1: the launch shapes that won on the H200 (benchmarks/results/gpu_kernels_decode.json: 16 x 2,
+# 8 x 4, 32 x 1 warps x blocks per SM, x in shared memory or through L1), each with 1-8 quads per load step
+GRP8CU_B1 = ((16, 2, True), (32, 1, True), (8, 4, False), (16, 2, False))
+GRP8CU_UNROLL = (1, 2, 4, 8)
+
+
+def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
+    """The batch-1 grp8cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
+    from sparselm.kernels.gpu import cuda_grp8
+
+    if not cuda_grp8.available():
+        return []
+    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
+            for w, pb, sm in shapes for u in unrolls]
+
+
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
     kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
@@ -163,14 +179,9 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
         # the H200 profile found them under high issue pressure (benchmarks/results/gpu_profile_h200.json; not timed)
         out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, lean=True)
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
-        # the CUDA C++ kernel over the same layout (x in shared memory, one warp per row; ~9 instructions per
-        # nonzero offline), where nvcc can build it for this GPU; (warps per block, blocks per SM)
-        from sparselm.kernels.gpu import cuda_grp8
-
-        if cuda_grp8.available():
-            out += [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm)
-                    for w, pb, sm in ((4, 4, True), (8, 2, True), (8, 4, True), (16, 1, True), (16, 2, True),
-                                      (32, 1, True), (8, 4, False), (16, 2, False), (4, 8, False))]
+        # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
+        # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
+        out += grp8cu_configs()
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []
@@ -186,7 +197,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
 
         if bb in cuda_grp8.BATCHES and cuda_grp8.available():
             out += [SpmmConfig(kernel="grp8cu", vec=4, block_b=bb, num_warps=w, persist=pb)
-                    for w, pb in ((8, 1), (16, 1), (32, 1), (8, 2))]
+                    for w, pb in ((16, 1), (32, 1), (16, 2), (32, 2))]
     if batch <= 16:  # x transposed: one vector gather per nonzero for all batch rows (not measured yet)
         out += [SpmmConfig(kernel="vc32t", block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]

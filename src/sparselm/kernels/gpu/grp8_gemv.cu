@@ -83,24 +83,47 @@ SL_HD float i8_to_float(uint32_t biased_word, uint32_t sel) {
   return as_float(byte_perm(biased_word, 0x4B000000u, sel)) - 8388736.0f;
 }
 
-// The 4 values of lane-quad entry i (group j = 0..3), times the 4 groups' scales when gscale is given (int8 /
-// int4 with per-group scales: scale-aligned groups, one scale each; gscale[4 q + j]).
+// One lane's raw words of quad entry i: the values (fp16 / bf16: 8 bytes; int8: 4; int4: 2) and, with per-group
+// scales, the quad's 4 group scales. Loading is apart from decoding so the batch-1 loop can issue the loads of
+// several quads before it uses any of them (memory-level parallelism: the H200 timings showed the kernel
+// latency-bound, fp16 and int8 values taking the same time).
+struct Raw {
+  uint32_t w0, w1;
+  float s0, s1, s2, s3;
+};
+
 template <int VT, bool GS>
-SL_HD void load_values(const void* vals, const float* gscale, int q, int i, float* v) {
+SL_HD Raw load_raw(const void* vals, const float* gscale, int q, int i) {
+  Raw r{0u, 0u, 1.0f, 1.0f, 1.0f, 1.0f};
+#ifdef __CUDACC__
+  if (VT == VT_I8) r.w0 = __ldg(reinterpret_cast<const uint32_t*>(vals) + i);
+  else if (VT == VT_I4) r.w0 = __ldg(reinterpret_cast<const uint16_t*>(vals) + i);
+  else {
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
+    r.w0 = w.x; r.w1 = w.y;
+  }
+  if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
+    const float4 sc = __ldg(reinterpret_cast<const float4*>(gscale) + q);
+    r.s0 = sc.x; r.s1 = sc.y; r.s2 = sc.z; r.s3 = sc.w;
+  }
+#else
+  if (VT == VT_I8) r.w0 = reinterpret_cast<const uint32_t*>(vals)[i];
+  else if (VT == VT_I4) r.w0 = reinterpret_cast<const uint16_t*>(vals)[i];
+  else { r.w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i]; r.w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1]; }
+  if (GS) { r.s0 = gscale[4 * q]; r.s1 = gscale[4 * q + 1]; r.s2 = gscale[4 * q + 2]; r.s3 = gscale[4 * q + 3]; }
+#endif
+  return r;
+}
+
+// The 4 values (group j = 0..3) of a lane's quad entry, times the groups' scales when GS (int8 / int4 with
+// per-group scales: scale-aligned groups, one scale each).
+template <int VT, bool GS>
+SL_HD void decode_values(const Raw& r, float* v) {
   if (VT == VT_I8 || VT == VT_I4) {
     uint32_t t;
-    if (VT == VT_I8) {
-#ifdef __CUDACC__
-      t = __ldg(reinterpret_cast<const uint32_t*>(vals) + i) ^ 0x80808080u;
-#else
-      t = reinterpret_cast<const uint32_t*>(vals)[i] ^ 0x80808080u;
-#endif
-    } else {  // 4 nibbles n0..n3 (two's complement); ^ 0x8888 biases each by 8, then spread to bytes n0 n2 n1 n3
-#ifdef __CUDACC__
-      const uint32_t w = __ldg(reinterpret_cast<const uint16_t*>(vals) + i) ^ 0x8888u;
-#else
-      const uint32_t w = reinterpret_cast<const uint16_t*>(vals)[i] ^ 0x8888u;
-#endif
+    if (VT == VT_I8) t = r.w0 ^ 0x80808080u;
+    else {  // 4 nibbles n0..n3 (two's complement); ^ 0x8888 biases each by 8, then spread to bytes n0 n2 n1 n3
+      const uint32_t w = r.w0 ^ 0x8888u;
       t = (w & 0x0F0Fu) | ((w & 0xF0F0u) << 12);
     }
     // int8: bytes 0..3 hold the biased codes in order; int4: bytes 0, 2, 1, 3 (see the spread above)
@@ -109,58 +132,74 @@ SL_HD void load_values(const void* vals, const float* gscale, int q, int i, floa
     v[1] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7541 : 0x7542)) - bias;
     v[2] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7542 : 0x7541)) - bias;
     v[3] = as_float(byte_perm(t, 0x4B000000u, 0x7543)) - bias;
-    if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
-#ifdef __CUDACC__
-      const float4 s = __ldg(reinterpret_cast<const float4*>(gscale) + q);
-#else
-      const float* s4 = gscale + 4 * q;
-      const struct { float x, y, z, w; } s = {s4[0], s4[1], s4[2], s4[3]};
-#endif
-      v[0] *= s.x; v[1] *= s.y; v[2] *= s.z; v[3] *= s.w;
-    }
+    if (GS) { v[0] *= r.s0; v[1] *= r.s1; v[2] *= r.s2; v[3] *= r.s3; }
   } else {
-#ifdef __CUDACC__
-    const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
-    const uint32_t w0 = w.x, w1 = w.y;
-#else
-    const uint32_t w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
-    const uint32_t w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
-#endif
     constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
-    v[0] = act_to_float<vt>(w0 & 0xFFFFu); v[1] = act_to_float<vt>(w0 >> 16);
-    v[2] = act_to_float<vt>(w1 & 0xFFFFu); v[3] = act_to_float<vt>(w1 >> 16);
+    v[0] = act_to_float<vt>(r.w0 & 0xFFFFu); v[1] = act_to_float<vt>(r.w0 >> 16);
+    v[2] = act_to_float<vt>(r.w1 & 0xFFFFu); v[3] = act_to_float<vt>(r.w1 >> 16);
   }
 }
 
-// Lane `lane`'s partial dot product over quads [q0, q1) of one row.
-template <int VT, int XT, bool SMEM = true, bool GS = false>
+template <int VT, bool GS>
+SL_HD void load_values(const void* vals, const float* gscale, int q, int i, float* v) {
+  decode_values<VT, GS>(load_raw<VT, GS>(vals, gscale, q, i), v);
+}
+
+// The quad's 4 doubled bases (words 2q, 2q + 1: the same for all 32 lanes), one 8-byte load.
+SL_HD void load_bases(const uint32_t* base2, int q, uint32_t* b01, uint32_t* b23) {
+#ifdef __CUDACC__
+  const uint2 b = __ldg(reinterpret_cast<const uint2*>(base2) + q);
+  *b01 = b.x; *b23 = b.y;
+#else
+  *b01 = base2[2 * q]; *b23 = base2[2 * q + 1];
+#endif
+}
+
+// Lane `lane`'s partial dot product over quads [q0, q1) of one row. U quads per step: every load of the step is
+// issued before the first use (the tail step loads only what exists), so U quads' bytes are in flight per lane.
+template <int VT, int XT, bool SMEM = true, bool GS = false, int U = 1>
 SL_HD float grp8_lane(const void* vals, const float* gscale, const uint32_t* offs, const uint32_t* base2,
                       const unsigned char* xs, int q0, int q1, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
 #ifdef __CUDACC__
-#pragma unroll 2
+#pragma unroll (U == 1 ? 2 : 1)
 #endif
-  for (int q = q0; q < q1; ++q) {
-    const int i = q * 32 + lane;
+  for (int q = q0; q < q1; q += U) {
+    uint32_t o[U], b01[U], b23[U];
+    Raw raw[U];
 #ifdef __CUDACC__
-    const uint32_t o = __ldg(offs + i);
-    const uint32_t b01 = __ldg(base2 + 2 * q), b23 = __ldg(base2 + 2 * q + 1);  // the same for all 32 lanes
-#else
-    const uint32_t o = offs[i], b01 = base2[2 * q], b23 = base2[2 * q + 1];
+#pragma unroll
 #endif
-    // (offset0, offset1) and (offset2, offset3) in 16-bit lanes, doubled and added to the doubled bases: the byte
-    // offsets into x of the 4 nonzeros, two per register (no carry: every 2 * column < 65536)
-    const uint32_t c01 = (byte_perm(o, 0, 0x4140) << 1) + b01;
-    const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
-    const float x0 = load_x<XT, SMEM>(xs, c01 & 0xFFFFu), x1 = load_x<XT, SMEM>(xs, c01 >> 16);
-    const float x2 = load_x<XT, SMEM>(xs, c23 & 0xFFFFu), x3 = load_x<XT, SMEM>(xs, c23 >> 16);
-    float v[4];
-    load_values<VT, GS>(vals, gscale, q, i, v);
-    const float v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
-    acc0 = fmaf(v0, x0, acc0);
-    acc1 = fmaf(v1, x1, acc1);
-    acc0 = fmaf(v2, x2, acc0);
-    acc1 = fmaf(v3, x3, acc1);
+    for (int u = 0; u < U; ++u) {
+      if (U == 1 || q + u < q1) {
+#ifdef __CUDACC__
+        o[u] = __ldg(offs + (q + u) * 32 + lane);
+#else
+        o[u] = offs[(q + u) * 32 + lane];
+#endif
+        load_bases(base2, q + u, &b01[u], &b23[u]);
+        raw[u] = load_raw<VT, GS>(vals, gscale, q + u, (q + u) * 32 + lane);
+      }
+    }
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u) {
+      if (U == 1 || q + u < q1) {
+        // (offset0, offset1) and (offset2, offset3) in 16-bit lanes, doubled and added to the doubled bases: the
+        // byte offsets into x of the 4 nonzeros, two per register (no carry: every 2 * column < 65536)
+        const uint32_t c01 = (byte_perm(o[u], 0, 0x4140) << 1) + b01[u];
+        const uint32_t c23 = (byte_perm(o[u], 0, 0x4342) << 1) + b23[u];
+        const float x0 = load_x<XT, SMEM>(xs, c01 & 0xFFFFu), x1 = load_x<XT, SMEM>(xs, c01 >> 16);
+        const float x2 = load_x<XT, SMEM>(xs, c23 & 0xFFFFu), x3 = load_x<XT, SMEM>(xs, c23 >> 16);
+        float v[4];
+        decode_values<VT, GS>(raw[u], v);
+        acc0 = fmaf(v[0], x0, acc0);
+        acc1 = fmaf(v[1], x1, acc1);
+        acc0 = fmaf(v[2], x2, acc0);
+        acc1 = fmaf(v[3], x3, acc1);
+      }
+    }
   }
   return acc0 + acc1;
 }
@@ -192,10 +231,11 @@ SL_HD void grp8_lane_b(const void* vals, const float* gscale, const uint32_t* of
     const int i = q * 32 + lane;
 #ifdef __CUDACC__
     const uint32_t o = __ldg(offs + i);
-    const uint32_t b01 = __ldg(base2 + 2 * q), b23 = __ldg(base2 + 2 * q + 1);
 #else
-    const uint32_t o = offs[i], b01 = base2[2 * q], b23 = base2[2 * q + 1];
+    const uint32_t o = offs[i];
 #endif
+    uint32_t b01, b23;
+    load_bases(base2, q, &b01, &b23);
     const uint32_t c01 = (byte_perm(o, 0, 0x4140) << 1) + b01;
     const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
     const uint32_t c[4] = {c01 & 0xFFFFu, c01 >> 16, c23 & 0xFFFFu, c23 >> 16};
@@ -240,7 +280,9 @@ struct Args {
 
 // Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
 // its warps take rows blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
-template <int VT, int XT, bool SMEM, bool GS>
+// The next row's group range (and per-row scale) is loaded before this row's work, so a row starts without
+// waiting on them; U: quads per load step (grp8_lane).
+template <int VT, int XT, bool SMEM, bool GS, int U>
 __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
@@ -254,13 +296,27 @@ __global__ void grp8_gemv_kernel(const Args a) {
     for (int i = threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
   }
   if (SMEM) __syncthreads();
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
-    const int q0 = __ldg(a.gptr + r) >> 2, q1 = __ldg(a.gptr + r + 1) >> 2;
-    float acc = grp8_lane<VT, XT, SMEM, GS>(a.vals, a.gscale, a.offs, a.base2, xs, q0, q1, lane);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
+  int r = blockIdx.x * warps + (threadIdx.x >> 5);
+  int g0 = 0, g1 = 0;
+  float sc = 1.0f;
+  if (r < a.N) {
+    g0 = __ldg(a.gptr + r); g1 = __ldg(a.gptr + r + 1);
+    if (a.scales) sc = __ldg(a.scales + r);
+  }
+  for (; r < a.N; r += stride) {
+    const int rn = r + stride;
+    int n0 = 0, n1 = 0;
+    float nsc = 1.0f;
+    if (rn < a.N) {
+      n0 = __ldg(a.gptr + rn); n1 = __ldg(a.gptr + rn + 1);
+      if (a.scales) nsc = __ldg(a.scales + rn);
+    }
+    float acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, a.gscale, a.offs, a.base2, xs, g0 >> 2, g1 >> 2, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
+    g0 = n0; g1 = n1; sc = nsc;
   }
 }
 
@@ -307,13 +363,26 @@ static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
   return 0;
 }
 
+template <int VT, int XT, bool SMEM, bool GS, int U>
+static int launch_gemv(const Args& a, int blocks, int threads, cudaStream_t stream) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
+  if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, smem, &opted)) return e;
+  grp8_gemv_kernel<VT, XT, SMEM, GS, U><<<blocks, threads, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
 template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kernel (SMEM chooses x's path)
-static int launch_one(const Args& a, int blocks, int threads, cudaStream_t stream) {
+static int launch_one(const Args& a, int unroll, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   if constexpr (B == 1) {
-    const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
-    if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS>, smem, &opted)) return e;
-    grp8_gemv_kernel<VT, XT, SMEM, GS><<<blocks, threads, smem, stream>>>(a);
+    switch (unroll) {
+      case 1: return launch_gemv<VT, XT, SMEM, GS, 1>(a, blocks, threads, stream);
+      case 2: return launch_gemv<VT, XT, SMEM, GS, 2>(a, blocks, threads, stream);
+      case 4: return launch_gemv<VT, XT, SMEM, GS, 4>(a, blocks, threads, stream);
+      case 8: return launch_gemv<VT, XT, SMEM, GS, 8>(a, blocks, threads, stream);
+      default: return -1;
+    }
   } else {
     const size_t smem = ((size_t)a.K * B * 2 + 15) / 16 * 16;
     if (const int e = opt_in(grp8_gemm_kernel<VT, XT, B, GS>, smem, &opted)) return e;
@@ -323,30 +392,30 @@ static int launch_one(const Args& a, int blocks, int threads, cudaStream_t strea
 }
 
 template <int VT, int XT, int B, bool SMEM>  // per-group scales exist for the quantized values only
-static int launch(const Args& a, int blocks, int threads, cudaStream_t stream) {
+static int launch(const Args& a, int unroll, int blocks, int threads, cudaStream_t stream) {
   if constexpr (VT == VT_I8 || VT == VT_I4) {
-    if (a.gscale) return launch_one<VT, XT, B, SMEM, true>(a, blocks, threads, stream);
+    if (a.gscale) return launch_one<VT, XT, B, SMEM, true>(a, unroll, blocks, threads, stream);
   }
-  return launch_one<VT, XT, B, SMEM, false>(a, blocks, threads, stream);
+  return launch_one<VT, XT, B, SMEM, false>(a, unroll, blocks, threads, stream);
 }
 
 template <int B, bool SMEM>
-static int by_types(int vt, int xt, const Args& a, int blocks, int threads, cudaStream_t s) {
+static int by_types(int vt, int xt, const Args& a, int unroll, int blocks, int threads, cudaStream_t s) {
   if (xt == XT_F16) {
-    if (vt == VT_F16) return launch<VT_F16, XT_F16, B, SMEM>(a, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_F16, B, SMEM>(a, blocks, threads, s);
-    if (vt == VT_I4) return launch<VT_I4, XT_F16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_F16) return launch<VT_F16, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
   } else if (xt == XT_BF16) {
-    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16, B, SMEM>(a, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_BF16, B, SMEM>(a, blocks, threads, s);
-    if (vt == VT_I4) return launch<VT_I4, XT_BF16, B, SMEM>(a, blocks, threads, s);
+    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
   }
   return -1;  // an unsupported (values, activations) pair: the caller checks first
 }
 
 // y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path;
 // 2 / 4 / 8 / 16: the batched one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, const void* x, const void* vals, const void* gscale,
+extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals, const void* gscale,
                               const void* offs, const void* base2, const void* gptr, const void* scales, void* y,
                               int N, int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const Args a{static_cast<const uint16_t*>(x), vals, static_cast<const float*>(gscale),
@@ -354,12 +423,12 @@ extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, const void* x, co
                static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (B) {
-    case 1: return smem ? by_types<1, true>(vt, xt, a, blocks, threads, s)
-                        : by_types<1, false>(vt, xt, a, blocks, threads, s);
-    case 2: return by_types<2, true>(vt, xt, a, blocks, threads, s);
-    case 4: return by_types<4, true>(vt, xt, a, blocks, threads, s);
-    case 8: return by_types<8, true>(vt, xt, a, blocks, threads, s);
-    case 16: return by_types<16, true>(vt, xt, a, blocks, threads, s);
+    case 1: return smem ? by_types<1, true>(vt, xt, a, unroll, blocks, threads, s)
+                        : by_types<1, false>(vt, xt, a, unroll, blocks, threads, s);
+    case 2: return by_types<2, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 4: return by_types<4, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 8: return by_types<8, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 16: return by_types<16, true>(vt, xt, a, unroll, blocks, threads, s);
     default: return -1;
   }
 }
@@ -368,17 +437,27 @@ extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(sta
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
 
+template <int VT, int XT, bool GS, int U>
+static void host_gemv(const uint16_t* x, const void* vals, const float* gscale, const uint32_t* offs,
+                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N) {
+  for (int r = 0; r < N; ++r) {  // the batch-1 kernel's lane function on x as it is
+    float acc = 0.0f;
+    for (int lane = 0; lane < 32; ++lane)
+      acc += grp8_lane<VT, XT, true, GS, U>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(x),
+                                            gp[r] >> 2, gp[r + 1] >> 2, lane);
+    y[r] = scales ? acc * scales[r] : acc;
+  }
+}
+
 template <int VT, int XT, int B, bool GS>
 static void host_rows(const uint16_t* x, const void* vals, const float* gscale, const uint32_t* offs,
-                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int K, int bsz) {
-  if constexpr (B == 1) {  // the batch-1 kernel's lane function on x as it is
-    for (int r = 0; r < N; ++r) {
-      float acc = 0.0f;
-      for (int lane = 0; lane < 32; ++lane)
-        acc += grp8_lane<VT, XT, true, GS>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(x), gp[r] >> 2,
-                                 gp[r + 1] >> 2, lane);
-      y[r] = scales ? acc * scales[r] : acc;
-    }
+                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int K, int bsz,
+                      int unroll) {
+  if constexpr (B == 1) {
+    if (unroll == 1) host_gemv<VT, XT, GS, 1>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else if (unroll == 2) host_gemv<VT, XT, GS, 2>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else if (unroll == 4) host_gemv<VT, XT, GS, 4>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else host_gemv<VT, XT, GS, 8>(x, vals, gscale, offs, base2, gp, scales, y, N);
     return;
   }
   uint16_t* xt = new uint16_t[(size_t)K * B]();  // x transposed, rows past bsz zero: as the batched kernel stages it
@@ -399,9 +478,10 @@ static void host_rows(const uint16_t* x, const void* vals, const float* gscale, 
 
 template <int B>
 static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const float* gs, const uint32_t* offs,
-                      const uint32_t* base2, const int* gp, const float* sc, float* y, int N, int K, int bsz) {
-#define SL_HOST(V, X) (gs ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz) \
-                          : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz))
+                      const uint32_t* base2, const int* gp, const float* sc, float* y, int N, int K, int bsz,
+                      int un) {
+#define SL_HOST(V, X) (gs ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un) \
+                          : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un))
   if (xt == XT_F16 && vt == VT_F16) SL_HOST(VT_F16, XT_F16);
   else if (xt == XT_F16 && vt == VT_I8) SL_HOST(VT_I8, XT_F16);
   else if (xt == XT_F16 && vt == VT_I4) SL_HOST(VT_I4, XT_F16);
@@ -414,7 +494,7 @@ static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const
 }
 
 // The host twin of sl_grp8_launch: x (bsz, K) row-major, y (bsz, N) float32.
-extern "C" int sl_grp8_host(int vt, int xt, int B, const void* x, const void* vals, const void* gscale,
+extern "C" int sl_grp8_host(int vt, int xt, int B, int unroll, const void* x, const void* vals, const void* gscale,
                             const void* offs, const void* base2, const void* gptr, const void* scales, float* y,
                             int N, int K, int bsz) {
   const uint16_t* xx = static_cast<const uint16_t*>(x);
@@ -423,12 +503,13 @@ extern "C" int sl_grp8_host(int vt, int xt, int B, const void* x, const void* va
   const uint32_t* of = static_cast<const uint32_t*>(offs);
   const uint32_t* b2 = static_cast<const uint32_t*>(base2);
   const int* gp = static_cast<const int*>(gptr);
+  if (B == 1 && unroll != 1 && unroll != 2 && unroll != 4 && unroll != 8) return -1;
   switch (B) {
-    case 1: return host_types<1>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
-    case 2: return host_types<2>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
-    case 4: return host_types<4>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
-    case 8: return host_types<8>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
-    case 16: return host_types<16>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz);
+    case 1: return host_types<1>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 2: return host_types<2>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 4: return host_types<4>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 8: return host_types<8>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 16: return host_types<16>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
     default: return -1;
   }
 }

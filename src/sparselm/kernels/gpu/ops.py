@@ -77,6 +77,8 @@ class SpmmConfig:
     lean: bool = False
     # grp8cu only: x staged in shared memory per block (False: gathered through L1, no staging)
     smem: bool = True
+    # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
+    unroll: int = 1
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
@@ -90,7 +92,12 @@ class SpmmConfig:
                 raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {self.persist!r}")
             if not (isinstance(self.num_warps, int) and 1 <= self.num_warps <= 32):
                 raise ValueError(f"SpmmConfig grp8cu: num_warps = warps per block, 1-32, got {self.num_warps!r}")
+            if self.unroll not in (1, 2, 4, 8) or isinstance(self.unroll, bool) or (self.unroll > 1 and self.block_b > 1):
+                raise ValueError(f"SpmmConfig grp8cu: unroll 1, 2, 4 or 8 (batch 1 only), got {self.unroll!r} at "
+                                 f"block_b {self.block_b}")
             return
+        if self.unroll != 1:
+            raise ValueError(f"SpmmConfig.unroll: only for kernel 'grp8cu', got {self.unroll!r}")
         if not isinstance(self.lean, bool):
             raise ValueError(f"SpmmConfig.lean: a bool, got {self.lean!r}")
         if self.lean and not (self.kernel == "grp8" and self.vec == 4 and self.block_n == 1 and not self.persist
@@ -117,7 +124,7 @@ class SpmmConfig:
     def key(self) -> str:
         if self.kernel == "grp8cu":
             return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
-                    + ("" if self.smem else "-l1"))
+                    + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
