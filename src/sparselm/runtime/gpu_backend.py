@@ -136,10 +136,14 @@ def pipelined_configs() -> list[SpmmConfig]:
              for t, w in ((1024, 4), (512, 2)) for ps, st in pipe])
 
 
-# grp8cu at batch 1: the launch shapes that won on the H200 (benchmarks/results/gpu_kernels_decode.json: 16 x 2,
-# 8 x 4, 32 x 1 warps x blocks per SM, x in shared memory or through L1), each with 1-8 quads per load step
-GRP8CU_B1 = ((16, 2, True), (32, 1, True), (8, 4, False), (16, 2, False))
+# grp8cu at batch 1: the launch shapes that won on the H200 (benchmarks/results/gpu_kernels_decode.json: 16 x 2 and
+# 32 x 1 warps x blocks per SM, x in shared memory; through L1 close behind for int4), plus 48 and 64 warps per SM
+# (the kernel is latency-bound: more rows in flight), each with 1-8 quads per load step
+GRP8CU_B1 = ((16, 2, True), (32, 1, True), (16, 3, True), (32, 2, True), (16, 2, False))
 GRP8CU_UNROLL = (1, 2, 4, 8)
+# registers per thread by unroll (nvcc 13 -Xptxas -v, sm_90, the largest over value types): a block whose threads
+# need more than the 64K registers of an SM fails to launch, so those pairs are never offered
+_GRP8CU_REGS = {1: 36, 2: 40, 4: 48, 8: 72}
 
 
 def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
@@ -149,7 +153,7 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
     if not cuda_grp8.available():
         return []
     return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
-            for w, pb, sm in shapes for u in unrolls]
+            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

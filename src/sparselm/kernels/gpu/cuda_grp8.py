@@ -96,12 +96,12 @@ def _build(kind: str) -> ctypes.CDLL:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_launch.restype = i32
-        lib.sl_grp8_launch.argtypes = [i32, i32, i32, i32, i32] + [vp] * 8 + [i32] * 7 + [vp]
+        lib.sl_grp8_launch.argtypes = [i32, i32, i32, i32, i32, vp, vp, vp, i32, ctypes.c_uint] + [vp] * 5 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_grp8_host.restype = i32
-        lib.sl_grp8_host.argtypes = [i32, i32, i32, i32] + [vp] * 8 + [i32] * 3
+        lib.sl_grp8_host.argtypes = [i32, i32, i32, i32, vp, vp, vp, i32, ctypes.c_uint] + [vp] * 5 + [i32] * 3
     return lib
 
 
@@ -165,21 +165,15 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
 
 def aux(p) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values, per-group scales or None, offsets as int32 words, doubled bases as int32 words, group starts) of the
-    interleaved layout, cached on the matrix under ("grp8cu",). Group-scaled int8 / int4 use the scale-aligned
-    layout (a group never crosses a scale group: one scale per group, float32 [4 q + j]); int4 codes are packed
-    4 per 16-bit word (a lane's 4 nonzeros of a quad, group j in bits 4j..4j+3)."""
+    interleaved layout, cached on the matrix under ("grp8cu",). Per-group scales (int8 / int4) are the (N, G)
+    float32 table, looked up per nonzero by column (grp8_gemv.cu group_scale); int4 codes are packed 4 per 16-bit
+    word (a lane's 4 nonzeros of a quad, group j in bits 4j..4j+3)."""
     if ("grp8cu",) not in p._cptr:
-        grouped = p.scale_mode == 2
-        gvals, goffs, gbase, gptr = p.grp8(4, scale_aligned=grouped)
+        gvals, goffs, gbase, gptr = p.grp8(4)
         # base * 2 as uint16 bits (K <= 32768: fits), two per 32-bit word: the quad's 4 bases are 2 words
         base2 = (gbase.to(torch.int32) & 0xFFFF) * 2
         base2 = torch.where(base2 >= 32768, base2 - 65536, base2).to(torch.int16).contiguous()  # the same 16 bits
-        gscale = None
-        if grouped:  # group g (row r, first column base) -> scales[r, base // group_size]; empty groups: 0
-            n = p.shape[0]
-            rows = torch.repeat_interleave(torch.arange(n, device=gptr.device), (gptr[1:] - gptr[:-1]).long())
-            base = gbase.to(torch.int64) & 0xFFFF
-            gscale = p.scales[rows, base // p.group_size].float().contiguous()
+        gscale = p.scales.float().reshape(p.shape[0], -1).contiguous() if p.scale_mode == 2 else None
         if _bits(p) == 4:
             nib = (gvals.view(-1, 4).to(torch.int32) & 0xF) << torch.tensor([0, 4, 8, 12], device=gvals.device)
             packed = nib.sum(1)
@@ -187,6 +181,13 @@ def aux(p) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tenso
         p._cptr[("grp8cu",)] = (gvals.contiguous(), gscale, goffs.contiguous().view(torch.int32),
                                 base2.view(torch.int32), gptr.contiguous())
     return p._cptr[("grp8cu",)]
+
+
+def _group_args(p, gscale) -> tuple[int, int]:
+    """(scales per row, ceil(2^32 / (2 * group_size))) for the kernels' per-group scale lookup; (0, 0) without."""
+    if gscale is None:
+        return 0, 0
+    return gscale.shape[1], -(-(1 << 32) // (2 * p.group_size))
 
 
 def _check(x: torch.Tensor, p, batch: int = 1) -> None:
@@ -224,7 +225,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
                         -(-n // cfg.num_warps)))
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, x.data_ptr(), vals.data_ptr(),
-                              ptr(gscale), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(), ptr(scales),
+                              ptr(gscale), *_group_args(p, gscale), offs.data_ptr(), base2.data_ptr(), gptr.data_ptr(), ptr(scales),
                               y.data_ptr(), n, k, bsz, k, n, blocks, 32 * cfg.num_warps,
                               torch.cuda.current_stream().cuda_stream)
     if code != 0:
@@ -246,7 +247,8 @@ def gemv_host(x: torch.Tensor, p, batch: int = 1, unroll: int = 1) -> torch.Tens
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None and gscale is None else None
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_grp8_host(_vt(p), _XT[x.dtype], batch, unroll, x.data_ptr(), vals.data_ptr(), ptr(gscale), offs.data_ptr(),
+    code = lib.sl_grp8_host(_vt(p), _XT[x.dtype], batch, unroll, x.data_ptr(), vals.data_ptr(), ptr(gscale),
+                            *_group_args(p, gscale), offs.data_ptr(),
                             base2.data_ptr(), gptr.data_ptr(), ptr(scales), y.data_ptr(), n, k, x.shape[0])
     if code != 0:
         raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}, "

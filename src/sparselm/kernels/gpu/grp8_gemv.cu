@@ -83,18 +83,16 @@ SL_HD float i8_to_float(uint32_t biased_word, uint32_t sel) {
   return as_float(byte_perm(biased_word, 0x4B000000u, sel)) - 8388736.0f;
 }
 
-// One lane's raw words of quad entry i: the values (fp16 / bf16: 8 bytes; int8: 4; int4: 2) and, with per-group
-// scales, the quad's 4 group scales. Loading is apart from decoding so the batch-1 loop can issue the loads of
-// several quads before it uses any of them (memory-level parallelism: the H200 timings showed the kernel
-// latency-bound, fp16 and int8 values taking the same time).
+// One lane's raw value words of quad entry i (fp16 / bf16: 8 bytes; int8: 4; int4: 2). Loading is apart from
+// decoding so the batch-1 loop can issue the loads of several quads before it uses any of them (memory-level
+// parallelism: the H200 timings showed the kernel latency-bound, fp16 and int8 values taking the same time).
 struct Raw {
   uint32_t w0, w1;
-  float s0, s1, s2, s3;
 };
 
-template <int VT, bool GS>
-SL_HD Raw load_raw(const void* vals, const float* gscale, int q, int i) {
-  Raw r{0u, 0u, 1.0f, 1.0f, 1.0f, 1.0f};
+template <int VT>
+SL_HD Raw load_raw(const void* vals, int i) {
+  Raw r{0u, 0u};
 #ifdef __CUDACC__
   if (VT == VT_I8) r.w0 = __ldg(reinterpret_cast<const uint32_t*>(vals) + i);
   else if (VT == VT_I4) r.w0 = __ldg(reinterpret_cast<const uint16_t*>(vals) + i);
@@ -102,22 +100,16 @@ SL_HD Raw load_raw(const void* vals, const float* gscale, int q, int i) {
     const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
     r.w0 = w.x; r.w1 = w.y;
   }
-  if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
-    const float4 sc = __ldg(reinterpret_cast<const float4*>(gscale) + q);
-    r.s0 = sc.x; r.s1 = sc.y; r.s2 = sc.z; r.s3 = sc.w;
-  }
 #else
   if (VT == VT_I8) r.w0 = reinterpret_cast<const uint32_t*>(vals)[i];
   else if (VT == VT_I4) r.w0 = reinterpret_cast<const uint16_t*>(vals)[i];
   else { r.w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i]; r.w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1]; }
-  if (GS) { r.s0 = gscale[4 * q]; r.s1 = gscale[4 * q + 1]; r.s2 = gscale[4 * q + 2]; r.s3 = gscale[4 * q + 3]; }
 #endif
   return r;
 }
 
-// The 4 values (group j = 0..3) of a lane's quad entry, times the groups' scales when GS (int8 / int4 with
-// per-group scales: scale-aligned groups, one scale each).
-template <int VT, bool GS>
+// The 4 values (group j = 0..3) of a lane's quad entry, as stored (quantized codes unscaled).
+template <int VT>
 SL_HD void decode_values(const Raw& r, float* v) {
   if (VT == VT_I8 || VT == VT_I4) {
     uint32_t t;
@@ -132,7 +124,6 @@ SL_HD void decode_values(const Raw& r, float* v) {
     v[1] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7541 : 0x7542)) - bias;
     v[2] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7542 : 0x7541)) - bias;
     v[3] = as_float(byte_perm(t, 0x4B000000u, 0x7543)) - bias;
-    if (GS) { v[0] *= r.s0; v[1] *= r.s1; v[2] *= r.s2; v[3] *= r.s3; }
   } else {
     constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
     v[0] = act_to_float<vt>(r.w0 & 0xFFFFu); v[1] = act_to_float<vt>(r.w0 >> 16);
@@ -140,9 +131,17 @@ SL_HD void decode_values(const Raw& r, float* v) {
   }
 }
 
-template <int VT, bool GS>
-SL_HD void load_values(const void* vals, const float* gscale, int q, int i, float* v) {
-  decode_values<VT, GS>(load_raw<VT, GS>(vals, gscale, q, i), v);
+// Per-group scales (int8 / int4, group_size g columns): the scale of the nonzero at byte offset c2 = 2 * column
+// is rs[c2 / (2 g)], with the division as a multiply-high by magic = ceil(2^32 / (2 g)): exact for every
+// c2 < 2^16 (the error term stays below 1 / (2 g)), one instruction for any g, not only powers of two. rs = the
+// row's scales, a few hundred bytes that stay in L1. (Groups are not cut at scale boundaries: that layout padded
+// 1.5 slots per nonzero at 75%.)
+SL_HD float group_scale(const float* rs, uint32_t magic, uint32_t c2) {
+#ifdef __CUDACC__
+  return __ldg(rs + __umulhi(c2, magic));
+#else
+  return rs[(uint32_t)(((uint64_t)c2 * magic) >> 32)];
+#endif
 }
 
 // The quad's 4 doubled bases (words 2q, 2q + 1: the same for all 32 lanes), one 8-byte load.
@@ -158,7 +157,7 @@ SL_HD void load_bases(const uint32_t* base2, int q, uint32_t* b01, uint32_t* b23
 // Lane `lane`'s partial dot product over quads [q0, q1) of one row. U quads per step: every load of the step is
 // issued before the first use (the tail step loads only what exists), so U quads' bytes are in flight per lane.
 template <int VT, int XT, bool SMEM = true, bool GS = false, int U = 1>
-SL_HD float grp8_lane(const void* vals, const float* gscale, const uint32_t* offs, const uint32_t* base2,
+SL_HD float grp8_lane(const void* vals, const float* rs, uint32_t magic, const uint32_t* offs, const uint32_t* base2,
                       const unsigned char* xs, int q0, int q1, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
 #ifdef __CUDACC__
@@ -178,7 +177,7 @@ SL_HD float grp8_lane(const void* vals, const float* gscale, const uint32_t* off
         o[u] = offs[(q + u) * 32 + lane];
 #endif
         load_bases(base2, q + u, &b01[u], &b23[u]);
-        raw[u] = load_raw<VT, GS>(vals, gscale, q + u, (q + u) * 32 + lane);
+        raw[u] = load_raw<VT>(vals, (q + u) * 32 + lane);
       }
     }
 #ifdef __CUDACC__
@@ -193,7 +192,11 @@ SL_HD float grp8_lane(const void* vals, const float* gscale, const uint32_t* off
         const float x0 = load_x<XT, SMEM>(xs, c01 & 0xFFFFu), x1 = load_x<XT, SMEM>(xs, c01 >> 16);
         const float x2 = load_x<XT, SMEM>(xs, c23 & 0xFFFFu), x3 = load_x<XT, SMEM>(xs, c23 >> 16);
         float v[4];
-        decode_values<VT, GS>(raw[u], v);
+        decode_values<VT>(raw[u], v);
+        if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
+          v[0] *= group_scale(rs, magic, c01 & 0xFFFFu); v[1] *= group_scale(rs, magic, c01 >> 16);
+          v[2] *= group_scale(rs, magic, c23 & 0xFFFFu); v[3] *= group_scale(rs, magic, c23 >> 16);
+        }
         acc0 = fmaf(v[0], x0, acc0);
         acc1 = fmaf(v[1], x1, acc1);
         acc0 = fmaf(v[2], x2, acc0);
@@ -225,7 +228,7 @@ SL_HD void load_xb(const unsigned char* xt, uint32_t col2, float* xv) {  // col2
 }
 
 template <int VT, int XT, int B, bool GS = false>
-SL_HD void grp8_lane_b(const void* vals, const float* gscale, const uint32_t* offs, const uint32_t* base2,
+SL_HD void grp8_lane_b(const void* vals, const float* rs, uint32_t magic, const uint32_t* offs, const uint32_t* base2,
                        const unsigned char* xt, int q0, int q1, int lane, float* acc) {
   for (int q = q0; q < q1; ++q) {
     const int i = q * 32 + lane;
@@ -240,7 +243,13 @@ SL_HD void grp8_lane_b(const void* vals, const float* gscale, const uint32_t* of
     const uint32_t c23 = (byte_perm(o, 0, 0x4342) << 1) + b23;
     const uint32_t c[4] = {c01 & 0xFFFFu, c01 >> 16, c23 & 0xFFFFu, c23 >> 16};
     float v[4];
-    load_values<VT, GS>(vals, gscale, q, i, v);
+    decode_values<VT>(load_raw<VT>(vals, i), v);
+    if (GS) {
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+      for (int j = 0; j < 4; ++j) v[j] *= group_scale(rs, magic, c[j]);
+    }
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -276,6 +285,8 @@ struct Args {
   const float* scales;
   uint16_t* y;
   int N, K, bsz, ldx, ldy;
+  int G;           // per-group scales per row (gscale is (N, G) row-major)
+  uint32_t magic;  // ceil(2^32 / (2 * group_size)): group_scale()
 };
 
 // Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
@@ -312,7 +323,8 @@ __global__ void grp8_gemv_kernel(const Args a) {
       n0 = __ldg(a.gptr + rn); n1 = __ldg(a.gptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
     }
-    float acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, a.gscale, a.offs, a.base2, xs, g0 >> 2, g1 >> 2, lane);
+    const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
+    float acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, rs, a.magic, a.offs, a.base2, xs, g0 >> 2, g1 >> 2, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
@@ -337,7 +349,8 @@ __global__ void grp8_gemm_kernel(const Args a) {
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-    grp8_lane_b<VT, XT, B, GS>(a.vals, a.gscale, a.offs, a.base2, reinterpret_cast<const unsigned char*>(xt), q0,
+    const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
+    grp8_lane_b<VT, XT, B, GS>(a.vals, rs, a.magic, a.offs, a.base2, reinterpret_cast<const unsigned char*>(xt), q0,
                                q1, lane, acc);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
@@ -415,12 +428,13 @@ static int by_types(int vt, int xt, const Args& a, int unroll, int blocks, int t
 
 // y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path;
 // 2 / 4 / 8 / 16: the batched one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals, const void* gscale,
+extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+                              const void* gscale, int G, unsigned int magic,
                               const void* offs, const void* base2, const void* gptr, const void* scales, void* y,
                               int N, int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const Args a{static_cast<const uint16_t*>(x), vals, static_cast<const float*>(gscale),
                static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2), static_cast<const int*>(gptr),
-               static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
+               static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy, G, magic};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (B) {
     case 1: return smem ? by_types<1, true>(vt, xt, a, unroll, blocks, threads, s)
@@ -437,20 +451,29 @@ extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(sta
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
 
+// Per-group scales as the kernels see them: the (N, G) table and the division's magic number.
+struct HostGS {
+  const float* table;
+  int G;
+  uint32_t magic;
+  const float* row(int r) const { return table ? table + (size_t)r * G : nullptr; }
+};
+
 template <int VT, int XT, bool GS, int U>
-static void host_gemv(const uint16_t* x, const void* vals, const float* gscale, const uint32_t* offs,
+static void host_gemv(const uint16_t* x, const void* vals, const HostGS& gs, const uint32_t* offs,
                       const uint32_t* base2, const int* gp, const float* scales, float* y, int N) {
   for (int r = 0; r < N; ++r) {  // the batch-1 kernel's lane function on x as it is
     float acc = 0.0f;
     for (int lane = 0; lane < 32; ++lane)
-      acc += grp8_lane<VT, XT, true, GS, U>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(x),
-                                            gp[r] >> 2, gp[r + 1] >> 2, lane);
+      acc += grp8_lane<VT, XT, true, GS, U>(vals, gs.row(r), gs.magic, offs, base2,
+                                            reinterpret_cast<const unsigned char*>(x), gp[r] >> 2, gp[r + 1] >> 2,
+                                            lane);
     y[r] = scales ? acc * scales[r] : acc;
   }
 }
 
 template <int VT, int XT, int B, bool GS>
-static void host_rows(const uint16_t* x, const void* vals, const float* gscale, const uint32_t* offs,
+static void host_rows(const uint16_t* x, const void* vals, const HostGS& gscale, const uint32_t* offs,
                       const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int K, int bsz,
                       int unroll) {
   if constexpr (B == 1) {
@@ -467,7 +490,7 @@ static void host_rows(const uint16_t* x, const void* vals, const float* gscale, 
     float acc[B > 1 ? B : 1] = {0.0f};
     for (int lane = 0; lane < 32; ++lane) {
       float part[B > 1 ? B : 1] = {0.0f};
-      grp8_lane_b<VT, XT, B, GS>(vals, gscale, offs, base2, reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2,
+      grp8_lane_b<VT, XT, B, GS>(vals, gscale.row(r), gscale.magic, offs, base2, reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2,
                                  gp[r + 1] >> 2, lane, part);
       for (int b = 0; b < B; ++b) acc[b] += part[b];
     }
@@ -477,10 +500,10 @@ static void host_rows(const uint16_t* x, const void* vals, const float* gscale, 
 }
 
 template <int B>
-static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const float* gs, const uint32_t* offs,
+static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const HostGS& gs, const uint32_t* offs,
                       const uint32_t* base2, const int* gp, const float* sc, float* y, int N, int K, int bsz,
                       int un) {
-#define SL_HOST(V, X) (gs ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un) \
+#define SL_HOST(V, X) (gs.table ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un) \
                           : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un))
   if (xt == XT_F16 && vt == VT_F16) SL_HOST(VT_F16, XT_F16);
   else if (xt == XT_F16 && vt == VT_I8) SL_HOST(VT_I8, XT_F16);
@@ -495,10 +518,11 @@ static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const
 
 // The host twin of sl_grp8_launch: x (bsz, K) row-major, y (bsz, N) float32.
 extern "C" int sl_grp8_host(int vt, int xt, int B, int unroll, const void* x, const void* vals, const void* gscale,
+                            int G, unsigned int magic,
                             const void* offs, const void* base2, const void* gptr, const void* scales, float* y,
                             int N, int K, int bsz) {
   const uint16_t* xx = static_cast<const uint16_t*>(x);
-  const float* gs = static_cast<const float*>(gscale);
+  const HostGS gs{static_cast<const float*>(gscale), G, magic};
   const float* sc = static_cast<const float*>(scales);
   const uint32_t* of = static_cast<const uint32_t*>(offs);
   const uint32_t* b2 = static_cast<const uint32_t*>(base2);

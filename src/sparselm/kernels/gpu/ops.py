@@ -233,21 +233,18 @@ class PackedBitmask:
             return cuda_grp8.supports(self, batch=cfg.block_b)
         return True
 
-    def grp8(self, interleave: int = 1,
-             scale_aligned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gvals, goffs, gbase, gptr) for the grp8 kernels (grp8_spmv.py; FORMAT.md "Auxiliary arrays").
         interleave 4: rows padded with empty groups to whole quads of 4 groups, and inside each quad the slot
         32j + l (group j, lane l) stored at 4l + j, so one lane's 4 nonzeros load as vectors (grp8i kernel).
 
         Groups are cut greedily per row: a group takes the next nonzeros while there are fewer than 32 and
         their column is < base + 256. All rows advance together, one group per round (rounds = the most
-        groups in a row), so the cost is a few vectorized passes, not a Python loop over rows.
-        scale_aligned (group-scaled int8 / int4): a group also ends at a multiple of group_size, so each group has
-        one scale (the CUDA kernel multiplies by it per group; cached apart from the plain layout)."""
-        name = "grp8sa" if scale_aligned else "grp8"
+        groups in a row), so the cost is a few vectorized passes, not a Python loop over rows."""
+        name = "grp8"
         if interleave == 4:
             if (name, 4) not in self._cptr:
-                self._cptr[(name, 4)] = _interleave_quads(*self.grp8(1, scale_aligned))
+                self._cptr[(name, 4)] = _interleave_quads(*self.grp8(1))
             return self._cptr[(name, 4)]
         if interleave != 1:
             raise ValueError(f"grp8: interleave must be 1 or 4, got {interleave}")
@@ -276,8 +273,6 @@ class PackedBitmask:
                 at = pos[live]
                 win = table[live[:, None], at[:, None] + lanes]  # (live, 32) the next 32 columns
                 ok = (win - win[:, :1] < SPAN) & (at[:, None] + lanes < cnt[live, None])
-                if scale_aligned and self.scale_mode == SCALE_GROUP:
-                    ok &= win // self.group_size == win[:, :1] // self.group_size
                 length = ok.to(torch.int32).cumprod(1).sum(1).to(torch.int64)  # >= 1: the first always fits
                 g_row.append(live), g_pos.append(at), g_len.append(length), g_base.append(win[:, 0])
                 g_round.append(torch.full_like(live, r))
