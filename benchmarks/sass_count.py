@@ -73,7 +73,8 @@ VT_NAMES, XT_NAMES = {0: "fp16", 1: "bf16", 2: "int8", 3: "int4"}, {0: "fp16", 1
 def count_cuda() -> list[dict]:
     """The CUDA C++ grp8 kernels (src/sparselm/kernels/gpu/grp8_gemv.cu) built by a local nvcc for sm_90: per
     instantiation (values, activations, x path or batch, per-group scales), the quad loop's instructions per
-    nonzero (the batch-1 loop is unrolled twice: 8 nonzeros per lane per iteration)."""
+    nonzero (the batch-1 loop: U quads per step with loads issued ahead, 4U nonzeros per lane; U = 1 is unrolled
+    twice by the compiler, 8 nonzeros)."""
     import shutil
 
     from sparselm.kernels.gpu import cuda_grp8
@@ -89,7 +90,7 @@ def count_cuda() -> list[dict]:
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         head = part.split("\n", 1)[0]
-        gemv = re.search(r"grp8_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELb(\d)E", head)
+        gemv = re.search(r"grp8_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELb(\d)ELi(\d)E", head)
         gemm = re.search(r"grp8_gemm_kernelILi(\d)ELi(\d)ELi(\d+)ELb(\d)E", head)
         if gemm:
             rows.append(_count_gemm(part, int(gemm.group(3)), (VT_NAMES[int(gemm.group(1))],
@@ -98,6 +99,8 @@ def count_cuda() -> list[dict]:
         if not gemv:
             continue
         vt, xt, smem, gs = int(gemv.group(1)), int(gemv.group(2)), gemv.group(3) == "1", gemv.group(4) == "1"
+        unroll = int(gemv.group(5))
+        step = 8 if unroll == 1 else 4 * unroll  # nonzeros per lane per loop iteration
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
         loops = []  # every backward branch's body; the quad loop is the shortest holding 8 x gathers
         for addr, op, args in ins:
@@ -105,12 +108,13 @@ def count_cuda() -> list[dict]:
             if tgt and int(tgt.group(1), 16) < addr:
                 loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
         gather = "LDS" if smem else "LDG.E.U16"
-        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= 8), key=len)
+        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= step), key=len)
         classes = collections.Counter(classify(op) for op in inner)
-        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1") + ("-gs" if gs else ""), "values": VT_NAMES[vt],
-                     "act": XT_NAMES[xt], "group_scales": gs, "loop_instructions": len(inner),
-                     "nnz_per_thread_step": 8, "per_nnz": round(len(inner) / 8, 2),
-                     "per_nnz_by_class": {k: round(v / 8, 2) for k, v in sorted(classes.items())}})
+        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1") + ("-gs" if gs else "") + f"-u{unroll}",
+                     "values": VT_NAMES[vt], "act": XT_NAMES[xt], "group_scales": gs, "unroll": unroll,
+                     "loop_instructions": len(inner), "nnz_per_thread_step": step,
+                     "per_nnz": round(len(inner) / step, 2),
+                     "per_nnz_by_class": {k: round(v / step, 2) for k, v in sorted(classes.items())}})
     return rows
 
 
