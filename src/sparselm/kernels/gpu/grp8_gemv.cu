@@ -77,12 +77,6 @@ SL_HD float load_x(const unsigned char* xs, uint32_t byte_offset) {
   return act_to_float<XT>(*reinterpret_cast<const uint16_t*>(xs + byte_offset));
 }
 
-// int8 -> float in two full-rate instructions: with u = s ^ 0x80 (s + 128 as an unsigned byte), the float with
-// bits 0x4B0000uu is 2^23 + u, so subtracting 2^23 + 128 gives s exactly (no quarter-rate I2F).
-SL_HD float i8_to_float(uint32_t biased_word, uint32_t sel) {
-  return as_float(byte_perm(biased_word, 0x4B000000u, sel)) - 8388736.0f;
-}
-
 // One lane's raw value words of quad entry i (fp16 / bf16: 8 bytes; int8: 4; int4: 2). Loading is apart from
 // decoding so the batch-1 loop can issue the loads of several quads before it uses any of them (memory-level
 // parallelism: the H200 timings showed the kernel latency-bound, fp16 and int8 values taking the same time).
@@ -108,7 +102,9 @@ SL_HD Raw load_raw(const void* vals, int i) {
   return r;
 }
 
-// The 4 values (group j = 0..3) of a lane's quad entry, as stored (quantized codes unscaled).
+// The 4 values (group j = 0..3) of a lane's quad entry, as stored (quantized codes unscaled). int8 -> float in two
+// full-rate instructions: with u = s ^ 0x80 (s + 128 as an unsigned byte), the float with bits 0x4B0000uu is
+// 2^23 + u, so subtracting 2^23 + 128 gives s exactly (no quarter-rate I2F); int4 the same with a bias of 8.
 template <int VT>
 SL_HD void decode_values(const Raw& r, float* v) {
   if (VT == VT_I8 || VT == VT_I4) {
