@@ -180,7 +180,8 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((512, 2), (1024, 4), (256, 1), (1024, 2))]
         # the lean form (unmasked whole steps + a masked tail, 32-bit column sum; K <= 32768, larger K is skipped
         # by autotune's error handling): 12.4-14 instructions per nonzero offline against col16's 15-16.5, after
-        # the H200 profile found them under high issue pressure (benchmarks/results/gpu_profile_h200.json; not timed)
+        # the H200 profile found them under high issue pressure (benchmarks/results/gpu_profile_h200.json); timed
+        # since (gpu_kernels_decode_grp8cu_first.json): the fastest Triton form on most batch-1 shapes
         out += [SpmmConfig(kernel="grp8", block_n=1, block_k=t, vec=4, num_warps=w, lean=True)
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where

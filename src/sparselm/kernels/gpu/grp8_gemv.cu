@@ -97,7 +97,10 @@ SL_HD Raw load_raw(const void* vals, int i) {
 #else
   if (VT == VT_I8) r.w0 = reinterpret_cast<const uint32_t*>(vals)[i];
   else if (VT == VT_I4) r.w0 = reinterpret_cast<const uint16_t*>(vals)[i];
-  else { r.w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i]; r.w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1]; }
+  else {
+    r.w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
+    r.w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
+  }
 #endif
   return r;
 }
@@ -486,7 +489,8 @@ static void host_rows(const uint16_t* x, const void* vals, const HostGS& gscale,
     float acc[B > 1 ? B : 1] = {0.0f};
     for (int lane = 0; lane < 32; ++lane) {
       float part[B > 1 ? B : 1] = {0.0f};
-      grp8_lane_b<VT, XT, B, GS>(vals, gscale.row(r), gscale.magic, offs, base2, reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2,
+      grp8_lane_b<VT, XT, B, GS>(vals, gscale.row(r), gscale.magic, offs, base2,
+                                 reinterpret_cast<const unsigned char*>(xt), gp[r] >> 2,
                                  gp[r + 1] >> 2, lane, part);
       for (int b = 0; b < B; ++b) acc[b] += part[b];
     }

@@ -92,7 +92,8 @@ class SpmmConfig:
                 raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {self.persist!r}")
             if not (isinstance(self.num_warps, int) and 1 <= self.num_warps <= 32):
                 raise ValueError(f"SpmmConfig grp8cu: num_warps = warps per block, 1-32, got {self.num_warps!r}")
-            if self.unroll not in (1, 2, 4, 8) or isinstance(self.unroll, bool) or (self.unroll > 1 and self.block_b > 1):
+            if (self.unroll not in (1, 2, 4, 8) or isinstance(self.unroll, bool)
+                    or (self.unroll > 1 and self.block_b > 1)):
                 raise ValueError(f"SpmmConfig grp8cu: unroll 1, 2, 4 or 8 (batch 1 only), got {self.unroll!r} at "
                                  f"block_b {self.block_b}")
             return
@@ -166,7 +167,8 @@ class PackedBitmask:
     def clone(self) -> "PackedBitmask":
         """An independent copy in fresh memory (benchmarks rotate copies to stay out of the L2)."""
         cl = lambda t: None if t is None else t.clone()  # noqa: E731
-        aux = {k: tuple(cl(t) for t in v) if isinstance(v, tuple) else cl(v) for k, v in self._cptr.items()}  # grp8cu: gscale None
+        # grp8cu's arrays hold None where a matrix has no per-group scales
+        aux = {k: tuple(cl(t) for t in v) if isinstance(v, tuple) else cl(v) for k, v in self._cptr.items()}
         return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
                              self.group_size, self.scale_mode, aux, self._ct, dict(self._rowmax))
 
