@@ -33,11 +33,6 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k, gro
     # quads loaded 2, 4 or 8 per step (tail steps load only what exists): the same sums in the same order
     for u in (2, 4, 8):
         assert torch.equal(cuda_grp8.gemv_host(x, p, unroll=u), y)
-    # a row cut into 2 or 4 warps' contiguous shares of its quads (short rows: some shares are empty)
-    for sp in (2, 4):
-        ys = cuda_grp8.gemv_host(x, p, row_split=sp, unroll=4)
-        assert ((ys.double() - ref).norm() / ref.norm()).item() < 1e-5
-        assert torch.all(ys[:, n // 2] == 0)
 
 
 @pytest.mark.parametrize("values,act,batch,bsz,sparsity", [
@@ -109,12 +104,9 @@ def test_config_rules_and_keys():
     assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2, smem=False).key() == "grp8cu-w8p2-l1"
     assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=1, block_b=4).key() == "grp8cu-w8p1b4"
     assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2, smem=False, unroll=4).key() == "grp8cu-w8p2-l1-u4"
-    assert SpmmConfig(kernel="grp8cu", vec=4, num_warps=8, persist=2, row_split=2).key() == "grp8cu-w8p2-s2"
     for bad in (dict(vec=1, persist=1), dict(vec=4, persist=0), dict(vec=4, persist=1, block_b=3),
                 dict(vec=4, persist=1, block_b=4, smem=False), dict(vec=4, persist=1, num_warps=33),
-                dict(vec=4, persist=1, unroll=3), dict(vec=4, persist=1, block_b=2, unroll=2),
-                dict(vec=4, persist=1, num_warps=6, row_split=4), dict(vec=4, persist=1, row_split=3),
-                dict(vec=4, persist=1, block_b=4, row_split=2)):
+                dict(vec=4, persist=1, unroll=3), dict(vec=4, persist=1, block_b=2, unroll=2)):
         with pytest.raises(ValueError, match="grp8cu"):
             SpmmConfig(kernel="grp8cu", **bad)
     for bad in (dict(kernel="grp8", smem=False), dict(kernel="grp8cu", vec=4, persist=1, smem=0)):
@@ -122,8 +114,6 @@ def test_config_rules_and_keys():
             SpmmConfig(**bad)
     with pytest.raises(ValueError, match="unroll"):
         SpmmConfig(kernel="grp8", unroll=2)
-    with pytest.raises(ValueError, match="row_split"):
-        SpmmConfig(kernel="grp8", row_split=2)
     p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(8, 128, 0.5), "float16"))
     assert p.aux_keys(cfg) == {("grp8cu",)}
     assert p.nbytes(kernel="grp8cu", vec=4) == p.nbytes(kernel="grp8", vec=4)  # fp16: the same arrays' sizes
@@ -153,8 +143,8 @@ def test_unavailable_without_a_gpu_says_why():
     ("float16", torch.float16, 1, True), ("int8", torch.float16, 1, False), ("bfloat16", torch.bfloat16, 1, True),
     ("float16", torch.float16, 4, True), ("int8", torch.bfloat16, 16, True), ("int4", torch.float16, 1, True),
     ("int4", torch.float16, 8, True)])
-@pytest.mark.parametrize("unroll,row_split", [(1, 1), (4, 2), (8, 1), (2, 4)])
-def test_gpu_build_matches_the_host_build(values, act, batch, smem, unroll, row_split):
+@pytest.mark.parametrize("unroll", [1, 4, 8])
+def test_gpu_build_matches_the_host_build(values, act, batch, smem, unroll):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
     all-zero row, K past the 48 KB default shared-memory window)."""
     if not cuda_grp8.available():
@@ -163,16 +153,15 @@ def test_gpu_build_matches_the_host_build(values, act, batch, smem, unroll, row_
         ct = compress_tensor(sparse_weight(n, k, 0.75, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(min(batch, 3) if batch > 1 else 1, k, device="cuda").to(act)
-        if batch > 1 and (unroll > 1 or row_split > 1):
-            pytest.skip("unroll and row_split are the batch-1 kernel's")
-        cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=4, persist=2, block_b=batch, smem=smem, unroll=unroll,
-                         row_split=row_split)
+        if batch > 1 and unroll > 1:
+            pytest.skip("unroll is the batch-1 kernel's")
+        cfg = SpmmConfig(kernel="grp8cu", vec=4, num_warps=4, persist=2, block_b=batch, smem=smem, unroll=unroll)
         y = cuda_grp8.gemv(x, p, cfg)
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        host = cuda_grp8.gemv_host(x.cpu(), p, batch=batch, unroll=unroll, row_split=row_split)
-        torch.testing.assert_close(y.float().cpu(), host.to(act).float(), rtol=tol, atol=tol)
+        torch.testing.assert_close(y.float().cpu(), cuda_grp8.gemv_host(x.cpu(), p, batch=batch).to(act).float(),
+                                   rtol=tol, atol=tol)
 
 
 def test_clone_copies_the_cuda_arrays_including_absent_ones():
@@ -202,18 +191,3 @@ def test_group_scale_division_is_exact_for_every_column():
         _, magic = cuda_grp8._group_args(p, torch.zeros(4, 1))
         assert 0 < magic < 2**32
         assert torch.equal((c2 * magic) >> 32, c2 // (2 * g)), g
-
-
-def test_autotune_candidates_fit_the_register_file(monkeypatch):
-    """Where nvcc builds the kernel, autotune offers launch shapes x unroll x row split, never a block whose
-    threads need more than an SM's 64K registers (those fail to launch), and nothing where it cannot build."""
-    from sparselm.runtime import gpu_backend
-
-    monkeypatch.setattr(cuda_grp8, "available", lambda: True)
-    cfgs = gpu_backend.grp8cu_configs()
-    assert len({c.key() for c in cfgs}) == len(cfgs)
-    assert {c.row_split for c in cfgs} == {1, 2, 4} and {c.unroll for c in cfgs} == {1, 2, 4, 8}
-    assert all(32 * c.num_warps * gpu_backend._GRP8CU_REGS[c.unroll] <= 65536 for c in cfgs)
-    assert all(c.block_b == 1 and c.num_warps % c.row_split == 0 for c in cfgs)
-    monkeypatch.setattr(cuda_grp8, "available", lambda: False)
-    assert gpu_backend.grp8cu_configs() == []

@@ -144,24 +144,16 @@ GRP8CU_UNROLL = (1, 2, 4, 8)
 # registers per thread by unroll (nvcc 13 -Xptxas -v, sm_90, the largest over value types): a block whose threads
 # need more than the 64K registers of an SM fails to launch, so those pairs are never offered
 _GRP8CU_REGS = {1: 36, 2: 40, 4: 48, 8: 72}
-# rows split over 2 or 4 warps, for shapes with fewer rows than the H200's ~8,400 warp slots (N = 4096: o_proj,
-# down_proj; the profile, gpu_profile_grp8cu.json, saw 42-45% occupancy there): (warps, blocks per SM, split)
-GRP8CU_SPLIT = ((16, 2, 2), (32, 2, 2), (16, 3, 2), (32, 2, 4))
-GRP8CU_SPLIT_UNROLL = (1, 4)
 
 
-def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL, splits=GRP8CU_SPLIT,
-                   split_unrolls=GRP8CU_SPLIT_UNROLL) -> list[SpmmConfig]:
+def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
     """The batch-1 grp8cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
     from sparselm.kernels.gpu import cuda_grp8
 
     if not cuda_grp8.available():
         return []
-    fits = lambda w, u: 32 * w * _GRP8CU_REGS[u] <= 65536  # noqa: E731
-    out = [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
-           for w, pb, sm in shapes for u in unrolls if fits(w, u)]
-    return out + [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, unroll=u, row_split=sp)
-                  for w, pb, sp in splits for u in split_unrolls if fits(w, u)]
+    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
+            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

@@ -96,15 +96,14 @@ def _build(kind: str) -> ctypes.CDLL:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_launch.restype = i32
-        # (vt, xt, B, smem, unroll, split), (x, vals, gscale), (G, magic), (offs, base2, gptr, scales, y), 7 ints,
-        # stream
-        lib.sl_grp8_launch.argtypes = ([i32] * 6 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 7
+        # (vt, xt, B, smem, unroll), (x, vals, gscale), (G, magic), (offs, base2, gptr, scales, y), 7 ints, stream
+        lib.sl_grp8_launch.argtypes = ([i32] * 5 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 7
                                        + [vp])
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_grp8_host.restype = i32
-        lib.sl_grp8_host.argtypes = [i32] * 5 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 3
+        lib.sl_grp8_host.argtypes = [i32] * 4 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 3
     return lib
 
 
@@ -224,11 +223,10 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     vals, gscale, offs, base2, gptr = aux(p)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     scales = p.scales.reshape(-1).contiguous() if p.scales is not None and gscale is None else None
-    rows_per_block = cfg.num_warps // cfg.row_split
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
-                        -(-n // rows_per_block)))
+                        -(-n // cfg.num_warps)))
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, cfg.row_split, x.data_ptr(),
+    code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, x.data_ptr(),
                               vals.data_ptr(), ptr(gscale), *_group_args(p, gscale), offs.data_ptr(),
                               base2.data_ptr(), gptr.data_ptr(), ptr(scales), y.data_ptr(), n, k, bsz, k, n, blocks,
                               32 * cfg.num_warps,
@@ -238,11 +236,10 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def gemv_host(x: torch.Tensor, p, batch: int = 1, unroll: int = 1, row_split: int = 1) -> torch.Tensor:
+def gemv_host(x: torch.Tensor, p, batch: int = 1, unroll: int = 1) -> torch.Tensor:
     """The kernels' arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     batch: the padded batch of the kernel to emulate (1: the batch-1 kernel; 2-16: the batched one); unroll: the
-    batch-1 kernel's quads per load step (1, 2, 4 or 8: the same sums in the same order, tail steps differ);
-    row_split: warps per row of the batch-1 kernel (each row's quads cut into that many contiguous shares)."""
+    batch-1 kernel's quads per load step (1, 2, 4 or 8: the same sums in the same order, tail steps differ)."""
     _check(x, p, batch)
     lib = load("host")
     if lib is None:
@@ -253,10 +250,10 @@ def gemv_host(x: torch.Tensor, p, batch: int = 1, unroll: int = 1, row_split: in
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     scales = p.scales.reshape(-1).contiguous().cpu() if p.scales is not None and gscale is None else None
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_grp8_host(_vt(p), _XT[x.dtype], batch, unroll, row_split, x.data_ptr(), vals.data_ptr(), ptr(gscale),
+    code = lib.sl_grp8_host(_vt(p), _XT[x.dtype], batch, unroll, x.data_ptr(), vals.data_ptr(), ptr(gscale),
                             *_group_args(p, gscale), offs.data_ptr(),
                             base2.data_ptr(), gptr.data_ptr(), ptr(scales), y.data_ptr(), n, k, x.shape[0])
     if code != 0:
         raise ValueError(f"grp8cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}, "
-                         f"unroll {unroll}, row_split {row_split}")
+                         f"unroll {unroll}")
     return y

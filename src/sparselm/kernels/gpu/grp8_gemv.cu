@@ -286,17 +286,12 @@ struct Args {
   int N, K, bsz, ldx, ldy;
   int G;           // per-group scales per row (gscale is (N, G) row-major)
   uint32_t magic;  // ceil(2^32 / (2 * group_size)): group_scale()
-  int split;       // batch 1: warps per row (1, 2, 4), each taking a contiguous share of the row's quads
-  int red_off;     // batch 1, split > 1: byte offset in shared memory of the partial sums (2 x warps floats)
 };
 
 // Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
-// its warps take rows: S = split warps per row (S = 1: one warp per row), so a block covers warps / S rows per
-// step, blockIdx * (warps / S) + warp / S, then + gridDim * (warps / S), ... Splitting serves the short-N shapes
-// (N = 4096 leaves half of the H200's ~8,400 warp slots without a row: the profile's 42-45% occupancy): each warp
-// of a row reduces its lanes, writes its partial sum to shared memory (double-buffered by step parity, so one
-// barrier per step suffices), and the row's first warp adds them in order and writes y[row]. The next row's group
-// range (and per-row scale) is loaded before this row's work; U: quads per load step (grp8_lane).
+// its warps take rows blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
+// The next row's group range (and per-row scale) is loaded before this row's work, so a row starts without
+// waiting on them; U: quads per load step (grp8_lane).
 template <int VT, int XT, bool SMEM, bool GS, int U>
 __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
@@ -311,18 +306,15 @@ __global__ void grp8_gemv_kernel(const Args a) {
     for (int i = threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
   }
   if (SMEM) __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int S = a.split, part = warp % S, rows = warps / S, stride = gridDim.x * rows;
-  float* red = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(xs4) + a.red_off);
-  int r = blockIdx.x * rows + warp / S;
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
+  int r = blockIdx.x * warps + (threadIdx.x >> 5);
   int g0 = 0, g1 = 0;
   float sc = 1.0f;
   if (r < a.N) {
     g0 = __ldg(a.gptr + r); g1 = __ldg(a.gptr + r + 1);
     if (a.scales) sc = __ldg(a.scales + r);
   }
-  // every warp of the block runs the same number of steps (the barrier below needs all of them)
-  for (int first = blockIdx.x * rows, step = 0; first < a.N; first += stride, r += stride, ++step) {
+  for (; r < a.N; r += stride) {
     const int rn = r + stride;
     int n0 = 0, n1 = 0;
     float nsc = 1.0f;
@@ -330,27 +322,11 @@ __global__ void grp8_gemv_kernel(const Args a) {
       n0 = __ldg(a.gptr + rn); n1 = __ldg(a.gptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
     }
-    float acc = 0.0f;
-    if (r < a.N) {
-      int qa = g0 >> 2, qb = g1 >> 2;
-      if (S > 1) {  // this warp's contiguous share of the row's quads
-        const int len = qb - qa;
-        qb = qa + len * (part + 1) / S;
-        qa += len * part / S;
-      }
-      const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
-      acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, rs, a.magic, a.offs, a.base2, xs, qa, qb, lane);
-    }
+    const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
+    float acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, rs, a.magic, a.offs, a.base2, xs, g0 >> 2, g1 >> 2, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-    if (S > 1) {
-      float* buf = red + (step & 1) * warps;
-      if (lane == 0) buf[warp] = acc;
-      __syncthreads();
-      if (part == 0 && lane == 0)
-        for (int p = 1; p < S; ++p) acc += buf[warp + p];
-    }
-    if (part == 0 && lane == 0 && r < a.N) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
     g0 = n0; g1 = n1; sc = nsc;
   }
 }
@@ -400,11 +376,9 @@ static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
 }
 
 template <int VT, int XT, bool SMEM, bool GS, int U>
-static int launch_gemv(Args a, int blocks, int threads, cudaStream_t stream) {
+static int launch_gemv(const Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t xbytes = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
-  a.red_off = (int)xbytes;
-  const size_t smem = xbytes + (a.split > 1 ? 2 * (size_t)(threads / 32) * sizeof(float) : 0);
+  const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
   if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, smem, &opted)) return e;
   grp8_gemv_kernel<VT, XT, SMEM, GS, U><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
@@ -453,14 +427,13 @@ static int by_types(int vt, int xt, const Args& a, int unroll, int blocks, int t
 
 // y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path;
 // 2 / 4 / 8 / 16: the batched one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, int split, const void* x,
-                              const void* vals, const void* gscale, int G, unsigned int magic,
+extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+                              const void* gscale, int G, unsigned int magic,
                               const void* offs, const void* base2, const void* gptr, const void* scales, void* y,
                               int N, int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const Args a{static_cast<const uint16_t*>(x), vals, static_cast<const float*>(gscale),
                static_cast<const uint32_t*>(offs), static_cast<const uint32_t*>(base2), static_cast<const int*>(gptr),
-               static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy, G, magic, split, 0};
-  if (split < 1 || (threads / 32) % split != 0 || (B > 1 && split != 1)) return -1;
+               static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy, G, magic};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (B) {
     case 1: return smem ? by_types<1, true>(vt, xt, a, unroll, blocks, threads, s)
@@ -487,18 +460,13 @@ struct HostGS {
 
 template <int VT, int XT, bool GS, int U>
 static void host_gemv(const uint16_t* x, const void* vals, const HostGS& gs, const uint32_t* offs,
-                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int split) {
-  for (int r = 0; r < N; ++r) {  // the batch-1 kernel's lane function on x as it is, the row cut as the warps cut it
+                      const uint32_t* base2, const int* gp, const float* scales, float* y, int N) {
+  for (int r = 0; r < N; ++r) {  // the batch-1 kernel's lane function on x as it is
     float acc = 0.0f;
-    const int q0 = gp[r] >> 2, len = (gp[r + 1] >> 2) - q0;
-    for (int part = 0; part < split; ++part) {
-      float partial = 0.0f;
-      for (int lane = 0; lane < 32; ++lane)
-        partial += grp8_lane<VT, XT, true, GS, U>(vals, gs.row(r), gs.magic, offs, base2,
-                                                  reinterpret_cast<const unsigned char*>(x), q0 + len * part / split,
-                                                  q0 + len * (part + 1) / split, lane);
-      acc += partial;
-    }
+    for (int lane = 0; lane < 32; ++lane)
+      acc += grp8_lane<VT, XT, true, GS, U>(vals, gs.row(r), gs.magic, offs, base2,
+                                            reinterpret_cast<const unsigned char*>(x), gp[r] >> 2, gp[r + 1] >> 2,
+                                            lane);
     y[r] = scales ? acc * scales[r] : acc;
   }
 }
@@ -506,12 +474,12 @@ static void host_gemv(const uint16_t* x, const void* vals, const HostGS& gs, con
 template <int VT, int XT, int B, bool GS>
 static void host_rows(const uint16_t* x, const void* vals, const HostGS& gscale, const uint32_t* offs,
                       const uint32_t* base2, const int* gp, const float* scales, float* y, int N, int K, int bsz,
-                      int unroll, int split) {
+                      int unroll) {
   if constexpr (B == 1) {
-    if (unroll == 1) host_gemv<VT, XT, GS, 1>(x, vals, gscale, offs, base2, gp, scales, y, N, split);
-    else if (unroll == 2) host_gemv<VT, XT, GS, 2>(x, vals, gscale, offs, base2, gp, scales, y, N, split);
-    else if (unroll == 4) host_gemv<VT, XT, GS, 4>(x, vals, gscale, offs, base2, gp, scales, y, N, split);
-    else host_gemv<VT, XT, GS, 8>(x, vals, gscale, offs, base2, gp, scales, y, N, split);
+    if (unroll == 1) host_gemv<VT, XT, GS, 1>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else if (unroll == 2) host_gemv<VT, XT, GS, 2>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else if (unroll == 4) host_gemv<VT, XT, GS, 4>(x, vals, gscale, offs, base2, gp, scales, y, N);
+    else host_gemv<VT, XT, GS, 8>(x, vals, gscale, offs, base2, gp, scales, y, N);
     return;
   }
   uint16_t* xt = new uint16_t[(size_t)K * B]();  // x transposed, rows past bsz zero: as the batched kernel stages it
@@ -534,9 +502,9 @@ static void host_rows(const uint16_t* x, const void* vals, const HostGS& gscale,
 template <int B>
 static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const HostGS& gs, const uint32_t* offs,
                       const uint32_t* base2, const int* gp, const float* sc, float* y, int N, int K, int bsz,
-                      int un, int sp) {
-#define SL_HOST(V, X) (gs.table ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un, sp) \
-                          : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un, sp))
+                      int un) {
+#define SL_HOST(V, X) (gs.table ? host_rows<V, X, B, true>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un) \
+                          : host_rows<V, X, B, false>(x, vals, gs, offs, base2, gp, sc, y, N, K, bsz, un))
   if (xt == XT_F16 && vt == VT_F16) SL_HOST(VT_F16, XT_F16);
   else if (xt == XT_F16 && vt == VT_I8) SL_HOST(VT_I8, XT_F16);
   else if (xt == XT_F16 && vt == VT_I4) SL_HOST(VT_I4, XT_F16);
@@ -549,8 +517,8 @@ static int host_types(int vt, int xt, const uint16_t* x, const void* vals, const
 }
 
 // The host twin of sl_grp8_launch: x (bsz, K) row-major, y (bsz, N) float32.
-extern "C" int sl_grp8_host(int vt, int xt, int B, int unroll, int split, const void* x, const void* vals,
-                            const void* gscale, int G, unsigned int magic,
+extern "C" int sl_grp8_host(int vt, int xt, int B, int unroll, const void* x, const void* vals, const void* gscale,
+                            int G, unsigned int magic,
                             const void* offs, const void* base2, const void* gptr, const void* scales, float* y,
                             int N, int K, int bsz) {
   const uint16_t* xx = static_cast<const uint16_t*>(x);
@@ -560,13 +528,12 @@ extern "C" int sl_grp8_host(int vt, int xt, int B, int unroll, int split, const 
   const uint32_t* b2 = static_cast<const uint32_t*>(base2);
   const int* gp = static_cast<const int*>(gptr);
   if (B == 1 && unroll != 1 && unroll != 2 && unroll != 4 && unroll != 8) return -1;
-  if (split < 1 || (B > 1 && split != 1)) return -1;
   switch (B) {
-    case 1: return host_types<1>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll, split);
-    case 2: return host_types<2>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll, split);
-    case 4: return host_types<4>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll, split);
-    case 8: return host_types<8>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll, split);
-    case 16: return host_types<16>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll, split);
+    case 1: return host_types<1>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 2: return host_types<2>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 4: return host_types<4>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 8: return host_types<8>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
+    case 16: return host_types<16>(vt, xt, xx, vals, gs, of, b2, gp, sc, y, N, K, bsz, unroll);
     default: return -1;
   }
 }

@@ -79,8 +79,6 @@ class SpmmConfig:
     smem: bool = True
     # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
     unroll: int = 1
-    # grp8cu batch 1 only: warps per row (1, 2, 4; divides num_warps), for shapes with fewer rows than warp slots
-    row_split: int = 1
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
@@ -98,14 +96,9 @@ class SpmmConfig:
                     or (self.unroll > 1 and self.block_b > 1)):
                 raise ValueError(f"SpmmConfig grp8cu: unroll 1, 2, 4 or 8 (batch 1 only), got {self.unroll!r} at "
                                  f"block_b {self.block_b}")
-            if (self.row_split not in (1, 2, 4) or isinstance(self.row_split, bool)
-                    or self.num_warps % self.row_split or (self.row_split > 1 and self.block_b > 1)):
-                raise ValueError(f"SpmmConfig grp8cu: row_split 1, 2 or 4 dividing num_warps (batch 1 only), got "
-                                 f"{self.row_split!r} with num_warps {self.num_warps}, block_b {self.block_b}")
             return
-        if self.unroll != 1 or self.row_split != 1:
-            raise ValueError(f"SpmmConfig.unroll / row_split: only for kernel 'grp8cu', got {self.unroll!r} / "
-                             f"{self.row_split!r}")
+        if self.unroll != 1:
+            raise ValueError(f"SpmmConfig.unroll: only for kernel 'grp8cu', got {self.unroll!r}")
         if not isinstance(self.lean, bool):
             raise ValueError(f"SpmmConfig.lean: a bool, got {self.lean!r}")
         if self.lean and not (self.kernel == "grp8" and self.vec == 4 and self.block_n == 1 and not self.persist
@@ -132,8 +125,7 @@ class SpmmConfig:
     def key(self) -> str:
         if self.kernel == "grp8cu":
             return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
-                    + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
-                    + (f"-s{self.row_split}" if self.row_split > 1 else ""))
+                    + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
