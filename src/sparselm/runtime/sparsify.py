@@ -33,6 +33,8 @@ def sparsify(model: nn.Module, values_dtype: str | torch.dtype | None = None, mi
     min_sparsity: fraction in [0, 1]; 0 converts every selected layer (a dense layer then costs 1/8 byte per
         weight more than dense, so callers serving dense layers may want ~0.3).
     group_size: int8 / int4 columns per scale (None: int8 one scale per row, int4 128).
+    cache_dense: keep a dense copy of W where it is used (None: on CPU always; on GPU only for the shapes where
+        autotune measured cuBLAS faster at a decode-sized batch; False: never, W is decompressed per call).
     Returns {layer name: sparsity} of the converted layers.
     """
     if not 0.0 <= min_sparsity <= 1.0:
