@@ -90,7 +90,7 @@ def count_cuda() -> list[dict]:
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         head = part.split("\n", 1)[0]
-        gemv = re.search(r"grp8_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELb(\d)ELi(\d)E", head)
+        gemv = re.search(r"grp8_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELi(\d)ELi(\d)E", head)
         gemm = re.search(r"grp8_gemm_kernelILi(\d)ELi(\d)ELi(\d+)ELb(\d)E", head)
         if gemm:
             rows.append(_count_gemm(part, int(gemm.group(3)), (VT_NAMES[int(gemm.group(1))],
@@ -98,7 +98,9 @@ def count_cuda() -> list[dict]:
             continue
         if not gemv:
             continue
-        vt, xt, smem, gs = int(gemv.group(1)), int(gemv.group(2)), gemv.group(3) == "1", gemv.group(4) == "1"
+        vt, xt, smem = int(gemv.group(1)), int(gemv.group(2)), gemv.group(3) == "1"
+        gs_mode = int(gemv.group(4))  # per-group scales: 0 none, 1 looked up in global memory, 2 staged in shared
+        gs = gs_mode > 0
         unroll = int(gemv.group(5))
         step = 8 if unroll == 1 else 4 * unroll  # nonzeros per lane per loop iteration
         ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
@@ -110,7 +112,7 @@ def count_cuda() -> list[dict]:
         gather = "LDS" if smem else "LDG.E.U16"
         inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= step), key=len)
         classes = collections.Counter(classify(op) for op in inner)
-        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1") + ("-gs" if gs else "") + f"-u{unroll}",
+        rows.append({"kernel": "grp8cu" + ("" if smem else "-l1") + ("", "-gs", "-gss")[gs_mode] + f"-u{unroll}",
                      "values": VT_NAMES[vt], "act": XT_NAMES[xt], "group_scales": gs, "unroll": unroll,
                      "loop_instructions": len(inner), "nnz_per_thread_step": step,
                      "per_nnz": round(len(inner) / step, 2),

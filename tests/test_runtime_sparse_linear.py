@@ -144,3 +144,22 @@ def test_confirm_rejects_a_winner_that_does_not_hold_head_to_head():
     dense = ("dense", None, 10.0)
     assert confirm(dense, seq(), seq()) == dense  # nothing to confirm, nothing timed
     assert confirm(won, seq(), seq(), rounds=0) == won
+
+
+def test_agrees_accepts_rounding_and_rejects_wrong_or_broken_outputs():
+    """autotune's gate before timing a candidate: fp16 rounding of the same product passes; a wrong kernel, a
+    NaN, an inf or a wrong shape does not."""
+    from sparselm.runtime.gpu_backend import agrees
+
+    torch.manual_seed(0)
+    ref = torch.randn(4, 300).half()
+    assert agrees(ref.float().add(torch.randn(4, 300) * 1e-3).half(), ref)  # ~1e-3 relative: rounding
+    assert agrees(ref.bfloat16(), ref)
+    assert not agrees(ref * 1.1, ref)  # 10% off
+    assert not agrees(torch.roll(ref, 1, dims=1), ref)  # the right numbers in the wrong places
+    bad = ref.clone()
+    bad[0, 0] = float("nan")
+    assert not agrees(bad, ref)
+    bad[0, 0] = float("inf")
+    assert not agrees(bad, ref)
+    assert not agrees(ref[:, :299], ref)

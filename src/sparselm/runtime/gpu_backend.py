@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -141,9 +142,10 @@ def pipelined_configs() -> list[SpmmConfig]:
 # (the kernel is latency-bound: more rows in flight), each with 1-8 quads per load step
 GRP8CU_B1 = ((16, 2, True), (32, 1, True), (16, 3, True), (32, 2, True), (16, 2, False))
 GRP8CU_UNROLL = (1, 2, 4, 8)
-# registers per thread by unroll (nvcc 13 -Xptxas -v, sm_90, the largest over value types): a block whose threads
-# need more than the 64K registers of an SM fails to launch, so those pairs are never offered
-_GRP8CU_REGS = {1: 36, 2: 40, 4: 48, 8: 72}
+# registers per thread by unroll (nvcc 13 -Xptxas -v, sm_90, the largest over value types, group-scale staging
+# included): a block whose threads need more than the 64K registers of an SM fails to launch, so those pairs are
+# never offered
+_GRP8CU_REGS = {1: 40, 2: 48, 4: 48, 8: 80}
 
 
 def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
@@ -220,6 +222,17 @@ def choose(dense_ms: float, timed: list[tuple[Any, float]], margin: float = 0.03
     return best
 
 
+def agrees(y: torch.Tensor, ref: torch.Tensor, tol: float = 2e-2) -> bool:
+    """Whether a candidate's output matches the dense product of the same weights: relative Frobenius error below
+    `tol` (fp16 / bf16 rounding of the two outputs stays near 1e-3; a wrong kernel is off by O(1)); NaN or inf
+    fails, as does a shape mismatch."""
+    if y.shape != ref.shape:
+        return False
+    diff = (y.float() - ref.float()).norm()
+    err = (diff / ref.float().norm().clamp_min(1e-30)).item()
+    return err < tol  # False for NaN
+
+
 def confirm(best: tuple[str, Any, float], time_dense: Callable[[], float], time_sparse: Callable[[], float],
             margin: float = 0.03, rounds: int = 3) -> tuple[str, Any, float]:
     """Re-time a sparse winner head to head with cuBLAS (alternating, `rounds` each; medians) and keep it only if
@@ -258,11 +271,18 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
         for b in batches:
             x = torch.randn(b, k, device=p.values.device, dtype=act_dtype)
             dense_ms = time_graph([lambda w=w: F.linear(x, w) for w in dense])
+            ref = F.linear(x, dense[0])
             timed = []
             for cfg in candidate_configs(b):
                 if not p.supports(cfg):
                     continue
                 try:
+                    # a config must compute this layer's product before its time counts: a kernel that is
+                    # fast and wrong on this GPU (a miscompile, a launch it cannot hold) is never chosen
+                    if not agrees(spmm(x, p, cfg), ref):
+                        warnings.warn(f"autotune: {cfg.key()} disagrees with the dense product on "
+                                      f"{n}x{k} batch {b}; not a candidate", RuntimeWarning, stacklevel=2)
+                        continue
                     timed.append((cfg, time_graph([lambda q=q: spmm(x, q, cfg) for q in sparse])))
                 except Exception:  # a config the compiler rejects on this GPU is skipped, not fatal
                     continue

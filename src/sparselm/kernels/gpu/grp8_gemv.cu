@@ -133,15 +133,22 @@ SL_HD void decode_values(const Raw& r, float* v) {
 // Per-group scales (int8 / int4, group_size g columns): the scale of the nonzero at byte offset c2 = 2 * column
 // is rs[c2 / (2 g)], with the division as a multiply-high by magic = ceil(2^32 / (2 g)): exact for every
 // c2 < 2^16 (the error term stays below 1 / (2 g)), one instruction for any g, not only powers of two. rs = the
-// row's scales, a few hundred bytes that stay in L1. (Groups are not cut at scale boundaries: that layout padded
-// 1.5 slots per nonzero at 75%.)
+// row's scales: GS = 1, in global memory (a few hundred bytes that stay in L1; 64-bit addresses); GS = 2, a copy
+// in the warp's slice of shared memory (32-bit addresses: the H200 profile counted 23 instructions per int4
+// nonzero with GS = 1 against 13 without scales). (Groups are not cut at scale boundaries: that layout padded 1.5
+// slots per nonzero at 75%.)
+template <int GS>
 SL_HD float group_scale(const float* rs, uint32_t magic, uint32_t c2) {
 #ifdef __CUDACC__
+  if (GS == 2) return rs[__umulhi(c2, magic)];
   return __ldg(rs + __umulhi(c2, magic));
 #else
   return rs[(uint32_t)(((uint64_t)c2 * magic) >> 32)];
 #endif
 }
+
+// The most per-group scales per row that GS = 2 stages (4 per lane, prefetched in registers a row ahead).
+enum { MAX_STAGED_SCALES = 128 };
 
 // The quad's 4 doubled bases (words 2q, 2q + 1: the same for all 32 lanes), one 8-byte load.
 SL_HD void load_bases(const uint32_t* base2, int q, uint32_t* b01, uint32_t* b23) {
@@ -155,7 +162,7 @@ SL_HD void load_bases(const uint32_t* base2, int q, uint32_t* b01, uint32_t* b23
 
 // Lane `lane`'s partial dot product over quads [q0, q1) of one row. U quads per step: every load of the step is
 // issued before the first use (the tail step loads only what exists), so U quads' bytes are in flight per lane.
-template <int VT, int XT, bool SMEM = true, bool GS = false, int U = 1>
+template <int VT, int XT, bool SMEM = true, int GS = 0, int U = 1>
 SL_HD float grp8_lane(const void* vals, const float* rs, uint32_t magic, const uint32_t* offs, const uint32_t* base2,
                       const unsigned char* xs, int q0, int q1, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
@@ -193,8 +200,8 @@ SL_HD float grp8_lane(const void* vals, const float* rs, uint32_t magic, const u
         float v[4];
         decode_values<VT>(raw[u], v);
         if (GS) {  // a template flag, not a pointer test: per-row-scaled int8 must not pay for it in the loop
-          v[0] *= group_scale(rs, magic, c01 & 0xFFFFu); v[1] *= group_scale(rs, magic, c01 >> 16);
-          v[2] *= group_scale(rs, magic, c23 & 0xFFFFu); v[3] *= group_scale(rs, magic, c23 >> 16);
+          v[0] *= group_scale<GS>(rs, magic, c01 & 0xFFFFu); v[1] *= group_scale<GS>(rs, magic, c01 >> 16);
+          v[2] *= group_scale<GS>(rs, magic, c23 & 0xFFFFu); v[3] *= group_scale<GS>(rs, magic, c23 >> 16);
         }
         acc0 = fmaf(v[0], x0, acc0);
         acc1 = fmaf(v[1], x1, acc1);
@@ -247,7 +254,7 @@ SL_HD void grp8_lane_b(const void* vals, const float* rs, uint32_t magic, const 
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-      for (int j = 0; j < 4; ++j) v[j] *= group_scale(rs, magic, c[j]);
+      for (int j = 0; j < 4; ++j) v[j] *= group_scale<1>(rs, magic, c[j]);
     }
 #ifdef __CUDACC__
 #pragma unroll
@@ -291,8 +298,10 @@ struct Args {
 // Persistent blocks: each stages x into shared memory once (16-byte copies; SMEM) or reads it through L1, then
 // its warps take rows blockIdx * warps + warp, + gridDim * warps, ... One warp per row; lane 0 writes y[row].
 // The next row's group range (and per-row scale) is loaded before this row's work, so a row starts without
-// waiting on them; U: quads per load step (grp8_lane).
-template <int VT, int XT, bool SMEM, bool GS, int U>
+// waiting on them; U: quads per load step (grp8_lane). GS: per-group scales, none (0), looked up in global memory
+// (1), or (2) copied per row into the warp's slice of shared memory after x (MAX_STAGED_SCALES floats per warp),
+// the next row's prefetched into registers while this row computes.
+template <int VT, int XT, bool SMEM, int GS, int U>
 __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
@@ -308,6 +317,28 @@ __global__ void grp8_gemv_kernel(const Args a) {
   if (SMEM) __syncthreads();
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
+  float* slice = nullptr;  // GS = 2: this warp's copy of its row's scales
+  float snext[MAX_STAGED_SCALES / 32];
+  const auto fetch_scales = [&](int row) {  // GS = 2: a row's scales, 4 per lane, into registers
+#pragma unroll
+    for (int i = 0; i < MAX_STAGED_SCALES / 32; ++i) {
+      const int j = lane + 32 * i;
+      snext[i] = row < a.N && j < a.G ? __ldg(a.gscale + (size_t)row * a.G + j) : 0.0f;
+    }
+  };
+  const auto stage_scales = [&]() {  // after every lane's last read of the slice
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < MAX_STAGED_SCALES / 32; ++i) slice[lane + 32 * i] = snext[i];
+    __syncwarp();
+  };
+  if (GS == 2) {
+    const int xbytes = SMEM ? (a.K * 2 + 15) / 16 * 16 : 0;
+    slice = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(xs4) + xbytes) +
+            (threadIdx.x >> 5) * MAX_STAGED_SCALES;
+    fetch_scales(r);
+    stage_scales();
+  }
   int g0 = 0, g1 = 0;
   float sc = 1.0f;
   if (r < a.N) {
@@ -322,11 +353,13 @@ __global__ void grp8_gemv_kernel(const Args a) {
       n0 = __ldg(a.gptr + rn); n1 = __ldg(a.gptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
     }
-    const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
+    if (GS == 2) fetch_scales(rn);
+    const float* rs = GS == 2 ? slice : GS == 1 ? a.gscale + (size_t)r * a.G : nullptr;
     float acc = grp8_lane<VT, XT, SMEM, GS, U>(a.vals, rs, a.magic, a.offs, a.base2, xs, g0 >> 2, g1 >> 2, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
+    if (GS == 2) stage_scales();
     g0 = n0; g1 = n1; sc = nsc;
   }
 }
@@ -375,10 +408,11 @@ static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
   return 0;
 }
 
-template <int VT, int XT, bool SMEM, bool GS, int U>
+template <int VT, int XT, bool SMEM, int GS, int U>
 static int launch_gemv(const Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
+  const size_t smem = (SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0) +
+                      (GS == 2 ? (size_t)(threads / 32) * MAX_STAGED_SCALES * sizeof(float) : 0);
   if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, smem, &opted)) return e;
   grp8_gemv_kernel<VT, XT, SMEM, GS, U><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
@@ -388,11 +422,23 @@ template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kern
 static int launch_one(const Args& a, int unroll, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   if constexpr (B == 1) {
+    if constexpr (GS) {
+      if (a.G <= MAX_STAGED_SCALES) {  // scales staged per row in shared memory
+        switch (unroll) {
+          case 1: return launch_gemv<VT, XT, SMEM, 2, 1>(a, blocks, threads, stream);
+          case 2: return launch_gemv<VT, XT, SMEM, 2, 2>(a, blocks, threads, stream);
+          case 4: return launch_gemv<VT, XT, SMEM, 2, 4>(a, blocks, threads, stream);
+          case 8: return launch_gemv<VT, XT, SMEM, 2, 8>(a, blocks, threads, stream);
+          default: return -1;
+        }
+      }
+    }
+    constexpr int gs = GS ? 1 : 0;
     switch (unroll) {
-      case 1: return launch_gemv<VT, XT, SMEM, GS, 1>(a, blocks, threads, stream);
-      case 2: return launch_gemv<VT, XT, SMEM, GS, 2>(a, blocks, threads, stream);
-      case 4: return launch_gemv<VT, XT, SMEM, GS, 4>(a, blocks, threads, stream);
-      case 8: return launch_gemv<VT, XT, SMEM, GS, 8>(a, blocks, threads, stream);
+      case 1: return launch_gemv<VT, XT, SMEM, gs, 1>(a, blocks, threads, stream);
+      case 2: return launch_gemv<VT, XT, SMEM, gs, 2>(a, blocks, threads, stream);
+      case 4: return launch_gemv<VT, XT, SMEM, gs, 4>(a, blocks, threads, stream);
+      case 8: return launch_gemv<VT, XT, SMEM, gs, 8>(a, blocks, threads, stream);
       default: return -1;
     }
   } else {
@@ -464,7 +510,7 @@ static void host_gemv(const uint16_t* x, const void* vals, const HostGS& gs, con
   for (int r = 0; r < N; ++r) {  // the batch-1 kernel's lane function on x as it is
     float acc = 0.0f;
     for (int lane = 0; lane < 32; ++lane)
-      acc += grp8_lane<VT, XT, true, GS, U>(vals, gs.row(r), gs.magic, offs, base2,
+      acc += grp8_lane<VT, XT, true, GS ? 1 : 0, U>(vals, gs.row(r), gs.magic, offs, base2,
                                             reinterpret_cast<const unsigned char*>(x), gp[r] >> 2, gp[r + 1] >> 2,
                                             lane);
     y[r] = scales ? acc * scales[r] : acc;
