@@ -185,11 +185,14 @@ def aux(p) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tenso
     return p._cptr[("grp8cu",)]
 
 
+def group_magic(group_size: int) -> int:
+    """ceil(2^32 / (2 * group_size)): the kernels find a nonzero's scale group as umulhi(2 * column, magic)."""
+    return -(-(1 << 32) // (2 * group_size))
+
+
 def _group_args(p, gscale) -> tuple[int, int]:
-    """(scales per row, ceil(2^32 / (2 * group_size))) for the kernels' per-group scale lookup; (0, 0) without."""
-    if gscale is None:
-        return 0, 0
-    return gscale.shape[1], -(-(1 << 32) // (2 * p.group_size))
+    """(scales per row, group_magic) for the kernels' per-group scale lookup; (0, 0) without per-group scales."""
+    return (0, 0) if gscale is None else (gscale.shape[1], group_magic(p.group_size))
 
 
 def _check(x: torch.Tensor, p, batch: int = 1) -> None:

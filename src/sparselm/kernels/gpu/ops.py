@@ -243,14 +243,13 @@ class PackedBitmask:
         Groups are cut greedily per row: a group takes the next nonzeros while there are fewer than 32 and
         their column is < base + 256. All rows advance together, one group per round (rounds = the most
         groups in a row), so the cost is a few vectorized passes, not a Python loop over rows."""
-        name = "grp8"
         if interleave == 4:
-            if (name, 4) not in self._cptr:
-                self._cptr[(name, 4)] = _interleave_quads(*self.grp8(1))
-            return self._cptr[(name, 4)]
+            if ("grp8", 4) not in self._cptr:
+                self._cptr[("grp8", 4)] = _interleave_quads(*self.grp8(1))
+            return self._cptr[("grp8", 4)]
         if interleave != 1:
             raise ValueError(f"grp8: interleave must be 1 or 4, got {interleave}")
-        if name not in self._cptr:
+        if "grp8" not in self._cptr:
             n, k = self.shape
             if k > 65536:
                 raise ValueError(f"grp8: 16-bit group bases need K <= 65536, got K={k}")
@@ -302,8 +301,8 @@ class PackedBitmask:
             gptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
             gptr[1:] = torch.cumsum(torch.bincount(grow, minlength=n), 0)
             base16 = torch.where(gbase >= 2**15, gbase - 2**16, gbase).to(torch.int16)  # the low 16 bits
-            self._cptr[name] = (gvals, goffs, base16.contiguous(), gptr.to(torch.int32))
-        return self._cptr[name]
+            self._cptr["grp8"] = (gvals, goffs, base16.contiguous(), gptr.to(torch.int32))
+        return self._cptr["grp8"]
 
     def vc32(self, vec: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(words, row starts) for the vc32 kernel (FORMAT.md "Auxiliary arrays"): words[i] = column << 16 |
