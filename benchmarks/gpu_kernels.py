@@ -4,6 +4,7 @@
     PYTHONPATH=src python benchmarks/gpu_kernels.py --quick --out /tmp/k.json            # 1 shape, smoke
     PYTHONPATH=src python benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --out $OUT/k.json
                                                         # the decode shapes (fused qkv / gate-up too), batch <= 16
+    PYTHONPATH=src python benchmarks/gpu_kernels.py --grid batched --kernels bmma,grp8cu --all-configs --out $OUT/k.json
     python benchmarks/gpu_kernels.py --plot benchmarks/results/gpu_kernels.json          # PNG beside the JSON
 
 Protocol (BENCHMARKS.md): random values, random uniform mask at the stated sparsity (plus one non-uniform
@@ -47,10 +48,20 @@ def random_sparse(n: int, k: int, sparsity: float, mask: str = "uniform", seed: 
 
 def grid(quick: bool, name: str = "full") -> list[dict]:
     """(shape, batch, sparsity, values, act, mask) cases; the full sweep fits one ~5-minute device call.
-    "decode": the shapes a 7B/8B decode step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096)."""
+    "batched": batch 4-64 on the Llama shapes (the tensor-core kernel's range). "decode": the shapes a 7B/8B decode step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096)."""
     cases = []
     add = lambda n, k, b, s, v="float16", a="float16", m="uniform": cases.append(  # noqa: E731
         dict(N=n, K=k, batch=b, sparsity=s, values=v, act=a, mask=m))
+    if name == "batched":  # batch 8-64, where the tensor-core kernel (bmma) competes with cuBLAS
+        for b in (16, 8, 32, 64):
+            for n, k in SHAPES:
+                for s in (0.75, 0.5):
+                    add(n, k, b, s)
+        for n, k in SHAPES[:2]:
+            add(n, k, 16, 0.75, "bfloat16", "bfloat16")
+            add(n, k, 16, 0.9)
+            add(n, k, 4, 0.75)
+        return cases
     if name == "decode":
         for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:
             for s in (0.5, 0.7, 0.75, 0.8, 0.9):
@@ -241,7 +252,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_kernels.json"))
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
-    ap.add_argument("--grid", choices=["full", "decode"], default="full", help="which cases (see grid())")
+    ap.add_argument("--grid", choices=["full", "decode", "batched"], default="full", help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--pipelined", action="store_true",
                     help="also the persistent, software-pipelined batch-1 configs (not default candidates)")

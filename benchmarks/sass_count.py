@@ -77,9 +77,9 @@ def count_cuda() -> list[dict]:
     twice by the compiler, 8 nonzeros)."""
     import shutil
 
-    from sparselm.kernels.gpu import cuda_grp8
+    from sparselm.kernels.gpu import cuda_build, cuda_grp8
 
-    nvcc = cuda_grp8._nvcc() or shutil.which("nvcc")
+    nvcc = cuda_build.nvcc() or shutil.which("nvcc")
     if nvcc is None:
         raise SystemExit("--cuda: nvcc not found")
     with tempfile.TemporaryDirectory() as d:

@@ -210,7 +210,23 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
-    return out
+    return out + bmma_configs(bb)
+
+
+# bmma (tensor cores over the mask + values): (warps per block, splits along K). A 4096-row layer has only 64 blocks
+# of 4 warps, so the splits fill the 132 SMs; not yet timed, so the grid brackets 1-16 splits.
+BMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (4, 16), (8, 1), (8, 2), (8, 4), (8, 8))
+
+
+def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:
+    """The tensor-core kernel's candidates for padded batch bb (2-64; it pads to at least 8), [] where nvcc cannot
+    build it for this GPU."""
+    from sparselm.kernels.gpu import cuda_mma
+
+    bp = max(8, bb)
+    if bp not in cuda_mma.BATCHES or not cuda_mma.available():
+        return []
+    return [SpmmConfig(kernel="bmma", block_k=cuda_mma.CHUNK, block_b=bp, num_warps=w, split_k=s) for w, s in shapes]
 
 
 def choose(dense_ms: float, timed: list[tuple[Any, float]], margin: float = 0.03) -> tuple[str, Any, float]:

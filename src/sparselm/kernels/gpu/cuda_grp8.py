@@ -8,7 +8,7 @@ executed SASS instructions per nonzero); this kernel stages x in shared memory (
 `smem=False`) and computes two gather addresses per 16-bit-lane add, ~9 instructions per nonzero at sm_90
 (offline count, `benchmarks/sass_count.py --cuda`). Batches 2-16 (`block_b`): x transposed in shared memory.
 
-Build: `nvcc` (from $CUDA_HOME/bin or PATH) compiles the one file into a shared library for the GPU's architecture,
+Build (cuda_build.py): `nvcc` (from $CUDA_HOME/bin or PATH) compiles the one file into a shared library for the GPU's architecture,
 cached by content hash under $SPARSELM_CACHE/cuda-kernels (as the CPU kernels are), loaded with ctypes and launched
 on torch's current stream, so CUDA-graph capture records it like any other kernel. No nvcc, or a failed build:
 `available()` is False with the reason in `build_error()`, and autotune simply never offers the config.
@@ -17,15 +17,13 @@ The host build (g++ -x c++ of the same file) is what CPU tests run: index math, 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
+
+from sparselm.kernels.gpu import cuda_build
 
 _SOURCE = Path(__file__).with_name("grp8_gemv.cu")
 MAX_K = 32768  # 2 * column must fit 16 bits (the kernel adds doubled offsets to doubled bases in 16-bit lanes)
@@ -36,63 +34,8 @@ _libs: dict[str, ctypes.CDLL | None] = {}
 _errors: dict[str, str] = {}
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("SPARSELM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparselm")
-    return Path(root) / "cuda-kernels"
-
-
-def _nvcc() -> str | None:
-    """$CUDA_HOME / $CUDA_PATH, PATH, /usr/local/cuda, then the toolkit torch's extension builder would use."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    cands = ([os.path.join(home, "bin", "nvcc")] if home else []) + [shutil.which("nvcc") or "",
-                                                                     "/usr/local/cuda/bin/nvcc"]
-    found = next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
-    if found is None:
-        try:
-            from torch.utils.cpp_extension import CUDA_HOME
-        except Exception:  # an install without the extension builder: nothing more to try
-            return None
-        c = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else ""
-        found = c if c and os.path.isfile(c) and os.access(c, os.X_OK) else None
-    return found
-
-
-def _compile(cmd: list[str], out: Path) -> None:
-    """Build into a temporary file beside `out`, then rename: concurrent processes never load half a library."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run(cmd + ["-o", tmp, str(_SOURCE)], check=True, capture_output=True, text=True, timeout=600)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _build(kind: str) -> ctypes.CDLL:
-    if kind == "device":
-        nvcc = _nvcc()
-        if nvcc is None:
-            raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-        major, minor = torch.cuda.get_device_capability()
-        cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
-               f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
-    else:
-        cxx = next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)),
-                   None)
-        if cxx is None:
-            raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-x", "c++"]
-    version = subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
-    key = hashlib.sha256(_SOURCE.read_bytes() + repr((cmd[1:], version)).encode()).hexdigest()[:16]
-    out = cache_dir() / f"grp8_gemv-{kind}-{key}.so"
-    if not out.exists():
-        try:
-            _compile(cmd, out)
-        except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"{Path(cmd[0]).name} failed: {(e.stderr or '').strip()[-600:]}") from None
-    lib = ctypes.CDLL(str(out))
+    lib = cuda_build.library(_SOURCE, kind)
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_launch.restype = i32
@@ -114,8 +57,6 @@ def load(kind: str = "device") -> ctypes.CDLL | None:
     with _lock:
         if kind not in _libs:
             try:
-                if kind == "device" and not torch.cuda.is_available():
-                    raise RuntimeError("no CUDA device")
                 _libs[kind] = _build(kind)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
                 _libs[kind], _errors[kind] = None, str(e)

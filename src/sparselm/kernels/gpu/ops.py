@@ -59,7 +59,9 @@ class SpmmConfig:
     # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536) |
     # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
-    # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16)
+    # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) |
+    # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
+    # batch 8 / 16 / 32 / 64, num_warps = 4 or 8 (16 rows each), split_k = blocks along K, block_k 128)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -83,6 +85,15 @@ class SpmmConfig:
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
+        if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
+            from sparselm.kernels.gpu.cuda_mma import BATCHES, CHUNK, WARPS
+
+            if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
+                    or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
+                    or self.unroll != 1 or not self.smem or self.persist):
+                raise ValueError(f"SpmmConfig bmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
+                                 f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {self}")
+            return
         if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
             if self.block_b not in (1, 2, 4, 8, 16) or self.vec != 4 or (self.block_b > 1 and not self.smem):
                 raise ValueError(f"SpmmConfig grp8cu: the interleaved layout (vec 4), block_b (padded batch) 1, 2, 4, "
@@ -123,6 +134,8 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
+        if self.kernel == "bmma":
+            return f"bmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "grp8cu":
             return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
@@ -213,6 +226,8 @@ class PackedBitmask:
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
         if cfg.kernel == "grp8cu":  # its arrays hold everything it reads (the layouts they came from may go)
             return {("grp8cu",)}
+        if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
+            return {("bmma",), ("bmma-ws", cfg.block_b)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
@@ -233,6 +248,10 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_grp8
 
             return cuda_grp8.supports(self, batch=cfg.block_b)
+        if cfg.kernel == "bmma":
+            from sparselm.kernels.gpu import cuda_mma
+
+            return cuda_mma.supports(self, batch=cfg.block_b)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -344,6 +363,8 @@ class PackedBitmask:
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
+        if kernel == "bmma":  # chunk starts at 128 columns plus each row's end
+            return total + 4 * n * (triton.cdiv(k, 128) + 1)
         if block_k is not None:
             total += 4 * n * triton.cdiv(k, block_k)
         return total
@@ -368,6 +389,10 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         from sparselm.kernels.gpu import cuda_grp8
 
         return cuda_grp8.gemv(x, p, cfg, out)
+    if cfg.kernel == "bmma":
+        from sparselm.kernels.gpu import cuda_mma
+
+        return cuda_mma.spmm(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))

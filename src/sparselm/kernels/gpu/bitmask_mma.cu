@@ -1,0 +1,482 @@
+// Batched y = x W^T (batch 2-64) with W in the bitmask format (FORMAT.md), on tensor cores (mma.sync m16n8k16).
+//
+// Why: the per-nonzero kernels (grp8_gemv.cu) multiply each nonzero by B activations on CUDA cores and load them
+// from shared memory, B loads per nonzero: at batch 16 they ran at 0.4x cuBLAS (gpu_kernels.json). Here W is
+// expanded straight into the mma A fragments (16 rows x 16 columns per instruction) and x is the B operand, so the
+// cost per weight position is the expansion (~5 instructions a position, the same at batch 8 or 64) and the
+// batch costs one mma per 8 batch rows per 16 x 16 tile.
+//
+// Expansion, per lane (g = lane / 4, q = lane % 4): mma's A fragment holds rows g and g + 8 at columns
+// 2q, 2q + 1 and 2q + 8, 2q + 9 of a 16-column step. For a pair of columns (c, c + 1) of one row, with w the row's
+// 32-bit mask word and vs the row's packed values:
+//     i = base(word) + popc(w & (2^c - 1))            the index of the first nonzero at or after column c
+//     (v0, v1) = vs[i], vs[i + 1]                     both read unconditionally (a shared-memory slot, see below)
+//     pair = prmt(v0, v1, sel(bits c, c + 1 of w))    (v0, 0), (0, v0), (v0, v1) or (0, 0), as 16-bit halves
+// sel picks zero bytes (the high halves of the zero-extended loads) wherever a bit is 0: no predicates, no branches.
+//
+// Staging (cp.async, NS stages in flight): per 128-column chunk, the block copies x[0:BP, chunk] (BP = padded
+// batch; rows past the real batch zero-filled), and each warp copies its 16 rows' 4 mask words and their values:
+// row r's nonzeros of the chunk are values[cp[r, c] : cp[r, c + 1]] (cp = chunk_ptr at 128 columns plus the row end),
+// copied as the 16-byte vectors that cover them into a 17-vector slot; `off` = where the first one lands.
+// Blocks own 16 x W rows (W warps, 16 rows each: x shared by the block) and a range of chunks (split-K): each
+// split adds its fp32 partial sums into a workspace, and the split that arrives last (a per-block counter) writes
+// y and zeroes the workspace and the counter again for the next call (one launch; CUDA-graph safe).
+//
+// The same file compiles as C++ (g++ -x c++): the staging index math, the expansion and the fragment layouts are
+// shared with the GPU build, and a host emulation of mma (by the PTX fragment layout) lets CPU tests check them.
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define SL_HD __device__ __forceinline__
+#else
+#define SL_HD static inline
+#endif
+
+enum { CH = 128, WPC = CH / 32, SLOT = 136, XS = CH + 8, NS = 3 };  // SLOT: 17 x 8 halves; XS: x row stride
+enum { VT_F16 = 0, VT_BF16 = 1 };
+// per warp and stage: mask words [16][WPC], value offsets [16], value slots [16][SLOT] (bytes; 16-byte multiples)
+enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * SLOT * 2 };
+
+SL_HD uint32_t popc32(uint32_t v) {
+#ifdef __CUDACC__
+  return __popc(v);
+#else
+  return (uint32_t)__builtin_popcount(v);
+#endif
+}
+
+SL_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {  // PTX prmt, default mode; every selector nibble < 8
+#ifdef __CUDACC__
+  uint32_t d;  // inline PTX: __byte_perm would mask the selector to 3 bits per nibble first (one more instruction)
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+#else
+  const uint64_t v = ((uint64_t)b << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= (uint32_t)((v >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+#endif
+}
+
+// A row's packed values in shared memory, addressed in bytes: on the GPU a 32-bit shared-window address (one
+// address add per pair, no 64-bit generic pointers), on the host a plain pointer.
+#ifdef __CUDACC__
+typedef uint32_t VPtr;
+SL_HD VPtr vptr(const uint16_t* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+SL_HD void load2(VPtr p, uint32_t* v0, uint32_t* v1) {
+  unsigned short a, b;
+  asm volatile("ld.shared.u16 %0, [%2];\n\tld.shared.u16 %1, [%2+2];" : "=h"(a), "=h"(b) : "r"(p));
+  *v0 = a; *v1 = b;
+}
+#else
+typedef const unsigned char* VPtr;
+SL_HD VPtr vptr(const uint16_t* p) { return reinterpret_cast<const unsigned char*>(p); }
+SL_HD void load2(VPtr p, uint32_t* v0, uint32_t* v1) {
+  uint16_t a, b;
+  memcpy(&a, p, 2);
+  memcpy(&b, p + 2, 2);
+  *v0 = a; *v1 = b;
+}
+#endif
+
+// Columns c, c + 1 of one row as an A-fragment register (column c in the low half). below = 2^c - 1; vb = the row's
+// slot advanced to the word's first nonzero. The selector for the final prmt comes from a 4-entry byte table (itself a
+// prmt): f = bits c, c + 1 -> 0x3232 (0, 0), 0x3210 (v0, 0), 0x1032 (0, v0), 0x5410 (v0, v1); bytes 2-3 and 6-7 of
+// the zero-extended loads are the zeros.
+SL_HD uint32_t pair_of(uint32_t w, uint32_t c, uint32_t below, VPtr vb) {
+  uint32_t v0, v1;
+  load2(vb + 2 * popc32(w & below), &v0, &v1);
+  const uint32_t f = (w >> c) & 3u;
+  const uint32_t sel = prmt(0x10321032u, 0x54103232u, f * 0x11u + 0x40u);
+  return prmt(v0, v1, sel);
+}
+
+// All 2 * WPC A fragments (16 rows x 16 columns each) of one lane for one staged chunk: mw = the warp's mask words
+// [16][WPC], off = where each row's first nonzero sits in its slot, vs = the slots [16][SLOT].
+SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint16_t* vs, uint32_t (*a)[4]) {
+  const int g = lane >> 2, q = lane & 3;
+  VPtr v0 = vptr(vs + g * SLOT + off[g]);  // each row's next word's first nonzero
+  VPtr v1 = vptr(vs + (g + 8) * SLOT + off[g + 8]);
+  uint32_t w0[WPC], w1[WPC];  // the two rows' mask words of the chunk (one 16-byte shared load each on the GPU)
+#ifdef __CUDACC__
+  static_assert(WPC == 4, "one uint4 per row");
+  const uint4 m0 = *reinterpret_cast<const uint4*>(mw + g * WPC);
+  const uint4 m1 = *reinterpret_cast<const uint4*>(mw + (g + 8) * WPC);
+  w0[0] = m0.x; w0[1] = m0.y; w0[2] = m0.z; w0[3] = m0.w;
+  w1[0] = m1.x; w1[1] = m1.y; w1[2] = m1.z; w1[3] = m1.w;
+#else
+  for (int j = 0; j < WPC; ++j) { w0[j] = mw[g * WPC + j]; w1[j] = mw[(g + 8) * WPC + j]; }
+#endif
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < WPC; ++j) {
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int s = 0; s < 2; ++s) {
+      const uint32_t c = 2 * q + 16 * s;  // this lane's columns in the word: c, c + 1 and c + 8, c + 9
+      const uint32_t lo = (1u << c) - 1u, hi = (1u << (c + 8)) - 1u;
+      a[2 * j + s][0] = pair_of(w0[j], c, lo, v0);      // row g,     columns c, c + 1
+      a[2 * j + s][1] = pair_of(w1[j], c, lo, v1);      // row g + 8, columns c, c + 1
+      a[2 * j + s][2] = pair_of(w0[j], c + 8, hi, v0);  // row g,     columns c + 8, c + 9
+      a[2 * j + s][3] = pair_of(w1[j], c + 8, hi, v1);  // row g + 8, columns c + 8, c + 9
+    }
+    v0 += 2 * popc32(w0[j]);
+    v1 += 2 * popc32(w1[j]);
+  }
+}
+
+// The B fragment of 16 columns (step ks of the chunk) x 8 batch rows (tile nt): x staged as [BP][XS] halves.
+SL_HD void x_frag(int lane, const uint16_t* xs, int ks, int nt, uint32_t* b) {
+  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 2 * (lane & 3);
+  memcpy(&b[0], r, 4);
+  memcpy(&b[1], r + 8, 4);
+}
+
+// Staging of one row's values: the 16-byte vectors covering values[start:end) (8 halves each), from `al`.
+struct Span {
+  int64_t al;  // first element of the first vector (a multiple of 8)
+  int off;     // start - al: where values[start] lands in the slot
+  int nvec;    // vectors to copy (<= 17 for 128 columns)
+};
+
+SL_HD Span span_of(int64_t start, int64_t end) {
+  Span s;
+  s.al = start & ~(int64_t)7;
+  s.off = (int)(start - s.al);
+  s.nvec = (int)((end - s.al + 7) >> 3);
+  return s;
+}
+
+// Bytes of vector v of a span that exist in values (nnz elements): the rest of the 16 bytes is zero-filled.
+SL_HD int vec_bytes(const Span& s, int v, int64_t nnz) {
+  const int64_t left = (nnz - (s.al + 8 * v)) * 2;
+  return left >= 16 ? 16 : left > 0 ? (int)left : 0;
+}
+
+#ifdef __CUDACC__
+
+template <int VT>
+__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint32_t* b) {
+  if (VT == VT_F16)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int VT>
+__device__ __forceinline__ uint16_t to_act(float f) {
+  if (VT == VT_F16) return __half_as_ushort(__float2half_rn(f));
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+struct Args {
+  const uint16_t* x;
+  const uint16_t* vals;
+  const uint32_t* words;
+  const int* cp;  // (N, n_chunks + 1)
+  uint16_t* y;
+  float* ws;      // (BP, N) fp32 zeros between calls (split-K)
+  int* cnt;       // per row block: splits done (zero between calls)
+  long long nnz;
+  int N, K, bsz, ldx, ldy, n_words, n_chunks, per_split;
+};
+
+template <int VT, int BP, int W>
+__global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
+  extern __shared__ uint4 smem4[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
+  constexpr int XS_BYTES = BP * XS * 2, STAGE = XS_BYTES + W * WARP_BYTES;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int row0 = blockIdx.x * 16 * W;
+  const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nch = c_hi - c_lo;
+  // the block's rows' chunk starts (+ row ends) for its chunks, once: no global load on the staging path
+  int* cps = reinterpret_cast<int*>(smem + NS * STAGE + 16);  // + 16: slack for the last slot's vs[i + 1]
+  for (int i = tid; i < 16 * W * (nch + 1); i += 32 * W) {
+    const int r = i / (nch + 1), j = i - r * (nch + 1), row = row0 + r;
+    cps[i] = row < a.N ? __ldg(a.cp + (size_t)row * (a.n_chunks + 1) + c_lo + j) : 0;
+  }
+  __syncthreads();
+
+  const auto issue = [&](int st, int c) {
+    unsigned char* S = smem + st * STAGE;
+    for (int i = tid; i < BP * (CH / 8); i += 32 * W) {  // x[0:BP, chunk], 8 halves per copy
+      const int b = i / (CH / 8), v = i % (CH / 8), col = c * CH + v * 8;
+      const bool ok = b < a.bsz && col < a.K;
+      cp_async16(S + (b * XS + v * 8) * 2, ok ? a.x + (size_t)b * a.ldx + col : a.x, ok ? 16 : 0);
+    }
+    unsigned char* Wp = S + XS_BYTES + warp * WARP_BYTES;
+    const int r = lane >> 1, h = lane & 1, row = row0 + 16 * warp + r;
+#pragma unroll
+    for (int j = 2 * h; j < 2 * h + 2; ++j) {
+      const int wi = c * WPC + j;
+      const bool ok = row < a.N && wi < a.n_words;
+      cp_async4(Wp + (r * WPC + j) * 4, ok ? a.words + (size_t)row * a.n_words + wi : a.words, ok ? 4 : 0);
+    }
+    const int* rc = cps + (16 * warp + r) * (nch + 1) + (c - c_lo);
+    const Span sp = span_of(rc[0], rc[1]);
+    if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = sp.off;
+    uint16_t* slot = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + r * SLOT;
+    for (int v = h; v < sp.nvec; v += 2) {
+      const int nb = vec_bytes(sp, v, a.nnz);
+      cp_async16(slot + 8 * v, nb ? a.vals + sp.al + 8 * v : a.vals, nb);
+    }
+  };
+
+  float acc[BP / 8][4];
+#pragma unroll
+  for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < NS - 1; ++s) {
+    if (c_lo + s < c_hi) issue(s, c_lo + s);
+    cp_commit();
+  }
+  for (int c = c_lo; c < c_hi; ++c) {
+    const int it = c - c_lo;
+    if (c + NS - 1 < c_hi) issue((it + NS - 1) % NS, c + NS - 1);
+    cp_commit();
+    cp_wait<NS - 1>();  // chunk c's group is complete
+    __syncthreads();
+    const unsigned char* S = smem + (it % NS) * STAGE;
+    const unsigned char* Wp = S + XS_BYTES + warp * WARP_BYTES;
+    uint32_t af[2 * WPC][4];
+    chunk_frags(lane, reinterpret_cast<const uint32_t*>(Wp), reinterpret_cast<const int*>(Wp + MW_BYTES),
+                reinterpret_cast<const uint16_t*>(Wp + MW_BYTES + OFF_BYTES), af);
+#pragma unroll
+    for (int ks = 0; ks < 2 * WPC; ++ks) {
+#pragma unroll
+      for (int t = 0; t < BP / 8; ++t) {
+        uint32_t b[2];
+        x_frag(lane, reinterpret_cast<const uint16_t*>(S), ks, t, b);
+        mma16816<VT>(acc[t], af[ks], b);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before a later issue() overwrites it
+  }
+
+  // D fragment: acc[t][0..1] = row g, batch 8t + 2q (+1); acc[t][2..3] = row g + 8
+  const int g = lane >> 2, q = lane & 3, ra = row0 + 16 * warp + g;
+  if (gridDim.y == 1) {
+#pragma unroll
+    for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
+        if (r < a.N && b < a.bsz) a.y[(size_t)b * a.ldy + r] = to_act<VT>(acc[t][j]);
+      }
+    return;
+  }
+#pragma unroll
+  for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
+      if (r < a.N && b < a.bsz) atomicAdd(a.ws + (size_t)b * a.N + r, acc[t][j]);
+    }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (tid == 0) last = atomicAdd(a.cnt + blockIdx.x, 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = tid; i < 16 * W * a.bsz; i += 32 * W) {
+    const int b = i / (16 * W), r = row0 + i % (16 * W);
+    if (r < a.N) {
+      float* p = a.ws + (size_t)b * a.N + r;
+      a.y[(size_t)b * a.ldy + r] = to_act<VT>(__ldcg(p));
+      *p = 0.0f;
+    }
+  }
+  if (tid == 0) a.cnt[blockIdx.x] = 0;
+}
+
+static size_t smem_bytes(int BP, int W, int per_split) {
+  return (size_t)NS * (BP * XS * 2 + W * WARP_BYTES) + 16 + (size_t)16 * W * (per_split + 1) * 4;
+}
+
+template <int VT, int BP, int W>
+static int launch(const Args& a, int splits, cudaStream_t stream) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = smem_bytes(BP, W, a.per_split);
+  if (smem > opted) {
+    const cudaError_t e = cudaFuncSetAttribute(bmma_kernel<VT, BP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    opted = smem;
+  }
+  const dim3 grid((a.N + 16 * W - 1) / (16 * W), splits);
+  bmma_kernel<VT, BP, W><<<grid, 32 * W, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int BP>
+static int by_warps(int W, const Args& a, int splits, cudaStream_t s) {
+  if (W == 4) return launch<VT, BP, 4>(a, splits, s);
+  if (W == 8) return launch<VT, BP, 8>(a, splits, s);
+  return -1;
+}
+
+template <int VT>
+static int by_batch(int BP, int W, const Args& a, int splits, cudaStream_t s) {
+  switch (BP) {
+    case 8: return by_warps<VT, 8>(W, a, splits, s);
+    case 16: return by_warps<VT, 16>(W, a, splits, s);
+    case 32: return by_warps<VT, 32>(W, a, splits, s);
+    case 64: return by_warps<VT, 64>(W, a, splits, s);
+    default: return -1;
+  }
+}
+
+// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps per block (4 / 8), `splits` blocks
+// along K of per_split chunks each (every split non-empty). Returns a cudaError_t (0 = launched) or -1.
+extern "C" int sl_bmma_launch(int vt, int BP, int W, const void* x, const void* vals, const void* words,
+                              const void* cp, void* y, void* ws, void* cnt, long long nnz, int N, int K, int bsz,
+                              int ldx, int ldy, int n_words, int n_chunks, int per_split, int splits, void* stream) {
+  const Args a{static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(vals),
+               static_cast<const uint32_t*>(words), static_cast<const int*>(cp), static_cast<uint16_t*>(y),
+               static_cast<float*>(ws), static_cast<int*>(cnt), nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
+               per_split};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, a, splits, s);
+  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, a, splits, s);
+  return -1;
+}
+
+extern "C" size_t sl_bmma_smem(int BP, int W, int per_split) { return smem_bytes(BP, W, per_split); }
+
+extern "C" const char* sl_bmma_error_string(int code) {
+  return cudaGetErrorString(static_cast<cudaError_t>(code));
+}
+
+#else  // host emulation: the staging and expansion above, mma by the PTX fragment layout, float32 output
+
+static float act_to_float(uint32_t h, int vt) {
+  uint32_t u;
+  if (vt == VT_BF16) {
+    u = h << 16;
+  } else {
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);
+    else if (exp != 0) u = sign | ((exp + 112) << 23) | (man << 13);
+    else {
+      const float sub = (float)man * (1.0f / 16777216.0f);
+      return sign ? -sub : sub;
+    }
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// D (16 x 8) += A (16 x 16) B (16 x 8) from the 32 lanes' fragments (mma.m16n8k16 .row.col layouts):
+// a[l][0] = A[g][2q..2q+1], a[l][1] = A[g+8][2q..], a[l][2] = A[g][2q+8..], a[l][3] = A[g+8][2q+8..];
+// b[l][0] = B[2q..2q+1][g], b[l][1] = B[2q+8..2q+9][g]; d[l] = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1].
+static void host_mma(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[2], int vt) {
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, q = l & 3;
+    for (int h = 0; h < 2; ++h) {
+      A[g][2 * q + h] = act_to_float((a[l][0] >> (16 * h)) & 0xFFFF, vt);
+      A[g + 8][2 * q + h] = act_to_float((a[l][1] >> (16 * h)) & 0xFFFF, vt);
+      A[g][2 * q + 8 + h] = act_to_float((a[l][2] >> (16 * h)) & 0xFFFF, vt);
+      A[g + 8][2 * q + 8 + h] = act_to_float((a[l][3] >> (16 * h)) & 0xFFFF, vt);
+      B[2 * q + h][g] = act_to_float((b[l][0] >> (16 * h)) & 0xFFFF, vt);
+      B[2 * q + 8 + h][g] = act_to_float((b[l][1] >> (16 * h)) & 0xFFFF, vt);
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, q = l & 3;
+    for (int j = 0; j < 4; ++j) {
+      const int r = g + 8 * (j >> 1), n = 2 * q + (j & 1);
+      float s = 0.0f;
+      for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][n];
+      d[l][j] += s;
+    }
+  }
+}
+
+// The host twin of sl_bmma_launch (one split): x (bsz, K) row-major, y (bsz, N) float32; BP the padded batch.
+extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, const void* words, const void* cp,
+                            float* y, long long nnz, int N, int K, int bsz, int n_words, int n_chunks) {
+  if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  const uint16_t* vv = static_cast<const uint16_t*>(vals);
+  const uint32_t* ww = static_cast<const uint32_t*>(words);
+  const int* cc = static_cast<const int*>(cp);
+  uint16_t* xs = new uint16_t[(size_t)BP * XS];
+  uint32_t mw[16 * WPC];
+  int off[16];
+  uint16_t* vs = new uint16_t[16 * SLOT + 8];
+  float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
+  uint32_t af[32][2 * WPC][4], a1[32][4], bf[32][2];
+  for (int r0 = 0; r0 < N; r0 += 16) {
+    memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
+    for (int c = 0; c < n_chunks; ++c) {
+      // stage as the kernel does: zero-filled x rows / columns, mask words, aligned value vectors
+      memset(xs, 0, sizeof(uint16_t) * BP * XS);
+      for (int b = 0; b < bsz; ++b)
+        for (int k = 0; k < CH && c * CH + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * CH + k];
+      memset(vs, 0xFF, sizeof(uint16_t) * (16 * SLOT + 8));  // stale slot contents: never selected
+      for (int r = 0; r < 16; ++r) {
+        const int row = r0 + r;
+        for (int j = 0; j < WPC; ++j)
+          mw[r * WPC + j] = row < N && c * WPC + j < n_words ? ww[(size_t)row * n_words + c * WPC + j] : 0u;
+        const int64_t s0 = row < N ? cc[(size_t)row * (n_chunks + 1) + c] : 0;
+        const int64_t s1 = row < N ? cc[(size_t)row * (n_chunks + 1) + c + 1] : 0;
+        const Span sp = span_of(s0, s1);
+        off[r] = sp.off;
+        for (int v = 0; v < sp.nvec; ++v) {
+          const int nb = vec_bytes(sp, v, nnz);
+          memset(vs + r * SLOT + 8 * v, 0, 16);
+          if (nb) memcpy(vs + r * SLOT + 8 * v, vv + sp.al + 8 * v, nb);
+        }
+      }
+      for (int l = 0; l < 32; ++l) chunk_frags(l, mw, off, vs, af[l]);
+      for (int ks = 0; ks < 2 * WPC; ++ks)
+        for (int t = 0; t < BP / 8; ++t) {
+          for (int l = 0; l < 32; ++l) {
+            memcpy(a1[l], af[l][ks], sizeof(a1[l]));
+            x_frag(l, xs, ks, t, bf[l]);
+          }
+          host_mma(d + 32 * t, a1, bf, vt);
+        }
+    }
+    for (int t = 0; t < BP / 8; ++t)
+      for (int l = 0; l < 32; ++l)
+        for (int j = 0; j < 4; ++j) {
+          const int r = r0 + (l >> 2) + 8 * (j >> 1), b = 8 * t + 2 * (l & 3) + (j & 1);
+          if (r < N && b < bsz) y[(size_t)b * N + r] = d[32 * t + l][j];
+        }
+  }
+  delete[] xs;
+  delete[] vs;
+  delete[] d;
+  return 0;
+}
+#endif

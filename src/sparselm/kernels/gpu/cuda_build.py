@@ -1,0 +1,89 @@
+"""Build, cache and load the project's CUDA C++ kernels (`*.cu` beside this file) as shared libraries.
+
+    lib = library(source, "device")   # nvcc for the current GPU's architecture
+    lib = library(source, "host")     # g++ -x c++ of the same file: its host emulation entry points (CPU tests)
+
+Each build is cached by a hash of the source, the command and the compiler version under
+$SPARSELM_CACHE/cuda-kernels (as the CPU kernels are), loaded with ctypes; kernels launch on torch's current stream,
+so CUDA-graph capture records them like any other kernel. A missing compiler or a failed build raises RuntimeError
+with the reason; callers (cuda_grp8.py, cuda_mma.py) turn that into "not available" and autotune never offers them.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPARSELM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparselm")
+    return Path(root) / "cuda-kernels"
+
+
+def nvcc() -> str | None:
+    """$CUDA_HOME / $CUDA_PATH, PATH, /usr/local/cuda, then the toolkit torch's extension builder would use."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    cands = ([os.path.join(home, "bin", "nvcc")] if home else []) + [shutil.which("nvcc") or "",
+                                                                     "/usr/local/cuda/bin/nvcc"]
+    found = next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    if found is None:
+        try:
+            from torch.utils.cpp_extension import CUDA_HOME
+        except Exception:  # an install without the extension builder: nothing more to try
+            return None
+        c = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else ""
+        found = c if c and os.path.isfile(c) and os.access(c, os.X_OK) else None
+    return found
+
+
+def _compile(cmd: list[str], source: Path, out: Path) -> None:
+    """Build into a temporary file beside `out`, then rename: concurrent processes never load half a library."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        subprocess.run(cmd + ["-o", tmp, str(source)], check=True, capture_output=True, text=True, timeout=900)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def command(kind: str) -> list[str]:
+    """The compiler command (without output and source) for "device" (the current GPU) or "host"."""
+    if kind == "device":
+        exe = nvcc()
+        if exe is None:
+            raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+        major, minor = torch.cuda.get_device_capability()
+        return [exe, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+                f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+    if kind == "host":
+        cxx = next((shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)),
+                   None)
+        if cxx is None:
+            raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+        return [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-x", "c++"]
+    raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
+
+
+def library(source: Path, kind: str) -> ctypes.CDLL:
+    """The shared library of `source` for `kind`, built once per content hash (RuntimeError when it cannot be)."""
+    if kind == "device" and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    cmd = command(kind)
+    version = subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
+    key = hashlib.sha256(source.read_bytes() + repr((cmd[1:], version)).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{source.stem}-{kind}-{key}.so"
+    if not out.exists():
+        try:
+            _compile(cmd, source, out)
+        except subprocess.CalledProcessError as e:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {(e.stderr or '').strip()[-600:]}") from None
+    return ctypes.CDLL(str(out))

@@ -1,0 +1,170 @@
+"""The CUDA C++ tensor-core kernel for batched y = x W^T over the bitmask format (`bitmask_mma.cu`).
+
+    y = spmm(x, packed, cfg)        # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (8, 16, 32 or 64)
+    y = spmm_host(x, packed, bp)    # the same staging and expansion on the CPU (tests): float32 (B, N)
+
+Why: at batch 8-64 the per-nonzero kernels pay B activation loads per nonzero (0.4x cuBLAS at batch 16,
+gpu_kernels.json); here each warp expands its 16 x 16 tiles of W straight into mma.sync A fragments (cost per
+weight position, independent of B) and x is the B operand. It reads the canonical format (mask words + packed
+values) plus `chunk_ptr` at 128 columns with each row's end appended: 2.5 bytes per fp16 nonzero at 75%, against
+grp8's 3.2.
+
+Config (SpmmConfig(kernel="bmma", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 warps per
+block (16 rows each; x is staged once per block); split_k = blocks along K (fp32 partial sums in a per-matrix
+workspace; the last split of a row block writes y and zeroes the workspace, so one launch and CUDA-graph safe).
+Values fp16 with fp16 x, bf16 with bf16 x; K a multiple of 8 (x rows are copied as 16-byte vectors).
+"""
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+from sparselm.kernels.gpu import cuda_build
+
+_SOURCE = Path(__file__).with_name("bitmask_mma.cu")
+CHUNK = 128  # columns per staged chunk (bitmask_mma.cu CH)
+BATCHES = (8, 16, 32, 64)
+WARPS = (4, 8)
+_VT = {torch.float16: 0, torch.bfloat16: 1}
+_lock = threading.Lock()
+_libs: dict[str, ctypes.CDLL | None] = {}
+_errors: dict[str, str] = {}
+
+
+def _build(kind: str) -> ctypes.CDLL:
+    lib = cuda_build.library(_SOURCE, kind)
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    if kind == "device":
+        lib.sl_bmma_launch.restype = i32
+        # (vt, BP, W), (x, vals, words, cp, y, ws, cnt), nnz, (N, K, bsz, ldx, ldy, n_words, n_chunks, per, splits), s
+        lib.sl_bmma_launch.argtypes = [i32] * 3 + [vp] * 7 + [ctypes.c_longlong] + [i32] * 9 + [vp]
+        lib.sl_bmma_smem.restype = ctypes.c_size_t
+        lib.sl_bmma_smem.argtypes = [i32] * 3
+        lib.sl_bmma_error_string.restype = ctypes.c_char_p
+        lib.sl_bmma_error_string.argtypes = [i32]
+    else:
+        lib.sl_bmma_host.restype = i32
+        lib.sl_bmma_host.argtypes = [i32] * 2 + [vp] * 5 + [ctypes.c_longlong] + [i32] * 5
+    return lib
+
+
+def load(kind: str = "device") -> ctypes.CDLL | None:
+    """The built library ("device": nvcc for the current GPU; "host": g++ emulation), None when it cannot be built."""
+    if kind not in ("device", "host"):
+        raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
+    with _lock:
+        if kind not in _libs:
+            try:
+                _libs[kind] = _build(kind)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                _libs[kind], _errors[kind] = None, str(e)
+    return _libs[kind]
+
+
+def available() -> bool:
+    return load("device") is not None
+
+
+def build_error(kind: str = "device") -> str | None:
+    return _errors.get(kind)
+
+
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
+    """fp16 / bf16 values (x of the same dtype), K a multiple of 8, padded batch 8-64, < 2^31 nonzeros."""
+    n, k = p.shape
+    if p.values.dtype not in _VT or k % 8 or batch not in BATCHES or p.values.numel() >= 2**31:
+        return False
+    return x_dtype is None or x_dtype == p.values.dtype
+
+
+def aux(p) -> torch.Tensor:
+    """(N, ceil(K/128) + 1) int32: chunk_ptr at 128 columns with each row's end appended (a chunk's nonzeros are
+    values[cp[n, c] : cp[n, c + 1]]), cached on the matrix under ("bmma",)."""
+    if ("bmma",) not in p._cptr:
+        cp = p.chunk_ptr(CHUNK)
+        end = p.row_ptr[1:].to(torch.int32).to(cp.device)[:, None]
+        p._cptr[("bmma",)] = torch.cat([cp, end], dim=1).contiguous()
+        if p._cptr.get(CHUNK) is cp:  # only built for this: the extended copy holds it
+            del p._cptr[CHUNK]
+    return p._cptr[("bmma",)]
+
+
+def workspace(p, block_b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 (block_b, N) partial sums, int32 per-row-block counters), zero between calls; cached per padded batch
+    under ("bmma-ws", block_b)."""
+    key = ("bmma-ws", block_b)
+    if key not in p._cptr:
+        n = p.shape[0]
+        dev = p.values.device
+        p._cptr[key] = (torch.zeros(block_b, n, device=dev, dtype=torch.float32),
+                        torch.zeros(-(-n // 16), device=dev, dtype=torch.int32))
+    return p._cptr[key]
+
+
+def splits(n_chunks: int, split_k: int) -> tuple[int, int]:
+    """(chunks per split, splits) for at most split_k splits, none of them empty."""
+    per = -(-n_chunks // max(1, min(split_k, n_chunks)))
+    return per, -(-n_chunks // per)
+
+
+def _check(x: torch.Tensor, p, block_b: int) -> None:
+    n, k = p.shape
+    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= block_b:
+        raise ValueError(f"bmma: x must be (B, {k}) with 1 <= B <= {block_b} (the config's padded batch), got "
+                         f"{tuple(x.shape)}")
+    if not supports(p, x.dtype, block_b):
+        raise ValueError(f"bmma: needs fp16 values with fp16 x or bf16 with bf16, K a multiple of 8 and a padded "
+                         f"batch in {BATCHES}; got values {p.values.dtype}, x {x.dtype}, K {k}, batch {block_b}")
+
+
+def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (B, N) = x W^T on the GPU (cfg: block_b, num_warps, split_k). `out`: a contiguous (B, N) tensor of x's
+    dtype."""
+    _check(x, p, cfg.block_b)
+    n, k = p.shape
+    bsz = x.shape[0]
+    if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
+        raise ValueError(f"bmma: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    lib = load("device")
+    if lib is None:
+        raise RuntimeError(f"bmma: the CUDA kernel is unavailable ({build_error()})")
+    if not (x.is_cuda and p.values.device == x.device):
+        raise ValueError(f"bmma: x and the matrix must be on the same CUDA device, got {x.device} and "
+                         f"{p.values.device}")
+    if not x.is_contiguous() or x.data_ptr() % 16:
+        x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
+    cp = aux(p)
+    n_chunks = cp.shape[1] - 1
+    per, nsplit = splits(n_chunks, cfg.split_k)
+    ws, cnt = workspace(p, cfg.block_b)
+    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
+    code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, x.data_ptr(), p.values.data_ptr(),
+                              p.words.data_ptr(), cp.data_ptr(), y.data_ptr(), ws.data_ptr(), cnt.data_ptr(),
+                              p.values.numel(), n, k, bsz, k, n, p.words.shape[1], n_chunks, per, nsplit,
+                              torch.cuda.current_stream().cuda_stream)
+    if code != 0:
+        raise RuntimeError(f"bmma launch failed: {lib.sl_bmma_error_string(code).decode()} (code {code})")
+    return y
+
+
+def spmm_host(x: torch.Tensor, p, block_b: int = 16) -> torch.Tensor:
+    """The kernel's staging, expansion and fragment layouts on the CPU (mma emulated by the PTX fragment layout):
+    float32 (B, N). What the CPU tests check against a dense reference."""
+    _check(x, p, block_b)
+    lib = load("host")
+    if lib is None:
+        raise RuntimeError(f"bmma host emulation unavailable ({build_error('host')})")
+    n, k = p.shape
+    x = x.contiguous().cpu()
+    cp, vals, words = aux(p).cpu(), p.values.cpu(), p.words.cpu().contiguous()  # alive through the call
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    code = lib.sl_bmma_host(_VT[x.dtype], block_b, x.data_ptr(), vals.data_ptr(), words.data_ptr(), cp.data_ptr(),
+                            y.data_ptr(), vals.numel(), n, k, x.shape[0], words.shape[1], cp.shape[1] - 1)
+    if code != 0:
+        raise ValueError(f"bmma host: unsupported values {p.values.dtype} / batch {block_b}")
+    return y
