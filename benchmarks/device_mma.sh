@@ -15,4 +15,8 @@ timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched
   --budget-s $(( ${BATCHED_S:-300} - 30 )) --out $OUT/gpu_kernels_batched.json 2>&1 | q 70
 [ "${DECODE_S:-0}" -gt 0 ] && timeout -k 10 $DECODE_S python3 benchmarks/gpu_kernels.py --grid decode --kernels grp8cu \
   --all-configs --budget-s $(( DECODE_S - 20 )) --out $OUT/gpu_kernels_decode_gs2.json 2>&1 | q 40
+
+# issue 4's fine-tuning throughput with compiled blocks (eager steps are launch-bound), when asked
+[ "${TRAIN_S:-0}" -gt 0 ] && timeout -k 10 $TRAIN_S python3 benchmarks/train_step.py --compile \
+  --out $OUT/train_step_compile.json 2>&1 | q 20
 ls -la $OUT
