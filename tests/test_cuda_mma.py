@@ -60,11 +60,12 @@ def test_host_build_places_every_column_and_special_value():
 
 
 def test_config_rules_and_keys():
-    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=16, num_warps=4, split_k=8)
-    assert cfg.key() == "bmma-w4b16s8"
-    for bad in (dict(block_b=4), dict(num_warps=2), dict(block_k=256), dict(split_k=0), dict(persist=1)):
+    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=16, num_warps=4, split_k=8, num_stages=4)
+    assert cfg.key() == "bmma-w4b16s8p4"
+    for bad in (dict(block_b=4), dict(num_warps=2), dict(block_k=256), dict(split_k=0), dict(persist=1),
+                dict(num_stages=3)):
         with pytest.raises(ValueError, match="bmma"):
-            SpmmConfig(**{**dict(kernel="bmma", block_k=128, block_b=16, num_warps=4), **bad})
+            SpmmConfig(**{**dict(kernel="bmma", block_k=128, block_b=16, num_warps=4, num_stages=4), **bad})
     ct = compress_tensor(sparse_weight(20, 100, 0.5), "float16")  # K not a multiple of 8: not served
     assert not PackedBitmask.from_compressed(ct).supports(cfg)
     ct = compress_tensor(sparse_weight(20, 104, 0.5), "int8")  # int8 values: not served (grp8cu does)
@@ -85,8 +86,12 @@ def test_bytes_and_aux_arrays():
     assert torch.equal(cp[:, 0].long(), ct.row_ptr[:-1])
     words = ct.bitmask.numel()
     assert p.nbytes(128, "bmma") == ct.values.numel() * 2 + words + 4 * n * 4
-    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=8, num_warps=4)
+    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=8, num_warps=4, num_stages=8)
     cuda_mma.workspace(p, 8)
+    # the staging buffer: the most 16-byte vectors any 16-row band's chunk needs (rows 16-23 form a partial band)
+    start, stop = cp[:, :-1].long(), cp[:, 1:].long()
+    nvec = (stop - (start & ~7) + 7) >> 3
+    assert cuda_mma.cap(p) == max(int(nvec[:16].sum(0).max()), int(nvec[16:].sum(0).max()))
     p.drop_aux([cfg])
     assert ("bmma",) in p._cptr and ("bmma-ws", 8) in p._cptr
 
@@ -117,9 +122,9 @@ def test_gpu_build_matches_host_and_dense(values, sparsity, n, k, bsz, bp):
     x = torch.randn(bsz, k, device="cuda").to(act)
     ref = x.double() @ decompress(ct, torch.float32).double().T
     host_y = cuda_mma.spmm_host(x.cpu(), p, bp) if has_cxx else None
-    for w in cuda_mma.WARPS:
+    for w, ns in ((4, 4), (4, 8), (8, 4), (8, 8)):
         for s in (1, 2, 3, 16):
-            cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=bp, num_warps=w, split_k=s)
+            cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=bp, num_warps=w, split_k=s, num_stages=ns)
             for _ in range(2):  # the second call reuses the split-K workspace and counters
                 out = torch.full((bsz, n), float("nan"), device="cuda", dtype=act)
                 y = spmm(x, p, cfg, out=out).double()

@@ -213,9 +213,12 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     return out + bmma_configs(bb)
 
 
-# bmma (tensor cores over the mask + values): (warps per block, splits along K). A 4096-row layer has only 64 blocks
-# of 4 warps, so the splits fill the 132 SMs; not yet timed, so the grid brackets 1-16 splits.
-BMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (4, 16), (8, 1), (8, 2), (8, 4), (8, 8))
+# bmma (tensor cores over the mask + values): (warps per block, splits along K, stages). The first timings
+# (gpu_kernels_batched_bmma_first.json: 3 stages, buffers sized for dense chunks) were latency-bound, best at 4 warps
+# and 2-4 splits; with buffers sized per matrix, 4-8 stages fit, so the grid brackets splits 1-8 at both depths.
+# Configs whose shared memory exceeds the GPU's for a matrix are skipped (PackedBitmask.supports).
+BMMA_SHAPES = ((4, 1, 8), (4, 2, 8), (4, 4, 8), (4, 2, 4), (4, 4, 4), (4, 8, 4), (8, 1, 8), (8, 2, 8), (8, 1, 4),
+               (8, 2, 4), (8, 4, 4))
 
 
 def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:
@@ -226,7 +229,8 @@ def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:
     bp = max(8, bb)
     if bp not in cuda_mma.BATCHES or not cuda_mma.available():
         return []
-    return [SpmmConfig(kernel="bmma", block_k=cuda_mma.CHUNK, block_b=bp, num_warps=w, split_k=s) for w, s in shapes]
+    return [SpmmConfig(kernel="bmma", block_k=cuda_mma.CHUNK, block_b=bp, num_warps=w, split_k=sk, num_stages=ns)
+            for w, sk, ns in shapes]
 
 
 def choose(dense_ms: float, timed: list[tuple[Any, float]], margin: float = 0.03) -> tuple[str, Any, float]:

@@ -14,10 +14,13 @@
 //     pair = prmt(v0, v1, sel(bits c, c + 1 of w))    (v0, 0), (0, v0), (v0, v1) or (0, 0), as 16-bit halves
 // sel picks zero bytes (the high halves of the zero-extended loads) wherever a bit is 0: no predicates, no branches.
 //
-// Staging (cp.async, NS stages in flight): per 128-column chunk, the block copies x[0:BP, chunk] (BP = padded
+// Staging (cp.async, NS - 1 chunks in flight): per 128-column chunk, the block copies x[0:BP, chunk] (BP = padded
 // batch; rows past the real batch zero-filled), and each warp copies its 16 rows' 4 mask words and their values:
 // row r's nonzeros of the chunk are values[cp[r, c] : cp[r, c + 1]] (cp = chunk_ptr at 128 columns plus the row end),
-// copied as the 16-byte vectors that cover them into a 17-vector slot; `off` = where the first one lands.
+// copied as the 16-byte vectors that cover them, rows back to back in the warp's buffer (a prefix sum over the 16
+// rows); `off` = where each row's first nonzero lands. The buffer holds `cap` vectors: the most any 16-row band's
+// chunk needs in this matrix (computed when the matrix is prepared), so at 75% sparsity a stage is ~1/3 of the
+// worst case and more stages fit: the first timings were latency-bound with 2 chunks in flight.
 // Blocks own 16 x W rows (W warps, 16 rows each: x shared by the block) and a range of chunks (split-K): each
 // split adds its fp32 partial sums into a workspace, and the split that arrives last (a per-block counter) writes
 // y and zeroes the workspace and the counter again for the next call (one launch; CUDA-graph safe).
@@ -35,10 +38,10 @@
 #define SL_HD static inline
 #endif
 
-enum { CH = 128, WPC = CH / 32, SLOT = 136, XS = CH + 8, NS = 3 };  // SLOT: 17 x 8 halves; XS: x row stride
+enum { CH = 128, WPC = CH / 32, XS = CH + 8 };  // XS: x's row stride in halves (conflict-free B fragments)
 enum { VT_F16 = 0, VT_BF16 = 1 };
-// per warp and stage: mask words [16][WPC], value offsets [16], value slots [16][SLOT] (bytes; 16-byte multiples)
-enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * SLOT * 2 };
+// per warp and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
+enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4 };
 
 SL_HD uint32_t popc32(uint32_t v) {
 #ifdef __CUDACC__
@@ -95,11 +98,11 @@ SL_HD uint32_t pair_of(uint32_t w, uint32_t c, uint32_t below, VPtr vb) {
 }
 
 // All 2 * WPC A fragments (16 rows x 16 columns each) of one lane for one staged chunk: mw = the warp's mask words
-// [16][WPC], off = where each row's first nonzero sits in its slot, vs = the slots [16][SLOT].
+// [16][WPC], off = where each row's first nonzero sits in the warp's value buffer vs (in halves).
 SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint16_t* vs, uint32_t (*a)[4]) {
   const int g = lane >> 2, q = lane & 3;
-  VPtr v0 = vptr(vs + g * SLOT + off[g]);  // each row's next word's first nonzero
-  VPtr v1 = vptr(vs + (g + 8) * SLOT + off[g + 8]);
+  VPtr v0 = vptr(vs + off[g]);  // each row's next word's first nonzero
+  VPtr v1 = vptr(vs + off[g + 8]);
   uint32_t w0[WPC], w1[WPC];  // the two rows' mask words of the chunk (one 16-byte shared load each on the GPU)
 #ifdef __CUDACC__
   static_assert(WPC == 4, "one uint4 per row");
@@ -140,7 +143,7 @@ SL_HD void x_frag(int lane, const uint16_t* xs, int ks, int nt, uint32_t* b) {
 // Staging of one row's values: the 16-byte vectors covering values[start:end) (8 halves each), from `al`.
 struct Span {
   int64_t al;  // first element of the first vector (a multiple of 8)
-  int off;     // start - al: where values[start] lands in the slot
+  int off;     // start - al: where values[start] lands in the row's first vector
   int nvec;    // vectors to copy (<= 17 for 128 columns)
 };
 
@@ -205,18 +208,19 @@ struct Args {
   int* cnt;       // per row block: splits done (zero between calls)
   long long nnz;
   int N, K, bsz, ldx, ldy, n_words, n_chunks, per_split;
+  int cap;        // 16-byte value vectors per warp buffer: the most any 16-row band's chunk needs
 };
 
-template <int VT, int BP, int W>
+template <int VT, int BP, int W, int NS>
 __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   extern __shared__ uint4 smem4[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
-  constexpr int XS_BYTES = BP * XS * 2, STAGE = XS_BYTES + W * WARP_BYTES;
+  const int XS_BYTES = BP * XS * 2, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * a.cap, STAGE = XS_BYTES + W * WARP_BYTES;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int row0 = blockIdx.x * 16 * W;
   const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nch = c_hi - c_lo;
   // the block's rows' chunk starts (+ row ends) for its chunks, once: no global load on the staging path
-  int* cps = reinterpret_cast<int*>(smem + NS * STAGE + 16);  // + 16: slack for the last slot's vs[i + 1]
+  int* cps = reinterpret_cast<int*>(smem + NS * STAGE + 16);  // + 16: slack for the last buffer's vs[i + 1]
   for (int i = tid; i < 16 * W * (nch + 1); i += 32 * W) {
     const int r = i / (nch + 1), j = i - r * (nch + 1), row = row0 + r;
     cps[i] = row < a.N ? __ldg(a.cp + (size_t)row * (a.n_chunks + 1) + c_lo + j) : 0;
@@ -240,11 +244,18 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     }
     const int* rc = cps + (16 * warp + r) * (nch + 1) + (c - c_lo);
     const Span sp = span_of(rc[0], rc[1]);
-    if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = sp.off;
-    uint16_t* slot = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + r * SLOT;
+    int first = h ? 0 : sp.nvec;  // exclusive prefix of the rows' vector counts (even lanes carry them)
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const int t = __shfl_up_sync(0xFFFFFFFFu, first, d);
+      if (lane >= d) first += t;
+    }
+    first = __shfl_sync(0xFFFFFFFFu, first, lane & ~1) - sp.nvec;  // row r's first vector in the buffer
+    if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = 8 * first + sp.off;
+    uint16_t* buf = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + 8 * first;
     for (int v = h; v < sp.nvec; v += 2) {
       const int nb = vec_bytes(sp, v, a.nnz);
-      cp_async16(slot + 8 * v, nb ? a.vals + sp.al + 8 * v : a.vals, nb);
+      cp_async16(buf + 8 * v, nb ? a.vals + sp.al + 8 * v : a.vals, nb);
     }
   };
 
@@ -316,59 +327,70 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   if (tid == 0) a.cnt[blockIdx.x] = 0;
 }
 
-static size_t smem_bytes(int BP, int W, int per_split) {
-  return (size_t)NS * (BP * XS * 2 + W * WARP_BYTES) + 16 + (size_t)16 * W * (per_split + 1) * 4;
+static size_t smem_bytes(int BP, int W, int NS, int cap, int per_split) {
+  return (size_t)NS * (BP * XS * 2 + W * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 + (size_t)16 * W * (per_split + 1) * 4;
 }
 
-template <int VT, int BP, int W>
+template <int VT, int BP, int W, int NS>
 static int launch(const Args& a, int splits, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = smem_bytes(BP, W, a.per_split);
+  const size_t smem = smem_bytes(BP, W, NS, a.cap, a.per_split);
   if (smem > opted) {
-    const cudaError_t e = cudaFuncSetAttribute(bmma_kernel<VT, BP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)smem);
+    const cudaError_t e = cudaFuncSetAttribute(bmma_kernel<VT, BP, W, NS>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return (int)e;
     opted = smem;
   }
   const dim3 grid((a.N + 16 * W - 1) / (16 * W), splits);
-  bmma_kernel<VT, BP, W><<<grid, 32 * W, smem, stream>>>(a);
+  bmma_kernel<VT, BP, W, NS><<<grid, 32 * W, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
+template <int VT, int BP, int W>
+static int by_stages(int NS, const Args& a, int splits, cudaStream_t s) {
+  if (NS == 4) return launch<VT, BP, W, 4>(a, splits, s);
+  if (NS == 8) return launch<VT, BP, W, 8>(a, splits, s);
+  return -1;
+}
+
 template <int VT, int BP>
-static int by_warps(int W, const Args& a, int splits, cudaStream_t s) {
-  if (W == 4) return launch<VT, BP, 4>(a, splits, s);
-  if (W == 8) return launch<VT, BP, 8>(a, splits, s);
+static int by_warps(int W, int NS, const Args& a, int splits, cudaStream_t s) {
+  if (W == 4) return by_stages<VT, BP, 4>(NS, a, splits, s);
+  if (W == 8) return by_stages<VT, BP, 8>(NS, a, splits, s);
   return -1;
 }
 
 template <int VT>
-static int by_batch(int BP, int W, const Args& a, int splits, cudaStream_t s) {
+static int by_batch(int BP, int W, int NS, const Args& a, int splits, cudaStream_t s) {
   switch (BP) {
-    case 8: return by_warps<VT, 8>(W, a, splits, s);
-    case 16: return by_warps<VT, 16>(W, a, splits, s);
-    case 32: return by_warps<VT, 32>(W, a, splits, s);
-    case 64: return by_warps<VT, 64>(W, a, splits, s);
+    case 8: return by_warps<VT, 8>(W, NS, a, splits, s);
+    case 16: return by_warps<VT, 16>(W, NS, a, splits, s);
+    case 32: return by_warps<VT, 32>(W, NS, a, splits, s);
+    case 64: return by_warps<VT, 64>(W, NS, a, splits, s);
     default: return -1;
   }
 }
 
-// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps per block (4 / 8), `splits` blocks
-// along K of per_split chunks each (every split non-empty). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_bmma_launch(int vt, int BP, int W, const void* x, const void* vals, const void* words,
+// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps per block (4 / 8), NS = stages
+// (4 / 8), cap = value vectors per warp buffer, `splits` blocks along K of per_split chunks each (every split
+// non-empty). Returns a cudaError_t (0 = launched) or -1.
+extern "C" int sl_bmma_launch(int vt, int BP, int W, int NS, const void* x, const void* vals, const void* words,
                               const void* cp, void* y, void* ws, void* cnt, long long nnz, int N, int K, int bsz,
-                              int ldx, int ldy, int n_words, int n_chunks, int per_split, int splits, void* stream) {
+                              int ldx, int ldy, int n_words, int n_chunks, int per_split, int splits, int cap,
+                              void* stream) {
   const Args a{static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(vals),
                static_cast<const uint32_t*>(words), static_cast<const int*>(cp), static_cast<uint16_t*>(y),
                static_cast<float*>(ws), static_cast<int*>(cnt), nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
-               per_split};
+               per_split, cap};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, a, splits, s);
-  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, a, splits, s);
+  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, NS, a, splits, s);
+  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, NS, a, splits, s);
   return -1;
 }
 
-extern "C" size_t sl_bmma_smem(int BP, int W, int per_split) { return smem_bytes(BP, W, per_split); }
+extern "C" size_t sl_bmma_smem(int BP, int W, int NS, int cap, int per_split) {
+  return smem_bytes(BP, W, NS, cap, per_split);
+}
 
 extern "C" const char* sl_bmma_error_string(int code) {
   return cudaGetErrorString(static_cast<cudaError_t>(code));
@@ -432,17 +454,18 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
   uint16_t* xs = new uint16_t[(size_t)BP * XS];
   uint32_t mw[16 * WPC];
   int off[16];
-  uint16_t* vs = new uint16_t[16 * SLOT + 8];
+  uint16_t* vs = new uint16_t[16 * 17 * 8 + 8];  // the worst case: 17 vectors per row
   float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
   uint32_t af[32][2 * WPC][4], a1[32][4], bf[32][2];
   for (int r0 = 0; r0 < N; r0 += 16) {
     memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
     for (int c = 0; c < n_chunks; ++c) {
-      // stage as the kernel does: zero-filled x rows / columns, mask words, aligned value vectors
+      // stage as the kernel does: zero-filled x rows / columns, mask words, rows' value vectors back to back
       memset(xs, 0, sizeof(uint16_t) * BP * XS);
       for (int b = 0; b < bsz; ++b)
         for (int k = 0; k < CH && c * CH + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * CH + k];
-      memset(vs, 0xFF, sizeof(uint16_t) * (16 * SLOT + 8));  // stale slot contents: never selected
+      memset(vs, 0xFF, sizeof(uint16_t) * (16 * 17 * 8 + 8));  // stale buffer contents: never selected
+      int first = 0;
       for (int r = 0; r < 16; ++r) {
         const int row = r0 + r;
         for (int j = 0; j < WPC; ++j)
@@ -450,12 +473,13 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
         const int64_t s0 = row < N ? cc[(size_t)row * (n_chunks + 1) + c] : 0;
         const int64_t s1 = row < N ? cc[(size_t)row * (n_chunks + 1) + c + 1] : 0;
         const Span sp = span_of(s0, s1);
-        off[r] = sp.off;
+        off[r] = 8 * first + sp.off;
         for (int v = 0; v < sp.nvec; ++v) {
           const int nb = vec_bytes(sp, v, nnz);
-          memset(vs + r * SLOT + 8 * v, 0, 16);
-          if (nb) memcpy(vs + r * SLOT + 8 * v, vv + sp.al + 8 * v, nb);
+          memset(vs + 8 * (first + v), 0, 16);
+          if (nb) memcpy(vs + 8 * (first + v), vv + sp.al + 8 * v, nb);
         }
+        first += sp.nvec;
       }
       for (int l = 0; l < 32; ++l) chunk_frags(l, mw, off, vs, af[l]);
       for (int ks = 0; ks < 2 * WPC; ++ks)

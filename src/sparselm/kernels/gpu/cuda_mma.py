@@ -10,7 +10,8 @@ values) plus `chunk_ptr` at 128 columns with each row's end appended: 2.5 bytes 
 grp8's 3.2.
 
 Config (SpmmConfig(kernel="bmma", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 warps per
-block (16 rows each; x is staged once per block); split_k = blocks along K (fp32 partial sums in a per-matrix
+block (16 rows each; x is staged once per block); num_stages = 4 or 8 chunks staged (3 or 7 in flight: the first
+timings, with 2 in flight and buffers sized for dense chunks, were latency-bound); split_k = blocks along K (fp32 partial sums in a per-matrix
 workspace; the last split of a row block writes y and zeroes the workspace, so one launch and CUDA-graph safe).
 Values fp16 with fp16 x, bf16 with bf16 x; K a multiple of 8 (x rows are copied as 16-byte vectors).
 """
@@ -29,6 +30,7 @@ _SOURCE = Path(__file__).with_name("bitmask_mma.cu")
 CHUNK = 128  # columns per staged chunk (bitmask_mma.cu CH)
 BATCHES = (8, 16, 32, 64)
 WARPS = (4, 8)
+STAGES = (4, 8)  # chunks staged per block (NS - 1 in flight)
 _VT = {torch.float16: 0, torch.bfloat16: 1}
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
@@ -40,10 +42,11 @@ def _build(kind: str) -> ctypes.CDLL:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_bmma_launch.restype = i32
-        # (vt, BP, W), (x, vals, words, cp, y, ws, cnt), nnz, (N, K, bsz, ldx, ldy, n_words, n_chunks, per, splits), s
-        lib.sl_bmma_launch.argtypes = [i32] * 3 + [vp] * 7 + [ctypes.c_longlong] + [i32] * 9 + [vp]
+        # (vt, BP, W, NS), (x, vals, words, cp, y, ws, cnt), nnz,
+        # (N, K, bsz, ldx, ldy, n_words, n_chunks, per, splits, cap), stream
+        lib.sl_bmma_launch.argtypes = [i32] * 4 + [vp] * 7 + [ctypes.c_longlong] + [i32] * 10 + [vp]
         lib.sl_bmma_smem.restype = ctypes.c_size_t
-        lib.sl_bmma_smem.argtypes = [i32] * 3
+        lib.sl_bmma_smem.argtypes = [i32] * 5
         lib.sl_bmma_error_string.restype = ctypes.c_char_p
         lib.sl_bmma_error_string.argtypes = [i32]
     else:
@@ -73,6 +76,14 @@ def build_error(kind: str = "device") -> str | None:
     return _errors.get(kind)
 
 
+def fits(p, cfg) -> bool:
+    """Whether one block of cfg fits the GPU's shared memory for this matrix (True without a GPU: nothing to launch)."""
+    if not torch.cuda.is_available():
+        return True
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return smem_bytes(p, cfg) <= int(getattr(props, "shared_memory_per_block_optin", 232448))
+
+
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
     """fp16 / bf16 values (x of the same dtype), K a multiple of 8, padded batch 8-64, < 2^31 nonzeros."""
     n, k = p.shape
@@ -83,14 +94,38 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
 
 def aux(p) -> torch.Tensor:
     """(N, ceil(K/128) + 1) int32: chunk_ptr at 128 columns with each row's end appended (a chunk's nonzeros are
-    values[cp[n, c] : cp[n, c + 1]]), cached on the matrix under ("bmma",)."""
+    values[cp[n, c] : cp[n, c + 1]]), cached on the matrix under ("bmma",); with it, `cap(p)`."""
     if ("bmma",) not in p._cptr:
+        had = CHUNK in p._cptr
         cp = p.chunk_ptr(CHUNK)
         end = p.row_ptr[1:].to(torch.int32).to(cp.device)[:, None]
-        p._cptr[("bmma",)] = torch.cat([cp, end], dim=1).contiguous()
-        if p._cptr.get(CHUNK) is cp:  # only built for this: the extended copy holds it
+        full = torch.cat([cp, end], dim=1).contiguous()
+        if not had:  # only built for this: the extended copy holds it
             del p._cptr[CHUNK]
+        # the 16-byte vectors a warp copies per chunk (the kernel's span_of), summed over each 16-row band; the
+        # largest sizes every warp's staging buffer (read on the host once, here, never at call time)
+        start, stop = full[:, :-1].long(), full[:, 1:].long()
+        nvec = (stop - (start & ~7) + 7) >> 3
+        n = nvec.shape[0]
+        nvec = torch.cat([nvec, nvec.new_zeros((-n) % 16, nvec.shape[1])]).view(-1, 16, nvec.shape[1]).sum(1)
+        p._rowmax[("bmma",)] = max(1, int(nvec.max())) if nvec.numel() else 1
+        p._cptr[("bmma",)] = full
     return p._cptr[("bmma",)]
+
+
+def cap(p) -> int:
+    """Value vectors per warp staging buffer for this matrix (the most any 16-row band's chunk needs)."""
+    aux(p)
+    return p._rowmax[("bmma",)]
+
+
+def smem_bytes(p, cfg) -> int:
+    """Dynamic shared memory one block of cfg needs for this matrix (0 where the library is not built)."""
+    lib = load("device")
+    if lib is None:
+        return 0
+    per, _ = splits(aux(p).shape[1] - 1, cfg.split_k)
+    return int(lib.sl_bmma_smem(cfg.block_b, cfg.num_warps, cfg.num_stages, cap(p), per))
 
 
 def workspace(p, block_b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +178,10 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
-    code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, x.data_ptr(), p.values.data_ptr(),
-                              p.words.data_ptr(), cp.data_ptr(), y.data_ptr(), ws.data_ptr(), cnt.data_ptr(),
-                              p.values.numel(), n, k, bsz, k, n, p.words.shape[1], n_chunks, per, nsplit,
-                              torch.cuda.current_stream().cuda_stream)
+    code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, cfg.num_stages, x.data_ptr(),
+                              p.values.data_ptr(), p.words.data_ptr(), cp.data_ptr(), y.data_ptr(), ws.data_ptr(),
+                              cnt.data_ptr(), p.values.numel(), n, k, bsz, k, n, p.words.shape[1], n_chunks, per,
+                              nsplit, cap(p), torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"bmma launch failed: {lib.sl_bmma_error_string(code).decode()} (code {code})")
     return y

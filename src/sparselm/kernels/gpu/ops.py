@@ -86,13 +86,15 @@ class SpmmConfig:
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
-            from sparselm.kernels.gpu.cuda_mma import BATCHES, CHUNK, WARPS
+            from sparselm.kernels.gpu.cuda_mma import BATCHES, CHUNK, STAGES, WARPS
 
             if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
+                    or self.num_stages not in STAGES
                     or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
                     or self.unroll != 1 or not self.smem or self.persist):
                 raise ValueError(f"SpmmConfig bmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
-                                 f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {self}")
+                                 f"num_stages in {STAGES}, block_k {CHUNK}, split_k an int >= 1, no persist / "
+                                 f"unroll / smem=False; got {self}")
             return
         if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
             if self.block_b not in (1, 2, 4, 8, 16) or self.vec != 4 or (self.block_b > 1 and not self.smem):
@@ -135,7 +137,7 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel == "bmma":
-            return f"bmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
+            return f"bmma-w{self.num_warps}b{self.block_b}s{self.split_k}p{self.num_stages}"
         if self.kernel == "grp8cu":
             return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
@@ -251,7 +253,7 @@ class PackedBitmask:
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
-            return cuda_mma.supports(self, batch=cfg.block_b)
+            return cuda_mma.supports(self, batch=cfg.block_b) and cuda_mma.fits(self, cfg)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
