@@ -80,18 +80,20 @@ def test_bytes_and_aux_arrays():
     n, k = 24, 300
     ct = compress_tensor(sparse_weight(n, k, 0.75, seed=2), "float16")
     p = PackedBitmask.from_compressed(ct)
-    cp = cuda_mma.aux(p)
-    assert cp.shape == (n, 4) and cp.dtype == torch.int32
+    cp, dst = cuda_mma.aux(p)
+    assert cp.shape == (n, 4) and cp.dtype == torch.int32 and dst.shape == (n, 3)
     assert torch.equal(cp[:, -1].long(), ct.row_ptr[1:])
     assert torch.equal(cp[:, 0].long(), ct.row_ptr[:-1])
     words = ct.bitmask.numel()
-    assert p.nbytes(128, "bmma") == ct.values.numel() * 2 + words + 4 * n * 4
+    assert p.nbytes(128, "bmma") == ct.values.numel() * 2 + words + 4 * n * (4 + 3)
     cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=8, num_warps=4, num_stages=8)
     cuda_mma.workspace(p, 8)
     # the staging buffer: the most 16-byte vectors any 16-row band's chunk needs (rows 16-23 form a partial band)
     start, stop = cp[:, :-1].long(), cp[:, 1:].long()
     nvec = (stop - (start & ~7) + 7) >> 3
     assert cuda_mma.cap(p) == max(int(nvec[:16].sum(0).max()), int(nvec[16:].sum(0).max()))
+    assert torch.equal(dst[:16].long(), nvec[:16].cumsum(0) - nvec[:16])  # offsets restart at each band
+    assert torch.equal(dst[16:].long(), nvec[16:].cumsum(0) - nvec[16:])
     p.drop_aux([cfg])
     assert ("bmma",) in p._cptr and ("bmma-ws", 8) in p._cptr
 
@@ -114,6 +116,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
     ("float16", 0.5, 37, 296, 5, 8), ("float16", 0.75, 200, 1032, 16, 16), ("bfloat16", 0.9, 21, 1000, 11, 16),
     ("float16", 0.0, 9, 264, 33, 64), ("bfloat16", 0.6, 130, 520, 20, 32), ("float16", 1.0, 18, 136, 3, 8)])
 def test_gpu_build_matches_host_and_dense(values, sparsity, n, k, bsz, bp):
+    """Every warps x stages pair that fits the GPU's shared memory (a dense matrix's staging buffers are large)."""
     if not cuda_mma.available():
         pytest.skip(f"bmma unavailable: {cuda_mma.build_error()}")
     act = getattr(torch, values)
@@ -125,6 +128,8 @@ def test_gpu_build_matches_host_and_dense(values, sparsity, n, k, bsz, bp):
     for w, ns in ((4, 4), (4, 8), (8, 4), (8, 8)):
         for s in (1, 2, 3, 16):
             cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=bp, num_warps=w, split_k=s, num_stages=ns)
+            if not p.supports(cfg):
+                continue
             for _ in range(2):  # the second call reuses the split-K workspace and counters
                 out = torch.full((bsz, n), float("nan"), device="cuda", dtype=act)
                 y = spmm(x, p, cfg, out=out).double()

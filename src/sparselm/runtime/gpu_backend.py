@@ -213,12 +213,11 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     return out + bmma_configs(bb)
 
 
-# bmma (tensor cores over the mask + values): (warps per block, splits along K, stages). The first timings
-# (gpu_kernels_batched_bmma_first.json: 3 stages, buffers sized for dense chunks) were latency-bound, best at 4 warps
-# and 2-4 splits; with buffers sized per matrix, 4-8 stages fit, so the grid brackets splits 1-8 at both depths.
+# bmma (tensor cores over the mask + values): (warps per block, splits along K, stages). Timed on the H200
+# (gpu_kernels_batched_bmma_stages.json): 4 warps and 4-8 splits won (a 4096-row layer has only 64 blocks of 4
+# warps: the splits fill the SMs), 4 stages as fast as 8, one split far behind; 16 splits are new.
 # Configs whose shared memory exceeds the GPU's for a matrix are skipped (PackedBitmask.supports).
-BMMA_SHAPES = ((4, 1, 8), (4, 2, 8), (4, 4, 8), (4, 2, 4), (4, 4, 4), (4, 8, 4), (8, 1, 8), (8, 2, 8), (8, 1, 4),
-               (8, 2, 4), (8, 4, 4))
+BMMA_SHAPES = ((4, 2, 4), (4, 4, 4), (4, 8, 4), (4, 16, 4), (4, 8, 8), (8, 2, 4), (8, 4, 4), (8, 8, 4))
 
 
 def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:

@@ -18,7 +18,7 @@
 // batch; rows past the real batch zero-filled), and each warp copies its 16 rows' 4 mask words and their values:
 // row r's nonzeros of the chunk are values[cp[r, c] : cp[r, c + 1]] (cp = chunk_ptr at 128 columns plus the row end),
 // copied as the 16-byte vectors that cover them, rows back to back in the warp's buffer (a prefix sum over the 16
-// rows); `off` = where each row's first nonzero lands. The buffer holds `cap` vectors: the most any 16-row band's
+// rows, precomputed per matrix); `off` = where each row's first nonzero lands. The buffer holds `cap` vectors: the most any 16-row band's
 // chunk needs in this matrix (computed when the matrix is prepared), so at 75% sparsity a stage is ~1/3 of the
 // worst case and more stages fit: the first timings were latency-bound with 2 chunks in flight.
 // Blocks own 16 x W rows (W warps, 16 rows each: x shared by the block) and a range of chunks (split-K): each
@@ -202,7 +202,8 @@ struct Args {
   const uint16_t* x;
   const uint16_t* vals;
   const uint32_t* words;
-  const int* cp;  // (N, n_chunks + 1)
+  const int* cp;   // (N, n_chunks + 1)
+  const int* dst;  // (N, n_chunks): row's first vector in its warp's buffer (prefix over its 16-row band)
   uint16_t* y;
   float* ws;      // (BP, N) fp32 zeros between calls (split-K)
   int* cnt;       // per row block: splits done (zero between calls)
@@ -219,12 +220,19 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int row0 = blockIdx.x * 16 * W;
   const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nch = c_hi - c_lo;
-  // the block's rows' chunk starts (+ row ends) for its chunks, once: no global load on the staging path
+  // the block's rows' chunk starts (+ row ends) and staging offsets for its chunks, copied once with cp.async (a
+  // loop of plain loads stored to shared memory would wait out one memory latency per iteration): no global load
+  // on the staging path afterwards
   int* cps = reinterpret_cast<int*>(smem + NS * STAGE + 16);  // + 16: slack for the last buffer's vs[i + 1]
+  int* dsts = cps + 16 * W * (nch + 1);
   for (int i = tid; i < 16 * W * (nch + 1); i += 32 * W) {
     const int r = i / (nch + 1), j = i - r * (nch + 1), row = row0 + r;
-    cps[i] = row < a.N ? __ldg(a.cp + (size_t)row * (a.n_chunks + 1) + c_lo + j) : 0;
+    const bool ok = row < a.N;
+    cp_async4(cps + i, ok ? a.cp + (size_t)row * (a.n_chunks + 1) + c_lo + j : a.cp, ok ? 4 : 0);
+    if (j < nch) cp_async4(dsts + r * nch + j, ok ? a.dst + (size_t)row * a.n_chunks + c_lo + j : a.dst, ok ? 4 : 0);
   }
+  cp_commit();
+  cp_wait<0>();
   __syncthreads();
 
   const auto issue = [&](int st, int c) {
@@ -244,13 +252,7 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     }
     const int* rc = cps + (16 * warp + r) * (nch + 1) + (c - c_lo);
     const Span sp = span_of(rc[0], rc[1]);
-    int first = h ? 0 : sp.nvec;  // exclusive prefix of the rows' vector counts (even lanes carry them)
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-      const int t = __shfl_up_sync(0xFFFFFFFFu, first, d);
-      if (lane >= d) first += t;
-    }
-    first = __shfl_sync(0xFFFFFFFFu, first, lane & ~1) - sp.nvec;  // row r's first vector in the buffer
+    const int first = dsts[(16 * warp + r) * nch + (c - c_lo)];  // row r's first vector in the warp's buffer
     if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = 8 * first + sp.off;
     uint16_t* buf = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + 8 * first;
     for (int v = h; v < sp.nvec; v += 2) {
@@ -328,7 +330,8 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
 }
 
 static size_t smem_bytes(int BP, int W, int NS, int cap, int per_split) {
-  return (size_t)NS * (BP * XS * 2 + W * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 + (size_t)16 * W * (per_split + 1) * 4;
+  return (size_t)NS * (BP * XS * 2 + W * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 +
+         (size_t)16 * W * (2 * per_split + 1) * 4;
 }
 
 template <int VT, int BP, int W, int NS>
@@ -375,11 +378,12 @@ static int by_batch(int BP, int W, int NS, const Args& a, int splits, cudaStream
 // (4 / 8), cap = value vectors per warp buffer, `splits` blocks along K of per_split chunks each (every split
 // non-empty). Returns a cudaError_t (0 = launched) or -1.
 extern "C" int sl_bmma_launch(int vt, int BP, int W, int NS, const void* x, const void* vals, const void* words,
-                              const void* cp, void* y, void* ws, void* cnt, long long nnz, int N, int K, int bsz,
+                              const void* cp, const void* dst, void* y, void* ws, void* cnt, long long nnz, int N, int K, int bsz,
                               int ldx, int ldy, int n_words, int n_chunks, int per_split, int splits, int cap,
                               void* stream) {
   const Args a{static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(vals),
-               static_cast<const uint32_t*>(words), static_cast<const int*>(cp), static_cast<uint16_t*>(y),
+               static_cast<const uint32_t*>(words), static_cast<const int*>(cp), static_cast<const int*>(dst),
+               static_cast<uint16_t*>(y),
                static_cast<float*>(ws), static_cast<int*>(cnt), nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
                per_split, cap};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -445,12 +449,13 @@ static void host_mma(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[2], int vt) 
 
 // The host twin of sl_bmma_launch (one split): x (bsz, K) row-major, y (bsz, N) float32; BP the padded batch.
 extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, const void* words, const void* cp,
-                            float* y, long long nnz, int N, int K, int bsz, int n_words, int n_chunks) {
+                            const void* dst, float* y, long long nnz, int N, int K, int bsz, int n_words, int n_chunks) {
   if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
   const uint16_t* xx = static_cast<const uint16_t*>(x);
   const uint16_t* vv = static_cast<const uint16_t*>(vals);
   const uint32_t* ww = static_cast<const uint32_t*>(words);
   const int* cc = static_cast<const int*>(cp);
+  const int* dd = static_cast<const int*>(dst);
   uint16_t* xs = new uint16_t[(size_t)BP * XS];
   uint32_t mw[16 * WPC];
   int off[16];
@@ -465,7 +470,6 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
       for (int b = 0; b < bsz; ++b)
         for (int k = 0; k < CH && c * CH + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * CH + k];
       memset(vs, 0xFF, sizeof(uint16_t) * (16 * 17 * 8 + 8));  // stale buffer contents: never selected
-      int first = 0;
       for (int r = 0; r < 16; ++r) {
         const int row = r0 + r;
         for (int j = 0; j < WPC; ++j)
@@ -473,13 +477,13 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
         const int64_t s0 = row < N ? cc[(size_t)row * (n_chunks + 1) + c] : 0;
         const int64_t s1 = row < N ? cc[(size_t)row * (n_chunks + 1) + c + 1] : 0;
         const Span sp = span_of(s0, s1);
+        const int first = row < N ? dd[(size_t)row * n_chunks + c] : 0;
         off[r] = 8 * first + sp.off;
         for (int v = 0; v < sp.nvec; ++v) {
           const int nb = vec_bytes(sp, v, nnz);
           memset(vs + 8 * (first + v), 0, 16);
           if (nb) memcpy(vs + 8 * (first + v), vv + sp.al + 8 * v, nb);
         }
-        first += sp.nvec;
       }
       for (int l = 0; l < 32; ++l) chunk_frags(l, mw, off, vs, af[l]);
       for (int ks = 0; ks < 2 * WPC; ++ks)

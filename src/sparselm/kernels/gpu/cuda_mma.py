@@ -44,14 +44,14 @@ def _build(kind: str) -> ctypes.CDLL:
         lib.sl_bmma_launch.restype = i32
         # (vt, BP, W, NS), (x, vals, words, cp, y, ws, cnt), nnz,
         # (N, K, bsz, ldx, ldy, n_words, n_chunks, per, splits, cap), stream
-        lib.sl_bmma_launch.argtypes = [i32] * 4 + [vp] * 7 + [ctypes.c_longlong] + [i32] * 10 + [vp]
+        lib.sl_bmma_launch.argtypes = [i32] * 4 + [vp] * 8 + [ctypes.c_longlong] + [i32] * 10 + [vp]
         lib.sl_bmma_smem.restype = ctypes.c_size_t
         lib.sl_bmma_smem.argtypes = [i32] * 5
         lib.sl_bmma_error_string.restype = ctypes.c_char_p
         lib.sl_bmma_error_string.argtypes = [i32]
     else:
         lib.sl_bmma_host.restype = i32
-        lib.sl_bmma_host.argtypes = [i32] * 2 + [vp] * 5 + [ctypes.c_longlong] + [i32] * 5
+        lib.sl_bmma_host.argtypes = [i32] * 2 + [vp] * 6 + [ctypes.c_longlong] + [i32] * 5
     return lib
 
 
@@ -92,9 +92,11 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
     return x_dtype is None or x_dtype == p.values.dtype
 
 
-def aux(p) -> torch.Tensor:
-    """(N, ceil(K/128) + 1) int32: chunk_ptr at 128 columns with each row's end appended (a chunk's nonzeros are
-    values[cp[n, c] : cp[n, c + 1]]), cached on the matrix under ("bmma",); with it, `cap(p)`."""
+def aux(p) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cp, dst), cached on the matrix under ("bmma",): cp (N, ceil(K/128) + 1) int32 = chunk_ptr at 128 columns
+    with each row's end appended (a chunk's nonzeros are values[cp[n, c] : cp[n, c + 1]]); dst (N, ceil(K/128))
+    int32 = where row n's 16-byte value vectors of chunk c start in its warp's staging buffer (the exclusive sum of
+    the vector counts of the rows above it in its 16-row band). With them, `cap(p)`."""
     if ("bmma",) not in p._cptr:
         had = CHUNK in p._cptr
         cp = p.chunk_ptr(CHUNK)
@@ -102,14 +104,16 @@ def aux(p) -> torch.Tensor:
         full = torch.cat([cp, end], dim=1).contiguous()
         if not had:  # only built for this: the extended copy holds it
             del p._cptr[CHUNK]
-        # the 16-byte vectors a warp copies per chunk (the kernel's span_of), summed over each 16-row band; the
-        # largest sizes every warp's staging buffer (read on the host once, here, never at call time)
+        # the vectors a row copies per chunk (the kernel's span_of), per 16-row band: offsets and the largest total,
+        # which sizes every warp's staging buffer (read on the host once, here, never at call time)
         start, stop = full[:, :-1].long(), full[:, 1:].long()
         nvec = (stop - (start & ~7) + 7) >> 3
-        n = nvec.shape[0]
-        nvec = torch.cat([nvec, nvec.new_zeros((-n) % 16, nvec.shape[1])]).view(-1, 16, nvec.shape[1]).sum(1)
-        p._rowmax[("bmma",)] = max(1, int(nvec.max())) if nvec.numel() else 1
-        p._cptr[("bmma",)] = full
+        n, nch = nvec.shape
+        banded = torch.cat([nvec, nvec.new_zeros((-n) % 16, nch)]).view(-1, 16, nch)
+        incl = banded.cumsum(1)
+        dst = (incl - banded).reshape(-1, nch)[:n].to(torch.int32).contiguous()
+        p._rowmax[("bmma",)] = max(1, int(incl[:, -1].max())) if incl.numel() else 1
+        p._cptr[("bmma",)] = (full, dst)
     return p._cptr[("bmma",)]
 
 
@@ -124,7 +128,7 @@ def smem_bytes(p, cfg) -> int:
     lib = load("device")
     if lib is None:
         return 0
-    per, _ = splits(aux(p).shape[1] - 1, cfg.split_k)
+    per, _ = splits(aux(p)[0].shape[1] - 1, cfg.split_k)
     return int(lib.sl_bmma_smem(cfg.block_b, cfg.num_warps, cfg.num_stages, cap(p), per))
 
 
@@ -173,13 +177,14 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
                          f"{p.values.device}")
     if not x.is_contiguous() or x.data_ptr() % 16:
         x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
-    cp = aux(p)
+    cp, dst = aux(p)
     n_chunks = cp.shape[1] - 1
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, cfg.num_stages, x.data_ptr(),
-                              p.values.data_ptr(), p.words.data_ptr(), cp.data_ptr(), y.data_ptr(), ws.data_ptr(),
+                              p.values.data_ptr(), p.words.data_ptr(), cp.data_ptr(), dst.data_ptr(), y.data_ptr(),
+                              ws.data_ptr(),
                               cnt.data_ptr(), p.values.numel(), n, k, bsz, k, n, p.words.shape[1], n_chunks, per,
                               nsplit, cap(p), torch.cuda.current_stream().cuda_stream)
     if code != 0:
@@ -196,10 +201,11 @@ def spmm_host(x: torch.Tensor, p, block_b: int = 16) -> torch.Tensor:
         raise RuntimeError(f"bmma host emulation unavailable ({build_error('host')})")
     n, k = p.shape
     x = x.contiguous().cpu()
-    cp, vals, words = aux(p).cpu(), p.values.cpu(), p.words.cpu().contiguous()  # alive through the call
+    cp, dst = (t.cpu() for t in aux(p))
+    vals, words = p.values.cpu(), p.words.cpu().contiguous()  # alive through the call
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     code = lib.sl_bmma_host(_VT[x.dtype], block_b, x.data_ptr(), vals.data_ptr(), words.data_ptr(), cp.data_ptr(),
-                            y.data_ptr(), vals.numel(), n, k, x.shape[0], words.shape[1], cp.shape[1] - 1)
+                            dst.data_ptr(), y.data_ptr(), vals.numel(), n, k, x.shape[0], words.shape[1], cp.shape[1] - 1)
     if code != 0:
         raise ValueError(f"bmma host: unsupported values {p.values.dtype} / batch {block_b}")
     return y

@@ -365,8 +365,8 @@ class PackedBitmask:
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
-        if kernel == "bmma":  # chunk starts at 128 columns plus each row's end
-            return total + 4 * n * (triton.cdiv(k, 128) + 1)
+        if kernel == "bmma":  # chunk starts at 128 columns plus each row's end, and staging offsets
+            return total + 4 * n * (2 * triton.cdiv(k, 128) + 1)
         if block_k is not None:
             total += 4 * n * triton.cdiv(k, block_k)
         return total
