@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.5,0.75,0.9")
     ap.add_argument("--values", default="float16,int8")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SpmmConfig keys (batch-1 candidates)")
+    ap.add_argument("--batch", type=int, default=1, help="activation rows (configs: that batch's candidates)")
     ap.add_argument("--out", default=None, help="write the launch list as JSON here too")
     args = ap.parse_args()
 
@@ -37,7 +38,7 @@ def main() -> None:
     from sparselm.runtime.gpu_backend import candidate_configs
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (a smoke test, no ncu)
-    by_key = {c.key(): c for c in candidate_configs(1, pipelined=True)}
+    by_key = {c.key(): c for c in candidate_configs(args.batch, pipelined=args.batch == 1)}
     unknown = [k for k in args.configs.split(",") if k not in by_key]
     if unknown:
         raise SystemExit(f"unknown config keys {unknown}; batch-1 keys: {sorted(by_key)}")
@@ -45,7 +46,7 @@ def main() -> None:
     plan, calls = [], []
     for shape in args.shapes.split(","):
         n, k = map(int, shape.lower().split("x"))
-        x = torch.randn(1, k, device=dev, dtype=torch.float16)
+        x = torch.randn(args.batch, k, device=dev, dtype=torch.float16)
         dense = torch.randn(n, k, device=dev, dtype=torch.float16)
         calls.append(lambda x=x, d=dense: F.linear(x, d))
         plan.append({"N": n, "K": k, "sparsity": 0.0, "values": "float16", "kernel": "cublas"})
