@@ -38,7 +38,7 @@
 #define SL_HD static inline
 #endif
 
-enum { CH = 128, WPC = CH / 32, XS = CH + 8 };  // XS: x's row stride in halves (conflict-free B fragments)
+enum { CH = 128, WPC = CH / 32, XS = CH + 16 };  // XS: x's row stride in halves (288 B: conflict-free 8-byte loads)
 enum { VT_F16 = 0, VT_BF16 = 1 };
 // per warp and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
 enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4 };
@@ -121,44 +121,52 @@ SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint1
 #pragma unroll
 #endif
     for (int s = 0; s < 2; ++s) {
-      const uint32_t c = 2 * q + 16 * s;  // this lane's columns in the word: c, c + 1 and c + 8, c + 9
-      const uint32_t lo = (1u << c) - 1u, hi = (1u << (c + 8)) - 1u;
+      // mma's k index is a sum index, so any column order serves if A and B agree: the fragment's k = 2q, 2q + 1
+      // hold columns c, c + 1 and k = 2q + 8, 2q + 9 hold c + 2, c + 3 (c = 4q + 16 s): a lane's 4 columns are
+      // contiguous, and its B fragment (x_frag) is one 8-byte load
+      const uint32_t c = 4 * q + 16 * s;
+      const uint32_t lo = (1u << c) - 1u, hi = (1u << (c + 2)) - 1u;
       a[2 * j + s][0] = pair_of(w0[j], c, lo, v0);      // row g,     columns c, c + 1
       a[2 * j + s][1] = pair_of(w1[j], c, lo, v1);      // row g + 8, columns c, c + 1
-      a[2 * j + s][2] = pair_of(w0[j], c + 8, hi, v0);  // row g,     columns c + 8, c + 9
-      a[2 * j + s][3] = pair_of(w1[j], c + 8, hi, v1);  // row g + 8, columns c + 8, c + 9
+      a[2 * j + s][2] = pair_of(w0[j], c + 2, hi, v0);  // row g,     columns c + 2, c + 3
+      a[2 * j + s][3] = pair_of(w1[j], c + 2, hi, v1);  // row g + 8, columns c + 2, c + 3
     }
     v0 += 2 * popc32(w0[j]);
     v1 += 2 * popc32(w1[j]);
   }
 }
 
-// The B fragment of 16 columns (step ks of the chunk) x 8 batch rows (tile nt): x staged as [BP][XS] halves.
+// The B fragment of 16 columns (step ks of the chunk) x 8 batch rows (tile nt): x staged as [BP][XS] halves; columns
+// 4q .. 4q + 3 in the order chunk_frags uses.
 SL_HD void x_frag(int lane, const uint16_t* xs, int ks, int nt, uint32_t* b) {
-  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 2 * (lane & 3);
-  memcpy(&b[0], r, 4);
-  memcpy(&b[1], r + 8, 4);
+  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 4 * (lane & 3);
+#ifdef __CUDACC__
+  const uint2 v = *reinterpret_cast<const uint2*>(r);
+  b[0] = v.x; b[1] = v.y;
+#else
+  memcpy(b, r, 8);
+#endif
 }
 
 // Staging of one row's values: the 16-byte vectors covering values[start:end) (8 halves each), from `al`.
-struct Span {
-  int64_t al;  // first element of the first vector (a multiple of 8)
-  int off;     // start - al: where values[start] lands in the row's first vector
-  int nvec;    // vectors to copy (<= 17 for 128 columns)
+struct Span {  // 32-bit: a matrix has < 2^31 nonzeros (cuda_mma.supports)
+  int al;    // first element of the first vector (a multiple of 8)
+  int off;   // start - al: where values[start] lands in the row's first vector
+  int nvec;  // vectors to copy (<= 17 for 128 columns)
 };
 
-SL_HD Span span_of(int64_t start, int64_t end) {
+SL_HD Span span_of(int start, int end) {
   Span s;
-  s.al = start & ~(int64_t)7;
-  s.off = (int)(start - s.al);
-  s.nvec = (int)((end - s.al + 7) >> 3);
+  s.al = start & ~7;
+  s.off = start - s.al;
+  s.nvec = (end - s.al + 7) >> 3;
   return s;
 }
 
 // Bytes of vector v of a span that exist in values (nnz elements): the rest of the 16 bytes is zero-filled.
-SL_HD int vec_bytes(const Span& s, int v, int64_t nnz) {
-  const int64_t left = (nnz - (s.al + 8 * v)) * 2;
-  return left >= 16 ? 16 : left > 0 ? (int)left : 0;
+SL_HD int vec_bytes(const Span& s, int v, int nnz) {
+  const int left = nnz - (s.al + 8 * v);
+  return left >= 8 ? 16 : left > 0 ? 2 * left : 0;
 }
 
 #ifdef __CUDACC__
@@ -207,7 +215,7 @@ struct Args {
   uint16_t* y;
   float* ws;      // (BP, N) fp32 zeros between calls (split-K)
   int* cnt;       // per row block: splits done (zero between calls)
-  long long nnz;
+  int nnz;
   int N, K, bsz, ldx, ldy, n_words, n_chunks, per_split;
   int cap;        // 16-byte value vectors per warp buffer: the most any 16-row band's chunk needs
 };
@@ -235,24 +243,45 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   cp_wait<0>();
   __syncthreads();
 
+  // this thread's share of each chunk's x copy (BP rows x 16 vectors), fixed across chunks: sources and targets
+  constexpr int XPER = (BP * (CH / 8) + 32 * W - 1) / (32 * W);
+  const uint16_t* xsrc[XPER];
+  int xdst[XPER], xcol[XPER];
+#pragma unroll
+  for (int j = 0; j < XPER; ++j) {
+    const int i = tid + j * 32 * W, b = i >> 4, v = i & 15;
+    const bool ok = i < BP * (CH / 8) && b < a.bsz;
+    xsrc[j] = ok ? a.x + (size_t)b * a.ldx + v * 8 : nullptr;
+    xdst[j] = i < BP * (CH / 8) ? (b * XS + v * 8) * 2 : -1;
+    xcol[j] = v * 8;
+  }
+  const int r = lane >> 1, h = lane & 1, row = row0 + 16 * warp + r;
+  const bool words16 = (a.n_words & 3) == 0;  // K % 128 == 0: a row's 4 words of a chunk are one aligned vector
+  const uint32_t* wrow = a.words + (size_t)(row < a.N ? row : 0) * a.n_words;
+  const int* rcs = cps + (16 * warp + r) * (nch + 1) - c_lo;
+  const int* rds = dsts + (16 * warp + r) * nch - c_lo;
+
   const auto issue = [&](int st, int c) {
     unsigned char* S = smem + st * STAGE;
-    for (int i = tid; i < BP * (CH / 8); i += 32 * W) {  // x[0:BP, chunk], 8 halves per copy
-      const int b = i / (CH / 8), v = i % (CH / 8), col = c * CH + v * 8;
-      const bool ok = b < a.bsz && col < a.K;
-      cp_async16(S + (b * XS + v * 8) * 2, ok ? a.x + (size_t)b * a.ldx + col : a.x, ok ? 16 : 0);
+#pragma unroll
+    for (int j = 0; j < XPER; ++j) {
+      if (xdst[j] < 0) continue;
+      const bool ok = xsrc[j] != nullptr && c * CH + xcol[j] < a.K;
+      cp_async16(S + xdst[j], ok ? xsrc[j] + c * CH : a.x, ok ? 16 : 0);
     }
     unsigned char* Wp = S + XS_BYTES + warp * WARP_BYTES;
-    const int r = lane >> 1, h = lane & 1, row = row0 + 16 * warp + r;
+    if (words16) {
+      if (h == 0) cp_async16(Wp + r * WPC * 4, row < a.N ? wrow + c * WPC : a.words, row < a.N ? 16 : 0);
+    } else {
 #pragma unroll
-    for (int j = 2 * h; j < 2 * h + 2; ++j) {
-      const int wi = c * WPC + j;
-      const bool ok = row < a.N && wi < a.n_words;
-      cp_async4(Wp + (r * WPC + j) * 4, ok ? a.words + (size_t)row * a.n_words + wi : a.words, ok ? 4 : 0);
+      for (int j = 2 * h; j < 2 * h + 2; ++j) {
+        const int wi = c * WPC + j;
+        const bool ok = row < a.N && wi < a.n_words;
+        cp_async4(Wp + (r * WPC + j) * 4, ok ? wrow + wi : a.words, ok ? 4 : 0);
+      }
     }
-    const int* rc = cps + (16 * warp + r) * (nch + 1) + (c - c_lo);
-    const Span sp = span_of(rc[0], rc[1]);
-    const int first = dsts[(16 * warp + r) * nch + (c - c_lo)];  // row r's first vector in the warp's buffer
+    const Span sp = span_of(rcs[c], rcs[c + 1]);
+    const int first = rds[c];  // row r's first vector in the warp's buffer
     if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = 8 * first + sp.off;
     uint16_t* buf = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + 8 * first;
     for (int v = h; v < sp.nvec; v += 2) {
@@ -384,7 +413,7 @@ extern "C" int sl_bmma_launch(int vt, int BP, int W, int NS, const void* x, cons
   const Args a{static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(vals),
                static_cast<const uint32_t*>(words), static_cast<const int*>(cp), static_cast<const int*>(dst),
                static_cast<uint16_t*>(y),
-               static_cast<float*>(ws), static_cast<int*>(cnt), nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
+               static_cast<float*>(ws), static_cast<int*>(cnt), (int)nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
                per_split, cap};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (vt == VT_F16) return by_batch<VT_F16>(BP, W, NS, a, splits, s);
@@ -474,13 +503,13 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
         const int row = r0 + r;
         for (int j = 0; j < WPC; ++j)
           mw[r * WPC + j] = row < N && c * WPC + j < n_words ? ww[(size_t)row * n_words + c * WPC + j] : 0u;
-        const int64_t s0 = row < N ? cc[(size_t)row * (n_chunks + 1) + c] : 0;
-        const int64_t s1 = row < N ? cc[(size_t)row * (n_chunks + 1) + c + 1] : 0;
+        const int s0 = row < N ? cc[(size_t)row * (n_chunks + 1) + c] : 0;
+        const int s1 = row < N ? cc[(size_t)row * (n_chunks + 1) + c + 1] : 0;
         const Span sp = span_of(s0, s1);
         const int first = row < N ? dd[(size_t)row * n_chunks + c] : 0;
         off[r] = 8 * first + sp.off;
         for (int v = 0; v < sp.nvec; ++v) {
-          const int nb = vec_bytes(sp, v, nnz);
+          const int nb = vec_bytes(sp, v, (int)nnz);
           memset(vs + 8 * (first + v), 0, 16);
           if (nb) memcpy(vs + 8 * (first + v), vv + sp.al + 8 * v, nb);
         }
