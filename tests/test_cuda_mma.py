@@ -34,6 +34,8 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k, bsz
     y = cuda_mma.spmm_host(x, p, bp)
     ref = _ref(x, ct)
     assert y.shape == (bsz, n) and torch.isfinite(y).all()
+    for ks in (2, 4):  # warps sharing a band, each expanding its share of the words: the same sums, regrouped
+        torch.testing.assert_close(cuda_mma.spmm_host(x, p, bp, band_warps=ks), y, rtol=1e-5, atol=1e-4)
     if sparsity == 1.0:
         assert torch.all(y == 0)
     else:
@@ -60,12 +62,13 @@ def test_host_build_places_every_column_and_special_value():
 
 
 def test_config_rules_and_keys():
-    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=16, num_warps=4, split_k=8, num_stages=4)
-    assert cfg.key() == "bmma-w4b16s8p4"
+    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=16, num_warps=4, block_n=32, split_k=8, num_stages=4)
+    assert cfg.key() == "bmma-w4n32b16s8" and cuda_mma.band_warps(cfg) == 2
     for bad in (dict(block_b=4), dict(num_warps=2), dict(block_k=256), dict(split_k=0), dict(persist=1),
-                dict(num_stages=3)):
+                dict(num_stages=3), dict(block_n=24), dict(block_n=128), dict(num_warps=8, block_n=16)):
         with pytest.raises(ValueError, match="bmma"):
-            SpmmConfig(**{**dict(kernel="bmma", block_k=128, block_b=16, num_warps=4, num_stages=4), **bad})
+            SpmmConfig(**{**dict(kernel="bmma", block_k=128, block_b=16, num_warps=4, block_n=64, num_stages=4),
+                          **bad})
     ct = compress_tensor(sparse_weight(20, 100, 0.5), "float16")  # K not a multiple of 8: not served
     assert not PackedBitmask.from_compressed(ct).supports(cfg)
     ct = compress_tensor(sparse_weight(20, 104, 0.5), "int8")  # int8 values: not served (grp8cu does)
@@ -86,7 +89,7 @@ def test_bytes_and_aux_arrays():
     assert torch.equal(cp[:, 0].long(), ct.row_ptr[:-1])
     words = ct.bitmask.numel()
     assert p.nbytes(128, "bmma") == ct.values.numel() * 2 + words + 4 * n * (4 + 3)
-    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=8, num_warps=4, num_stages=8)
+    cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=8, num_warps=4, block_n=64, num_stages=4)
     cuda_mma.workspace(p, 8)
     # the staging buffer: the most 16-byte vectors any 16-row band's chunk needs (rows 16-23 form a partial band)
     start, stop = cp[:, :-1].long(), cp[:, 1:].long()
@@ -116,7 +119,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
     ("float16", 0.5, 37, 296, 5, 8), ("float16", 0.75, 200, 1032, 16, 16), ("bfloat16", 0.9, 21, 1000, 11, 16),
     ("float16", 0.0, 9, 264, 33, 64), ("bfloat16", 0.6, 130, 520, 20, 32), ("float16", 1.0, 18, 136, 3, 8)])
 def test_gpu_build_matches_host_and_dense(values, sparsity, n, k, bsz, bp):
-    """Every warps x stages pair that fits the GPU's shared memory (a dense matrix's staging buffers are large)."""
+    """Every warps x bands pair that fits the GPU's shared memory (a dense matrix's staging buffers are large)."""
     if not cuda_mma.available():
         pytest.skip(f"bmma unavailable: {cuda_mma.build_error()}")
     act = getattr(torch, values)
@@ -125,9 +128,10 @@ def test_gpu_build_matches_host_and_dense(values, sparsity, n, k, bsz, bp):
     x = torch.randn(bsz, k, device="cuda").to(act)
     ref = x.double() @ decompress(ct, torch.float32).double().T
     host_y = cuda_mma.spmm_host(x.cpu(), p, bp) if has_cxx else None
-    for w, ns in ((4, 4), (4, 8), (8, 4), (8, 8)):
+    for w, bn in ((4, 64), (4, 32), (4, 16), (8, 128), (8, 64), (8, 32)):
         for s in (1, 2, 3, 16):
-            cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=bp, num_warps=w, split_k=s, num_stages=ns)
+            cfg = SpmmConfig(kernel="bmma", block_k=128, block_b=bp, num_warps=w, block_n=bn, split_k=s,
+                             num_stages=4)
             if not p.supports(cfg):
                 continue
             for _ in range(2):  # the second call reuses the split-K workspace and counters

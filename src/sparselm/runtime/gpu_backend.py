@@ -213,11 +213,12 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     return out + bmma_configs(bb)
 
 
-# bmma (tensor cores over the mask + values): (warps per block, splits along K, stages). Timed on the H200
-# (gpu_kernels_batched_bmma_stages.json): 4 warps and 4-8 splits won (a 4096-row layer has only 64 blocks of 4
-# warps: the splits fill the SMs), 4 stages as fast as 8, one split far behind; 16 splits are new.
+# bmma (tensor cores over the mask + values): (warps per block, rows per block, splits along K). Timed on the H200
+# (gpu_kernels_batched_bmma_*.json, one 16-row band per warp): 4-8 splits won, latency-bound at ~3.7 warps per
+# scheduler (benchmarks/results/profile_bmma); 2 or 4 warps per band (rows per block < 16 x warps) add warps.
 # Configs whose shared memory exceeds the GPU's for a matrix are skipped (PackedBitmask.supports).
-BMMA_SHAPES = ((4, 2, 4), (4, 4, 4), (4, 8, 4), (4, 16, 4), (4, 8, 8), (8, 2, 4), (8, 4, 4), (8, 8, 4))
+BMMA_SHAPES = ((4, 64, 4), (4, 64, 8), (8, 128, 4), (8, 128, 8), (4, 32, 4), (4, 32, 8), (8, 64, 4), (8, 64, 8),
+               (4, 16, 4), (8, 32, 4), (8, 32, 2))
 
 
 def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:
@@ -228,8 +229,8 @@ def bmma_configs(bb: int, shapes=BMMA_SHAPES) -> list[SpmmConfig]:
     bp = max(8, bb)
     if bp not in cuda_mma.BATCHES or not cuda_mma.available():
         return []
-    return [SpmmConfig(kernel="bmma", block_k=cuda_mma.CHUNK, block_b=bp, num_warps=w, split_k=sk, num_stages=ns)
-            for w, sk, ns in shapes]
+    return [SpmmConfig(kernel="bmma", block_k=cuda_mma.CHUNK, block_b=bp, num_warps=w, block_n=bn, split_k=sk,
+                       num_stages=4) for w, bn, sk in shapes]
 
 
 def choose(dense_ms: float, timed: list[tuple[Any, float]], margin: float = 0.03) -> tuple[str, Any, float]:

@@ -97,12 +97,11 @@ SL_HD uint32_t pair_of(uint32_t w, uint32_t c, uint32_t below, VPtr vb) {
   return prmt(v0, v1, sel);
 }
 
-// All 2 * WPC A fragments (16 rows x 16 columns each) of one lane for one staged chunk: mw = the warp's mask words
-// [16][WPC], off = where each row's first nonzero sits in the warp's value buffer vs (in halves).
-SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint16_t* vs, uint32_t (*a)[4]) {
+// The A fragments (16 rows x 16 columns each) of one lane for words [j0, j0 + nj) of one staged chunk: mw = the
+// band's mask words [16][WPC], off = where each row's first nonzero sits in the band's value buffer vs (in halves).
+SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint16_t* vs, uint32_t (*a)[4], int j0 = 0,
+                       int nj = WPC) {
   const int g = lane >> 2, q = lane & 3;
-  VPtr v0 = vptr(vs + off[g]);  // each row's next word's first nonzero
-  VPtr v1 = vptr(vs + off[g + 8]);
   uint32_t w0[WPC], w1[WPC];  // the two rows' mask words of the chunk (one 16-byte shared load each on the GPU)
 #ifdef __CUDACC__
   static_assert(WPC == 4, "one uint4 per row");
@@ -113,10 +112,20 @@ SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint1
 #else
   for (int j = 0; j < WPC; ++j) { w0[j] = mw[g * WPC + j]; w1[j] = mw[(g + 8) * WPC + j]; }
 #endif
+  // nonzeros of the words before j0 (another warp's share of the chunk); constant indices only (see below)
+  const uint32_t skip0 = (j0 > 0 ? popc32(w0[0]) : 0u) + (j0 > 1 ? popc32(w0[1]) : 0u) + (j0 > 2 ? popc32(w0[2]) : 0u);
+  const uint32_t skip1 = (j0 > 0 ? popc32(w1[0]) : 0u) + (j0 > 1 ? popc32(w1[1]) : 0u) + (j0 > 2 ? popc32(w1[2]) : 0u);
+  VPtr v0 = vptr(vs + off[g] + skip0);  // each row's next word's first nonzero
+  VPtr v1 = vptr(vs + off[g + 8] + skip1);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int j = 0; j < WPC; ++j) {
+  for (int jj = 0; jj < nj; ++jj) {
+    // word j0 + jj picked by selects, not an index: j0 differs per warp at run time, and an indexed register
+    // array would go to local memory
+    const int j = j0 + jj;
+    const uint32_t x0 = j & 2 ? (j & 1 ? w0[3] : w0[2]) : (j & 1 ? w0[1] : w0[0]);
+    const uint32_t x1 = j & 2 ? (j & 1 ? w1[3] : w1[2]) : (j & 1 ? w1[1] : w1[0]);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -126,13 +135,13 @@ SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint1
       // contiguous, and its B fragment (x_frag) is one 8-byte load
       const uint32_t c = 4 * q + 16 * s;
       const uint32_t lo = (1u << c) - 1u, hi = (1u << (c + 2)) - 1u;
-      a[2 * j + s][0] = pair_of(w0[j], c, lo, v0);      // row g,     columns c, c + 1
-      a[2 * j + s][1] = pair_of(w1[j], c, lo, v1);      // row g + 8, columns c, c + 1
-      a[2 * j + s][2] = pair_of(w0[j], c + 2, hi, v0);  // row g,     columns c + 2, c + 3
-      a[2 * j + s][3] = pair_of(w1[j], c + 2, hi, v1);  // row g + 8, columns c + 2, c + 3
+      a[2 * jj + s][0] = pair_of(x0, c, lo, v0);      // row g,     columns c, c + 1
+      a[2 * jj + s][1] = pair_of(x1, c, lo, v1);      // row g + 8, columns c, c + 1
+      a[2 * jj + s][2] = pair_of(x0, c + 2, hi, v0);  // row g,     columns c + 2, c + 3
+      a[2 * jj + s][3] = pair_of(x1, c + 2, hi, v1);  // row g + 8, columns c + 2, c + 3
     }
-    v0 += 2 * popc32(w0[j]);
-    v1 += 2 * popc32(w1[j]);
+    v0 += 2 * popc32(x0);
+    v1 += 2 * popc32(x1);
   }
 }
 
@@ -220,20 +229,24 @@ struct Args {
   int cap;        // 16-byte value vectors per warp buffer: the most any 16-row band's chunk needs
 };
 
-template <int VT, int BP, int W, int NS>
+// W warps per block in W / KS bands of 16 rows; the KS warps of a band split each chunk's 4 mask words (more warps
+// per row, so more warps per SM on layers with few rows: the profile found ~3.7 warps per scheduler, latency-bound),
+// stage its rows together, and add their sums at the end.
+template <int VT, int BP, int W, int KS>
 __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
+  constexpr int NS = 4, R = W / KS, RPW = 16 / KS, LPR = 32 / RPW;  // bands; rows a warp stages; lanes per row
   extern __shared__ uint4 smem4[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
-  const int XS_BYTES = BP * XS * 2, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * a.cap, STAGE = XS_BYTES + W * WARP_BYTES;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int row0 = blockIdx.x * 16 * W;
+  const int XS_BYTES = BP * XS * 2, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * a.cap, STAGE = XS_BYTES + R * WARP_BYTES;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, band = warp / KS, kp = warp % KS;
+  const int row0 = blockIdx.x * 16 * R;
   const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nch = c_hi - c_lo;
   // the block's rows' chunk starts (+ row ends) and staging offsets for its chunks, copied once with cp.async (a
   // loop of plain loads stored to shared memory would wait out one memory latency per iteration): no global load
   // on the staging path afterwards
   int* cps = reinterpret_cast<int*>(smem + NS * STAGE + 16);  // + 16: slack for the last buffer's vs[i + 1]
-  int* dsts = cps + 16 * W * (nch + 1);
-  for (int i = tid; i < 16 * W * (nch + 1); i += 32 * W) {
+  int* dsts = cps + 16 * R * (nch + 1);
+  for (int i = tid; i < 16 * R * (nch + 1); i += 32 * W) {
     const int r = i / (nch + 1), j = i - r * (nch + 1), row = row0 + r;
     const bool ok = row < a.N;
     cp_async4(cps + i, ok ? a.cp + (size_t)row * (a.n_chunks + 1) + c_lo + j : a.cp, ok ? 4 : 0);
@@ -255,11 +268,12 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     xdst[j] = i < BP * (CH / 8) ? (b * XS + v * 8) * 2 : -1;
     xcol[j] = v * 8;
   }
-  const int r = lane >> 1, h = lane & 1, row = row0 + 16 * warp + r;
+  // this lane stages row r of its band (LPR lanes per row, h = which one)
+  const int r = kp * RPW + lane / LPR, h = lane % LPR, row = row0 + 16 * band + r;
   const bool words16 = (a.n_words & 3) == 0;  // K % 128 == 0: a row's 4 words of a chunk are one aligned vector
   const uint32_t* wrow = a.words + (size_t)(row < a.N ? row : 0) * a.n_words;
-  const int* rcs = cps + (16 * warp + r) * (nch + 1) - c_lo;
-  const int* rds = dsts + (16 * warp + r) * nch - c_lo;
+  const int* rcs = cps + (16 * band + r) * (nch + 1) - c_lo;
+  const int* rds = dsts + (16 * band + r) * nch - c_lo;
 
   const auto issue = [&](int st, int c) {
     unsigned char* S = smem + st * STAGE;
@@ -269,12 +283,11 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
       const bool ok = xsrc[j] != nullptr && c * CH + xcol[j] < a.K;
       cp_async16(S + xdst[j], ok ? xsrc[j] + c * CH : a.x, ok ? 16 : 0);
     }
-    unsigned char* Wp = S + XS_BYTES + warp * WARP_BYTES;
+    unsigned char* Wp = S + XS_BYTES + band * WARP_BYTES;
     if (words16) {
       if (h == 0) cp_async16(Wp + r * WPC * 4, row < a.N ? wrow + c * WPC : a.words, row < a.N ? 16 : 0);
     } else {
-#pragma unroll
-      for (int j = 2 * h; j < 2 * h + 2; ++j) {
+      for (int j = h; j < WPC; j += LPR) {
         const int wi = c * WPC + j;
         const bool ok = row < a.N && wi < a.n_words;
         cp_async4(Wp + (r * WPC + j) * 4, ok ? wrow + wi : a.words, ok ? 4 : 0);
@@ -284,7 +297,7 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     const int first = rds[c];  // row r's first vector in the warp's buffer
     if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = 8 * first + sp.off;
     uint16_t* buf = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + 8 * first;
-    for (int v = h; v < sp.nvec; v += 2) {
+    for (int v = h; v < sp.nvec; v += LPR) {
       const int nb = vec_bytes(sp, v, a.nnz);
       cp_async16(buf + 8 * v, nb ? a.vals + sp.al + 8 * v : a.vals, nb);
     }
@@ -305,25 +318,44 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     cp_wait<NS - 1>();  // chunk c's group is complete
     __syncthreads();
     const unsigned char* S = smem + (it % NS) * STAGE;
-    const unsigned char* Wp = S + XS_BYTES + warp * WARP_BYTES;
-    uint32_t af[2 * WPC][4];
+    const unsigned char* Wp = S + XS_BYTES + band * WARP_BYTES;
+    uint32_t af[2 * WPC / KS][4];
     chunk_frags(lane, reinterpret_cast<const uint32_t*>(Wp), reinterpret_cast<const int*>(Wp + MW_BYTES),
-                reinterpret_cast<const uint16_t*>(Wp + MW_BYTES + OFF_BYTES), af);
+                reinterpret_cast<const uint16_t*>(Wp + MW_BYTES + OFF_BYTES), af, kp * (WPC / KS), WPC / KS);
 #pragma unroll
-    for (int ks = 0; ks < 2 * WPC; ++ks) {
+    for (int ks = 0; ks < 2 * WPC / KS; ++ks) {
 #pragma unroll
       for (int t = 0; t < BP / 8; ++t) {
         uint32_t b[2];
-        x_frag(lane, reinterpret_cast<const uint16_t*>(S), ks, t, b);
+        x_frag(lane, reinterpret_cast<const uint16_t*>(S), kp * (2 * WPC / KS) + ks, t, b);
         mma16816<VT>(acc[t], af[ks], b);
       }
     }
     __syncthreads();  // every warp is done with this stage before a later issue() overwrites it
   }
 
-  // D fragment: acc[t][0..1] = row g, batch 8t + 2q (+1); acc[t][2..3] = row g + 8
-  const int g = lane >> 2, q = lane & 3, ra = row0 + 16 * warp + g;
+  if (KS > 1) {  // the band's other warps hand their sums to its first warp (the stages are free now)
+    float* red = reinterpret_cast<float*>(smem);
+    if (kp) {
+#pragma unroll
+      for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) red[((warp * (BP / 8) + t) * 4 + j) * 32 + lane] = acc[t][j];
+    }
+    __syncthreads();
+    if (!kp) {
+#pragma unroll
+      for (int o = 1; o < KS; ++o)
+#pragma unroll
+        for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[t][j] += red[(((warp + o) * (BP / 8) + t) * 4 + j) * 32 + lane];
+    }
+  }
+  // D fragment: acc[t][0..1] = row g, batch 8t + 2q (+1); acc[t][2..3] = row g + 8 (the band's first warp writes)
+  const int g = lane >> 2, q = lane & 3, ra = row0 + 16 * band + g;
   if (gridDim.y == 1) {
+    if (kp) return;
 #pragma unroll
     for (int t = 0; t < BP / 8; ++t)
 #pragma unroll
@@ -333,13 +365,15 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
       }
     return;
   }
+  if (!kp) {
 #pragma unroll
-  for (int t = 0; t < BP / 8; ++t)
+    for (int t = 0; t < BP / 8; ++t)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
-      if (r < a.N && b < a.bsz) atomicAdd(a.ws + (size_t)b * a.N + r, acc[t][j]);
-    }
+      for (int j = 0; j < 4; ++j) {
+        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
+        if (r < a.N && b < a.bsz) atomicAdd(a.ws + (size_t)b * a.N + r, acc[t][j]);
+      }
+  }
   __threadfence();
   __syncthreads();
   __shared__ int last;
@@ -347,8 +381,8 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int i = tid; i < 16 * W * a.bsz; i += 32 * W) {
-    const int b = i / (16 * W), r = row0 + i % (16 * W);
+  for (int i = tid; i < 16 * R * a.bsz; i += 32 * W) {
+    const int b = i / (16 * R), r = row0 + i % (16 * R);
     if (r < a.N) {
       float* p = a.ws + (size_t)b * a.N + r;
       a.y[(size_t)b * a.ldy + r] = to_act<VT>(__ldcg(p));
@@ -358,55 +392,58 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   if (tid == 0) a.cnt[blockIdx.x] = 0;
 }
 
-static size_t smem_bytes(int BP, int W, int NS, int cap, int per_split) {
-  return (size_t)NS * (BP * XS * 2 + W * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 +
-         (size_t)16 * W * (2 * per_split + 1) * 4;
+static size_t smem_bytes(int BP, int W, int KS, int cap, int per_split) {
+  const int R = W / KS, NS = 4;
+  return (size_t)NS * (BP * XS * 2 + R * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 +
+         (size_t)16 * R * (2 * per_split + 1) * 4;
 }
 
-template <int VT, int BP, int W, int NS>
+template <int VT, int BP, int W, int KS>
 static int launch(const Args& a, int splits, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = smem_bytes(BP, W, NS, a.cap, a.per_split);
+  const size_t smem = smem_bytes(BP, W, KS, a.cap, a.per_split);
   if (smem > opted) {
-    const cudaError_t e = cudaFuncSetAttribute(bmma_kernel<VT, BP, W, NS>,
+    const cudaError_t e = cudaFuncSetAttribute(bmma_kernel<VT, BP, W, KS>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return (int)e;
     opted = smem;
   }
-  const dim3 grid((a.N + 16 * W - 1) / (16 * W), splits);
-  bmma_kernel<VT, BP, W, NS><<<grid, 32 * W, smem, stream>>>(a);
+  const int rows = 16 * (W / KS);
+  const dim3 grid((a.N + rows - 1) / rows, splits);
+  bmma_kernel<VT, BP, W, KS><<<grid, 32 * W, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int BP, int W>
-static int by_stages(int NS, const Args& a, int splits, cudaStream_t s) {
-  if (NS == 4) return launch<VT, BP, W, 4>(a, splits, s);
-  if (NS == 8) return launch<VT, BP, W, 8>(a, splits, s);
+static int by_split(int KS, const Args& a, int splits, cudaStream_t s) {
+  if (KS == 1) return launch<VT, BP, W, 1>(a, splits, s);
+  if (KS == 2) return launch<VT, BP, W, 2>(a, splits, s);
+  if (KS == 4) return launch<VT, BP, W, 4>(a, splits, s);
   return -1;
 }
 
 template <int VT, int BP>
-static int by_warps(int W, int NS, const Args& a, int splits, cudaStream_t s) {
-  if (W == 4) return by_stages<VT, BP, 4>(NS, a, splits, s);
-  if (W == 8) return by_stages<VT, BP, 8>(NS, a, splits, s);
+static int by_warps(int W, int KS, const Args& a, int splits, cudaStream_t s) {
+  if (W == 4) return by_split<VT, BP, 4>(KS, a, splits, s);
+  if (W == 8) return by_split<VT, BP, 8>(KS, a, splits, s);
   return -1;
 }
 
 template <int VT>
-static int by_batch(int BP, int W, int NS, const Args& a, int splits, cudaStream_t s) {
+static int by_batch(int BP, int W, int KS, const Args& a, int splits, cudaStream_t s) {
   switch (BP) {
-    case 8: return by_warps<VT, 8>(W, NS, a, splits, s);
-    case 16: return by_warps<VT, 16>(W, NS, a, splits, s);
-    case 32: return by_warps<VT, 32>(W, NS, a, splits, s);
-    case 64: return by_warps<VT, 64>(W, NS, a, splits, s);
+    case 8: return by_warps<VT, 8>(W, KS, a, splits, s);
+    case 16: return by_warps<VT, 16>(W, KS, a, splits, s);
+    case 32: return by_warps<VT, 32>(W, KS, a, splits, s);
+    case 64: return by_warps<VT, 64>(W, KS, a, splits, s);
     default: return -1;
   }
 }
 
-// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps per block (4 / 8), NS = stages
-// (4 / 8), cap = value vectors per warp buffer, `splits` blocks along K of per_split chunks each (every split
+// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps per block (4 / 8), KS = warps per
+// 16-row band (1 / 2 / 4), cap = value vectors per warp buffer, `splits` blocks along K of per_split chunks each (every split
 // non-empty). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_bmma_launch(int vt, int BP, int W, int NS, const void* x, const void* vals, const void* words,
+extern "C" int sl_bmma_launch(int vt, int BP, int W, int KS, const void* x, const void* vals, const void* words,
                               const void* cp, const void* dst, void* y, void* ws, void* cnt, long long nnz, int N, int K, int bsz,
                               int ldx, int ldy, int n_words, int n_chunks, int per_split, int splits, int cap,
                               void* stream) {
@@ -416,13 +453,13 @@ extern "C" int sl_bmma_launch(int vt, int BP, int W, int NS, const void* x, cons
                static_cast<float*>(ws), static_cast<int*>(cnt), (int)nnz, N, K, bsz, ldx, ldy, n_words, n_chunks,
                per_split, cap};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, NS, a, splits, s);
-  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, NS, a, splits, s);
+  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, KS, a, splits, s);
+  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, KS, a, splits, s);
   return -1;
 }
 
-extern "C" size_t sl_bmma_smem(int BP, int W, int NS, int cap, int per_split) {
-  return smem_bytes(BP, W, NS, cap, per_split);
+extern "C" size_t sl_bmma_smem(int BP, int W, int KS, int cap, int per_split) {
+  return smem_bytes(BP, W, KS, cap, per_split);
 }
 
 extern "C" const char* sl_bmma_error_string(int code) {
@@ -477,9 +514,10 @@ static void host_mma(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[2], int vt) 
 }
 
 // The host twin of sl_bmma_launch (one split): x (bsz, K) row-major, y (bsz, N) float32; BP the padded batch.
-extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, const void* words, const void* cp,
+extern "C" int sl_bmma_host(int vt, int BP, int KS, const void* x, const void* vals, const void* words, const void* cp,
                             const void* dst, float* y, long long nnz, int N, int K, int bsz, int n_words, int n_chunks) {
-  if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
+  if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64 || (KS != 1 && KS != 2 && KS != 4))
+    return -1;
   const uint16_t* xx = static_cast<const uint16_t*>(x);
   const uint16_t* vv = static_cast<const uint16_t*>(vals);
   const uint32_t* ww = static_cast<const uint32_t*>(words);
@@ -514,15 +552,19 @@ extern "C" int sl_bmma_host(int vt, int BP, const void* x, const void* vals, con
           if (nb) memcpy(vs + 8 * (first + v), vv + sp.al + 8 * v, nb);
         }
       }
-      for (int l = 0; l < 32; ++l) chunk_frags(l, mw, off, vs, af[l]);
-      for (int ks = 0; ks < 2 * WPC; ++ks)
-        for (int t = 0; t < BP / 8; ++t) {
-          for (int l = 0; l < 32; ++l) {
-            memcpy(a1[l], af[l][ks], sizeof(a1[l]));
-            x_frag(l, xs, ks, t, bf[l]);
+      // KS warps per band, each expanding WPC / KS words (its share of the k steps): summed as the kernel does
+      const int nj = WPC / KS;
+      for (int kp = 0; kp < KS; ++kp) {
+        for (int l = 0; l < 32; ++l) chunk_frags(l, mw, off, vs, af[l], kp * nj, nj);
+        for (int ks = 0; ks < 2 * nj; ++ks)
+          for (int t = 0; t < BP / 8; ++t) {
+            for (int l = 0; l < 32; ++l) {
+              memcpy(a1[l], af[l][ks], sizeof(a1[l]));
+              x_frag(l, xs, kp * 2 * nj + ks, t, bf[l]);
+            }
+            host_mma(d + 32 * t, a1, bf, vt);
           }
-          host_mma(d + 32 * t, a1, bf, vt);
-        }
+      }
     }
     for (int t = 0; t < BP / 8; ++t)
       for (int l = 0; l < 32; ++l)

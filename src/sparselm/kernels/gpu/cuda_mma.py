@@ -10,8 +10,9 @@ values) plus `chunk_ptr` at 128 columns with each row's end appended: 2.5 bytes 
 grp8's 3.2.
 
 Config (SpmmConfig(kernel="bmma", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 warps per
-block (16 rows each; x is staged once per block); num_stages = 4 or 8 chunks staged (3 or 7 in flight: the first
-timings, with 2 in flight and buffers sized for dense chunks, were latency-bound); split_k = blocks along K (fp32 partial sums in a per-matrix
+block; block_n = rows per block, 16 per band (x is staged once per block), the num_warps * 16 / block_n warps of a
+band splitting each chunk's mask words (more warps on layers with few rows: the profile found the kernel
+latency-bound at ~3.7 warps per scheduler); num_stages = 4 chunks staged (3 in flight); split_k = blocks along K (fp32 partial sums in a per-matrix
 workspace; the last split of a row block writes y and zeroes the workspace, so one launch and CUDA-graph safe).
 Values fp16 with fp16 x, bf16 with bf16 x; K a multiple of 8 (x rows are copied as 16-byte vectors).
 """
@@ -30,7 +31,8 @@ _SOURCE = Path(__file__).with_name("bitmask_mma.cu")
 CHUNK = 128  # columns per staged chunk (bitmask_mma.cu CH)
 BATCHES = (8, 16, 32, 64)
 WARPS = (4, 8)
-STAGES = (4, 8)  # chunks staged per block (NS - 1 in flight)
+STAGES = (4,)  # chunks staged per block (3 in flight; 8 timed no faster: gpu_kernels_batched_bmma_stages.json)
+BANDS = (1, 2, 4, 8)  # 16-row bands per block (block_n = 16 x bands); warps per band = num_warps / bands
 _VT = {torch.float16: 0, torch.bfloat16: 1}
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
@@ -42,7 +44,7 @@ def _build(kind: str) -> ctypes.CDLL:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_bmma_launch.restype = i32
-        # (vt, BP, W, NS), (x, vals, words, cp, y, ws, cnt), nnz,
+        # (vt, BP, W, KS), (x, vals, words, cp, y, ws, cnt), nnz,
         # (N, K, bsz, ldx, ldy, n_words, n_chunks, per, splits, cap), stream
         lib.sl_bmma_launch.argtypes = [i32] * 4 + [vp] * 8 + [ctypes.c_longlong] + [i32] * 10 + [vp]
         lib.sl_bmma_smem.restype = ctypes.c_size_t
@@ -51,7 +53,7 @@ def _build(kind: str) -> ctypes.CDLL:
         lib.sl_bmma_error_string.argtypes = [i32]
     else:
         lib.sl_bmma_host.restype = i32
-        lib.sl_bmma_host.argtypes = [i32] * 2 + [vp] * 6 + [ctypes.c_longlong] + [i32] * 5
+        lib.sl_bmma_host.argtypes = [i32] * 3 + [vp] * 6 + [ctypes.c_longlong] + [i32] * 5
     return lib
 
 
@@ -129,7 +131,7 @@ def smem_bytes(p, cfg) -> int:
     if lib is None:
         return 0
     per, _ = splits(aux(p)[0].shape[1] - 1, cfg.split_k)
-    return int(lib.sl_bmma_smem(cfg.block_b, cfg.num_warps, cfg.num_stages, cap(p), per))
+    return int(lib.sl_bmma_smem(cfg.block_b, cfg.num_warps, band_warps(cfg), cap(p), per))
 
 
 def workspace(p, block_b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +184,7 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
-    code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, cfg.num_stages, x.data_ptr(),
+    code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, band_warps(cfg), x.data_ptr(),
                               p.values.data_ptr(), p.words.data_ptr(), cp.data_ptr(), dst.data_ptr(), y.data_ptr(),
                               ws.data_ptr(),
                               cnt.data_ptr(), p.values.numel(), n, k, bsz, k, n, p.words.shape[1], n_chunks, per,
@@ -192,7 +194,12 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def spmm_host(x: torch.Tensor, p, block_b: int = 16) -> torch.Tensor:
+def band_warps(cfg) -> int:
+    """Warps that share each 16-row band (splitting its chunks' mask words): num_warps * 16 / block_n."""
+    return cfg.num_warps * 16 // cfg.block_n
+
+
+def spmm_host(x: torch.Tensor, p, block_b: int = 16, band_warps: int = 1) -> torch.Tensor:
     """The kernel's staging, expansion and fragment layouts on the CPU (mma emulated by the PTX fragment layout):
     float32 (B, N). What the CPU tests check against a dense reference."""
     _check(x, p, block_b)
@@ -204,8 +211,8 @@ def spmm_host(x: torch.Tensor, p, block_b: int = 16) -> torch.Tensor:
     cp, dst = (t.cpu() for t in aux(p))
     vals, words = p.values.cpu(), p.words.cpu().contiguous()  # alive through the call
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    code = lib.sl_bmma_host(_VT[x.dtype], block_b, x.data_ptr(), vals.data_ptr(), words.data_ptr(), cp.data_ptr(),
+    code = lib.sl_bmma_host(_VT[x.dtype], block_b, band_warps, x.data_ptr(), vals.data_ptr(), words.data_ptr(), cp.data_ptr(),
                             dst.data_ptr(), y.data_ptr(), vals.numel(), n, k, x.shape[0], words.shape[1], cp.shape[1] - 1)
     if code != 0:
-        raise ValueError(f"bmma host: unsupported values {p.values.dtype} / batch {block_b}")
+        raise ValueError(f"bmma host: unsupported values {p.values.dtype} / batch {block_b} / band warps {band_warps}")
     return y

@@ -61,7 +61,8 @@ class SpmmConfig:
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
-    # batch 8 / 16 / 32 / 64, num_warps = 4 or 8 (16 rows each), split_k = blocks along K, block_k 128)
+    # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
+    # each chunk), split_k = blocks along K, block_k 128, num_stages 4)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -86,13 +87,17 @@ class SpmmConfig:
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
-            from sparselm.kernels.gpu.cuda_mma import BATCHES, CHUNK, STAGES, WARPS
+            from sparselm.kernels.gpu.cuda_mma import BANDS, BATCHES, CHUNK, STAGES, WARPS
 
+            bands_ok = self.block_n % 16 == 0 and self.block_n // 16 in BANDS and (
+                self.num_warps in WARPS and self.num_warps % (self.block_n // 16) == 0
+                and self.num_warps * 16 // self.block_n in (1, 2, 4))
             if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
-                    or self.num_stages not in STAGES
+                    or self.num_stages not in STAGES or not bands_ok
                     or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
                     or self.unroll != 1 or not self.smem or self.persist):
                 raise ValueError(f"SpmmConfig bmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
+                                 f"block_n = 16 x bands with 1, 2 or 4 warps per band, "
                                  f"num_stages in {STAGES}, block_k {CHUNK}, split_k an int >= 1, no persist / "
                                  f"unroll / smem=False; got {self}")
             return
@@ -137,7 +142,7 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel == "bmma":
-            return f"bmma-w{self.num_warps}b{self.block_b}s{self.split_k}p{self.num_stages}"
+            return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel == "grp8cu":
             return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
