@@ -200,6 +200,8 @@ def plot(path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     data = json.loads(path.read_text())
+    if len({r["sparsity"] for r in data["rows"]}) <= 3 and min(r["batch"] for r in data["rows"]) > 1:
+        return plot_batched(data, path.with_suffix(".png"))  # the batched grid: speedup vs batch
     shapes = sorted({(r["N"], r["K"]) for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"
                      and len({x["sparsity"] for x in data["rows"] if (x["N"], x["K"]) == (r["N"], r["K"])}) > 2})
     cols = min(3, max(1, len(shapes)))
@@ -221,6 +223,32 @@ def plot(path: Path) -> Path:
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
     plot_bytes_bound(data, path.with_name(path.stem + "_bytes.png"))
+    return out
+
+
+def plot_batched(data: dict, out: Path) -> Path:
+    """Speedup vs batch (fp16 values, uniform masks) per shape and sparsity: the best config of each kernel family
+    (from each row's best_ms_by_kernel) against cuBLAS in the same run."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"]
+    shapes = sorted({(r["N"], r["K"]) for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 4), squeeze=False)
+    for ax, (n, k) in zip(axes.flat, shapes):
+        for s, style in ((0.75, "-"), (0.5, "--")):
+            pts = sorted((r["batch"], r) for r in rows if (r["N"], r["K"], r["sparsity"]) == (n, k, s))
+            fams = sorted({f for _, r in pts for f in r["best_ms_by_kernel"]})
+            for fam in fams:
+                xy = [(b, r["dense_ms"] / r["best_ms_by_kernel"][fam]) for b, r in pts if fam in r["best_ms_by_kernel"]]
+                if len(xy) > 1:
+                    ax.plot([p[0] for p in xy], [p[1] for p in xy], style, marker="o", label=f"{fam} {int(s * 100)}%")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set(xscale="log", title=f"{n}x{k}", xlabel="batch", ylabel="speedup vs cuBLAS fp16")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"batched sparse kernels vs cuBLAS, {data.get('device', '')}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 
