@@ -297,10 +297,10 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     const int first = rds[c];  // row r's first vector in the warp's buffer
     if (h == 0) reinterpret_cast<int*>(Wp + MW_BYTES)[r] = 8 * first + sp.off;
     uint16_t* buf = reinterpret_cast<uint16_t*>(Wp + MW_BYTES + OFF_BYTES) + 8 * first;
-    for (int v = h; v < sp.nvec; v += LPR) {
-      const int nb = vec_bytes(sp, v, a.nnz);
-      cp_async16(buf + 8 * v, nb ? a.vals + sp.al + 8 * v : a.vals, nb);
-    }
+    // every vector starts inside values (al + 8 v < end <= nnz); only the matrix's very last one can run past it
+    const uint16_t* src = a.vals + sp.al;
+    const int last = sp.nvec - 1, tail = vec_bytes(sp, last, a.nnz);
+    for (int v = h; v < sp.nvec; v += LPR) cp_async16(buf + 8 * v, src + 8 * v, v == last ? tail : 16);
   };
 
   float acc[BP / 8][4];
