@@ -401,3 +401,17 @@ def test_a_sparse_run_stopped_midway_resumes_from_its_checkpoint(tmp_path, monke
     assert _logged_steps(run / "metrics.jsonl") == [2, 4]
     assert not (run / "checkpoints").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+
+
+def test_pipeline_with_compiled_blocks(tmp_path) -> None:
+    """train.compile (regional torch.compile of the blocks, the GPU recipes' setting): teacher, prune, SquareHead
+    fine-tune and the generation-based evaluation all run through the compiled blocks and finish with results."""
+    data = _arith_dir(tmp_path / "data")
+    r = _recipe(data, tmp_path / "out", losses=["squarehead"])
+    r["train"] = {**r["train"], "compile": True}
+    out = run_pipeline(validate_pipeline_recipe(r), command="test")
+    res = json.loads((out / "results.json").read_text())
+    assert {(x["sparsity"], x["loss"]) for x in res["runs"]} == {(0.5, "squarehead")}
+    assert all(x["value"] is not None for x in res["runs"])
+    sp = json.loads((out / "runs" / "s50-squarehead" / "sparsity.json").read_text())
+    assert abs(sp["overall"] - 0.5) < 0.02
