@@ -1,29 +1,30 @@
 // Batched y = x W^T (batch 2-64) with W in the bitmask format (FORMAT.md), on tensor cores (mma.sync m16n8k16).
 //
 // Why: the per-nonzero kernels (grp8_gemv.cu) multiply each nonzero by B activations on CUDA cores and load them
-// from shared memory, B loads per nonzero: at batch 16 they ran at 0.4x cuBLAS (gpu_kernels.json). Here W is
-// expanded straight into the mma A fragments (16 rows x 16 columns per instruction) and x is the B operand, so the
-// cost per weight position is the expansion (~5 instructions a position, the same at batch 8 or 64) and the
-// batch costs one mma per 8 batch rows per 16 x 16 tile.
+// from shared memory, B loads per nonzero: at batch 16 they ran at 0.4x cuBLAS (gpu_kernels_session14.json). Here W
+// is expanded straight into the mma A fragments (16 rows x 16 columns per instruction) and x is the B operand, so
+// the cost per weight position is the expansion (~13 SASS instructions per column pair, the same at batch 8 or 64)
+// and the batch costs one mma per 8 batch rows per 16 x 16 tile. Measured on the H200: 0.64-0.81x cuBLAS at batch
+// 16, 75% (BENCHMARKS.md section 4, session 15: latency-bound, ~3.7 warps per scheduler).
 //
-// Expansion, per lane (g = lane / 4, q = lane % 4): mma's A fragment holds rows g and g + 8 at columns
-// 2q, 2q + 1 and 2q + 8, 2q + 9 of a 16-column step. For a pair of columns (c, c + 1) of one row, with w the row's
-// 32-bit mask word and vs the row's packed values:
+// Expansion, per lane (g = lane / 4, q = lane % 4): mma's A fragment holds rows g and g + 8 at k = 2q, 2q + 1 and
+// 2q + 8, 2q + 9 of a 16-column step; k is a summation index, so those hold columns 4q .. 4q + 3 here (x's B
+// fragment uses the same order). For a pair of columns (c, c + 1) of one row, with w the row's 32-bit mask word
+// and vs the row's packed values:
 //     i = base(word) + popc(w & (2^c - 1))            the index of the first nonzero at or after column c
-//     (v0, v1) = vs[i], vs[i + 1]                     both read unconditionally (a shared-memory slot, see below)
+//     (v0, v1) = vs[i], vs[i + 1]                     both read unconditionally (a shared-memory buffer, see below)
 //     pair = prmt(v0, v1, sel(bits c, c + 1 of w))    (v0, 0), (0, v0), (v0, v1) or (0, 0), as 16-bit halves
 // sel picks zero bytes (the high halves of the zero-extended loads) wherever a bit is 0: no predicates, no branches.
 //
-// Staging (cp.async, NS - 1 chunks in flight): per 128-column chunk, the block copies x[0:BP, chunk] (BP = padded
-// batch; rows past the real batch zero-filled), and each warp copies its 16 rows' 4 mask words and their values:
-// row r's nonzeros of the chunk are values[cp[r, c] : cp[r, c + 1]] (cp = chunk_ptr at 128 columns plus the row end),
-// copied as the 16-byte vectors that cover them, rows back to back in the warp's buffer (a prefix sum over the 16
-// rows, precomputed per matrix); `off` = where each row's first nonzero lands. The buffer holds `cap` vectors: the most any 16-row band's
-// chunk needs in this matrix (computed when the matrix is prepared), so at 75% sparsity a stage is ~1/3 of the
-// worst case and more stages fit: the first timings were latency-bound with 2 chunks in flight.
-// Blocks own 16 x W rows (W warps, 16 rows each: x shared by the block) and a range of chunks (split-K): each
-// split adds its fp32 partial sums into a workspace, and the split that arrives last (a per-block counter) writes
-// y and zeroes the workspace and the counter again for the next call (one launch; CUDA-graph safe).
+// Staging (cp.async, 3 chunks in flight): per 128-column chunk, the block copies x[0:BP, chunk] (BP = padded batch;
+// rows past the real batch zero-filled), and each 16-row band copies its rows' 4 mask words and their values: row
+// r's nonzeros of the chunk are values[cp[r, c] : cp[r, c + 1]] (cp = chunk_ptr at 128 columns plus the row end),
+// copied as the 16-byte vectors that cover them, rows back to back in the band's buffer at offsets precomputed per
+// matrix (dst); `off` = where each row's first nonzero lands. The buffer holds `cap` vectors: the most any 16-row
+// band's chunk needs in this matrix, so at 75% sparsity a stage is ~1/3 of the dense worst case.
+// Blocks own W / KS bands (KS warps per band split each chunk's words) and a range of chunks (split-K): each split
+// adds its fp32 partial sums into a workspace, and the split that arrives last (a per-block counter) writes y and
+// zeroes the workspace and the counter again for the next call (one launch; CUDA-graph safe).
 //
 // The same file compiles as C++ (g++ -x c++): the staging index math, the expansion and the fragment layouts are
 // shared with the GPU build, and a host emulation of mma (by the PTX fragment layout) lets CPU tests check them.
@@ -40,7 +41,7 @@
 
 enum { CH = 128, WPC = CH / 32, XS = CH + 16 };  // XS: x's row stride in halves (288 B: conflict-free 8-byte loads)
 enum { VT_F16 = 0, VT_BF16 = 1 };
-// per warp and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
+// per band and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
 enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4 };
 
 SL_HD uint32_t popc32(uint32_t v) {
