@@ -28,19 +28,9 @@
 //
 // The same file compiles as C++ (g++ -x c++): the staging index math, the expansion and the fragment layouts are
 // shared with the GPU build, and a host emulation of mma (by the PTX fragment layout) lets CPU tests check them.
-#include <stdint.h>
-#include <string.h>
-
-#ifdef __CUDACC__
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#define SL_HD __device__ __forceinline__
-#else
-#define SL_HD static inline
-#endif
+#include "mma_common.cuh"
 
 enum { CH = 128, WPC = CH / 32, XS = CH + 16 };  // XS: x's row stride in halves (288 B: conflict-free 8-byte loads)
-enum { VT_F16 = 0, VT_BF16 = 1 };
 // per band and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
 enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4 };
 
@@ -181,20 +171,6 @@ SL_HD int vec_bytes(const Span& s, int v, int nnz) {
 
 #ifdef __CUDACC__
 
-template <int VT>
-__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint32_t* b) {
-  if (VT == VT_F16)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
@@ -209,12 +185,6 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-template <int VT>
-__device__ __forceinline__ uint16_t to_act(float f) {
-  if (VT == VT_F16) return __half_as_ushort(__float2half_rn(f));
-  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-}
 
 struct Args {
   const uint16_t* x;
@@ -353,44 +323,8 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
           for (int j = 0; j < 4; ++j) acc[t][j] += red[(((warp + o) * (BP / 8) + t) * 4 + j) * 32 + lane];
     }
   }
-  // D fragment: acc[t][0..1] = row g, batch 8t + 2q (+1); acc[t][2..3] = row g + 8 (the band's first warp writes)
-  const int g = lane >> 2, q = lane & 3, ra = row0 + 16 * band + g;
-  if (gridDim.y == 1) {
-    if (kp) return;
-#pragma unroll
-    for (int t = 0; t < BP / 8; ++t)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
-        if (r < a.N && b < a.bsz) a.y[(size_t)b * a.ldy + r] = to_act<VT>(acc[t][j]);
-      }
-    return;
-  }
-  if (!kp) {
-#pragma unroll
-    for (int t = 0; t < BP / 8; ++t)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
-        if (r < a.N && b < a.bsz) atomicAdd(a.ws + (size_t)b * a.N + r, acc[t][j]);
-      }
-  }
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  if (tid == 0) last = atomicAdd(a.cnt + blockIdx.x, 1) == (int)gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = tid; i < 16 * R * a.bsz; i += 32 * W) {
-    const int b = i / (16 * R), r = row0 + i % (16 * R);
-    if (r < a.N) {
-      float* p = a.ws + (size_t)b * a.N + r;
-      a.y[(size_t)b * a.ldy + r] = to_act<VT>(__ldcg(p));
-      *p = 0.0f;
-    }
-  }
-  if (tid == 0) a.cnt[blockIdx.x] = 0;
+  // the band's first warp holds its rows' sums (D fragment rows g and g + 8)
+  store_rows<VT, BP>(acc, kp == 0, row0 + 16 * band + (lane >> 2), row0, 16 * R, Out{a.y, a.ws, a.cnt, a.N, a.bsz, a.ldy});
 }
 
 static size_t smem_bytes(int BP, int W, int KS, int cap, int per_split) {
@@ -468,51 +402,6 @@ extern "C" const char* sl_bmma_error_string(int code) {
 }
 
 #else  // host emulation: the staging and expansion above, mma by the PTX fragment layout, float32 output
-
-static float act_to_float(uint32_t h, int vt) {
-  uint32_t u;
-  if (vt == VT_BF16) {
-    u = h << 16;
-  } else {
-    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
-    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);
-    else if (exp != 0) u = sign | ((exp + 112) << 23) | (man << 13);
-    else {
-      const float sub = (float)man * (1.0f / 16777216.0f);
-      return sign ? -sub : sub;
-    }
-  }
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-// D (16 x 8) += A (16 x 16) B (16 x 8) from the 32 lanes' fragments (mma.m16n8k16 .row.col layouts):
-// a[l][0] = A[g][2q..2q+1], a[l][1] = A[g+8][2q..], a[l][2] = A[g][2q+8..], a[l][3] = A[g+8][2q+8..];
-// b[l][0] = B[2q..2q+1][g], b[l][1] = B[2q+8..2q+9][g]; d[l] = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1].
-static void host_mma(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[2], int vt) {
-  float A[16][16], B[16][8];
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, q = l & 3;
-    for (int h = 0; h < 2; ++h) {
-      A[g][2 * q + h] = act_to_float((a[l][0] >> (16 * h)) & 0xFFFF, vt);
-      A[g + 8][2 * q + h] = act_to_float((a[l][1] >> (16 * h)) & 0xFFFF, vt);
-      A[g][2 * q + 8 + h] = act_to_float((a[l][2] >> (16 * h)) & 0xFFFF, vt);
-      A[g + 8][2 * q + 8 + h] = act_to_float((a[l][3] >> (16 * h)) & 0xFFFF, vt);
-      B[2 * q + h][g] = act_to_float((b[l][0] >> (16 * h)) & 0xFFFF, vt);
-      B[2 * q + 8 + h][g] = act_to_float((b[l][1] >> (16 * h)) & 0xFFFF, vt);
-    }
-  }
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, q = l & 3;
-    for (int j = 0; j < 4; ++j) {
-      const int r = g + 8 * (j >> 1), n = 2 * q + (j & 1);
-      float s = 0.0f;
-      for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][n];
-      d[l][j] += s;
-    }
-  }
-}
 
 // The host twin of sl_bmma_launch (one split): x (bsz, K) row-major, y (bsz, N) float32; BP the padded batch.
 extern "C" int sl_bmma_host(int vt, int BP, int KS, const void* x, const void* vals, const void* words, const void* cp,

@@ -79,7 +79,9 @@ def library(source: Path, kind: str) -> ctypes.CDLL:
         raise RuntimeError("no CUDA device")
     cmd = command(kind)
     version = subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
-    key = hashlib.sha256(source.read_bytes() + repr((cmd[1:], version)).encode()).hexdigest()[:16]
+    # the source and the headers it may include (every *.cuh beside it): a header change rebuilds too
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.cuh")))
+    key = hashlib.sha256(source.read_bytes() + headers + repr((cmd[1:], version)).encode()).hexdigest()[:16]
     out = cache_dir() / f"{source.stem}-{kind}-{key}.so"
     if not out.exists():
         try:

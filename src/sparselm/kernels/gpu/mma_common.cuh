@@ -1,0 +1,140 @@
+// Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu): value types, mma.sync m16n8k16, the split-K
+// epilogue, and the host emulation of mma by the PTX fragment layout (what the CPU tests run).
+#pragma once
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define SL_HD __device__ __forceinline__
+#else
+#define SL_HD static inline
+#endif
+
+enum { VT_F16 = 0, VT_BF16 = 1 };
+
+#ifdef __CUDACC__
+
+template <int VT>
+__device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint32_t* b) {
+  if (VT == VT_F16)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int VT>
+__device__ __forceinline__ uint16_t to_act(float f) {
+  if (VT == VT_F16) return __half_as_ushort(__float2half_rn(f));
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+// Where a block's sums go: y directly (one split along K), or fp32 atomics into the workspace, after which the
+// block that arrives last for its rows (a per-block counter) writes y and zeroes the workspace and the counter
+// again for the next call (one launch; CUDA-graph safe).
+struct Out {
+  uint16_t* y;
+  float* ws;  // (BP, N) fp32, zero between calls
+  int* cnt;   // per row block, zero between calls
+  int N, bsz, ldy;
+};
+
+// acc = the D fragments of 16 rows from ra - g (acc[t][0..1] = row ra, batch 8t + 2q (+1); [2..3] = row ra + 8);
+// `writer`: this warp holds the final sums of its rows; the block's rows are [row0, row0 + rows). Every thread of
+// the block must call this (it synchronizes the block when split).
+template <int VT, int BP>
+__device__ __forceinline__ void store_rows(const float (*acc)[4], bool writer, int ra, int row0, int rows,
+                                           const Out& o) {
+  const int lane = threadIdx.x & 31, q = lane & 3;
+  if (gridDim.y == 1) {
+    if (!writer) return;
+#pragma unroll
+    for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
+        if (r < o.N && b < o.bsz) o.y[(size_t)b * o.ldy + r] = to_act<VT>(acc[t][j]);
+      }
+    return;
+  }
+  if (writer) {
+#pragma unroll
+    for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = ra + (j >> 1) * 8, b = 8 * t + 2 * q + (j & 1);
+        if (r < o.N && b < o.bsz) atomicAdd(o.ws + (size_t)b * o.N + r, acc[t][j]);
+      }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(o.cnt + blockIdx.x, 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < rows * o.bsz; i += blockDim.x) {
+    const int b = i / rows, r = row0 + i % rows;
+    if (r < o.N) {
+      float* p = o.ws + (size_t)b * o.N + r;
+      o.y[(size_t)b * o.ldy + r] = to_act<VT>(__ldcg(p));
+      *p = 0.0f;
+    }
+  }
+  if (threadIdx.x == 0) o.cnt[blockIdx.x] = 0;
+}
+
+#else  // host emulation
+
+static float act_to_float(uint32_t h, int vt) {
+  uint32_t u;
+  if (vt == VT_BF16) {
+    u = h << 16;
+  } else {
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);
+    else if (exp != 0) u = sign | ((exp + 112) << 23) | (man << 13);
+    else {
+      const float sub = (float)man * (1.0f / 16777216.0f);
+      return sign ? -sub : sub;
+    }
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// D (16 x 8) += A (16 x 16) B (16 x 8) from the 32 lanes' fragments (mma.m16n8k16 .row.col layouts):
+// a[l][0] = A[g][2q..2q+1], a[l][1] = A[g+8][2q..], a[l][2] = A[g][2q+8..], a[l][3] = A[g+8][2q+8..];
+// b[l][0] = B[2q..2q+1][g], b[l][1] = B[2q+8..2q+9][g]; d[l] = D[g][2q], D[g][2q+1], D[g+8][2q], D[g+8][2q+1].
+static void host_mma(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[2], int vt) {
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, q = l & 3;
+    for (int h = 0; h < 2; ++h) {
+      A[g][2 * q + h] = act_to_float((a[l][0] >> (16 * h)) & 0xFFFF, vt);
+      A[g + 8][2 * q + h] = act_to_float((a[l][1] >> (16 * h)) & 0xFFFF, vt);
+      A[g][2 * q + 8 + h] = act_to_float((a[l][2] >> (16 * h)) & 0xFFFF, vt);
+      A[g + 8][2 * q + 8 + h] = act_to_float((a[l][3] >> (16 * h)) & 0xFFFF, vt);
+      B[2 * q + h][g] = act_to_float((b[l][0] >> (16 * h)) & 0xFFFF, vt);
+      B[2 * q + 8 + h][g] = act_to_float((b[l][1] >> (16 * h)) & 0xFFFF, vt);
+    }
+  }
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, q = l & 3;
+    for (int j = 0; j < 4; ++j) {
+      const int r = g + 8 * (j >> 1), n = 2 * q + (j & 1);
+      float s = 0.0f;
+      for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][n];
+      d[l][j] += s;
+    }
+  }
+}
+#endif
