@@ -210,7 +210,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
-    return out + bmma_configs(bb)
+    return out + bmma_configs(bb) + tmma_configs(bb)
 
 
 # bmma (tensor cores over the mask + values): (warps per block, rows per block, splits along K). Timed on the H200
@@ -316,3 +316,20 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
         p.drop_aux([new[key_of(n, k, b, vdt, act_dtype)]["cfg"] for b in batches])
         del dense, sparse
     return new
+
+
+# tmma (per-nonzero scatter into shared-memory tiles, then ldmatrix + mma): (warps per block, splits along K);
+# not yet timed, so the grid brackets bmma's winners
+TMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (4, 16))
+
+
+def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
+    """The scatter-to-tile kernel's candidates for padded batch bb (2-64, padded to >= 8), [] where nvcc cannot
+    build it for this GPU."""
+    from sparselm.kernels.gpu import cuda_tile
+
+    bp = max(8, bb)
+    if bp not in cuda_tile.BATCHES or not cuda_tile.available():
+        return []
+    return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk)
+            for w, sk in shapes]

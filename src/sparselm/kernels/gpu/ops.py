@@ -62,7 +62,9 @@ class SpmmConfig:
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
-    # each chunk), split_k = blocks along K, block_k 128, num_stages 4)
+    # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
+    # "tmma" (CUDA C++, tensor cores over the per-nonzero "tile16" layout, batch 2-64: cuda_tile.py; block_b as
+    # bmma, num_warps = 4 or 8 bands of 16 rows per block, split_k, block_k 128)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -86,6 +88,15 @@ class SpmmConfig:
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
+        if self.kernel == "tmma":  # the scatter-to-tile tensor-core kernel (cuda_tile.py)
+            from sparselm.kernels.gpu.cuda_tile import BATCHES, CHUNK, WARPS
+
+            if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
+                    or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
+                    or self.unroll != 1 or not self.smem or self.persist):
+                raise ValueError(f"SpmmConfig tmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
+                                 f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {self}")
+            return
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
             from sparselm.kernels.gpu.cuda_mma import BANDS, BATCHES, CHUNK, STAGES, WARPS
 
@@ -141,6 +152,8 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
+        if self.kernel == "tmma":
+            return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel == "grp8cu":
@@ -235,6 +248,8 @@ class PackedBitmask:
             return {("grp8cu",)}
         if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
             return {("bmma",), ("bmma-ws", cfg.block_b)}
+        if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
+            return {("tile16",), ("bmma-ws", cfg.block_b)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
@@ -259,6 +274,10 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_mma
 
             return cuda_mma.supports(self, batch=cfg.block_b) and cuda_mma.fits(self, cfg)
+        if cfg.kernel == "tmma":
+            from sparselm.kernels.gpu import cuda_tile
+
+            return cuda_tile.supports(self, batch=cfg.block_b)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -370,6 +389,10 @@ class PackedBitmask:
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
+        if kernel == "tmma":  # its entries (values + positions, padded groups) and tile starts; no mask
+            from sparselm.kernels.gpu import cuda_tile
+
+            return sum(t.numel() * t.element_size() for t in cuda_tile.aux(self))
         if kernel == "bmma":  # chunk starts at 128 columns plus each row's end, and staging offsets
             return total + 4 * n * (2 * triton.cdiv(k, 128) + 1)
         if block_k is not None:
@@ -400,6 +423,10 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         from sparselm.kernels.gpu import cuda_mma
 
         return cuda_mma.spmm(x, p, cfg, out)
+    if cfg.kernel == "tmma":
+        from sparselm.kernels.gpu import cuda_tile
+
+        return cuda_tile.spmm(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))

@@ -1,0 +1,205 @@
+// Batched y = x W^T (batch 8-64) on tensor cores from a per-nonzero tiled layout ("tile16"): each warp zeroes a
+// dense 16 x 128 tile of W in shared memory, scatters the tile's nonzeros into it (one 16-bit store each, at an
+// address the entry carries) and reads the mma A fragments back with ldmatrix; x is the B operand, read from L1.
+//
+// Why (docs/notes/gpu.md, session 15): bitmask_mma.cu expands the mask per position, ~10 instructions per column
+// pair (~20 per nonzero at 75%), and ran latency-bound at 0.64-0.81x cuBLAS at batch 16. Here a nonzero costs a
+// store and its address (~3 instructions), a position ~0.1 (the zeroing), for 4 bytes per fp16 nonzero.
+//
+// Layout (FORMAT.md "tile16"): tiles t = band * n_chunks + chunk (16-row bands, 128-column chunks), each one's
+// nonzeros in groups of 8 entries, 32 bytes a group: 8 values (16-bit), then 8 positions (16-bit: row-in-band * TS
+// + column-in-chunk, the element offset in the shared tile). A tile's last group is padded with value 0 at position
+// TC (row 0, a padding column ldmatrix never reads). gptr[t] = first group of tile t; gptr[n_tiles] = the total.
+// Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows); it loads the
+// first MAXG groups per lane of the next tile while it multiplies the current one.
+//
+// The same file compiles as C++ (g++ -x c++): the scatter, the fragment layouts and the x reads are shared with
+// the GPU build; the host emulation runs them lane by lane with mma emulated (mma_common.cuh).
+#include "mma_common.cuh"
+
+enum { TC = 128, TS = TC + 8, TILE_HALVES = 16 * TS, MAXG = 4 };  // TS: 272-byte rows, conflict-free ldmatrix
+
+// x's B fragment for 8 batch rows from row b0 (this lane: b0 + g) at columns k (= chunk + 16 ks + 2q) and k + 8;
+// zero past the batch or K (K is a multiple of 8, so a pair is all in or all out).
+SL_HD void xb_frag(const uint16_t* x, int ldx, int bsz, int K, int b, int k, uint32_t* out) {
+  out[0] = out[1] = 0u;
+  if (b >= bsz) return;
+  const uint16_t* r = x + (size_t)b * ldx + k;
+#ifdef __CUDACC__
+  if (k < K) out[0] = __ldg(reinterpret_cast<const uint32_t*>(r));
+  if (k + 8 < K) out[1] = __ldg(reinterpret_cast<const uint32_t*>(r + 8));
+#else
+  if (k < K) memcpy(&out[0], r, 4);
+  if (k + 8 < K) memcpy(&out[1], r + 8, 4);
+#endif
+}
+
+#ifdef __CUDACC__
+
+// One group into the tile at shared address tb: 8 values (v), 8 element positions (p), two per word.
+__device__ __forceinline__ void scatter8(uint32_t tb, const uint4& v, const uint4& p) {
+  const uint32_t vv[4] = {v.x, v.y, v.z, v.w}, pp[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const unsigned short lo = (unsigned short)(vv[j] & 0xFFFFu), hi = (unsigned short)(vv[j] >> 16);
+    asm volatile("st.shared.u16 [%0], %1;" ::"r"(tb + 2 * (pp[j] & 0xFFFFu)), "h"(lo));
+    asm volatile("st.shared.u16 [%0], %1;" ::"r"(tb + 2 * (pp[j] >> 16)), "h"(hi));
+  }
+}
+
+struct TArgs {
+  const uint16_t* x;
+  const uint4* ent;  // groups: 2 x 16 bytes each (values, positions)
+  const int* gptr;   // (n_tiles + 1,)
+  Out out;
+  int K, ldx, n_chunks, per_split;
+};
+
+template <int VT, int BP, int W>
+__global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
+  extern __shared__ uint4 smem4[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int band = blockIdx.x * W + warp, row0 = blockIdx.x * 16 * W;
+  const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks);
+  uint4* tile = smem4 + warp * (TILE_HALVES / 8);
+  const uint32_t tb = (uint32_t)__cvta_generic_to_shared(tile);
+  float acc[BP / 8][4];
+#pragma unroll
+  for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  if (16 * band < a.out.N) {
+    const int* gp = a.gptr + (size_t)band * a.n_chunks;
+    int g0 = __ldg(gp + c_lo), g1 = __ldg(gp + c_lo + 1);
+    uint4 pv[MAXG], pp[MAXG];
+#pragma unroll
+    for (int m = 0; m < MAXG; ++m) {
+      const int gi = g0 + lane + 32 * m;
+      if (gi < g1) { pv[m] = __ldg(a.ent + 2 * gi); pp[m] = __ldg(a.ent + 2 * gi + 1); }
+    }
+    for (int c = c_lo; c < c_hi; ++c) {
+      const int g2 = c + 1 < c_hi ? __ldg(gp + c + 2) : 0;  // the next tile's end, early
+      for (int i = lane; i < TILE_HALVES / 8; i += 32) tile[i] = make_uint4(0u, 0u, 0u, 0u);
+      __syncwarp();
+#pragma unroll
+      for (int m = 0; m < MAXG; ++m)
+        if (g0 + lane + 32 * m < g1) scatter8(tb, pv[m], pp[m]);
+      for (int gi = g0 + lane + 32 * MAXG; gi < g1; gi += 32) scatter8(tb, __ldg(a.ent + 2 * gi), __ldg(a.ent + 2 * gi + 1));
+      __syncwarp();
+      if (c + 1 < c_hi) {  // the next tile's first groups, in flight during this tile's mma
+        g0 = g1; g1 = g2;
+#pragma unroll
+        for (int m = 0; m < MAXG; ++m) {
+          const int gi = g0 + lane + 32 * m;
+          if (gi < g1) { pv[m] = __ldg(a.ent + 2 * gi); pp[m] = __ldg(a.ent + 2 * gi + 1); }
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < TC / 16; ++ks) {
+        uint32_t af[4];
+        const uint32_t addr = tb + 2 * ((lane & 15) * TS + ks * 16 + (lane >> 4) * 8);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3]) : "r"(addr));
+#pragma unroll
+        for (int t = 0; t < BP / 8; ++t) {
+          uint32_t b[2];
+          xb_frag(a.x, a.ldx, a.out.bsz, a.K, 8 * t + g, c * TC + ks * 16 + 2 * q, b);
+          mma16816<VT>(acc[t], af, b);
+        }
+      }
+      __syncwarp();  // every lane's ldmatrix is done before the next tile is zeroed
+    }
+  }
+  store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+}
+
+template <int VT, int BP, int W>
+static int launch(const TArgs& a, int splits, cudaStream_t stream) {
+  const size_t smem = (size_t)W * TILE_HALVES * 2;
+  const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
+  tile_mma_kernel<VT, BP, W><<<grid, 32 * W, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int BP>
+static int by_warps(int W, const TArgs& a, int splits, cudaStream_t s) {
+  if (W == 4) return launch<VT, BP, 4>(a, splits, s);
+  if (W == 8) return launch<VT, BP, 8>(a, splits, s);
+  return -1;
+}
+
+template <int VT>
+static int by_batch(int BP, int W, const TArgs& a, int splits, cudaStream_t s) {
+  switch (BP) {
+    case 8: return by_warps<VT, 8>(W, a, splits, s);
+    case 16: return by_warps<VT, 16>(W, a, splits, s);
+    case 32: return by_warps<VT, 32>(W, a, splits, s);
+    case 64: return by_warps<VT, 64>(W, a, splits, s);
+    default: return -1;
+  }
+}
+
+// y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps (bands) per block (4 / 8),
+// `splits` blocks along K of per_split chunks each (every split non-empty). Returns a cudaError_t or -1.
+extern "C" int sl_tile_launch(int vt, int BP, int W, const void* x, const void* ent, const void* gptr, void* y,
+                              void* ws, void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks,
+                              int per_split, int splits, void* stream) {
+  const TArgs a{static_cast<const uint16_t*>(x), static_cast<const uint4*>(ent), static_cast<const int*>(gptr),
+                Out{static_cast<uint16_t*>(y), static_cast<float*>(ws), static_cast<int*>(cnt), N, bsz, ldy},
+                K, ldx, n_chunks, per_split};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, a, splits, s);
+  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, a, splits, s);
+  return -1;
+}
+
+extern "C" const char* sl_tile_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+#else  // host emulation: zero, scatter, fragments by the ldmatrix / mma layouts, float32 output
+
+static void scatter8_host(uint16_t* tile, const uint16_t* grp) {  // grp: 8 values then 8 positions
+  for (int j = 0; j < 8; ++j) tile[grp[8 + j]] = grp[j];
+}
+
+// ldmatrix.x4 with lane l addressing row l % 16, column 16 ks + 8 (l / 16): lane (g, q) receives
+// A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..] of the 16 x 16 step, as mma wants.
+static void a_frag_host(const uint16_t* t, int lane, int ks, uint32_t* a) {
+  const int g = lane >> 2, q = lane & 3, c = ks * 16 + 2 * q;
+  const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {c, c, c + 8, c + 8};
+  for (int i = 0; i < 4; ++i) memcpy(&a[i], t + rows[i] * TS + cols[i], 4);
+}
+
+extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, const void* gptr, float* y, int N,
+                            int K, int bsz, int n_chunks) {
+  if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  const uint16_t* ee = static_cast<const uint16_t*>(ent);
+  const int* gp = static_cast<const int*>(gptr);
+  uint16_t* tile = new uint16_t[TILE_HALVES];
+  float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
+  uint32_t af[32][4], bf[32][2];
+  for (int band = 0; 16 * band < N; ++band) {
+    memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
+    for (int c = 0; c < n_chunks; ++c) {
+      const int t = band * n_chunks + c;
+      for (int i = 0; i < TILE_HALVES; ++i) tile[i] = 0;
+      for (int gi = gp[t]; gi < gp[t + 1]; ++gi) scatter8_host(tile, ee + 16 * (size_t)gi);
+      for (int ks = 0; ks < TC / 16; ++ks)
+        for (int nt = 0; nt < BP / 8; ++nt) {
+          for (int l = 0; l < 32; ++l) {
+            a_frag_host(tile, l, ks, af[l]);
+            xb_frag(xx, K, bsz, K, 8 * nt + (l >> 2), c * TC + ks * 16 + 2 * (l & 3), bf[l]);
+          }
+          host_mma(d + 32 * nt, af, bf, vt);
+        }
+    }
+    for (int nt = 0; nt < BP / 8; ++nt)
+      for (int l = 0; l < 32; ++l)
+        for (int j = 0; j < 4; ++j) {
+          const int r = 16 * band + (l >> 2) + 8 * (j >> 1), b = 8 * nt + 2 * (l & 3) + (j & 1);
+          if (r < N && b < bsz) y[(size_t)b * N + r] = d[32 * nt + l][j];
+        }
+  }
+  delete[] tile;
+  delete[] d;
+  return 0;
+}
+#endif
