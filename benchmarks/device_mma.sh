@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
-python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t; print("bmma", c.available(), c.build_error() or "", "grp8cu", g.available(), g.build_error() or "", "tmma", t.available(), t.build_error() or "")"
+python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t; print('bmma', c.available(), c.build_error() or '', 'grp8cu', g.available(), g.build_error() or '', 'tmma', t.available(), t.build_error() or '')"
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 120 python3 -m pytest -q -p no:cacheprovider -x \
   tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py -k "gpu_build" 2>&1 | tail -12
 timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs \
