@@ -1,5 +1,5 @@
-// Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu): value types, mma.sync m16n8k16, the split-K
-// epilogue, and the host emulation of mma by the PTX fragment layout (what the CPU tests run).
+// Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu): value types, mma.sync m16n8k16, cp.async, the
+// split-K epilogue, and the host emulation of mma by the PTX fragment layout (what the CPU tests run).
 #pragma once
 #include <stdint.h>
 #include <string.h>
@@ -29,6 +29,21 @@ __device__ __forceinline__ void mma16816(float* d, const uint32_t* a, const uint
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 template <int VT>
 __device__ __forceinline__ uint16_t to_act(float f) {

@@ -11,7 +11,9 @@
 // + column-in-chunk, the element offset in the shared tile). A tile's last group is padded with value 0 at position
 // TC (row 0, a padding column ldmatrix never reads). gptr[t] = first group of tile t; gptr[n_tiles] = the total.
 // Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows); it loads the
-// first MAXG groups per lane of the next tile while it multiplies the current one.
+// first MAXG groups per lane of the next tile while it multiplies the current one. The first version read x's B
+// fragments from global memory through L1 and lost to bmma more the larger the batch
+// (gpu_kernels_batched_tmma_first.json); this one stages x as bmma does and has not been timed yet.
 //
 // The same file compiles as C++ (g++ -x c++): the scatter, the fragment layouts and the x reads are shared with
 // the GPU build; the host emulation runs them lane by lane with mma emulated (mma_common.cuh).
@@ -19,19 +21,13 @@
 
 enum { TC = 128, TS = TC + 8, TILE_HALVES = 16 * TS, MAXG = 4 };  // TS: 272-byte rows, conflict-free ldmatrix
 
-// x's B fragment for 8 batch rows from row b0 (this lane: b0 + g) at columns k (= chunk + 16 ks + 2q) and k + 8;
-// zero past the batch or K (K is a multiple of 8, so a pair is all in or all out).
-SL_HD void xb_frag(const uint16_t* x, int ldx, int bsz, int K, int b, int k, uint32_t* out) {
-  out[0] = out[1] = 0u;
-  if (b >= bsz) return;
-  const uint16_t* r = x + (size_t)b * ldx + k;
-#ifdef __CUDACC__
-  if (k < K) out[0] = __ldg(reinterpret_cast<const uint32_t*>(r));
-  if (k + 8 < K) out[1] = __ldg(reinterpret_cast<const uint32_t*>(r + 8));
-#else
-  if (k < K) memcpy(&out[0], r, 4);
-  if (k + 8 < K) memcpy(&out[1], r + 8, 4);
-#endif
+// x's B fragment from the block's staged chunk xs ([BP][XS] halves, rows past the batch and columns past K zero):
+// batch rows 8 nt + g, columns 16 ks + 2q (+1) and 16 ks + 2q + 8 (+1). XS = 272 bytes: conflict-free.
+enum { XS = TC + 8 };
+SL_HD void xs_frag(const uint16_t* xs, int lane, int ks, int nt, uint32_t* b) {
+  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 2 * (lane & 3);
+  memcpy(&b[0], r, 4);
+  memcpy(&b[1], r + 8, 4);
 }
 
 #ifdef __CUDACC__
@@ -58,31 +54,54 @@ struct TArgs {
 template <int VT, int BP, int W>
 __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
   extern __shared__ uint4 smem4[];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   const int band = blockIdx.x * W + warp, row0 = blockIdx.x * 16 * W;
   const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks);
-  uint4* tile = smem4 + warp * (TILE_HALVES / 8);
+  constexpr int XBUF = BP * XS;  // halves per staged x chunk (two buffers, then the warps' tiles)
+  uint16_t* xbuf = reinterpret_cast<uint16_t*>(smem4);
+  uint4* tile = reinterpret_cast<uint4*>(xbuf + 2 * XBUF) + warp * (TILE_HALVES / 8);
   const uint32_t tb = (uint32_t)__cvta_generic_to_shared(tile);
+  const bool active = 16 * band < a.out.N;  // every warp stages x and meets the barriers; active ones compute
+  // the block copies x[0:BP, chunk] for the next chunk while it computes this one (16-byte copies, zero-filled)
+  const auto stage_x = [&](int c, int buf) {
+    for (int i = tid; i < BP * (TC / 8); i += 32 * W) {
+      const int b = i / (TC / 8), v = i % (TC / 8), col = c * TC + 8 * v;
+      const bool ok = b < a.out.bsz && col < a.K;
+      cp_async16(xbuf + buf * XBUF + b * XS + 8 * v, ok ? a.x + (size_t)b * a.ldx + col : a.x, ok ? 16 : 0);
+    }
+    cp_commit();
+  };
   float acc[BP / 8][4];
 #pragma unroll
   for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-  if (16 * band < a.out.N) {
-    const int* gp = a.gptr + (size_t)band * a.n_chunks;
-    int g0 = __ldg(gp + c_lo), g1 = __ldg(gp + c_lo + 1);
-    uint4 pv[MAXG], pp[MAXG];
+  const int* gp = a.gptr + (size_t)(active ? band : 0) * a.n_chunks;
+  int g0 = 0, g1 = 0;
+  uint4 pv[MAXG], pp[MAXG];
+  if (active) {
+    g0 = __ldg(gp + c_lo); g1 = __ldg(gp + c_lo + 1);
 #pragma unroll
     for (int m = 0; m < MAXG; ++m) {
       const int gi = g0 + lane + 32 * m;
       if (gi < g1) { pv[m] = __ldg(a.ent + 2 * gi); pp[m] = __ldg(a.ent + 2 * gi + 1); }
     }
-    for (int c = c_lo; c < c_hi; ++c) {
+  }
+  stage_x(c_lo, 0);
+  for (int c = c_lo; c < c_hi; ++c) {
+    const int buf = (c - c_lo) & 1;
+    __syncthreads();  // everyone is done with the other buffer (chunk c - 1) before it is refilled
+    if (c + 1 < c_hi) stage_x(c + 1, buf ^ 1);
+    else cp_commit();  // an empty group keeps the count uniform
+    cp_wait<1>();      // chunk c's x has landed (this thread's copies) ...
+    __syncthreads();   // ... and every thread's
+    if (active) {
       const int g2 = c + 1 < c_hi ? __ldg(gp + c + 2) : 0;  // the next tile's end, early
       for (int i = lane; i < TILE_HALVES / 8; i += 32) tile[i] = make_uint4(0u, 0u, 0u, 0u);
       __syncwarp();
 #pragma unroll
       for (int m = 0; m < MAXG; ++m)
         if (g0 + lane + 32 * m < g1) scatter8(tb, pv[m], pp[m]);
-      for (int gi = g0 + lane + 32 * MAXG; gi < g1; gi += 32) scatter8(tb, __ldg(a.ent + 2 * gi), __ldg(a.ent + 2 * gi + 1));
+      for (int gi = g0 + lane + 32 * MAXG; gi < g1; gi += 32)
+        scatter8(tb, __ldg(a.ent + 2 * gi), __ldg(a.ent + 2 * gi + 1));
       __syncwarp();
       if (c + 1 < c_hi) {  // the next tile's first groups, in flight during this tile's mma
         g0 = g1; g1 = g2;
@@ -92,6 +111,7 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
           if (gi < g1) { pv[m] = __ldg(a.ent + 2 * gi); pp[m] = __ldg(a.ent + 2 * gi + 1); }
         }
       }
+      const uint16_t* xs = xbuf + buf * XBUF;
 #pragma unroll
       for (int ks = 0; ks < TC / 16; ++ks) {
         uint32_t af[4];
@@ -101,7 +121,7 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
 #pragma unroll
         for (int t = 0; t < BP / 8; ++t) {
           uint32_t b[2];
-          xb_frag(a.x, a.ldx, a.out.bsz, a.K, 8 * t + g, c * TC + ks * 16 + 2 * q, b);
+          xs_frag(xs, lane, ks, t, b);
           mma16816<VT>(acc[t], af, b);
         }
       }
@@ -113,7 +133,14 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
 
 template <int VT, int BP, int W>
 static int launch(const TArgs& a, int splits, cudaStream_t stream) {
-  const size_t smem = (size_t)W * TILE_HALVES * 2;
+  static size_t opted = 48 * 1024;
+  const size_t smem = (size_t)(2 * BP * XS + W * TILE_HALVES) * 2;
+  if (smem > opted) {
+    const cudaError_t e = cudaFuncSetAttribute(tile_mma_kernel<VT, BP, W>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    opted = smem;
+  }
   const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
   tile_mma_kernel<VT, BP, W><<<grid, 32 * W, smem, stream>>>(a);
   return (int)cudaGetLastError();
@@ -174,6 +201,7 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
   const uint16_t* ee = static_cast<const uint16_t*>(ent);
   const int* gp = static_cast<const int*>(gptr);
   uint16_t* tile = new uint16_t[TILE_HALVES];
+  uint16_t* xs = new uint16_t[(size_t)BP * XS];
   float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
   uint32_t af[32][4], bf[32][2];
   for (int band = 0; 16 * band < N; ++band) {
@@ -181,12 +209,15 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
     for (int c = 0; c < n_chunks; ++c) {
       const int t = band * n_chunks + c;
       for (int i = 0; i < TILE_HALVES; ++i) tile[i] = 0;
+      memset(xs, 0, sizeof(uint16_t) * BP * XS);  // the staged chunk, zero past the batch and K
+      for (int b = 0; b < bsz; ++b)
+        for (int k = 0; k < TC && c * TC + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * TC + k];
       for (int gi = gp[t]; gi < gp[t + 1]; ++gi) scatter8_host(tile, ee + 16 * (size_t)gi);
       for (int ks = 0; ks < TC / 16; ++ks)
         for (int nt = 0; nt < BP / 8; ++nt) {
           for (int l = 0; l < 32; ++l) {
             a_frag_host(tile, l, ks, af[l]);
-            xb_frag(xx, K, bsz, K, 8 * nt + (l >> 2), c * TC + ks * 16 + 2 * (l & 3), bf[l]);
+            xs_frag(xs, l, ks, nt, bf[l]);
           }
           host_mma(d + 32 * nt, af, bf, vt);
         }
@@ -199,6 +230,7 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
         }
   }
   delete[] tile;
+  delete[] xs;
   delete[] d;
   return 0;
 }
