@@ -218,7 +218,7 @@ def plot(path: Path) -> Path:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(title=f"{n}x{k}, fp16 values vs cuBLAS fp16", xlabel="sparsity (%)", ylabel="speedup (x)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"fastest sparse Triton kernel per case (bitmask / csr8 / vc32 / grp8), {data.get('device', '')}")
+    fig.suptitle(f"fastest sparse kernel per case (Triton and CUDA C++), {data.get('device', '')}")
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
