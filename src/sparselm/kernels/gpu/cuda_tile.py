@@ -138,7 +138,8 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     if not (x.is_cuda and p.values.device == x.device):
         raise ValueError(f"tmma: x and the matrix must be on the same CUDA device, got {x.device} and "
                          f"{p.values.device}")
-    x = x.contiguous()
+    if not x.is_contiguous() or x.data_ptr() % 16:  # x is staged with 16-byte copies
+        x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
     ent, gptr = aux(p)
     n_chunks = -(-k // CHUNK)
     per, nsplit = splits(n_chunks, cfg.split_k)
