@@ -63,11 +63,23 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
   const uint32_t tb = (uint32_t)__cvta_generic_to_shared(tile);
   const bool active = 16 * band < a.out.N;  // every warp stages x and meets the barriers; active ones compute
   // the block copies x[0:BP, chunk] for the next chunk while it computes this one (16-byte copies, zero-filled)
+  // (this thread's copies are fixed across chunks: sources and targets computed once)
+  constexpr int XPER = (BP * (TC / 8) + 32 * W - 1) / (32 * W);
+  const uint16_t* xsrc[XPER];
+  int xdst[XPER], xcol[XPER];
+#pragma unroll
+  for (int j = 0; j < XPER; ++j) {
+    const int i = tid + j * 32 * W, b = i / (TC / 8), v = i % (TC / 8);
+    xsrc[j] = i < BP * (TC / 8) && b < a.out.bsz ? a.x + (size_t)b * a.ldx + 8 * v : nullptr;
+    xdst[j] = i < BP * (TC / 8) ? b * XS + 8 * v : -1;
+    xcol[j] = 8 * v;
+  }
   const auto stage_x = [&](int c, int buf) {
-    for (int i = tid; i < BP * (TC / 8); i += 32 * W) {
-      const int b = i / (TC / 8), v = i % (TC / 8), col = c * TC + 8 * v;
-      const bool ok = b < a.out.bsz && col < a.K;
-      cp_async16(xbuf + buf * XBUF + b * XS + 8 * v, ok ? a.x + (size_t)b * a.ldx + col : a.x, ok ? 16 : 0);
+#pragma unroll
+    for (int j = 0; j < XPER; ++j) {
+      if (xdst[j] < 0) continue;
+      const bool ok = xsrc[j] != nullptr && c * TC + xcol[j] < a.K;
+      cp_async16(xbuf + buf * XBUF + xdst[j], ok ? xsrc[j] + c * TC : a.x, ok ? 16 : 0);
     }
     cp_commit();
   };
