@@ -16,7 +16,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -89,3 +91,36 @@ def library(source: Path, kind: str) -> ctypes.CDLL:
         except subprocess.CalledProcessError as e:
             raise RuntimeError(f"{Path(cmd[0]).name} failed: {(e.stderr or '').strip()[-600:]}") from None
     return ctypes.CDLL(str(out))
+
+
+class Library:
+    """One kernel file's built libraries, built and loaded at most once per kind per process.
+
+        lib = Library(source, declare)    # declare(cdll, kind): set the entry points' argtypes / restype
+        lib.load("device" | "host")       # the CDLL, or None when it cannot be built (the reason: build_error)
+    """
+
+    def __init__(self, source: Path, declare: Callable[[ctypes.CDLL, str], None]):
+        self.source, self._declare = source, declare
+        self._lock = threading.Lock()
+        self._libs: dict[str, ctypes.CDLL | None] = {}
+        self._errors: dict[str, str] = {}
+
+    def load(self, kind: str = "device") -> ctypes.CDLL | None:
+        if kind not in ("device", "host"):
+            raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
+        with self._lock:
+            if kind not in self._libs:
+                try:
+                    lib = library(self.source, kind)
+                    self._declare(lib, kind)
+                    self._libs[kind] = lib
+                except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                    self._libs[kind], self._errors[kind] = None, str(e)
+        return self._libs[kind]
+
+    def available(self) -> bool:
+        return self.load("device") is not None
+
+    def build_error(self, kind: str = "device") -> str | None:
+        return self._errors.get(kind)

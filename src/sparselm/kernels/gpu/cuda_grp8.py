@@ -17,8 +17,6 @@ The host build (g++ -x c++ of the same file) is what CPU tests run: index math, 
 from __future__ import annotations
 
 import ctypes
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
@@ -29,13 +27,9 @@ _SOURCE = Path(__file__).with_name("grp8_gemv.cu")
 MAX_K = 32768  # 2 * column must fit 16 bits (the kernel adds doubled offsets to doubled bases in 16-bit lanes)
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}  # int4 codes (int8-held, bits 4): 3
 _XT = {torch.float16: 0, torch.bfloat16: 1}
-_lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
-_errors: dict[str, str] = {}
 
 
-def _build(kind: str) -> ctypes.CDLL:
-    lib = cuda_build.library(_SOURCE, kind)
+def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_launch.restype = i32
@@ -47,28 +41,12 @@ def _build(kind: str) -> ctypes.CDLL:
     else:
         lib.sl_grp8_host.restype = i32
         lib.sl_grp8_host.argtypes = [i32] * 4 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 3
-    return lib
 
 
-def load(kind: str = "device") -> ctypes.CDLL | None:
-    """The built library ("device": nvcc for the current GPU; "host": g++ emulation), None when it cannot be built."""
-    if kind not in ("device", "host"):
-        raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
-    with _lock:
-        if kind not in _libs:
-            try:
-                _libs[kind] = _build(kind)
-            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                _libs[kind], _errors[kind] = None, str(e)
-    return _libs[kind]
-
-
-def available() -> bool:
-    return load("device") is not None
-
-
-def build_error(kind: str = "device") -> str | None:
-    return _errors.get(kind)
+_LIB = cuda_build.Library(_SOURCE, _declare)
+load = _LIB.load  # load("device" | "host"): the CDLL, or None when it cannot be built
+available = _LIB.available
+build_error = _LIB.build_error
 
 
 #: shared memory one block may opt into on an H100 / H200 (227 KB): the batched kernel keeps x transposed there.

@@ -19,8 +19,6 @@ Values fp16 with fp16 x, bf16 with bf16 x; K a multiple of 8 (x rows are copied 
 from __future__ import annotations
 
 import ctypes
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
@@ -34,13 +32,9 @@ WARPS = (4, 8)
 STAGES = (4,)  # chunks staged per block (3 in flight; 8 timed no faster: gpu_kernels_batched_bmma_stages.json)
 BANDS = (1, 2, 4, 8)  # 16-row bands per block (block_n = 16 x bands); warps per band = num_warps / bands
 _VT = {torch.float16: 0, torch.bfloat16: 1}
-_lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
-_errors: dict[str, str] = {}
 
 
-def _build(kind: str) -> ctypes.CDLL:
-    lib = cuda_build.library(_SOURCE, kind)
+def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_bmma_launch.restype = i32
@@ -54,28 +48,12 @@ def _build(kind: str) -> ctypes.CDLL:
     else:
         lib.sl_bmma_host.restype = i32
         lib.sl_bmma_host.argtypes = [i32] * 3 + [vp] * 6 + [ctypes.c_longlong] + [i32] * 5
-    return lib
 
 
-def load(kind: str = "device") -> ctypes.CDLL | None:
-    """The built library ("device": nvcc for the current GPU; "host": g++ emulation), None when it cannot be built."""
-    if kind not in ("device", "host"):
-        raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
-    with _lock:
-        if kind not in _libs:
-            try:
-                _libs[kind] = _build(kind)
-            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                _libs[kind], _errors[kind] = None, str(e)
-    return _libs[kind]
-
-
-def available() -> bool:
-    return load("device") is not None
-
-
-def build_error(kind: str = "device") -> str | None:
-    return _errors.get(kind)
+_LIB = cuda_build.Library(_SOURCE, _declare)
+load = _LIB.load  # load("device" | "host"): the CDLL, or None when it cannot be built
+available = _LIB.available
+build_error = _LIB.build_error
 
 
 def fits(p, cfg) -> bool:
@@ -152,6 +130,12 @@ def splits(n_chunks: int, split_k: int) -> tuple[int, int]:
     return per, -(-n_chunks // per)
 
 
+def aligned16(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous at a 16-byte aligned address (the tensor-core kernels stage it with 16-byte copies)."""
+    x = x.contiguous()
+    return x.clone() if x.data_ptr() % 16 else x
+
+
 def _check(x: torch.Tensor, p, block_b: int) -> None:
     n, k = p.shape
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= block_b:
@@ -177,8 +161,7 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     if not (x.is_cuda and p.values.device == x.device):
         raise ValueError(f"bmma: x and the matrix must be on the same CUDA device, got {x.device} and "
                          f"{p.values.device}")
-    if not x.is_contiguous() or x.data_ptr() % 16:
-        x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
+    x = aligned16(x)
     cp, dst = aux(p)
     n_chunks = cp.shape[1] - 1
     per, nsplit = splits(n_chunks, cfg.split_k)

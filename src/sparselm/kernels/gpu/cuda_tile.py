@@ -14,27 +14,21 @@ band each); split_k = blocks along K (the split-K workspace of cuda_mma.workspac
 from __future__ import annotations
 
 import ctypes
-import subprocess
-import threading
 from pathlib import Path
 
 import torch
 
 from sparselm.kernels.gpu import cuda_build
-from sparselm.kernels.gpu.cuda_mma import BATCHES, splits, workspace
+from sparselm.kernels.gpu.cuda_mma import BATCHES, aligned16, splits, workspace
 
 _SOURCE = Path(__file__).with_name("tile_mma.cu")
 CHUNK = 128  # tile columns (tile_mma.cu TC)
 TS = CHUNK + 8  # the shared tile's row stride in elements
 WARPS = (4, 8)
 _VT = {torch.float16: 0, torch.bfloat16: 1}
-_lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
-_errors: dict[str, str] = {}
 
 
-def _build(kind: str) -> ctypes.CDLL:
-    lib = cuda_build.library(_SOURCE, kind)
+def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_tile_launch.restype = i32
@@ -45,28 +39,12 @@ def _build(kind: str) -> ctypes.CDLL:
     else:
         lib.sl_tile_host.restype = i32
         lib.sl_tile_host.argtypes = [i32] * 2 + [vp] * 4 + [i32] * 4
-    return lib
 
 
-def load(kind: str = "device") -> ctypes.CDLL | None:
-    """The built library ("device": nvcc for the current GPU; "host": g++ emulation), None when it cannot be built."""
-    if kind not in ("device", "host"):
-        raise ValueError(f"kind: 'device' or 'host', got {kind!r}")
-    with _lock:
-        if kind not in _libs:
-            try:
-                _libs[kind] = _build(kind)
-            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                _libs[kind], _errors[kind] = None, str(e)
-    return _libs[kind]
-
-
-def available() -> bool:
-    return load("device") is not None
-
-
-def build_error(kind: str = "device") -> str | None:
-    return _errors.get(kind)
+_LIB = cuda_build.Library(_SOURCE, _declare)
+load = _LIB.load  # load("device" | "host"): the CDLL, or None when it cannot be built
+available = _LIB.available
+build_error = _LIB.build_error
 
 
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
@@ -138,8 +116,7 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     if not (x.is_cuda and p.values.device == x.device):
         raise ValueError(f"tmma: x and the matrix must be on the same CUDA device, got {x.device} and "
                          f"{p.values.device}")
-    if not x.is_contiguous() or x.data_ptr() % 16:  # x is staged with 16-byte copies
-        x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
+    x = aligned16(x)
     ent, gptr = aux(p)
     n_chunks = -(-k // CHUNK)
     per, nsplit = splits(n_chunks, cfg.split_k)
