@@ -16,7 +16,8 @@
 # an ASR_DATA folder carried), reasoning (RS_A /
 # RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), reasoning2 (more sparse runs
 # against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), translation2 (the same against
-# translation's teacher in /tmp/tr2: TR2_ARGS), kernels (benchmarks/device_gpu.sh), profile (device_profile.sh ->
+# translation's teacher in /tmp/tr2: TR2_ARGS), kernels (benchmarks/device_gpu.sh), mma (device_mma.sh:
+# MMA_KERNELS, MMA_S), profile (device_profile.sh ->
 # $OUT/profile.tgz). `main` installs .whl when carried, so a first call may skip the SmolLM2 staging.
 # translation reads /tmp/${TR_DATA:-translation} (carry out/data/$TR_DATA) with TR_ARGS overrides.
 #   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
@@ -93,6 +94,8 @@ main)
                       ${TR2_ARGS:-} ;;
       profile) mkdir -p /tmp/prof && CUDA_VISIBLE_DEVICES=$gpu OUT=/tmp/prof bash benchmarks/device_profile.sh \
                  > /tmp/profile.log 2>&1; (cd /tmp && tar czf $OUT/profile.tgz prof profile.log) ;;
+      mma) CUDA_VISIBLE_DEVICES=$gpu KERNELS=${MMA_KERNELS:-tmma,bmma} BATCHED_S=${MMA_S:-150} \
+             bash benchmarks/device_mma.sh > /tmp/mma.log 2>&1 ;;
       kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
                  > /tmp/gpu.log 2>&1 ;;
       *) echo "unknown study $name" ;;
@@ -114,6 +117,7 @@ main)
   ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
   wait
   [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
+  [ -f /tmp/mma.log ] && { echo "== /tmp/mma.log"; tail -80 /tmp/mma.log; }
   [ -f /tmp/profile.log ] && { echo "== /tmp/profile.log"; tail -40 /tmp/profile.log; }
   for f in /tmp/gsm?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
     echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
@@ -125,6 +129,6 @@ main)
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
      rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs2/results.json rs2/report.md rs2/*.png \
      rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
-     gsm?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log 2>/dev/null)
+     gsm?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
   ls -la $OUT ;;
 esac
