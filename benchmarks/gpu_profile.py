@@ -38,7 +38,7 @@ def main() -> None:
     from sparselm.runtime.gpu_backend import candidate_configs
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (a smoke test, no ncu)
-    by_key = {c.key(): c for c in candidate_configs(args.batch, pipelined=args.batch == 1)}
+    by_key = {c.key(): c for c in candidate_configs(args.batch, pipelined=True)}
     unknown = [k for k in args.configs.split(",") if k not in by_key]
     if unknown:
         raise SystemExit(f"unknown config keys {unknown}; batch-1 keys: {sorted(by_key)}")

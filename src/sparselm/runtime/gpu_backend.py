@@ -210,9 +210,9 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, t, w in ((1, 128, 4), (1, 256, 4), (2, 128, 4), (1, 256, 8), (1, 64, 2))]
     out += [SpmmConfig(block_n=bn, block_k=bk, block_b=max(16, bb), use_dot=True, num_warps=w)
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
-    # tmma: correct on the H200 but slower than bmma everywhere it was timed (gpu_kernels_batched_tmma_first.json),
-    # so only a sweep that asks for the extra candidates times it
-    return out + bmma_configs(bb) + (tmma_configs(bb) if pipelined else [])
+    # tmma with x staged per block chunk beat bmma on 44 of the 46 batch 4-64 cases timed
+    # (gpu_kernels_batched.json); both stay candidates, and dispatch keeps cuBLAS wherever neither beats it
+    return out + bmma_configs(bb) + tmma_configs(bb)
 
 
 # bmma (tensor cores over the mask + values): (warps per block, rows per block, splits along K). Timed on the H200
@@ -321,9 +321,12 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
 
 
 # tmma (per-nonzero scatter into shared-memory tiles, then ldmatrix + mma): (warps per block, splits along K).
-# First timing (gpu_kernels_batched_tmma_first.json): 0.34-0.57x cuBLAS at batch 16, behind bmma; offered only
-# with candidate_configs(..., pipelined=True) (the sweep's non-default candidates)
-TMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (4, 16))
+# First timing, x read through L1 (gpu_kernels_batched_tmma_first.json): 0.34-0.57x cuBLAS at batch 16. With x
+# staged per block chunk (gpu_kernels_batched.json): 0.81-0.95x at batch 16, 75%; 0.92-1.13x at batch 8.
+# The ring form (ring = pages of each warp's shared-memory ring of entries) answers the profile of the register form
+# (benchmarks/results/profile_tmma: latency-bound, 39% of DRAM bandwidth); not yet timed.
+TMMA_SHAPES = ((4, 2, 0), (4, 4, 0), (4, 8, 0), (8, 2, 0), (8, 4, 0), (8, 8, 0), (4, 16, 0),
+               (8, 8, 8), (8, 4, 8), (8, 2, 8), (4, 8, 8), (4, 4, 8), (4, 2, 8), (8, 8, 4), (8, 4, 4), (4, 4, 4))
 
 
 def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
@@ -334,5 +337,5 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
     bp = max(8, bb)
     if bp not in cuda_tile.BATCHES or not cuda_tile.available():
         return []
-    return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk)
-            for w, sk in shapes]
+    return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk, ring=r)
+            for w, sk, r in shapes]
