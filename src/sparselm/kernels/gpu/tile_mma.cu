@@ -249,6 +249,9 @@ __global__ void __launch_bounds__(32 * W) tile_ring_kernel(const TArgs a) {
             scatter8(tb, e[0], e[1]);
           }
         } else {
+          // every issued page lands before the next tile refills a slot: a page never waited on could otherwise
+          // land after its slot's next page (the H200 grid caught this at 50% with 4 pages; the tests had not)
+          cp_wait<0>();
           __syncwarp();  // the zeroing is done before any lane scatters
           for (int gi = r0 + lane; gi < r1; gi += 32) scatter8(tb, __ldg(a.ent + 2 * gi), __ldg(a.ent + 2 * gi + 1));
         }
