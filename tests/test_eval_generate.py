@@ -48,10 +48,12 @@ def test_evaluate_scores_extracted_answers(tmp_path, monkeypatch):
     """With the generations forced, exact match counts the number after #### only."""
     tok, model = char_tokenizer(), tiny_llama()
     task = get_task("gsm", data_dir=_gsm_file(tmp_path))
-    monkeypatch.setattr(ev, "generate_greedy", lambda m, t, prompts, *a, **k: [" so 4\n#### 4.0", " #### 7"])
+    monkeypatch.setattr(ev, "generate_greedy", lambda m, t, prompts, *a, **k: [" 2 + 2 = 4\n#### 4.0", " 3 + 3 = 7"])
     res = ev.evaluate(model, tok, task, "test", batch_size=2)
     assert res["exact_match"] == 0.5 and res["n"] == 2 and res["metric"] == "gsm_exact_match"
-    assert [r["prediction"] for r in res["predictions"]] == ["4.0", "7"]
+    assert [r["prediction"] for r in res["predictions"]] == ["4.0", None]
+    assert res["chains"] == {"no_answer": 0.5, "equations_per_item": 1.0, "equation_error_rate": 0.5,
+                             "items_with_wrong_equation": 0.5}
     assert res["loglik_per_token"] < 0 and res["target_tokens"] == 2 * (len(" 2+2=4\n#### 4") + 1)
     assert res["per_source"] == {"all": {"n": 2, "exact_match": 0.5}}
     only = ev.evaluate(model, tok, task, "test", generate=False)

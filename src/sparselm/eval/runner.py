@@ -7,7 +7,8 @@ and `print_results_table`.
 
 Metrics by task (`Task.metric`):
   exact_match      greedy generation, `extract_short_answer`, `answers_match`; + teacher-forced log-likelihood
-  gsm_exact_match  same with `extract_gsm_answer` (number after the last ####)
+  gsm_exact_match  same with `extract_gsm_answer` (number after the last ####); + "chains": answer-less chains
+                   and wrong equations (`sparselm.eval.chains`)
   bleu             greedy generation, first line of the output as the hypothesis; BLEU + chrF; + log-likelihood
   wer              (ASR) transcripts from `sparselm.data.asr`; word error rate
   perplexity       not a task: a text file (default: held-out Shakespeare) scored by `sparselm.eval.perplexity`
@@ -23,6 +24,7 @@ from typing import Any
 from sparselm.data.jsonl import write_jsonl
 from sparselm.data.registry import Task, get_task
 from sparselm.eval.answers import answers_match, extract_gsm_answer, extract_short_answer
+from sparselm.eval.chains import chain_diagnostics
 from sparselm.eval.generate import generate_greedy
 from sparselm.eval.loglik import completion_logliks, loglik_summary
 from sparselm.eval.metrics import bleu_chrf
@@ -85,6 +87,8 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
             correct = [answers_match(p, it["answer"]) for p, it in zip(preds, items)]
             res["exact_match"] = sum(correct) / len(correct)
             res["per_source"] = _per_source(items, correct)
+            if metric == "gsm_exact_match":  # how the chains fail, not only that they do (sparselm.eval.chains)
+                res["chains"] = chain_diagnostics(gens)
         res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"], "generation": g, "prediction": p,
                                "correct": c} for it, g, p, c in zip(items, gens, preds, correct)]
     else:

@@ -206,6 +206,25 @@ def per_source_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def chains_table(results: dict[str, Any]) -> str:
+    """How the headline split's chains of thought fail, per model (gsm: `sparselm.eval.chains`); empty otherwise."""
+    split = splits_of(results)[0] if splits_of(results) else None
+    dense = ((results.get("dense_all") or {}).get(split) or {}).get("chains")
+    order = {x: i for i, x in enumerate(LOSS_ORDER)}
+    runs = sorted((r for r in results["runs"] if r["split"] == split and (r.get("metrics") or {}).get("chains")),
+                  key=lambda r: (r["sparsity"], order.get(r["loss"], 9)))
+    if not dense and not runs:
+        return ""
+    lines = ["| sparsity | loss | no `####` answer | equations per item | equations wrong | items with a wrong "
+             "equation |", "|---|---|---|---|---|---|"]
+    rows = ([("0% (dense)", "teacher", dense)] if dense else []) + [
+        (f"{100 * r['sparsity']:.0f}%", LOSS_LABELS.get(r["loss"], r["loss"]), r["metrics"]["chains"]) for r in runs]
+    for sp, loss, c in rows:
+        lines.append(f"| {sp} | {loss} | {_fmt(c['no_answer'], pct=True)} | {c['equations_per_item']:.2f} | "
+                     f"{_fmt(c['equation_error_rate'], pct=True)} | {_fmt(c['items_with_wrong_equation'], pct=True)} |")
+    return "\n".join(lines)
+
+
 def _auto_notes(results: dict[str, Any]) -> list[str]:
     notes = []
     dense_all = results.get("dense_all") or {}
@@ -251,6 +270,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     by_corpus = per_source_table(results)
     if by_corpus:
         text += ["", f"## BLEU per corpus (`{splits_of(results)[0]}`)", "", by_corpus]
+    chains = chains_table(results)
+    if chains:
+        text += ["", f"## How the chains fail (`{splits_of(results)[0]}`)", "",
+                 "From the generated text: chains without a final `#### N`, and equations `a op b = c` whose right "
+                 "side is off by more than max(0.01, 0.5%) (unit words removed; `sparselm.eval.chains`).", "",
+                 chains]
     if results.get("paired"):
         text += ["", "## Paired tests vs CE", "",
                  "Each loss against CE at the same sparsity on the same items (exact match: exact McNemar test on "

@@ -1,0 +1,55 @@
+"""Chain-of-thought diagnostics (sparselm.eval.chains): equations read through unit words, checked safely."""
+import pytest
+
+from sparselm.eval.chains import arithmetic, chain_diagnostics, check_equations
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("While Emma is processing 42 orders in a day, Olivia processes 42 orders/day * 3 = 126 orders/day.", (1, 0)),
+    ("In a day, they process 126 orders/day + 42 orders/day = 168 orders together.", (1, 0)),
+    ("she used 190/216*1512 = 1330", (1, 0)),
+    ("The total is 168 orders/day * 7 days/week = 1176 orders", (1, 0)),
+    ("5 * 4 = 21", (1, 1)),
+    ("$5 + $3 = $8 and 2 * (3 + 4) = 14", (2, 0)),
+    ("3 x 4 = 12, then 3×5 = 16", (2, 1)),
+    ("1,000 * 2 = 2,000 coins", (1, 0)),
+    ("0.25 * 300 = 75 orcs", (1, 0)),
+    ("-3 + 5 = 2", (1, 0)),
+    ("x = 5, so the total is 12 = 12", (0, 0)),          # labels and bare numbers: nothing to check
+    ("20% of 50 = 10", (0, 0)),                          # percentages are not read
+    ("10 / 3 = 3.33 per person", (1, 0)),                # rounding within 0.5%
+    ("7 / 0 = 1", (0, 0)),                               # not arithmetic: skipped, not counted wrong
+])
+def test_check_equations(text, expected):
+    assert check_equations(text) == expected
+
+
+def test_arithmetic_is_closed():
+    assert arithmetic("2 * (3 + 4)") == 14
+    for bad in ("__import__('os')", "2 ** 10", "a + 1", "[1]", "", "True + 1"):
+        assert arithmetic(bad) is None
+
+
+def test_chain_diagnostics():
+    gens = ["4 * 3 = 12\n#### 12", "4 * 3 = 13\n#### 13", "no answer here 2 + 2 = 4"]
+    d = chain_diagnostics(gens)
+    assert d == {"no_answer": pytest.approx(1 / 3), "equations_per_item": 1.0,
+                 "equation_error_rate": pytest.approx(1 / 3), "items_with_wrong_equation": pytest.approx(1 / 3)}
+    with pytest.raises(ValueError, match="no generations"):
+        chain_diagnostics([])
+
+
+def test_report_shows_how_chains_fail(tmp_path):
+    from sparselm.pipeline.report import chains_table, write_report
+
+    chains = {"no_answer": 0.1, "equations_per_item": 2.5, "equation_error_rate": 0.2,
+              "items_with_wrong_equation": 0.4}
+    res = {"task": "gsm", "model": "tiny", "metric": "exact_match", "higher_is_better": True,
+           "dense_all": {"test": {"exact_match": 0.5, "n": 10, "chains": chains}},
+           "runs": [{"sparsity": 0.75, "loss": "ce", "split": "test", "value": 0.3,
+                     "metrics": {"exact_match": 0.3, "chains": {**chains, "no_answer": 0.9}}}]}
+    table = chains_table(res)
+    assert "| 0% (dense) | teacher | 10.0% | 2.50 | 20.0% | 40.0% |" in table
+    assert "| 75% | CE | 90.0% |" in table
+    assert "## How the chains fail (`test`)" in write_report(res, tmp_path).read_text()
+    assert chains_table({"runs": [], "dense_all": {"test": {"n": 3}}}) == ""
