@@ -53,3 +53,26 @@ def test_report_shows_how_chains_fail(tmp_path):
     assert "| 75% | CE | 90.0% |" in table
     assert "## How the chains fail (`test`)" in write_report(res, tmp_path).read_text()
     assert chains_table({"runs": [], "dense_all": {"test": {"n": 3}}}) == ""
+
+
+def test_gsm_failures_script(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gsm_failures.py"
+    spec = importlib.util.spec_from_file_location("gsm_failures", path)
+    gf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gf)
+    rows = [{"answer": "10", "prediction": "10", "correct": True, "generation": "5 * 2 = 10\n#### 10"},
+            {"answer": "10", "prediction": "200", "correct": False, "generation": "5 * 2 = 11\n#### 200"},
+            {"answer": "10", "correct": False, "generation": "5 * 2 = 10"}]
+    d = tmp_path / "preds"
+    d.mkdir()
+    (d / "s75-ce_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gf.main([str(d), "--out", str(tmp_path / "modes.json")])
+    r = json.loads((tmp_path / "modes.json").read_text())["runs"]["s75-ce"]
+    assert r["exact_match"] == pytest.approx(1 / 3) and r["no_answer"] == pytest.approx(1 / 3)
+    assert r["off_by_10x"] == pytest.approx(1 / 3) and r["within_5pct"] == pytest.approx(1 / 3)
+    assert r["chains"]["equation_error_rate"] == pytest.approx(1 / 3)
+    assert (tmp_path / "modes.png").read_bytes()[:4] == b"\x89PNG"
