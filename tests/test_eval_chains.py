@@ -76,3 +76,12 @@ def test_gsm_failures_script(tmp_path):
     assert r["off_by_10x"] == pytest.approx(1 / 3) and r["within_5pct"] == pytest.approx(1 / 3)
     assert r["chains"]["equation_error_rate"] == pytest.approx(1 / 3)
     assert (tmp_path / "modes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_table_shows_chain_columns():
+    from sparselm.eval.table import results_rows
+
+    cols, rows = results_rows([{"task": "gsm", "exact_match": 0.5, "chains": {"no_answer": 0.25,
+                                                                             "equation_error_rate": 0.125}}])
+    assert cols == ["task", "exact_match", "no_answer", "equation_error_rate"]
+    assert rows == [["gsm", "50.00%", "25.0%", "12.5%"]]

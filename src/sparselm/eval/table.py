@@ -8,12 +8,15 @@ from typing import Any, Sequence, TextIO
 COLUMNS: dict[str, str] = {
     "model": "{}", "task": "{}", "split": "{}", "n": "{}",
     "exact_match": "{:.2%}", "bleu": "{:.2f}", "chrf": "{:.2f}", "wer": "{:.2%}", "perplexity": "{:.3f}",
-    "loglik_per_token": "{:.4f}", "loglik_per_answer": "{:.3f}", "seconds": "{:.1f}",
+    "loglik_per_token": "{:.4f}", "loglik_per_answer": "{:.3f}",
+    "no_answer": "{:.1%}", "equation_error_rate": "{:.1%}",  # gsm chains (sparselm.eval.chains)
+    "seconds": "{:.1f}",
 }
 
 
 def results_rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells (missing values as "-")."""
+    """Header and formatted cells (missing values as "-"); a result's "chains" diagnostics count as its own keys."""
+    results = [{**r, **(r.get("chains") or {})} for r in results]
     cols = [c for c in COLUMNS if any(c in r for r in results)]
     rows = [[COLUMNS[c].format(r[c]) if r.get(c) is not None else "-" for c in cols] for r in results]
     return cols, rows
