@@ -30,16 +30,46 @@ enum { TC = 128, TS = TC + 8, TILE_HALVES = 16 * TS, MAXG = 4 };  // TS: 272-byt
 // work; 8 stores at fixed offsets are 8 (offline sm_90 SASS, session 16; untimed).
 SL_HD int zero_vec(int lane, int j) { return ((lane >> 4) + 2 * j) * (TS / 8) + (lane & 15); }
 
-// x's B fragment from the block's staged chunk xs ([BP][XS] halves, rows past the batch and columns past K zero):
-// batch rows 8 nt + g, columns 16 ks + 2q (+1) and 16 ks + 2q + 8 (+1). XS = 272 bytes: conflict-free.
+// x is staged per chunk as [BP][XS] halves (rows past the batch and columns past K zero). XS = 272 bytes: the 8
+// rows an ldmatrix reads start on 8 distinct bank quads, conflict-free.
 enum { XS = TC + 8 };
-SL_HD void xs_frag(const uint16_t* xs, int lane, int ks, int nt, uint32_t* b) {
-  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 2 * (lane & 3);
-  memcpy(&b[0], r, 4);
-  memcpy(&b[1], r + 8, 4);
+
+// The element offset of the row each lane hands ldmatrix.x4 (lanes 8i..8i+7 give matrix i's 8 rows). The GPU build
+// and the host emulation both use these, and the host reads the matrices by the same offsets, so the CPU tests
+// check the addressing as well as the fragment layout.
+// A, step ks: matrices rows 0-7 | 8-15, columns 16 ks | 16 ks + 8, in the order a0..a3 of mma.m16n8k16.
+SL_HD int a_row(int lane, int ks) { return (lane & 15) * TS + ks * 16 + (lane >> 4) * 8; }
+// B, steps ks and ks + 1, batch rows 8 nt..8 nt + 7: x's [batch][k] rows are B's columns, so no transpose;
+// matrices at columns 16 ks, 16 ks + 8, 16 ks + 16, 16 ks + 24 = b0, b1 of step ks, then of step ks + 1.
+// Why: one ldmatrix.x4 replaces four 32-bit shared loads (32 -> 8 per warp per chunk at batch 16).
+SL_HD int b_row(int lane, int ks, int nt) {
+  return (nt * 8 + (lane & 7)) * XS + (ks + (lane >> 4)) * 16 + ((lane >> 3) & 1) * 8;
 }
 
 #ifdef __CUDACC__
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// One 16 x 128 tile (shared address tb) times the staged x chunk (xsb) into acc, two k-steps per round.
+template <int VT, int BP>
+__device__ __forceinline__ void tile_mma_chunk(uint32_t tb, uint32_t xsb, int lane, float (*acc)[4]) {
+#pragma unroll
+  for (int ks = 0; ks < TC / 16; ks += 2) {
+    uint32_t a0[4], a1[4];
+    ldsm_x4(a0, tb + 2 * a_row(lane, ks));
+    ldsm_x4(a1, tb + 2 * a_row(lane, ks + 1));
+#pragma unroll
+    for (int t = 0; t < BP / 8; ++t) {
+      uint32_t b[4];
+      ldsm_x4(b, xsb + 2 * b_row(lane, ks, t));
+      mma16816<VT>(acc[t], a0, b);
+      mma16816<VT>(acc[t], a1, b + 2);
+    }
+  }
+}
 
 // One group into the tile at shared address tb: 8 values (v), 8 element positions (p), two per word.
 __device__ __forceinline__ void scatter8(uint32_t tb, const uint4& v, const uint4& p) {
@@ -133,20 +163,7 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
           if (gi < g1) { pv[m] = __ldg(a.ent + 2 * gi); pp[m] = __ldg(a.ent + 2 * gi + 1); }
         }
       }
-      const uint16_t* xs = xbuf + buf * XBUF;
-#pragma unroll
-      for (int ks = 0; ks < TC / 16; ++ks) {
-        uint32_t af[4];
-        const uint32_t addr = tb + 2 * ((lane & 15) * TS + ks * 16 + (lane >> 4) * 8);
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3]) : "r"(addr));
-#pragma unroll
-        for (int t = 0; t < BP / 8; ++t) {
-          uint32_t b[2];
-          xs_frag(xs, lane, ks, t, b);
-          mma16816<VT>(acc[t], af, b);
-        }
-      }
+      tile_mma_chunk<VT, BP>(tb, (uint32_t)__cvta_generic_to_shared(xbuf + buf * XBUF), lane, acc);
       __syncwarp();  // every lane's ldmatrix is done before the next tile is zeroed
     }
   }
@@ -271,20 +288,7 @@ __global__ void __launch_bounds__(32 * W) tile_ring_kernel(const TArgs a) {
       }
       __syncwarp();
       r0 = r1;
-      const uint16_t* xs = xbuf + buf * XBUF;
-#pragma unroll
-      for (int ks = 0; ks < TC / 16; ++ks) {
-        uint32_t af[4];
-        const uint32_t addr = tb + 2 * ((lane & 15) * TS + ks * 16 + (lane >> 4) * 8);
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3]) : "r"(addr));
-#pragma unroll
-        for (int t = 0; t < BP / 8; ++t) {
-          uint32_t b[2];
-          xs_frag(xs, lane, ks, t, b);
-          mma16816<VT>(acc[t], af, b);
-        }
-      }
+      tile_mma_chunk<VT, BP>(tb, (uint32_t)__cvta_generic_to_shared(xbuf + buf * XBUF), lane, acc);
       __syncwarp();  // every lane's ldmatrix and ring reads are done before the tile is zeroed / slots refilled
     }
     if (c + 1 < c_hi) store_x(buf ^ 1);  // buf ^ 1 was last read before the previous barrier
@@ -360,12 +364,11 @@ static void scatter8_host(uint16_t* tile, const uint16_t* grp) {  // grp: 8 valu
   for (int j = 0; j < 8; ++j) tile[grp[8 + j]] = grp[j];
 }
 
-// ldmatrix.x4 with lane l addressing row l % 16, column 16 ks + 8 (l / 16): lane (g, q) receives
-// A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..] of the 16 x 16 step, as mma wants.
-static void a_frag_host(const uint16_t* t, int lane, int ks, uint32_t* a) {
-  const int g = lane >> 2, q = lane & 3, c = ks * 16 + 2 * q;
-  const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {c, c, c + 8, c + 8};
-  for (int i = 0; i < 4; ++i) memcpy(&a[i], t + rows[i] * TS + cols[i], 4);
+// ldmatrix.x4 (b16, no transpose) by its addresses: lane l hands the row at element offset off[l] of base; matrix
+// i's rows come from lanes 8i..8i+7, and lane l receives row l / 4, columns 2 (l % 4) and + 1 of each matrix.
+static void ldsm_x4_host(const uint16_t* base, const int* off, uint32_t (*out)[4]) {
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 4; ++i) memcpy(&out[l][i], base + off[8 * i + (l >> 2)] + 2 * (l & 3), 4);
 }
 
 extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, const void* gptr, float* y, int N,
@@ -377,7 +380,8 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
   uint16_t* tile = new uint16_t[TILE_HALVES]();  // zero once; per tile only what the kernel zeroes
   uint16_t* xs = new uint16_t[(size_t)BP * XS];
   float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
-  uint32_t af[32][4], bf[32][2];
+  uint32_t a0[32][4], a1[32][4], bq[32][4], b0[32][2], b1[32][2];
+  int off[32];
   for (int band = 0; 16 * band < N; ++band) {
     memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
     for (int c = 0; c < n_chunks; ++c) {
@@ -388,14 +392,21 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
       for (int b = 0; b < bsz; ++b)
         for (int k = 0; k < TC && c * TC + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * TC + k];
       for (int gi = gp[t]; gi < gp[t + 1]; ++gi) scatter8_host(tile, ee + 16 * (size_t)gi);
-      for (int ks = 0; ks < TC / 16; ++ks)
+      for (int ks = 0; ks < TC / 16; ks += 2) {  // as tile_mma_chunk: two k-steps per round
+        for (int l = 0; l < 32; ++l) off[l] = a_row(l, ks);
+        ldsm_x4_host(tile, off, a0);
+        for (int l = 0; l < 32; ++l) off[l] = a_row(l, ks + 1);
+        ldsm_x4_host(tile, off, a1);
         for (int nt = 0; nt < BP / 8; ++nt) {
+          for (int l = 0; l < 32; ++l) off[l] = b_row(l, ks, nt);
+          ldsm_x4_host(xs, off, bq);
           for (int l = 0; l < 32; ++l) {
-            a_frag_host(tile, l, ks, af[l]);
-            xs_frag(xs, l, ks, nt, bf[l]);
+            b0[l][0] = bq[l][0], b0[l][1] = bq[l][1], b1[l][0] = bq[l][2], b1[l][1] = bq[l][3];
           }
-          host_mma(d + 32 * nt, af, bf, vt);
+          host_mma(d + 32 * nt, a0, b0, vt);
+          host_mma(d + 32 * nt, a1, b1, vt);
         }
+      }
     }
     for (int nt = 0; nt < BP / 8; ++nt)
       for (int l = 0; l < 32; ++l)
