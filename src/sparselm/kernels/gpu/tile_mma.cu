@@ -1,6 +1,7 @@
 // Batched y = x W^T (batch 8-64) on tensor cores from a per-nonzero tiled layout ("tile16"): each warp zeroes a
 // dense 16 x 128 tile of W in shared memory, scatters the tile's nonzeros into it (one 16-bit store each, at an
-// address the entry carries) and reads the mma A fragments back with ldmatrix; x is the B operand, read from L1.
+// address the entry carries) and reads the mma A fragments back with ldmatrix; x is the B operand, staged per
+// 128-column chunk in shared memory by the block and read with ldmatrix too.
 //
 // Why (docs/notes/gpu.md, session 15): bitmask_mma.cu expands the mask per position, ~10 instructions per column
 // pair (~20 per nonzero at 75%), and ran latency-bound at 0.64-0.81x cuBLAS at batch 16. Here a nonzero costs a
@@ -18,8 +19,8 @@
 // dealt across shared-memory banks by the builder (cuda_tile._bank_spread: ~1.5 instead of ~3 wavefronts per
 // scatter store at 75%; untimed).
 //
-// The same file compiles as C++ (g++ -x c++): the scatter, the fragment layouts and the x reads are shared with
-// the GPU build; the host emulation runs them lane by lane with mma emulated (mma_common.cuh).
+// The same file compiles as C++ (g++ -x c++): the zeroing, the scatter and the ldmatrix lane addresses are shared
+// with the GPU build; the host emulation runs them lane by lane with ldmatrix and mma emulated (mma_common.cuh).
 #include "mma_common.cuh"
 
 enum { TC = 128, TS = TC + 8, TILE_HALVES = 16 * TS, MAXG = 4 };  // TS: 272-byte rows, conflict-free ldmatrix
