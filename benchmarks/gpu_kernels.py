@@ -283,7 +283,7 @@ def main() -> None:
     ap.add_argument("--grid", choices=["full", "decode", "batched"], default="full", help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--pipelined", action="store_true",
-                    help="also the non-default candidates: persistent pipelined batch-1 configs, tmma's ring form")
+                    help="also the non-default candidates: persistent pipelined batch-1 configs")
     ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     ap.add_argument("--all-configs", action="store_true", help="record every config's time in each row")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new cases after this (s)")

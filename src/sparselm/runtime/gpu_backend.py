@@ -212,8 +212,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     # tmma with x staged per block chunk beat bmma on 44 of the 46 batch 4-64 cases timed
     # (gpu_kernels_batched.json); both stay candidates, and dispatch keeps cuBLAS wherever neither beats it
-    # (the ring form, slower than the register form on every timed case, only when a sweep asks: pipelined)
-    return out + bmma_configs(bb) + tmma_configs(bb, TMMA_SHAPES if pipelined else TMMA_DEFAULT)
+    return out + bmma_configs(bb) + tmma_configs(bb)
 
 
 # bmma (tensor cores over the mask + values): (warps per block, rows per block, splits along K). Timed on the H200
@@ -324,15 +323,13 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
 # tmma (per-nonzero scatter into shared-memory tiles, then ldmatrix + mma): (warps per block, splits along K).
 # First timing, x read through L1 (gpu_kernels_batched_tmma_first.json): 0.34-0.57x cuBLAS at batch 16. With x
 # staged per block chunk (gpu_kernels_batched.json): 0.81-0.95x at batch 16, 75%; 0.92-1.13x at batch 8.
-# The ring form (ring = pages of each warp's shared-memory ring of entries) answered the profile of the register form
-# (benchmarks/results/profile_tmma: latency-bound, 39% of DRAM bandwidth) but was slower on every timed case
-# (gpu_kernels_batched_tmma_ring.json: 18.8 vs 15.8 us at 4096^2, batch 16, 75%), so it is not a default candidate.
-TMMA_DEFAULT = ((4, 2, 0), (4, 4, 0), (4, 8, 0), (8, 2, 0), (8, 4, 0), (8, 8, 0), (4, 16, 0))
-TMMA_SHAPES = TMMA_DEFAULT + ((8, 8, 8), (8, 4, 8), (8, 2, 8), (4, 8, 8), (4, 4, 8), (4, 2, 8), (8, 8, 4),
-                              (8, 4, 4), (4, 4, 4))
+# A ring form (each warp streaming its entries through shared memory with cp.async), the answer to the profile
+# (benchmarks/results/profile_tmma: latency-bound, 39% of DRAM bandwidth), was slower on every timed case
+# (gpu_kernels_batched_tmma_ring.json: 18.8 vs 15.8 us at 4096^2, batch 16, 75%) and was removed.
+TMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (4, 16))
 
 
-def tmma_configs(bb: int, shapes=TMMA_DEFAULT) -> list[SpmmConfig]:
+def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
     """The scatter-to-tile kernel's candidates for padded batch bb (2-64, padded to >= 8), [] where nvcc cannot
     build it for this GPU."""
     from sparselm.kernels.gpu import cuda_tile
@@ -340,5 +337,5 @@ def tmma_configs(bb: int, shapes=TMMA_DEFAULT) -> list[SpmmConfig]:
     bp = max(8, bb)
     if bp not in cuda_tile.BATCHES or not cuda_tile.available():
         return []
-    return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk, ring=r)
-            for w, sk, r in shapes]
+    return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk)
+            for w, sk in shapes]

@@ -9,9 +9,7 @@ shared memory, scatters the nonzeros (one 16-bit store each) and feeds ldmatrix 
 nonzero (value + position) plus padding to groups of 8 per tile, built once per matrix on its device.
 
 Config (SpmmConfig(kernel="tmma", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 (one 16-row
-band each); split_k = blocks along K (the split-K workspace of cuda_mma.workspace); block_k 128; ring = 0 (the next
-tile's entries prefetched in registers) or 4 / 8 (each warp streams its entries through a shared-memory ring of that
-many 1 KB pages with cp.async: more bytes in flight, tile_mma.cu tile_ring_kernel).
+band each); split_k = blocks along K (the split-K workspace of cuda_mma.workspace); block_k 128.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ _SOURCE = Path(__file__).with_name("tile_mma.cu")
 CHUNK = 128  # tile columns (tile_mma.cu TC)
 TS = CHUNK + 8  # the shared tile's row stride in elements
 WARPS = (4, 8)
-RINGS = (0, 4, 8)  # pages of 32 groups in each warp's shared-memory ring of entries (0: one tile ahead in registers)
 _VT = {torch.float16: 0, torch.bfloat16: 1}
 
 
@@ -35,8 +32,8 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_tile_launch.restype = i32
-        # (vt, BP, W, ring pages), (x, ent, gptr, y, ws, cnt), (N, K, bsz, ldx, ldy, n_chunks, per, splits), stream
-        lib.sl_tile_launch.argtypes = [i32] * 4 + [vp] * 6 + [i32] * 8 + [vp]
+        # (vt, BP, W), (x, ent, gptr, y, ws, cnt), (N, K, bsz, ldx, ldy, n_chunks, per, splits), stream
+        lib.sl_tile_launch.argtypes = [i32] * 3 + [vp] * 6 + [i32] * 8 + [vp]
         lib.sl_tile_error_string.restype = ctypes.c_char_p
         lib.sl_tile_error_string.argtypes = [i32]
     else:
@@ -155,7 +152,7 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
     y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
-    code = lib.sl_tile_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, cfg.ring, x.data_ptr(), ent.data_ptr(),
+    code = lib.sl_tile_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, x.data_ptr(), ent.data_ptr(),
                               gptr.data_ptr(), y.data_ptr(), ws.data_ptr(), cnt.data_ptr(), n, k, bsz, k, n,
                               n_chunks, per, nsplit, torch.cuda.current_stream().cuda_stream)
     if code != 0:

@@ -84,26 +84,19 @@ class SpmmConfig:
     smem: bool = True
     # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
     unroll: int = 1
-    # tmma only: pages (32 groups, 1 KB) in each warp's shared-memory ring of entries, 4 or 8; 0 = the next tile's
-    # entries prefetched in registers (cuda_tile.py)
-    ring: int = 0
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
             raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
         if self.kernel == "tmma":  # the scatter-to-tile tensor-core kernel (cuda_tile.py)
-            from sparselm.kernels.gpu.cuda_tile import BATCHES, CHUNK, RINGS, WARPS
+            from sparselm.kernels.gpu.cuda_tile import BATCHES, CHUNK, WARPS
 
             if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
                     or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
-                    or self.unroll != 1 or not self.smem or self.persist or self.ring not in RINGS
-                    or isinstance(self.ring, bool)):
+                    or self.unroll != 1 or not self.smem or self.persist):
                 raise ValueError(f"SpmmConfig tmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
-                                 f"block_k {CHUNK}, split_k an int >= 1, ring in {RINGS}, no persist / unroll / "
-                                 f"smem=False; got {self}")
+                                 f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {self}")
             return
-        if self.ring:
-            raise ValueError(f"SpmmConfig.ring: tmma only, got {self.ring!r} for kernel {self.kernel!r}")
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
             from sparselm.kernels.gpu.cuda_mma import BANDS, BATCHES, CHUNK, STAGES, WARPS
 
@@ -160,7 +153,7 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel == "tmma":
-            return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}" + (f"r{self.ring}" if self.ring else "")
+            return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel == "grp8cu":

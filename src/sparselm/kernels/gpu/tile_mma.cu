@@ -17,7 +17,9 @@
 // (gpu_kernels_batched_tmma_first.json); this one stages x as bmma does: 0.81-0.95x cuBLAS at batch 16, 75%, and
 // 0.92-1.13x at batch 8 (gpu_kernels_batched.json), ahead of bmma on 44 of 46 cases. The entries inside a tile are
 // dealt across shared-memory banks by the builder (cuda_tile._bank_spread: ~1.5 instead of ~3 wavefronts per
-// scatter store at 75%; untimed).
+// scatter store at 75%; untimed). A form that streamed each warp's entries through a shared-memory ring with
+// cp.async was slower on every case (gpu_kernels_batched_tmma_ring.json) and was removed; its code is in the
+// history (commit 444a1b6, with a race fix in 53c9930).
 //
 // The same file compiles as C++ (g++ -x c++): the zeroing, the scatter and the ldmatrix lane addresses are shared
 // with the GPU build; the host emulation runs them lane by lane with ldmatrix and mma emulated (mma_common.cuh).
@@ -171,189 +173,50 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
   store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
 }
 
-// The same product with each warp's entries streamed through a shared-memory ring. Why: the profile of the kernel
-// above (benchmarks/results/profile_tmma) found it latency-bound: 3.7 warps per scheduler, 28% issue active, stalls
-// on global loads first, 39% of DRAM bandwidth. One tile of prefetch (~2 KB per warp at 75%) is too little in
-// flight. A warp's tiles over its chunk range are one contiguous run of groups, so it copies that run with cp.async
-// in pages of 32 groups (one per lane, 1 KB) into a ring of NPG pages, refilling a page as soon as its groups are
-// scattered: NPG - 1 pages (about NPG / 2 tiles at 75%) stay in flight. x moves one chunk ahead through registers
-// (plain loads, stored after the mma), so the cp.async groups count ring pages only and one barrier per chunk
-// suffices. A tile too long for the ring (density > ~(NPG - 1) / 8) is read straight from global memory.
-// Measured: slower than the register form on every case (gpu_kernels_batched_tmma_ring.json: 18.8 vs 15.8 us at
-// 4096^2, batch 16, 75%), so bytes in flight were not what limits it; a sweep candidate only.
-template <int VT, int BP, int W, int NPG>
-__global__ void __launch_bounds__(32 * W) tile_ring_kernel(const TArgs a) {
-  extern __shared__ uint4 smem4[];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
-  const int band = blockIdx.x * W + warp, row0 = blockIdx.x * 16 * W;
-  const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nrel = c_hi - c_lo;
-  constexpr int XBUF = BP * XS;
-  uint16_t* xbuf = reinterpret_cast<uint16_t*>(smem4);
-  uint4* tile = reinterpret_cast<uint4*>(xbuf + 2 * XBUF) + warp * (TILE_HALVES / 8);
-  uint4* ring = reinterpret_cast<uint4*>(xbuf + 2 * XBUF) + W * (TILE_HALVES / 8) + warp * (64 * NPG);
-  const uint32_t tb = (uint32_t)__cvta_generic_to_shared(tile);
-  const bool active = 16 * band < a.out.N;  // warp-uniform
-  constexpr int XPER = (BP * (TC / 8) + 32 * W - 1) / (32 * W);
-  const uint16_t* xsrc[XPER];
-  int xdst[XPER], xcol[XPER];
-  uint4 xr[XPER];
-#pragma unroll
-  for (int j = 0; j < XPER; ++j) {
-    const int i = tid + j * 32 * W, b = i / (TC / 8), v = i % (TC / 8);
-    xsrc[j] = i < BP * (TC / 8) && b < a.out.bsz ? a.x + (size_t)b * a.ldx + 8 * v : nullptr;
-    xdst[j] = i < BP * (TC / 8) ? b * XS + 8 * v : -1;
-    xcol[j] = 8 * v;
-  }
-  const auto load_x = [&](int c) {  // this thread's 16-byte pieces of chunk c (zero past the batch and K)
-#pragma unroll
-    for (int j = 0; j < XPER; ++j)
-      xr[j] = xsrc[j] != nullptr && c * TC + xcol[j] < a.K ? __ldg(reinterpret_cast<const uint4*>(xsrc[j] + c * TC))
-                                                           : make_uint4(0u, 0u, 0u, 0u);
-  };
-  const auto store_x = [&](int buf) {
-#pragma unroll
-    for (int j = 0; j < XPER; ++j)
-      if (xdst[j] >= 0) *reinterpret_cast<uint4*>(xbuf + buf * XBUF + xdst[j]) = xr[j];
-  };
-  // tile starts gp[c_lo + i] for i <= nrel: lane i (and 32 + i) holds one, shuffled out when needed
-  const int* gp = a.gptr + (size_t)(active ? band : 0) * a.n_chunks;
-  int gl0 = 0, gl1 = 0;
-  if (active) {
-    if (lane <= nrel) gl0 = __ldg(gp + c_lo + lane);
-    if (32 + lane <= nrel) gl1 = __ldg(gp + c_lo + 32 + lane);
-  }
-  const auto gstart = [&](int i) -> int {  // warp-uniform i, active warps only
-    if (i < 32) return __shfl_sync(0xFFFFFFFFu, gl0, i);
-    if (i < 64) return __shfl_sync(0xFFFFFFFFu, gl1, i - 32);
-    return __ldg(gp + c_lo + i);
-  };
-  const int e_lo = active ? gstart(0) : 0, e_hi = active ? gstart(nrel) : 0;
-  const int pages = (e_hi - e_lo + 31) / 32;
-  int issued = 0;  // pages copied or in flight (this warp's; every lane counts the same)
-  const auto issue = [&]() {  // the next page: lane l copies group 32 * issued + l of the run into its ring slot
-    const int gi = 32 * issued + lane;
-    if (e_lo + gi < e_hi) {
-      uint4* d = ring + 2 * ((issued % NPG) * 32 + lane);
-      const uint4* src = a.ent + 2 * (size_t)(e_lo + gi);
-      cp_async16(d, src, 16);
-      cp_async16(d + 1, src + 1, 16);
-    }
-    cp_commit();  // one group per page, empty or not: the counts below stay uniform
-    ++issued;
-  };
-  const auto wait_page = [&](int pg) {  // pages up to pg landed (this lane's copies), then the warp's
-    const int allow = issued - 1 - pg;   // younger pages that may stay in flight
-    if (allow <= 0) cp_wait<0>();
-    else if (allow == 1) cp_wait<1>();
-    else if (allow == 2) cp_wait<2>();
-    else if (allow == 3) cp_wait<3>();
-    else if (allow == 4) cp_wait<4>();
-    else if (allow == 5) cp_wait<5>();
-    else if (allow == 6) cp_wait<6>();
-    else cp_wait<7>();
-    __syncwarp();
-  };
-  float acc[BP / 8][4];
-#pragma unroll
-  for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-  if (active)
-    while (issued < pages && issued < NPG) issue();
-  load_x(c_lo);
-  store_x(0);
-  __syncthreads();
-  int r0 = e_lo;
-  for (int c = c_lo; c < c_hi; ++c) {
-    const int buf = (c - c_lo) & 1;
-    if (c + 1 < c_hi) load_x(c + 1);  // in flight during this chunk's work
-    if (active) {
-      const int r1 = gstart(c + 1 - c_lo);
-      // page q reuses page q - NPG's slots: refill once all of that page's groups were scattered (< r0)
-      while (issued < pages && 32 * (issued - NPG + 1) <= r0 - e_lo) issue();
-#pragma unroll
-      for (int j = 0; j < 8; ++j) tile[zero_vec(lane, j)] = make_uint4(0u, 0u, 0u, 0u);
-      if (r1 > r0) {
-        const int last = (r1 - 1 - e_lo) / 32;  // the page holding the tile's last group
-        if (last < issued) {
-          wait_page(last);
-          for (int gi = r0 + lane; gi < r1; gi += 32) {
-            const uint4* e = ring + 2 * ((gi - e_lo) % (32 * NPG));
-            scatter8(tb, e[0], e[1]);
-          }
-        } else {
-          // every issued page lands before the next tile refills a slot: a page never waited on could otherwise
-          // land after its slot's next page (the H200 grid caught this at 50% with 4 pages; the tests had not)
-          cp_wait<0>();
-          __syncwarp();  // the zeroing is done before any lane scatters
-          for (int gi = r0 + lane; gi < r1; gi += 32) scatter8(tb, __ldg(a.ent + 2 * gi), __ldg(a.ent + 2 * gi + 1));
-        }
-      }
-      __syncwarp();
-      r0 = r1;
-      tile_mma_chunk<VT, BP>(tb, (uint32_t)__cvta_generic_to_shared(xbuf + buf * XBUF), lane, acc);
-      __syncwarp();  // every lane's ldmatrix and ring reads are done before the tile is zeroed / slots refilled
-    }
-    if (c + 1 < c_hi) store_x(buf ^ 1);  // buf ^ 1 was last read before the previous barrier
-    __syncthreads();
-  }
-  cp_wait<0>();  // pages of tiles read from global memory may still be in flight
-  store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
-}
-
-template <int VT, int BP, int W, int NPG>
+template <int VT, int BP, int W>
 static int launch(const TArgs& a, int splits, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = (size_t)(2 * BP * XS + W * TILE_HALVES) * 2 + (size_t)W * NPG * 32 * 32;
-  void (*kern)(TArgs);
-  if constexpr (NPG == 0) kern = tile_mma_kernel<VT, BP, W>;
-  else kern = tile_ring_kernel<VT, BP, W, NPG>;
+  const size_t smem = (size_t)(2 * BP * XS + W * TILE_HALVES) * 2;
   if (smem > opted) {
-    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const cudaError_t e = cudaFuncSetAttribute(tile_mma_kernel<VT, BP, W>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return (int)e;
     opted = smem;
   }
   const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
-  kern<<<grid, 32 * W, smem, stream>>>(a);
+  tile_mma_kernel<VT, BP, W><<<grid, 32 * W, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
-template <int VT, int BP, int W>
-static int by_ring(int npg, const TArgs& a, int splits, cudaStream_t s) {
-  if (npg == 0) return launch<VT, BP, W, 0>(a, splits, s);
-  if (npg == 4) return launch<VT, BP, W, 4>(a, splits, s);
-  if (npg == 8) return launch<VT, BP, W, 8>(a, splits, s);
-  return -1;
-}
-
 template <int VT, int BP>
-static int by_warps(int W, int npg, const TArgs& a, int splits, cudaStream_t s) {
-  if (W == 4) return by_ring<VT, BP, 4>(npg, a, splits, s);
-  if (W == 8) return by_ring<VT, BP, 8>(npg, a, splits, s);
+static int by_warps(int W, const TArgs& a, int splits, cudaStream_t s) {
+  if (W == 4) return launch<VT, BP, 4>(a, splits, s);
+  if (W == 8) return launch<VT, BP, 8>(a, splits, s);
   return -1;
 }
 
 template <int VT>
-static int by_batch(int BP, int W, int npg, const TArgs& a, int splits, cudaStream_t s) {
+static int by_batch(int BP, int W, const TArgs& a, int splits, cudaStream_t s) {
   switch (BP) {
-    case 8: return by_warps<VT, 8>(W, npg, a, splits, s);
-    case 16: return by_warps<VT, 16>(W, npg, a, splits, s);
-    case 32: return by_warps<VT, 32>(W, npg, a, splits, s);
-    case 64: return by_warps<VT, 64>(W, npg, a, splits, s);
+    case 8: return by_warps<VT, 8>(W, a, splits, s);
+    case 16: return by_warps<VT, 16>(W, a, splits, s);
+    case 32: return by_warps<VT, 32>(W, a, splits, s);
+    case 64: return by_warps<VT, 64>(W, a, splits, s);
     default: return -1;
   }
 }
 
 // y (bsz, N) = x (bsz, K) W^T; BP = padded batch (8 / 16 / 32 / 64), W = warps (bands) per block (4 / 8),
-// `splits` blocks along K of per_split chunks each (every split non-empty), npg = ring pages per warp (0: one
-// tile of prefetch in registers; 4 or 8: tile_ring_kernel). Returns a cudaError_t or -1.
-extern "C" int sl_tile_launch(int vt, int BP, int W, int npg, const void* x, const void* ent, const void* gptr, void* y,
+// `splits` blocks along K of per_split chunks each (every split non-empty). Returns a cudaError_t or -1.
+extern "C" int sl_tile_launch(int vt, int BP, int W, const void* x, const void* ent, const void* gptr, void* y,
                               void* ws, void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks,
                               int per_split, int splits, void* stream) {
   const TArgs a{static_cast<const uint16_t*>(x), static_cast<const uint4*>(ent), static_cast<const int*>(gptr),
                 Out{static_cast<uint16_t*>(y), static_cast<float*>(ws), static_cast<int*>(cnt), N, bsz, ldy},
                 K, ldx, n_chunks, per_split};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, npg, a, splits, s);
-  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, npg, a, splits, s);
+  if (vt == VT_F16) return by_batch<VT_F16>(BP, W, a, splits, s);
+  if (vt == VT_BF16) return by_batch<VT_BF16>(BP, W, a, splits, s);
   return -1;
 }
 
