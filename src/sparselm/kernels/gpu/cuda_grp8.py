@@ -132,18 +132,9 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     _check(x, p, cfg.block_b)
     n, k = p.shape
     bsz = x.shape[0]
-    if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
-        raise ValueError(f"grp8cu: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
-                         f"{tuple(out.shape)} {out.dtype}")
-    lib = load("device")
-    if lib is None:
-        raise RuntimeError(f"grp8cu: the CUDA kernel is unavailable ({build_error()})")
-    if not (x.is_cuda and p.values.device == x.device):
-        raise ValueError(f"grp8cu: x and the matrix must be on the same CUDA device, got {x.device} and "
-                         f"{p.values.device}")
+    lib, y = _LIB.prepare("grp8cu", x, p, out)
     x = x.contiguous()
     vals, gscale, offs, base2, gptr = aux(p)
-    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     scales = p.scales.reshape(-1).contiguous() if p.scales is not None and gscale is None else None
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))

@@ -152,21 +152,12 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     _check(x, p, cfg.block_b)
     n, k = p.shape
     bsz = x.shape[0]
-    if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
-        raise ValueError(f"bmma: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
-                         f"{tuple(out.shape)} {out.dtype}")
-    lib = load("device")
-    if lib is None:
-        raise RuntimeError(f"bmma: the CUDA kernel is unavailable ({build_error()})")
-    if not (x.is_cuda and p.values.device == x.device):
-        raise ValueError(f"bmma: x and the matrix must be on the same CUDA device, got {x.device} and "
-                         f"{p.values.device}")
+    lib, y = _LIB.prepare("bmma", x, p, out)
     x = aligned16(x)
     cp, dst = aux(p)
     n_chunks = cp.shape[1] - 1
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
-    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     code = lib.sl_bmma_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, band_warps(cfg), x.data_ptr(),
                               p.values.data_ptr(), p.words.data_ptr(), cp.data_ptr(), dst.data_ptr(), y.data_ptr(),
                               ws.data_ptr(),

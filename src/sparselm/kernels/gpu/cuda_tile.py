@@ -137,21 +137,12 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     _check(x, p, cfg.block_b)
     n, k = p.shape
     bsz = x.shape[0]
-    if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
-        raise ValueError(f"tmma: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
-                         f"{tuple(out.shape)} {out.dtype}")
-    lib = load("device")
-    if lib is None:
-        raise RuntimeError(f"tmma: the CUDA kernel is unavailable ({build_error()})")
-    if not (x.is_cuda and p.values.device == x.device):
-        raise ValueError(f"tmma: x and the matrix must be on the same CUDA device, got {x.device} and "
-                         f"{p.values.device}")
+    lib, y = _LIB.prepare("tmma", x, p, out)
     x = aligned16(x)
     ent, gptr = aux(p)
     n_chunks = -(-k // CHUNK)
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
-    y = out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)
     code = lib.sl_tile_launch(_VT[x.dtype], cfg.block_b, cfg.num_warps, x.data_ptr(), ent.data_ptr(),
                               gptr.data_ptr(), y.data_ptr(), ws.data_ptr(), cnt.data_ptr(), n, k, bsz, k, n,
                               n_chunks, per, nsplit, torch.cuda.current_stream().cuda_stream)
