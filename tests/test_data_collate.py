@@ -2,6 +2,7 @@
 seq2seq source/target batches."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sparselm.data import (IGNORE_INDEX, CausalLMCollator, Seq2SeqCollator, encode_causal, generation_batch,
@@ -32,14 +33,35 @@ def test_truncation_cuts_prompt_from_the_left_then_completion():
 
 
 def test_causal_collator_right_pads_with_masked_labels():
-    tok = char_tokenizer()
-    batch = CausalLMCollator(tok)([{"prompt": "ab", "completion": "c"}, {"prompt": "a", "completion": "bcde"}])
-    a, b, c, d, e = ids(tok, "abcde")
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    assert batch["input_ids"].tolist() == [[a, b, c, eos, pad, pad], [a, b, c, d, e, eos]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
+    tok = char_tokenizer()  # defines <s> but does not add it by itself (like SmolLM2): prompts still get it
+    batch = CausalLMCollator(tok)([{"prompt": "ab", "completion": "c"}, {"prompt": "a", "completion": "bcd"}])
+    a, b, c, d = ids(tok, "abcd")
+    s, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    assert batch["input_ids"].tolist() == [[s, a, b, c, eos, pad], [s, a, b, c, d, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1] * 6]
     m = IGNORE_INDEX
-    assert batch["labels"].tolist() == [[m, m, c, eos, m, m], [m, b, c, d, e, eos]]
+    assert batch["labels"].tolist() == [[m, m, m, c, eos, m], [m, m, b, c, d, eos]]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_causal_eval_sees_the_prompts_training_saw(bos):
+    """Generation prompts and log-likelihood batches start exactly like the training examples: with BOS whether or
+    not the tokenizer adds it by itself. A model fine-tuned with BOS and asked without it kept writing past its
+    answer (it never met EOS in that context)."""
+    from sparselm.train.data import tokenize_items
+
+    tok = char_tokenizer(bos=bos)
+    items = [{"prompt": "Q: 2+2?", "completion": " 4"}, {"prompt": "Q: 10-3?", "completion": " 7"}]
+    train = tokenize_items(items, tok, 64, causal=True)
+    gen = generation_batch(tok, [it["prompt"] for it in items])
+    scored = CausalLMCollator(tok)(items)
+    for i, (it, ex) in enumerate(zip(items, train)):
+        n_prompt = ex.labels.count(IGNORE_INDEX)
+        assert ex.input_ids[0] == tok.bos_token_id and ex.input_ids.count(tok.bos_token_id) == 1
+        row = gen["input_ids"][i][gen["attention_mask"][i] == 1].tolist()
+        assert row == ex.input_ids[:n_prompt]
+        assert scored["input_ids"][i][scored["attention_mask"][i] == 1].tolist() == ex.input_ids
+        assert scored["labels"][i].tolist()[:len(ex.labels)] == ex.labels
 
 
 def test_generation_batch_left_pads():

@@ -29,6 +29,26 @@ def test_decoder_only_batched_equals_single(bos):
     assert not any(g.startswith(p) for g, p in zip(batched, PROMPTS) if p)  # prompt not echoed
 
 
+def test_stop_pattern_ends_each_row_at_its_own_match():
+    """A row stops once its new text matches; the others go on, and batching still changes nothing."""
+    from sparselm.eval.generate import StopOnPattern
+
+    tok, model = char_tokenizer(), tiny_llama()
+    free = generate_greedy(model, tok, PROMPTS, max_new_tokens=8, batch_size=4)
+    pattern = r"9"  # these weights write a 9 early in three rows, none in the fourth
+    stopped = generate_greedy(model, tok, PROMPTS, max_new_tokens=8, batch_size=4, stop_pattern=pattern)
+    assert stopped == [generate_greedy(model, tok, [p], 8, batch_size=1, stop_pattern=pattern)[0] for p in PROMPTS]
+    import re
+    for f, s in zip(free, stopped):
+        m = re.search(pattern, f)
+        assert s == (f[:m.end()] if m else f)
+    assert sum(s != f for s, f in zip(stopped, free)) >= 2 and stopped[3] == free[3]
+    # the criterion itself: only the new tokens count, per row
+    ids = torch.tensor([[5, 6] + tok("#### 4\n", add_special_tokens=False)["input_ids"],
+                        [5, 6] + tok("#### 42", add_special_tokens=False)["input_ids"]])
+    assert StopOnPattern(tok, r"####[^\n]*\d[^\n]*\n", prompt_width=2)(ids).tolist() == [True, False]
+
+
 def test_encoder_decoder_batched_equals_single():
     tok, model = char_tokenizer(), tiny_t5()
     batched = generate_greedy(model, tok, PROMPTS, max_new_tokens=5, batch_size=3)

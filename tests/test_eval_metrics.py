@@ -30,11 +30,24 @@ def test_answers_that_differ(a, b):
 
 def test_extraction():
     assert extract_gsm_answer("so 3+4=7\n#### 7\n") == "7"
-    assert extract_gsm_answer("#### 1 wrong\n#### $1,234.50 total") == "1234.50"
+    assert extract_gsm_answer("#### $1,234.50 total\n") == "1234.50"
+    # the first answer counts, as GSM8K is scored: a chain that answers and runs on keeps the answer it gave
+    assert extract_gsm_answer("6 x 4 = 24\n#### 24\n#### 24\n24 - 2 = 22\n#### 22") == "24"
     assert extract_gsm_answer("the answer is 7") is None
     assert extract_short_answer("\n  law, me \nmore") == "law, me"
     assert extract_short_answer("2+3=5 #### 5") == "5"
     assert normalize_answer("1E+2") == "1e+2" and normalize_answer("100.000") == "100"
+
+
+def test_gsm_stop_pattern_marks_a_complete_answer_line():
+    import re
+
+    from sparselm.eval.answers import GSM_STOP
+
+    assert re.search(GSM_STOP, "2 + 2 = 4\n#### 4\n")
+    assert not re.search(GSM_STOP, "2 + 2 = 4\n#### 4")      # the number may go on: 4 -> 42
+    assert not re.search(GSM_STOP, "2 + 2 = 4\n####\n")     # no number yet
+    assert not re.search(GSM_STOP, "x = 4\n")
 
 
 def test_exact_match_fraction():

@@ -28,11 +28,18 @@ def pad_token_id(tokenizer) -> int:
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Prompt tokens with the tokenizer's leading special tokens (e.g. BOS), never a trailing EOS."""
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    """The causal prompt as training builds it (`sparselm.train.data.tokenize_items`): BOS (when the tokenizer has
+    one) + the prompt's ids, never a trailing EOS.
+
+    BOS is added explicitly, not through `add_special_tokens`: many tokenizers define a BOS they do not add by
+    themselves (SmolLM2's `<|im_start|>`), and a model fine-tuned with BOS in front of every prompt but asked
+    without it runs off its training distribution (it stops answering at EOS and keeps writing).
+    """
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     while ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
         ids.pop()  # T5-style tokenizers append EOS; a causal prompt must not end the sequence
-    return ids
+    bos = tokenizer.bos_token_id
+    return ([int(bos)] if bos is not None else []) + ids
 
 
 def encode_causal(tokenizer, prompt: str, completion: str, max_length: int | None = None,

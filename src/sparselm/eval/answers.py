@@ -8,8 +8,11 @@ Strings (anything that is not a single number): surrounding whitespace and one t
 inner whitespace is collapsed, and the comparison ignores case (``Yes`` = ``yes``).
 
 Predictions:
-  * gsm: the first number after the *last* ``####`` of the generation; no ``####`` → no answer (wrong). The
-    reference completion ends in ``#### N``, so a fine-tuned model must produce it to score.
+  * gsm: the first number after the *first* ``####`` of the generation, as GSM8K is scored (lm-eval-harness'
+    strict match takes the first ``#### N``); no ``####`` → no answer (wrong). The reference completion ends in
+    ``#### N``, so a fine-tuned model must produce it to score, and what it writes after that line is not its
+    answer: a chain that answers and then runs on (a model that misses EOS) is scored by the answer it gave.
+    Evaluation stops each row at the end of that line (`GSM_STOP`), so the two agree.
   * reasoning and other short-answer tasks: the text after the last ``####`` if present (a completion may give a
     brief reasoning first), else the first non-empty line of the generation.
 """
@@ -52,11 +55,14 @@ def answers_match(prediction: str | None, reference: str) -> bool:
     return normalize_answer(prediction) == normalize_answer(reference)
 
 
+GSM_STOP = r"####[^\n]*\d[^\n]*\n"  # generation may stop here: the answer line is complete
+
+
 def extract_gsm_answer(generation: str) -> str | None:
-    """The first number after the last ``####``, separators removed; None when there is none."""
+    """The first number after the first ``####``, separators removed; None when there is none."""
     if "####" not in generation:
         return None
-    m = _NUMBER.search(generation.rsplit("####", 1)[1])
+    m = _NUMBER.search(generation.split("####", 1)[1])
     if m is None:
         return None
     return m.group(0).replace(",", "").lstrip("+").replace("$", "").replace("€", "").replace("£", "")

@@ -6,15 +6,20 @@ derives position ids from the attention mask, so a left-padded row gets the same
 greedy tokens, as the unpadded prompt alone (checked in tests/test_eval_generate.py).
 Encoder-decoder: the prompt is the encoder input; `generate` returns decoder tokens only.
 
+A row also stops at `stop_pattern` (a regex over its new text, e.g. the end of GSM's ``#### N`` line): the
+answer is given and the rest of the budget would only add text that no metric reads.
+
 Prompts are processed longest first, so each batch holds prompts of similar length (less padding), and the
 outputs are put back in input order.
 """
 from __future__ import annotations
 
 import copy
+import re
 from typing import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sparselm.data.collate import generation_batch, pad_token_id
 
@@ -36,13 +41,31 @@ def greedy_config(model, tokenizer, max_new_tokens: int):
     return gc
 
 
+class StopOnPattern(StoppingCriteria):
+    """Per-row stop once the decoded tail of the row's new tokens matches `pattern`.
+
+    Only the last `tail` tokens are decoded each step: the pattern marks the end of a short line, so a match
+    always lies inside that window, and decoding whole rows every step would cost O(length^2)."""
+
+    def __init__(self, tokenizer, pattern: str | re.Pattern, prompt_width: int, tail: int = 16) -> None:
+        self.tokenizer, self.pattern, self.start, self.tail = tokenizer, re.compile(pattern), prompt_width, tail
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.start:]
+        window = new[:, -self.tail:].tolist()
+        done = [bool(self.pattern.search(self.tokenizer.decode(row, skip_special_tokens=True))) for row in window]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-                    max_prompt_tokens: int | None = None, progress: bool = False) -> list[str]:
+                    max_prompt_tokens: int | None = None, progress: bool = False,
+                    stop_pattern: str | None = None) -> list[str]:
     """Greedy continuations of `prompts` (special tokens removed), in input order.
 
     `batch_size`: prompts per `generate` call (16: fits a 135M model with 256 new tokens in a few GB).
     `max_prompt_tokens`: prompts longer than this are cut (decoder-only: from the left), None: no cut.
+    `stop_pattern`: a row stops once its new text matches this regex (decoder-only; see the module docstring).
     """
     enc_dec = is_encoder_decoder(model)
     gc = greedy_config(model, tokenizer, max_new_tokens)
@@ -58,7 +81,10 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         idx = order[start:start + batch_size]
         batch = generation_batch(tokenizer, [prompts[i] for i in idx], max_prompt_tokens, enc_dec)
         batch = {k: v.to(device) for k, v in batch.items()}
-        seqs = model.generate(**batch, generation_config=gc)
+        stop = None
+        if stop_pattern is not None and not enc_dec:
+            stop = StoppingCriteriaList([StopOnPattern(tokenizer, stop_pattern, batch["input_ids"].shape[1])])
+        seqs = model.generate(**batch, generation_config=gc, stopping_criteria=stop)
         new = seqs if enc_dec else seqs[:, batch["input_ids"].shape[1]:]  # (B, new tokens)
         for i, row in zip(idx, new.tolist()):
             out[i] = tokenizer.decode(row, skip_special_tokens=True)

@@ -7,7 +7,8 @@ and `print_results_table`.
 
 Metrics by task (`Task.metric`):
   exact_match      greedy generation, `extract_short_answer`, `answers_match`; + teacher-forced log-likelihood
-  gsm_exact_match  same with `extract_gsm_answer` (number after the last ####); + "chains": answer-less chains
+  gsm_exact_match  same with `extract_gsm_answer` (number after the first ####; rows stop at the end of that
+                   line); + "chains": answer-less chains
                    and wrong equations (`sparselm.eval.chains`)
   bleu             greedy generation, first line of the output as the hypothesis; BLEU + chrF; + log-likelihood
   wer              (ASR) transcripts from `sparselm.data.asr`; word error rate
@@ -23,7 +24,7 @@ from typing import Any
 
 from sparselm.data.jsonl import write_jsonl
 from sparselm.data.registry import Task, get_task
-from sparselm.eval.answers import answers_match, extract_gsm_answer, extract_short_answer
+from sparselm.eval.answers import GSM_STOP, answers_match, extract_gsm_answer, extract_short_answer
 from sparselm.eval.chains import chain_diagnostics
 from sparselm.eval.generate import generate_greedy
 from sparselm.eval.loglik import completion_logliks, loglik_summary
@@ -74,7 +75,7 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
     elif metric in ("exact_match", "gsm_exact_match", "bleu"):
         budget = max_new_tokens or task.max_new_tokens
         gens = generate_greedy(model, tokenizer, [it["prompt"] for it in items], budget, batch_size,
-                               progress=progress)
+                               progress=progress, stop_pattern=GSM_STOP if metric == "gsm_exact_match" else None)
         res["max_new_tokens"] = budget
         if metric == "bleu":
             preds = [_first_line(g) for g in gens]

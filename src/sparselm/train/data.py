@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from sparselm.data.collate import prompt_ids
 from sparselm.distill.align import IGNORE_INDEX
 
 
@@ -37,19 +38,19 @@ def synthetic_arith(n: int, max_operand: int = 99, seed: int = 0) -> list[dict[s
 def tokenize_items(items: list[dict[str, str]], tokenizer, seqlen: int, causal: bool,
                    prompt_field: str = "prompt", target_field: str = "completion") -> list[Example]:
     """Token ids and completion-only labels, truncated to `seqlen` tokens."""
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     out = []
     for i, item in enumerate(items):
         if prompt_field not in item or target_field not in item:
             raise KeyError(f"data item {i} lacks field {prompt_field!r} or {target_field!r} "
                            f"(has {sorted(item)}); set data.prompt_field / data.target_field")
-        p = tokenizer(item[prompt_field], add_special_tokens=False).input_ids
         c = tokenizer(item[target_field], add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
         if causal:
-            head = ([bos] if bos is not None else []) + p
+            head = prompt_ids(tokenizer, item[prompt_field])  # the one prompt encoding eval uses too
             ids, labels = head + c, [IGNORE_INDEX] * len(head) + c
             out.append(Example(ids[:seqlen], labels[:seqlen]))
         else:
+            p = tokenizer(item[prompt_field], add_special_tokens=False).input_ids
             out.append(Example((p + ([eos] if eos is not None else []))[:seqlen], c[:seqlen]))
     return out
 
