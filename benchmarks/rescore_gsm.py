@@ -1,0 +1,131 @@
+"""Re-score gsm runs from their kept generations with the current scorer, and write one record for several runs that
+share a teacher (even when they ran as separate `sparselm run` pipelines).
+
+Why: until 7f39ccc the scorer read the number after the *last* ``####``; GSM8K is scored by the first (the
+lm-eval-harness strict match), and the study's models, asked without the BOS that training gave them, mostly ran
+on after their answer (`benchmarks/bos_check.py`). Generations kept since session 16 can be re-scored without
+re-running anything; the log-likelihoods cannot (they were computed with the BOS-less prompts) and are copied as
+measured, flagged.
+
+    python benchmarks/rescore_gsm.py --teacher /tmp/x/gsmst/teacher \
+        --run "ce (w 0.2 runs' baseline)":0.7:ce:/tmp/x/gsm2/runs/s70-ce ... \
+        --baseline ce --name gsm_s17 --command "..." --note "..."
+
+Each --run is LABEL:SPARSITY:LOSS:DIR (DIR holds predictions_<split>.jsonl with "generation"). Paired exact McNemar
+tests compare every label with the --baseline label at the same sparsity. Writes
+benchmarks/results/replication_<name>.json / .md / .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from sparselm.eval.answers import answers_match, extract_gsm_answer
+from sparselm.eval.chains import chain_diagnostics
+from sparselm.eval.paired import mcnemar_exact, read_predictions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _runs_on(generation: str) -> bool:
+    """Text after the first ``#### N`` line: the model did not stop at EOS where training ended the chain."""
+    m = re.search(r"####[^\n]*\n", generation)
+    return bool(m and generation[m.end():].strip())
+
+
+def rescore(rows: list[dict]) -> dict:
+    """Exact match with the current `extract_gsm_answer`, and the same rows' score as they were recorded."""
+    if not rows or any(not isinstance(r.get("generation"), str) for r in rows):
+        raise ValueError("these predictions do not keep the generated text: they cannot be re-scored")
+    correct = [answers_match(extract_gsm_answer(r["generation"]), str(r["answer"])) for r in rows]
+    ll = [r["loglik"] for r in rows if isinstance(r.get("loglik"), (int, float))]
+    return {"n": len(rows), "value": sum(correct) / len(rows), "correct": correct,
+            "value_as_recorded": sum(bool(r.get("correct")) for r in rows) / len(rows),
+            "run_on": sum(_runs_on(r["generation"]) for r in rows) / len(rows),
+            "chains": chain_diagnostics([r["generation"] for r in rows]),
+            "loglik_per_item_mean_bos_less": sum(ll) / len(ll) if ll else None}
+
+
+def _plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    by_label: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in record["runs"]:
+        if r["split"] == "test":
+            by_label[r["label"]].append((r["sparsity"], r["value"]))
+    for label, pts in by_label.items():
+        pts.sort()
+        ax.plot([100 * s for s, _ in pts], [100 * v for _, v in pts], "o-", label=label)
+    ax.axhline(100 * record["dense"], color="k", ls="--", lw=1, label="dense teacher")
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("exact match, test (%), first #### answer")
+    ax.set_title(f"{record['task']}, {record['model']}: re-scored generations")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="the teacher's dir (predictions_<split>.jsonl)")
+    ap.add_argument("--run", action="append", required=True, help="LABEL:SPARSITY:LOSS:DIR")
+    ap.add_argument("--baseline", default="ce", help="the label the paired tests compare against")
+    ap.add_argument("--splits", default="test,test-unseen")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--command", default="")
+    ap.add_argument("--device", default="NVIDIA H200")
+    ap.add_argument("--note", action="append", default=[])
+    a = ap.parse_args()
+    splits = a.splits.split(",")
+    teacher = {s: rescore(read_predictions(Path(a.teacher) / f"predictions_{s}.jsonl")) for s in splits}
+    runs, correct = [], {}
+    for spec in a.run:
+        label, sparsity, loss, d = spec.split(":", 3)
+        for s in splits:
+            r = rescore(read_predictions(Path(d) / f"predictions_{s}.jsonl"))
+            correct[(label, float(sparsity), s)] = r.pop("correct")
+            runs.append({"sparsity": float(sparsity), "loss": loss, "label": label, "split": s, **r})
+    paired = []
+    for (label, sp, s), c in correct.items():
+        base = correct.get((a.baseline, sp, s))
+        if label != a.baseline and base is not None:
+            paired.append({"sparsity": sp, "label": label, "baseline": a.baseline, "split": s,
+                           **mcnemar_exact(c, base)})
+    for t in teacher.values():
+        t.pop("correct")
+    record = {"task": "gsm", "model": "smollm2-135m", "metric": "exact_match", "higher_is_better": True,
+              "scorer": "first #### answer (sparselm.eval.answers.extract_gsm_answer, 7f39ccc)",
+              "dense": teacher["test"]["value"], "dense_all": teacher, "runs": runs, "paired": paired,
+              "command": a.command, "device": a.device, "notes": a.note}
+    out = RESULTS / f"replication_{a.name}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    _plot(record, out.with_suffix(".png"))
+    lines = [f"# gsm, re-scored (first `####` answer): {a.name}", "",
+             f"Dense teacher: {100 * record['dense']:.1f}% on test (as recorded: "
+             f"{100 * teacher['test']['value_as_recorded']:.1f}%).", "",
+             "| sparsity | run | test EM | as recorded | no answer | runs on after answer | vs baseline (McNemar) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if r["split"] != "test":
+            continue
+        pr = next((p for p in paired if p["label"] == r["label"] and p["sparsity"] == r["sparsity"]
+                   and p["split"] == "test"), None)
+        vs = f"{100 * pr['diff']:+.1f}, p = {pr['p_value']:.2g}" if pr else "baseline"
+        lines.append(f"| {100 * r['sparsity']:.0f}% | {r['label']} | {100 * r['value']:.1f}% | "
+                     f"{100 * r['value_as_recorded']:.1f}% | {100 * r['chains']['no_answer']:.0f}% | "
+                     f"{100 * r['run_on']:.0f}% | {vs} |")
+    lines += ["", *[f"- {n}" for n in a.note], "", f"![metric vs sparsity](replication_{a.name}.png)", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
