@@ -11,13 +11,14 @@ measured, flagged.
         --run "ce (w 0.2 runs' baseline)":0.7:ce:/tmp/x/gsm2/runs/s70-ce ... \
         --baseline ce --name gsm_s17 --command "..." --note "..."
 
-Each --run is LABEL:SPARSITY:LOSS:DIR (DIR holds predictions_<split>.jsonl with "generation"). Paired exact McNemar
+Each --run is LABEL:SPARSITY:LOSS:DIR (DIR holds predictions_<split>.jsonl, or .jsonl.gz, with "generation"). Paired exact McNemar
 tests compare every label with the --baseline label at the same sparsity. Writes
 benchmarks/results/replication_<name>.json / .md / .png.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 from collections import defaultdict
@@ -25,9 +26,17 @@ from pathlib import Path
 
 from sparselm.eval.answers import answers_match, extract_gsm_answer
 from sparselm.eval.chains import chain_diagnostics
-from sparselm.eval.paired import mcnemar_exact, read_predictions
+from sparselm.eval.paired import mcnemar_exact
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """`predictions_<split>.jsonl`, or its gzip copy (`.jsonl.gz`, as the records in benchmarks/results keep them)."""
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        with gzip.open(path.with_name(path.name + ".gz"), "rt") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _runs_on(generation: str) -> bool:
