@@ -96,7 +96,7 @@ main)
                   run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs2$gpu.log "${RS_ARGS[@]}" \
                     teacher.path=/tmp/rs/teacher sparsities=${RS2_A:-$RS_A} losses=${RS2_LOSSES:-$RS_LOSSES} \
                     ${RS2_ARGS:-} ;;
-      gsm2) local T=${GSM_OUT:-/tmp/gsm-run}/teacher  # variants against gsm's teacher (the other GPU may train it)
+      gsm2) local T=${GSM_TEACHER:-${GSM_OUT:-/tmp/gsm-run}/teacher}  # variants against gsm's teacher (the other GPU may train it)
             while [ ! -f $T/run.json ] && [ $(left) -gt 250 ]; do sleep 10; done
             [ -f $T/run.json ] && run $gpu src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm2 /tmp/gsm2$gpu.log \
               task.data_dir=/tmp/gsm teacher.path=$T ${GSM2_ARGS:-} ;;
