@@ -6,6 +6,7 @@ BOS. This script scores one model both ways on the same items, with generation r
 pattern), so that it shows what the mismatch did:
 
     run_on       chains that go on after their first ``#### N`` line (the model missed EOS)
+    ended_at_eos rows that ended at an EOS id (the tokenizer's or the generation config's)
     em_first     exact match of the first ``####`` answer (how the scorer reads chains now)
     em_last      exact match of the last ``####`` answer (how the scorer read them before)
     loglik       mean answer log-likelihood per token under teacher forcing
@@ -23,7 +24,7 @@ from pathlib import Path
 import sparselm.data.collate as collate
 from sparselm.data import get_task
 from sparselm.eval.answers import _NUMBER, answers_match, extract_gsm_answer
-from sparselm.eval.generate import generate_greedy
+from sparselm.eval.generate import generate_greedy_ends
 from sparselm.eval.loglik import completion_logliks, loglik_summary
 from sparselm.models.loaders import load_model
 
@@ -50,13 +51,14 @@ def _runs_on(generation: str) -> bool:
 
 def score(model, tok, items, max_new_tokens: int, batch_size: int) -> dict:
     t0 = time.time()
-    gens = generate_greedy(model, tok, [it["prompt"] for it in items], max_new_tokens, batch_size, progress=True)
+    gens, ends = generate_greedy_ends(model, tok, [it["prompt"] for it in items], max_new_tokens, batch_size,
+                                      progress=True)
     first = [answers_match(extract_gsm_answer(g), it["answer"]) for g, it in zip(gens, items)]
     last = [answers_match(_last_answer(g), it["answer"]) for g, it in zip(gens, items)]
     ll = loglik_summary(completion_logliks(model, tok, items, batch_size=max(1, batch_size // 2)))
     n = len(items)
     return {"n": n, "em_first": sum(first) / n, "em_last": sum(last) / n,
-            "run_on": sum(map(_runs_on, gens)) / n, "no_answer": sum("####" not in g for g in gens) / n,
+            "run_on": sum(map(_runs_on, gens)) / n, "ended_at_eos": ends.count("eos") / n, "no_answer": sum("####" not in g for g in gens) / n,
             "loglik_per_token": ll["loglik_per_token"], "seconds": round(time.time() - t0, 1),
             "examples": gens[:3]}
 

@@ -49,6 +49,25 @@ def test_stop_pattern_ends_each_row_at_its_own_match():
     assert StopOnPattern(tok, r"####[^\n]*\d[^\n]*\n", prompt_width=2)(ids).tolist() == [True, False]
 
 
+def test_rows_report_why_they_ended():
+    """"eos" where the tokenizer's EOS came (even when the model's generation config names another end token:
+    training appends the tokenizer's), "stop" at the stop pattern, "budget" otherwise."""
+    from sparselm.eval import generate_greedy_ends
+    from sparselm.eval.generate import greedy_config
+
+    tok, model = char_tokenizer(), tiny_llama()
+    free, ends = generate_greedy_ends(model, tok, PROMPTS, 8, batch_size=4)
+    assert ends == ["budget"] * 4
+    _, ends = generate_greedy_ends(model, tok, PROMPTS, 8, batch_size=4, stop_pattern=r"9")
+    assert ends == ["stop", "stop", "stop", "budget"]
+    tok.eos_token = free[3][2]             # a character the model writes third in row 3, and in no other row
+    assert tok.eos_token_id != model.generation_config.eos_token_id
+    assert greedy_config(model, tok, 8).eos_token_id == [model.generation_config.eos_token_id, tok.eos_token_id]
+    texts, ends = generate_greedy_ends(model, tok, PROMPTS, 8, batch_size=4)
+    # the row stops at the EOS (this fixture's EOS is an ordinary character, so decode keeps it)
+    assert ends == ["budget", "budget", "budget", "eos"] and texts[3] == free[3][:3] and texts[:3] == free[:3]
+
+
 def test_encoder_decoder_batched_equals_single():
     tok, model = char_tokenizer(), tiny_t5()
     batched = generate_greedy(model, tok, PROMPTS, max_new_tokens=5, batch_size=3)
@@ -68,10 +87,12 @@ def test_evaluate_scores_extracted_answers(tmp_path, monkeypatch):
     """With the generations forced, exact match counts the number after #### only."""
     tok, model = char_tokenizer(), tiny_llama()
     task = get_task("gsm", data_dir=_gsm_file(tmp_path))
-    monkeypatch.setattr(ev, "generate_greedy", lambda m, t, prompts, *a, **k: [" 2 + 2 = 4\n#### 4.0", " 3 + 3 = 7"])
+    monkeypatch.setattr(ev, "generate_greedy_ends",
+                        lambda m, t, prompts, *a, **k: ([" 2 + 2 = 4\n#### 4.0", " 3 + 3 = 7"], ["eos", "budget"]))
     res = ev.evaluate(model, tok, task, "test", batch_size=2)
     assert res["exact_match"] == 0.5 and res["n"] == 2 and res["metric"] == "gsm_exact_match"
     assert [r["prediction"] for r in res["predictions"]] == ["4.0", None]
+    assert res["ends"] == {"eos": 0.5, "stop": 0.0, "budget": 0.5} and res["predictions"][1]["end"] == "budget"
     assert res["chains"] == {"no_answer": 0.5, "equations_per_item": 1.0, "equation_error_rate": 0.5,
                              "items_with_wrong_equation": 0.5}
     assert res["loglik_per_token"] < 0 and res["target_tokens"] == 2 * (len(" 2+2=4\n#### 4") + 1)
@@ -103,7 +124,8 @@ def test_translation_metric_and_model_dir_roundtrip(tmp_path, monkeypatch):
     f = tmp_path / "tr.jsonl"
     f.write_text(json.dumps({"prompt": "EN: the cat\nDE:", "completion": " die Katze sitzt auf der Matte"}) + "\n")
     task = get_task(str(f), metric="bleu", max_new_tokens=3)
-    monkeypatch.setattr(ev, "generate_greedy", lambda *a, **k: ["die Katze sitzt auf der Matte\nmore text"])
+    monkeypatch.setattr(ev, "generate_greedy_ends", lambda *a, **k: (["die Katze sitzt auf der Matte\nmore text"],
+                                                                     ["eos"]))
     res = run_eval(str(tmp_path / "m"), task, "all", device="cpu", loglik=False)
     assert res["bleu"] == pytest.approx(100.0) and res["chrf"] == pytest.approx(100.0)
     assert res["predictions"][0]["prediction"] == "die Katze sitzt auf der Matte"  # first line only

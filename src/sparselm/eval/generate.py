@@ -36,9 +36,19 @@ def greedy_config(model, tokenizer, max_new_tokens: int):
               temperature=None, top_p=None, top_k=None)
     if gc.pad_token_id is None:
         gc.pad_token_id = pad_token_id(tokenizer)
-    if gc.eos_token_id is None and tokenizer.eos_token_id is not None:
-        gc.eos_token_id = tokenizer.eos_token_id
+    # stop at the tokenizer's EOS too: it is what training appends (sparselm.train.data), and a model's shipped
+    # generation config may name another end token (chat models) or none
+    gc.eos_token_id = eos_ids(gc, tokenizer) or None
     return gc
+
+
+def eos_ids(gc, tokenizer) -> list[int]:
+    """The end-of-sequence ids: the generation config's (an int or a list) plus the tokenizer's."""
+    ids = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+    ids = [int(i) for i in ids if i is not None]
+    if tokenizer.eos_token_id is not None and int(tokenizer.eos_token_id) not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
 
 
 class StopOnPattern(StoppingCriteria):
@@ -57,7 +67,6 @@ class StopOnPattern(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-@torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                     max_prompt_tokens: int | None = None, progress: bool = False,
                     stop_pattern: str | None = None) -> list[str]:
@@ -67,11 +76,36 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     `max_prompt_tokens`: prompts longer than this are cut (decoder-only: from the left), None: no cut.
     `stop_pattern`: a row stops once its new text matches this regex (decoder-only; see the module docstring).
     """
+    return generate_greedy_ends(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt_tokens,
+                                progress, stop_pattern)[0]
+
+
+def _end_of(row: list[int], eos: set[int], text_before, pattern: re.Pattern | None) -> str:
+    """Why a row ended: "eos", "stop" (the stop pattern) or "budget". A finished row is padded, and the pad id is
+    often the EOS id, so a row whose text up to its first EOS-id already matches the pattern ended by the pattern."""
+    cut = next((j for j, t in enumerate(row) if t in eos), None)
+    if pattern is not None and pattern.search(text_before(row if cut is None else row[:cut])):
+        return "stop"
+    return "budget" if cut is None else "eos"
+
+
+@torch.no_grad()
+def generate_greedy_ends(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
+                         max_prompt_tokens: int | None = None, progress: bool = False,
+                         stop_pattern: str | None = None) -> tuple[list[str], list[str]]:
+    """`generate_greedy`'s texts, and per row why it ended ("eos", "stop" or "budget"): a fine-tuned model should
+    end at EOS where training put it; rows that run to the budget are the symptom of a train/eval mismatch."""
     enc_dec = is_encoder_decoder(model)
     gc = greedy_config(model, tokenizer, max_new_tokens)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
+    ends: list[str] = ["budget"] * len(prompts)
+    eos = set(eos_ids(gc, tokenizer))
+    pattern = re.compile(stop_pattern) if stop_pattern is not None and not enc_dec else None
+
+    def text(row: list[int]) -> str:
+        return tokenizer.decode(row, skip_special_tokens=True)
     batches = range(0, len(order), batch_size)
     if progress:
         from tqdm import tqdm
@@ -87,5 +121,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         seqs = model.generate(**batch, generation_config=gc, stopping_criteria=stop)
         new = seqs if enc_dec else seqs[:, batch["input_ids"].shape[1]:]  # (B, new tokens)
         for i, row in zip(idx, new.tolist()):
-            out[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return [s if s is not None else "" for s in out]
+            out[i] = text(row)
+            # an encoder-decoder's first token is its decoder start (the EOS id in some models): not an end
+            ends[i] = _end_of(row[1:] if enc_dec else row, eos, text, pattern)
+    return [s if s is not None else "" for s in out], ends

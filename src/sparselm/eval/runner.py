@@ -26,7 +26,7 @@ from sparselm.data.jsonl import write_jsonl
 from sparselm.data.registry import Task, get_task
 from sparselm.eval.answers import GSM_STOP, answers_match, extract_gsm_answer, extract_short_answer
 from sparselm.eval.chains import chain_diagnostics
-from sparselm.eval.generate import generate_greedy
+from sparselm.eval.generate import generate_greedy_ends
 from sparselm.eval.loglik import completion_logliks, loglik_summary
 from sparselm.eval.metrics import bleu_chrf
 
@@ -74,9 +74,12 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
         res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"]} for it in items]
     elif metric in ("exact_match", "gsm_exact_match", "bleu"):
         budget = max_new_tokens or task.max_new_tokens
-        gens = generate_greedy(model, tokenizer, [it["prompt"] for it in items], budget, batch_size,
-                               progress=progress, stop_pattern=GSM_STOP if metric == "gsm_exact_match" else None)
+        gens, ends = generate_greedy_ends(model, tokenizer, [it["prompt"] for it in items], budget, batch_size,
+                                          progress=progress,
+                                          stop_pattern=GSM_STOP if metric == "gsm_exact_match" else None)
         res["max_new_tokens"] = budget
+        # how generations ended: a fine-tuned model should end at EOS (or the answer line), not run to the budget
+        res["ends"] = {k: ends.count(k) / len(ends) for k in ("eos", "stop", "budget")}
         if metric == "bleu":
             preds = [_first_line(g) for g in gens]
             res.update(bleu_chrf(preds, [it["answer"] for it in items]))
@@ -90,8 +93,9 @@ def evaluate_task(model, tokenizer, task: Task, split: str = "test", limit: int 
             res["per_source"] = _per_source(items, correct)
             if metric == "gsm_exact_match":  # how the chains fail, not only that they do (sparselm.eval.chains)
                 res["chains"] = chain_diagnostics(gens)
-        res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"], "generation": g, "prediction": p,
-                               "correct": c} for it, g, p, c in zip(items, gens, preds, correct)]
+        res["predictions"] = [{"prompt": it["prompt"], "answer": it["answer"], "generation": g, "end": e,
+                               "prediction": p, "correct": c}
+                              for it, g, e, p, c in zip(items, gens, ends, preds, correct)]
     else:
         raise ValueError(f"task {task.name!r}: unknown metric {metric!r}")
     if loglik:
