@@ -174,3 +174,15 @@ def test_bleu_per_source_groups_by_corpus():
     assert list(got) == ["gettext", "trans-de-en"]
     assert got["gettext"]["n"] == 2 and got["gettext"]["bleu"] == pytest.approx(100.0)
     assert got["trans-de-en"]["n"] == 1 and got["trans-de-en"]["bleu"] < 10
+
+
+def test_gguf_loader_gives_the_tokenizer_the_models_end_token():
+    """A tokenizer whose conversion named another EOS than the model's is given the model's (training appends the
+    tokenizer's EOS, generation stops at the model's: they must be one token)."""
+    from sparselm.models.loaders import _agree_on_special_tokens
+
+    tok, model = char_tokenizer(), tiny_llama()
+    tok.eos_token = "x"
+    assert tok.eos_token_id != model.config.eos_token_id
+    _agree_on_special_tokens(model, tok)
+    assert tok.eos_token_id == model.config.eos_token_id == 2 and tok.bos_token_id == model.config.bos_token_id

@@ -48,14 +48,27 @@ def cache_dir() -> Path:
     return root
 
 
+def _agree_on_special_tokens(model: nn.Module, tok) -> None:
+    """Give the tokenizer the GGUF's own EOS / BOS ids (the model config's) where its conversion named others.
+
+    Training appends the tokenizer's EOS and generation stops at the model's: if they differ, a fine-tuned model
+    learns to end with a token generation does not stop at and writes on past its answer. Which special tokens a
+    GGUF tokenizer conversion picks has varied across transformers versions; the GGUF metadata has not."""
+    for attr in ("eos", "bos"):
+        want = getattr(model.config, f"{attr}_token_id", None)
+        if isinstance(want, int) and 0 <= want < len(tok) and getattr(tok, f"{attr}_token_id") != want:
+            setattr(tok, f"{attr}_token", tok.convert_ids_to_tokens(want))
+
+
 def _load_gguf(dist_module: str, filename: str, install_hint: str, cache_name: str,
                dtype: torch.dtype = torch.float32, **_: object) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = cache_dir() / "models" / cache_name
     if (cached / "config.json").exists() and (cached / "model.safetensors").exists():
-        return (AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
-                AutoTokenizer.from_pretrained(cached))
+        model, tok = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype), AutoTokenizer.from_pretrained(cached)
+        _agree_on_special_tokens(model, tok)  # a cache written before the check existed
+        return model, tok
     folder = package_dir(dist_module, install_hint)
     if not (folder / filename).exists():
         raise ModelNotFoundError(f"{folder / filename} missing: reinstall with {install_hint}")
@@ -73,6 +86,7 @@ def _load_gguf(dist_module: str, filename: str, install_hint: str, cache_name: s
             model.is_quantized = False
         except AttributeError:
             pass
+    _agree_on_special_tokens(model, tok)
     tmp = cached.with_name(cached.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
