@@ -47,9 +47,11 @@ def test_report_shows_how_chains_fail(tmp_path):
     res = {"task": "gsm", "model": "tiny", "metric": "exact_match", "higher_is_better": True,
            "dense_all": {"test": {"exact_match": 0.5, "n": 10, "chains": chains}},
            "runs": [{"sparsity": 0.75, "loss": "ce", "split": "test", "value": 0.3,
-                     "metrics": {"exact_match": 0.3, "chains": {**chains, "no_answer": 0.9}}}]}
+                     "metrics": {"exact_match": 0.3, "chains": {**chains, "no_answer": 0.9},
+                                 "ends": {"eos": 0.25, "stop": 0.5, "budget": 0.25}}}]}
     table = chains_table(res)
-    assert "| 0% (dense) | teacher | 10.0% | 2.50 | 20.0% | 40.0% |" in table
+    assert "| 0% (dense) | teacher | 10.0% | 2.50 | 20.0% | 40.0% | - |" in table  # recorded before `ends`
+    assert "| 25.0% / 50.0% / 25.0% |" in table
     assert "| 75% | CE | 90.0% |" in table
     assert "## How the chains fail (`test`)" in write_report(res, tmp_path).read_text()
     assert chains_table({"runs": [], "dense_all": {"test": {"n": 3}}}) == ""

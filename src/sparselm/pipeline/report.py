@@ -207,21 +207,25 @@ def per_source_table(results: dict[str, Any]) -> str:
 
 
 def chains_table(results: dict[str, Any]) -> str:
-    """How the headline split's chains of thought fail, per model (gsm: `sparselm.eval.chains`); empty otherwise."""
+    """How the headline split's chains of thought fail, per model (gsm: `sparselm.eval.chains`), and how the
+    generations ended (EOS, the stop pattern, the token budget); empty for tasks without chains."""
     split = splits_of(results)[0] if splits_of(results) else None
-    dense = ((results.get("dense_all") or {}).get(split) or {}).get("chains")
+    dense = (results.get("dense_all") or {}).get(split) or {}
     order = {x: i for i, x in enumerate(LOSS_ORDER)}
     runs = sorted((r for r in results["runs"] if r["split"] == split and (r.get("metrics") or {}).get("chains")),
                   key=lambda r: (r["sparsity"], order.get(r["loss"], 9)))
-    if not dense and not runs:
+    if not dense.get("chains") and not runs:
         return ""
     lines = ["| sparsity | loss | no `####` answer | equations per item | equations wrong | items with a wrong "
-             "equation |", "|---|---|---|---|---|---|"]
-    rows = ([("0% (dense)", "teacher", dense)] if dense else []) + [
-        (f"{100 * r['sparsity']:.0f}%", LOSS_LABELS.get(r["loss"], r["loss"]), r["metrics"]["chains"]) for r in runs]
-    for sp, loss, c in rows:
+             "equation | ended at EOS / answer line / budget |", "|---|---|---|---|---|---|---|"]
+    rows = ([("0% (dense)", "teacher", dense)] if dense.get("chains") else []) + [
+        (f"{100 * r['sparsity']:.0f}%", LOSS_LABELS.get(r["loss"], r["loss"]), r["metrics"]) for r in runs]
+    for sp, loss, m in rows:
+        c, e = m["chains"], m.get("ends")
+        ends = " / ".join(_fmt(e.get(k, 0.0), pct=True) for k in ("eos", "stop", "budget")) if e else "-"
         lines.append(f"| {sp} | {loss} | {_fmt(c['no_answer'], pct=True)} | {c['equations_per_item']:.2f} | "
-                     f"{_fmt(c['equation_error_rate'], pct=True)} | {_fmt(c['items_with_wrong_equation'], pct=True)} |")
+                     f"{_fmt(c['equation_error_rate'], pct=True)} | {_fmt(c['items_with_wrong_equation'], pct=True)} | "
+                     f"{ends} |")
     return "\n".join(lines)
 
 
@@ -273,8 +277,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     chains = chains_table(results)
     if chains:
         text += ["", f"## How the chains fail (`{splits_of(results)[0]}`)", "",
-                 "From the generated text: chains without a final `#### N`, and equations `a op b = c` whose right "
-                 "side is off by more than max(0.01, 0.5%) (unit words removed; `sparselm.eval.chains`).", "",
+                 "From the generated text: chains without a `#### N`, and equations `a op b = c` whose right "
+                 "side is off by more than max(0.01, 0.5%) (unit words removed; `sparselm.eval.chains`). A model "
+                 "fine-tuned on chains that end in EOS should end at EOS; rows that run to the budget mean it did "
+                 "not learn where to stop.", "",
                  chains]
     if results.get("paired"):
         text += ["", "## Paired tests vs CE", "",
