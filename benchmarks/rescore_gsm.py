@@ -24,7 +24,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from sparselm.eval.answers import answers_match, extract_gsm_answer
+from sparselm.eval.answers import GSM_STOP, answers_match, extract_gsm_answer
 from sparselm.eval.chains import chain_diagnostics
 from sparselm.eval.paired import mcnemar_exact
 
@@ -45,6 +45,11 @@ def _runs_on(generation: str) -> bool:
     return bool(m and generation[m.end():].strip())
 
 
+def _as_stopped(generation: str) -> str:
+    m = re.search(GSM_STOP, generation)
+    return generation[:m.end()] if m else generation
+
+
 def rescore(rows: list[dict]) -> dict:
     """Exact match with the current `extract_gsm_answer`, and the same rows' score as they were recorded."""
     if not rows or any(not isinstance(r.get("generation"), str) for r in rows):
@@ -54,7 +59,8 @@ def rescore(rows: list[dict]) -> dict:
     return {"n": len(rows), "value": sum(correct) / len(rows), "correct": correct,
             "value_as_recorded": sum(bool(r.get("correct")) for r in rows) / len(rows),
             "run_on": sum(_runs_on(r["generation"]) for r in rows) / len(rows),
-            "chains": chain_diagnostics([r["generation"] for r in rows]),
+            # the chain as evaluation now sees it: cut where generation now stops (the end of the answer line)
+            "chains": chain_diagnostics([_as_stopped(r["generation"]) for r in rows]),
             "loglik_per_item_mean_bos_less": sum(ll) / len(ll) if ll else None}
 
 
@@ -120,8 +126,9 @@ def main() -> None:
     lines = [f"# gsm, re-scored (first `####` answer): {a.name}", "",
              f"Dense teacher: {100 * record['dense']:.1f}% on test (as recorded: "
              f"{100 * teacher['test']['value_as_recorded']:.1f}%).", "",
-             "| sparsity | run | test EM | as recorded | no answer | runs on after answer | vs baseline (McNemar) |",
-             "|---|---|---|---|---|---|---|"]
+             "| sparsity | run | test EM | as recorded | no answer | runs on after answer | equations wrong "
+             "| vs baseline (McNemar) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r["split"] != "test":
             continue
@@ -130,7 +137,7 @@ def main() -> None:
         vs = f"{100 * pr['diff']:+.1f}, p = {pr['p_value']:.2g}" if pr else "baseline"
         lines.append(f"| {100 * r['sparsity']:.0f}% | {r['label']} | {100 * r['value']:.1f}% | "
                      f"{100 * r['value_as_recorded']:.1f}% | {100 * r['chains']['no_answer']:.0f}% | "
-                     f"{100 * r['run_on']:.0f}% | {vs} |")
+                     f"{100 * r['run_on']:.0f}% | {100 * r['chains']['equation_error_rate']:.0f}% | {vs} |")
     lines += ["", *[f"- {n}" for n in a.note], "", f"![metric vs sparsity](replication_{a.name}.png)", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
