@@ -88,7 +88,7 @@ def _plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="the teacher's dir (predictions_<split>.jsonl)")
     ap.add_argument("--run", action="append", required=True, help="LABEL:SPARSITY:LOSS:DIR")
@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument("--command", default="")
     ap.add_argument("--device", default="NVIDIA H200")
     ap.add_argument("--note", action="append", default=[])
-    a = ap.parse_args()
+    ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
     splits = a.splits.split(",")
     teacher = {s: rescore(read_predictions(Path(a.teacher) / f"predictions_{s}.jsonl")) for s in splits}
     runs, correct = [], {}
@@ -120,7 +121,7 @@ def main() -> None:
               "scorer": "first #### answer (sparselm.eval.answers.extract_gsm_answer, 7f39ccc)",
               "dense": teacher["test"]["value"], "dense_all": teacher, "runs": runs, "paired": paired,
               "command": a.command, "device": a.device, "notes": a.note}
-    out = RESULTS / f"replication_{a.name}.json"
+    out = a.results_dir / f"replication_{a.name}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     _plot(record, out.with_suffix(".png"))
     lines = [f"# gsm, re-scored (first `####` answer): {a.name}", "",

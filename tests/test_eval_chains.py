@@ -87,3 +87,40 @@ def test_results_table_shows_chain_columns():
                                                                              "equation_error_rate": 0.125}}])
     assert cols == ["task", "exact_match", "no_answer", "equation_error_rate"]
     assert rows == [["gsm", "50.00%", "25.0%", "12.5%"]]
+
+
+def test_rescore_gsm_script(tmp_path):
+    """Re-scoring reads the first #### answer of kept generations (plain or gzip files) and pairs runs with the
+    baseline at the same sparsity."""
+    import gzip
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rescore_gsm.py"
+    spec = importlib.util.spec_from_file_location("rescore_gsm", path)
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+
+    def write(d, gens, gz=False):
+        d.mkdir(parents=True)
+        rows = [{"answer": "4", "generation": g, "correct": g.rstrip().endswith("#### 4")} for g in gens]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if gz:
+            with gzip.open(d / "predictions_test.jsonl.gz", "wt") as f:
+                f.write(text)
+        else:
+            (d / "predictions_test.jsonl").write_text(text)
+
+    write(tmp_path / "teacher", [" 2+2=4\n#### 4\n#### 5", " 2+2=4\n#### 4"])
+    write(tmp_path / "ce", [" 2+2=5\n#### 5\n#### 4", " 2+2=4\n#### 4"], gz=True)
+    write(tmp_path / "sh", [" 2+2=4\n#### 4\n#### 9", " 2+2=4\n#### 4"])
+    rs.main(["--teacher", str(tmp_path / "teacher"), "--splits", "test", "--name", "t", "--results-dir",
+             str(tmp_path), "--run", f"ce:0.7:ce:{tmp_path / 'ce'}", "--run", f"sh:0.7:squarehead:{tmp_path / 'sh'}"])
+    rec = json.loads((tmp_path / "replication_t.json").read_text())
+    assert rec["dense"] == 1.0 and rec["dense_all"]["test"]["value_as_recorded"] == 0.5
+    ce, sh = rec["runs"]
+    assert (ce["value"], ce["value_as_recorded"], sh["value"], sh["value_as_recorded"]) == (0.5, 1.0, 1.0, 0.5)
+    assert ce["run_on"] == 0.5 and ce["chains"]["equation_error_rate"] == 0.5  # "2+2=5"; the run-on is not read
+    assert rec["paired"][0]["label"] == "sh" and rec["paired"][0]["a_only"] == 1
+    assert (tmp_path / "replication_t.png").read_bytes()[:4] == b"\x89PNG"
