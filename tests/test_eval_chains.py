@@ -87,6 +87,8 @@ def test_results_table_shows_chain_columns():
                                                                              "equation_error_rate": 0.125}}])
     assert cols == ["task", "exact_match", "no_answer", "equation_error_rate"]
     assert rows == [["gsm", "50.00%", "25.0%", "12.5%"]]
+    cols, rows = results_rows([{"task": "gsm", "ends": {"eos": 0.75, "stop": 0.25, "budget": 0.0}}])
+    assert cols == ["task", "ended_at_eos"] and rows == [["gsm", "75.0%"]]
 
 
 def test_rescore_gsm_script(tmp_path):

@@ -10,13 +10,16 @@ COLUMNS: dict[str, str] = {
     "exact_match": "{:.2%}", "bleu": "{:.2f}", "chrf": "{:.2f}", "wer": "{:.2%}", "perplexity": "{:.3f}",
     "loglik_per_token": "{:.4f}", "loglik_per_answer": "{:.3f}",
     "no_answer": "{:.1%}", "equation_error_rate": "{:.1%}",  # gsm chains (sparselm.eval.chains)
+    "ended_at_eos": "{:.1%}",  # generations that ended at EOS (the rest: stop pattern or token budget)
     "seconds": "{:.1f}",
 }
 
 
 def results_rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells (missing values as "-"); a result's "chains" diagnostics count as its own keys."""
-    results = [{**r, **(r.get("chains") or {})} for r in results]
+    """Header and formatted cells (missing values as "-"); a result's "chains" diagnostics and the EOS share of its
+    "ends" count as its own keys."""
+    results = [{**r, **(r.get("chains") or {}),
+                **({"ended_at_eos": r["ends"]["eos"]} if isinstance(r.get("ends"), dict) else {})} for r in results]
     cols = [c for c in COLUMNS if any(c in r for r in results)]
     rows = [[COLUMNS[c].format(r[c]) if r.get(c) is not None else "-" for c in cols] for r in results]
     return cols, rows
