@@ -186,3 +186,14 @@ def test_gguf_loader_gives_the_tokenizer_the_models_end_token():
     assert tok.eos_token_id != model.config.eos_token_id
     _agree_on_special_tokens(model, tok)
     assert tok.eos_token_id == model.config.eos_token_id == 2 and tok.bos_token_id == model.config.bos_token_id
+
+
+def test_loading_a_model_whose_tokenizer_ends_differently_warns(tmp_path):
+    from sparselm.models.loaders import load_model
+
+    tok, model = char_tokenizer(), tiny_llama()
+    tok.eos_token = "x"
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="not among the model's generation EOS ids"):
+        load_model(tmp_path)

@@ -134,6 +134,24 @@ def _load_tokenizer(path: Path, config) -> object | None:
         return None  # a weights-only directory is still a valid model; callers that need text say so
 
 
+def _warn_on_end_token_mismatch(key: str, model: nn.Module, tok) -> None:
+    """Warn when the tokenizer's EOS (what fine-tuning appends) is not among the model's generation EOS ids.
+
+    Evaluation stops at both (`sparselm.eval.generate.eos_ids`), but other generate callers do not; a model saved
+    by sparselm before the GGUF loader made them agree has this mismatch (it learned to end with the tokenizer's)."""
+    gc = getattr(model, "generation_config", None)
+    eos = getattr(tok, "eos_token_id", None)
+    if gc is None or eos is None or gc.eos_token_id is None:
+        return
+    ids = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+    if eos not in ids:
+        import warnings
+
+        warnings.warn(f"{key}: the tokenizer's EOS ({eos}) is not among the model's generation EOS ids ({ids}); "
+                      "a model fine-tuned with this tokenizer ends with a token HF generate will not stop at "
+                      "(sparselm's evaluation stops at both)", stacklevel=3)
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", kind: str | None = None) -> tuple[nn.Module, object]:
     """(model, tokenizer-or-processor) from a local HF directory or a bundled name; eval mode, on `device`.
@@ -155,6 +173,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     else:
         raise ModelNotFoundError(
             f"model {key!r} not found: not a local directory, and not a bundled name ({', '.join(bundled_names())})")
+    _warn_on_end_token_mismatch(key, model, tok)
     if kind is not None:
         is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         if kind not in ("causal-lm", "seq2seq"):
