@@ -126,3 +126,11 @@ def test_rescore_gsm_script(tmp_path):
     assert ce["run_on"] == 0.5 and ce["chains"]["equation_error_rate"] == 0.5  # "2+2=5"; the run-on is not read
     assert rec["paired"][0]["label"] == "sh" and rec["paired"][0]["a_only"] == 1
     assert (tmp_path / "replication_t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pipeline_summary_line_shows_the_eos_share():
+    from sparselm.pipeline.run import _summary
+
+    line = _summary({"test": {"metric": "gsm_exact_match", "exact_match": 0.5, "loglik_per_token": -0.25,
+                              "ends": {"eos": 0.9, "stop": 0.1, "budget": 0.0}}})
+    assert line == "test exact_match=0.500 ll/tok=-0.250 eos=90%"

@@ -543,6 +543,8 @@ def _summary(ev: dict[str, dict[str, Any]]) -> str:
         parts.append(f"{split} {key}={value:.3f}" if value is not None else f"{split} {key}=n/a")
         if ll is not None:
             parts[-1] += f" ll/tok={ll:.3f}"
+        if isinstance(m.get("ends"), dict):  # a fine-tuned model should end at EOS, not run to the budget
+            parts[-1] += f" eos={m['ends'].get('eos', 0.0):.0%}"
     return ", ".join(parts)
 
 
