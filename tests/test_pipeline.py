@@ -76,7 +76,7 @@ def test_pipeline_end_to_end(finished) -> None:
         assert f"({png})" in report
     # per-item predictions beside each run, and the paired test of each distillation loss against CE from them
     preds = [json.loads(x) for x in (out / "runs" / "s50-ce" / "predictions_test.jsonl").read_text().splitlines()]
-    assert len(preds) == 6 and {"answer", "prediction", "correct", "generation"} <= set(preds[0])
+    assert len(preds) == 6 and {"answer", "prediction", "correct", "generation", "end"} <= set(preds[0])
     assert (out / "teacher" / "predictions_validation.jsonl").is_file()
     paired = {(r["sparsity"], r["loss"], r["split"]): r for r in res["paired"]}
     assert set(paired) == {(0.5, "squarehead", "test"), (0.5, "squarehead", "validation")}

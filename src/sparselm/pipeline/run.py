@@ -194,10 +194,11 @@ def evaluate_dir(model_dir: Path, recipe: PipelineRecipe) -> dict[str, dict[str,
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Per-item outputs beside the model (answer, prediction, correct, loglik, and the generated text; no prompts):
+    """Per-item outputs beside the model (answer, prediction, correct, loglik, the generated text and how it ended;
+    no prompts):
     what the paired tests between runs (sparselm.pipeline.paired) read. The generation is kept because an exact
     match that collapses while the log-likelihood does not is only explained by what the model wrote."""
-    keep = ("answer", "prediction", "correct", "loglik", "generation")
+    keep = ("answer", "prediction", "correct", "loglik", "generation", "end")
     tmp = path.with_name(f".{path.name}.{os.getpid()}")  # atomic: two pipelines may evaluate one shared teacher
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
