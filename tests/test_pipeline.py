@@ -415,3 +415,19 @@ def test_pipeline_with_compiled_blocks(tmp_path) -> None:
     assert all(x["value"] is not None for x in res["runs"])
     sp = json.loads((out / "runs" / "s50-squarehead" / "sparsity.json").read_text())
     assert abs(sp["overall"] - 0.5) < 0.02
+
+
+def test_a_teacher_that_does_not_stop_at_eos_stops_the_pipeline(tmp_path) -> None:
+    """eval.min_eos_share: an 8-step teacher never ends at EOS within 4 tokens, so no sparse run starts, and the
+    message says what to check; the check also holds on resume (the teacher's evaluation is reused)."""
+    from sparselm.pipeline.run import TeacherCheckError, check_teacher_stops
+
+    data = _arith_dir(tmp_path / "data")
+    r = _recipe(data, tmp_path / "out", sparsities=[0.5], losses=["ce"],
+                eval={"splits": ["test"], "limit": 4, "batch_size": 4, "max_new_tokens": 4, "min_eos_share": 0.9})
+    for _ in range(2):
+        with pytest.raises(TeacherCheckError, match="end at EOS in .* of rows"):
+            run_pipeline(validate_pipeline_recipe(r))
+    assert not (tmp_path / "out" / "runs").exists() or not list((tmp_path / "out" / "runs").iterdir())
+    check_teacher_stops({"test": {"ends": {"eos": 0.95, "stop": 0.05, "budget": 0.0}}}, 0.9)  # passes
+    check_teacher_stops({"test": {"ends": {"eos": 0.0}}}, None)                                # off

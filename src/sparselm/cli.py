@@ -151,7 +151,8 @@ def run_cmd(
     dry_run: bool = typer.Option(False, help="validate the recipe and print the planned runs; train nothing"),
 ) -> None:
     """Dense teacher -> prune -> sparse fine-tune (per sparsity x loss) -> evaluate -> results.json + report.md."""
-    from sparselm.pipeline.run import NotRunnableError, check_runnable, plan_runs, resolve, run_name, run_pipeline
+    from sparselm.pipeline.run import (NotRunnableError, TeacherCheckError, check_runnable, plan_runs, resolve,
+                                       run_name, run_pipeline)
     from sparselm.train import NonFiniteLossError
 
     try:
@@ -163,7 +164,7 @@ def run_cmd(
             check_runnable(resolved)
             return
         out_dir = run_pipeline(resolved, command=" ".join(["sparselm run", *sys.argv[2:]]))
-    except (*_USER_ERRORS, NonFiniteLossError, NotRunnableError) as err:
+    except (*_USER_ERRORS, NonFiniteLossError, NotRunnableError, TeacherCheckError) as err:
         fail(str(err).strip("'\""))
     res = json.loads((out_dir / "results.json").read_text())
     typer.echo(f"report -> {out_dir / 'report.md'}")

@@ -47,6 +47,25 @@ class NotRunnableError(RuntimeError):
     """A recipe that validates but needs something the training package does not provide yet."""
 
 
+class TeacherCheckError(RuntimeError):
+    """The dense teacher fails a check that every sparse run would inherit (eval.min_eos_share)."""
+
+
+def check_teacher_stops(dense_all: dict[str, dict[str, Any]], floor: float | None) -> None:
+    """Raise `TeacherCheckError` when a split's teacher generations end at EOS less often than `floor`."""
+    if floor is None:
+        return
+    for split, m in dense_all.items():
+        ends = m.get("ends")
+        if isinstance(ends, dict) and ends.get("eos", 0.0) < floor:
+            raise TeacherCheckError(
+                f"the teacher's {split} generations end at EOS in {ends.get('eos', 0.0):.0%} of rows "
+                f"(eval.min_eos_share {floor:.0%}; answer line {ends.get('stop', 0.0):.0%}, token budget "
+                f"{ends.get('budget', 0.0):.0%}): check that the tokenizer's EOS is among the model's generation "
+                "EOS ids (see the teacher's predictions, field 'end'), or lower eval.min_eos_share for a teacher "
+                "trained too briefly to stop")
+
+
 def check_runnable(recipe: PipelineRecipe) -> None:
     """Fail before any work when a stage is known to be unsupported (rather than deep inside a fine-tune)."""
     tiny = recipe.model.tiny  # tokenizer "train-bpe" learns a vocabulary from the pairs (sparselm.data.tokenizer)
@@ -438,6 +457,8 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         if own:
             (out_dir / "teacher" / CLAIM).unlink(missing_ok=True)
     say(f"dense: {_summary(res.data['dense_all'])}")
+    head = recipe.eval.splits[0]  # the headline split: the teacher was trained on its distribution
+    check_teacher_stops({head: res.data["dense_all"].get(head) or {}}, recipe.eval.min_eos_share)
     bar.update(1)
     prev: dict[str, Path] = {}
     for sparsity, loss in runs:
@@ -549,5 +570,6 @@ def _summary(ev: dict[str, dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["METRIC_KEYS", "NotRunnableError", "RecipeError", "Results", "check_runnable", "evaluate_dir",
+__all__ = ["METRIC_KEYS", "NotRunnableError", "RecipeError", "Results", "TeacherCheckError", "check_runnable",
+           "check_teacher_stops", "evaluate_dir",
            "plan_runs", "prune_only", "resolve", "run_name", "run_pipeline", "sparse_recipe", "teacher_recipe"]

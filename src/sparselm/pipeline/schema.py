@@ -62,6 +62,10 @@ class EvalSpec(_Strict):
     batch_size: int = Field(16, gt=0)          # prompts per greedy-generation batch
     max_new_tokens: int | None = Field(None, gt=0)  # None = the task's own budget
     loglik: bool = True                        # also the teacher-forced answer log-likelihood (continuous)
+    # the share of the teacher's generations (headline split) that must end at EOS, or the pipeline stops before
+    # any sparse run: a fine-tuned teacher that does not stop where training ended each example has a tokenizer /
+    # generation end-token mismatch, and every exact match after it would score text written past the answer
+    min_eos_share: float | None = Field(None, ge=0, le=1)
 
 
 class TrainSettings(_Strict):
