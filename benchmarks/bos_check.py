@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import sparselm.data.collate as collate
 from sparselm.data import get_task
 from sparselm.eval.answers import _NUMBER, answers_match, extract_gsm_answer
+from sparselm.eval.chains import runs_on_after_answer
 from sparselm.eval.generate import generate_greedy_ends
 from sparselm.eval.loglik import completion_logliks, loglik_summary
 from sparselm.models.loaders import load_model
@@ -44,11 +44,6 @@ def _last_answer(generation: str) -> str | None:
     return None if m is None else m.group(0).replace(",", "").lstrip("+").replace("$", "")
 
 
-def _runs_on(generation: str) -> bool:
-    m = re.search(r"####[^\n]*\n", generation)
-    return bool(m and generation[m.end():].strip())
-
-
 def score(model, tok, items, max_new_tokens: int, batch_size: int) -> dict:
     t0 = time.time()
     gens, ends = generate_greedy_ends(model, tok, [it["prompt"] for it in items], max_new_tokens, batch_size,
@@ -58,7 +53,8 @@ def score(model, tok, items, max_new_tokens: int, batch_size: int) -> dict:
     ll = loglik_summary(completion_logliks(model, tok, items, batch_size=max(1, batch_size // 2)))
     n = len(items)
     return {"n": n, "em_first": sum(first) / n, "em_last": sum(last) / n,
-            "run_on": sum(map(_runs_on, gens)) / n, "ended_at_eos": ends.count("eos") / n, "no_answer": sum("####" not in g for g in gens) / n,
+            "run_on": sum(map(runs_on_after_answer, gens)) / n, "ended_at_eos": ends.count("eos") / n,
+            "no_answer": sum("####" not in g for g in gens) / n,
             "loglik_per_token": ll["loglik_per_token"], "seconds": round(time.time() - t0, 1),
             "examples": gens[:3]}
 

@@ -18,31 +18,16 @@ benchmarks/results/replication_<name>.json / .md / .png.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from sparselm.eval.answers import GSM_STOP, answers_match, extract_gsm_answer
-from sparselm.eval.chains import chain_diagnostics
-from sparselm.eval.paired import mcnemar_exact
+from sparselm.eval.chains import chain_diagnostics, runs_on_after_answer
+from sparselm.eval.paired import mcnemar_exact, read_predictions
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def read_predictions(path: Path) -> list[dict]:
-    """`predictions_<split>.jsonl`, or its gzip copy (`.jsonl.gz`, as the records in benchmarks/results keep them)."""
-    if not path.exists() and path.with_name(path.name + ".gz").exists():
-        with gzip.open(path.with_name(path.name + ".gz"), "rt") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _runs_on(generation: str) -> bool:
-    """Text after the first ``#### N`` line: the model did not stop at EOS where training ended the chain."""
-    m = re.search(r"####[^\n]*\n", generation)
-    return bool(m and generation[m.end():].strip())
 
 
 def _as_stopped(generation: str) -> str:
@@ -58,7 +43,7 @@ def rescore(rows: list[dict]) -> dict:
     ll = [r["loglik"] for r in rows if isinstance(r.get("loglik"), (int, float))]
     return {"n": len(rows), "value": sum(correct) / len(rows), "correct": correct,
             "value_as_recorded": sum(bool(r.get("correct")) for r in rows) / len(rows),
-            "run_on": sum(_runs_on(r["generation"]) for r in rows) / len(rows),
+            "run_on": sum(runs_on_after_answer(r["generation"]) for r in rows) / len(rows),
             # the chain as evaluation now sees it: cut where generation now stops (the end of the answer line)
             "chains": chain_diagnostics([_as_stopped(r["generation"]) for r in rows]),
             "loglik_per_item_mean_bos_less": sum(ll) / len(ll) if ll else None}

@@ -90,3 +90,12 @@ def chain_diagnostics(generations: Sequence[str], answer_marker: str = "####") -
     n = len(generations)
     return {"no_answer": no_answer / n, "equations_per_item": checked / n,
             "equation_error_rate": wrong / checked if checked else 0.0, "items_with_wrong_equation": items_wrong / n}
+
+
+_ANSWER_LINE = re.compile(r"####[^\n]*\n")
+
+
+def runs_on_after_answer(generation: str) -> bool:
+    """Text after the first ``#### N`` line: the model did not stop (at EOS) where its training chains ended."""
+    m = _ANSWER_LINE.search(generation)
+    return bool(m and generation[m.end():].strip())

@@ -22,6 +22,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sparselm.data.collate import generation_batch, pad_token_id
+from sparselm.models.loaders import generation_eos_ids
 
 
 def is_encoder_decoder(model) -> bool:
@@ -44,8 +45,7 @@ def greedy_config(model, tokenizer, max_new_tokens: int):
 
 def eos_ids(gc, tokenizer) -> list[int]:
     """The end-of-sequence ids: the generation config's (an int or a list) plus the tokenizer's."""
-    ids = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
-    ids = [int(i) for i in ids if i is not None]
+    ids = generation_eos_ids(gc)
     if tokenizer.eos_token_id is not None and int(tokenizer.eos_token_id) not in ids:
         ids.append(int(tokenizer.eos_token_id))
     return ids

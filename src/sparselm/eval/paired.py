@@ -70,6 +70,14 @@ def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """A prediction file's rows; a missing `X.jsonl` is read from `X.jsonl.gz` (the copies benchmarks/results keep)."""
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    if not path.exists() and gz.exists():
+        import gzip
+
+        with gzip.open(gz, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

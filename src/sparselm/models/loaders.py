@@ -134,6 +134,12 @@ def _load_tokenizer(path: Path, config) -> object | None:
         return None  # a weights-only directory is still a valid model; callers that need text say so
 
 
+def generation_eos_ids(gc) -> list[int]:
+    """A generation config's EOS ids as a list (HF allows None, an int or a list)."""
+    ids = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
+    return [int(i) for i in ids if i is not None]
+
+
 def _warn_on_end_token_mismatch(key: str, model: nn.Module, tok) -> None:
     """Warn when the tokenizer's EOS (what fine-tuning appends) is not among the model's generation EOS ids.
 
@@ -141,10 +147,8 @@ def _warn_on_end_token_mismatch(key: str, model: nn.Module, tok) -> None:
     by sparselm before the GGUF loader made them agree has this mismatch (it learned to end with the tokenizer's)."""
     gc = getattr(model, "generation_config", None)
     eos = getattr(tok, "eos_token_id", None)
-    if gc is None or eos is None or gc.eos_token_id is None:
-        return
-    ids = gc.eos_token_id if isinstance(gc.eos_token_id, (list, tuple)) else [gc.eos_token_id]
-    if eos not in ids:
+    ids = generation_eos_ids(gc) if gc is not None else []
+    if eos is not None and ids and eos not in ids:
         import warnings
 
         warnings.warn(f"{key}: the tokenizer's EOS ({eos}) is not among the model's generation EOS ids ({ids}); "

@@ -136,14 +136,20 @@ def aligned16(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.data_ptr() % 16 else x
 
 
-def _check(x: torch.Tensor, p, block_b: int) -> None:
+def check_input(kernel: str, x: torch.Tensor, p, block_b: int, supported) -> None:
+    """The batched tensor-core kernels' (bmma, tmma) input rules; `supported`: the kernel's `supports`."""
     n, k = p.shape
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= block_b:
-        raise ValueError(f"bmma: x must be (B, {k}) with 1 <= B <= {block_b} (the config's padded batch), got "
+        raise ValueError(f"{kernel}: x must be (B, {k}) with 1 <= B <= {block_b} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, block_b):
-        raise ValueError(f"bmma: needs fp16 values with fp16 x or bf16 with bf16, K a multiple of 8 and a padded "
-                         f"batch in {BATCHES}; got values {p.values.dtype}, x {x.dtype}, K {k}, batch {block_b}")
+    if not supported(p, x.dtype, block_b):
+        raise ValueError(f"{kernel}: needs fp16 values with fp16 x or bf16 with bf16, K a multiple of 8 and a "
+                         f"padded batch in {BATCHES}; got values {p.values.dtype}, x {x.dtype}, K {k}, "
+                         f"batch {block_b}")
+
+
+def _check(x: torch.Tensor, p, block_b: int) -> None:
+    check_input("bmma", x, p, block_b, supports)
 
 
 def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:

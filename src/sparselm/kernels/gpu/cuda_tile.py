@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sparselm.kernels.gpu import cuda_build
-from sparselm.kernels.gpu.cuda_mma import BATCHES, aligned16, splits, workspace
+from sparselm.kernels.gpu.cuda_mma import BATCHES, aligned16, check_input, splits, workspace
 
 _SOURCE = Path(__file__).with_name("tile_mma.cu")
 CHUNK = 128  # tile columns (tile_mma.cu TC)
@@ -123,13 +123,7 @@ def _bank_spread(tile: torch.Tensor, pos: torch.Tensor, counts: torch.Tensor, gr
 
 
 def _check(x: torch.Tensor, p, block_b: int) -> None:
-    n, k = p.shape
-    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= block_b:
-        raise ValueError(f"tmma: x must be (B, {k}) with 1 <= B <= {block_b} (the config's padded batch), got "
-                         f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, block_b):
-        raise ValueError(f"tmma: needs fp16 values with fp16 x or bf16 with bf16, K a multiple of 8 and a padded "
-                         f"batch in {BATCHES}; got values {p.values.dtype}, x {x.dtype}, K {k}, batch {block_b}")
+    check_input("tmma", x, p, block_b, supports)
 
 
 def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
