@@ -139,7 +139,7 @@ main)
      $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
      tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/report.md tr2/*.png tr2/runs/*/metrics.jsonl tr-run/runs/*/predictions_*.jsonl tr2/runs/*/predictions_*.jsonl tr-run/teacher/predictions_*.jsonl $G/runs/*/predictions_*.jsonl $G/teacher/predictions_*.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
-     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs2/results.json rs2/report.md rs2/*.png \
+     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs/runs/*/predictions_*.jsonl rs/teacher/predictions_*.jsonl rs2/results.json rs2/report.md rs2/*.png \
      rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
      gsm2/results.json gsm2/report.md gsm2/*.png gsm2/runs/*/metrics.jsonl gsm2/runs/*/predictions_*.jsonl \
      gsm?.log gsm2?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
