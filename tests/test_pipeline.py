@@ -162,6 +162,34 @@ def test_staged_runs_start_from_the_previous_sparsity(tmp_path) -> None:
     assert not list(s70.glob("*.safetensors")), "staged weights are dropped at the end unless keep_models"
 
 
+def test_staged_chain_cut_by_the_budget_resumes(tmp_path, monkeypatch) -> None:
+    """A call that stops after a chain's first stage keeps that stage's weights, so the next call can run the
+    second stage from them (it used to drop them and fail with "the staged run needs this model's weights")."""
+    import sparselm.pipeline.run as run_mod
+
+    data = _arith_dir(tmp_path / "data")
+    r = validate_pipeline_recipe(_recipe(
+        data, tmp_path / "out", sparsities=[0.5, 0.7], losses=["ce"],
+        sparse={"steps": 2, "lr": 1e-3, "staged": True}, teacher={"steps": 2, "lr": 1e-3},
+        eval={"splits": ["test"], "limit": 2, "batch_size": 2, "max_new_tokens": 2}))
+    one_run = run_mod._one_run
+
+    def first_stage_then_out_of_time(recipe, *a, **k):
+        result = one_run(recipe, *a, **k)
+        recipe.output.budget_s = 1e-6  # as if the call's time ran out during the first stage
+        return result
+
+    monkeypatch.setattr(run_mod, "_one_run", first_stage_then_out_of_time)
+    out = run_pipeline(r.model_copy(deep=True))
+    s50, s70 = out / "runs" / "s50-ce", out / "runs" / "s70-ce"
+    assert list(s50.glob("*.safetensors")) and not s70.exists()
+    monkeypatch.setattr(run_mod, "_one_run", one_run)
+    run_pipeline(r)
+    assert abs(json.loads((s70 / "sparsity.json").read_text())["overall"] - 0.7) < 0.02
+    assert not list(s50.glob("*.safetensors")) and not list(s70.glob("*.safetensors")), \
+        "a finished chain keeps no weights unless keep_models"
+
+
 def test_results_of_concurrent_invocations_merge(tmp_path) -> None:
     """Two invocations on one output dir (e.g. one per GPU, disjoint sparsities) each save; neither drops the
     other's runs, and the one that evaluated the teacher keeps the dense numbers."""

@@ -495,16 +495,20 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         res.add_run(sparsity, loss, ev, train_s)
         res.data["paired"] = paired_tests(out_dir, res.data)
         res.save()
-        if not (recipe.output.keep_models or recipe.sparse.staged):
-            _drop_weights(run_dir)
+        if not recipe.output.keep_models:
+            # a staged run's weights start its chain's next stage: they go once that stage is on disk
+            done_with = prev.get(loss) if recipe.sparse.staged else run_dir
+            if done_with is not None:
+                _drop_weights(done_with)
         prev[loss] = run_dir
         say(f"{name}: {_summary(ev)}  ({train_s:.0f} s)")
         write_report(res.data, out_dir)
         bar.update(1)
     bar.close()
     if recipe.sparse.staged and not recipe.output.keep_models:
-        for d in prev.values():
-            _drop_weights(d)
+        for loss, d in prev.items():  # a chain's last model, once nothing after it is left to run (else a
+            if all(res.done(s, l, recipe.eval.splits) for s, l in runs if l == loss):  # resumed call needs it)
+                _drop_weights(d)
     res.data["timings"]["last_invocation_s"] = round(time.perf_counter() - t0, 1)
     res.data["paired"] = paired_tests(out_dir, res.data)  # also for runs another invocation finished
     res.save()
