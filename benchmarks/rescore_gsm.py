@@ -46,7 +46,7 @@ def rescore(rows: list[dict]) -> dict:
             "run_on": sum(runs_on_after_answer(r["generation"]) for r in rows) / len(rows),
             # the chain as evaluation now sees it: cut where generation now stops (the end of the answer line)
             "chains": chain_diagnostics([_as_stopped(r["generation"]) for r in rows]),
-            "loglik_per_item_mean_bos_less": sum(ll) / len(ll) if ll else None}
+            "loglik_per_item_mean": sum(ll) / len(ll) if ll else None}
 
 
 def _plot(record: dict, path: Path) -> None:
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="NVIDIA H200")
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    ap.add_argument("--bos-less", action="store_true",
+                    help="the runs predate 7f39ccc: their log-likelihoods were computed with BOS-less prompts")
     a = ap.parse_args(argv)
     splits = a.splits.split(",")
     teacher = {s: rescore(read_predictions(Path(a.teacher) / f"predictions_{s}.jsonl")) for s in splits}
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {"task": "gsm", "model": "smollm2-135m", "metric": "exact_match", "higher_is_better": True,
               "scorer": "first #### answer (sparselm.eval.answers.extract_gsm_answer, 7f39ccc)",
               "dense": teacher["test"]["value"], "dense_all": teacher, "runs": runs, "paired": paired,
+              "loglik_prompts": "without BOS (as measured before 7f39ccc)" if a.bos_less else "with BOS",
               "command": a.command, "device": a.device, "notes": a.note}
     out = a.results_dir / f"replication_{a.name}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
