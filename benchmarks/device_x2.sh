@@ -34,7 +34,7 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_CACHE=/tmp/slcache
 MODE=${1:?stage1..stage4 or main}
 # the reasoning study's settings: the paper's low-data regime for the sparse runs (see BENCHMARKS.md)
-RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-2000} sparse.epochs=${RS_EPOCHS:-18}
+RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-8000} sparse.epochs=${RS_EPOCHS:-9}
          sparse.lr=${RS_LR:-1e-4} eval.splits=[test,test-unseen])
 RS_LOSSES=${RS_LOSSES:-[squarehead,ce,kd,none]}
 RS_A=${RS_A:-[0.75,0.8,0.6,0.7,0.5]}  # sparsities, shared by the GPUs that run reasoning

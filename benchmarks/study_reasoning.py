@@ -2,7 +2,7 @@
 CE+SquareHead, evaluated on held-out splits. A thin wrapper of `sparselm.pipeline` (the same job as
 `sparselm run src/sparselm/recipes/reasoning-smollm2.yaml`), kept for its command line.
 
-    # GPU (what produced benchmarks/results/replication_reasoning.json):
+    # GPU (what produced benchmarks/results/replication_reasoning_fulldata.json, before the end-token fix):
     python benchmarks/study_reasoning.py --model smollm2-135m --data out/data/reasoning --out $OUT/study
     # CPU dry run on a tiny model (seconds):
     python benchmarks/study_reasoning.py --model tiny --data out/data/reasoning --out /tmp/study --quick
