@@ -190,6 +190,23 @@ def test_staged_chain_cut_by_the_budget_resumes(tmp_path, monkeypatch) -> None:
         "a finished chain keeps no weights unless keep_models"
 
 
+def test_staged_chain_grows_after_its_weights_were_dropped(tmp_path) -> None:
+    """A finished chain keeps no weights; adding a higher sparsity later re-trains the dropped stage first (and
+    re-evaluates it, since that is the model the new stage grows from) instead of failing."""
+    data = _arith_dir(tmp_path / "data")
+    base = dict(losses=["ce"], sparse={"steps": 2, "lr": 1e-3, "staged": True}, teacher={"steps": 2, "lr": 1e-3},
+                eval={"splits": ["test"], "limit": 2, "batch_size": 2, "max_new_tokens": 2})
+    out = run_pipeline(validate_pipeline_recipe(_recipe(data, tmp_path / "out", sparsities=[0.5], **base)))
+    s50, s70 = out / "runs" / "s50-ce", out / "runs" / "s70-ce"
+    assert not list(s50.glob("*.safetensors"))
+    run_pipeline(validate_pipeline_recipe(_recipe(data, tmp_path / "out", sparsities=[0.5, 0.7], **base)))
+    assert yaml.safe_load((s70 / "recipe.yaml").read_text())["model"]["name"] == str(s50)
+    assert abs(json.loads((s70 / "sparsity.json").read_text())["overall"] - 0.7) < 0.02
+    assert (s50 / "eval.json").is_file() and not list(s50.glob("*.safetensors"))
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["sparsity"] for r in runs) == [0.5, 0.7]
+
+
 def test_results_of_concurrent_invocations_merge(tmp_path) -> None:
     """Two invocations on one output dir (e.g. one per GPU, disjoint sparsities) each save; neither drops the
     other's runs, and the one that evaluated the teacher keeps the dense numbers."""

@@ -1,12 +1,9 @@
 """`run_pipeline`: dense teacher -> for each sparsity x loss: prune (+ sparse fine-tune) -> evaluate -> results.json
 -> report.md + plots. The paper's loss comparison (Kurtic et al. 2023, sec. 4) as one resumable job.
 
-    # CPU demo (~15 min on 2 cores):
-    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run
-    # one GPU (what produced benchmarks/results/replication_reasoning.json):
+    sparselm run src/sparselm/recipes/demo-cpu.yaml --out out/demo-run          # CPU demo (~15 min on 2 cores)
     sparselm run src/sparselm/recipes/reasoning-smollm2.yaml --out $OUT/study task.data_dir=out/data/reasoning
-    # speech (Whisper; clips exported where espeak-ng exists, see sparselm.pipeline.asr):
-    sparselm run src/sparselm/recipes/asr-whisper.yaml --out $OUT/asr task.data_dir=out/asr-data
+    sparselm run src/sparselm/recipes/asr-whisper.yaml --out $OUT/asr task.data_dir=out/asr-data  # see pipeline.asr
 
 Every sparse run starts from the same SparseGPT-pruned teacher (or, staged, from the previous sparsity's model of
 the same loss) with the same steps, learning rate and data; only the loss differs. Output layout:
@@ -18,7 +15,7 @@ the same loss) with the same steps, learning rate and data; only the loss differ
     <out>/report.md, *.png       table, settings, notes and plots (sparselm.pipeline.report)
 
 Resume = run the same command again: finished runs are skipped, an interrupted fine-tune continues from its last
-checkpoint, the teacher is reused.
+checkpoint, the teacher is reused, a staged chain whose weights were dropped is re-trained before it grows.
 """
 from __future__ import annotations
 
@@ -409,9 +406,8 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
     start = prev if prev is not None else teacher
     if data is not None and recipe.sparse.num_examples is not None:  # speech items: the first N, as for text
         data = (data[0][: recipe.sparse.num_examples], data[1])
-    if not any(start.glob("*.safetensors*")):
-        raise FileNotFoundError(f"{start}: the staged run needs this model's weights, which were dropped; rerun "
-                                "with output.keep_models=true")
+    if not any(start.glob("*.safetensors*")):  # run_pipeline rebuilds dropped stages first: a bug if reached
+        raise FileNotFoundError(f"{start}: the staged run needs this model's weights, which were dropped")
     t = time.perf_counter()
     if (run_dir / "run.json").is_file() and not any(run_dir.glob("*.safetensors*")):
         shutil.rmtree(run_dir)  # trained earlier, weights dropped, evaluation now needs more (e.g. a new split)
@@ -419,6 +415,25 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
         rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
         prune_only(rec, *_extra(data)) if loss == "none" else _finetune(rec, *_extra(data))
     return run_dir, time.perf_counter() - t
+
+
+def _rebuild_chain(recipe: PipelineRecipe, teacher: Path, out: Path, res: Results, loss: str,
+                   stages: list[tuple[float, Path]], data: SpeechData, say) -> None:
+    """Re-train (and re-evaluate) a staged chain's finished stages whose weights were dropped, from the last one
+    that kept them, so the chain's next stage has a model to start from (e.g. `sparsities` grew after the chain
+    finished). The re-trained stages replace their old numbers: those are the models the next stage grows from."""
+    kept = max((i for i, (_, d) in enumerate(stages) if any(d.glob("*.safetensors*"))), default=-1)
+    start = stages[kept][1] if kept >= 0 else None
+    for sparsity, d in stages[kept + 1:]:
+        say(f"{d.name}: its weights were dropped; re-training it to start the next stage")
+        d, train_s = _one_run(recipe, teacher, out, sparsity, loss, start, data)
+        ev = evaluate_dir(d, recipe)
+        (d / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
+        res.add_run(sparsity, loss, ev, train_s)
+        res.save()
+        if start is not None and not recipe.output.keep_models:
+            _drop_weights(start)
+        start = d
 
 
 def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | None = None, out: str | None = None,
@@ -461,11 +476,13 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     check_teacher_stops({head: res.data["dense_all"].get(head) or {}}, recipe.eval.min_eos_share)
     bar.update(1)
     prev: dict[str, Path] = {}
+    chain: dict[str, list[tuple[float, Path]]] = {loss: [] for loss in recipe.losses}  # finished staged models
     for sparsity, loss in runs:
         name = run_name(sparsity, loss)
         bar.set_postfix_str(name)
         if res.done(sparsity, loss, recipe.eval.splits):
             prev[loss] = out_dir / "runs" / name
+            chain[loss].append((sparsity, prev[loss]))
             bar.update(1)
             continue
         if recipe.output.budget_s is not None and time.perf_counter() - t0 > recipe.output.budget_s:
@@ -477,6 +494,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             res.add_run(sparsity, loss, *cached)
             res.save()
             prev[loss] = out_dir / "runs" / name
+            chain[loss].append((sparsity, prev[loss]))
             bar.update(1)
             continue
         holder = None if recipe.sparse.staged else claim_run(out_dir / "runs" / name)
@@ -485,6 +503,8 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             bar.update(1)
             continue
         try:
+            if recipe.sparse.staged and loss in prev and not any(prev[loss].glob("*.safetensors*")):
+                _rebuild_chain(recipe, teacher, out_dir, res, loss, chain[loss], data, say)
             run_dir, train_s = _one_run(recipe, teacher, out_dir, sparsity, loss,
                                         prev.get(loss) if recipe.sparse.staged else None, data)
             ev = evaluate_dir(run_dir, recipe)
@@ -501,6 +521,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             if done_with is not None:
                 _drop_weights(done_with)
         prev[loss] = run_dir
+        chain[loss].append((sparsity, run_dir))
         say(f"{name}: {_summary(ev)}  ({train_s:.0f} s)")
         write_report(res.data, out_dir)
         bar.update(1)
