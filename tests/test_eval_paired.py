@@ -63,3 +63,63 @@ def test_pipeline_paired_tests_report_a_mismatch_instead_of_failing(tmp_path):
     assert len(rows) == 1 and "not the same split" in rows[0]["error"]
     assert "not tested" in paired_table(rows, {})
     assert paired_tests(tmp_path, {**results, "metric": "wer"}) == []
+
+
+def _rows(correct: list[bool]) -> list[dict]:
+    return [{"answer": str(i), "prediction": str(i) if c else "x", "correct": c} for i, c in enumerate(correct)]
+
+
+def _write_jsonl(path, rows) -> None:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_compare_scored_reads_run_dirs_eval_jsons_and_bare_files(tmp_path):
+    """The three things a user has: a `sparselm run` model dir, a `sparselm eval` results JSON, a predictions file;
+    each gives the same test. Disagreeing metrics and an unknown metric are errors, not guesses."""
+    import json
+
+    from sparselm.eval.paired import compare_scored
+
+    base, system = [True] * 10 + [False] * 20, [True] * 10 + [True] * 12 + [False] * 8
+    run_a, run_b = tmp_path / "s75-ce", tmp_path / "s75-sh"
+    for d, rows in ((run_a, _rows(base)), (run_b, _rows(system))):
+        d.mkdir()
+        _write_jsonl(d / "predictions_test.jsonl", rows)
+        (d / "eval.json").write_text(json.dumps({"test": {"metric": "exact_match"}}))
+    r = compare_scored(run_a, run_b)
+    assert (r["a_only"], r["b_only"]) == (12, 0) and r["p_value"] == pytest.approx(2 / 2 ** 12)
+    assert r["baseline_value"] == pytest.approx(10 / 30) and r["system_value"] == pytest.approx(22 / 30)
+    ev = tmp_path / "eval_gsm_test.json"
+    ev.write_text(json.dumps({"metric": "exact_match", "predictions_file": "p.jsonl"}))
+    _write_jsonl(tmp_path / "p.jsonl", _rows(system))
+    assert compare_scored(run_a, ev)["p_value"] == r["p_value"]
+    assert compare_scored(run_a / "predictions_test.jsonl", run_b / "predictions_test.jsonl")["diff"] == r["diff"]
+    (run_b / "eval.json").write_text(json.dumps({"test": {"metric": "bleu"}}))
+    with pytest.raises(ValueError, match="different metrics"):
+        compare_scored(run_a, run_b)
+    bare = [{"answer": "a", "prediction": "b"}]
+    _write_jsonl(tmp_path / "x.jsonl", bare)
+    with pytest.raises(ValueError, match="--metric"):
+        compare_scored(tmp_path / "x.jsonl", tmp_path / "x.jsonl")
+    with pytest.raises(FileNotFoundError, match="predictions_test-unseen"):
+        compare_scored(run_a, run_b, split="test-unseen")
+
+
+def test_compare_command_prints_the_test_and_fails_cleanly(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sparselm.cli import app
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _write_jsonl(a, _rows([False] * 20))
+    _write_jsonl(b, _rows([True] * 15 + [False] * 5))
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--out", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    assert "diff +75.00 pts" in res.output and "only the system gets right: 15" in res.output
+    assert json.loads((tmp_path / "t.json").read_text())["test"] == "mcnemar_exact"
+    res = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "missing.jsonl")])
+    assert res.exit_code == 2 and "no such file" in res.output

@@ -1,9 +1,10 @@
-"""sparselm command line: prune, finetune, eval, run, compress, demo.
+"""sparselm command line: prune, finetune, eval, compare, run, compress, demo.
 
     sparselm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib calib.txt --out out/smol-50
     sparselm prune ./my-llama --method wanda --pattern 2:4 --calib data.jsonl --nsamples 128 --seqlen 2048 --device cuda
     sparselm finetune recipes/tiny-cpu.yaml --out runs/tiny           # sparse fine-tune with distillation
     sparselm eval out/smol-50 --task perplexity                        # held-out perplexity
+    sparselm compare runs/x/runs/s75-ce runs/x/runs/s75-squarehead     # paired test: more than item noise?
     sparselm run recipes/demo-cpu.yaml                                 # teacher -> prune -> fine-tune -> eval -> report
     sparselm compress out/smol-50 --values int4 --out out/smol-50-int4  # bitmask + packed values, no dense weights
 """
@@ -200,6 +201,40 @@ def compress(
     typer.echo(f"{s['layers']} layers compressed (mean sparsity {s['mean_layer_sparsity']:.1%}, values {values}); "
                f"{s['file_bytes'] / 1e6:.1f} MB on disk against {s['dense_fp16_matrix_bytes'] / 1e6:.1f} MB of "
                f"fp16 matrices -> {out}")
+
+
+@app.command(epilog="""\b
+Examples:
+  sparselm compare runs/gsm/runs/s75-ce runs/gsm/runs/s75-squarehead_token --split test
+  sparselm compare out/a/eval_gsm_test.json out/b/eval_gsm_test.json      (what `sparselm eval` wrote)
+""")
+def compare(
+    baseline: Path = typer.Argument(..., help="run dir, `sparselm eval` results JSON, or predictions JSONL"),
+    system: Path = typer.Argument(..., help="the same for the model compared against the baseline"),
+    split: str = typer.Option("test", help="split of the predictions_<split>.jsonl read from a run dir"),
+    metric: Optional[str] = typer.Option(None, help="exact_match | gsm_exact_match | bleu | chrf (default: "
+                                         "from the results; exact_match for bare files with `correct`)"),
+    out: Optional[Path] = typer.Option(None, help="also write the test as JSON here"),
+) -> None:
+    """Paired significance test of SYSTEM against BASELINE on the same items (exact McNemar for exact match,
+    approximate randomization for BLEU / chrF): is the difference more than item noise?"""
+    from sparselm.eval.paired import compare_scored
+
+    try:
+        r = compare_scored(baseline, system, split, metric)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+    exact = r["test"] == "mcnemar_exact"
+    scale, unit = (100, " pts") if exact else (1, "")
+    typer.echo(f"{r['metric']} on {r['n']} items: baseline {scale * r['baseline_value']:.2f}, "
+               f"system {scale * r['system_value']:.2f}, diff {scale * r['diff']:+.2f}{unit}, "
+               f"p = {r['p_value']:.3g} ({r['test']})")
+    if exact:
+        typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(r, indent=2) + "\n")
+        typer.echo(f"-> {out}")
 
 
 @app.command()

@@ -95,3 +95,50 @@ def compare_predictions(base: list[dict[str, Any]], system: list[dict[str, Any]]
         return paired_corpus_metric([r["prediction"] for r in base], [r["prediction"] for r in system],
                                     [r["answer"] for r in base], metric)
     raise ValueError(f"no paired test for metric {metric!r}")
+
+
+def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list[dict[str, Any]], str]:
+    """(metric or None, prediction rows, what was read) for one side of a comparison. `path` is any of:
+    a `sparselm eval` results JSON (its metric and `predictions_file`), a `predictions_*.jsonl[.gz]` file, or a
+    model dir holding `predictions_<split>.jsonl` (what `sparselm run` keeps beside each run, metric in eval.json)."""
+    path = Path(path)
+    if path.is_dir():
+        pred = path / f"predictions_{split}.jsonl"
+        if not (pred.exists() or pred.with_name(pred.name + ".gz").exists()):
+            raise FileNotFoundError(f"{path}: no predictions_{split}.jsonl (evaluate it with `sparselm run`, or "
+                                    "pass the results JSON that `sparselm eval` wrote)")
+        ev = path / "eval.json"
+        metric = json.loads(ev.read_text()).get(split, {}).get("metric") if ev.is_file() else None
+        return metric, read_predictions(pred), str(pred)
+    if path.suffix == ".json":
+        res = json.loads(path.read_text())
+        if "predictions_file" not in res:
+            raise ValueError(f"{path}: a results JSON without per-item predictions (`predictions_file`)")
+        pred = path.with_name(res["predictions_file"])
+        return res.get("metric"), read_predictions(pred), str(pred)
+    if not (path.exists() or path.with_name(path.name + ".gz").exists()):
+        raise FileNotFoundError(f"{path}: no such file")
+    return None, read_predictions(path), str(path)
+
+
+def compare_scored(baseline: str | Path, system: str | Path, split: str = "test",
+                   metric: str | None = None) -> dict[str, Any]:
+    """The paired test of `system` against `baseline` on the same items; `diff` > 0 when the system is better
+    (for exact match and BLEU / chrF, the metrics with a paired test here)."""
+    m_base, base, base_src = load_scored(baseline, split)
+    m_sys, sys_rows, sys_src = load_scored(system, split)
+    if metric is None:
+        found = {m for m in (m_base, m_sys) if m}
+        if len(found) > 1:
+            raise ValueError(f"the two sides were scored with different metrics: {sorted(found)}")
+        metric = found.pop() if found else ("exact_match" if all("correct" in r for r in base + sys_rows) else None)
+    if metric is None:
+        raise ValueError("cannot tell the metric from prediction files alone: pass --metric")
+    res = compare_predictions(base, sys_rows, metric)
+    if metric in ("exact_match", "gsm_exact_match"):
+        b = sum(bool(r["correct"]) for r in base) / len(base)
+        values = (b, b + res["diff"])
+    else:  # the corpus test reports both scores itself
+        values = (res.pop("baseline"), res.pop("system"))
+    return {"metric": metric, "baseline_file": base_src, "system_file": sys_src, "baseline_value": values[0],
+            "system_value": values[1], **res}
