@@ -96,6 +96,11 @@ def test_compare_scored_reads_run_dirs_eval_jsons_and_bare_files(tmp_path):
     _write_jsonl(tmp_path / "p.jsonl", _rows(system))
     assert compare_scored(run_a, ev)["p_value"] == r["p_value"]
     assert compare_scored(run_a / "predictions_test.jsonl", run_b / "predictions_test.jsonl")["diff"] == r["diff"]
+    import gzip
+
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:  # the compressed copies benchmarks/results keeps
+        f.write((run_b / "predictions_test.jsonl").read_text())
+    assert compare_scored(run_a, tmp_path / "b.jsonl.gz")["diff"] == r["diff"]
     (run_b / "eval.json").write_text(json.dumps({"test": {"metric": "bleu"}}))
     with pytest.raises(ValueError, match="different metrics"):
         compare_scored(run_a, run_b)

@@ -72,8 +72,8 @@ def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """A prediction file's rows; a missing `X.jsonl` is read from `X.jsonl.gz` (the copies benchmarks/results keep)."""
     path = Path(path)
-    gz = path.with_name(path.name + ".gz")
-    if not path.exists() and gz.exists():
+    gz = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+    if gz == path or (not path.exists() and gz.exists()):
         import gzip
 
         with gzip.open(gz, "rt", encoding="utf-8") as f:
