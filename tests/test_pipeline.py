@@ -207,6 +207,27 @@ def test_staged_chain_grows_after_its_weights_were_dropped(tmp_path) -> None:
     assert sorted(r["sparsity"] for r in runs) == [0.5, 0.7]
 
 
+def test_one_staged_chain_per_invocation_share_a_dir(tmp_path) -> None:
+    """The two-GPU gsm layout: one invocation per loss into one output dir, each a staged chain; the teacher is
+    trained once, the results merge, and the paired tests cover SquareHead against CE at every stage."""
+    data = _arith_dir(tmp_path / "data")
+    base = dict(sparsities=[0.5, 0.7], sparse={"steps": 2, "lr": 1e-3, "staged": True},
+                teacher={"steps": 2, "lr": 1e-3},
+                eval={"splits": ["test"], "limit": 4, "batch_size": 4, "max_new_tokens": 2})
+    out = run_pipeline(validate_pipeline_recipe(_recipe(data, tmp_path / "out", losses=["ce"], **base)))
+    teacher_mtime = (out / "teacher" / "run.json").stat().st_mtime
+    run_pipeline(validate_pipeline_recipe(_recipe(data, tmp_path / "out", losses=["squarehead_token"], **base)))
+    assert (out / "teacher" / "run.json").stat().st_mtime == teacher_mtime, "the teacher is reused"
+    res = json.loads((out / "results.json").read_text())
+    assert sorted((r["sparsity"], r["loss"]) for r in res["runs"]) == [
+        (0.5, "ce"), (0.5, "squarehead_token"), (0.7, "ce"), (0.7, "squarehead_token")]
+    assert sorted((p["sparsity"], p["loss"]) for p in res["paired"]) == [
+        (0.5, "squarehead_token"), (0.7, "squarehead_token")]
+    s70 = out / "runs" / "s70-squarehead_token"
+    assert yaml.safe_load((s70 / "recipe.yaml").read_text())["model"]["name"] == str(out / "runs" /
+                                                                                      "s50-squarehead_token")
+
+
 def test_results_of_concurrent_invocations_merge(tmp_path) -> None:
     """Two invocations on one output dir (e.g. one per GPU, disjoint sparsities) each save; neither drops the
     other's runs, and the one that evaluated the teacher keeps the dense numbers."""
