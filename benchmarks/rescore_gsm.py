@@ -66,7 +66,7 @@ def _plot(record: dict, path: Path) -> None:
     ax.axhline(100 * record["dense"], color="k", ls="--", lw=1, label="dense teacher")
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("exact match, test (%), first #### answer")
-    ax.set_title(f"{record['task']}, {record['model']}: re-scored generations")
+    ax.set_title(f"{record['task']}, {record['model']}: generations scored by the first ####")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.results_dir / f"replication_{a.name}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     _plot(record, out.with_suffix(".png"))
-    lines = [f"# gsm, re-scored (first `####` answer): {a.name}", "",
+    lines = [f"# gsm, generations scored by the first `####` answer: {a.name}", "",
              f"Dense teacher: {100 * record['dense']:.1f}% on test (as recorded: "
              f"{100 * teacher['test']['value_as_recorded']:.1f}%).", "",
              "| sparsity | run | test EM | as recorded | no answer | runs on after answer | equations wrong "
