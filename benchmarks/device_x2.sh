@@ -17,7 +17,8 @@
 # runs. Studies: gsm (GSM_ARGS: extra overrides, GSM_ARGS_B: GPU 1's instead, e.g. `losses=[ce]` on one GPU and
 # `losses=[squarehead_token]` on the other for a staged chain per GPU in one dir; GSM_OUT: its output dir), translation, asr (needs calls 3-4 and
 # an ASR_DATA folder carried), reasoning (RS_A /
-# RS_LOSSES / RS_EPOCHS / RS_N / RS_LR; on GPU 1 RS_B / RS_LOSSES_B when set), reasoning2 (more sparse runs
+# RS_LOSSES / RS_EPOCHS / RS_N / RS_LR / RS_EXTRA overrides, e.g. sparse.staged=true; on GPU 1 RS_B / RS_LOSSES_B
+# when set), reasoning2 (more sparse runs
 # against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), translation2 (the same against
 # translation's teacher in /tmp/tr2: TR2_ARGS), gsm2 (the same against gsm's teacher in /tmp/gsm2: GSM2_ARGS; waits
 # for the teacher when the other GPU is training it), kernels (benchmarks/device_gpu.sh), mma (device_mma.sh:
@@ -93,7 +94,7 @@ main)
              run $gpu src/sparselm/recipes/asr-whisper.yaml /tmp/asr /tmp/asr$gpu.log task.data_dir=/tmp/asr-data ;;
       reasoning) if [ $gpu = 1 ]; then sp=$RS_B; ls=$RS_LOSSES_B; else sp=$RS_A; ls=$RS_LOSSES; fi
                  run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs /tmp/rs$gpu.log "${RS_ARGS[@]}" \
-                   sparsities=$sp losses=$ls ;;
+                   sparsities=$sp losses=$ls ${RS_EXTRA:-} ;;
       reasoning2) [ -f /tmp/rs/teacher/run.json ] &&  # a variant of the sparse runs against the same teacher
                   run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs2$gpu.log "${RS_ARGS[@]}" \
                     teacher.path=/tmp/rs/teacher sparsities=${RS2_A:-$RS_A} losses=${RS2_LOSSES:-$RS_LOSSES} \
