@@ -118,3 +118,13 @@ def test_eval_cli_task_args_reach_the_task(llama_dir, tmp_path):
     assert got["metric"] == "bleu" and got["n"] == 2 and list(got["per_source"]) == ["gettext"]
     bad = runner.invoke(app, ["eval", str(llama_dir), "--task", "translation", "--task-arg", "corpus"])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+
+
+def test_eval_of_a_dir_without_weights_says_why(llama_dir):
+    """A pipeline run dir keeps config and numbers but drops weights unless asked: `sparselm eval` on it names the
+    missing weights and the setting that keeps them, instead of a transformers traceback."""
+    for f in llama_dir.glob("*.safetensors"):
+        f.unlink()
+    res = runner.invoke(app, ["eval", str(llama_dir), "--task", "perplexity", "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "no weights" in res.output and "output.keep_models=true" in res.output

@@ -111,6 +111,8 @@ def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list
         metric = json.loads(ev.read_text()).get(split, {}).get("metric") if ev.is_file() else None
         return metric, read_predictions(pred), str(pred)
     if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
         res = json.loads(path.read_text())
         if "predictions_file" not in res:
             raise ValueError(f"{path}: a results JSON without per-item predictions (`predictions_file`)")

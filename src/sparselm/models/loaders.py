@@ -169,6 +169,10 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            raise ModelNotFoundError(  # e.g. a pipeline run dir, which keeps weights only when asked to
+                f"{path} has a config.json but no weights (model.safetensors); a `sparselm run` output keeps them "
+                "only with output.keep_models=true (its numbers are in eval.json and predictions_<split>.jsonl)")
         config = AutoConfig.from_pretrained(path)
         model = _auto_class(config).from_pretrained(path, dtype=dtype)
         tok = _load_tokenizer(path, config)
