@@ -73,6 +73,27 @@ def _plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_loss_curves(teacher: Path, specs: list[str], path: Path) -> Path | None:
+    """The pipeline's loss-curve panels for runs gathered from several dirs (the first dir per sparsity x loss),
+    through a scratch layout of links shaped like one `sparselm run` output dir."""
+    import tempfile
+
+    from sparselm.pipeline.report import plot_loss_curves
+    from sparselm.pipeline.schema import run_name
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "runs").mkdir()
+        if (teacher / "metrics.jsonl").is_file():
+            (root / "teacher").symlink_to(teacher.resolve())
+        for spec in specs:
+            _, sparsity, loss, d = spec.split(":", 3)
+            link = root / "runs" / run_name(float(sparsity), loss)
+            if (Path(d) / "metrics.jsonl").is_file() and not link.exists():
+                link.symlink_to(Path(d).resolve())
+        return plot_loss_curves(root, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="the teacher's dir (predictions_<split>.jsonl)")
@@ -112,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.results_dir / f"replication_{a.name}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     _plot(record, out.with_suffix(".png"))
+    curves = _plot_loss_curves(Path(a.teacher), a.run, a.results_dir / f"replication_{a.name}_loss_curves.png")
     lines = [f"# gsm, generations scored by the first `####` answer: {a.name}", "",
              f"Dense teacher: {100 * record['dense']:.1f}% on test (as recorded: "
              f"{100 * teacher['test']['value_as_recorded']:.1f}%).", "",
@@ -127,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {100 * r['sparsity']:.0f}% | {r['label']} | {100 * r['value']:.1f}% | "
                      f"{100 * r['value_as_recorded']:.1f}% | {100 * r['chains']['no_answer']:.0f}% | "
                      f"{100 * r['run_on']:.0f}% | {100 * r['chains']['equation_error_rate']:.0f}% | {vs} |")
-    lines += ["", *[f"- {n}" for n in a.note], "", f"![metric vs sparsity](replication_{a.name}.png)", ""]
+    lines += ["", *[f"- {n}" for n in a.note], "", f"![metric vs sparsity](replication_{a.name}.png)",
+              *([f"![loss curves]({curves.name})"] if curves else []), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
