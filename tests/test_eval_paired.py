@@ -43,7 +43,7 @@ def test_compare_predictions_checks_the_items():
     with pytest.raises(ValueError, match="different reference answers"):
         compare_predictions(base, [dict(system[0]), {**system[1], "answer": "7"}], "exact_match")
     with pytest.raises(ValueError, match="no paired test"):
-        compare_predictions(base, system, "wer")
+        compare_predictions(base, system, "perplexity")
 
 
 def test_pipeline_paired_tests_report_a_mismatch_instead_of_failing(tmp_path):
@@ -62,7 +62,7 @@ def test_pipeline_paired_tests_report_a_mismatch_instead_of_failing(tmp_path):
     rows = paired_tests(tmp_path, results)
     assert len(rows) == 1 and "not the same split" in rows[0]["error"]
     assert "not tested" in paired_table(rows, {})
-    assert paired_tests(tmp_path, {**results, "metric": "wer"}) == []
+    assert paired_tests(tmp_path, {**results, "metric": "perplexity"}) == []
 
 
 def _rows(correct: list[bool]) -> list[dict]:
@@ -128,3 +128,23 @@ def test_compare_command_prints_the_test_and_fails_cleanly(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text())["test"] == "mcnemar_exact"
     res = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_paired_wer_matches_corpus_wer_and_separates_a_real_difference():
+    """The test's two WERs are the corpus WERs `sparselm.data.asr.wer` reports; a system that fixes a third of
+    the utterances is significant, identical outputs are not, and the sign says which is better (lower WER)."""
+    from sparselm.data.asr import wer
+    from sparselm.eval.paired import compare_predictions, paired_corpus_wer
+
+    refs = [f"the dog number {i} barks in the garden" for i in range(90)]
+    base = [r.replace("dog", "cat").replace("garden", "yard") for r in refs]        # 2 errors each
+    better = [r if i % 3 == 0 else b for i, (r, b) in enumerate(zip(refs, base))]   # a third fixed
+    res = paired_corpus_wer(base, better, refs, n_samples=2000)
+    assert res["baseline"] == pytest.approx(wer(refs, base)) and res["system"] == pytest.approx(wer(refs, better))
+    assert res["diff"] < 0 and res["p_value"] < 0.01
+    same = paired_corpus_wer(base, list(base), refs)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+    rows = lambda hyps: [{"answer": r, "prediction": h} for r, h in zip(refs, hyps)]  # noqa: E731
+    assert compare_predictions(rows(base), rows(better), "wer")["test"] == "paired_ar_wer"
+    with pytest.raises(ValueError, match="empty"):
+        paired_corpus_wer(["a"], ["a"], ["!!"])

@@ -94,6 +94,10 @@ def test_asr_pipeline_end_to_end(tmp_path) -> None:
     report = (out / "report.md").read_text()
     assert "lower is better" in report and "test Δ vs dense" in report and "previous sparsity" in report
     assert "loglik/tok" not in report  # WER has no teacher-forced log-likelihood: no empty column
+    paired = {(p["sparsity"], p["loss"], p["split"]) for p in res["paired"] if p.get("test") == "paired_ar_wer"}
+    assert paired == {(s, loss, split) for s in (0.5, 0.67) for loss in ("squarehead", "squarehead_token")
+                      for split in ("test", "real")}, res["paired"]
+    assert "Paired tests vs CE" in report
     assert (out / "metric_vs_sparsity.png").is_file()
 
 

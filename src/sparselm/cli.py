@@ -212,7 +212,7 @@ def compare(
     baseline: Path = typer.Argument(..., help="run dir, `sparselm eval` results JSON, or predictions JSONL"),
     system: Path = typer.Argument(..., help="the same for the model compared against the baseline"),
     split: str = typer.Option("test", help="split of the predictions_<split>.jsonl read from a run dir"),
-    metric: Optional[str] = typer.Option(None, help="exact_match | gsm_exact_match | bleu | chrf (default: "
+    metric: Optional[str] = typer.Option(None, help="exact_match | gsm_exact_match | bleu | chrf | wer (default: "
                                          "from the results; exact_match for bare files with `correct`)"),
     out: Optional[Path] = typer.Option(None, help="also write the test as JSON here"),
 ) -> None:
@@ -226,8 +226,9 @@ def compare(
         fail(str(err).strip("'\""))
     exact = r["test"] == "mcnemar_exact"
     scale, unit = (100, " pts") if exact else (1, "")
-    typer.echo(f"{r['metric']} on {r['n']} items: baseline {scale * r['baseline_value']:.2f}, "
-               f"system {scale * r['system_value']:.2f}, diff {scale * r['diff']:+.2f}{unit}, "
+    d = 4 if r["metric"] == "wer" else 2  # error rates: a fraction, not points
+    typer.echo(f"{r['metric']} on {r['n']} items: baseline {scale * r['baseline_value']:.{d}f}, "
+               f"system {scale * r['system_value']:.{d}f}, diff {scale * r['diff']:+.{d}f}{unit}, "
                f"p = {r['p_value']:.3g} ({r['test']})")
     if exact:
         typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")

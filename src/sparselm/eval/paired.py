@@ -7,7 +7,8 @@ right or wrong for both). This module gives the two tests the study needs:
 * exact match: the exact McNemar test, a two-sided binomial test on the discordant items (one model right, the
   other wrong) — no normal approximation, valid for the small counts of a 300-item split;
 * BLEU / chrF (corpus metrics, not sums over items): sacrebleu's paired approximate randomization test, the
-  standard for comparing MT systems (Riezler & Maxwell 2005), with its paired bootstrap 95% interval.
+  standard for comparing MT systems (Riezler & Maxwell 2005), with its paired bootstrap 95% interval;
+* WER: the same randomization idea on per-utterance edit counts (corpus WER is their sum over the words).
 
 The prediction files are the ones `sparselm run` writes beside each evaluated model,
 ``predictions_<split>.jsonl`` (one row per item: answer, prediction, correct when the metric is exact match).
@@ -69,6 +70,45 @@ def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs
             "system_ci95": [system.score - half, system.score + half]}
 
 
+def paired_corpus_wer(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: Sequence[str],
+                      n_samples: int = 10000, seed: int = 12345) -> dict[str, Any]:
+    """Approximate randomization test of corpus WER (lower is better), system vs baseline, on the same utterances.
+
+    Corpus WER is sum(edits) / sum(reference words) over normalized transcripts (`sparselm.data.asr.wer`), so the
+    difference is a sum of per-utterance edit differences; under the null each utterance's two hypotheses are
+    exchangeable, i.e. each difference flips sign with probability 1/2. `diff` = system - baseline (negative: the
+    system is better); `p_value` two-sided, (1 + #{|shuffled| >= |observed|}) / (1 + n_samples)."""
+    import jiwer
+    import numpy as np
+
+    from sparselm.data.asr import normalize_transcript
+
+    if not (len(base_hyps) == len(sys_hyps) == len(refs)):
+        raise ValueError(f"paired test on {len(base_hyps)} / {len(sys_hyps)} hypotheses for {len(refs)} references")
+    if not refs:
+        raise ValueError("paired test on no items")
+    refs_n = [normalize_transcript(r) for r in refs]
+    if any(not r for r in refs_n):
+        raise ValueError("paired WER test: a reference is empty after normalization")
+
+    def edits(hyps: Sequence[str]) -> np.ndarray:
+        out = []
+        for r, h in zip(refs_n, hyps):
+            o = jiwer.process_words(r, normalize_transcript(h))
+            out.append(o.substitutions + o.deletions + o.insertions)
+        return np.asarray(out, dtype=np.float64)
+
+    words = float(sum(len(r.split()) for r in refs_n))
+    e_base, e_sys = edits(base_hyps), edits(sys_hyps)
+    delta = (e_sys - e_base) / words
+    observed = float(delta.sum())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_samples, len(delta)))
+    extreme = int((np.abs(signs @ delta) >= abs(observed) - 1e-12).sum())
+    p = 1.0 if observed == 0 else (1 + extreme) / (1 + n_samples)
+    return {"test": "paired_ar_wer", "n": len(refs), "baseline": float(e_base.sum() / words),
+            "system": float(e_sys.sum() / words), "diff": observed, "p_value": min(1.0, p)}
+
+
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """A prediction file's rows; a missing `X.jsonl` is read from `X.jsonl.gz` (the copies benchmarks/results keep)."""
     path = Path(path)
@@ -94,6 +134,9 @@ def compare_predictions(base: list[dict[str, Any]], system: list[dict[str, Any]]
     if metric in ("bleu", "chrf"):
         return paired_corpus_metric([r["prediction"] for r in base], [r["prediction"] for r in system],
                                     [r["answer"] for r in base], metric)
+    if metric == "wer":
+        return paired_corpus_wer([r["prediction"] for r in base], [r["prediction"] for r in system],
+                                 [r["answer"] for r in base])
     raise ValueError(f"no paired test for metric {metric!r}")
 
 
@@ -126,7 +169,7 @@ def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list
 def compare_scored(baseline: str | Path, system: str | Path, split: str = "test",
                    metric: str | None = None) -> dict[str, Any]:
     """The paired test of `system` against `baseline` on the same items; `diff` > 0 when the system is better
-    (for exact match and BLEU / chrF, the metrics with a paired test here)."""
+    (exact match, BLEU / chrF; for WER `diff` < 0 is the better system)."""
     m_base, base, base_src = load_scored(baseline, split)
     m_sys, sys_rows, sys_src = load_scored(system, split)
     if metric is None:

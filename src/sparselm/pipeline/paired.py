@@ -4,7 +4,7 @@ randomization for BLEU (sparselm.eval.paired). The runs share their test items, 
 whether "SquareHead beats CE by 5 points" is more than noise; two independent standard errors would overstate it.
 
 A pair is skipped (not an error) when either file is missing: runs evaluated before the files existed, or a run
-still in progress. WER (asr) has no paired test here yet.
+still in progress. WER (asr) is tested the same way on per-utterance edit counts (lower is better).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sparselm.eval.paired import compare_predictions, read_predictions
 from sparselm.pipeline.schema import run_name
 
 BASELINE = "ce"
-TESTED_METRICS = ("exact_match", "gsm_exact_match", "bleu")
+TESTED_METRICS = ("exact_match", "gsm_exact_match", "bleu", "wer")
 
 
 def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,7 +53,8 @@ def paired_table(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
                          f"not tested: {r['error']} | — |")
             continue
         exact = r["test"] == "mcnemar_exact"
-        diff = f"{100 * r['diff']:+.1f} pts" if exact else f"{r['diff']:+.2f}"
+        diff = f"{100 * r['diff']:+.1f} pts" if exact else f"{r['diff']:+.3f}" if r["test"] == "paired_ar_wer" \
+            else f"{r['diff']:+.2f}"
         only = f"{r['a_only']} / {r['b_only']}" if exact else "—"
         lines.append(f"| {100 * r['sparsity']:.0f}% | {r['split']} | {labels.get(r['loss'], r['loss'])} | {diff} | "
                      f"{r['p_value']:.3g} | {r['test']} | {only} |")
