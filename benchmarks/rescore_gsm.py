@@ -74,24 +74,13 @@ def _plot(record: dict, path: Path) -> None:
 
 
 def _plot_loss_curves(teacher: Path, specs: list[str], path: Path) -> Path | None:
-    """The pipeline's loss-curve panels for runs gathered from several dirs (the first dir per sparsity x loss),
-    through a scratch layout of links shaped like one `sparselm run` output dir."""
-    import tempfile
-
-    from sparselm.pipeline.report import plot_loss_curves
+    """The pipeline's loss-curve panels for runs gathered from several dirs (the first dir per sparsity x loss)."""
+    from sparselm.pipeline.report import plot_curves, read_curves
     from sparselm.pipeline.schema import run_name
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "runs").mkdir()
-        if (teacher / "metrics.jsonl").is_file():
-            (root / "teacher").symlink_to(teacher.resolve())
-        for spec in specs:
-            _, sparsity, loss, d = spec.split(":", 3)
-            link = root / "runs" / run_name(float(sparsity), loss)
-            if (Path(d) / "metrics.jsonl").is_file() and not link.exists():
-                link.symlink_to(Path(d).resolve())
-        return plot_loss_curves(root, path)
+    runs = [spec.split(":", 3) for spec in specs]
+    return plot_curves(read_curves([teacher, *(Path(d) for _, _, _, d in runs)],
+                                   ["teacher", *(run_name(float(sp), loss) for _, sp, loss, _ in runs)]), path)
 
 
 def main(argv: list[str] | None = None) -> None:

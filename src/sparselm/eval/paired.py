@@ -113,7 +113,9 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """A prediction file's rows; a missing `X.jsonl` is read from `X.jsonl.gz` (the copies benchmarks/results keep)."""
     path = Path(path)
     gz = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
-    if gz == path or (not path.exists() and gz.exists()):
+    if not (path.exists() or gz.exists()):
+        raise FileNotFoundError(f"{path}: no such file")
+    if gz == path or not path.exists():
         import gzip
 
         with gzip.open(gz, "rt", encoding="utf-8") as f:
@@ -147,9 +149,6 @@ def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list
     path = Path(path)
     if path.is_dir():
         pred = path / f"predictions_{split}.jsonl"
-        if not (pred.exists() or pred.with_name(pred.name + ".gz").exists()):
-            raise FileNotFoundError(f"{path}: no predictions_{split}.jsonl (evaluate it with `sparselm run`, or "
-                                    "pass the results JSON that `sparselm eval` wrote)")
         ev = path / "eval.json"
         metric = json.loads(ev.read_text()).get(split, {}).get("metric") if ev.is_file() else None
         return metric, read_predictions(pred), str(pred)
@@ -161,8 +160,6 @@ def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list
             raise ValueError(f"{path}: a results JSON without per-item predictions (`predictions_file`)")
         pred = path.with_name(res["predictions_file"])
         return res.get("metric"), read_predictions(pred), str(pred)
-    if not (path.exists() or path.with_name(path.name + ".gz").exists()):
-        raise FileNotFoundError(f"{path}: no such file")
     return None, read_predictions(path), str(path)
 
 

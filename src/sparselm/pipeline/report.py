@@ -88,20 +88,27 @@ def plot_metric_vs_sparsity(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def read_curves(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """metrics.jsonl rows of the teacher and of every run under `out_dir`, by run name."""
+def read_curves(model_dirs: list[Path], names: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """metrics.jsonl rows of each model dir that has them, by name (default: the dir's name, e.g. "s70-ce")."""
     curves = {}
-    for f in [out_dir / "teacher" / "metrics.jsonl", *sorted((out_dir / "runs").glob("*/metrics.jsonl"))]:
-        if f.is_file():
+    for d, name in zip(model_dirs, names or [d.name for d in model_dirs]):
+        f = d / "metrics.jsonl"
+        if f.is_file() and name not in curves:
             rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
             if rows:
-                curves[f.parent.name] = rows
+                curves[name] = rows
     return curves
 
 
 def plot_loss_curves(out_dir: Path, path: Path) -> Path | None:
-    """One panel per loss (plus the teacher): the task CE (solid) and the distillation term (dashed) per step."""
-    curves = read_curves(out_dir)
+    """The loss curves of the teacher and every run under a `sparselm run` output dir (see `plot_curves`)."""
+    return plot_curves(read_curves([out_dir / "teacher", *sorted(p for p in (out_dir / "runs").glob("*")
+                                                                 if p.is_dir())]), path)
+
+
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """One panel per loss (plus the teacher): the task CE (solid) and the distillation term (dashed) per step;
+    `curves` maps "teacher" / run names ("s70-ce") to metrics.jsonl rows."""
     if not curves:
         return None
     plt = _plt()
