@@ -5,6 +5,8 @@
     replication_<name>.png    metric vs sparsity per loss
     replication_<name>_loss_curves.png
     replication_<name>_metrics/<run>.jsonl   per-run training logs (teacher.jsonl too)
+    replication_<name>_runs/<run>/predictions_<split>.jsonl.gz   the generations (teacher too), gzipped: what
+        `sparselm compare` and the re-scoring scripts read, so a later paired test needs no device time
 
     python benchmarks/record_study.py /path/to/run-dir gsm [--note "..."]
 
@@ -14,6 +16,7 @@ the same shape for every family (the report links, the metrics dir), whoever cop
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -48,6 +51,14 @@ def record(src: Path, name: str, notes: list[str], dest: Path = RESULTS) -> Path
             shutil.copyfile(log, mdir / f"{log.parent.name}.jsonl")
         if (src / "teacher" / "metrics.jsonl").is_file():
             shutil.copyfile(src / "teacher" / "metrics.jsonl", mdir / "teacher.jsonl")
+    for pred in sorted(src.glob("runs/*/predictions_*.jsonl")) + sorted(src.glob("teacher/predictions_*.jsonl")):
+        run = pred.parent.name
+        pdir = dest / f"{stem}_runs" / run
+        pdir.mkdir(parents=True, exist_ok=True)
+        # mtime=0: the same generations give the same bytes, so re-recording a study leaves git clean
+        with open(pred, "rb") as f, open(pdir / f"{pred.name}.gz", "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                shutil.copyfileobj(f, gz)
     return out
 
 

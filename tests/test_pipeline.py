@@ -271,6 +271,26 @@ def test_finished_runs_are_recovered_without_retraining(finished, tmp_path, monk
     assert sorted((key(x), x["value"]) for x in got["runs"]) == sorted((key(x), x["value"]) for x in want["runs"])
 
 
+def test_a_run_trained_by_an_earlier_invocation_keeps_its_train_seconds(tmp_path, monkeypatch) -> None:
+    """A call's budget can end between a run's training and its evaluation; the next call evaluates it and must
+    report the seconds the training took, not the ~0 s of finding the model on disk."""
+    import sparselm.pipeline.run as run_mod
+
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5]))
+    teacher = tmp_path / "out" / "teacher"
+    run_dir = tmp_path / "out" / "runs" / "s50-ce"
+    for d in (teacher, run_dir):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"")
+        (d / "run.json").write_text("{}")
+    monkeypatch.setattr(run_mod, "_finetune", lambda *a: pytest.fail("the run is on disk: nothing to train"))
+    (run_dir / "timing.json").write_text(json.dumps({"train_s": 123.4}))
+    assert run_mod._one_run(r, teacher, tmp_path / "out", 0.5, "ce", None) == (run_dir, 123.4)
+    (run_dir / "timing.json").unlink()  # no record (an older run dir): the seconds measured now, and kept
+    _, secs = run_mod._one_run(r, teacher, tmp_path / "out", 0.5, "ce", None)
+    assert json.loads((run_dir / "timing.json").read_text())["train_s"] == round(secs, 1)
+
+
 def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
     r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={"steps": 2, "lr": 1e-3,
                                                                              "num_examples": 16}))
@@ -391,6 +411,12 @@ def test_record_study_copies_a_run_dir_into_the_results_shape(finished, tmp_path
     assert "(replication_toy.png)" in md and (dest / "replication_toy.png").is_file()
     assert (dest / "replication_toy_metrics" / "teacher.jsonl").is_file()
     assert sorted(p.stem for p in (dest / "replication_toy_metrics").glob("s*.jsonl"))
+    from sparselm.eval.paired import read_predictions
+
+    for pred in [*out.glob("runs/*/predictions_*.jsonl"), *out.glob("teacher/predictions_*.jsonl")]:
+        kept = dest / "replication_toy_runs" / pred.parent.name / pred.name
+        assert read_predictions(kept) == read_predictions(pred)   # read through the .gz
+    assert list((dest / "replication_toy_runs").glob("*/predictions_*.jsonl.gz"))
     with pytest.raises(FileNotFoundError, match="results.json"):
         mod.record(tmp_path, "none", [], dest)
 

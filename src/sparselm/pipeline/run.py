@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from sparselm.pipeline.checks import NotRunnableError, TeacherCheckError, check_runnable, check_teacher_stops
 from sparselm.pipeline.paired import paired_tests
 from sparselm.pipeline.schema import (LOSS_VARIANTS, LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe,
                                       load_pipeline_recipe, run_name, validate_pipeline_recipe)
@@ -38,43 +39,6 @@ from sparselm.recipes.schema import RecipeError, apply_overrides
 METRIC_KEYS: dict[str, tuple[str, bool]] = {"exact_match": ("exact_match", True),
                                             "gsm_exact_match": ("exact_match", True),
                                             "bleu": ("bleu", True), "wer": ("wer", False)}
-
-
-class NotRunnableError(RuntimeError):
-    """A recipe that validates but needs something the training package does not provide yet."""
-
-
-class TeacherCheckError(RuntimeError):
-    """The dense teacher fails a check that every sparse run would inherit (eval.min_eos_share)."""
-
-
-def check_teacher_stops(dense_all: dict[str, dict[str, Any]], floor: float | None) -> None:
-    """Raise `TeacherCheckError` when a split's teacher generations end at EOS less often than `floor`."""
-    if floor is None:
-        return
-    for split, m in dense_all.items():
-        ends = m.get("ends")
-        if isinstance(ends, dict) and ends.get("eos", 0.0) < floor:
-            raise TeacherCheckError(
-                f"the teacher's {split} generations end at EOS in {ends.get('eos', 0.0):.0%} of rows "
-                f"(eval.min_eos_share {floor:.0%}; answer line {ends.get('stop', 0.0):.0%}, token budget "
-                f"{ends.get('budget', 0.0):.0%}): check that the tokenizer's EOS is among the model's generation "
-                "EOS ids (see the teacher's predictions, field 'end'), or lower eval.min_eos_share for a teacher "
-                "trained too briefly to stop")
-
-
-def check_runnable(recipe: PipelineRecipe) -> None:
-    """Fail before any work when a stage is known to be unsupported (rather than deep inside a fine-tune)."""
-    tiny = recipe.model.tiny  # tokenizer "train-bpe" learns a vocabulary from the pairs (sparselm.data.tokenizer)
-    if tiny is not None and (recipe.task.name == "asr" or (recipe.task.name == "translation"
-                                                           and tiny.tokenizer == "char")):
-        raise NotRunnableError(f"model.tiny with task {recipe.task.name!r}: a model built from a config gets the "
-                               "character tokenizer of the synthetic data, which cannot encode its inputs (for "
-                               "translation: set model.tiny.tokenizer=train-bpe; for asr: save a tiny Whisper + "
-                               "processor to a directory and name that)")
-    if recipe.task.name == "asr" and recipe.teacher.eval_every:
-        raise NotRunnableError("teacher.eval_every: the asr teacher trains on audio items that model selection "
-                               "does not read yet; leave it unset for asr")
 
 
 def plan_runs(recipe: PipelineRecipe) -> list[tuple[float, str]]:
@@ -411,10 +375,15 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
     t = time.perf_counter()
     if (run_dir / "run.json").is_file() and not any(run_dir.glob("*.safetensors*")):
         shutil.rmtree(run_dir)  # trained earlier, weights dropped, evaluation now needs more (e.g. a new split)
+    timing = run_dir / "timing.json"
+    if (run_dir / "run.json").is_file() and timing.is_file():  # trained by an earlier invocation: its seconds
+        return run_dir, float(json.loads(timing.read_text())["train_s"])
     if not (run_dir / "run.json").is_file():
         rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
         prune_only(rec, *_extra(data)) if loss == "none" else _finetune(rec, *_extra(data))
-    return run_dir, time.perf_counter() - t
+    train_s = time.perf_counter() - t
+    timing.write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
+    return run_dir, train_s
 
 
 def _rebuild_chain(recipe: PipelineRecipe, teacher: Path, out: Path, res: Results, loss: str,
@@ -509,7 +478,6 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
                                         prev.get(loss) if recipe.sparse.staged else None, data)
             ev = evaluate_dir(run_dir, recipe)
             (run_dir / "eval.json").write_text(json.dumps(ev, indent=2) + "\n")
-            (run_dir / "timing.json").write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
         finally:  # released once the run is on disk as finished, so no other invocation repeats it
             (out_dir / "runs" / name / CLAIM).unlink(missing_ok=True)
         res.add_run(sparsity, loss, ev, train_s)
