@@ -130,6 +130,40 @@ def test_compare_command_prints_the_test_and_fails_cleanly(tmp_path):
     assert res.exit_code == 2 and "no such file" in res.output
 
 
+def test_pairs_pool_into_one_exact_test(tmp_path):
+    """Two seeds of the same comparison: each pair keeps its own test, the pooled test sums the discordant items
+    (64 vs 40 of the gsm study's two seeds gives p = 0.024), the command prints both and rejects an odd count."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sparselm.cli import app
+    from sparselm.eval.paired import pooled_mcnemar
+
+    got = pooled_mcnemar([{"test": "mcnemar_exact", "n": 300, "a_only": 39, "b_only": 18, "diff": 0.07},
+                          {"test": "mcnemar_exact", "n": 300, "a_only": 25, "b_only": 22, "diff": 0.01}])
+    assert (got["a_only"], got["b_only"], got["pairs"]) == (64, 40, 2)
+    assert abs(got["p_value"] - 0.02365) < 1e-4 and abs(got["diff"] - 0.04) < 1e-12
+    one = mcnemar_exact([True] * 9 + [False], [False] * 10)
+    assert pooled_mcnemar([one])["p_value"] == one["p_value"]      # one pair: the pair's own test
+    with pytest.raises(ValueError, match="exact match"):
+        pooled_mcnemar([{"test": "paired_ar_bleu", "n": 3, "diff": 1.0}])
+    paths = []
+    for seed, (base, system) in enumerate([([False] * 20, [True] * 6 + [False] * 14),
+                                           ([False] * 20, [True] * 5 + [False] * 15)]):
+        for name, correct in (("ce", base), ("sh", system)):
+            paths.append(tmp_path / f"s{seed}-{name}.jsonl")
+            _write_jsonl(paths[-1], _rows(correct))
+    res = CliRunner().invoke(app, ["compare", *map(str, paths), "--out", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    assert "only the system gets right: 6" in res.output and "only the system gets right: 5" in res.output
+    assert "pooled over 2 pairs" in res.output and "system gets right 11, only the baseline 0" in res.output
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert len(doc["pairs"]) == 2 and doc["pooled"]["p_value"] == 2 / 2 ** 11
+    res = CliRunner().invoke(app, ["compare", *map(str, paths[:3])])
+    assert res.exit_code == 2 and "pairs" in res.output
+
+
 def test_paired_wer_matches_corpus_wer_and_separates_a_real_difference():
     """The test's two WERs are the corpus WERs `sparselm.data.asr.wer` reports; a system that fixes a third of
     the utterances is significant, identical outputs are not, and the sign says which is better (lower WER)."""

@@ -207,34 +207,48 @@ def compress(
 Examples:
   sparselm compare runs/gsm/runs/s75-ce runs/gsm/runs/s75-squarehead_token --split test
   sparselm compare out/a/eval_gsm_test.json out/b/eval_gsm_test.json      (what `sparselm eval` wrote)
+  sparselm compare seed0/runs/s75-ce seed0/runs/s75-squarehead_token seed1/runs/s75-ce seed1/runs/s75-squarehead_token
+                                          (several pairs, e.g. seeds: each pair, then all pairs pooled)
 """)
 def compare(
-    baseline: Path = typer.Argument(..., help="run dir, `sparselm eval` results JSON, or predictions JSONL"),
-    system: Path = typer.Argument(..., help="the same for the model compared against the baseline"),
+    models: list[Path] = typer.Argument(..., help="BASELINE SYSTEM: run dirs, `sparselm eval` results JSONs or "
+                                        "predictions JSONL; more pairs (BASELINE2 SYSTEM2 ...) add a pooled test"),
     split: str = typer.Option("test", help="split of the predictions_<split>.jsonl read from a run dir"),
     metric: Optional[str] = typer.Option(None, help="exact_match | gsm_exact_match | bleu | chrf | wer (default: "
                                          "from the results; exact_match for bare files with `correct`)"),
     out: Optional[Path] = typer.Option(None, help="also write the test as JSON here"),
 ) -> None:
     """Paired significance test of SYSTEM against BASELINE on the same items (exact McNemar for exact match,
-    approximate randomization for BLEU / chrF): is the difference more than item noise?"""
-    from sparselm.eval.paired import compare_scored
+    approximate randomization for BLEU / chrF / WER): is the difference more than item noise? With several pairs
+    (the same comparison on several seeds), each pair is tested and, for exact match, all pairs together."""
+    from sparselm.eval.paired import compare_scored, pooled_mcnemar
 
+    if len(models) % 2:
+        fail(f"compare takes pairs of models (BASELINE SYSTEM ...), got {len(models)} paths")
     try:
-        r = compare_scored(baseline, system, split, metric)
+        tests = [compare_scored(b, s, split, metric) for b, s in zip(models[::2], models[1::2])]
+        pooled = pooled_mcnemar(tests) if len(tests) > 1 else None
     except _USER_ERRORS as err:
         fail(str(err).strip("'\""))
-    exact = r["test"] == "mcnemar_exact"
-    scale, unit = (100, " pts") if exact else (1, "")
-    d = 4 if r["metric"] == "wer" else 2  # error rates: a fraction, not points
-    typer.echo(f"{r['metric']} on {r['n']} items: baseline {scale * r['baseline_value']:.{d}f}, "
-               f"system {scale * r['system_value']:.{d}f}, diff {scale * r['diff']:+.{d}f}{unit}, "
-               f"p = {r['p_value']:.3g} ({r['test']})")
-    if exact:
-        typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")
+    for r in tests:
+        exact = r["test"] == "mcnemar_exact"
+        scale, unit = (100, " pts") if exact else (1, "")
+        d = 4 if r["metric"] == "wer" else 2  # error rates: a fraction, not points
+        if len(tests) > 1:
+            typer.echo(f"{r['baseline_file']} vs {r['system_file']}:")
+        typer.echo(f"{r['metric']} on {r['n']} items: baseline {scale * r['baseline_value']:.{d}f}, "
+                   f"system {scale * r['system_value']:.{d}f}, diff {scale * r['diff']:+.{d}f}{unit}, "
+                   f"p = {r['p_value']:.3g} ({r['test']})")
+        if exact:
+            typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")
+    if pooled is not None:
+        typer.echo(f"pooled over {pooled['pairs']} pairs: mean diff {100 * pooled['diff']:+.2f} pts, items only the "
+                   f"system gets right {pooled['a_only']}, only the baseline {pooled['b_only']}, "
+                   f"p = {pooled['p_value']:.3g} ({pooled['test']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(r, indent=2) + "\n")
+        doc = tests[0] if pooled is None else {"pairs": tests, "pooled": pooled}
+        out.write_text(json.dumps(doc, indent=2) + "\n")
         typer.echo(f"-> {out}")
 
 

@@ -29,12 +29,34 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
         raise ValueError("paired test on no items")
     a_only = sum(1 for x, y in zip(a, b) if x and not y)
     b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    return {"test": "mcnemar_exact", "n": len(a), "a_only": a_only, "b_only": b_only,
+            "diff": (sum(map(bool, a)) - sum(map(bool, b))) / len(a), "p_value": _sign_test(a_only, b_only)}
+
+
+def _sign_test(a_only: int, b_only: int) -> float:
+    """Two-sided exact binomial test of a_only vs b_only discordant items, each a fair coin under the null."""
     n = a_only + b_only
     # P(X <= min) under Binomial(n, 1/2), doubled for two sides; exact integers, then one division
     tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1))
-    p = min(1.0, 2 * tail / 2 ** n) if n else 1.0
-    return {"test": "mcnemar_exact", "n": len(a), "a_only": a_only, "b_only": b_only,
-            "diff": (sum(map(bool, a)) - sum(map(bool, b))) / len(a), "p_value": p}
+    return min(1.0, 2 * tail / 2 ** n) if n else 1.0
+
+
+def pooled_mcnemar(tests: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Exact McNemar over several independent pairs of runs (e.g. the same two losses trained with two seeds).
+
+    Each pair's discordant items are pooled: under "the loss does not matter" every discordant item of every pair
+    is a fair coin, and independently trained pairs give independent coins, also on the same test items. One seed's
+    p says the items were not noise; the pooled test also averages over the training noise that seeds expose.
+    `diff` is the mean of the pairs' differences."""
+    if not tests:
+        raise ValueError("pooled test of no pairs")
+    if any(t.get("test") != "mcnemar_exact" for t in tests):
+        raise ValueError("pooling across pairs is defined for exact match (McNemar) only; BLEU / chrF / WER are "
+                         "corpus metrics: test each pair on its own")
+    a_only, b_only = sum(t["a_only"] for t in tests), sum(t["b_only"] for t in tests)
+    return {"test": "mcnemar_exact_pooled", "pairs": len(tests), "n": sum(t["n"] for t in tests),
+            "a_only": a_only, "b_only": b_only, "diff": sum(t["diff"] for t in tests) / len(tests),
+            "p_value": _sign_test(a_only, b_only)}
 
 
 def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: Sequence[str],
