@@ -1,10 +1,11 @@
-"""sparselm command line: prune, finetune, eval, compare, run, compress, demo.
+"""sparselm command line: prune, finetune, eval, compare, seeds, run, compress, demo.
 
     sparselm prune smollm2-135m --method sparsegpt --sparsity 0.5 --calib calib.txt --out out/smol-50
     sparselm prune ./my-llama --method wanda --pattern 2:4 --calib data.jsonl --nsamples 128 --seqlen 2048 --device cuda
     sparselm finetune recipes/tiny-cpu.yaml --out runs/tiny           # sparse fine-tune with distillation
     sparselm eval out/smol-50 --task perplexity                        # held-out perplexity
     sparselm compare runs/x/runs/s75-ce runs/x/runs/s75-squarehead     # paired test: more than item noise?
+    sparselm seeds runs/seed0 runs/seed1 --out runs/seeds              # one study, several seeds: mean, sd, pooled tests
     sparselm run recipes/demo-cpu.yaml                                 # teacher -> prune -> fine-tune -> eval -> report
     sparselm compress out/smol-50 --values int4 --out out/smol-50-int4  # bitmask + packed values, no dense weights
 """
@@ -250,6 +251,35 @@ def compare(
         doc = tests[0] if pooled is None else {"pairs": tests, "pooled": pooled}
         out.write_text(json.dumps(doc, indent=2) + "\n")
         typer.echo(f"-> {out}")
+
+
+@app.command(epilog="""\b
+Examples:
+  sparselm seeds runs/gsm-seed0 runs/gsm-seed1 --out runs/gsm-seeds
+  sparselm seeds benchmarks/results/replication_gsm.json benchmarks/results/replication_gsm_seed1.json --out out/s
+""")
+def seeds(
+    sources: list[Path] = typer.Argument(..., help="`sparselm run` output dirs or replication_<name>.json records "
+                                         "of the same study, one per seed"),
+    out: Path = typer.Option(..., help="writes seeds.json, seeds.md and seeds.png here"),
+    split: str = typer.Option("test", help="the split summarized and tested"),
+) -> None:
+    """One study run with several seeds: every seed's value per sparsity and loss, mean and spread, and each loss
+    against CE per seed and pooled over the seeds (exact McNemar on all seeds' discordant items)."""
+    from sparselm.pipeline.seeds import write_seeds
+
+    try:
+        s = write_seeds(sources, out, split)
+    except _USER_ERRORS as err:
+        fail(str(err).strip("'\""))
+    for t in s["tests"]:
+        if t["pooled"] is not None:
+            p = t["pooled"]
+            typer.echo(f"{100 * t['sparsity']:.0f}% {t['loss']} vs ce over {p['pairs']} seeds: mean diff "
+                       f"{100 * p['diff']:+.1f} pts, items {p['a_only']} / {p['b_only']}, p = {p['p_value']:.3g}")
+    if s["setting_differences"]:
+        typer.echo(f"warning: settings differ beyond the seed: {sorted(s['setting_differences'])}")
+    typer.echo(f"-> {out / 'seeds.md'}")
 
 
 @app.command()

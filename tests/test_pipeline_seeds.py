@@ -1,0 +1,78 @@
+"""sparselm.pipeline.seeds / `sparselm seeds`: one study over several seeds, from run dirs and from records."""
+import gzip
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sparselm.cli import app
+from sparselm.pipeline.seeds import load_study, summarize, write_seeds
+
+
+def _rows(correct):
+    return [{"answer": str(i), "prediction": str(i) if c else "x", "correct": c} for i, c in enumerate(correct)]
+
+
+def _study(root, seed, results, gz=False, lr=1e-4, record=None):
+    """A `sparselm run` output dir (or, with `record`, a record_study layout) holding `results`:
+    {(sparsity, loss): list of per-item correctness}."""
+    runs_dir = root / "runs" if record is None else root / f"replication_{record}_runs"
+    runs = []
+    for (sparsity, loss), correct in results.items():
+        d = runs_dir / f"s{round(100 * sparsity)}-{loss}"
+        d.mkdir(parents=True)
+        text = "".join(json.dumps(r) + "\n" for r in _rows(correct))
+        if gz:
+            with gzip.open(d / "predictions_test.jsonl.gz", "wt") as f:
+                f.write(text)
+        else:
+            (d / "predictions_test.jsonl").write_text(text)
+        runs.append({"sparsity": sparsity, "loss": loss, "split": "test", "value": sum(correct) / len(correct)})
+    res = {"task": "toy", "model": "tiny", "metric": "exact_match", "higher_is_better": True,
+           "dense_all": {"test": {"exact_match": 0.9}}, "runs": runs,
+           "settings": {"train": {"seed": seed}, "sparse": {"lr": lr}, "output": {"dir": str(root)}}}
+    path = root / "results.json" if record is None else root / f"replication_{record}.json"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res))
+    return path.parent if record is None else path
+
+
+def test_seeds_pool_the_paired_tests_and_report_the_spread(tmp_path):
+    n = 20
+    a = _study(tmp_path / "a", 0, {(0.75, "ce"): [False] * n, (0.75, "squarehead_token"): [True] * 6 + [False] * 14,
+                                   (0.8, "ce"): [False] * n})
+    b = _study(tmp_path / "r", 1, {(0.75, "ce"): [True] * 2 + [False] * 18,
+                                   (0.75, "squarehead_token"): [True] * 7 + [False] * 13}, gz=True, record="toy_seed1")
+    s = summarize([load_study(a), load_study(b)])
+    row = next(r for r in s["rows"] if (r["sparsity"], r["loss"]) == (0.75, "squarehead_token"))
+    assert row["values"] == [0.3, 0.35] and row["mean"] == pytest.approx(0.325) and row["seeds"] == 2
+    assert next(r for r in s["rows"] if r["sparsity"] == 0.8)["values"] == [0.0, None]   # a seed without the run
+    (t,) = s["tests"]
+    assert [x["a_only"] for x in t["per_seed"]] == [6, 5] and [x["b_only"] for x in t["per_seed"]] == [0, 0]
+    assert t["pooled"]["a_only"] == 11 and t["pooled"]["p_value"] == pytest.approx(2 / 2 ** 11)
+    assert s["dense"] == [0.9, 0.9] and s["setting_differences"] == {}   # train.seed and output.dir may differ
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["seeds", str(a), str(b), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "75% squarehead_token vs ce over 2 seeds" in res.output and "items 11 / 0" in res.output
+    md = (out / "seeds.md").read_text()
+    assert "| 75% | CE + SquareHead (per-token) | 30.0% | 35.0% | 32.5% |" in md and (out / "seeds.png").is_file()
+    assert json.loads((out / "seeds.json").read_text())["tests"][0]["pooled"]["a_only"] == 11
+
+
+def test_seeds_refuse_other_studies_and_flag_other_settings(tmp_path):
+    a = _study(tmp_path / "a", 0, {(0.5, "ce"): [True, False]})
+    b = _study(tmp_path / "b", 1, {(0.5, "ce"): [True, True]}, lr=3e-4)
+    s = write_seeds([a, b], tmp_path / "out")
+    assert s["setting_differences"] == {"sparse.lr": [1e-4, 3e-4]}
+    assert "differ beyond the seed: `sparse.lr`" in (tmp_path / "out" / "seeds.md").read_text()
+    res = CliRunner().invoke(app, ["seeds", str(a), str(b), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 0 and "warning: settings differ beyond the seed: ['sparse.lr']" in res.output
+    other = json.loads((b / "results.json").read_text())
+    (b / "results.json").write_text(json.dumps({**other, "task": "gsm"}))
+    with pytest.raises(ValueError, match="not the same study"):
+        write_seeds([a, b], tmp_path / "o3")
+    res = CliRunner().invoke(app, ["seeds", str(a), "--out", str(tmp_path / "o4")])
+    assert res.exit_code == 2 and "at least two" in res.output
+    res = CliRunner().invoke(app, ["seeds", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o5")])
+    assert res.exit_code == 2 and "neither a `sparselm run` output dir" in res.output
