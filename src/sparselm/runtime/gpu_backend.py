@@ -326,7 +326,9 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
 # A ring form (each warp streaming its entries through shared memory with cp.async), the answer to the profile
 # (benchmarks/results/profile_tmma: latency-bound, 39% of DRAM bandwidth), was slower on every timed case
 # (gpu_kernels_batched_tmma_ring.json: 18.8 vs 15.8 us at 4096^2, batch 16, 75%) and was removed.
-TMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (4, 16))
+# (8, 12) / (8, 16): more warps per SM at 4096 rows (32 row blocks x 11 / 16 splits) against more split-K partial
+# sums; the profile read the 0.65 waves as latency at 16 warps per SM (docs/notes/gpu.md, session 19).
+TMMA_SHAPES = ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (4, 16), (8, 12), (8, 16))
 
 
 def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
