@@ -38,8 +38,9 @@ MODE=${1:?stage1..stage4 or main}
 # the reasoning study's settings: the paper's low-data regime for the sparse runs (see BENCHMARKS.md)
 RS_ARGS=(task.data_dir=/tmp/reasoning sparse.num_examples=${RS_N:-8000} sparse.epochs=${RS_EPOCHS:-9}
          sparse.lr=${RS_LR:-1e-4} eval.splits=[test,test-unseen])
-# The recipe's staged chains (70 -> 75 -> 80%) are not split between GPUs by run claims: one loss per GPU. A
-# single GPU: RS_LOSSES=[squarehead_token,ce]. The one-shot sweep: RS_EXTRA=sparse.staged=false RS_A=[0.75,0.6,...]
+# The recipe's staged chains (70 -> 75 -> 80%): one loss per GPU (a chain is claimed whole, so both GPUs listing
+# both losses would also split them). A single GPU: RS_LOSSES=[squarehead_token,ce]. The one-shot sweep:
+# RS_EXTRA=sparse.staged=false RS_A=[0.75,0.6,...]
 RS_LOSSES=${RS_LOSSES:-[ce]}
 RS_A=${RS_A:-[0.7,0.75,0.8]}           # sparsities, shared by the GPUs that run reasoning
 RS_B=${RS_B:-$RS_A}                    # GPU 1's own sparsities / losses, when set

@@ -228,6 +228,36 @@ def test_one_staged_chain_per_invocation_share_a_dir(tmp_path) -> None:
                                                                                       "s50-squarehead_token")
 
 
+def test_a_staged_chain_held_by_another_invocation_is_skipped_whole(tmp_path) -> None:
+    """Two invocations of one staged recipe (both losses) on one dir, e.g. one per GPU: each chain is claimed
+    whole (`<out>/chains/<loss>`), so the other invocation runs the other chain instead of the same stages; a chain
+    left by a finished (or dead) holder is taken up later and grows from its own previous stage."""
+    import os
+    import socket
+
+    from sparselm.pipeline.run import CLAIM
+
+    data = _arith_dir(tmp_path / "data")
+    r = validate_pipeline_recipe(_recipe(data, tmp_path / "out", sparsities=[0.5, 0.7],
+                                         losses=["squarehead_token", "ce"],
+                                         sparse={"steps": 2, "lr": 1e-3, "staged": True},
+                                         teacher={"steps": 2, "lr": 1e-3},
+                                         eval={"splits": ["test"], "limit": 2, "batch_size": 2, "max_new_tokens": 2}))
+    lock = tmp_path / "out" / "chains" / "ce"
+    lock.mkdir(parents=True)
+    (lock / CLAIM).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))  # a live holder
+    out = run_pipeline(r.model_copy(deep=True))
+    runs = {(x["sparsity"], x["loss"]) for x in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs == {(0.5, "squarehead_token"), (0.7, "squarehead_token")}
+    assert not (out / "runs" / "s50-ce").exists(), "the held chain's stages are not started here"
+    assert not (out / "chains" / "squarehead_token" / CLAIM).exists(), "this invocation's chain claim is released"
+    (lock / CLAIM).unlink()  # the holder finished (or died) without the chain
+    run_pipeline(r.model_copy(deep=True))
+    s70 = out / "runs" / "s70-ce"
+    assert yaml.safe_load((s70 / "recipe.yaml").read_text())["model"]["name"] == str(out / "runs" / "s50-ce")
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
+
+
 def test_results_of_concurrent_invocations_merge(tmp_path) -> None:
     """Two invocations on one output dir (e.g. one per GPU, disjoint sparsities) each save; neither drops the
     other's runs, and the one that evaluated the teacher keeps the dense numbers."""

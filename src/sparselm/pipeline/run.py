@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from sparselm.pipeline.checks import NotRunnableError, TeacherCheckError, check_runnable, check_teacher_stops
+from sparselm.pipeline.claims import CLAIM, claim_run, wait_for_claim
 from sparselm.pipeline.paired import paired_tests
 from sparselm.pipeline.schema import (LOSS_VARIANTS, LOSS_WEIGHTS, PipelineRecipe, dump_pipeline_recipe,
                                       load_pipeline_recipe, run_name, validate_pipeline_recipe)
@@ -263,84 +264,6 @@ def _finished(run_dir: Path, splits: list[str]) -> tuple[dict[str, dict[str, Any
     return {k: ev[k] for k in splits}, float(json.loads(timing.read_text())["train_s"])
 
 
-#: a run's claim file: {"pid", "host"} of the invocation training it, so invocations sharing an output dir (one per
-#: GPU, same recipe) split the runs between them instead of repeating them
-CLAIM = ".claim.json"
-
-
-def claim_run(run_dir: Path) -> str | None:
-    """Claim `run_dir` for this process: None when claimed (or already ours), else "host:pid" of the live holder.
-    A claim whose process is gone (killed by a timeout, a crash) on this host is stale and taken over; a claim
-    from another host is honoured (its liveness cannot be checked from here)."""
-    import socket
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path, me = run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname()}
-    # written whole to a private file, then hard-linked into place: the link is the atomic "create if absent",
-    # and a reader never sees a half-written claim (which would look stale and be taken over)
-    tmp = run_dir / f".claim-{me['host']}-{me['pid']}.tmp"
-    tmp.write_text(json.dumps(me))
-    try:
-        for _ in range(3):  # a retry follows the removal of a stale claim
-            try:
-                os.link(tmp, path)
-                return None
-            except FileExistsError:
-                other = _read_claim(path, me["host"])
-                if other == me:
-                    return None
-                if other.get("host") != me["host"] or _alive(int(other.get("pid", -1))):
-                    return f"{other.get('host')}:{other.get('pid')}"
-                # stale: move it aside atomically; if what moved is not the claim judged stale (a new holder
-                # linked its own in between), put that back and leave the run to it
-                grave = run_dir / f".claim-stale-{me['host']}-{me['pid']}"
-                try:
-                    os.rename(path, grave)
-                except FileNotFoundError:  # another invocation moved it first: try again
-                    continue
-                moved = _read_claim(grave, me["host"])
-                if moved != other:
-                    try:
-                        os.link(grave, path)
-                    except FileExistsError:
-                        pass
-                    grave.unlink(missing_ok=True)
-                    return f"{moved.get('host')}:{moved.get('pid')}"
-                grave.unlink(missing_ok=True)
-        return "unknown (claim file contended)"
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read_claim(path: Path, host: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # unreadable (damaged): nobody can be shown to hold it
-        return {"pid": -1, "host": host}
-
-
-def _wait_for_claim(run_dir: Path, say, poll_s: float = 10.0) -> None:
-    """Claim `run_dir`, waiting while another live process holds it."""
-    told = False
-    while (holder := claim_run(run_dir)) is not None:
-        if not told:
-            say(f"{run_dir.name}: being made by process {holder}; waiting for it")
-            told = True
-        time.sleep(poll_s)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 def _drop_weights(run_dir: Path) -> None:
     for f in run_dir.glob("*.safetensors*"):
         f.unlink()
@@ -429,7 +352,7 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     data = _speech_data(recipe, say)
     own = recipe.teacher.path is None  # a teacher this pipeline trains: claimed like a run, so a second
     if own:                            # invocation started at the same time waits for it instead of training it
-        _wait_for_claim(out_dir / "teacher", say)
+        wait_for_claim(out_dir / "teacher", say)
         res.reload_dense()
     try:
         teacher = _teacher(recipe, out_dir, res, say, data)
@@ -446,9 +369,40 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
     bar.update(1)
     prev: dict[str, Path] = {}
     chain: dict[str, list[tuple[float, Path]]] = {loss: [] for loss in recipe.losses}  # finished staged models
+    # staged: another invocation on this dir (e.g. the other GPU) may hold a loss's chain; its stages are skipped
+    # here, whole, since each stage grows from the previous one's weights
+    held: list[Path] = []
+    foreign: set[str] = set()
+    try:
+        _run_all(recipe, runs, res, out_dir, teacher, data, prev, chain, held, foreign, bar, say, t0)
+    finally:
+        for d in held:
+            (d / CLAIM).unlink(missing_ok=True)
+    bar.close()
+    if recipe.sparse.staged and not recipe.output.keep_models:
+        for loss, d in prev.items():  # a chain's last model, once nothing after it is left to run (else a
+            if loss not in foreign and all(res.done(s, l, recipe.eval.splits)  # resumed call needs it)
+                                           for s, l in runs if l == loss):
+                _drop_weights(d)
+    res.data["timings"]["last_invocation_s"] = round(time.perf_counter() - t0, 1)
+    res.data["paired"] = paired_tests(out_dir, res.data)  # also for runs another invocation finished
+    res.save()
+    write_report(res.data, out_dir)
+    return out_dir
+
+
+def _run_all(recipe: PipelineRecipe, runs: list[tuple[float, str]], res: Results, out_dir: Path, teacher: Path,
+             data: SpeechData, prev: dict[str, Path], chain: dict[str, list[tuple[float, Path]]], held: list[Path],
+             foreign: set[str], bar, say, t0: float) -> None:
+    """The sparse runs, in order: skip what is done or held by another invocation, train + evaluate the rest."""
+    from sparselm.pipeline.report import write_report
+
     for sparsity, loss in runs:
         name = run_name(sparsity, loss)
         bar.set_postfix_str(name)
+        if loss in foreign:
+            bar.update(1)
+            continue
         if res.done(sparsity, loss, recipe.eval.splits):
             prev[loss] = out_dir / "runs" / name
             chain[loss].append((sparsity, prev[loss]))
@@ -466,11 +420,22 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
             chain[loss].append((sparsity, prev[loss]))
             bar.update(1)
             continue
-        holder = None if recipe.sparse.staged else claim_run(out_dir / "runs" / name)
-        if holder is not None:  # another live invocation (e.g. the other GPU) is running it: take the next one
-            say(f"{name}: running in process {holder}, skipped here")
-            bar.update(1)
-            continue
+        if recipe.sparse.staged:
+            lock = out_dir / "chains" / loss
+            holder = None if lock in held else claim_run(lock)
+            if holder is not None:
+                foreign.add(loss)
+                say(f"the {loss} chain: running in process {holder}, skipped here")
+                bar.update(1)
+                continue
+            if lock not in held:
+                held.append(lock)
+        else:
+            holder = claim_run(out_dir / "runs" / name)
+            if holder is not None:  # another live invocation (e.g. the other GPU) is running it: take the next one
+                say(f"{name}: running in process {holder}, skipped here")
+                bar.update(1)
+                continue
         try:
             if recipe.sparse.staged and loss in prev and not any(prev[loss].glob("*.safetensors*")):
                 _rebuild_chain(recipe, teacher, out_dir, res, loss, chain[loss], data, say)
@@ -493,16 +458,6 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, overrides: list[str] | Non
         say(f"{name}: {_summary(ev)}  ({train_s:.0f} s)")
         write_report(res.data, out_dir)
         bar.update(1)
-    bar.close()
-    if recipe.sparse.staged and not recipe.output.keep_models:
-        for loss, d in prev.items():  # a chain's last model, once nothing after it is left to run (else a
-            if all(res.done(s, l, recipe.eval.splits) for s, l in runs if l == loss):  # resumed call needs it)
-                _drop_weights(d)
-    res.data["timings"]["last_invocation_s"] = round(time.perf_counter() - t0, 1)
-    res.data["paired"] = paired_tests(out_dir, res.data)  # also for runs another invocation finished
-    res.save()
-    write_report(res.data, out_dir)
-    return out_dir
 
 
 def _speech_data(recipe: PipelineRecipe, say) -> SpeechData:
