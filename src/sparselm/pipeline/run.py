@@ -11,7 +11,7 @@ the same loss) with the same steps, learning rate and data; only the loss differ
     <out>/recipe.yaml            the resolved pipeline recipe
     <out>/teacher/               the dense fine-tuned teacher (reused when its run.json exists)
     <out>/runs/s50-squarehead/   one dir per run: metrics.jsonl, sparsity.json, eval.json (weights only if kept)
-    <out>/chains/<loss>/         staged only: the claim of the invocation growing that loss's chain (sparselm.pipeline.claims)
+    <out>/chains/<loss>/         staged: a claim on that loss's chain by the invocation growing it (pipeline.claims)
     <out>/results.json           the replication schema of issue 4, rewritten after every run
     <out>/report.md, *.png       table, settings, notes and plots (sparselm.pipeline.report)
 
