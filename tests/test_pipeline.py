@@ -321,6 +321,26 @@ def test_a_run_trained_by_an_earlier_invocation_keeps_its_train_seconds(tmp_path
     assert json.loads((run_dir / "timing.json").read_text())["train_s"] == round(secs, 1)
 
 
+def test_epochs_by_sparsity_lengthens_one_stage(tmp_path) -> None:
+    """sparse.epochs_by_sparsity: a longer first stage of a chain (also from a command-line override); keys must
+    be sparsities of the recipe and the length must be in epochs."""
+    from sparselm.pipeline.run import resolve
+
+    sparse = {"epochs": 2, "lr": 1e-3, "staged": True, "epochs_by_sparsity": {0.5: 5}}
+    r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5, 0.7], sparse=sparse))
+    got = {sp: sparse_recipe(r, tmp_path / "t", tmp_path / "t", sp, "ce", tmp_path / "s")["pruning"]["stages"][0]
+           for sp in (0.5, 0.7)}
+    assert got[0.5]["epochs"] == 5 and got[0.7]["epochs"] == 2
+    again = resolve(r, ["sparse.epochs_by_sparsity={0.7: 9}"])
+    assert again.sparse.epochs_at(0.7) == 9 and again.sparse.epochs_at(0.5) == 2
+    with pytest.raises(Exception, match="not among the sparsities"):
+        validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5],
+                                         sparse={**sparse, "epochs_by_sparsity": {0.6: 3}}))
+    with pytest.raises(Exception, match="leave sparse.steps unset"):
+        validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5],
+                                         sparse={"steps": 4, "lr": 1e-3, "epochs_by_sparsity": {0.5: 3}}))
+
+
 def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
     r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={"steps": 2, "lr": 1e-3,
                                                                              "num_examples": 16}))

@@ -84,7 +84,7 @@ def sparse_recipe(recipe: PipelineRecipe, start: Path, teacher: Path, sparsity: 
     if s.num_examples is not None:
         rec["data"]["num_examples"] = s.num_examples
     rec["pruning"] = {"method": recipe.pruning.method,
-                      "stages": [{"sparsity": sparsity, "epochs": s.epochs, "steps": s.steps}]}
+                      "stages": [{"sparsity": sparsity, "epochs": s.epochs_at(sparsity), "steps": s.steps}]}
     weights = dict(LOSS_WEIGHTS.get(loss, LOSS_WEIGHTS["ce"]))  # "none" only uses the pruning half of this recipe
     weights["kd"] *= s.kd_weight
     weights["squarehead"] *= s.squarehead_weight

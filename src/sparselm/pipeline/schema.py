@@ -121,6 +121,15 @@ class SparseSettings(TrainSettings):
     # a checkpoint every ckpt_every optimizer steps of each sparse run, so a run stopped mid-way (a device call's
     # time limit) resumes from it on the next invocation instead of starting over (None: only at its end)
     ckpt_every: int | None = Field(None, gt=0)
+    # epochs of the run at a given sparsity instead of `epochs`, e.g. {0.7: 16} for a longer first stage of a staged
+    # chain (gsm: SquareHead's 70% stage ended with its feature term still falling, BENCHMARKS.md section 3)
+    epochs_by_sparsity: dict[float, float] | None = None
+
+    def epochs_at(self, sparsity: float) -> float | None:
+        for k, v in (self.epochs_by_sparsity or {}).items():
+            if abs(k - sparsity) < 1e-9:
+                return v
+        return self.epochs
 
 
 class PruningSettings(_Strict):
@@ -183,6 +192,14 @@ class PipelineRecipe(_Strict):
     def _cross(self) -> "PipelineRecipe":
         if self.sparse.staged and self.sparsities != sorted(self.sparsities):
             raise ValueError(f"sparse.staged: sparsities must increase, got {self.sparsities}")
+        extra = self.sparse.epochs_by_sparsity or {}
+        if extra and self.sparse.steps is not None:
+            raise ValueError("sparse.epochs_by_sparsity sets epochs: leave sparse.steps unset")
+        if any(v <= 0 for v in extra.values()):
+            raise ValueError(f"sparse.epochs_by_sparsity: epochs must be > 0, got {extra}")
+        stray = [k for k in extra if not any(abs(k - x) < 1e-9 for x in self.sparsities)]
+        if stray:
+            raise ValueError(f"sparse.epochs_by_sparsity: {stray} not among the sparsities {self.sparsities}")
         if self.model.tiny and self.train.seqlen > self.model.tiny.max_positions:
             raise ValueError(f"train.seqlen {self.train.seqlen} exceeds model.tiny.max_positions "
                              f"{self.model.tiny.max_positions}")
