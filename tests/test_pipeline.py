@@ -336,6 +336,8 @@ def test_epochs_by_sparsity_lengthens_one_stage(tmp_path) -> None:
     with pytest.raises(Exception, match="not among the sparsities"):
         validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5],
                                          sparse={**sparse, "epochs_by_sparsity": {0.6: 3}}))
+    with pytest.raises(Exception, match="YAML reads"):  # {0.7:16} without the space: one string key
+        resolve(r, ["sparse.epochs_by_sparsity={0.7:16}"])
     with pytest.raises(Exception, match="leave sparse.steps unset"):
         validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparsities=[0.5],
                                          sparse={"steps": 4, "lr": 1e-3, "epochs_by_sparsity": {0.5: 3}}))

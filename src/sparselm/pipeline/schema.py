@@ -125,6 +125,13 @@ class SparseSettings(TrainSettings):
     # chain (gsm: SquareHead's 70% stage ended with its feature term still falling, BENCHMARKS.md section 3)
     epochs_by_sparsity: dict[float, float] | None = None
 
+    @field_validator("epochs_by_sparsity", mode="before")
+    @classmethod
+    def _yaml_colon(cls, v: Any) -> Any:
+        if isinstance(v, dict) and any(isinstance(k, str) and ":" in k and x is None for k, x in v.items()):
+            raise ValueError("write {0.7: 16}: YAML reads {0.7:16} as one key (quote the override for the space)")
+        return v
+
     def epochs_at(self, sparsity: float) -> float | None:
         for k, v in (self.epochs_by_sparsity or {}).items():
             if abs(k - sparsity) < 1e-9:
