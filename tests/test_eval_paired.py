@@ -182,3 +182,35 @@ def test_paired_wer_matches_corpus_wer_and_separates_a_real_difference():
     assert compare_predictions(rows(base), rows(better), "wer")["test"] == "paired_ar_wer"
     with pytest.raises(ValueError, match="empty"):
         paired_corpus_wer(["a"], ["a"], ["!!"])
+
+
+def test_pooled_wer_is_the_mean_of_the_pairs_differences_in_one_sign_flip_test(tmp_path):
+    """Two seeds of an ASR comparison: the pooled diff is the mean of the two corpus WER differences, a consistent
+    small gain that neither seed shows alone becomes significant, BLEU is refused, and `sparselm compare` prints it."""
+    from typer.testing import CliRunner
+
+    from sparselm.cli import app
+    from sparselm.eval.paired import paired_corpus_wer, pooled_test
+
+    refs = [f"the dog number {i} barks in the garden" for i in range(40)]
+    base = [r.replace("dog", "cat").replace("garden", "yard") for r in refs]          # 2 errors each
+    rows = lambda hyps: [{"answer": r, "prediction": h} for r, h in zip(refs, hyps)]  # noqa: E731
+    pairs = []
+    for seed in range(2):
+        better = [r if i % 8 == seed else b for i, (r, b) in enumerate(zip(refs, base))]  # 5 of 40 fixed
+        pairs.append((rows(base), rows(better)))
+    one = [paired_corpus_wer([r["prediction"] for r in b], [r["prediction"] for r in s], refs) for b, s in pairs]
+    got = pooled_test("wer", pairs)
+    assert got["test"] == "paired_ar_wer_pooled" and got["pairs"] == 2 and got["n"] == 80
+    assert got["diff"] == pytest.approx((one[0]["diff"] + one[1]["diff"]) / 2)
+    assert got["p_value"] < min(t["p_value"] for t in one)
+    with pytest.raises(ValueError, match="corpus scores"):
+        pooled_test("bleu", pairs)
+    paths = []
+    for i, (b, s) in enumerate(pairs):
+        for name, r in (("ce", b), ("sh", s)):
+            paths.append(tmp_path / f"s{i}-{name}.jsonl")
+            _write_jsonl(paths[-1], r)
+    res = CliRunner().invoke(app, ["compare", *map(str, paths), "--metric", "wer"])
+    assert res.exit_code == 0, res.output
+    assert "pooled over 2 pairs: mean diff -0.0312" in res.output and "paired_ar_wer_pooled" in res.output

@@ -76,3 +76,29 @@ def test_seeds_refuse_other_studies_and_flag_other_settings(tmp_path):
     assert res.exit_code == 2 and "at least two" in res.output
     res = CliRunner().invoke(app, ["seeds", str(a), str(tmp_path / "missing"), "--out", str(tmp_path / "o5")])
     assert res.exit_code == 2 and "neither a `sparselm run` output dir" in res.output
+
+
+def test_seeds_pool_wer_runs(tmp_path):
+    """An ASR study (WER, lower is better): per-utterance differences of both seeds in one sign-flip test."""
+    refs = [f"the dog number {i} barks" for i in range(30)]
+    bad = [r.replace("dog", "cat") for r in refs]
+    srcs = []
+    for seed in range(2):
+        root = tmp_path / f"asr{seed}"
+        for loss, hyps in (("ce", bad), ("squarehead_token", [r if i % 5 == seed else b
+                                                              for i, (r, b) in enumerate(zip(refs, bad))])):
+            d = root / "runs" / f"s75-{loss}"
+            d.mkdir(parents=True)
+            (d / "predictions_test.jsonl").write_text(
+                "".join(json.dumps({"answer": r, "prediction": h}) + "\n" for r, h in zip(refs, hyps)))
+        (root / "results.json").write_text(json.dumps({
+            "task": "asr", "model": "whisper", "metric": "wer", "higher_is_better": False,
+            "runs": [{"sparsity": 0.75, "loss": x, "split": "test", "value": v}
+                     for x, v in (("ce", 0.2), ("squarehead_token", 0.16))]}))
+        srcs.append(root)
+    s = write_seeds(srcs, tmp_path / "out")
+    (t,) = s["tests"]
+    assert t["pooled"]["test"] == "paired_ar_wer_pooled" and t["pooled"]["diff"] == pytest.approx(-6 / 150)
+    assert "| 75% | CE + SquareHead (per-token) | -0.040" in (tmp_path / "out" / "seeds.md").read_text()
+    res = CliRunner().invoke(app, ["seeds", *map(str, srcs), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 0 and "mean diff -0.0400" in res.output

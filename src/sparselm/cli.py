@@ -221,14 +221,17 @@ def compare(
 ) -> None:
     """Paired significance test of SYSTEM against BASELINE on the same items (exact McNemar for exact match,
     approximate randomization for BLEU / chrF / WER): is the difference more than item noise? With several pairs
-    (the same comparison on several seeds), each pair is tested and, for exact match, all pairs together."""
-    from sparselm.eval.paired import compare_scored, pooled_mcnemar
+    (the same comparison on several seeds), each pair is tested and, for exact match and WER, all pairs together."""
+    from sparselm.eval.paired import load_pair, paired_result, pooled_test
 
     if len(models) % 2:
         fail(f"compare takes pairs of models (BASELINE SYSTEM ...), got {len(models)} paths")
     try:
-        tests = [compare_scored(b, s, split, metric) for b, s in zip(models[::2], models[1::2])]
-        pooled = pooled_mcnemar(tests) if len(tests) > 1 else None
+        loaded = [load_pair(b, s, split, metric) for b, s in zip(models[::2], models[1::2])]
+        if len({x[0] for x in loaded}) > 1:
+            raise ValueError(f"the pairs were scored with different metrics: {sorted({x[0] for x in loaded})}")
+        tests = [paired_result(*x) for x in loaded]
+        pooled = pooled_test(loaded[0][0], [(x[1], x[2]) for x in loaded]) if len(loaded) > 1 else None
     except _USER_ERRORS as err:
         fail(str(err).strip("'\""))
     for r in tests:
@@ -242,9 +245,12 @@ def compare(
                    f"p = {r['p_value']:.3g} ({r['test']})")
         if exact:
             typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")
-    if pooled is not None:
+    if pooled is not None and "a_only" in pooled:
         typer.echo(f"pooled over {pooled['pairs']} pairs: mean diff {100 * pooled['diff']:+.2f} pts, items only the "
                    f"system gets right {pooled['a_only']}, only the baseline {pooled['b_only']}, "
+                   f"p = {pooled['p_value']:.3g} ({pooled['test']})")
+    elif pooled is not None:
+        typer.echo(f"pooled over {pooled['pairs']} pairs: mean diff {pooled['diff']:+.4f}, "
                    f"p = {pooled['p_value']:.3g} ({pooled['test']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,8 +281,10 @@ def seeds(
     for t in s["tests"]:
         if t["pooled"] is not None:
             p = t["pooled"]
-            typer.echo(f"{100 * t['sparsity']:.0f}% {t['loss']} vs ce over {p['pairs']} seeds: mean diff "
-                       f"{100 * p['diff']:+.1f} pts, items {p['a_only']} / {p['b_only']}, p = {p['p_value']:.3g}")
+            diff = (f"{100 * p['diff']:+.1f} pts, items {p['a_only']} / {p['b_only']}" if "a_only" in p else
+                    f"{p['diff']:+.4f}")
+            typer.echo(f"{100 * t['sparsity']:.0f}% {t['loss']} vs ce over {p['pairs']} seeds: mean diff {diff}, "
+                       f"p = {p['p_value']:.3g}")
     if s["setting_differences"]:
         typer.echo(f"warning: settings differ beyond the seed: {sorted(s['setting_differences'])}")
     typer.echo(f"-> {out / 'seeds.md'}")

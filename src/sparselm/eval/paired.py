@@ -59,6 +59,34 @@ def pooled_mcnemar(tests: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "p_value": _sign_test(a_only, b_only)}
 
 
+#: metrics whose tests pool over several pairs of runs (`pooled_test`)
+POOLED_METRICS = ("exact_match", "gsm_exact_match", "wer")
+
+
+def pooled_test(metric: str, pairs: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+                n_samples: int = 10000, seed: int = 12345) -> dict[str, Any]:
+    """One test of a system against a baseline over several independent pairs of runs (e.g. seeds), each pair a
+    (baseline rows, system rows) of prediction files on the same items. Exact match: `pooled_mcnemar`. WER: every
+    pair's per-utterance deltas, each pair's scaled by 1 / pairs, in one sign-flip test, so `diff` is the mean of the
+    pairs' corpus WER differences. BLEU / chrF are corpus scores of n-gram counts, not sums over items: not pooled."""
+    if not pairs:
+        raise ValueError("pooled test of no pairs")
+    if metric in ("exact_match", "gsm_exact_match"):
+        return pooled_mcnemar([compare_predictions(b, s, metric) for b, s in pairs])
+    if metric == "wer":
+        import numpy as np
+
+        parts = []
+        for base, system in pairs:
+            _check_same_items(base, system)
+            parts.append(_wer_deltas([r["prediction"] for r in base], [r["prediction"] for r in system],
+                                     [r["answer"] for r in base])[0] / len(pairs))
+        observed, p = _sign_flip_test(np.concatenate(parts), n_samples, seed)
+        return {"test": "paired_ar_wer_pooled", "pairs": len(pairs), "n": sum(len(b) for b, _ in pairs),
+                "diff": observed, "p_value": p}
+    raise ValueError(f"no pooled test for {metric!r}: BLEU / chrF are corpus scores; test each pair on its own")
+
+
 def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: Sequence[str],
                          metric: str = "bleu", n_samples: int = 10000) -> dict[str, Any]:
     """Approximate randomization test of corpus BLEU or chrF, system vs baseline, on the same references.
@@ -100,6 +128,25 @@ def paired_corpus_wer(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: S
     difference is a sum of per-utterance edit differences; under the null each utterance's two hypotheses are
     exchangeable, i.e. each difference flips sign with probability 1/2. `diff` = system - baseline (negative: the
     system is better); `p_value` two-sided, (1 + #{|shuffled| >= |observed|}) / (1 + n_samples)."""
+    delta, base, system = _wer_deltas(base_hyps, sys_hyps, refs)
+    observed, p = _sign_flip_test(delta, n_samples, seed)
+    return {"test": "paired_ar_wer", "n": len(refs), "baseline": base, "system": system, "diff": observed,
+            "p_value": p}
+
+
+def _sign_flip_test(delta, n_samples: int, seed: int) -> tuple[float, float]:
+    """(sum of `delta`, two-sided p of it) when every term's sign is a fair coin under the null."""
+    import numpy as np
+
+    observed = float(delta.sum())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_samples, len(delta)))
+    extreme = int((np.abs(signs @ delta) >= abs(observed) - 1e-12).sum())
+    return observed, 1.0 if observed == 0 else min(1.0, (1 + extreme) / (1 + n_samples))
+
+
+def _wer_deltas(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: Sequence[str]):
+    """(per-utterance (system - baseline) edits / reference words, baseline WER, system WER): corpus WER is the
+    sum of an utterance's edits over all reference words, so the corpus difference is the sum of the deltas."""
     import jiwer
     import numpy as np
 
@@ -122,13 +169,7 @@ def paired_corpus_wer(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: S
 
     words = float(sum(len(r.split()) for r in refs_n))
     e_base, e_sys = edits(base_hyps), edits(sys_hyps)
-    delta = (e_sys - e_base) / words
-    observed = float(delta.sum())
-    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(n_samples, len(delta)))
-    extreme = int((np.abs(signs @ delta) >= abs(observed) - 1e-12).sum())
-    p = 1.0 if observed == 0 else (1 + extreme) / (1 + n_samples)
-    return {"test": "paired_ar_wer", "n": len(refs), "baseline": float(e_base.sum() / words),
-            "system": float(e_sys.sum() / words), "diff": observed, "p_value": min(1.0, p)}
+    return (e_sys - e_base) / words, float(e_base.sum() / words), float(e_sys.sum() / words)
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
@@ -146,12 +187,16 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def compare_predictions(base: list[dict[str, Any]], system: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """The paired test of two prediction files of the same split (rows in item order; answers must match)."""
+def _check_same_items(base: list[dict[str, Any]], system: list[dict[str, Any]]) -> None:
     if len(base) != len(system):
         raise ValueError(f"prediction files of {len(base)} and {len(system)} items: not the same split")
     if any(x.get("answer") != y.get("answer") for x, y in zip(base, system)):
         raise ValueError("prediction files list different reference answers: not the same items")
+
+
+def compare_predictions(base: list[dict[str, Any]], system: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The paired test of two prediction files of the same split (rows in item order; answers must match)."""
+    _check_same_items(base, system)
     if metric in ("exact_match", "gsm_exact_match"):
         # mcnemar(a=system, b=baseline): diff > 0 when the system is better
         return mcnemar_exact([bool(r["correct"]) for r in system], [bool(r["correct"]) for r in base])
@@ -185,10 +230,10 @@ def load_scored(path: str | Path, split: str = "test") -> tuple[str | None, list
     return None, read_predictions(path), str(path)
 
 
-def compare_scored(baseline: str | Path, system: str | Path, split: str = "test",
-                   metric: str | None = None) -> dict[str, Any]:
-    """The paired test of `system` against `baseline` on the same items; `diff` > 0 when the system is better
-    (exact match, BLEU / chrF; for WER `diff` < 0 is the better system)."""
+def load_pair(baseline: str | Path, system: str | Path, split: str = "test",
+              metric: str | None = None) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], str, str]:
+    """(metric, baseline rows, system rows, baseline file, system file) of two evaluated models (`load_scored`);
+    the metric comes from their results when not given."""
     m_base, base, base_src = load_scored(baseline, split)
     m_sys, sys_rows, sys_src = load_scored(system, split)
     if metric is None:
@@ -198,6 +243,19 @@ def compare_scored(baseline: str | Path, system: str | Path, split: str = "test"
         metric = found.pop() if found else ("exact_match" if all("correct" in r for r in base + sys_rows) else None)
     if metric is None:
         raise ValueError("cannot tell the metric from prediction files alone: pass --metric")
+    return metric, base, sys_rows, base_src, sys_src
+
+
+def compare_scored(baseline: str | Path, system: str | Path, split: str = "test",
+                   metric: str | None = None) -> dict[str, Any]:
+    """The paired test of `system` against `baseline` on the same items; `diff` > 0 when the system is better
+    (exact match, BLEU / chrF; for WER `diff` < 0 is the better system)."""
+    return paired_result(*load_pair(baseline, system, split, metric))
+
+
+def paired_result(metric: str, base: list[dict[str, Any]], sys_rows: list[dict[str, Any]], base_src: str = "",
+                  sys_src: str = "") -> dict[str, Any]:
+    """`compare_predictions` plus both sides' values and files (what `sparselm compare` prints and writes)."""
     res = compare_predictions(base, sys_rows, metric)
     if metric in ("exact_match", "gsm_exact_match"):
         b = sum(bool(r["correct"]) for r in base) / len(base)

@@ -7,7 +7,8 @@ loss tested against CE per seed and pooled over the seeds.
 Why: a paired test on one seed's runs says the difference is more than item noise, not that another seed gives it.
 On gsm the two seeds' CE runs at 75% differed by 6.7 points while SquareHead's agreed (BENCHMARKS.md section 3):
 training noise can exceed item noise. The pooled test counts every seed's discordant items
-(`sparselm.eval.paired.pooled_mcnemar`: independent trainings give independent coins under the null).
+(`sparselm.eval.paired.pooled_test`: independent trainings give independent coins under the null; exact
+match and WER, not the corpus BLEU).
 
 A source is a `sparselm run` output dir (results.json, runs/<run>/predictions_<split>.jsonl) or a record written
 by benchmarks/record_study.py (replication_<name>.json, generations in replication_<name>_runs/<run>/, gzipped).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparselm.eval.paired import compare_predictions, pooled_mcnemar, read_predictions
+from sparselm.eval.paired import POOLED_METRICS, compare_predictions, pooled_test, read_predictions
 from sparselm.pipeline.paired import BASELINE, TESTED_METRICS
 from sparselm.pipeline.report import COLORS, LOSS_LABELS, LOSS_ORDER, MARKERS, _plt, dense_value
 from sparselm.pipeline.schema import run_name
@@ -104,15 +105,17 @@ def summarize(studies: list[Study], split: str = "test") -> dict[str, Any]:
     for sparsity, loss in keys:
         if loss in (BASELINE, "none") or metric not in TESTED_METRICS:
             continue
-        per_seed = []
+        per_seed, pairs = [], []
         for s in studies:
             base, system = _predictions(s, sparsity, BASELINE, split), _predictions(s, sparsity, loss, split)
-            per_seed.append(None if base is None or system is None else
-                            compare_predictions(read_predictions(base), read_predictions(system), metric))
-        done = [t for t in per_seed if t is not None]
-        if not done:
+            if base is None or system is None:
+                per_seed.append(None)
+                continue
+            pairs.append((read_predictions(base), read_predictions(system)))
+            per_seed.append(compare_predictions(*pairs[-1], metric))
+        if not pairs:
             continue
-        pooled = pooled_mcnemar(done) if all(t["test"] == "mcnemar_exact" for t in done) and len(done) > 1 else None
+        pooled = pooled_test(metric, pairs) if len(pairs) > 1 and metric in POOLED_METRICS else None
         tests.append({"sparsity": sparsity, "loss": loss, "per_seed": per_seed, "pooled": pooled})
     return {"task": head.get("task"), "model": head.get("model"), "metric": metric, "split": split,
             "higher_is_better": head.get("higher_is_better", True), "sources": [s.name for s in studies],
@@ -145,7 +148,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if summary["tests"]:
         lines += ["", "## Each loss against CE, per seed and pooled", "",
                   "Per seed: the paired test of the two runs on the same items (exact McNemar for exact match). Pooled: "
-                  "every seed's discordant items in one exact test (exact match only; the seeds train independently).",
+                  "every seed's discordant items in one exact test (exact match), or every seed's per-utterance "
+                  "differences in one sign-flip test (WER); the seeds train independently.",
                   "", "| sparsity | loss | per seed: diff (p; items loss / CE) | pooled: mean diff (p; items) |",
                   "|---|---|---|---|"]
         for t in summary["tests"]:
@@ -158,7 +162,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 else:
                     cells.append(f"{x['diff']:+.3f} ({x['p_value']:.2g})")
             p = t["pooled"]
-            pooled = "—" if p is None else f"{100 * p['diff']:+.1f} ({p['p_value']:.2g}; {p['a_only']} / {p['b_only']})"
+            pooled = ("—" if p is None else f"{p['diff']:+.3f} ({p['p_value']:.2g})" if "a_only" not in p else
+                      f"{100 * p['diff']:+.1f} ({p['p_value']:.2g}; {p['a_only']} / {p['b_only']})")
             lines.append(f"| {100 * t['sparsity']:.0f}% | {LOSS_LABELS.get(t['loss'], t['loss'])} | "
                          f"{', '.join(cells)} | {pooled} |")
     diffs, checked = summary["setting_differences"], summary["sources_with_settings"]
