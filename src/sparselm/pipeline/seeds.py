@@ -99,6 +99,8 @@ def summarize(studies: list[Study], split: str = "test") -> dict[str, Any]:
     for sparsity, loss in keys:
         vals = [_value(s, sparsity, loss, split) for s in studies]
         have = [v for v in vals if v is not None]
+        if not have:  # only relabelled rows (a re-scored record's extra trainings): not one of the seeds' runs
+            continue
         rows.append({"sparsity": sparsity, "loss": loss, "values": vals, "mean": statistics.fmean(have),
                      "sd": statistics.stdev(have) if len(have) > 1 else None, "seeds": len(have)})
     tests = []
