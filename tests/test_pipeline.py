@@ -343,6 +343,19 @@ def test_epochs_by_sparsity_lengthens_one_stage(tmp_path) -> None:
                                          sparse={"steps": 4, "lr": 1e-3, "epochs_by_sparsity": {0.5: 3}}))
 
 
+def test_dry_run_prints_the_runs_or_the_chains_with_their_lengths() -> None:
+    from typer.testing import CliRunner
+
+    from sparselm.cli import app
+
+    res = CliRunner().invoke(app, ["run", str(RECIPES / "gsm-smollm2.yaml"), "--dry-run",
+                                   "sparse.epochs_by_sparsity={0.7: 16}"])
+    assert res.exit_code == 0, res.output
+    assert "chains: squarehead_token: 70% (16 epochs) -> 75% (8 epochs); ce: 70% (16 epochs)" in res.output
+    res = CliRunner().invoke(app, ["run", str(RECIPES / "demo-cpu.yaml"), "--dry-run"])
+    assert res.exit_code == 0 and "runs: s50-squarehead_token (20 steps), s50-none (pruned only)" in res.output
+
+
 def test_sparse_num_examples_limits_only_the_sparse_runs(tmp_path) -> None:
     r = validate_pipeline_recipe(_recipe(tmp_path, tmp_path / "out", sparse={"steps": 2, "lr": 1e-3,
                                                                              "num_examples": 16}))

@@ -160,9 +160,16 @@ def run_cmd(
     try:
         resolved = resolve(recipe, list(overrides or []), out)
         if dry_run:
-            runs = ", ".join(run_name(s, loss) for s, loss in plan_runs(resolved))
+            sp = resolved.sparse
+            length = (lambda x: f"{sp.steps} steps") if sp.steps else (lambda x: f"{sp.epochs_at(x):g} epochs")
+            if sp.staged:  # one chain per loss, each stage grown from the last
+                runs = "; ".join(f"{loss}: " + " -> ".join(f"{100 * x:.0f}% ({length(x)})" for x in resolved.sparsities)
+                                 for loss in resolved.losses)
+            else:
+                runs = ", ".join(run_name(x, loss) + (" (pruned only)" if loss == "none" else f" ({length(x)})")
+                                 for x, loss in plan_runs(resolved))
             typer.echo(f"{recipe}: valid; output {resolved.output.dir}; teacher "
-                       f"{resolved.teacher.path or 'fine-tuned here'}; runs: {runs}")
+                       f"{resolved.teacher.path or 'fine-tuned here'}; {'chains' if sp.staged else 'runs'}: {runs}")
             check_runnable(resolved)
             return
         out_dir = run_pipeline(resolved, command=" ".join(["sparselm run", *sys.argv[2:]]))
