@@ -229,7 +229,7 @@ def compare(
     """Paired significance test of SYSTEM against BASELINE on the same items (exact McNemar for exact match,
     approximate randomization for BLEU / chrF / WER): is the difference more than item noise? With several pairs
     (the same comparison on several seeds), each pair is tested and, for exact match and WER, all pairs together."""
-    from sparselm.eval.paired import load_pair, paired_result, pooled_test
+    from sparselm.eval.paired import describe_pooled, load_pair, paired_result, pooled_test
 
     if len(models) % 2:
         fail(f"compare takes pairs of models (BASELINE SYSTEM ...), got {len(models)} paths")
@@ -252,13 +252,8 @@ def compare(
                    f"p = {r['p_value']:.3g} ({r['test']})")
         if exact:
             typer.echo(f"items only the system gets right: {r['a_only']}; only the baseline: {r['b_only']}")
-    if pooled is not None and "a_only" in pooled:
-        typer.echo(f"pooled over {pooled['pairs']} pairs: mean diff {100 * pooled['diff']:+.2f} pts, items only the "
-                   f"system gets right {pooled['a_only']}, only the baseline {pooled['b_only']}, "
-                   f"p = {pooled['p_value']:.3g} ({pooled['test']})")
-    elif pooled is not None:
-        typer.echo(f"pooled over {pooled['pairs']} pairs: mean diff {pooled['diff']:+.4f}, "
-                   f"p = {pooled['p_value']:.3g} ({pooled['test']})")
+    if pooled is not None:
+        typer.echo(describe_pooled(pooled))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         doc = tests[0] if pooled is None else {"pairs": tests, "pooled": pooled}
@@ -278,7 +273,8 @@ def seeds(
     split: str = typer.Option("test", help="the split summarized and tested"),
 ) -> None:
     """One study run with several seeds: every seed's value per sparsity and loss, mean and spread, and each loss
-    against CE per seed and pooled over the seeds (exact McNemar on all seeds' discordant items)."""
+    against CE per seed and pooled over the seeds (exact match: McNemar on all seeds' discordant items; WER: one
+    sign-flip test of all seeds' per-utterance differences)."""
     from sparselm.pipeline.seeds import write_seeds
 
     try:

@@ -87,6 +87,13 @@ def pooled_test(metric: str, pairs: Sequence[tuple[list[dict[str, Any]], list[di
     raise ValueError(f"no pooled test for {metric!r}: BLEU / chrF are corpus scores; test each pair on its own")
 
 
+def describe_pooled(p: dict[str, Any]) -> str:
+    """One line for a `pooled_test` result: exact match in points with the discordant items, WER as a fraction."""
+    diff = (f"{100 * p['diff']:+.2f} pts, items only the system gets right {p['a_only']}, only the baseline "
+            f"{p['b_only']}" if "a_only" in p else f"{p['diff']:+.4f}")
+    return f"pooled over {p['pairs']} pairs: mean diff {diff}, p = {p['p_value']:.3g} ({p['test']})"
+
+
 def paired_corpus_metric(base_hyps: Sequence[str], sys_hyps: Sequence[str], refs: Sequence[str],
                          metric: str = "bleu", n_samples: int = 10000) -> dict[str, Any]:
     """Approximate randomization test of corpus BLEU or chrF, system vs baseline, on the same references.

@@ -19,6 +19,12 @@ BASELINE = "ce"
 TESTED_METRICS = ("exact_match", "gsm_exact_match", "bleu", "wer")
 
 
+def prediction_file(runs_dir: Path, sparsity: float, loss: str, split: str) -> Path | None:
+    """A run's `predictions_<split>.jsonl` under `runs_dir` (or its `.gz` copy, as records keep it), else None."""
+    p = runs_dir / run_name(sparsity, loss) / f"predictions_{split}.jsonl"
+    return p if p.is_file() or p.with_name(p.name + ".gz").is_file() else None
+
+
 def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (sparsity, split, loss != CE) whose two prediction files exist; `diff` = loss - CE."""
     metric = results.get("metric")
@@ -29,9 +35,9 @@ def paired_tests(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str,
     pairs = sorted({(r["sparsity"], r["loss"], r["split"]) for r in results.get("runs", [])
                     if r["loss"] not in (BASELINE, "none")})
     for sparsity, loss, split in pairs:
-        base = runs / run_name(sparsity, BASELINE) / f"predictions_{split}.jsonl"
-        system = runs / run_name(sparsity, loss) / f"predictions_{split}.jsonl"
-        if not (base.is_file() and system.is_file()):
+        base = prediction_file(runs, sparsity, BASELINE, split)
+        system = prediction_file(runs, sparsity, loss, split)
+        if base is None or system is None:
             continue
         row = {"sparsity": sparsity, "loss": loss, "baseline": BASELINE, "split": split}
         try:

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sparselm.eval.paired import POOLED_METRICS, compare_predictions, pooled_test, read_predictions
-from sparselm.pipeline.paired import BASELINE, TESTED_METRICS
+from sparselm.pipeline.paired import BASELINE, TESTED_METRICS, prediction_file
 from sparselm.pipeline.report import COLORS, LOSS_LABELS, LOSS_ORDER, MARKERS, _plt, dense_value
-from sparselm.pipeline.schema import run_name
 
 # settings that may differ between the seeds of one study (the seed itself, where outputs went, what subset ran)
 FREE_SETTINGS = {"train.seed", "output.dir", "output.budget_s", "output.keep_models", "teacher.path", "task.data_dir",
@@ -78,11 +77,6 @@ def _value(study: Study, sparsity: float, loss: str, split: str) -> float | None
     return None
 
 
-def _predictions(study: Study, sparsity: float, loss: str, split: str) -> Path | None:
-    p = study.runs_dir / run_name(sparsity, loss) / f"predictions_{split}.jsonl"
-    return p if p.is_file() or p.with_name(p.name + ".gz").is_file() else None
-
-
 def summarize(studies: list[Study], split: str = "test") -> dict[str, Any]:
     """The seeds' values, mean and standard deviation per (sparsity, loss), and the tests against CE."""
     if len(studies) < 2:
@@ -109,7 +103,8 @@ def summarize(studies: list[Study], split: str = "test") -> dict[str, Any]:
             continue
         per_seed, pairs = [], []
         for s in studies:
-            base, system = _predictions(s, sparsity, BASELINE, split), _predictions(s, sparsity, loss, split)
+            base = prediction_file(s.runs_dir, sparsity, BASELINE, split)
+            system = prediction_file(s.runs_dir, sparsity, loss, split)
             if base is None or system is None:
                 per_seed.append(None)
                 continue
