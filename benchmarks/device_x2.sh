@@ -21,7 +21,8 @@
 # when set), reasoning2 (more sparse runs
 # against reasoning's teacher in /tmp/rs2: RS2_A / RS2_LOSSES / RS2_ARGS overrides), translation2 (the same against
 # translation's teacher in /tmp/tr2: TR2_ARGS), gsm2 (the same against gsm's teacher in /tmp/gsm2: GSM2_ARGS; waits
-# for the teacher when the other GPU is training it), kernels (benchmarks/device_gpu.sh), mma (device_mma.sh:
+# for the teacher when the other GPU is training it; gsm3: a second grid, GSM3_ARGS, into /tmp/gsm2; reasoning3: the
+# same, RS3_A / RS3_LOSSES / RS3_ARGS, into /tmp/rs2), kernels (benchmarks/device_gpu.sh), mma (device_mma.sh:
 # MMA_KERNELS, MMA_S), profile (device_profile.sh ->
 # $OUT/profile.tgz). `main` installs .whl when carried, so a first call may skip the SmolLM2 staging.
 # translation reads /tmp/${TR_DATA:-translation} (carry out/data/$TR_DATA) with TR_ARGS overrides.
@@ -102,10 +103,15 @@ main)
                   run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs2$gpu.log "${RS_ARGS[@]}" \
                     teacher.path=/tmp/rs/teacher sparsities=${RS2_A:-$RS_A} losses=${RS2_LOSSES:-$RS_LOSSES} \
                     ${RS2_ARGS:-} ;;
-      gsm2) local T=${GSM_TEACHER:-${GSM_OUT:-/tmp/gsm-run}/teacher}  # variants against gsm's teacher (the other GPU may train it)
+      reasoning3) [ -f /tmp/rs/teacher/run.json ] &&  # a second grid into /tmp/rs2 (e.g. KD one-shot beside 50%'s losses)
+                  run $gpu src/sparselm/recipes/reasoning-smollm2.yaml /tmp/rs2 /tmp/rs3$gpu.log "${RS_ARGS[@]}" \
+                    teacher.path=/tmp/rs/teacher sparsities=${RS3_A:-$RS_A} losses=${RS3_LOSSES:-$RS_LOSSES} \
+                    ${RS3_ARGS:-} ;;
+      gsm2|gsm3) local T=${GSM_TEACHER:-${GSM_OUT:-/tmp/gsm-run}/teacher}  # variants against gsm's teacher (the other GPU may train it)
+            local a=${GSM2_ARGS:-}; [ $name = gsm3 ] && a=${GSM3_ARGS:-}  # gsm3: a second grid into the same dir
             while [ ! -f $T/run.json ] && [ $(left) -gt 250 ]; do sleep 10; done
-            [ -f $T/run.json ] && run $gpu src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm2 /tmp/gsm2$gpu.log \
-              task.data_dir=/tmp/gsm teacher.path=$T ${GSM2_ARGS:-} ;;
+            [ -f $T/run.json ] && run $gpu src/sparselm/recipes/gsm-smollm2.yaml /tmp/gsm2 /tmp/${name}$gpu.log \
+              task.data_dir=/tmp/gsm teacher.path=$T $a ;;
       translation2) [ -f /tmp/tr-run/teacher/run.json ] &&  # variants against translation's teacher, in /tmp/tr2
                     run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr2 /tmp/tr2$gpu.log \
                       task.data_dir=/tmp/${TR_DATA:-translation} teacher.path=/tmp/tr-run/teacher ${TR_ARGS:-} \
@@ -137,7 +143,7 @@ main)
   [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
   [ -f /tmp/mma.log ] && { echo "== /tmp/mma.log"; tail -80 /tmp/mma.log; }
   [ -f /tmp/profile.log ] && { echo "== /tmp/profile.log"; tail -40 /tmp/profile.log; }
-  for f in /tmp/gsm?.log /tmp/gsm2?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
+  for f in /tmp/gsm?.log /tmp/gsm2?.log /tmp/gsm3?.log /tmp/rs3?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
     echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
   # at most 8 files come back per call: everything else travels in one archive
   G=$(basename ${GSM_OUT:-/tmp/gsm-run})
@@ -146,8 +152,8 @@ main)
      tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/report.md tr2/*.png tr2/runs/*/metrics.jsonl tr-run/runs/*/predictions_*.jsonl tr2/runs/*/predictions_*.jsonl tr-run/teacher/predictions_*.jsonl $G/runs/*/predictions_*.jsonl $G/teacher/predictions_*.jsonl asr/results.json asr/report.md asr/*.png \
      asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
      rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs/runs/*/predictions_*.jsonl rs/teacher/predictions_*.jsonl rs2/results.json rs2/report.md rs2/*.png \
-     rs2/runs/*/metrics.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
+     rs2/runs/*/metrics.jsonl rs2/runs/*/predictions_*.jsonl rs2/teacher/predictions_*.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
      gsm2/results.json gsm2/report.md gsm2/*.png gsm2/runs/*/metrics.jsonl gsm2/runs/*/predictions_*.jsonl \
-     gsm?.log gsm2?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
+     gsm?.log gsm2?.log gsm3?.log rs3?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
   ls -la $OUT ;;
 esac
