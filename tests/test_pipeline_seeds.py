@@ -102,3 +102,40 @@ def test_seeds_pool_wer_runs(tmp_path):
     assert "| 75% | CE + SquareHead (per-token) | -0.040" in (tmp_path / "out" / "seeds.md").read_text()
     res = CliRunner().invoke(app, ["seeds", *map(str, srcs), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 0 and "mean diff -0.0400" in res.output
+
+
+def _record_study_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "record_study.py"
+    spec = importlib.util.spec_from_file_location("record_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_record_study_merge_folds_an_earlier_record_and_refuses_another_teacher(tmp_path):
+    """record_study.py --merge: one record grown over two sessions, paired tests over all runs, same teacher only."""
+    mod = _record_study_module()
+    dest = tmp_path / "results"
+    n = 20
+    _study(dest, 0, {(0.75, "ce"): [True] * 4 + [False] * 16, (0.75, "none"): [False] * n}, gz=True, record="toy")
+    new = _study(tmp_path / "new", 0, {(0.75, "squarehead_token"): [True] * 14 + [False] * 6,
+                                       (0.75, "none"): [True] * n})
+    merged = mod.merge_into(new, "toy", dest)
+    mod.record(merged, "toy", [], dest)
+    rec = json.loads((dest / "replication_toy.json").read_text())
+    got = {(r["sparsity"], r["loss"]): r["value"] for r in rec["runs"]}
+    assert got == {(0.75, "ce"): 0.2, (0.75, "squarehead_token"): 0.7, (0.75, "none"): 1.0}  # the new run wins a tie
+    assert rec["merged"][0]["runs"] == ["s75-ce"]
+    (pair,) = [p for p in rec["paired"] if p["loss"] == "squarehead_token"]
+    assert (pair["a_only"], pair["b_only"]) == (10, 0) and pair["diff"] == pytest.approx(0.5)  # vs the kept CE run
+    assert (dest / "replication_toy_runs" / "s75-ce" / "predictions_test.jsonl.gz").is_file()
+    assert (dest / "replication_toy_runs" / "s75-squarehead_token" / "predictions_test.jsonl.gz").is_file()
+    other = _study(tmp_path / "other", 0, {(0.6, "ce"): [True] * n})
+    res = json.loads((other / "results.json").read_text())
+    res["dense_all"]["test"]["exact_match"] = 0.85
+    (other / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="different teachers"):
+        mod.merge_into(other, "toy", dest)
