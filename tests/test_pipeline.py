@@ -103,6 +103,10 @@ def test_pipeline_resume_skips_finished_runs(finished, monkeypatch, capsys) -> N
     assert {p: p.stat().st_mtime_ns for p in before} == before
     res = json.loads((out / "results.json").read_text())
     assert len(res["runs"]) == 8
+    # with KD there, SquareHead is tested against both baselines, KD against CE (CE never against KD twice)
+    assert {(p["loss"], p["baseline"]) for p in res["paired"] if p["split"] == "test"} == {
+        ("squarehead", "ce"), ("kd", "ce"), ("squarehead", "kd")}
+    assert "| CE + SquareHead | CE + KD |" in (out / "report.md").read_text()
     # changed teacher settings: nothing is redone silently, and the user is told
     changed = _recipe(data, out, losses=["squarehead", "ce", "none", "kd"], teacher={"steps": 9, "lr": 3e-3})
     run_pipeline(validate_pipeline_recipe(changed))

@@ -290,8 +290,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
                  "not learn where to stop.", "",
                  chains]
     if results.get("paired"):
-        text += ["", "## Paired tests vs CE", "",
-                 "Each loss against CE at the same sparsity on the same items (exact match: exact McNemar test on "
+        text += ["", "## Paired tests vs CE (and SquareHead vs KD)", "",
+                 "Each loss against CE, and each SquareHead variant against KD, at the same sparsity on the same "
+                 "items (exact match: exact McNemar test on "
                  "the items exactly one of the two gets right; BLEU: approximate randomization, 10,000 shuffles; WER: "
                  "the same on per-utterance edit counts, a negative difference is fewer errors). "
                  "A small p says the difference is not item noise; it says nothing about other seeds.", "",
