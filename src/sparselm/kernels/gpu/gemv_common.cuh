@@ -1,0 +1,118 @@
+// Shared by the per-nonzero CUDA GEMV kernels (grp8_gemv.cu, delta4_gemv.cu): value and activation types, the
+// fp16 / bf16 / int8 / int4 decoders, x loads. Compiled both by nvcc and, for the host emulation the CPU tests
+// run, by g++ as plain C++ (SL_HD marks what both builds share).
+#pragma once
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#define SL_HD __device__ __forceinline__
+#else
+#define SL_HD static inline
+#endif
+
+enum { VT_F16 = 0, VT_BF16 = 1, VT_I8 = 2, VT_I4 = 3 };  // values (int4: a lane's 4 codes in one 16-bit word)
+enum { XT_F16 = 0, XT_BF16 = 1 };             // activations (and the output)
+
+SL_HD float as_float(uint32_t u) {
+#ifdef __CUDACC__
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+SL_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {  // PTX prmt without the sign-replicate mode
+#ifdef __CUDACC__
+  return __byte_perm(a, b, sel);
+#else
+  const uint64_t v = ((uint64_t)b << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= (uint32_t)((v >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return r;
+#endif
+}
+
+SL_HD float half_to_float(uint32_t h) {  // the low 16 bits, IEEE binary16
+#ifdef __CUDACC__
+  return __half2float(__ushort_as_half((unsigned short)h));
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+  if (exp == 0x1F) return as_float(sign | 0x7F800000u | (man << 13));  // inf / nan
+  if (exp != 0) return as_float(sign | ((exp + 112) << 23) | (man << 13));
+  const float sub = (float)man * (1.0f / 16777216.0f);  // subnormal: man * 2^-24, exact in float
+  return sign ? -sub : sub;
+#endif
+}
+
+SL_HD float bf16_to_float(uint32_t h) { return as_float(h << 16); }
+
+template <int T>
+SL_HD float act_to_float(uint32_t h) { return T == XT_F16 ? half_to_float(h) : bf16_to_float(h & 0xFFFFu); }
+
+// x[col] from its byte offset: from the shared-memory copy (SMEM), or straight from global memory through the
+// read-only L1 path (no staging: each block would otherwise copy all of x, 2K bytes, from L2)
+template <int XT, bool SMEM>
+SL_HD float load_x(const unsigned char* xs, uint32_t byte_offset) {
+#ifdef __CUDACC__
+  if (!SMEM) return act_to_float<XT>(__ldg(reinterpret_cast<const uint16_t*>(xs + byte_offset)));
+#endif
+  return act_to_float<XT>(*reinterpret_cast<const uint16_t*>(xs + byte_offset));
+}
+
+// One lane's raw value words of quad entry i (fp16 / bf16: 8 bytes; int8: 4; int4: 2). Loading is apart from
+// decoding so the batch-1 loop can issue the loads of several quads before it uses any of them (memory-level
+// parallelism: the H200 timings showed the kernel latency-bound, fp16 and int8 values taking the same time).
+struct Raw {
+  uint32_t w0, w1;
+};
+
+template <int VT>
+SL_HD Raw load_raw(const void* vals, int i) {
+  Raw r{0u, 0u};
+#ifdef __CUDACC__
+  if (VT == VT_I8) r.w0 = __ldg(reinterpret_cast<const uint32_t*>(vals) + i);
+  else if (VT == VT_I4) r.w0 = __ldg(reinterpret_cast<const uint16_t*>(vals) + i);
+  else {
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals) + i);
+    r.w0 = w.x; r.w1 = w.y;
+  }
+#else
+  if (VT == VT_I8) r.w0 = reinterpret_cast<const uint32_t*>(vals)[i];
+  else if (VT == VT_I4) r.w0 = reinterpret_cast<const uint16_t*>(vals)[i];
+  else {
+    r.w0 = reinterpret_cast<const uint32_t*>(vals)[2 * i];
+    r.w1 = reinterpret_cast<const uint32_t*>(vals)[2 * i + 1];
+  }
+#endif
+  return r;
+}
+
+// The 4 values (group j = 0..3) of a lane's quad entry, as stored (quantized codes unscaled). int8 -> float in two
+// full-rate instructions: with u = s ^ 0x80 (s + 128 as an unsigned byte), the float with bits 0x4B0000uu is
+// 2^23 + u, so subtracting 2^23 + 128 gives s exactly (no quarter-rate I2F); int4 the same with a bias of 8.
+template <int VT>
+SL_HD void decode_values(const Raw& r, float* v) {
+  if (VT == VT_I8 || VT == VT_I4) {
+    uint32_t t;
+    if (VT == VT_I8) t = r.w0 ^ 0x80808080u;
+    else {  // 4 nibbles n0..n3 (two's complement); ^ 0x8888 biases each by 8, then spread to bytes n0 n2 n1 n3
+      const uint32_t w = r.w0 ^ 0x8888u;
+      t = (w & 0x0F0Fu) | ((w & 0xF0F0u) << 12);
+    }
+    // int8: bytes 0..3 hold the biased codes in order; int4: bytes 0, 2, 1, 3 (see the spread above)
+    const float bias = VT == VT_I8 ? 8388736.0f : 8388616.0f;  // 2^23 + 128 / 2^23 + 8
+    v[0] = as_float(byte_perm(t, 0x4B000000u, 0x7540)) - bias;
+    v[1] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7541 : 0x7542)) - bias;
+    v[2] = as_float(byte_perm(t, 0x4B000000u, VT == VT_I8 ? 0x7542 : 0x7541)) - bias;
+    v[3] = as_float(byte_perm(t, 0x4B000000u, 0x7543)) - bias;
+  } else {
+    constexpr int vt = VT == VT_F16 ? XT_F16 : XT_BF16;
+    v[0] = act_to_float<vt>(r.w0 & 0xFFFFu); v[1] = act_to_float<vt>(r.w0 >> 16);
+    v[2] = act_to_float<vt>(r.w1 & 0xFFFFu); v[3] = act_to_float<vt>(r.w1 >> 16);
+  }
+}
