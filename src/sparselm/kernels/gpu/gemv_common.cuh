@@ -116,3 +116,37 @@ SL_HD void decode_values(const Raw& r, float* v) {
     v[2] = act_to_float<vt>(r.w1 & 0xFFFFu); v[3] = act_to_float<vt>(r.w1 >> 16);
   }
 }
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+
+template <int XT>
+__device__ __forceinline__ uint16_t float_to_act(float f) {
+  if (XT == XT_F16) return __half_as_ushort(__float2half_rn(f));
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+// x (K activations) into shared memory, with 16-byte copies when x is 16-byte aligned; then a block barrier.
+__device__ __forceinline__ void stage_x(uint4* xs4, const uint16_t* x, int K) {
+  if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+    const int n16 = K >> 3;
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) xs4[i] = __ldg(reinterpret_cast<const uint4*>(x) + i);
+    for (int i = (n16 << 3) + threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
+  } else {
+    for (int i = threadIdx.x; i < K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = x[i];
+  }
+  __syncthreads();
+}
+
+// Raise a kernel's dynamic shared-memory limit once per instantiation, as far as a launch needs.
+template <typename Kernel>
+static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
+  if (smem <= *opted) return 0;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return (int)e;
+  *opted = smem;
+  return 0;
+}
+
+extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+#endif

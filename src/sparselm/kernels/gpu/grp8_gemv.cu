@@ -158,14 +158,6 @@ SL_HD void grp8_lane_b(const void* vals, const float* rs, uint32_t magic, const 
 }
 
 #ifdef __CUDACC__
-#include <cuda_bf16.h>
-
-template <int XT>
-__device__ __forceinline__ uint16_t float_to_act(float f) {
-  if (XT == XT_F16) return __half_as_ushort(__float2half_rn(f));
-  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-}
-
 // The arrays of one launch (pointers as the caller passes them; scales: per-row (or null), gscale: per-group
 // (or null)).
 struct Args {
@@ -193,15 +185,7 @@ __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
                                  : reinterpret_cast<const unsigned char*>(a.x);
-  if (!SMEM) {
-  } else if ((reinterpret_cast<uintptr_t>(a.x) & 15) == 0) {
-    const int n16 = a.K >> 3;
-    for (int i = threadIdx.x; i < n16; i += blockDim.x) xs4[i] = __ldg(reinterpret_cast<const uint4*>(a.x) + i);
-    for (int i = (n16 << 3) + threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
-  } else {
-    for (int i = threadIdx.x; i < a.K; i += blockDim.x) reinterpret_cast<uint16_t*>(xs4)[i] = a.x[i];
-  }
-  if (SMEM) __syncthreads();
+  if (SMEM) stage_x(xs4, a.x, a.K);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
   float* slice = nullptr;  // GS = 2: this warp's copy of its row's scales
@@ -283,16 +267,6 @@ __global__ void grp8_gemm_kernel(const Args a) {
         if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
     }
   }
-}
-
-// Raise a kernel's dynamic shared-memory limit once per instantiation, as far as a launch needs.
-template <typename Kernel>
-static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
-  if (smem <= *opted) return 0;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (e != cudaSuccess) return (int)e;
-  *opted = smem;
-  return 0;
 }
 
 template <int VT, int XT, bool SMEM, int GS, int U>
@@ -379,7 +353,6 @@ extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const
   }
 }
 
-extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
 
