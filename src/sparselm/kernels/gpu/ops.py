@@ -59,7 +59,8 @@ class SpmmConfig:
     # "grp8" (per nonzero, 32-slot groups with a base column and 8-bit offsets, any values dtype, K <= 65536) |
     # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
-    # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) |
+    # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
+    # column steps, batch 1, K <= 65536: cuda_delta4.py; grp8cu's num_warps / persist / smem / unroll 1-2) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -86,8 +87,11 @@ class SpmmConfig:
     unroll: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.smem, bool) or (not self.smem and self.kernel != "grp8cu"):
-            raise ValueError(f"SpmmConfig.smem: a bool, and False only for kernel 'grp8cu', got {self.smem!r}")
+        if not isinstance(self.smem, bool) or (not self.smem and self.kernel not in ("grp8cu", "d4cu")):
+            raise ValueError(f"SpmmConfig.smem: a bool, False only for kernels 'grp8cu' / 'd4cu', got {self.smem!r}")
+        if self.kernel == "d4cu":  # the CUDA C++ delta4 kernel: its rules live beside it
+            from sparselm.kernels.gpu.cuda_delta4 import check_config
+            return check_config(self)
         if self.kernel == "tmma":  # the scatter-to-tile tensor-core kernel (cuda_tile.py)
             from sparselm.kernels.gpu.cuda_tile import BATCHES, CHUNK, WARPS
 
@@ -156,8 +160,8 @@ class SpmmConfig:
             return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
-        if self.kernel == "grp8cu":
-            return (f"grp8cu-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
+        if self.kernel in ("grp8cu", "d4cu"):
+            return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
@@ -244,8 +248,8 @@ class PackedBitmask:
             return {("vc32", cfg.vec)}
         if cfg.kernel == "grp8":
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
-        if cfg.kernel == "grp8cu":  # its arrays hold everything it reads (the layouts they came from may go)
-            return {("grp8cu",)}
+        if cfg.kernel in ("grp8cu", "d4cu"):  # their arrays hold all they read (the layouts they came from may go)
+            return {(cfg.kernel,)}
         if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
@@ -270,6 +274,9 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_grp8
 
             return cuda_grp8.supports(self, batch=cfg.block_b)
+        if cfg.kernel == "d4cu":
+            from sparselm.kernels.gpu import cuda_delta4
+            return cuda_delta4.supports(self)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
@@ -387,6 +394,9 @@ class PackedBitmask:
 
             row_scales = scale_bytes if self.scale_mode == SCALE_ROW else 0
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
+        if kernel == "d4cu":  # its chunks (values, steps, bases), chunk starts and per-row scales
+            from sparselm.kernels.gpu import cuda_delta4
+            return cuda_delta4.nbytes(self)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if kernel == "tmma":  # its entries (values + positions, padded groups) and tile starts; no mask
@@ -419,6 +429,9 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         from sparselm.kernels.gpu import cuda_grp8
 
         return cuda_grp8.gemv(x, p, cfg, out)
+    if cfg.kernel == "d4cu":
+        from sparselm.kernels.gpu import cuda_delta4
+        return cuda_delta4.gemv(x, p, cfg, out)
     if cfg.kernel == "bmma":
         from sparselm.kernels.gpu import cuda_mma
 

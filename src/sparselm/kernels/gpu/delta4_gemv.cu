@@ -1,0 +1,216 @@
+// Batch-1 y = x W^T over the delta4 layout (cuda_delta4.py builds it from the bitmask format), in CUDA C++.
+//
+// Why a second per-nonzero layout: grp8 spends 3.2 bytes per fp16 nonzero at 75% (2 value + 1 column offset + the
+// group bases and padding), which caps it at 2.5x cuBLAS's 2 bytes per weight; it runs at 80-89% of that cap.
+// delta4 stores each nonzero's column as a 4-bit step from the previous one: 2 + 0.5 + 2 / 16 (the chunk's base)
+// = 2.63 bytes per fp16 nonzero plus the zero-valued stepping stones that bridge gaps over 15 columns (~1.3% of
+// entries at 75%, independent of K), and 1.63 with int8 values. The column is a running sum within a lane's chunk,
+// so decoding costs one bit-field extract and one add per nonzero, no more than grp8's offset unpacking.
+//
+// Layout: a row's entries (its nonzeros in column order, with stepping stones) are cut into chunks of 16; the last
+// chunk is padded with zero values that repeat the last column (step 0). Per chunk c:
+//   vals   16 values (fp16 / bf16: 32 bytes at 32 c; int8: 16 bytes at 16 c), codes unscaled;
+//   steps  a 64-bit word (two uint32 at 2 c): nibble i (bits 4i..4i+3), i = 1..15, is column[i] - column[i - 1];
+//          nibble 0 is unused (the first column is the base);
+//   base   the first entry's column, uint16 (K <= 65536);
+// cptr[n] is row n's first chunk. int8 values carry per-row scales, applied to the row's sum.
+// One warp per row; lane l takes chunks cptr[n] + l, + 32, ... and the warp sums its lanes (as grp8_gemv.cu).
+//
+// The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, the
+// step decoding and the value decoders are shared with the GPU build, so CPU tests check them bit for bit.
+#include "gemv_common.cuh"
+
+enum { D4_CHUNK = 16 };
+
+// One chunk as loaded: value words (fp16 / bf16: 8 words; int8: 4), the step word, the base column.
+struct Chunk {
+  uint32_t w[8];
+  uint32_t lo, hi, base;
+};
+
+template <int VT>
+SL_HD void load_chunk(const void* vals, const uint32_t* steps, const uint16_t* base, int c, Chunk& ch) {
+#ifdef __CUDACC__
+  const uint4* v4 = reinterpret_cast<const uint4*>(vals);
+  const uint4 a = __ldg(v4 + (VT == VT_I8 ? c : 2 * c));  // two 16-byte loads per fp16 chunk, one per int8 chunk
+  ch.w[0] = a.x; ch.w[1] = a.y; ch.w[2] = a.z; ch.w[3] = a.w;
+  if (VT != VT_I8) {
+    const uint4 b = __ldg(v4 + 2 * c + 1);
+    ch.w[4] = b.x; ch.w[5] = b.y; ch.w[6] = b.z; ch.w[7] = b.w;
+  }
+  const uint2 s = __ldg(reinterpret_cast<const uint2*>(steps) + c);
+  ch.lo = s.x; ch.hi = s.y;
+  ch.base = __ldg(base + c);
+#else
+  const int bytes = VT == VT_I8 ? 16 : 32;
+  memcpy(ch.w, static_cast<const unsigned char*>(vals) + (size_t)c * bytes, bytes);
+  ch.lo = steps[2 * c]; ch.hi = steps[2 * c + 1];
+  ch.base = base[c];
+#endif
+}
+
+// The chunk's 16 products with x, in two accumulators (even / odd entries). c2 = 2 * column, x's byte offset.
+template <int VT, int XT, bool SMEM>
+SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
+  float v[D4_CHUNK];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < 4; ++j) {
+    const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
+    decode_values<VT>(r, v + 4 * j);
+  }
+  uint32_t c2 = ch.base << 1;
+  float acc0 = v[0] * load_x<XT, SMEM>(xs, c2), acc1 = 0.0f;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int i = 1; i < D4_CHUNK; ++i) {
+    const uint32_t word = i < 8 ? ch.lo : ch.hi;
+    c2 += ((word >> (4 * (i & 7))) & 15u) << 1;
+    if (i & 1) acc1 = fmaf(v[i], load_x<XT, SMEM>(xs, c2), acc1);
+    else acc0 = fmaf(v[i], load_x<XT, SMEM>(xs, c2), acc0);
+  }
+  return acc0 + acc1;
+}
+
+// Lane `lane`'s partial dot product over chunks [c0, c1) of one row, U chunks per step: every load of the step is
+// issued before the first use (bytes in flight per lane; the tail step loads only what exists).
+template <int VT, int XT, bool SMEM, int U>
+SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
+                    int c1, int lane) {
+  float acc = 0.0f;
+  for (int c = c0 + lane; c < c1; c += 32 * U) {
+    Chunk ch[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || c + 32 * u < c1) load_chunk<VT>(vals, steps, base, c + 32 * u, ch[u]);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || c + 32 * u < c1) acc += d4_chunk<VT, XT, SMEM>(ch[u], xs);
+  }
+  return acc;
+}
+
+#ifdef __CUDACC__
+struct D4Args {
+  const uint16_t* x;
+  const void* vals;
+  const uint32_t* steps;
+  const uint16_t* base;
+  const int* cptr;
+  const float* scales;  // per-row (int8), or null
+  uint16_t* y;
+  int N, K;
+};
+
+// Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take rows
+// blockIdx * warps + warp, + gridDim * warps, ...; the next row's chunk range and scale are loaded before this
+// row's work. Lane 0 writes y[row].
+template <int VT, int XT, bool SMEM, int U>
+__global__ void d4_gemv_kernel(const D4Args a) {
+  extern __shared__ uint4 xs4[];
+  if (SMEM) stage_x(xs4, a.x, a.K);
+  const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
+                                 : reinterpret_cast<const unsigned char*>(a.x);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
+  int r = blockIdx.x * warps + (threadIdx.x >> 5);
+  int c0 = 0, c1 = 0;
+  float sc = 1.0f;
+  if (r < a.N) {
+    c0 = __ldg(a.cptr + r); c1 = __ldg(a.cptr + r + 1);
+    if (a.scales) sc = __ldg(a.scales + r);
+  }
+  for (; r < a.N; r += stride) {
+    const int rn = r + stride;
+    int n0 = 0, n1 = 0;
+    float nsc = 1.0f;
+    if (rn < a.N) {
+      n0 = __ldg(a.cptr + rn); n1 = __ldg(a.cptr + rn + 1);
+      if (a.scales) nsc = __ldg(a.scales + rn);
+    }
+    float acc = d4_lane<VT, XT, SMEM, U>(a.vals, a.steps, a.base, xs, c0, c1, lane);
+#pragma unroll
+    for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
+    c0 = n0; c1 = n1; sc = nsc;
+  }
+}
+
+template <int VT, int XT, bool SMEM, int U>
+static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
+  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U>, smem, &opted)) return e;
+  d4_gemv_kernel<VT, XT, SMEM, U><<<blocks, threads, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int XT>
+static int d4_unrolled(const D4Args& a, int smem, int unroll, int blocks, int threads, cudaStream_t s) {
+  if (unroll == 1) return smem ? d4_launch<VT, XT, true, 1>(a, blocks, threads, s)
+                               : d4_launch<VT, XT, false, 1>(a, blocks, threads, s);
+  if (unroll == 2) return smem ? d4_launch<VT, XT, true, 2>(a, blocks, threads, s)
+                               : d4_launch<VT, XT, false, 2>(a, blocks, threads, s);
+  return -1;
+}
+
+// y (1, N) = x (1, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); unroll 1 or 2 chunks per load
+// step; smem: x staged per block. Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
+extern "C" int sl_d4_launch(int vt, int xt, int smem, int unroll, const void* x, const void* vals, const void* steps,
+                            const void* base, const void* cptr, const void* scales, void* y, int N, int K, int blocks,
+                            int threads, void* stream) {
+  const D4Args a{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
+                 static_cast<const uint16_t*>(base), static_cast<const int*>(cptr),
+                 static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, smem, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, smem, unroll, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, smem, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, smem, unroll, blocks, threads, s);
+  return -1;
+}
+
+#else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
+
+template <int VT, int XT, int U>
+static void d4_host_rows(const uint16_t* x, const void* vals, const uint32_t* steps, const uint16_t* base,
+                         const int* cptr, const float* scales, float* y, int N) {
+  for (int r = 0; r < N; ++r) {
+    float acc = 0.0f;
+    for (int lane = 0; lane < 32; ++lane)
+      acc += d4_lane<VT, XT, true, U>(vals, steps, base, reinterpret_cast<const unsigned char*>(x), cptr[r],
+                                      cptr[r + 1], lane);
+    y[r] = scales ? acc * scales[r] : acc;
+  }
+}
+
+template <int VT, int XT>
+static int d4_host_unrolled(int unroll, const uint16_t* x, const void* vals, const uint32_t* steps,
+                            const uint16_t* base, const int* cptr, const float* scales, float* y, int N) {
+  if (unroll == 1) d4_host_rows<VT, XT, 1>(x, vals, steps, base, cptr, scales, y, N);
+  else if (unroll == 2) d4_host_rows<VT, XT, 2>(x, vals, steps, base, cptr, scales, y, N);
+  else return -1;
+  return 0;
+}
+
+// The host twin of sl_d4_launch: x (1, K), y (1, N) float32.
+extern "C" int sl_d4_host(int vt, int xt, int unroll, const void* x, const void* vals, const void* steps,
+                          const void* base, const void* cptr, const void* scales, float* y, int N, int K) {
+  (void)K;
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  const uint32_t* st = static_cast<const uint32_t*>(steps);
+  const uint16_t* b = static_cast<const uint16_t*>(base);
+  const int* cp = static_cast<const int*>(cptr);
+  const float* sc = static_cast<const float*>(scales);
+  if (xt == XT_F16 && vt == VT_F16) return d4_host_unrolled<VT_F16, XT_F16>(unroll, xx, vals, st, b, cp, sc, y, N);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_unrolled<VT_BF16, XT_BF16>(unroll, xx, vals, st, b, cp, sc, y, N);
+  if (xt == XT_F16 && vt == VT_I8) return d4_host_unrolled<VT_I8, XT_F16>(unroll, xx, vals, st, b, cp, sc, y, N);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_host_unrolled<VT_I8, XT_BF16>(unroll, xx, vals, st, b, cp, sc, y, N);
+  return -1;
+}
+#endif

@@ -1,0 +1,111 @@
+"""The delta4 layout (4-bit column steps, zero stepping stones over long gaps) and its CUDA C++ kernel's arithmetic,
+checked on the CPU: the layout decodes back to the matrix exactly, and the host build of delta4_gemv.cu (the same
+source compiled by g++: step decoding, value decoders, lane sums) matches a dense reference. The GPU build is
+checked at full shape by benchmarks/gpu_kernels.py before timing."""
+import shutil
+
+import pytest
+import torch
+
+from sparselm.compress import compress_tensor, decompress
+from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, cuda_delta4
+from tiny_models import sparse_weight
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                                reason="the host build of delta4_gemv.cu needs a C++ compiler")
+
+
+def _decode(p) -> torch.Tensor:
+    """The layout read back as a dense float64 matrix of codes: base + running sum of the nibbles per chunk."""
+    vals, steps, base, cptr = cuda_delta4.layout(p)
+    n, k = p.shape
+    word = (steps[:, 0].to(torch.int64) & 0xFFFFFFFF) | (steps[:, 1].to(torch.int64) << 32)
+    nib = (word[:, None] >> (4 * torch.arange(cuda_delta4.CHUNK))) & 15
+    nib[:, 0] = base.to(torch.int64) & 0xFFFF
+    cols = torch.cumsum(nib, 1)
+    rows = torch.repeat_interleave(torch.arange(n), (cptr[1:] - cptr[:-1]).long())
+    dense = torch.zeros(n, k, dtype=torch.float64)
+    dense.index_put_((rows[:, None].expand_as(cols), cols), vals.view(-1, cuda_delta4.CHUNK).double(),
+                     accumulate=True)
+    return dense
+
+
+@pytest.mark.parametrize("values,sparsity,n,k", [
+    ("float16", 0.75, 37, 300), ("float16", 0.0, 9, 700), ("float16", 0.9, 21, 1000),
+    ("bfloat16", 0.5, 17, 513), ("int8", 0.75, 23, 640), ("int8", 0.98, 5, 2000)])
+def test_layout_decodes_to_the_matrix(values, sparsity, n, k):
+    """Every nonzero at its column, stones and padding contribute zeros, steps stay within a nibble."""
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=k), values)
+    p = PackedBitmask.from_compressed(ct)
+    dense = _decode(p)
+    codes = decompress(ct, torch.float64)
+    if ct.scales is not None:  # the layout holds unscaled codes
+        scale = ct.scales.double().reshape(n, -1)
+        codes = torch.where(scale == 0, 0.0, codes / scale)  # an all-zero row has scale 0
+    torch.testing.assert_close(dense, codes, rtol=1e-6, atol=1e-6)
+    vals, steps, base, cptr = cuda_delta4.layout(p)
+    assert vals.numel() == int(cptr[-1]) * cuda_delta4.CHUNK and int(cptr[n // 2 + 1] - cptr[n // 2]) == 0
+
+
+@pytest.mark.parametrize("values,act,sparsity,n,k", [
+    ("float16", torch.float16, 0.5, 37, 300), ("float16", torch.float16, 0.0, 9, 700),
+    ("float16", torch.float16, 0.9, 21, 1000), ("bfloat16", torch.bfloat16, 0.75, 17, 513),
+    ("int8", torch.float16, 0.75, 23, 640), ("int8", torch.bfloat16, 0.5, 11, 333),
+    ("float16", torch.float16, 1.0, 6, 200)])
+def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=n), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k).to(act)
+    y = cuda_delta4.gemv_host(x, p)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    if sparsity == 1.0:
+        assert torch.all(y == 0)
+    else:
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5  # float32 sums of exact products
+    assert torch.all(y[:, n // 2] == 0)
+    # two chunks per load step: the same sums in the same order
+    assert torch.equal(cuda_delta4.gemv_host(x, p, unroll=2), y)
+
+
+def test_long_gaps_the_last_column_and_the_65536_limit():
+    """Gaps of 16, 30, 31 and thousands of columns (stones), a nonzero in the last column, an all-zero row."""
+    k = 65536
+    w = torch.zeros(3, k)
+    w[0, [0, 16, 46, 77, 5000, 40000, k - 1]] = torch.tensor([1.0, -2.0, 3.0, 0.5, -1.5, 2.5, 4.0])
+    w[2, -40:] = 1.0
+    ct = compress_tensor(w, "float16")
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k).half()
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    torch.testing.assert_close(cuda_delta4.gemv_host(x, p).double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_decode(p), decompress(ct, torch.float64))
+    assert p.supports(SpmmConfig(kernel="d4cu", persist=1))
+    wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, k + 1), "float16"))
+    assert not wide.supports(SpmmConfig(kernel="d4cu", persist=1))
+    with pytest.raises(ValueError, match="K <= 65536"):
+        cuda_delta4.gemv_host(torch.randn(1, k + 1).half(), wide)
+    with pytest.raises(ValueError, match="batch-1"):
+        cuda_delta4.gemv_host(torch.randn(2, k).half(), p)
+    with pytest.raises(ValueError, match="values fp16"):
+        cuda_delta4.gemv_host(x.bfloat16(), p)  # fp16 values with bf16 activations
+
+
+def test_fewer_bytes_than_grp8_and_what_it_does_not_serve():
+    """The point of the layout: ~2.7 bytes per fp16 nonzero at 75% (grp8cu: > 3), ~1.7 with int8 values."""
+    w = sparse_weight(256, 4096, 0.75, seed=3)
+    nnz = int((w != 0).sum())
+    fp16 = PackedBitmask.from_compressed(compress_tensor(w, "float16"))
+    int8 = PackedBitmask.from_compressed(compress_tensor(w, "int8"))
+    assert cuda_delta4.nbytes(fp16) / nnz < 2.8 < 3.0 < fp16.nbytes(kernel="grp8cu") / nnz
+    assert cuda_delta4.nbytes(int8) / nnz < 1.8
+    assert fp16.nbytes(kernel="d4cu") == cuda_delta4.nbytes(fp16)
+    assert not cuda_delta4.supports(PackedBitmask.from_compressed(compress_tensor(w, "int4")))
+    assert not cuda_delta4.supports(PackedBitmask.from_compressed(compress_tensor(w, "int8", group_size=128)))
+
+
+def test_config_rules_and_keys():
+    assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2).key() == "d4cu-w8p2"
+    assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
+    for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, num_warps=33), dict(persist=1, unroll=4)):
+        with pytest.raises(ValueError, match="d4cu"):
+            SpmmConfig(kernel="d4cu", **bad)
