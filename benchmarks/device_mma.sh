@@ -2,19 +2,21 @@
 # The tensor-core bitmask kernel (bmma) on one H200: build, GPU tests against the dense product and the host build,
 # then the batched grid (batch 4-64, every bmma config timed), then the batch-1 decode grid for grp8cu (the per-group
 # scale staging's first timing). ~8 min.
-#   bash benchmarks/device_mma.sh   -> $OUT/gpu_kernels_batched.json, $OUT/gpu_kernels_decode_gs2.json
+#   bash benchmarks/device_mma.sh   -> $OUT/gpu_kernels_batched.json (+ DECODE_S=200: $OUT/gpu_kernels_decode_grp8cu.json)
+#   BATCHED_S=0 DECODE_S=250 DECODE_KERNELS=grp8cu,d4cu bash benchmarks/device_mma.sh   # the delta4 kernel's timing
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
-python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t; print('bmma', c.available(), c.build_error() or '', 'grp8cu', g.available(), g.build_error() or '', 'tmma', t.available(), t.build_error() or '')"
+python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t, cuda_delta4 as d; print('bmma', c.available(), c.build_error() or '', 'grp8cu', g.available(), g.build_error() or '', 'tmma', t.available(), t.build_error() or '', 'd4cu', d.available(), d.build_error() or '')"
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 120 python3 -m pytest -q -p no:cacheprovider -x \
-  tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py -k "gpu_build" 2>&1 | tail -12
-timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs --pipelined \
+  tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py tests/test_cuda_delta4.py -k "gpu_build" 2>&1 | tail -12
+[ "${BATCHED_S:-300}" -gt 0 ] && timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs --pipelined \
   --budget-s $(( ${BATCHED_S:-300} - 30 )) --out $OUT/gpu_kernels_batched.json 2>&1 | q 70
-[ "${DECODE_S:-0}" -gt 0 ] && timeout -k 10 $DECODE_S python3 benchmarks/gpu_kernels.py --grid decode --kernels grp8cu \
-  --all-configs --budget-s $(( DECODE_S - 20 )) --out $OUT/gpu_kernels_decode_gs2.json 2>&1 | q 40
+DK=${DECODE_KERNELS:-grp8cu}  # e.g. grp8cu,d4cu: the batch-1 CUDA kernels side by side, cuBLAS in the same run
+[ "${DECODE_S:-0}" -gt 0 ] && timeout -k 10 $DECODE_S python3 benchmarks/gpu_kernels.py --grid decode --kernels $DK \
+  --all-configs --budget-s $(( DECODE_S - 20 )) --out $OUT/gpu_kernels_decode_${DK//,/_}.json 2>&1 | q 40
 
 # issue 4's fine-tuning throughput with compiled blocks (eager steps are launch-bound), when asked
 [ "${TRAIN_S:-0}" -gt 0 ] && timeout -k 10 $TRAIN_S python3 benchmarks/train_step.py --compile \

@@ -2,6 +2,7 @@
 
     python benchmarks/sass_count.py --out benchmarks/results/sass_counts.json     # CPU only, ~1 min
     python benchmarks/sass_count.py --cuda --out ...    # also the CUDA C++ grp8cu kernels (a local nvcc, ~10 s)
+    python benchmarks/sass_count.py --d4cu --out benchmarks/results/sass_counts_d4cu.json   # the delta4 kernel only
 
 Why: on an H200 the per-nonzero kernels stream their bytes at different rates (vc32 ~3 TB/s, grp8i ~2.3 TB/s on
 tall shapes), and instruction counts say where the difference goes without spending device time. Triton
@@ -120,6 +121,44 @@ def count_cuda() -> list[dict]:
     return rows
 
 
+def count_d4cu() -> list[dict]:
+    """The CUDA C++ delta4 kernels (delta4_gemv.cu) built by a local nvcc for sm_90: per (values, activations, x
+    path, chunks per load step), the chunk loop's instructions per nonzero (16 nonzeros per lane per chunk)."""
+    import shutil
+
+    from sparselm.kernels.gpu import cuda_build, cuda_delta4
+
+    nvcc = cuda_build.nvcc() or shutil.which("nvcc")
+    if nvcc is None:
+        raise SystemExit("--d4cu: nvcc not found")
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / "k.so"
+        subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
+                        "-o", str(lib), str(cuda_delta4._SOURCE)], check=True, capture_output=True, text=True)
+        sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        m = re.search(r"d4_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELi(\d)E", part.split("\n", 1)[0])
+        if not m:
+            continue
+        vt, xt, smem, unroll = int(m.group(1)), int(m.group(2)), m.group(3) == "1", int(m.group(4))
+        ins = [(int(x.group(1), 16), x.group(3), x.group(4)) for x in INS.finditer(part)]
+        loops = []
+        for addr, op, args in ins:
+            tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+            if tgt and int(tgt.group(1), 16) < addr:
+                loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
+        gather = "LDS" if smem else "LDG.E.U16"
+        step = 16 * unroll
+        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= step), key=len)
+        classes = collections.Counter(classify(op) for op in inner)
+        rows.append({"kernel": "d4cu" + ("" if smem else "-l1") + f"-u{unroll}", "values": VT_NAMES[vt],
+                     "act": XT_NAMES[xt], "unroll": unroll, "loop_instructions": len(inner),
+                     "nnz_per_thread_step": step, "per_nnz": round(len(inner) / step, 2),
+                     "per_nnz_by_class": {k: round(v / step, 2) for k, v in sorted(classes.items())}})
+    return rows
+
+
 def _count_gemm(part: str, b: int, tag: tuple[str, str], gs: bool) -> dict:
     ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
     best = None
@@ -207,7 +246,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cuda", action="store_true", help="also the CUDA C++ grp8 kernel (needs a local nvcc)")
+    ap.add_argument("--d4cu", action="store_true", help="only the CUDA C++ delta4 kernel (needs a local nvcc)")
     args = ap.parse_args()
+    if args.d4cu:  # its own record: the Triton counts above need a minute and do not change with it
+        rows = count_d4cu()
+        for r in rows:
+            print(f"{r['kernel']:10s} {r['values']:5s} {r['act']:4s} {r['per_nnz']:5.2f} per nonzero")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
+                                            "rows": rows}, indent=1) + "\n")
+        return
     rows = count_cuda() if args.cuda else []
     for tile, warps in ((512, 2), (1024, 4)):
         rows.append({"kernel": "vc32", "values": "fp16", "tile": tile, "warps": warps,

@@ -109,3 +109,34 @@ def test_config_rules_and_keys():
     for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, num_warps=33), dict(persist=1, unroll=4)):
         with pytest.raises(ValueError, match="d4cu"):
             SpmmConfig(kernel="d4cu", **bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_unavailable_without_a_gpu_says_why():
+    assert not cuda_delta4.available()
+    assert "no CUDA device" in cuda_delta4.build_error()
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cuda_delta4.gemv(torch.randn(1, 128).half(),
+                         PackedBitmask.from_compressed(compress_tensor(sparse_weight(4, 128, 0.5), "float16")),
+                         SpmmConfig(kernel="d4cu", persist=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,act,smem,unroll", [
+    ("float16", torch.float16, True, 1), ("float16", torch.float16, False, 2), ("bfloat16", torch.bfloat16, True, 2),
+    ("int8", torch.float16, True, 2), ("int8", torch.bfloat16, False, 1)])
+def test_gpu_build_matches_the_host_build(values, act, smem, unroll):
+    """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
+    all-zero row, K past the 48 KB default shared-memory window, 90% sparsity: many stepping stones)."""
+    if not cuda_delta4.available():
+        pytest.skip(f"d4cu unavailable: {cuda_delta4.build_error()}")
+    for n, k, s in ((37, 300, 0.75), (19, 30000, 0.75), (23, 4096, 0.9)):
+        ct = compress_tensor(sparse_weight(n, k, s, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(1, k, device="cuda").to(act)
+        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=4, persist=2, smem=smem, unroll=unroll))
+        ref = x.double() @ decompress(ct, torch.float32).double().T
+        tol = 1e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p).to(act).float(),
+                                   rtol=tol, atol=tol)

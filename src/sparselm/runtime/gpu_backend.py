@@ -158,6 +158,19 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25, 8.3 SASS
+# instructions per nonzero against 9.1-10.8 offline; not yet timed): grp8cu's batch-1 launch shapes, 1 or 2 chunks
+# per load step (at most 54 registers per thread at sm_90: every shape fits a block)
+def d4cu_configs(shapes=GRP8CU_B1, unrolls=(1, 2)) -> list[SpmmConfig]:
+    """The batch-1 d4cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
+    from sparselm.kernels.gpu import cuda_delta4
+
+    if not cuda_delta4.available():
+        return []
+    return [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u)
+            for w, pb, sm in shapes for u in unrolls]
+
+
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
     kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
@@ -188,7 +201,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
         # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
-        out += grp8cu_configs()
+        out += grp8cu_configs() + d4cu_configs()
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []
