@@ -63,8 +63,9 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
     else:
         assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5  # float32 sums of exact products
     assert torch.all(y[:, n // 2] == 0)
-    # two chunks per load step: the same sums in the same order
+    # two chunks per load step, and x through L1 (2-byte offsets): the same sums in the same order
     assert torch.equal(cuda_delta4.gemv_host(x, p, unroll=2), y)
+    assert torch.equal(cuda_delta4.gemv_host(x, p, smem=False), y)
 
 
 def test_long_gaps_the_last_column_and_the_65536_limit():
@@ -78,6 +79,7 @@ def test_long_gaps_the_last_column_and_the_65536_limit():
     x = torch.randn(1, k).half()
     ref = x.double() @ decompress(ct, torch.float32).double().T
     torch.testing.assert_close(cuda_delta4.gemv_host(x, p).double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cuda_delta4.gemv_host(x, p, unroll=2, smem=False).double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_decode(p), decompress(ct, torch.float64))
     assert p.supports(SpmmConfig(kernel="d4cu", persist=1))
     wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, k + 1), "float16"))
@@ -138,5 +140,5 @@ def test_gpu_build_matches_the_host_build(values, act, smem, unroll):
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p).to(act).float(),
+        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, smem=smem).to(act).float(),
                                    rtol=tol, atol=tol)

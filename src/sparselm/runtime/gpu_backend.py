@@ -158,7 +158,7 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
-# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25, 8.3 SASS
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25, 7.1 SASS
 # instructions per nonzero against 9.1-10.8 offline; not yet timed): grp8cu's batch-1 launch shapes, 1 or 2 chunks
 # per load step (at most 54 registers per thread at sm_90: every shape fits a block)
 def d4cu_configs(shapes=GRP8CU_B1, unrolls=(1, 2)) -> list[SpmmConfig]:

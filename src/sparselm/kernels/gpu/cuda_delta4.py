@@ -43,7 +43,7 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_d4_host.restype = i32
-        lib.sl_d4_host.argtypes = [i32] * 3 + [vp] * 7 + [i32] * 2
+        lib.sl_d4_host.argtypes = [i32] * 4 + [vp] * 7 + [i32] * 2
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -174,8 +174,9 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
-    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference."""
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference.
+    smem: x as the float32 copy the kernel stages in shared memory (else as it is, the L1 path's offsets)."""
     _check(x, p)
     if unroll not in UNROLLS:
         raise ValueError(f"d4cu: unroll must be one of {UNROLLS}, got {unroll}")
@@ -187,7 +188,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
     vals, steps, base, cptr = (t.cpu() for t in layout(p))
     scales = _scales(p, "cpu")
     y = torch.empty(1, n, dtype=torch.float32)
-    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], unroll, x.data_ptr(), vals.data_ptr(), steps.data_ptr(),
+    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], int(smem), unroll, x.data_ptr(), vals.data_ptr(), steps.data_ptr(),
                           base.data_ptr(), cptr.data_ptr(), None if scales is None else scales.data_ptr(),
                           y.data_ptr(), n, k)
     if code != 0:

@@ -15,6 +15,8 @@
 //   base   the first entry's column, uint16 (K <= 65536);
 // cptr[n] is row n's first chunk. int8 values carry per-row scales, applied to the row's sum.
 // One warp per row; lane l takes chunks cptr[n] + l, + 32, ... and the warp sums its lanes (as grp8_gemv.cu).
+// x is staged per block as float32 (4K bytes of shared memory), so a nonzero costs no activation conversion:
+// 7.1 SASS instructions per fp16 nonzero at sm_90 (benchmarks/sass_count.py --d4cu).
 //
 // The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, the
 // step decoding and the value decoders are shared with the GPU build, so CPU tests check them bit for bit.
@@ -49,9 +51,20 @@ SL_HD void load_chunk(const void* vals, const uint32_t* steps, const uint16_t* b
 #endif
 }
 
-// The chunk's 16 products with x, in two accumulators (even / odd entries). c2 = 2 * column, x's byte offset.
+// x[column] from its byte offset: SMEM, the block's float32 copy in shared memory (4 bytes per column: the
+// conversion is paid once per block at staging, not once per nonzero); else the activations in global memory
+// through L1 (2 bytes per column).
+template <int XT, bool SMEM>
+SL_HD float d4_x(const unsigned char* xs, uint32_t off) {
+  if (SMEM) return *reinterpret_cast<const float*>(xs + off);
+  return load_x<XT, false>(xs, off);
+}
+
+// The chunk's 16 products with x, in two accumulators (even / odd entries). off = column * XB, x's byte offset
+// (XB = 4 in shared memory, 2 through L1); each nibble is scaled in place by one shift and one mask.
 template <int VT, int XT, bool SMEM>
 SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
+  constexpr int SH = SMEM ? 2 : 1;  // log2 of the bytes per x column
   float v[D4_CHUNK];
 #ifdef __CUDACC__
 #pragma unroll
@@ -60,16 +73,17 @@ SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
     const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
     decode_values<VT>(r, v + 4 * j);
   }
-  uint32_t c2 = ch.base << 1;
-  float acc0 = v[0] * load_x<XT, SMEM>(xs, c2), acc1 = 0.0f;
+  uint32_t off = ch.base << SH;
+  float acc0 = v[0] * d4_x<XT, SMEM>(xs, off), acc1 = 0.0f;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
   for (int i = 1; i < D4_CHUNK; ++i) {
     const uint32_t word = i < 8 ? ch.lo : ch.hi;
-    c2 += ((word >> (4 * (i & 7))) & 15u) << 1;
-    if (i & 1) acc1 = fmaf(v[i], load_x<XT, SMEM>(xs, c2), acc1);
-    else acc0 = fmaf(v[i], load_x<XT, SMEM>(xs, c2), acc0);
+    const int at = 4 * (i & 7) - SH;  // nibble i of the word, already times XB
+    off += (at >= 0 ? word >> at : word << -at) & (15u << SH);
+    if (i & 1) acc1 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc1);
+    else acc0 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc0);
   }
   return acc0 + acc1;
 }
@@ -113,9 +127,12 @@ struct D4Args {
 // row's work. Lane 0 writes y[row].
 template <int VT, int XT, bool SMEM, int U>
 __global__ void d4_gemv_kernel(const D4Args a) {
-  extern __shared__ uint4 xs4[];
-  if (SMEM) stage_x(xs4, a.x, a.K);
-  const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
+  extern __shared__ float xsf[];
+  if (SMEM) {  // x as float32, converted once per block
+    for (int i = threadIdx.x; i < a.K; i += blockDim.x) xsf[i] = act_to_float<XT>(a.x[i]);
+    __syncthreads();
+  }
+  const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xsf)
                                  : reinterpret_cast<const unsigned char*>(a.x);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
@@ -144,7 +161,7 @@ __global__ void d4_gemv_kernel(const D4Args a) {
 template <int VT, int XT, bool SMEM, int U>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0;
+  const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
   if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U>, smem, &opted)) return e;
   d4_gemv_kernel<VT, XT, SMEM, U><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
@@ -177,40 +194,55 @@ extern "C" int sl_d4_launch(int vt, int xt, int smem, int unroll, const void* x,
 
 #else  // host emulation: the same lane arithmetic, lanes summed in order (float32 output)
 
-template <int VT, int XT, int U>
+// SMEM: x converted to the float32 copy the kernel stages (4-byte offsets); else x as it is (the L1 path's
+// 2-byte offsets)
+template <int VT, int XT, bool SMEM, int U>
 static void d4_host_rows(const uint16_t* x, const void* vals, const uint32_t* steps, const uint16_t* base,
-                         const int* cptr, const float* scales, float* y, int N) {
+                         const int* cptr, const float* scales, float* y, int N, int K) {
+  float* xf = new float[K > 0 ? K : 1];
+  for (int k = 0; k < K; ++k) xf[k] = act_to_float<XT>(x[k]);
+  const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xf)
+                                 : reinterpret_cast<const unsigned char*>(x);
   for (int r = 0; r < N; ++r) {
     float acc = 0.0f;
     for (int lane = 0; lane < 32; ++lane)
-      acc += d4_lane<VT, XT, true, U>(vals, steps, base, reinterpret_cast<const unsigned char*>(x), cptr[r],
-                                      cptr[r + 1], lane);
+      acc += d4_lane<VT, XT, SMEM, U>(vals, steps, base, xs, cptr[r], cptr[r + 1], lane);
     y[r] = scales ? acc * scales[r] : acc;
   }
+  delete[] xf;
 }
 
+struct D4Host {
+  const uint16_t* x;
+  const void* vals;
+  const uint32_t* steps;
+  const uint16_t* base;
+  const int* cptr;
+  const float* scales;
+  float* y;
+  int N, K;
+};
+
 template <int VT, int XT>
-static int d4_host_unrolled(int unroll, const uint16_t* x, const void* vals, const uint32_t* steps,
-                            const uint16_t* base, const int* cptr, const float* scales, float* y, int N) {
-  if (unroll == 1) d4_host_rows<VT, XT, 1>(x, vals, steps, base, cptr, scales, y, N);
-  else if (unroll == 2) d4_host_rows<VT, XT, 2>(x, vals, steps, base, cptr, scales, y, N);
+static int d4_host_variant(const D4Host& h, int smem, int unroll) {
+#define SL_D4H(S, U) d4_host_rows<VT, XT, S, U>(h.x, h.vals, h.steps, h.base, h.cptr, h.scales, h.y, h.N, h.K)
+  if (unroll == 1) smem ? SL_D4H(true, 1) : SL_D4H(false, 1);
+  else if (unroll == 2) smem ? SL_D4H(true, 2) : SL_D4H(false, 2);
   else return -1;
+#undef SL_D4H
   return 0;
 }
 
 // The host twin of sl_d4_launch: x (1, K), y (1, N) float32.
-extern "C" int sl_d4_host(int vt, int xt, int unroll, const void* x, const void* vals, const void* steps,
+extern "C" int sl_d4_host(int vt, int xt, int smem, int unroll, const void* x, const void* vals, const void* steps,
                           const void* base, const void* cptr, const void* scales, float* y, int N, int K) {
-  (void)K;
-  const uint16_t* xx = static_cast<const uint16_t*>(x);
-  const uint32_t* st = static_cast<const uint32_t*>(steps);
-  const uint16_t* b = static_cast<const uint16_t*>(base);
-  const int* cp = static_cast<const int*>(cptr);
-  const float* sc = static_cast<const float*>(scales);
-  if (xt == XT_F16 && vt == VT_F16) return d4_host_unrolled<VT_F16, XT_F16>(unroll, xx, vals, st, b, cp, sc, y, N);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_unrolled<VT_BF16, XT_BF16>(unroll, xx, vals, st, b, cp, sc, y, N);
-  if (xt == XT_F16 && vt == VT_I8) return d4_host_unrolled<VT_I8, XT_F16>(unroll, xx, vals, st, b, cp, sc, y, N);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_host_unrolled<VT_I8, XT_BF16>(unroll, xx, vals, st, b, cp, sc, y, N);
+  const D4Host h{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
+                 static_cast<const uint16_t*>(base), static_cast<const int*>(cptr), static_cast<const float*>(scales),
+                 y, N, K};
+  if (xt == XT_F16 && vt == VT_F16) return d4_host_variant<VT_F16, XT_F16>(h, smem, unroll);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_variant<VT_BF16, XT_BF16>(h, smem, unroll);
+  if (xt == XT_F16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_F16>(h, smem, unroll);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_BF16>(h, smem, unroll);
   return -1;
 }
 #endif
