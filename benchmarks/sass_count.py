@@ -138,10 +138,17 @@ def count_d4cu() -> list[dict]:
         sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
-        m = re.search(r"d4_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELi(\d)E", part.split("\n", 1)[0])
-        if not m:
+        head = part.split("\n", 1)[0]
+        m = re.search(r"d4_gemv_kernelILi(\d)ELi(\d)ELb(\d)ELi(\d)E", head)
+        mb = re.search(r"d4_gemm_kernelILi(\d)ELi(\d)ELi(\d)ELi(\d)E", head)  # batches 2-8: (vt, xt, B, U)
+        if mb:
+            m, batch = mb, int(mb.group(3))
+            vt, xt, smem, unroll = int(mb.group(1)), int(mb.group(2)), True, int(mb.group(4))
+        elif m:
+            batch = 1
+            vt, xt, smem, unroll = int(m.group(1)), int(m.group(2)), m.group(3) == "1", int(m.group(4))
+        else:
             continue
-        vt, xt, smem, unroll = int(m.group(1)), int(m.group(2)), m.group(3) == "1", int(m.group(4))
         ins = [(int(x.group(1), 16), x.group(3), x.group(4)) for x in INS.finditer(part)]
         loops = []
         for addr, op, args in ins:
@@ -150,10 +157,12 @@ def count_d4cu() -> list[dict]:
                 loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
         gather = "LDS" if smem else "LDG.E.U16"
         step = 16 * unroll
-        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= step), key=len)
+        loads = step * max(1, batch // 4)  # x loads per step: one per nonzero (two float4 per nonzero at batch 8)
+        inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= loads), key=len)
         classes = collections.Counter(classify(op) for op in inner)
-        rows.append({"kernel": "d4cu" + ("" if smem else "-l1") + f"-u{unroll}", "values": VT_NAMES[vt],
-                     "act": XT_NAMES[xt], "unroll": unroll, "loop_instructions": len(inner),
+        rows.append({"kernel": "d4cu" + (f"-b{batch}" if batch > 1 else "") + ("" if smem else "-l1") + f"-u{unroll}",
+                     "values": VT_NAMES[vt], "act": XT_NAMES[xt], "batch": batch, "unroll": unroll,
+                     "loop_instructions": len(inner),
                      "nnz_per_thread_step": step, "per_nnz": round(len(inner) / step, 2),
                      "per_nnz_by_class": {k: round(v / step, 2) for k, v in sorted(classes.items())}})
     return rows
@@ -251,7 +260,7 @@ def main() -> None:
     if args.d4cu:  # its own record: the Triton counts above need a minute and do not change with it
         rows = count_d4cu()
         for r in rows:
-            print(f"{r['kernel']:10s} {r['values']:5s} {r['act']:4s} {r['per_nnz']:5.2f} per nonzero")
+            print(f"{r['kernel']:13s} {r['values']:5s} {r['act']:4s} {r['per_nnz']:5.2f} per nonzero")
         if args.out is not None:
             args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
                                             "rows": rows}, indent=1) + "\n")

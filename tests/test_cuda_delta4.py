@@ -68,6 +68,26 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
     assert torch.equal(cuda_delta4.gemv_host(x, p, smem=False), y)
 
 
+@pytest.mark.parametrize("values,act,batch,bsz,sparsity,unroll", [
+    ("float16", torch.float16, 2, 2, 0.5, 1), ("float16", torch.float16, 4, 3, 0.75, 2),
+    ("bfloat16", torch.bfloat16, 8, 5, 0.5, 1), ("int8", torch.float16, 8, 8, 0.9, 2),
+    ("int8", torch.bfloat16, 4, 4, 0.0, 1), ("float16", torch.float16, 8, 1, 0.75, 2)])
+def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz, sparsity, unroll):
+    """The batch 2-8 kernel's arithmetic (x transposed as float32, B sums per lane, padded rows ignored)."""
+    n, k = 29, 430
+    ct = compress_tensor(sparse_weight(n, k, sparsity, seed=batch), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(bsz, k).to(act)
+    y = cuda_delta4.gemv_host(x, p, unroll=unroll, batch=batch)
+    ref = x.double() @ decompress(ct, torch.float32).double().T
+    assert y.shape == (bsz, n)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-5
+    torch.testing.assert_close(y[:1], cuda_delta4.gemv_host(x[:1], p), rtol=1e-5, atol=1e-4)  # row 0 vs batch 1
+    assert torch.all(y[:, n // 2] == 0)
+    with pytest.raises(ValueError, match="smem"):
+        cuda_delta4.gemv_host(x, p, batch=batch, smem=False)  # the batched kernel always stages x
+
+
 def test_long_gaps_the_last_column_and_the_65536_limit():
     """Gaps of 16, 30, 31 and thousands of columns (stones), a nonzero in the last column, an all-zero row."""
     k = 65536
@@ -86,8 +106,10 @@ def test_long_gaps_the_last_column_and_the_65536_limit():
     assert not wide.supports(SpmmConfig(kernel="d4cu", persist=1))
     with pytest.raises(ValueError, match="K <= 65536"):
         cuda_delta4.gemv_host(torch.randn(1, k + 1).half(), wide)
-    with pytest.raises(ValueError, match="batch-1"):
+    with pytest.raises(ValueError, match="1 <= B <= 1"):
         cuda_delta4.gemv_host(torch.randn(2, k).half(), p)
+    with pytest.raises(ValueError, match="4 \\* K \\* batch"):  # 65536 x 8 float32 activations overflow shared memory
+        cuda_delta4.gemv_host(torch.randn(2, k).half(), p, batch=8)
     with pytest.raises(ValueError, match="values fp16"):
         cuda_delta4.gemv_host(x.bfloat16(), p)  # fp16 values with bf16 activations
 
@@ -108,7 +130,9 @@ def test_fewer_bytes_than_grp8_and_what_it_does_not_serve():
 def test_config_rules_and_keys():
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2).key() == "d4cu-w8p2"
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
-    for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, num_warps=33), dict(persist=1, unroll=4)):
+    assert SpmmConfig(kernel="d4cu", num_warps=16, persist=1, block_b=4).key() == "d4cu-w16p1b4"
+    for bad in (dict(persist=0), dict(persist=1, block_b=16), dict(persist=1, block_b=2, smem=False),
+                dict(persist=1, num_warps=33), dict(persist=1, unroll=4)):
         with pytest.raises(ValueError, match="d4cu"):
             SpmmConfig(kernel="d4cu", **bad)
 
@@ -142,3 +166,23 @@ def test_gpu_build_matches_the_host_build(values, act, smem, unroll):
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
         torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, smem=smem).to(act).float(),
                                    rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,act,batch,bsz", [
+    ("float16", torch.float16, 2, 2), ("float16", torch.float16, 4, 3), ("bfloat16", torch.bfloat16, 8, 8),
+    ("int8", torch.float16, 8, 5), ("int8", torch.bfloat16, 4, 4)])
+def test_gpu_build_batched_matches_the_host_build(values, act, batch, bsz):
+    """On a GPU machine: batches 2-8 against the host emulation and the dense reference, K past 48 KB of x."""
+    if not cuda_delta4.available():
+        pytest.skip(f"d4cu unavailable: {cuda_delta4.build_error()}")
+    for n, k in ((37, 300), (19, 4096 if batch == 8 else 11008)):
+        ct = compress_tensor(sparse_weight(n, k, 0.75, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(bsz, k, device="cuda").to(act)
+        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=8, persist=1, block_b=batch, unroll=2))
+        ref = x.double() @ decompress(ct, torch.float32).double().T
+        tol = 1e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, unroll=2, batch=batch)
+                                   .to(act).float(), rtol=tol, atol=tol)

@@ -158,16 +158,21 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
-# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25, 7.1 SASS
-# instructions per nonzero against 9.1-10.8 offline; not yet timed): grp8cu's batch-1 launch shapes, 1 or 2 chunks
-# per load step (at most 54 registers per thread at sm_90: every shape fits a block)
-def d4cu_configs(shapes=GRP8CU_B1, unrolls=(1, 2)) -> list[SpmmConfig]:
-    """The batch-1 d4cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25; offline
+# sm_90 SASS per fp16 nonzero 7.1 at batch 1, 8.1 / 10 / 15 at batch 2 / 4 / 8 against grp8cu's 9.1-10.8 / 13.5 /
+# 16 / 25; not yet timed): grp8cu's batch-1 launch shapes; batches 2-8 stage 4 K B bytes of x per block, so fewer,
+# larger blocks; 1 or 2 chunks per load step (at most 64 registers per thread: a 32-warp block fits)
+D4CU_BATCHED = ((16, 1, True), (32, 1, True), (16, 2, True))
+
+
+def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
+    """The d4cu candidates for padded batch 1, 2, 4 or 8 ([] where nvcc cannot build the kernel for this GPU)."""
     from sparselm.kernels.gpu import cuda_delta4
 
-    if not cuda_delta4.available():
+    if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
-    return [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u)
+    shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
+    return [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
             for w, pb, sm in shapes for u in unrolls]
 
 
@@ -212,6 +217,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
         out += [SpmmConfig(kernel=kn, block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for kn in ("vc32", "grp8") for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8))]
+    out += d4cu_configs(bb)  # batches 2-8 (x transposed as float32 in shared memory), where it builds
     if batch <= 16:  # the CUDA kernel's batched form: x transposed in shared memory, one vector load per nonzero
         from sparselm.kernels.gpu import cuda_grp8
 

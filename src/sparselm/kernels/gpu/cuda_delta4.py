@@ -1,14 +1,15 @@
 """The CUDA C++ batch-1 delta4 kernel (`delta4_gemv.cu`): its layout, build, launch, and CPU emulation.
 
     vals, steps, base, cptr = layout(packed)   # built once per matrix, cached on it under ("d4cu",)
-    y = gemv(x, packed, cfg)                   # x (1, K) fp16/bf16 on the GPU; cfg = SpmmConfig(kernel="d4cu", ...)
-    y = gemv_host(x, packed)                   # the same arithmetic on the CPU (tests): float32 (1, N)
+    y = gemv(x, packed, cfg)                   # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2, 4, 8)
+    y = gemv_host(x, packed, batch=1)          # the same arithmetic on the CPU (tests): float32 (B, N)
 
 Why: grp8 (cuda_grp8.py) reads 3.2 bytes per fp16 nonzero at 75% sparsity, a 2.5x ceiling against cuBLAS's 2 bytes
 per weight. delta4 stores a nonzero's column as a 4-bit step from the previous one, 2.63 bytes per fp16 nonzero
 (ceiling 3.0x) and 1.63 per int8 one (4.9x); delta4_gemv.cu's header gives the layout. Gaps over 15 columns are
 bridged by zero-valued "stepping stones": at 75% sparsity about 1.3% of entries, at 90% about 20% (where the
-mask-based kernels win; autotune measures).
+mask-based kernels win; autotune measures). Batches 2-8 (`block_b`): x staged transposed as float32 (4 K B bytes
+of shared memory), one vector load and B multiply-adds per nonzero, so a small batch costs little more than one row.
 
 Build (cuda_build.py, as cuda_grp8.py): nvcc for the GPU's architecture, cached by content hash; no nvcc or a
 failed build: `available()` is False with the reason in `build_error()`. The host build (g++ -x c++ of the same
@@ -23,12 +24,14 @@ import torch
 
 from sparselm.compress.format import CompressedTensor, unpack_mask
 from sparselm.kernels.gpu import cuda_build
+from sparselm.kernels.gpu.cuda_grp8 import smem_limit
 
 _SOURCE = Path(__file__).with_name("delta4_gemv.cu")
 CHUNK = 16      # entries per chunk: one lane's 16 values (32 bytes fp16), 15 steps in a 64-bit word, a base
 MAX_STEP = 15   # the largest column step a nibble holds
 MAX_K = 65536   # base columns are uint16
 UNROLLS = (1, 2)
+BATCHES = (1, 2, 4, 8)
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
 _XT = {torch.float16: 0, torch.bfloat16: 1}
 
@@ -37,13 +40,14 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_d4_launch.restype = i32
-        # (vt, xt, smem, unroll), (x, vals, steps, base, cptr, scales, y), (N, K, blocks, threads), stream
-        lib.sl_d4_launch.argtypes = [i32] * 4 + [vp] * 7 + [i32] * 4 + [vp]
+        # (vt, xt, B, smem, unroll), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy, blocks,
+        # threads), stream
+        lib.sl_d4_launch.argtypes = [i32] * 5 + [vp] * 7 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_d4_host.restype = i32
-        lib.sl_d4_host.argtypes = [i32] * 4 + [vp] * 7 + [i32] * 2
+        lib.sl_d4_host.argtypes = [i32] * 5 + [vp] * 7 + [i32] * 3
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -53,21 +57,25 @@ build_error = _LIB.build_error
 
 
 def check_config(cfg) -> None:
-    """SpmmConfig's rules for kernel "d4cu": batch 1 (block_b 1), persist = blocks per SM (>= 1), num_warps =
-    warps per block (1-32), unroll = chunks per load step (1 or 2), smem = x staged per block (else via L1)."""
+    """SpmmConfig's rules for kernel "d4cu": block_b (padded batch) in BATCHES, persist = blocks per SM (>= 1),
+    num_warps = warps per block (1-32), unroll = chunks per load step (1 or 2), smem = x staged per block (else via
+    L1: batch 1 only)."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
-    if not (cfg.block_b == 1 and ok_int(cfg.persist, 1, 1 << 20) and ok_int(cfg.num_warps, 1, 32)
-            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool)):
-        raise ValueError(f"SpmmConfig d4cu: block_b 1, persist (blocks per SM) >= 1, num_warps 1-32, unroll in "
-                         f"{UNROLLS}; got block_b {cfg.block_b} persist {cfg.persist!r} num_warps {cfg.num_warps!r} "
-                         f"unroll {cfg.unroll!r}")
+    if not (cfg.block_b in BATCHES and ok_int(cfg.persist, 1, 1 << 20) and ok_int(cfg.num_warps, 1, 32)
+            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and (cfg.smem or cfg.block_b == 1)):
+        raise ValueError(f"SpmmConfig d4cu: block_b in {BATCHES}, persist (blocks per SM) >= 1, num_warps 1-32, "
+                         f"unroll in {UNROLLS}, smem False at block_b 1 only; got block_b {cfg.block_b} persist "
+                         f"{cfg.persist!r} num_warps {cfg.num_warps!r} unroll {cfg.unroll!r} smem {cfg.smem!r}")
 
 
-def supports(p, x_dtype: torch.dtype | None = None) -> bool:
-    """K <= 65536; fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales or none) with either.
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
+    """K <= 65536; fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales or none) with either;
+    batch (the padded one) in BATCHES, with 4 K batch bytes of x fitting in one block's shared memory when > 1.
     Not int4 codes or per-group scales (grp8cu serves those)."""
     n, k = p.shape
     if k > MAX_K or p.values.dtype not in _VT:
+        return False
+    if batch not in BATCHES or (batch > 1 and 4 * k * batch > smem_limit()):
         return False
     if p.values.dtype == torch.int8 and ((p._ct is not None and p._ct.bits != 8) or
                                          (p.scales is not None and p.scales.numel() != n)):
@@ -141,13 +149,15 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p) -> None:
+def _check(x: torch.Tensor, p, batch: int) -> None:
     n, k = p.shape
-    if x.dim() != 2 or x.shape != (1, k):
-        raise ValueError(f"d4cu: x must be (1, {k}) (a batch-1 kernel), got {tuple(x.shape)}")
-    if not supports(p, x.dtype):
-        raise ValueError(f"d4cu: needs K <= {MAX_K} and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row "
-                         f"scales; got K {k}, values {p.values.dtype}, x {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
+        raise ValueError(f"d4cu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
+                         f"{tuple(x.shape)}")
+    if not supports(p, x.dtype, batch):
+        raise ValueError(f"d4cu: needs K <= {MAX_K}, batch in {BATCHES} (4 * K * batch <= {smem_limit()} bytes when "
+                         f"batched) and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, "
+                         f"batch {batch}, values {p.values.dtype}, x {x.dtype}")
 
 
 def _scales(p, device) -> torch.Tensor | None:
@@ -155,9 +165,9 @@ def _scales(p, device) -> torch.Tensor | None:
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (1, N) = x W^T on the GPU: cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.smem (x staged
-    in shared memory, else read through L1), cfg.unroll chunks per load step (1 or 2)."""
-    _check(x, p)
+    """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
+    cfg.smem (x staged in shared memory, else read through L1), cfg.unroll chunks per load step (1 or 2)."""
+    _check(x, p, cfg.block_b)
     n, k = p.shape
     lib, y = _LIB.prepare("d4cu", x, p, out)
     x = x.contiguous()
@@ -165,19 +175,20 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     scales = _scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], int(cfg.smem), cfg.unroll, x.data_ptr(),
+    code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, x.data_ptr(),
                             vals.data_ptr(), steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
-                            None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, blocks,
-                            32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
+                            None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0], k, n,
+                            blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"d4cu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True) -> torch.Tensor:
-    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference.
-    smem: x as the float32 copy the kernel stages in shared memory (else as it is, the L1 path's offsets)."""
-    _check(x, p)
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int = 1) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
+    smem: x as the float32 copy the kernel stages in shared memory (else as it is, the L1 path's offsets); batch:
+    the padded batch of the kernel to emulate (2-8: x transposed)."""
+    _check(x, p, batch)
     if unroll not in UNROLLS:
         raise ValueError(f"d4cu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")
@@ -187,10 +198,11 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True) -> torch.T
     x = x.contiguous().cpu()
     vals, steps, base, cptr = (t.cpu() for t in layout(p))
     scales = _scales(p, "cpu")
-    y = torch.empty(1, n, dtype=torch.float32)
-    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], int(smem), unroll, x.data_ptr(), vals.data_ptr(), steps.data_ptr(),
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, x.data_ptr(), vals.data_ptr(), steps.data_ptr(),
                           base.data_ptr(), cptr.data_ptr(), None if scales is None else scales.data_ptr(),
-                          y.data_ptr(), n, k)
+                          y.data_ptr(), n, k, x.shape[0])
     if code != 0:
-        raise ValueError(f"d4cu host: unsupported values {p.values.dtype} with x {x.dtype}")
+        raise ValueError(f"d4cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}, "
+                         f"smem {smem}")
     return y

@@ -110,6 +110,74 @@ SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* bas
   return acc;
 }
 
+// Batches 2-8: x staged transposed as float32, xt[k * B + b], so a nonzero's B activations are one vector load
+// (float2 / float4 / two float4) and B fused multiply-adds; offsets are column * 4B bytes.
+template <int B>
+SL_HD void load_xt(const unsigned char* xs, uint32_t off, float* xv) {
+#ifdef __CUDACC__
+  if (B == 2) {
+    const float2 t = *reinterpret_cast<const float2*>(xs + off);
+    xv[0] = t.x; xv[1] = t.y;
+  } else {
+#pragma unroll
+    for (int q = 0; q < B / 4; ++q) {
+      const float4 t = reinterpret_cast<const float4*>(xs + off)[q];
+      xv[4 * q] = t.x; xv[4 * q + 1] = t.y; xv[4 * q + 2] = t.z; xv[4 * q + 3] = t.w;
+    }
+  }
+#else
+  memcpy(xv, xs + off, 4 * B);
+#endif
+}
+
+template <int VT, int B>
+SL_HD void d4_chunk_b(const Chunk& ch, const unsigned char* xs, float* acc) {
+  constexpr int SH = B == 2 ? 3 : B == 4 ? 4 : 5;  // log2(4 B): bytes per column of the transposed copy
+  float v[D4_CHUNK];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < 4; ++j) {
+    const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
+    decode_values<VT>(r, v + 4 * j);
+  }
+  uint32_t off = ch.base << SH;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int i = 0; i < D4_CHUNK; ++i) {
+    if (i) {
+      const uint32_t word = i < 8 ? ch.lo : ch.hi;
+      const int at = 4 * (i & 7) - SH;
+      off += (at >= 0 ? word >> at : word << -at) & (15u << SH);
+    }
+    float xv[B];
+    load_xt<B>(xs, off, xv);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int b = 0; b < B; ++b) acc[b] = fmaf(v[i], xv[b], acc[b]);
+  }
+}
+
+template <int VT, int B, int U>
+SL_HD void d4_lane_b(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
+                     int c1, int lane, float* acc) {
+  for (int c = c0 + lane; c < c1; c += 32 * U) {
+    Chunk ch[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || c + 32 * u < c1) load_chunk<VT>(vals, steps, base, c + 32 * u, ch[u]);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || c + 32 * u < c1) d4_chunk_b<VT, B>(ch[u], xs, acc);
+  }
+}
+
 #ifdef __CUDACC__
 struct D4Args {
   const uint16_t* x;
@@ -119,7 +187,7 @@ struct D4Args {
   const int* cptr;
   const float* scales;  // per-row (int8), or null
   uint16_t* y;
-  int N, K;
+  int N, K, bsz, ldx, ldy;  // batches 2-8: bsz <= B rows of x (stride ldx) and of y (stride ldy)
 };
 
 // Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take rows
@@ -158,6 +226,46 @@ __global__ void d4_gemv_kernel(const D4Args a) {
   }
 }
 
+// Batches 2-8: x (bsz rows) staged transposed as float32 (rows past bsz zero), one warp per row, B sums per lane;
+// lane 0 writes y[b, row] for b < bsz.
+template <int VT, int XT, int B, int U>
+__global__ void d4_gemm_kernel(const D4Args a) {
+  extern __shared__ float xsf[];
+  for (int i = threadIdx.x; i < a.K * B; i += blockDim.x) {
+    const int k = i / B, b = i % B;
+    xsf[i] = b < a.bsz ? act_to_float<XT>(a.x[(size_t)b * a.ldx + k]) : 0.0f;
+  }
+  __syncthreads();
+  const unsigned char* xs = reinterpret_cast<const unsigned char*>(xsf);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[b] = 0.0f;
+    d4_lane_b<VT, B, U>(a.vals, a.steps, a.base, xs, __ldg(a.cptr + r), __ldg(a.cptr + r + 1), lane, acc);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+#pragma unroll
+      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
+    }
+    if (lane == 0) {
+      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
+    }
+  }
+}
+
+template <int VT, int XT, int B, int U>
+static int d4_launch_b(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = (size_t)a.K * B * 4;
+  if (const int e = opt_in(d4_gemm_kernel<VT, XT, B, U>, smem, &opted)) return e;
+  d4_gemm_kernel<VT, XT, B, U><<<blocks, threads, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
 template <int VT, int XT, bool SMEM, int U>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
@@ -168,27 +276,38 @@ static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stre
 }
 
 template <int VT, int XT>
-static int d4_unrolled(const D4Args& a, int smem, int unroll, int blocks, int threads, cudaStream_t s) {
-  if (unroll == 1) return smem ? d4_launch<VT, XT, true, 1>(a, blocks, threads, s)
-                               : d4_launch<VT, XT, false, 1>(a, blocks, threads, s);
-  if (unroll == 2) return smem ? d4_launch<VT, XT, true, 2>(a, blocks, threads, s)
-                               : d4_launch<VT, XT, false, 2>(a, blocks, threads, s);
-  return -1;
+static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int blocks, int threads, cudaStream_t s) {
+  if (unroll != 1 && unroll != 2) return -1;
+  if (B == 1 && unroll == 1) return smem ? d4_launch<VT, XT, true, 1>(a, blocks, threads, s)
+                                         : d4_launch<VT, XT, false, 1>(a, blocks, threads, s);
+  if (B == 1) return smem ? d4_launch<VT, XT, true, 2>(a, blocks, threads, s)
+                          : d4_launch<VT, XT, false, 2>(a, blocks, threads, s);
+  if (!smem) return -1;  // the batched kernel always stages x
+  switch (B * 10 + unroll) {
+    case 21: return d4_launch_b<VT, XT, 2, 1>(a, blocks, threads, s);
+    case 22: return d4_launch_b<VT, XT, 2, 2>(a, blocks, threads, s);
+    case 41: return d4_launch_b<VT, XT, 4, 1>(a, blocks, threads, s);
+    case 42: return d4_launch_b<VT, XT, 4, 2>(a, blocks, threads, s);
+    case 81: return d4_launch_b<VT, XT, 8, 1>(a, blocks, threads, s);
+    case 82: return d4_launch_b<VT, XT, 8, 2>(a, blocks, threads, s);
+    default: return -1;
+  }
 }
 
-// y (1, N) = x (1, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); unroll 1 or 2 chunks per load
-// step; smem: x staged per block. Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
-extern "C" int sl_d4_launch(int vt, int xt, int smem, int unroll, const void* x, const void* vals, const void* steps,
-                            const void* base, const void* cptr, const void* scales, void* y, int N, int K, int blocks,
-                            int threads, void* stream) {
+// y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
+// batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1).
+// Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
+extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+                            const void* steps, const void* base, const void* cptr, const void* scales, void* y, int N,
+                            int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const D4Args a{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
                  static_cast<const uint16_t*>(base), static_cast<const int*>(cptr),
-                 static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K};
+                 static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, smem, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, smem, unroll, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, smem, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, smem, unroll, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, unroll, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, unroll, blocks, threads, s);
   return -1;
 }
 
@@ -220,29 +339,62 @@ struct D4Host {
   const int* cptr;
   const float* scales;
   float* y;
-  int N, K;
+  int N, K, bsz;
 };
 
-template <int VT, int XT>
-static int d4_host_variant(const D4Host& h, int smem, int unroll) {
-#define SL_D4H(S, U) d4_host_rows<VT, XT, S, U>(h.x, h.vals, h.steps, h.base, h.cptr, h.scales, h.y, h.N, h.K)
-  if (unroll == 1) smem ? SL_D4H(true, 1) : SL_D4H(false, 1);
-  else if (unroll == 2) smem ? SL_D4H(true, 2) : SL_D4H(false, 2);
-  else return -1;
-#undef SL_D4H
-  return 0;
+// Batches 2-8: x (bsz rows, contiguous) transposed into the float32 copy the kernel stages, rows past bsz zero;
+// y (bsz, N)
+template <int VT, int XT, int B, int U>
+static void d4_host_rows_b(const D4Host& h) {
+  float* xt = new float[(size_t)(h.K > 0 ? h.K : 1) * B]();
+  for (int k = 0; k < h.K; ++k)
+    for (int b = 0; b < h.bsz; ++b) xt[(size_t)k * B + b] = act_to_float<XT>(h.x[(size_t)b * h.K + k]);
+  for (int r = 0; r < h.N; ++r) {
+    float acc[B] = {0.0f};
+    for (int lane = 0; lane < 32; ++lane) {
+      float part[B] = {0.0f};
+      d4_lane_b<VT, B, U>(h.vals, h.steps, h.base, reinterpret_cast<const unsigned char*>(xt), h.cptr[r],
+                          h.cptr[r + 1], lane, part);
+      for (int b = 0; b < B; ++b) acc[b] += part[b];
+    }
+    for (int b = 0; b < h.bsz; ++b) h.y[(size_t)b * h.N + r] = h.scales ? acc[b] * h.scales[r] : acc[b];
+  }
+  delete[] xt;
 }
 
-// The host twin of sl_d4_launch: x (1, K), y (1, N) float32.
-extern "C" int sl_d4_host(int vt, int xt, int smem, int unroll, const void* x, const void* vals, const void* steps,
-                          const void* base, const void* cptr, const void* scales, float* y, int N, int K) {
+template <int VT, int XT>
+static int d4_host_variant(const D4Host& h, int B, int smem, int unroll) {
+#define SL_D4H(S, U) d4_host_rows<VT, XT, S, U>(h.x, h.vals, h.steps, h.base, h.cptr, h.scales, h.y, h.N, h.K)
+  if (unroll != 1 && unroll != 2) return -1;
+  if (B == 1) {
+    if (unroll == 1) smem ? SL_D4H(true, 1) : SL_D4H(false, 1);
+    else smem ? SL_D4H(true, 2) : SL_D4H(false, 2);
+    return 0;
+  }
+#undef SL_D4H
+  if (!smem) return -1;
+  switch (B * 10 + unroll) {
+    case 21: d4_host_rows_b<VT, XT, 2, 1>(h); return 0;
+    case 22: d4_host_rows_b<VT, XT, 2, 2>(h); return 0;
+    case 41: d4_host_rows_b<VT, XT, 4, 1>(h); return 0;
+    case 42: d4_host_rows_b<VT, XT, 4, 2>(h); return 0;
+    case 81: d4_host_rows_b<VT, XT, 8, 1>(h); return 0;
+    case 82: d4_host_rows_b<VT, XT, 8, 2>(h); return 0;
+    default: return -1;
+  }
+}
+
+// The host twin of sl_d4_launch: x (bsz, K) row-major, y (bsz, N) float32.
+extern "C" int sl_d4_host(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+                          const void* steps, const void* base, const void* cptr, const void* scales, float* y, int N,
+                          int K, int bsz) {
   const D4Host h{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
                  static_cast<const uint16_t*>(base), static_cast<const int*>(cptr), static_cast<const float*>(scales),
-                 y, N, K};
-  if (xt == XT_F16 && vt == VT_F16) return d4_host_variant<VT_F16, XT_F16>(h, smem, unroll);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_variant<VT_BF16, XT_BF16>(h, smem, unroll);
-  if (xt == XT_F16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_F16>(h, smem, unroll);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_BF16>(h, smem, unroll);
+                 y, N, K, bsz};
+  if (xt == XT_F16 && vt == VT_F16) return d4_host_variant<VT_F16, XT_F16>(h, B, smem, unroll);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_variant<VT_BF16, XT_BF16>(h, B, smem, unroll);
+  if (xt == XT_F16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_F16>(h, B, smem, unroll);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_BF16>(h, B, smem, unroll);
   return -1;
 }
 #endif

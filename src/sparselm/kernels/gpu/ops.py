@@ -60,7 +60,7 @@ class SpmmConfig:
     # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
-    # column steps, batch 1, K <= 65536: cuda_delta4.py; grp8cu's num_warps / persist / smem / unroll 1-2) |
+    # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's num_warps / persist / smem / unroll 1-2) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -276,7 +276,7 @@ class PackedBitmask:
             return cuda_grp8.supports(self, batch=cfg.block_b)
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
-            return cuda_delta4.supports(self)
+            return cuda_delta4.supports(self, batch=cfg.block_b)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
