@@ -132,7 +132,8 @@ def test_config_rules_and_keys():
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
     assert SpmmConfig(kernel="d4cu", num_warps=16, persist=1, block_b=4).key() == "d4cu-w16p1b4"
     for bad in (dict(persist=0), dict(persist=1, block_b=16), dict(persist=1, block_b=2, smem=False),
-                dict(persist=1, num_warps=33), dict(persist=1, unroll=4)):
+                dict(persist=1, num_warps=33), dict(persist=1, unroll=4), dict(persist=1, lean=True),
+                dict(persist=1, split_k=2)):
         with pytest.raises(ValueError, match="d4cu"):
             SpmmConfig(kernel="d4cu", **bad)
 

@@ -62,10 +62,11 @@ def check_config(cfg) -> None:
     L1: batch 1 only)."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and ok_int(cfg.persist, 1, 1 << 20) and ok_int(cfg.num_warps, 1, 32)
-            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and (cfg.smem or cfg.block_b == 1)):
+            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and (cfg.smem or cfg.block_b == 1)
+            and not (cfg.lean or cfg.col16 or cfg.use_dot) and cfg.split_k == 1):  # other kernels' fields
         raise ValueError(f"SpmmConfig d4cu: block_b in {BATCHES}, persist (blocks per SM) >= 1, num_warps 1-32, "
-                         f"unroll in {UNROLLS}, smem False at block_b 1 only; got block_b {cfg.block_b} persist "
-                         f"{cfg.persist!r} num_warps {cfg.num_warps!r} unroll {cfg.unroll!r} smem {cfg.smem!r}")
+                         f"unroll in {UNROLLS}, smem False at block_b 1 only, no lean / col16 / use_dot / split_k; "
+                         f"got {cfg}")
 
 
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
