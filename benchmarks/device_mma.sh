@@ -3,7 +3,8 @@
 # then the batched grid (batch 4-64, every bmma config timed), then the batch-1 decode grid for grp8cu (the per-group
 # scale staging's first timing). ~8 min.
 #   bash benchmarks/device_mma.sh   -> $OUT/gpu_kernels_batched.json (+ DECODE_S=200: $OUT/gpu_kernels_decode_grp8cu.json)
-#   BATCHED_S=0 DECODE_S=250 DECODE_KERNELS=grp8cu,d4cu bash benchmarks/device_mma.sh   # the delta4 kernel's timing
+#   BATCHED_S=0 DECODE_S=250 DECODE_KERNELS=grp8cu,d4cu,tmma E2E_S=200 bash benchmarks/device_mma.sh
+#     (the delta4 kernel's first timing against the others and cuBLAS, then the 7B decode with it in autotune)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
@@ -17,6 +18,10 @@ python3 -c "import pytest" 2>/dev/null && timeout -k 5 120 python3 -m pytest -q 
 DK=${DECODE_KERNELS:-grp8cu}  # e.g. grp8cu,d4cu: the batch-1 CUDA kernels side by side, cuBLAS in the same run
 [ "${DECODE_S:-0}" -gt 0 ] && timeout -k 10 $DECODE_S python3 benchmarks/gpu_kernels.py --grid decode --kernels $DK \
   --all-configs --budget-s $(( DECODE_S - 20 )) --out $OUT/gpu_kernels_decode_${DK//,/_}.json 2>&1 | q 40
+
+# end-to-end 7B-shape decode at batch 1 with autotune choosing among every kernel (d4cu included), when asked
+[ "${E2E_S:-0}" -gt 0 ] && timeout -k 10 $E2E_S python3 benchmarks/gpu_decode.py --int8 \
+  --out $OUT/gpu_decode.json 2>&1 | q 20
 
 # issue 4's fine-tuning throughput with compiled blocks (eager steps are launch-bound), when asked
 [ "${TRAIN_S:-0}" -gt 0 ] && timeout -k 10 $TRAIN_S python3 benchmarks/train_step.py --compile \
