@@ -139,3 +139,23 @@ def test_record_study_merge_folds_an_earlier_record_and_refuses_another_teacher(
     (other / "results.json").write_text(json.dumps(res))
     with pytest.raises(SystemExit, match="different teachers"):
         mod.merge_into(other, "toy", dest)
+
+
+def test_plot_grid_reads_every_record_against_its_own_teacher(tmp_path):
+    """benchmarks/plot_grid.py over toy records: each run divided by its own record's teacher, schedules kept."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_grid.py"
+    spec = importlib.util.spec_from_file_location("plot_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _study(tmp_path, 0, {(0.6, "ce"): [True] * 9 + [False]}, record="reasoning")  # teacher 0.9
+    staged = _study(tmp_path, 0, {(0.75, "squarehead_token"): [True] * 3 + [False]}, record="reasoning_staged")
+    rec = json.loads(staged.read_text())
+    rec["dense_all"]["test"]["exact_match"] = 0.5  # another teacher
+    staged.write_text(json.dumps(rec))
+    rows = mod.collect(tmp_path)
+    got = {(r["schedule"], r["loss"]): r["of_teacher"] for r in rows}
+    assert got == {("one-shot", "ce"): pytest.approx(1.0), ("staged", "squarehead_token"): pytest.approx(1.5)}
+    assert mod.plot(rows, tmp_path / "grid.png").is_file()
