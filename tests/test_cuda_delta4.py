@@ -98,20 +98,26 @@ def test_long_gaps_the_last_column_and_the_65536_limit():
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(1, k).half()
     ref = x.double() @ decompress(ct, torch.float32).double().T
-    torch.testing.assert_close(cuda_delta4.gemv_host(x, p).double(), ref, rtol=1e-5, atol=1e-5)
+    # 65536 float32 activations exceed a block's shared memory: served through L1 only
+    assert not p.supports(SpmmConfig(kernel="d4cu", persist=1)) and p.supports(SpmmConfig(kernel="d4cu", persist=1,
+                                                                                          smem=False))
+    with pytest.raises(ValueError, match="x is staged"):
+        cuda_delta4.gemv_host(x, p)
     torch.testing.assert_close(cuda_delta4.gemv_host(x, p, unroll=2, smem=False).double(), ref, rtol=1e-5, atol=1e-5)
+    half = PackedBitmask.from_compressed(compress_tensor(w[:, : k // 2], "float16"))  # 32768 columns: staged
+    torch.testing.assert_close(cuda_delta4.gemv_host(x[:, : k // 2], half).double(),
+                               x[:, : k // 2].double() @ w[:, : k // 2].half().double().T, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_decode(p), decompress(ct, torch.float64))
-    assert p.supports(SpmmConfig(kernel="d4cu", persist=1))
     wide = PackedBitmask.from_compressed(compress_tensor(torch.eye(2, k + 1), "float16"))
     assert not wide.supports(SpmmConfig(kernel="d4cu", persist=1))
     with pytest.raises(ValueError, match="K <= 65536"):
-        cuda_delta4.gemv_host(torch.randn(1, k + 1).half(), wide)
+        cuda_delta4.gemv_host(torch.randn(1, k + 1).half(), wide, smem=False)
     with pytest.raises(ValueError, match="1 <= B <= 1"):
-        cuda_delta4.gemv_host(torch.randn(2, k).half(), p)
+        cuda_delta4.gemv_host(torch.randn(2, k).half(), p, smem=False)
     with pytest.raises(ValueError, match="4 \\* K \\* batch"):  # 65536 x 8 float32 activations overflow shared memory
         cuda_delta4.gemv_host(torch.randn(2, k).half(), p, batch=8)
     with pytest.raises(ValueError, match="values fp16"):
-        cuda_delta4.gemv_host(x.bfloat16(), p)  # fp16 values with bf16 activations
+        cuda_delta4.gemv_host(x.bfloat16(), p, smem=False)  # fp16 values with bf16 activations
 
 
 def test_fewer_bytes_than_grp8_and_what_it_does_not_serve():

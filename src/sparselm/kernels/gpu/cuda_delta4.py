@@ -69,14 +69,14 @@ def check_config(cfg) -> None:
                          f"got {cfg}")
 
 
-def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, smem: bool = True) -> bool:
     """K <= 65536; fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales or none) with either;
-    batch (the padded one) in BATCHES, with 4 K batch bytes of x fitting in one block's shared memory when > 1.
-    Not int4 codes or per-group scales (grp8cu serves those)."""
+    batch (the padded one) in BATCHES, with x's 4 K batch bytes fitting in one block's shared memory when staged
+    (smem; always when batch > 1). Not int4 codes or per-group scales (grp8cu serves those)."""
     n, k = p.shape
     if k > MAX_K or p.values.dtype not in _VT:
         return False
-    if batch not in BATCHES or (batch > 1 and 4 * k * batch > smem_limit()):
+    if batch not in BATCHES or ((smem or batch > 1) and 4 * k * batch > smem_limit()):
         return False
     if p.values.dtype == torch.int8 and ((p._ct is not None and p._ct.bits != 8) or
                                          (p.scales is not None and p.scales.numel() != n)):
@@ -150,14 +150,14 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p, batch: int) -> None:
+def _check(x: torch.Tensor, p, batch: int, smem: bool = True) -> None:
     n, k = p.shape
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
         raise ValueError(f"d4cu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, batch):
+    if not supports(p, x.dtype, batch, smem):
         raise ValueError(f"d4cu: needs K <= {MAX_K}, batch in {BATCHES} (4 * K * batch <= {smem_limit()} bytes when "
-                         f"batched) and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, "
+                         f"x is staged) and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, "
                          f"batch {batch}, values {p.values.dtype}, x {x.dtype}")
 
 
@@ -168,7 +168,7 @@ def _scales(p, device) -> torch.Tensor | None:
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
     cfg.smem (x staged in shared memory, else read through L1), cfg.unroll chunks per load step (1 or 2)."""
-    _check(x, p, cfg.block_b)
+    _check(x, p, cfg.block_b, cfg.smem)
     n, k = p.shape
     lib, y = _LIB.prepare("d4cu", x, p, out)
     x = x.contiguous()
@@ -189,7 +189,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     smem: x as the float32 copy the kernel stages in shared memory (else as it is, the L1 path's offsets); batch:
     the padded batch of the kernel to emulate (2-8: x transposed)."""
-    _check(x, p, batch)
+    _check(x, p, batch, smem)
     if unroll not in UNROLLS:
         raise ValueError(f"d4cu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")

@@ -276,7 +276,7 @@ class PackedBitmask:
             return cuda_grp8.supports(self, batch=cfg.block_b)
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
-            return cuda_delta4.supports(self, batch=cfg.block_b)
+            return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
