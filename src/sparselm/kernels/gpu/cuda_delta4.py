@@ -157,8 +157,8 @@ def _check(x: torch.Tensor, p, batch: int, smem: bool = True) -> None:
                          f"{tuple(x.shape)}")
     if not supports(p, x.dtype, batch, smem):
         raise ValueError(f"d4cu: needs K <= {MAX_K}, batch in {BATCHES} (4 * K * batch <= {smem_limit()} bytes when "
-                         f"x is staged) and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got K {k}, "
-                         f"batch {batch}, values {p.values.dtype}, x {x.dtype}")
+                         f"x is staged) and values fp16 (x fp16) / bf16 (x bf16) / int8 with per-row scales; got "
+                         f"K {k}, batch {batch}, values {p.values.dtype}, x {x.dtype}")
 
 
 def _scales(p, device) -> torch.Tensor | None:
@@ -200,9 +200,9 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int
     vals, steps, base, cptr = (t.cpu() for t in layout(p))
     scales = _scales(p, "cpu")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, x.data_ptr(), vals.data_ptr(), steps.data_ptr(),
-                          base.data_ptr(), cptr.data_ptr(), None if scales is None else scales.data_ptr(),
-                          y.data_ptr(), n, k, x.shape[0])
+    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, x.data_ptr(), vals.data_ptr(),
+                          steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
+                          None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0])
     if code != 0:
         raise ValueError(f"d4cu host: unsupported values {p.values.dtype} with x {x.dtype}, batch {batch}, "
                          f"smem {smem}")
