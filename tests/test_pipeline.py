@@ -556,8 +556,11 @@ def test_a_sparse_run_stopped_midway_resumes_from_its_checkpoint(tmp_path, monke
         run_pipeline(r)
     run = tmp_path / "out" / "runs" / "s50-ce"
     assert (run / "checkpoints" / "latest").is_file()
+    for state in (run / "checkpoints").glob("p*/state.json"):  # the killed invocation's seconds count too
+        state.write_text(json.dumps({**json.loads(state.read_text()), "train_s": 1000.0}))
     counted = _count_optimizer_steps(monkeypatch)
     run_pipeline(r)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["train_s"] >= 1000
     assert counted["n"] == 2  # the sparse run's steps 3-4 only: the teacher is reused, steps 1-2 restored
     assert _logged_steps(run / "metrics.jsonl") == [2, 4]
     assert not (run / "checkpoints").exists()

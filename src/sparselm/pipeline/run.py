@@ -305,7 +305,8 @@ def _one_run(recipe: PipelineRecipe, teacher: Path, out: Path, sparsity: float, 
     if not (run_dir / "run.json").is_file():
         rec = sparse_recipe(recipe, start, teacher, sparsity, loss, run_dir)
         prune_only(rec, *_extra(data)) if loss == "none" else _finetune(rec, *_extra(data))
-    train_s = time.perf_counter() - t
+    # the trainer's count includes invocations before a resume (an interrupted fine-tune); prune-only runs have none
+    train_s = json.loads((run_dir / "run.json").read_text()).get("train_s") or time.perf_counter() - t
     timing.write_text(json.dumps({"train_s": round(train_s, 1)}) + "\n")
     return run_dir, train_s
 

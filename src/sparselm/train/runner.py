@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,9 +111,13 @@ class FinetuneRun:
         ckpt = self._find_checkpoint(resume)
         start_phase, start_step, masks = 0, 0, None
         state: dict = {}
+        # seconds of work behind the weights: this invocation's plus, resumed, what the checkpoint records (time
+        # between that checkpoint and an interruption produced nothing kept, so it is not counted)
+        self._t0, self._prior_s = time.perf_counter(), 0.0
         if ckpt is not None:
             self._check_same_recipe(ckpt)
             state = ckpt_io.read_state(ckpt)
+            self._prior_s = float(state.get("train_s", 0.0))
             ckpt_io.load_weights(ckpt, self.student)
             start_phase, start_step, masks = state["phase"], state["step"], ckpt_io.load_masks(ckpt)
             self.metrics.truncate_after(state["global_step"])
@@ -332,7 +337,7 @@ class FinetuneRun:
         state = {"phase": phase.index, "phase_name": phase.name, "step": step,
                  "global_step": self._offset(phase) + step,
                  "schedule": schedule.state_dict() if schedule is not None else {"step": 0},
-                 "sparsity": mask.overall() if mask is not None else None}
+                 "sparsity": mask.overall() if mask is not None else None, "train_s": round(self._train_s(), 1)}
         sel = getattr(self, "_sel", None)  # this phase's model selection, if any
         if sel is not None:
             state["selection"] = sel.state()
@@ -350,6 +355,9 @@ class FinetuneRun:
         self.acc.wait_for_everyone()
         return self.ckpt_root / name
 
+    def _train_s(self) -> float:
+        return self._prior_s + time.perf_counter() - self._t0
+
     def _finalize(self) -> Path:
         from sparselm.sparsity.report import sparsity_report
 
@@ -366,7 +374,8 @@ class FinetuneRun:
             report = sparsity_report(model, r.pruning.method if r.pruning else None, target)
             (tmp / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "recipe.yaml").write_text(self.recipe_yaml)
-            (tmp / "run.json").write_text(json.dumps(_provenance(), indent=2) + "\n")
+            run = {**_provenance(), "train_s": round(self._train_s(), 1)}
+            (tmp / "run.json").write_text(json.dumps(run, indent=2) + "\n")
             chosen = BestWeights.chosen(self.out / "best")
             if chosen:  # train.eval_every: which step each dense phase kept (its weights are in the model now)
                 (tmp / "selection.json").write_text(json.dumps(chosen, indent=2) + "\n")
