@@ -6,7 +6,7 @@
 #   BATCHED_S=0 DECODE_S=250 DECODE_KERNELS=grp8cu,d4cu,tmma E2E_S=200 bash benchmarks/device_mma.sh
 #     (the delta4 kernel's first timing against the others and cuBLAS, then the 7B decode with it in autotune)
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1  # d4cu is opt-in until timed: these runs time it
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }

@@ -193,3 +193,15 @@ def test_gpu_build_batched_matches_the_host_build(values, act, batch, bsz):
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
         torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, unroll=2, batch=batch)
                                    .to(act).float(), rtol=tol, atol=tol)
+
+
+def test_autotune_offers_it_only_when_asked(monkeypatch):
+    """Until its GPU build has run on a GPU, d4cu is a candidate only with SPARSELM_D4CU=1."""
+    from sparselm.runtime import gpu_backend
+
+    monkeypatch.setattr(cuda_delta4, "available", lambda: True)
+    monkeypatch.delenv("SPARSELM_D4CU", raising=False)
+    assert gpu_backend.d4cu_configs(1) == [] and gpu_backend.d4cu_configs(4) == []
+    monkeypatch.setenv("SPARSELM_D4CU", "1")
+    assert {c.block_b for c in gpu_backend.d4cu_configs(4)} == {4} and gpu_backend.d4cu_configs(16) == []
+    assert any(c.kernel == "d4cu" and not c.smem for c in gpu_backend.d4cu_configs(1))

@@ -166,9 +166,13 @@ D4CU_BATCHED = ((16, 1, True), (32, 1, True), (16, 2, True))
 
 
 def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
-    """The d4cu candidates for padded batch 1, 2, 4 or 8 ([] where nvcc cannot build the kernel for this GPU)."""
+    """The d4cu candidates for padded batch 1, 2, 4 or 8 ([] where nvcc cannot build the kernel for this GPU).
+    Opt-in (SPARSELM_D4CU=1) until its GPU build has passed its tests and been timed on a GPU: autotune rejects a
+    wrong output, but a kernel that faults would take the process's CUDA context with it."""
     from sparselm.kernels.gpu import cuda_delta4
 
+    if os.environ.get("SPARSELM_D4CU") != "1":
+        return []
     if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
     shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
