@@ -88,12 +88,10 @@ SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
   return acc0 + acc1;
 }
 
-// Lane `lane`'s partial dot product over chunks [c0, c1) of one row, U chunks per step: every load of the step is
-// issued before the first use (bytes in flight per lane; the tail step loads only what exists).
-template <int VT, int XT, bool SMEM, int U>
-SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
-                    int c1, int lane) {
-  float acc = 0.0f;
+// Lane `lane`'s chunks [c0, c1) of one row, U per step: every load of the step is issued before the first use
+// (bytes in flight per lane; the tail step loads only what exists), then each chunk goes to use(chunk).
+template <int VT, int U, typename Use>
+SL_HD void d4_walk(const void* vals, const uint32_t* steps, const uint16_t* base, int c0, int c1, int lane, Use use) {
   for (int c = c0 + lane; c < c1; c += 32 * U) {
     Chunk ch[U];
 #ifdef __CUDACC__
@@ -105,8 +103,16 @@ SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* bas
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || c + 32 * u < c1) acc += d4_chunk<VT, XT, SMEM>(ch[u], xs);
+      if (U == 1 || c + 32 * u < c1) use(ch[u]);
   }
+}
+
+// Lane `lane`'s partial dot product over chunks [c0, c1) of one row.
+template <int VT, int XT, bool SMEM, int U>
+SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
+                    int c1, int lane) {
+  float acc = 0.0f;
+  d4_walk<VT, U>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { acc += d4_chunk<VT, XT, SMEM>(ch, xs); });
   return acc;
 }
 
@@ -163,19 +169,7 @@ SL_HD void d4_chunk_b(const Chunk& ch, const unsigned char* xs, float* acc) {
 template <int VT, int B, int U>
 SL_HD void d4_lane_b(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
                      int c1, int lane, float* acc) {
-  for (int c = c0 + lane; c < c1; c += 32 * U) {
-    Chunk ch[U];
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (U == 1 || c + 32 * u < c1) load_chunk<VT>(vals, steps, base, c + 32 * u, ch[u]);
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (U == 1 || c + 32 * u < c1) d4_chunk_b<VT, B>(ch[u], xs, acc);
-  }
+  d4_walk<VT, U>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { d4_chunk_b<VT, B>(ch, xs, acc); });
 }
 
 #ifdef __CUDACC__
