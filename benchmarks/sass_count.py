@@ -71,6 +71,17 @@ def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool, lean: bool = F
 VT_NAMES, XT_NAMES = {0: "fp16", 1: "bf16", 2: "int8", 3: "int4"}, {0: "fp16", 1: "bf16"}
 
 
+def loop_bodies(part: str) -> list[list[str]]:
+    """Every backward branch's body in one function's SASS, as opcode lists (the loops, innermost among them)."""
+    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
+    loops = []
+    for addr, op, args in ins:
+        tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+        if tgt and int(tgt.group(1), 16) < addr:
+            loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
+    return loops
+
+
 def count_cuda() -> list[dict]:
     """The CUDA C++ grp8 kernels (src/sparselm/kernels/gpu/grp8_gemv.cu) built by a local nvcc for sm_90: per
     instantiation (values, activations, x path or batch, per-group scales), the quad loop's instructions per
@@ -104,12 +115,7 @@ def count_cuda() -> list[dict]:
         gs = gs_mode > 0
         unroll = int(gemv.group(5))
         step = 8 if unroll == 1 else 4 * unroll  # nonzeros per lane per loop iteration
-        ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
-        loops = []  # every backward branch's body; the quad loop is the shortest holding 8 x gathers
-        for addr, op, args in ins:
-            tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
-            if tgt and int(tgt.group(1), 16) < addr:
-                loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
+        loops = loop_bodies(part)  # the quad loop is the shortest holding 8 x gathers
         gather = "LDS" if smem else "LDG.E.U16"
         inner = min((b for b in loops if sum(o.startswith(gather) for o in b) >= step), key=len)
         classes = collections.Counter(classify(op) for op in inner)
@@ -149,12 +155,7 @@ def count_d4cu() -> list[dict]:
             vt, xt, smem, unroll = int(m.group(1)), int(m.group(2)), m.group(3) == "1", int(m.group(4))
         else:
             continue
-        ins = [(int(x.group(1), 16), x.group(3), x.group(4)) for x in INS.finditer(part)]
-        loops = []
-        for addr, op, args in ins:
-            tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
-            if tgt and int(tgt.group(1), 16) < addr:
-                loops.append([o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr])
+        loops = loop_bodies(part)
         gather = "LDS" if smem else "LDG.E.U16"
         step = 16 * unroll
         loads = step * max(1, batch // 4)  # x loads per step: one per nonzero (two float4 per nonzero at batch 8)
@@ -169,15 +170,11 @@ def count_d4cu() -> list[dict]:
 
 
 def _count_gemm(part: str, b: int, tag: tuple[str, str], gs: bool) -> dict:
-    ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
     best = None
-    for addr, op, args in ins:
-        tgt = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
-        if tgt and int(tgt.group(1), 16) < addr:
-            body = [o for a, o, _ in ins if int(tgt.group(1), 16) <= a <= addr]
-            lds = sum(o.startswith("LDS") for o in body)
-            if lds >= 4 and (best is None or len(body) < len(best[0])):
-                best = (body, lds)
+    for body in loop_bodies(part):
+        lds = sum(o.startswith("LDS") for o in body)
+        if lds >= 4 and (best is None or len(body) < len(best[0])):
+            best = (body, lds)
     body, lds = best
     nnz = lds // max(1, b // 8)  # B = 16: two 16-byte loads per nonzero
     classes = collections.Counter(classify(op) for op in body)
