@@ -71,6 +71,22 @@ def compile_grp8i(tile: int, warps: int, int8: bool, col16: bool, lean: bool = F
 VT_NAMES, XT_NAMES = {0: "fp16", 1: "bf16", 2: "int8", 3: "int4"}, {0: "fp16", 1: "bf16"}
 
 
+def cuda_sass(source: Path, flag: str) -> str:
+    """One CUDA C++ kernel file built by a local nvcc for sm_90 (as cuda_build would on an H200), disassembled."""
+    import shutil
+
+    from sparselm.kernels.gpu import cuda_build
+
+    nvcc = cuda_build.nvcc() or shutil.which("nvcc")
+    if nvcc is None:
+        raise SystemExit(f"{flag}: nvcc not found")
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / "k.so"
+        subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
+                        "-o", str(lib), str(source)], check=True, capture_output=True, text=True)
+        return subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
+
+
 def loop_bodies(part: str) -> list[list[str]]:
     """Every backward branch's body in one function's SASS, as opcode lists (the loops, innermost among them)."""
     ins = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in INS.finditer(part)]
@@ -87,18 +103,9 @@ def count_cuda() -> list[dict]:
     instantiation (values, activations, x path or batch, per-group scales), the quad loop's instructions per
     nonzero (the batch-1 loop: U quads per step with loads issued ahead, 4U nonzeros per lane; U = 1 is unrolled
     twice by the compiler, 8 nonzeros)."""
-    import shutil
+    from sparselm.kernels.gpu import cuda_grp8
 
-    from sparselm.kernels.gpu import cuda_build, cuda_grp8
-
-    nvcc = cuda_build.nvcc() or shutil.which("nvcc")
-    if nvcc is None:
-        raise SystemExit("--cuda: nvcc not found")
-    with tempfile.TemporaryDirectory() as d:
-        lib = Path(d) / "k.so"
-        subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
-                        "-o", str(lib), str(cuda_grp8._SOURCE)], check=True, capture_output=True, text=True)
-        sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
+    sass = cuda_sass(cuda_grp8._SOURCE, "--cuda")
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         head = part.split("\n", 1)[0]
@@ -130,18 +137,9 @@ def count_cuda() -> list[dict]:
 def count_d4cu() -> list[dict]:
     """The CUDA C++ delta4 kernels (delta4_gemv.cu) built by a local nvcc for sm_90: per (values, activations, x
     path, chunks per load step), the chunk loop's instructions per nonzero (16 nonzeros per lane per chunk)."""
-    import shutil
+    from sparselm.kernels.gpu import cuda_delta4
 
-    from sparselm.kernels.gpu import cuda_build, cuda_delta4
-
-    nvcc = cuda_build.nvcc() or shutil.which("nvcc")
-    if nvcc is None:
-        raise SystemExit("--d4cu: nvcc not found")
-    with tempfile.TemporaryDirectory() as d:
-        lib = Path(d) / "k.so"
-        subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-gencode=arch=compute_90,code=sm_90",
-                        "-o", str(lib), str(cuda_delta4._SOURCE)], check=True, capture_output=True, text=True)
-        sass = subprocess.run([cuobjdump(), "-sass", str(lib)], capture_output=True, text=True, check=True).stdout
+    sass = cuda_sass(cuda_delta4._SOURCE, "--d4cu")
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         head = part.split("\n", 1)[0]
