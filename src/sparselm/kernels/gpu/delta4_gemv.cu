@@ -60,12 +60,9 @@ SL_HD float d4_x(const unsigned char* xs, uint32_t off) {
   return load_x<XT, false>(xs, off);
 }
 
-// The chunk's 16 products with x, in two accumulators (even / odd entries). off = column * XB, x's byte offset
-// (XB = 4 in shared memory, 2 through L1); each nibble is scaled in place by one shift and one mask.
-template <int VT, int XT, bool SMEM>
-SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
-  constexpr int SH = SMEM ? 2 : 1;  // log2 of the bytes per x column
-  float v[D4_CHUNK];
+// The chunk's 16 values as float (quantized codes unscaled), 4 at a time through the shared decoders.
+template <int VT>
+SL_HD void decode_chunk(const Chunk& ch, float* v) {
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -73,15 +70,30 @@ SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
     const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
     decode_values<VT>(r, v + 4 * j);
   }
+}
+
+// Column step i (1..15) times 2^SH bytes, x's bytes per column: the nibble scaled in place, one shift, one mask.
+template <int SH>
+SL_HD uint32_t step_bytes(const Chunk& ch, int i) {
+  const uint32_t word = i < 8 ? ch.lo : ch.hi;
+  const int at = 4 * (i & 7) - SH;
+  return (at >= 0 ? word >> at : word << -at) & (15u << SH);
+}
+
+// The chunk's 16 products with x, in two accumulators (even / odd entries). off = column * XB, x's byte offset
+// (XB = 4 in shared memory, 2 through L1).
+template <int VT, int XT, bool SMEM>
+SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
+  constexpr int SH = SMEM ? 2 : 1;  // log2 of the bytes per x column
+  float v[D4_CHUNK];
+  decode_chunk<VT>(ch, v);
   uint32_t off = ch.base << SH;
   float acc0 = v[0] * d4_x<XT, SMEM>(xs, off), acc1 = 0.0f;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
   for (int i = 1; i < D4_CHUNK; ++i) {
-    const uint32_t word = i < 8 ? ch.lo : ch.hi;
-    const int at = 4 * (i & 7) - SH;  // nibble i of the word, already times XB
-    off += (at >= 0 ? word >> at : word << -at) & (15u << SH);
+    off += step_bytes<SH>(ch, i);
     if (i & 1) acc1 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc1);
     else acc0 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc0);
   }
@@ -140,23 +152,13 @@ template <int VT, int B>
 SL_HD void d4_chunk_b(const Chunk& ch, const unsigned char* xs, float* acc) {
   constexpr int SH = B == 2 ? 3 : B == 4 ? 4 : 5;  // log2(4 B): bytes per column of the transposed copy
   float v[D4_CHUNK];
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-  for (int j = 0; j < 4; ++j) {
-    const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
-    decode_values<VT>(r, v + 4 * j);
-  }
+  decode_chunk<VT>(ch, v);
   uint32_t off = ch.base << SH;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
   for (int i = 0; i < D4_CHUNK; ++i) {
-    if (i) {
-      const uint32_t word = i < 8 ? ch.lo : ch.hi;
-      const int at = 4 * (i & 7) - SH;
-      off += (at >= 0 ? word >> at : word << -at) & (15u << SH);
-    }
+    if (i) off += step_bytes<SH>(ch, i);
     float xv[B];
     load_xt<B>(xs, off, xv);
 #ifdef __CUDACC__
