@@ -158,7 +158,7 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
-# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.25; offline
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26; offline
 # sm_90 SASS per fp16 nonzero 7.1 at batch 1, 8.1 / 10 / 15 at batch 2 / 4 / 8 against grp8cu's 9.1-10.8 / 13.5 /
 # 16 / 25; not yet timed): grp8cu's batch-1 launch shapes; batches 2-8 stage 4 K B bytes of x per block, so fewer,
 # larger blocks; 1 or 2 chunks per load step (at most 64 registers per thread: a 32-warp block fits)
