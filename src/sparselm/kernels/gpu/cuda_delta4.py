@@ -5,10 +5,10 @@
     y = gemv_host(x, packed, batch=1)          # the same arithmetic on the CPU (tests): float32 (B, N)
 
 Why: grp8 (cuda_grp8.py) reads 3.2 bytes per fp16 nonzero at 75% sparsity, a 2.5x ceiling against cuBLAS's 2 bytes
-per weight. delta4 stores a nonzero's column as a 4-bit step from the previous one, 2.63 bytes per fp16 nonzero
-(ceiling 3.0x) and 1.63 per int8 one (4.9x); delta4_gemv.cu's header gives the layout. Gaps over 15 columns are
-bridged by zero-valued "stepping stones": at 75% sparsity 1.3 per 100 nonzeros, at 90% 26 (layout_bytes.json; where the
-mask-based kernels win; autotune measures). Batches 2-8 (`block_b`): x staged transposed as float32 (4 K B bytes
+per weight. delta4 stores a nonzero's column as a 4-bit step from the previous one: at 75%, 2.68 bytes per fp16
+nonzero (ceiling 2.98x) and 1.67 per int8 one (4.79x; benchmarks/results/layout_bytes.json); delta4_gemv.cu's
+header gives the layout. Gaps over 15 columns are bridged by zero-valued "stepping stones": 1.3 per 100 nonzeros
+at 75% sparsity, 26 at 90% (where the mask-based kernels win; autotune measures). Batches 2-8 (`block_b`): x staged transposed as float32 (4 K B bytes
 of shared memory), one vector load and B multiply-adds per nonzero, so a small batch costs little more than one row.
 
 Build (cuda_build.py, as cuda_grp8.py): nvcc for the GPU's architecture, cached by content hash; no nvcc or a
