@@ -8,8 +8,9 @@ Why: grp8 (cuda_grp8.py) reads 3.2 bytes per fp16 nonzero at 75% sparsity, a 2.5
 per weight. delta4 stores a nonzero's column as a 4-bit step from the previous one: at 75%, 2.68 bytes per fp16
 nonzero (ceiling 2.98x) and 1.67 per int8 one (4.79x; benchmarks/results/layout_bytes.json); delta4_gemv.cu's
 header gives the layout. Gaps over 15 columns are bridged by zero-valued "stepping stones": 1.3 per 100 nonzeros
-at 75% sparsity, 26 at 90% (where the mask-based kernels win; autotune measures). Batches 2-8 (`block_b`): x staged transposed as float32 (4 K B bytes
-of shared memory), one vector load and B multiply-adds per nonzero, so a small batch costs little more than one row.
+at 75% sparsity, 26 at 90% (where the mask-based kernels win; autotune measures). Batches 2-8 (`block_b`): x
+staged transposed as float32 (4 K B bytes of shared memory), one vector load and B multiply-adds per nonzero, so a
+small batch costs little more than one row.
 
 Build (cuda_build.py, as cuda_grp8.py): nvcc for the GPU's architecture, cached by content hash; no nvcc or a
 failed build: `available()` is False with the reason in `build_error()`. The host build (g++ -x c++ of the same
