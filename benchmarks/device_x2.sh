@@ -26,6 +26,12 @@
 # MMA_KERNELS, MMA_S), profile (device_profile.sh ->
 # $OUT/profile.tgz). `main` installs .whl when carried, so a first call may skip the SmolLM2 staging.
 # translation reads /tmp/${TR_DATA:-translation} (carry out/data/$TR_DATA) with TR_ARGS overrides.
+# One GPU (kind nvidia-h200): ONE_GPU=1 puts both study lists on device 0 as two concurrent processes (a 135M
+# model's steps leave most of an H200 idle, so two pipelines overlap their teachers and split shared runs).
+#   start studies    launches `main studies` in its own process session (it outlives the call, up to the budget
+#                    in SECONDS_LEFT, from a private copy in /tmp/bg) and returns at once
+#   collect [S]      waits up to S seconds (default 560) for it, then returns the logs and the archive; call it
+#                    back to back until it says "done" (a machine idle for 30 s is given back, and the runs with it)
 #   main studies     GPU0 (default gsm) / GPU1 (default translation asr gsm; KERNELS=1: translation asr kernels)
 #   main reasoning   both GPUs reasoning          main combo   GPU 0 reasoning, GPU 1 kernels
 #   main 1           the multi-GPU check (both GPUs), then GPU 0 reasoning, GPU 1 asr
@@ -46,11 +52,40 @@ RS_LOSSES=${RS_LOSSES:-[ce]}
 RS_A=${RS_A:-[0.7,0.75,0.8]}           # sparsities, shared by the GPUs that run reasoning
 RS_B=${RS_B:-$RS_A}                    # GPU 1's own sparsities / losses, when set
 RS_LOSSES_B=${RS_LOSSES_B:-[squarehead_token]}
+dev() { [ "${ONE_GPU:-0}" = 1 ] && echo 0 || echo $1; }  # study slot -> CUDA device
+
+report() {  # the logs' tails, then every result in one archive in $OUT (at most 8 files come back per call)
+  [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
+  [ -f /tmp/mma.log ] && { echo "== /tmp/mma.log"; tail -80 /tmp/mma.log; }
+  [ -f /tmp/profile.log ] && { echo "== /tmp/profile.log"; tail -40 /tmp/profile.log; }
+  for f in /tmp/gsm?.log /tmp/gsm2?.log /tmp/gsm3?.log /tmp/rs3?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
+    echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
+  G=$(basename ${GSM_OUT:-/tmp/gsm-run})
+  (cd /tmp && tar czf $OUT/studies.tgz $G/results.json $G/report.md $G/*.png \
+     $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
+     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/report.md tr2/*.png tr2/runs/*/metrics.jsonl tr-run/runs/*/predictions_*.jsonl tr2/runs/*/predictions_*.jsonl tr-run/teacher/predictions_*.jsonl $G/runs/*/predictions_*.jsonl $G/teacher/predictions_*.jsonl asr/results.json asr/report.md asr/*.png \
+     asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
+     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs/runs/*/predictions_*.jsonl rs/teacher/predictions_*.jsonl rs2/results.json rs2/report.md rs2/*.png \
+     rs2/runs/*/metrics.jsonl rs2/runs/*/predictions_*.jsonl rs2/teacher/predictions_*.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
+     gsm2/results.json gsm2/report.md gsm2/*.png gsm2/runs/*/metrics.jsonl gsm2/runs/*/predictions_*.jsonl \
+     gsm?.log gsm2?.log gsm3?.log rs3?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
+}
 
 for d in reasoning gsm translation translation-both translation-unseen; do  # task data, in whichever call carried it
   [ -d out/data/$d ] && [ ! -d /tmp/$d ] && cp -r out/data/$d /tmp/$d
 done
 case $MODE in
+start)  # `main ${2:-studies}` in the background, from a copy that later calls' fresh trees cannot disturb
+  rm -rf /tmp/bg /tmp/main.done && mkdir -p /tmp/bg && cp -r src benchmarks /tmp/bg/ && cd /tmp/bg &&
+  OUT=/tmp/bgout setsid nohup bash -c "bash benchmarks/device_x2.sh main ${2:-studies}; touch /tmp/main.done" \
+    > /tmp/main.log 2>&1 < /dev/null &
+  sleep 5; nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader; echo started ;;
+collect)  # wait for the background `main` (or up to ${2:-560} s), then the logs and the archive
+  T0=$(date +%s)
+  while [ ! -f /tmp/main.done ] && [ $(( $(date +%s) - T0 )) -lt ${2:-560} ]; do sleep 15; done
+  [ -f /tmp/main.done ] && echo done || { echo running; nvidia-smi --query-gpu=memory.used,utilization.gpu \
+    --format=csv,noheader; }
+  grep -v "it/s\|s/it" /tmp/main.log | tail -5; report; ls -la $OUT ;;
 stage|stage1|stage2|stage3)  # SmolLM2 GGUF parts, in any order; wheels with the call that carries .whl
   mkdir -p /tmp/stage /tmp/site
   for f in .stage/?/part.a?; do [ -f "$f" ] && cp "$f" /tmp/stage/ && echo "staged $f"; done
@@ -83,7 +118,7 @@ main)
   run() {  # run GPU RECIPE OUTDIR LOG overrides...: a pipeline that stops starting runs 100 s before the end
     local gpu=$1 rec=$2 out=$3 log=$4; shift 4
     local t=$(( $(left) - 15 ))
-    CUDA_VISIBLE_DEVICES=$gpu timeout -k 10 $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
+    CUDA_VISIBLE_DEVICES=$(dev $gpu) timeout -k 10 $t python3 -m sparselm.cli run "$rec" --out "$out" "$@" \
       output.budget_s=$(( t - 110 > 30 ? t - 110 : 30 )) >> "$log" 2>&1
   }
   study() {  # study GPU NAME: one pipeline of the named study on that GPU (resumes; claims split shared runs)
@@ -116,11 +151,11 @@ main)
                     run $gpu src/sparselm/recipes/translation-t5.yaml /tmp/tr2 /tmp/tr2$gpu.log \
                       task.data_dir=/tmp/${TR_DATA:-translation} teacher.path=/tmp/tr-run/teacher ${TR_ARGS:-} \
                       ${TR2_ARGS:-} ;;
-      profile) mkdir -p /tmp/prof && CUDA_VISIBLE_DEVICES=$gpu OUT=/tmp/prof bash benchmarks/device_profile.sh \
+      profile) mkdir -p /tmp/prof && CUDA_VISIBLE_DEVICES=$(dev $gpu) OUT=/tmp/prof bash benchmarks/device_profile.sh \
                  > /tmp/profile.log 2>&1; (cd /tmp && tar czf $OUT/profile.tgz prof profile.log) ;;
-      mma) CUDA_VISIBLE_DEVICES=$gpu KERNELS=${MMA_KERNELS:-tmma,bmma} BATCHED_S=${MMA_S:-150} \
+      mma) CUDA_VISIBLE_DEVICES=$(dev $gpu) KERNELS=${MMA_KERNELS:-tmma,bmma} BATCHED_S=${MMA_S:-150} \
              bash benchmarks/device_mma.sh > /tmp/mma.log 2>&1 ;;
-      kernels) CUDA_VISIBLE_DEVICES=$gpu SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
+      kernels) CUDA_VISIBLE_DEVICES=$(dev $gpu) SECONDS_LEFT=$(( $(left) - 20 )) bash benchmarks/device_gpu.sh \
                  > /tmp/gpu.log 2>&1 ;;
       *) echo "unknown study $name" ;;
     esac
@@ -140,20 +175,5 @@ main)
   ( for n in $G0; do [ $(left) -gt 150 ] && study 0 $n; done ) &
   ( for n in $G1; do [ $(left) -gt 150 ] && study 1 $n; done ) &
   wait
-  [ -f /tmp/gpu.log ] && { echo "== /tmp/gpu.log"; cat /tmp/gpu.log; }
-  [ -f /tmp/mma.log ] && { echo "== /tmp/mma.log"; tail -80 /tmp/mma.log; }
-  [ -f /tmp/profile.log ] && { echo "== /tmp/profile.log"; tail -40 /tmp/profile.log; }
-  for f in /tmp/gsm?.log /tmp/gsm2?.log /tmp/gsm3?.log /tmp/rs3?.log /tmp/tr?.log /tmp/tr2?.log /tmp/asr?.log /tmp/rs?.log /tmp/rs2?.log; do [ -f $f ] || continue
-    echo "== $f"; tr '\r' '\n' < $f | grep -v "it/s\|s/it\|block\|stage/s" | tail -15; done
-  # at most 8 files come back per call: everything else travels in one archive
-  G=$(basename ${GSM_OUT:-/tmp/gsm-run})
-  (cd /tmp && tar czf $OUT/studies.tgz $G/results.json $G/report.md $G/*.png \
-     $G/runs/*/metrics.jsonl $G/teacher/metrics.jsonl tr-run/results.json tr-run/report.md tr-run/*.png \
-     tr-run/runs/*/metrics.jsonl tr-run/teacher/metrics.jsonl tr2/results.json tr2/report.md tr2/*.png tr2/runs/*/metrics.jsonl tr-run/runs/*/predictions_*.jsonl tr2/runs/*/predictions_*.jsonl tr-run/teacher/predictions_*.jsonl $G/runs/*/predictions_*.jsonl $G/teacher/predictions_*.jsonl asr/results.json asr/report.md asr/*.png \
-     asr/runs/*/metrics.jsonl asr/teacher/metrics.jsonl rs/results.json rs/report.md rs/*.png \
-     rs/runs/*/metrics.jsonl rs/teacher/metrics.jsonl rs/runs/*/predictions_*.jsonl rs/teacher/predictions_*.jsonl rs2/results.json rs2/report.md rs2/*.png \
-     rs2/runs/*/metrics.jsonl rs2/runs/*/predictions_*.jsonl rs2/teacher/predictions_*.jsonl mg/multi_gpu.json mg/*/metrics.jsonl \
-     gsm2/results.json gsm2/report.md gsm2/*.png gsm2/runs/*/metrics.jsonl gsm2/runs/*/predictions_*.jsonl \
-     gsm?.log gsm2?.log gsm3?.log rs3?.log tr?.log tr2?.log asr?.log rs?.log rs2?.log gpu.log mma.log 2>/dev/null)
-  ls -la $OUT ;;
+  report; ls -la $OUT ;;
 esac
