@@ -24,7 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # task -> [(record stem, schedule)]: schedule "staged" (each sparsity grown from the previous stage) or "one-shot"
 GRID = {
     "reasoning": [("replication_reasoning", "one-shot"), ("replication_reasoning_staged", "staged")],
-    "gsm": [("replication_gsm_oneshot", "one-shot"), ("replication_gsm", "staged"),
+    "gsm": [("replication_gsm_oneshot", "one-shot"), ("replication_gsm_oneshot50", "one-shot"),
+            ("replication_gsm", "staged"),
             ("replication_gsm_seed1", "staged"), ("replication_gsm_kd", "staged")],
 }
 
