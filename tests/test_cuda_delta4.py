@@ -66,6 +66,10 @@ def test_host_build_matches_the_dense_reference(values, act, sparsity, n, k):
     # two chunks per load step, and x through L1 (2-byte offsets): the same sums in the same order
     assert torch.equal(cuda_delta4.gemv_host(x, p, unroll=2), y)
     assert torch.equal(cuda_delta4.gemv_host(x, p, smem=False), y)
+    for lanes, unroll in ((16, 1), (8, 2)):  # fewer lanes per row: other partial sums, the same products
+        yl = cuda_delta4.gemv_host(x, p, unroll=unroll, lanes=lanes)
+        torch.testing.assert_close(yl, y, rtol=1e-5, atol=1e-5)
+        assert torch.all(yl[:, n // 2] == 0)
 
 
 @pytest.mark.parametrize("values,act,batch,bsz,sparsity,unroll", [
@@ -86,6 +90,8 @@ def test_batched_host_build_matches_the_dense_reference(values, act, batch, bsz,
     assert torch.all(y[:, n // 2] == 0)
     with pytest.raises(ValueError, match="smem"):
         cuda_delta4.gemv_host(x, p, batch=batch, smem=False)  # the batched kernel always stages x
+    with pytest.raises(ValueError, match="lanes per row"):
+        cuda_delta4.gemv_host(x, p, batch=batch, lanes=8)  # fewer lanes per row: batch 1 only
 
 
 def test_long_gaps_the_last_column_and_the_65536_limit():
@@ -137,9 +143,11 @@ def test_config_rules_and_keys():
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2).key() == "d4cu-w8p2"
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
     assert SpmmConfig(kernel="d4cu", num_warps=16, persist=1, block_b=4).key() == "d4cu-w16p1b4"
+    assert SpmmConfig(kernel="d4cu", num_warps=16, persist=2, unroll=2, slots=8).key() == "d4cu-w16p2-u2-r4"
     for bad in (dict(persist=0), dict(persist=1, block_b=16), dict(persist=1, block_b=2, smem=False),
                 dict(persist=1, num_warps=33), dict(persist=1, unroll=4), dict(persist=1, lean=True),
-                dict(persist=1, split_k=2)):
+                dict(persist=1, split_k=2), dict(persist=1, slots=4), dict(persist=1, slots=16, block_b=2),
+                dict(persist=1, slots=8, smem=False)):
         with pytest.raises(ValueError, match="d4cu"):
             SpmmConfig(kernel="d4cu", **bad)
 
@@ -155,24 +163,28 @@ def test_unavailable_without_a_gpu_says_why():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
-@pytest.mark.parametrize("values,act,smem,unroll", [
-    ("float16", torch.float16, True, 1), ("float16", torch.float16, False, 2), ("bfloat16", torch.bfloat16, True, 2),
-    ("int8", torch.float16, True, 2), ("int8", torch.bfloat16, False, 1)])
-def test_gpu_build_matches_the_host_build(values, act, smem, unroll):
+@pytest.mark.parametrize("values,act,smem,unroll,lanes", [
+    ("float16", torch.float16, True, 1, 32), ("float16", torch.float16, False, 2, 32),
+    ("bfloat16", torch.bfloat16, True, 2, 32), ("int8", torch.float16, True, 2, 32),
+    ("int8", torch.bfloat16, False, 1, 32), ("float16", torch.float16, True, 1, 16),
+    ("float16", torch.float16, True, 2, 8), ("int8", torch.float16, True, 1, 8)])
+def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
-    all-zero row, K past the 48 KB default shared-memory window, 90% sparsity: many stepping stones)."""
+    all-zero row, K past the 48 KB default shared-memory window, 90% sparsity: many stepping stones; with 8 or 16
+    lanes per row, row counts that leave a warp's last rows past N)."""
     if not cuda_delta4.available():
         pytest.skip(f"d4cu unavailable: {cuda_delta4.build_error()}")
     for n, k, s in ((37, 300, 0.75), (19, 30000, 0.75), (23, 4096, 0.9)):
         ct = compress_tensor(sparse_weight(n, k, s, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=4, persist=2, smem=smem, unroll=unroll))
+        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=4, persist=2, smem=smem, unroll=unroll,
+                                              slots=lanes))
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, smem=smem).to(act).float(),
-                                   rtol=tol, atol=tol)
+        torch.testing.assert_close(y.float().cpu(), cuda_delta4.gemv_host(x.cpu(), p, smem=smem, lanes=lanes)
+                                   .to(act).float(), rtol=tol, atol=tol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
@@ -196,7 +208,8 @@ def test_gpu_build_batched_matches_the_host_build(values, act, batch, bsz):
 
 
 def test_autotune_offers_it_only_when_asked(monkeypatch):
-    """Until its GPU build has run on a GPU, d4cu is a candidate only with SPARSELM_D4CU=1."""
+    """Slower than grp8cu in its timings so far, d4cu is a candidate only with SPARSELM_D4CU=1; at batch 1 also with
+    16 and 8 lanes per row."""
     from sparselm.runtime import gpu_backend
 
     monkeypatch.setattr(cuda_delta4, "available", lambda: True)
@@ -205,3 +218,7 @@ def test_autotune_offers_it_only_when_asked(monkeypatch):
     monkeypatch.setenv("SPARSELM_D4CU", "1")
     assert {c.block_b for c in gpu_backend.d4cu_configs(4)} == {4} and gpu_backend.d4cu_configs(16) == []
     assert any(c.kernel == "d4cu" and not c.smem for c in gpu_backend.d4cu_configs(1))
+    assert {c.slots for c in gpu_backend.d4cu_configs(1)} == {32, 16, 8}
+    assert {c.slots for c in gpu_backend.d4cu_configs(2)} == {32}
+    assert all(c.smem for c in gpu_backend.d4cu_configs(1) if c.slots != 32)
+    assert len({c.key() for c in gpu_backend.d4cu_configs(1)}) == len(gpu_backend.d4cu_configs(1))

@@ -158,17 +158,18 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
-# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26; offline
-# sm_90 SASS per fp16 nonzero 7.1 at batch 1, 8.1 / 10 / 15 at batch 2 / 4 / 8 against grp8cu's 9.1-10.8 / 13.5 /
-# 16 / 25; not yet timed): grp8cu's batch-1 launch shapes; batches 2-8 stage 4 K B bytes of x per block, so fewer,
-# larger blocks; 1 or 2 chunks per load step (at most 64 registers per thread: a 32-warp block fits)
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): correct on
+# the H200 but slower than grp8cu on every decode case of its first timing (session 21: 0.80-0.96x at batch 1,
+# 0.40-0.83x at batch 2-8; gpu_kernels_decode_d4cu_first.json), so still opt-in. grp8cu's batch-1 launch shapes, and
+# with x staged also 16 or 8 lanes per row (slots; a 32-lane row walks 2-3 chunks per lane at 75%: unbalanced);
+# batches 2-8 stage 4 K B bytes of x per block, so fewer, larger blocks; 1 or 2 chunks per load step
 D4CU_BATCHED = ((16, 1, True), (32, 1, True), (16, 2, True))
 
 
 def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     """The d4cu candidates for padded batch 1, 2, 4 or 8 ([] where nvcc cannot build the kernel for this GPU).
-    Opt-in (SPARSELM_D4CU=1) until its GPU build has passed its tests and been timed on a GPU: autotune rejects a
-    wrong output, but a kernel that faults would take the process's CUDA context with it."""
+    Opt-in (SPARSELM_D4CU=1): its GPU build passes its tests, but no timing so far has it ahead of grp8cu, and each
+    candidate costs autotune time."""
     from sparselm.kernels.gpu import cuda_delta4
 
     if os.environ.get("SPARSELM_D4CU") != "1":
@@ -176,8 +177,12 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
     shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
-    return [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
-            for w, pb, sm in shapes for u in unrolls]
+    out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
+           for w, pb, sm in shapes for u in unrolls]
+    if batch == 1:
+        out += [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, unroll=u, slots=lanes)
+                for lanes in cuda_delta4.LANES[1:] for w, pb, sm in shapes if sm for u in unrolls]
+    return out
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

@@ -33,6 +33,7 @@ MAX_STEP = 15   # the largest column step a nibble holds
 MAX_K = 65536   # base columns are uint16
 UNROLLS = (1, 2)
 BATCHES = (1, 2, 4, 8)
+LANES = (32, 16, 8)  # lanes per row (SpmmConfig.slots): fewer than a warp, batch 1 with x staged only
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
 _XT = {torch.float16: 0, torch.bfloat16: 1}
 
@@ -41,14 +42,14 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_d4_launch.restype = i32
-        # (vt, xt, B, smem, unroll), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy, blocks,
-        # threads), stream
-        lib.sl_d4_launch.argtypes = [i32] * 5 + [vp] * 7 + [i32] * 7 + [vp]
+        # (vt, xt, B, smem, unroll, lanes), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy,
+        # blocks, threads), stream
+        lib.sl_d4_launch.argtypes = [i32] * 6 + [vp] * 7 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_d4_host.restype = i32
-        lib.sl_d4_host.argtypes = [i32] * 5 + [vp] * 7 + [i32] * 3
+        lib.sl_d4_host.argtypes = [i32] * 6 + [vp] * 7 + [i32] * 3
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -60,14 +61,15 @@ build_error = _LIB.build_error
 def check_config(cfg) -> None:
     """SpmmConfig's rules for kernel "d4cu": block_b (padded batch) in BATCHES, persist = blocks per SM (>= 1),
     num_warps = warps per block (1-32), unroll = chunks per load step (1 or 2), smem = x staged per block (else via
-    L1: batch 1 only)."""
+    L1: batch 1 only), slots = lanes per row (32, or 16 / 8 at batch 1 with smem: 32 / slots rows per warp)."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and ok_int(cfg.persist, 1, 1 << 20) and ok_int(cfg.num_warps, 1, 32)
             and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and (cfg.smem or cfg.block_b == 1)
-            and not (cfg.lean or cfg.col16 or cfg.use_dot) and cfg.split_k == 1):  # other kernels' fields
+            and not (cfg.lean or cfg.col16 or cfg.use_dot) and cfg.split_k == 1  # other kernels' fields
+            and cfg.slots in LANES and (cfg.slots == 32 or (cfg.block_b == 1 and cfg.smem))):
         raise ValueError(f"SpmmConfig d4cu: block_b in {BATCHES}, persist (blocks per SM) >= 1, num_warps 1-32, "
-                         f"unroll in {UNROLLS}, smem False at block_b 1 only, no lean / col16 / use_dot / split_k; "
-                         f"got {cfg}")
+                         f"unroll in {UNROLLS}, smem False at block_b 1 only, slots (lanes per row) in {LANES} "
+                         f"(16 / 8 at block_b 1 with smem), no lean / col16 / use_dot / split_k; got {cfg}")
 
 
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, smem: bool = True) -> bool:
@@ -168,16 +170,19 @@ def _scales(p, device) -> torch.Tensor | None:
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
-    cfg.smem (x staged in shared memory, else read through L1), cfg.unroll chunks per load step (1 or 2)."""
+    cfg.smem (x staged in shared memory, else read through L1), cfg.unroll chunks per load step (1 or 2),
+    cfg.slots lanes per row."""
     _check(x, p, cfg.block_b, cfg.smem)
     n, k = p.shape
     lib, y = _LIB.prepare("d4cu", x, p, out)
     x = x.contiguous()
     vals, steps, base, cptr = layout(p)
     scales = _scales(p, x.device)
+    rows_per_block = cfg.num_warps * (32 // cfg.slots)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
-                        -(-n // cfg.num_warps)))
-    code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, x.data_ptr(),
+                        -(-n // rows_per_block)))
+    code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, cfg.slots,
+                            x.data_ptr(),
                             vals.data_ptr(), steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0], k, n,
                             blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
@@ -186,13 +191,15 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int = 1) -> torch.Tensor:
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int = 1, lanes: int = 32) -> torch.Tensor:
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     smem: x as the float32 copy the kernel stages in shared memory (else as it is, the L1 path's offsets); batch:
-    the padded batch of the kernel to emulate (2-8: x transposed)."""
+    the padded batch of the kernel to emulate (2-8: x transposed); lanes: per row (16 / 8 at batch 1 with smem)."""
     _check(x, p, batch, smem)
     if unroll not in UNROLLS:
         raise ValueError(f"d4cu: unroll must be one of {UNROLLS}, got {unroll}")
+    if lanes not in LANES or (lanes != 32 and (batch != 1 or not smem)):
+        raise ValueError(f"d4cu: lanes per row in {LANES}, 16 / 8 only at batch 1 with smem; got {lanes}")
     lib = load("host")
     if lib is None:
         raise RuntimeError(f"d4cu host emulation unavailable ({build_error('host')})")
@@ -201,7 +208,8 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int
     vals, steps, base, cptr = (t.cpu() for t in layout(p))
     scales = _scales(p, "cpu")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, x.data_ptr(), vals.data_ptr(),
+    code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, lanes, x.data_ptr(),
+                          vals.data_ptr(),
                           steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
                           None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0])
     if code != 0:

@@ -14,7 +14,11 @@
 //          nibble 0 is unused (the first column is the base);
 //   base   the first entry's column, uint16 (K <= 65536);
 // cptr[n] is row n's first chunk. int8 values carry per-row scales, applied to the row's sum.
-// One warp per row; lane l takes chunks cptr[n] + l, + 32, ... and the warp sums its lanes (as grp8_gemv.cu).
+// L lanes per row (32: one warp per row, as grp8_gemv.cu; 16 or 8: a warp holds 32 / L rows): lane l of a row takes
+// chunks cptr[n] + l, + L, ... and the row's lanes sum their parts. Why fewer lanes: at 75% a 4096-column row is ~65
+// chunks, so with 32 lanes one lane walks 3 chunks while the others walk 2 (68% of the lane-steps do work); 8
+// lanes walk 8 or 9 (90%), and a row's fixed costs (its chunk range, the sum across lanes) are shared by more
+// nonzeros per lane.
 // x is staged per block as float32 (4K bytes of shared memory), so a nonzero costs no activation conversion:
 // 7.1 SASS instructions per fp16 nonzero at sm_90 (benchmarks/sass_count.py --d4cu).
 //
@@ -100,31 +104,31 @@ SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
   return acc0 + acc1;
 }
 
-// Lane `lane`'s chunks [c0, c1) of one row, U per step: every load of the step is issued before the first use
-// (bytes in flight per lane; the tail step loads only what exists), then each chunk goes to use(chunk).
-template <int VT, int U, typename Use>
+// Lane `lane` (of the row's L)'s chunks [c0, c1) of one row, U per step: every load of the step is issued before
+// the first use (bytes in flight per lane; the tail step loads only what exists), then each chunk goes to use(chunk).
+template <int VT, int U, int L, typename Use>
 SL_HD void d4_walk(const void* vals, const uint32_t* steps, const uint16_t* base, int c0, int c1, int lane, Use use) {
-  for (int c = c0 + lane; c < c1; c += 32 * U) {
+  for (int c = c0 + lane; c < c1; c += L * U) {
     Chunk ch[U];
 #ifdef __CUDACC__
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || c + 32 * u < c1) load_chunk<VT>(vals, steps, base, c + 32 * u, ch[u]);
+      if (U == 1 || c + L * u < c1) load_chunk<VT>(vals, steps, base, c + L * u, ch[u]);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || c + 32 * u < c1) use(ch[u]);
+      if (U == 1 || c + L * u < c1) use(ch[u]);
   }
 }
 
-// Lane `lane`'s partial dot product over chunks [c0, c1) of one row.
-template <int VT, int XT, bool SMEM, int U>
+// Lane `lane` (of L)'s partial dot product over chunks [c0, c1) of one row.
+template <int VT, int XT, bool SMEM, int U, int L = 32>
 SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
                     int c1, int lane) {
   float acc = 0.0f;
-  d4_walk<VT, U>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { acc += d4_chunk<VT, XT, SMEM>(ch, xs); });
+  d4_walk<VT, U, L>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { acc += d4_chunk<VT, XT, SMEM>(ch, xs); });
   return acc;
 }
 
@@ -171,7 +175,7 @@ SL_HD void d4_chunk_b(const Chunk& ch, const unsigned char* xs, float* acc) {
 template <int VT, int B, int U>
 SL_HD void d4_lane_b(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
                      int c1, int lane, float* acc) {
-  d4_walk<VT, U>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { d4_chunk_b<VT, B>(ch, xs, acc); });
+  d4_walk<VT, U, 32>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { d4_chunk_b<VT, B>(ch, xs, acc); });
 }
 
 #ifdef __CUDACC__
@@ -186,10 +190,11 @@ struct D4Args {
   int N, K, bsz, ldx, ldy;  // batches 2-8: bsz <= B rows of x (stride ldx) and of y (stride ldy)
 };
 
-// Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take rows
-// blockIdx * warps + warp, + gridDim * warps, ...; the next row's chunk range and scale are loaded before this
-// row's work. Lane 0 writes y[row].
-template <int VT, int XT, bool SMEM, int U>
+// Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take row
+// groups of G = 32 / L rows, (blockIdx * warps + warp) * G, + gridDim * warps * G, ...; lanes [g L, g L + L) own the
+// group's row g. The loop runs per warp (every lane takes part in the shuffles, a row past N adds nothing); the
+// next rows' chunk ranges and scales are loaded before this group's work. The row's first lane writes y[row].
+template <int VT, int XT, bool SMEM, int U, int L>
 __global__ void d4_gemv_kernel(const D4Args a) {
   extern __shared__ float xsf[];
   if (SMEM) {  // x as float32, converted once per block
@@ -198,15 +203,16 @@ __global__ void d4_gemv_kernel(const D4Args a) {
   }
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xsf)
                                  : reinterpret_cast<const unsigned char*>(a.x);
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
-  int r = blockIdx.x * warps + (threadIdx.x >> 5);
-  int c0 = 0, c1 = 0;
+  constexpr int G = 32 / L;
+  const int lane = threadIdx.x & 31, sub = lane & (L - 1), warps = blockDim.x >> 5, stride = gridDim.x * warps * G;
+  int r0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * G;  // the warp's first row: uniform across its lanes
+  int r = r0 + lane / L, c0 = 0, c1 = 0;
   float sc = 1.0f;
   if (r < a.N) {
     c0 = __ldg(a.cptr + r); c1 = __ldg(a.cptr + r + 1);
     if (a.scales) sc = __ldg(a.scales + r);
   }
-  for (; r < a.N; r += stride) {
+  for (; r0 < a.N; r0 += stride, r += stride) {
     const int rn = r + stride;
     int n0 = 0, n1 = 0;
     float nsc = 1.0f;
@@ -214,10 +220,10 @@ __global__ void d4_gemv_kernel(const D4Args a) {
       n0 = __ldg(a.cptr + rn); n1 = __ldg(a.cptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
     }
-    float acc = d4_lane<VT, XT, SMEM, U>(a.vals, a.steps, a.base, xs, c0, c1, lane);
+    float acc = d4_lane<VT, XT, SMEM, U, L>(a.vals, a.steps, a.base, xs, c0, c1, sub);  // c0 = c1 past N
 #pragma unroll
-    for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
+    for (int m = L / 2; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);  // within the row's lanes
+    if (sub == 0 && r < a.N) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
     c0 = n0; c1 = n1; sc = nsc;
   }
 }
@@ -262,18 +268,29 @@ static int d4_launch_b(const D4Args& a, int blocks, int threads, cudaStream_t st
   return (int)cudaGetLastError();
 }
 
-template <int VT, int XT, bool SMEM, int U>
+template <int VT, int XT, bool SMEM, int U, int L = 32>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
-  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U>, smem, &opted)) return e;
-  d4_gemv_kernel<VT, XT, SMEM, U><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L>, smem, &opted)) return e;
+  d4_gemv_kernel<VT, XT, SMEM, U, L><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT>
-static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int blocks, int threads, cudaStream_t s) {
+static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int blocks, int threads,
+                       cudaStream_t s) {
   if (unroll != 1 && unroll != 2) return -1;
+  if (lanes != 32) {  // 16 or 8 lanes per row: batch 1 with x staged
+    if (B != 1 || !smem) return -1;
+    switch (lanes * 10 + unroll) {
+      case 161: return d4_launch<VT, XT, true, 1, 16>(a, blocks, threads, s);
+      case 162: return d4_launch<VT, XT, true, 2, 16>(a, blocks, threads, s);
+      case 81: return d4_launch<VT, XT, true, 1, 8>(a, blocks, threads, s);
+      case 82: return d4_launch<VT, XT, true, 2, 8>(a, blocks, threads, s);
+      default: return -1;
+    }
+  }
   if (B == 1 && unroll == 1) return smem ? d4_launch<VT, XT, true, 1>(a, blocks, threads, s)
                                          : d4_launch<VT, XT, false, 1>(a, blocks, threads, s);
   if (B == 1) return smem ? d4_launch<VT, XT, true, 2>(a, blocks, threads, s)
@@ -291,19 +308,21 @@ static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int blocks,
 }
 
 // y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
-// batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1).
-// Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
-extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+// batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1);
+// lanes per row 32, or 16 / 8 (batch 1, smem). Returns a cudaError_t (0 = launched) or -1 for an unsupported
+// combination.
+extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, const void* x, const void* vals,
                             const void* steps, const void* base, const void* cptr, const void* scales, void* y, int N,
                             int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const D4Args a{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
                  static_cast<const uint16_t*>(base), static_cast<const int*>(cptr),
                  static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, unroll, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, unroll, blocks, threads, s);
+  const int u = unroll, l = lanes;
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, blocks, threads, s);
   return -1;
 }
 
@@ -311,7 +330,7 @@ extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, const v
 
 // SMEM: x converted to the float32 copy the kernel stages (4-byte offsets); else x as it is (the L1 path's
 // 2-byte offsets)
-template <int VT, int XT, bool SMEM, int U>
+template <int VT, int XT, bool SMEM, int U, int L = 32>
 static void d4_host_rows(const uint16_t* x, const void* vals, const uint32_t* steps, const uint16_t* base,
                          const int* cptr, const float* scales, float* y, int N, int K) {
   float* xf = new float[K > 0 ? K : 1];
@@ -320,8 +339,8 @@ static void d4_host_rows(const uint16_t* x, const void* vals, const uint32_t* st
                                  : reinterpret_cast<const unsigned char*>(x);
   for (int r = 0; r < N; ++r) {
     float acc = 0.0f;
-    for (int lane = 0; lane < 32; ++lane)
-      acc += d4_lane<VT, XT, SMEM, U>(vals, steps, base, xs, cptr[r], cptr[r + 1], lane);
+    for (int lane = 0; lane < L; ++lane)
+      acc += d4_lane<VT, XT, SMEM, U, L>(vals, steps, base, xs, cptr[r], cptr[r + 1], lane);
     y[r] = scales ? acc * scales[r] : acc;
   }
   delete[] xf;
@@ -359,12 +378,18 @@ static void d4_host_rows_b(const D4Host& h) {
 }
 
 template <int VT, int XT>
-static int d4_host_variant(const D4Host& h, int B, int smem, int unroll) {
-#define SL_D4H(S, U) d4_host_rows<VT, XT, S, U>(h.x, h.vals, h.steps, h.base, h.cptr, h.scales, h.y, h.N, h.K)
+static int d4_host_variant(const D4Host& h, int B, int smem, int unroll, int lanes) {
+#define SL_D4H(S, U, L) d4_host_rows<VT, XT, S, U, L>(h.x, h.vals, h.steps, h.base, h.cptr, h.scales, h.y, h.N, h.K)
   if (unroll != 1 && unroll != 2) return -1;
+  if (lanes != 32) {
+    if (B != 1 || !smem || (lanes != 16 && lanes != 8)) return -1;
+    if (lanes == 16) unroll == 1 ? SL_D4H(true, 1, 16) : SL_D4H(true, 2, 16);
+    else unroll == 1 ? SL_D4H(true, 1, 8) : SL_D4H(true, 2, 8);
+    return 0;
+  }
   if (B == 1) {
-    if (unroll == 1) smem ? SL_D4H(true, 1) : SL_D4H(false, 1);
-    else smem ? SL_D4H(true, 2) : SL_D4H(false, 2);
+    if (unroll == 1) smem ? SL_D4H(true, 1, 32) : SL_D4H(false, 1, 32);
+    else smem ? SL_D4H(true, 2, 32) : SL_D4H(false, 2, 32);
     return 0;
   }
 #undef SL_D4H
@@ -381,16 +406,16 @@ static int d4_host_variant(const D4Host& h, int B, int smem, int unroll) {
 }
 
 // The host twin of sl_d4_launch: x (bsz, K) row-major, y (bsz, N) float32.
-extern "C" int sl_d4_host(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
+extern "C" int sl_d4_host(int vt, int xt, int B, int smem, int unroll, int lanes, const void* x, const void* vals,
                           const void* steps, const void* base, const void* cptr, const void* scales, float* y, int N,
                           int K, int bsz) {
   const D4Host h{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
                  static_cast<const uint16_t*>(base), static_cast<const int*>(cptr), static_cast<const float*>(scales),
                  y, N, K, bsz};
-  if (xt == XT_F16 && vt == VT_F16) return d4_host_variant<VT_F16, XT_F16>(h, B, smem, unroll);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_variant<VT_BF16, XT_BF16>(h, B, smem, unroll);
-  if (xt == XT_F16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_F16>(h, B, smem, unroll);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_BF16>(h, B, smem, unroll);
+  if (xt == XT_F16 && vt == VT_F16) return d4_host_variant<VT_F16, XT_F16>(h, B, smem, unroll, lanes);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_host_variant<VT_BF16, XT_BF16>(h, B, smem, unroll, lanes);
+  if (xt == XT_F16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_F16>(h, B, smem, unroll, lanes);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_host_variant<VT_I8, XT_BF16>(h, B, smem, unroll, lanes);
   return -1;
 }
 #endif

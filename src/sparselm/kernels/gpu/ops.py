@@ -60,7 +60,7 @@ class SpmmConfig:
     # "vc32t" (vc32's words for batch 2-16 with x transposed: one vector gather per nonzero for all batch rows) |
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
-    # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's num_warps / persist / smem / unroll 1-2) |
+    # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's fields, unroll 1-2, slots = lanes per row) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -162,7 +162,8 @@ class SpmmConfig:
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel in ("grp8cu", "d4cu"):
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
-                    + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else ""))
+                    + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
+                    + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else ""))  # rows/warp
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
