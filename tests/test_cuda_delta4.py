@@ -25,7 +25,9 @@ def _decode(p) -> torch.Tensor:
     cols = torch.cumsum(nib, 1)
     rows = torch.repeat_interleave(torch.arange(n), (cptr[1:] - cptr[:-1]).long())
     dense = torch.zeros(n, k, dtype=torch.float64)
-    dense.index_put_((rows[:, None].expand_as(cols), cols), vals.view(-1, cuda_delta4.CHUNK).double(),
+    if vals.element_size() == 2:  # two planes: every chunk's values 0-7, then 8-15
+        vals = vals.view(2, -1, cuda_delta4.CHUNK // 2).permute(1, 0, 2)
+    dense.index_put_((rows[:, None].expand_as(cols), cols), vals.reshape(-1, cuda_delta4.CHUNK).double(),
                      accumulate=True)
     return dense
 

@@ -91,7 +91,8 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, smem: bool =
 
 def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(vals (chunks * 16,), steps (chunks, 2) int32, base (chunks,) int16, cptr (N + 1,) int32), built with a few
-    vectorized passes and cached on the matrix under ("d4cu",).
+    vectorized passes and cached on the matrix under ("d4cu",). 16-bit values lie in two planes: every chunk's
+    values 0-7, then every chunk's values 8-15.
 
     Per row, each nonzero whose column is more than 15 past the previous one is preceded by (gap - 1) // 15 zero
     entries 15 columns apart; the row's entries are cut into chunks of 16, the last padded with zeros at the last
@@ -142,6 +143,8 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     pairs = torch.where(pairs >= 2 ** 31, pairs - 2 ** 32, pairs).to(torch.int32)  # the same 32 bits
     base = ccols[:, 0] if total else torch.zeros(0, dtype=torch.int64, device=dev)
     base = torch.where(base >= 2 ** 15, base - 2 ** 16, base).to(torch.int16)  # uint16 bits
+    if vals.element_size() == 2:  # two planes (values 0-7, then 8-15 of every chunk): coalesced 16-byte loads
+        vals = torch.cat([vals[:, :CHUNK // 2], vals[:, CHUNK // 2:]])
     p._cptr[key] = (vals.reshape(-1).contiguous(), pairs.contiguous(), base.contiguous(),
                     cptr.to(torch.int32).contiguous())
     return p._cptr[key]

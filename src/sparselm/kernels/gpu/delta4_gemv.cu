@@ -8,8 +8,10 @@
 // so decoding costs one bit-field extract and one add per nonzero, no more than grp8's offset unpacking.
 //
 // Layout: a row's entries (its nonzeros in column order, with stepping stones) are cut into chunks of 16; the last
-// chunk is padded with zero values that repeat the last column (step 0). Per chunk c:
-//   vals   16 values (fp16 / bf16: 32 bytes at 32 c; int8: 16 bytes at 16 c), codes unscaled;
+// chunk is padded with zero values that repeat the last column (step 0). Per chunk c of T = cptr[N] chunks:
+//   vals   16 values, codes unscaled: fp16 / bf16 in two planes, values 0-7 at 16 c and values 8-15 at 16 (T + c)
+//          (so a warp's 16-byte loads of consecutive chunks are contiguous: one 32-byte stride per lane cost the
+//          first timing 11 L1 sectors per request and 47% occupancy); int8: 16 bytes at 16 c;
 //   steps  a 64-bit word (two uint32 at 2 c): nibble i (bits 4i..4i+3), i = 1..15, is column[i] - column[i - 1];
 //          nibble 0 is unused (the first column is the base);
 //   base   the first entry's column, uint16 (K <= 65536);
@@ -35,21 +37,21 @@ struct Chunk {
 };
 
 template <int VT>
-SL_HD void load_chunk(const void* vals, const uint32_t* steps, const uint16_t* base, int c, Chunk& ch) {
+SL_HD void load_chunk(const void* vals, const uint32_t* steps, const uint16_t* base, int nch, int c, Chunk& ch) {
 #ifdef __CUDACC__
   const uint4* v4 = reinterpret_cast<const uint4*>(vals);
-  const uint4 a = __ldg(v4 + (VT == VT_I8 ? c : 2 * c));  // two 16-byte loads per fp16 chunk, one per int8 chunk
+  const uint4 a = __ldg(v4 + c);  // one 16-byte load per plane: two per fp16 chunk, one per int8 chunk
   ch.w[0] = a.x; ch.w[1] = a.y; ch.w[2] = a.z; ch.w[3] = a.w;
   if (VT != VT_I8) {
-    const uint4 b = __ldg(v4 + 2 * c + 1);
+    const uint4 b = __ldg(v4 + nch + c);
     ch.w[4] = b.x; ch.w[5] = b.y; ch.w[6] = b.z; ch.w[7] = b.w;
   }
   const uint2 s = __ldg(reinterpret_cast<const uint2*>(steps) + c);
   ch.lo = s.x; ch.hi = s.y;
   ch.base = __ldg(base + c);
 #else
-  const int bytes = VT == VT_I8 ? 16 : 32;
-  memcpy(ch.w, static_cast<const unsigned char*>(vals) + (size_t)c * bytes, bytes);
+  memcpy(ch.w, static_cast<const unsigned char*>(vals) + (size_t)c * 16, 16);
+  if (VT != VT_I8) memcpy(ch.w + 4, static_cast<const unsigned char*>(vals) + (size_t)(nch + c) * 16, 16);
   ch.lo = steps[2 * c]; ch.hi = steps[2 * c + 1];
   ch.base = base[c];
 #endif
@@ -89,17 +91,23 @@ SL_HD uint32_t step_bytes(const Chunk& ch, int i) {
 template <int VT, int XT, bool SMEM>
 SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
   constexpr int SH = SMEM ? 2 : 1;  // log2 of the bytes per x column
-  float v[D4_CHUNK];
-  decode_chunk<VT>(ch, v);
   uint32_t off = ch.base << SH;
-  float acc0 = v[0] * d4_x<XT, SMEM>(xs, off), acc1 = 0.0f;
+  float acc0 = 0.0f, acc1 = 0.0f;  // fma(v, x, 0) is the rounded product: the sums of the first timing, bit for bit
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int i = 1; i < D4_CHUNK; ++i) {
-    off += step_bytes<SH>(ch, i);
-    if (i & 1) acc1 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc1);
-    else acc0 = fmaf(v[i], d4_x<XT, SMEM>(xs, off), acc0);
+  for (int j = 0; j < 4; ++j) {  // 4 values decoded just before their use: fewer live registers than 16
+    float v[4];
+    decode_values<VT>(VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]}, v);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int t = 0; t < 4; ++t) {
+      const int i = 4 * j + t;
+      if (i) off += step_bytes<SH>(ch, i);
+      if (i & 1) acc1 = fmaf(v[t], d4_x<XT, SMEM>(xs, off), acc1);
+      else acc0 = fmaf(v[t], d4_x<XT, SMEM>(xs, off), acc0);
+    }
   }
   return acc0 + acc1;
 }
@@ -107,14 +115,15 @@ SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
 // Lane `lane` (of the row's L)'s chunks [c0, c1) of one row, U per step: every load of the step is issued before
 // the first use (bytes in flight per lane; the tail step loads only what exists), then each chunk goes to use(chunk).
 template <int VT, int U, int L, typename Use>
-SL_HD void d4_walk(const void* vals, const uint32_t* steps, const uint16_t* base, int c0, int c1, int lane, Use use) {
+SL_HD void d4_walk(const void* vals, const uint32_t* steps, const uint16_t* base, int nch, int c0, int c1, int lane,
+                   Use use) {
   for (int c = c0 + lane; c < c1; c += L * U) {
     Chunk ch[U];
 #ifdef __CUDACC__
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || c + L * u < c1) load_chunk<VT>(vals, steps, base, c + L * u, ch[u]);
+      if (U == 1 || c + L * u < c1) load_chunk<VT>(vals, steps, base, nch, c + L * u, ch[u]);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -125,10 +134,11 @@ SL_HD void d4_walk(const void* vals, const uint32_t* steps, const uint16_t* base
 
 // Lane `lane` (of L)'s partial dot product over chunks [c0, c1) of one row.
 template <int VT, int XT, bool SMEM, int U, int L = 32>
-SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
-                    int c1, int lane) {
+SL_HD float d4_lane(const void* vals, const uint32_t* steps, const uint16_t* base, int nch, const unsigned char* xs,
+                    int c0, int c1, int lane) {
   float acc = 0.0f;
-  d4_walk<VT, U, L>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { acc += d4_chunk<VT, XT, SMEM>(ch, xs); });
+  d4_walk<VT, U, L>(vals, steps, base, nch, c0, c1, lane,
+                    [&](const Chunk& ch) { acc += d4_chunk<VT, XT, SMEM>(ch, xs); });
   return acc;
 }
 
@@ -173,9 +183,9 @@ SL_HD void d4_chunk_b(const Chunk& ch, const unsigned char* xs, float* acc) {
 }
 
 template <int VT, int B, int U>
-SL_HD void d4_lane_b(const void* vals, const uint32_t* steps, const uint16_t* base, const unsigned char* xs, int c0,
-                     int c1, int lane, float* acc) {
-  d4_walk<VT, U, 32>(vals, steps, base, c0, c1, lane, [&](const Chunk& ch) { d4_chunk_b<VT, B>(ch, xs, acc); });
+SL_HD void d4_lane_b(const void* vals, const uint32_t* steps, const uint16_t* base, int nch, const unsigned char* xs,
+                     int c0, int c1, int lane, float* acc) {
+  d4_walk<VT, U, 32>(vals, steps, base, nch, c0, c1, lane, [&](const Chunk& ch) { d4_chunk_b<VT, B>(ch, xs, acc); });
 }
 
 #ifdef __CUDACC__
@@ -207,6 +217,7 @@ __global__ void d4_gemv_kernel(const D4Args a) {
   const int lane = threadIdx.x & 31, sub = lane & (L - 1), warps = blockDim.x >> 5, stride = gridDim.x * warps * G;
   int r0 = (blockIdx.x * warps + (threadIdx.x >> 5)) * G;  // the warp's first row: uniform across its lanes
   int r = r0 + lane / L, c0 = 0, c1 = 0;
+  const int nch = __ldg(a.cptr + a.N);  // chunks in all: where the second value plane starts
   float sc = 1.0f;
   if (r < a.N) {
     c0 = __ldg(a.cptr + r); c1 = __ldg(a.cptr + r + 1);
@@ -220,7 +231,7 @@ __global__ void d4_gemv_kernel(const D4Args a) {
       n0 = __ldg(a.cptr + rn); n1 = __ldg(a.cptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
     }
-    float acc = d4_lane<VT, XT, SMEM, U, L>(a.vals, a.steps, a.base, xs, c0, c1, sub);  // c0 = c1 past N
+    float acc = d4_lane<VT, XT, SMEM, U, L>(a.vals, a.steps, a.base, nch, xs, c0, c1, sub);  // c0 = c1 past N
 #pragma unroll
     for (int m = L / 2; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);  // within the row's lanes
     if (sub == 0 && r < a.N) a.y[r] = float_to_act<XT>(a.scales ? acc * sc : acc);
@@ -239,12 +250,12 @@ __global__ void d4_gemm_kernel(const D4Args a) {
   }
   __syncthreads();
   const unsigned char* xs = reinterpret_cast<const unsigned char*>(xsf);
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, nch = __ldg(a.cptr + a.N);
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-    d4_lane_b<VT, B, U>(a.vals, a.steps, a.base, xs, __ldg(a.cptr + r), __ldg(a.cptr + r + 1), lane, acc);
+    d4_lane_b<VT, B, U>(a.vals, a.steps, a.base, nch, xs, __ldg(a.cptr + r), __ldg(a.cptr + r + 1), lane, acc);
 #pragma unroll
     for (int b = 0; b < B; ++b) {
 #pragma unroll
@@ -340,7 +351,7 @@ static void d4_host_rows(const uint16_t* x, const void* vals, const uint32_t* st
   for (int r = 0; r < N; ++r) {
     float acc = 0.0f;
     for (int lane = 0; lane < L; ++lane)
-      acc += d4_lane<VT, XT, SMEM, U, L>(vals, steps, base, xs, cptr[r], cptr[r + 1], lane);
+      acc += d4_lane<VT, XT, SMEM, U, L>(vals, steps, base, cptr[N], xs, cptr[r], cptr[r + 1], lane);
     y[r] = scales ? acc * scales[r] : acc;
   }
   delete[] xf;
@@ -368,8 +379,8 @@ static void d4_host_rows_b(const D4Host& h) {
     float acc[B] = {0.0f};
     for (int lane = 0; lane < 32; ++lane) {
       float part[B] = {0.0f};
-      d4_lane_b<VT, B, U>(h.vals, h.steps, h.base, reinterpret_cast<const unsigned char*>(xt), h.cptr[r],
-                          h.cptr[r + 1], lane, part);
+      d4_lane_b<VT, B, U>(h.vals, h.steps, h.base, h.cptr[h.N], reinterpret_cast<const unsigned char*>(xt),
+                          h.cptr[r], h.cptr[r + 1], lane, part);
       for (int b = 0; b < B; ++b) acc[b] += part[b];
     }
     for (int b = 0; b < h.bsz; ++b) h.y[(size_t)b * h.N + r] = h.scales ? acc[b] * h.scales[r] : acc[b];
