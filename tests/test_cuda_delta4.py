@@ -224,3 +224,6 @@ def test_autotune_offers_it_only_when_asked(monkeypatch):
     assert {c.slots for c in gpu_backend.d4cu_configs(2)} == {32}
     assert all(c.smem for c in gpu_backend.d4cu_configs(1) if c.slots != 32)
     assert len({c.key() for c in gpu_backend.d4cu_configs(1)}) == len(gpu_backend.d4cu_configs(1))
+    for b in cuda_delta4.BATCHES:  # every candidate launches: its registers fit one SM's 64K for its block size
+        assert all(32 * c.num_warps * gpu_backend.D4CU_REGS[b, c.unroll] <= 65536 for c in gpu_backend.d4cu_configs(b))
+    assert not any(c.num_warps == 32 and c.unroll == 2 for c in gpu_backend.d4cu_configs(8))

@@ -159,11 +159,14 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
 
 
 # d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): correct on
-# the H200 but slower than grp8cu on every decode case of its first timing (session 21: 0.80-0.96x at batch 1,
-# 0.40-0.83x at batch 2-8; gpu_kernels_decode_d4cu_first.json), so still opt-in. grp8cu's batch-1 launch shapes, and
-# with x staged also 16 or 8 lanes per row (slots; a 32-lane row walks 2-3 chunks per lane at 75%: unbalanced);
+# the H200 but slower than grp8cu (session 21, after the two-plane values: 0.84-1.0x at batch 1, ahead on one case
+# of 35; 0.39-0.83x at batch 2-8; gpu_kernels_decode_d4cu_planes.json), so still opt-in. grp8cu's batch-1 launch
+# shapes, and with x staged also 16 or 8 lanes per row (slots; measured no faster, gpu_kernels_decode_d4cu_lanes.json);
 # batches 2-8 stage 4 K B bytes of x per block, so fewer, larger blocks; 1 or 2 chunks per load step
 D4CU_BATCHED = ((16, 1, True), (32, 1, True), (16, 2, True))
+# registers per thread by (padded batch, unroll) (nvcc 13 -Xptxas -v, sm_90, the largest over value types): a
+# 32-warp block needs <= 64 (batch 8 with 2 chunks per step, 72, failed to launch on the H200: "too many resources")
+D4CU_REGS = {(1, 1): 40, (1, 2): 63, (2, 1): 40, (2, 2): 55, (4, 1): 40, (4, 2): 64, (8, 1): 57, (8, 2): 72}
 
 
 def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
@@ -178,10 +181,11 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
         return []
     shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
     out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
-           for w, pb, sm in shapes for u in unrolls]
+           for w, pb, sm in shapes for u in unrolls if 32 * w * D4CU_REGS[batch, u] <= 65536]
     if batch == 1:
         out += [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, unroll=u, slots=lanes)
-                for lanes in cuda_delta4.LANES[1:] for w, pb, sm in shapes if sm for u in unrolls]
+                for lanes in cuda_delta4.LANES[1:] for w, pb, sm in shapes if sm for u in unrolls
+                if 32 * w * D4CU_REGS[1, u] <= 65536]
     return out
 
 
