@@ -17,10 +17,9 @@
 //   base   the first entry's column, uint16 (K <= 65536);
 // cptr[n] is row n's first chunk. int8 values carry per-row scales, applied to the row's sum.
 // L lanes per row (32: one warp per row, as grp8_gemv.cu; 16 or 8: a warp holds 32 / L rows): lane l of a row takes
-// chunks cptr[n] + l, + L, ... and the row's lanes sum their parts. Why fewer lanes: at 75% a 4096-column row is ~65
-// chunks, so with 32 lanes one lane walks 3 chunks while the others walk 2 (68% of the lane-steps do work); 8
-// lanes walk 8 or 9 (90%), and a row's fixed costs (its chunk range, the sum across lanes) are shared by more
-// nonzeros per lane.
+// chunks cptr[n] + l, + L, ... and the row's lanes sum their parts. Fewer lanes tested a hypothesis: at 75% a
+// 4096-column row is ~65 chunks, so with 32 lanes one lane walks 3 chunks while the others walk 2. Measured on the
+// H200, 16 or 8 lanes were no faster (slower on 4096-row shapes): lane imbalance is not the bound.
 // x is staged per block as float32 (4K bytes of shared memory), so a nonzero costs no activation conversion:
 // 7.1 SASS instructions per fp16 nonzero at sm_90 (benchmarks/sass_count.py --d4cu).
 //
