@@ -141,6 +141,18 @@ def test_fewer_bytes_than_grp8_and_what_it_does_not_serve():
     assert not cuda_delta4.supports(PackedBitmask.from_compressed(compress_tensor(w, "int8", group_size=128)))
 
 
+def test_two_resident_blocks_only_where_asked_and_built():
+    """The 32-register build (two 1024-thread blocks per SM) serves the configs that ask for 2048 threads per SM,
+    and only in the variant that has it (batch 1, x staged, 1 chunk per step, 32 lanes)."""
+    cfg = lambda **kw: SpmmConfig(kernel="d4cu", **kw)  # noqa: E731
+    assert cuda_delta4.min_blocks(cfg(num_warps=32, persist=2)) == 2
+    assert cuda_delta4.min_blocks(cfg(num_warps=16, persist=4)) == 2
+    for other in (cfg(num_warps=16, persist=3), cfg(num_warps=32, persist=1), cfg(num_warps=32, persist=2, unroll=2),
+                  cfg(num_warps=32, persist=2, smem=False), cfg(num_warps=32, persist=2, slots=16),
+                  cfg(num_warps=16, persist=2, block_b=2)):
+        assert cuda_delta4.min_blocks(other) == 1
+
+
 def test_config_rules_and_keys():
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2).key() == "d4cu-w8p2"
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
@@ -165,23 +177,24 @@ def test_unavailable_without_a_gpu_says_why():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
-@pytest.mark.parametrize("values,act,smem,unroll,lanes", [
-    ("float16", torch.float16, True, 1, 32), ("float16", torch.float16, False, 2, 32),
-    ("bfloat16", torch.bfloat16, True, 2, 32), ("int8", torch.float16, True, 2, 32),
-    ("int8", torch.bfloat16, False, 1, 32), ("float16", torch.float16, True, 1, 16),
-    ("float16", torch.float16, True, 2, 8), ("int8", torch.float16, True, 1, 8)])
-def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes):
+@pytest.mark.parametrize("values,act,smem,unroll,lanes,warps", [
+    ("float16", torch.float16, True, 1, 32, 4), ("float16", torch.float16, False, 2, 32, 4),
+    ("bfloat16", torch.bfloat16, True, 2, 32, 4), ("int8", torch.float16, True, 2, 32, 4),
+    ("int8", torch.bfloat16, False, 1, 32, 4), ("float16", torch.float16, True, 1, 16, 4),
+    ("float16", torch.float16, True, 2, 8, 4), ("int8", torch.float16, True, 1, 8, 4),
+    ("float16", torch.float16, True, 1, 32, 32), ("bfloat16", torch.bfloat16, True, 1, 32, 32)])
+def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes, warps):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
     all-zero row, K past the 48 KB default shared-memory window, 90% sparsity: many stepping stones; with 8 or 16
-    lanes per row, row counts that leave a warp's last rows past N)."""
+    lanes per row, row counts that leave a warp's last rows past N; 32 warps x 2 blocks: the 32-register build)."""
     if not cuda_delta4.available():
         pytest.skip(f"d4cu unavailable: {cuda_delta4.build_error()}")
     for n, k, s in ((37, 300, 0.75), (19, 30000, 0.75), (23, 4096, 0.9)):
         ct = compress_tensor(sparse_weight(n, k, s, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=4, persist=2, smem=smem, unroll=unroll,
-                                              slots=lanes))
+        y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=warps, persist=2, smem=smem, unroll=unroll,
+                                              slots=lanes))  # 32 warps x 2: the 32-register build
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol

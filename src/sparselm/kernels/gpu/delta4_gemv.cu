@@ -203,8 +203,11 @@ struct D4Args {
 // groups of G = 32 / L rows, (blockIdx * warps + warp) * G, + gridDim * warps * G, ...; lanes [g L, g L + L) own the
 // group's row g. The loop runs per warp (every lane takes part in the shuffles, a row past N adds nothing); the
 // next rows' chunk ranges and scales are loaded before this group's work. The row's first lane writes y[row].
-template <int VT, int XT, bool SMEM, int U, int L>
-__global__ void d4_gemv_kernel(const D4Args a) {
+// MINB = 2 caps the kernel at 32 registers per thread so that two 1024-thread blocks stay resident per SM: at its
+// natural 40, a 32-warp block ran alone on its SM (47% occupancy against grp8cu's 86%, H200 profile, session 21);
+// ptxas then spills 28 bytes per thread with 16-bit values, none with int8 (sm_90, nvcc 13). Untimed.
+template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1>
+__global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
   extern __shared__ float xsf[];
   if (SMEM) {  // x as float32, converted once per block
     for (int i = threadIdx.x; i < a.K; i += blockDim.x) xsf[i] = act_to_float<XT>(a.x[i]);
@@ -278,19 +281,23 @@ static int d4_launch_b(const D4Args& a, int blocks, int threads, cudaStream_t st
   return (int)cudaGetLastError();
 }
 
-template <int VT, int XT, bool SMEM, int U, int L = 32>
+template <int VT, int XT, bool SMEM, int U, int L = 32, int MINB = 1>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
-  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L>, smem, &opted)) return e;
-  d4_gemv_kernel<VT, XT, SMEM, U, L><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB>, smem, &opted)) return e;
+  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT>
-static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int blocks, int threads,
+static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int blocks, int threads,
                        cudaStream_t s) {
   if (unroll != 1 && unroll != 2) return -1;
+  if (minb != 1) {  // two resident 1024-thread blocks per SM: batch 1, x staged, 32 lanes, 1 chunk per step
+    if (minb != 2 || B != 1 || !smem || unroll != 1 || lanes != 32) return -1;
+    return d4_launch<VT, XT, true, 1, 32, 2>(a, blocks, threads, s);
+  }
   if (lanes != 32) {  // 16 or 8 lanes per row: batch 1 with x staged
     if (B != 1 || !smem) return -1;
     switch (lanes * 10 + unroll) {
@@ -319,20 +326,21 @@ static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, 
 
 // y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
 // batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1);
-// lanes per row 32, or 16 / 8 (batch 1, smem). Returns a cudaError_t (0 = launched) or -1 for an unsupported
-// combination.
-extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, const void* x, const void* vals,
-                            const void* steps, const void* base, const void* cptr, const void* scales, void* y, int N,
-                            int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
+// lanes per row 32, or 16 / 8 (batch 1, smem); minb 1, or 2 (the 32-register build: batch 1, smem, unroll 1, 32
+// lanes). Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
+extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, const void* x,
+                            const void* vals, const void* steps, const void* base, const void* cptr,
+                            const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks,
+                            int threads, void* stream) {
   const D4Args a{static_cast<const uint16_t*>(x), vals, static_cast<const uint32_t*>(steps),
                  static_cast<const uint16_t*>(base), static_cast<const int*>(cptr),
                  static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int u = unroll, l = lanes;
-  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, blocks, threads, s);
+  const int u = unroll, l = lanes, m = minb;
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
   return -1;
 }
 
