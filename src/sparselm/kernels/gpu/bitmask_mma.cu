@@ -48,10 +48,7 @@ SL_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {  // PTX prmt, defaul
   asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
   return d;
 #else
-  const uint64_t v = ((uint64_t)b << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= (uint32_t)((v >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i);
-  return r;
+  return host_prmt(a, b, sel);
 #endif
 }
 

@@ -2,15 +2,11 @@
 // fp16 / bf16 / int8 / int4 decoders, x loads. Compiled both by nvcc and, for the host emulation the CPU tests
 // run, by g++ as plain C++ (SL_HD marks what both builds share).
 #pragma once
-#include <stdint.h>
 #include <math.h>
-#include <string.h>
+#include "sl_common.cuh"
 
 #ifdef __CUDACC__
 #include <cuda_fp16.h>
-#define SL_HD __device__ __forceinline__
-#else
-#define SL_HD static inline
 #endif
 
 enum { VT_F16 = 0, VT_BF16 = 1, VT_I8 = 2, VT_I4 = 3 };  // values (int4: a lane's 4 codes in one 16-bit word)
@@ -30,10 +26,7 @@ SL_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {  // PTX prmt wi
 #ifdef __CUDACC__
   return __byte_perm(a, b, sel);
 #else
-  const uint64_t v = ((uint64_t)b << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= (uint32_t)((v >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i);
-  return r;
+  return host_prmt(a, b, sel);
 #endif
 }
 

@@ -1,15 +1,11 @@
 // Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu): value types, mma.sync m16n8k16, cp.async, the
 // split-K epilogue, and the host emulation of mma by the PTX fragment layout (what the CPU tests run).
 #pragma once
-#include <stdint.h>
-#include <string.h>
+#include "sl_common.cuh"
 
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#define SL_HD __device__ __forceinline__
-#else
-#define SL_HD static inline
 #endif
 
 enum { VT_F16 = 0, VT_BF16 = 1 };
