@@ -189,6 +189,23 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     return out
 
 
+# d4tma (delta4_tma.cu): d4cu's layout streamed into shared memory by bulk copies (TMA) issued by one thread per
+# block, so the bytes in flight no longer hang on occupancy (d4cu's limit in the session-21 profile). Untimed when
+# written: opt-in with d4cu. (warps per block, blocks per SM, chunks per tile, tiles in the ring)
+D4TMA_B1 = ((16, 1, 512, 3), (16, 1, 512, 4), (32, 1, 1024, 2), (32, 1, 1024, 3), (16, 1, 256, 4), (16, 1, 256, 6),
+            (8, 2, 256, 4), (8, 2, 128, 6), (32, 1, 512, 4), (16, 2, 256, 3))
+
+
+def d4tma_configs() -> list[SpmmConfig]:
+    """The batch-1 d4tma candidates ([] without SPARSELM_D4CU=1, an sm_90+ GPU or the built kernel)."""
+    from sparselm.kernels.gpu import cuda_delta4_tma
+
+    if os.environ.get("SPARSELM_D4CU") != "1" or not cuda_delta4_tma.available():
+        return []
+    return [SpmmConfig(kernel="d4tma", num_warps=w, persist=pb, block_k=cap, num_stages=st)
+            for w, pb, cap, st in D4TMA_B1]
+
+
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
     kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
@@ -219,7 +236,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
         # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
-        out += grp8cu_configs() + d4cu_configs()
+        out += grp8cu_configs() + d4cu_configs() + d4tma_configs()
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

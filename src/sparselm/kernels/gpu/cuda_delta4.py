@@ -31,6 +31,7 @@ _SOURCE = Path(__file__).with_name("delta4_gemv.cu")
 CHUNK = 16      # entries per chunk: one lane's 16 values (32 bytes fp16), 15 steps in a 64-bit word, a base
 MAX_STEP = 15   # the largest column step a nibble holds
 MAX_K = 65536   # base columns are uint16
+ALIGN = 8       # chunks in all are a multiple of 8: 16-byte aligned bulk copies of any 8-chunk-aligned span
 UNROLLS = (1, 2)
 BATCHES = (1, 2, 4, 8)
 LANES = (32, 16, 8)  # lanes per row (SpmmConfig.slots): fewer than a warp, batch 1 with x staged only
@@ -105,7 +106,8 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
     Per row, each nonzero whose column is more than 15 past the previous one is preceded by (gap - 1) // 15 zero
     entries 15 columns apart; the row's entries are cut into chunks of 16, the last padded with zeros at the last
-    column. A chunk's steps are the differences of its 16 columns (nibble i = column i - column i - 1)."""
+    column. A chunk's steps are the differences of its 16 columns (nibble i = column i - column i - 1). The last row
+ends with up to 7 all-zero chunks (column 0), so the chunk count is a multiple of ALIGN."""
     key = ("d4cu",)
     if key in p._cptr:
         return p._cptr[key]
@@ -133,6 +135,9 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     erow = row[src]
     ecnt = torch.bincount(erow, minlength=n) if n else torch.zeros(0, dtype=torch.int64, device=dev)
     nch = (ecnt + CHUNK - 1) // CHUNK
+    used = int(nch.sum())
+    if n and used % ALIGN:  # the last row takes zero chunks up to a multiple of ALIGN (delta4_tma.cu's copies)
+        nch[-1] += ALIGN - used % ALIGN
     cptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     cptr[1:] = torch.cumsum(nch, 0)
     q = torch.arange(erow.numel(), device=dev) - (torch.cumsum(ecnt, 0) - ecnt)[erow]
@@ -142,6 +147,7 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     vals[chunk, slot] = evals
     ccols = torch.full((total, CHUNK), -1, dtype=torch.int64, device=dev)
     ccols[chunk, slot] = ecol
+    ccols[used:, 0] = 0  # the alignment chunks: zeros at column 0
     ccols = torch.cummax(ccols, dim=1).values  # padded tail slots repeat the last column: step 0
     steps = ccols[:, 1:] - ccols[:, :-1]
     if steps.numel() and not bool(((steps >= 0) & (steps <= MAX_STEP)).all()):

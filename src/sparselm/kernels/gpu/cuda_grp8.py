@@ -70,6 +70,21 @@ def _vt(p) -> int:
     return 3 if _bits(p) == 4 else _VT[p.values.dtype]
 
 
+def check_config(cfg) -> None:
+    """SpmmConfig's rules for kernel "grp8cu": warps per block and blocks per SM, the interleaved layout."""
+    if cfg.block_b not in (1, 2, 4, 8, 16) or cfg.vec != 4 or (cfg.block_b > 1 and not cfg.smem):
+        raise ValueError(f"SpmmConfig grp8cu: the interleaved layout (vec 4), block_b (padded batch) 1, 2, 4, "
+                         f"8 or 16, x through L1 (smem False) at block_b 1 only; got block_b {cfg.block_b} "
+                         f"vec {cfg.vec} smem {cfg.smem}")
+    if not (isinstance(cfg.persist, int) and not isinstance(cfg.persist, bool) and cfg.persist >= 1):
+        raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {cfg.persist!r}")
+    if not (isinstance(cfg.num_warps, int) and 1 <= cfg.num_warps <= 32):
+        raise ValueError(f"SpmmConfig grp8cu: num_warps = warps per block, 1-32, got {cfg.num_warps!r}")
+    if cfg.unroll not in (1, 2, 4, 8) or isinstance(cfg.unroll, bool) or (cfg.unroll > 1 and cfg.block_b > 1):
+        raise ValueError(f"SpmmConfig grp8cu: unroll 1, 2, 4 or 8 (batch 1 only), got {cfg.unroll!r} at "
+                         f"block_b {cfg.block_b}")
+
+
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
     """Whether the kernel serves this matrix: K <= 32768; fp16 values with fp16 x, bf16 with bf16, int8 / int4
     values (scales per row or per group) with either; batch (the padded one) 1-16 with B * K * 2 bytes of x fitting

@@ -47,6 +47,15 @@ available = _LIB.available
 build_error = _LIB.build_error
 
 
+def check_config(cfg) -> None:
+    """SpmmConfig's rules for kernel "tmma" (the scatter-to-tile tensor-core kernel)."""
+    if (cfg.block_b not in BATCHES or cfg.num_warps not in WARPS or cfg.block_k != CHUNK
+            or not isinstance(cfg.split_k, int) or isinstance(cfg.split_k, bool) or cfg.split_k < 1
+            or cfg.unroll != 1 or not cfg.smem or cfg.persist):
+        raise ValueError(f"SpmmConfig tmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
+                         f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {cfg}")
+
+
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 16) -> bool:
     """fp16 / bf16 values (x of the same dtype), K a multiple of 8, padded batch 8-64."""
     n, k = p.shape

@@ -10,6 +10,7 @@ vc32 / vc32t kernels, and the 32-slot groups of the grp8 kernels (`PackedBitmask
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -22,6 +23,14 @@ from sparselm.kernels.gpu.bitmask_spmm import (SCALE_GROUP, SCALE_NONE, SCALE_RO
 from sparselm.kernels.gpu.csr8_spmv import CSR8_CHUNK, csr8_spmv_kernel
 from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel, grp8i_spmv_kernel
 from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
+
+
+# CUDA C++ kernels whose config rules live beside them (check_config); d4tma's key, arrays, bytes and launch too
+_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile", "d4tma": "cuda_delta4_tma"}
+
+
+def _module(kernel: str):
+    return importlib.import_module(f"sparselm.kernels.gpu.{_MODULES[kernel]}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,6 +70,8 @@ class SpmmConfig:
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
     # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's fields, unroll 1-2, slots = lanes per row) |
+    # "d4tma" (d4cu's layout streamed by bulk copies, batch 1, sm_90+: cuda_delta4_tma.py; block_k = chunks per tile,
+    # num_stages = tiles in flight) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -89,18 +100,8 @@ class SpmmConfig:
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel not in ("grp8cu", "d4cu")):
             raise ValueError(f"SpmmConfig.smem: a bool, False only for kernels 'grp8cu' / 'd4cu', got {self.smem!r}")
-        if self.kernel == "d4cu":  # the CUDA C++ delta4 kernel: its rules live beside it
-            from sparselm.kernels.gpu.cuda_delta4 import check_config
-            return check_config(self)
-        if self.kernel == "tmma":  # the scatter-to-tile tensor-core kernel (cuda_tile.py)
-            from sparselm.kernels.gpu.cuda_tile import BATCHES, CHUNK, WARPS
-
-            if (self.block_b not in BATCHES or self.num_warps not in WARPS or self.block_k != CHUNK
-                    or not isinstance(self.split_k, int) or isinstance(self.split_k, bool) or self.split_k < 1
-                    or self.unroll != 1 or not self.smem or self.persist):
-                raise ValueError(f"SpmmConfig tmma: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
-                                 f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {self}")
-            return
+        if self.kernel in _MODULES:  # kernels whose rules live beside them
+            return _module(self.kernel).check_config(self)
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
             from sparselm.kernels.gpu.cuda_mma import BANDS, BATCHES, CHUNK, STAGES, WARPS
 
@@ -115,20 +116,6 @@ class SpmmConfig:
                                  f"block_n = 16 x bands with 1, 2 or 4 warps per band, "
                                  f"num_stages in {STAGES}, block_k {CHUNK}, split_k an int >= 1, no persist / "
                                  f"unroll / smem=False; got {self}")
-            return
-        if self.kernel == "grp8cu":  # the CUDA C++ kernel (cuda_grp8.py): warps per block and blocks per SM only
-            if self.block_b not in (1, 2, 4, 8, 16) or self.vec != 4 or (self.block_b > 1 and not self.smem):
-                raise ValueError(f"SpmmConfig grp8cu: the interleaved layout (vec 4), block_b (padded batch) 1, 2, 4, "
-                                 f"8 or 16, x through L1 (smem False) at block_b 1 only; got block_b {self.block_b} "
-                                 f"vec {self.vec} smem {self.smem}")
-            if not (isinstance(self.persist, int) and not isinstance(self.persist, bool) and self.persist >= 1):
-                raise ValueError(f"SpmmConfig grp8cu: persist = blocks per SM, an int >= 1, got {self.persist!r}")
-            if not (isinstance(self.num_warps, int) and 1 <= self.num_warps <= 32):
-                raise ValueError(f"SpmmConfig grp8cu: num_warps = warps per block, 1-32, got {self.num_warps!r}")
-            if (self.unroll not in (1, 2, 4, 8) or isinstance(self.unroll, bool)
-                    or (self.unroll > 1 and self.block_b > 1)):
-                raise ValueError(f"SpmmConfig grp8cu: unroll 1, 2, 4 or 8 (batch 1 only), got {self.unroll!r} at "
-                                 f"block_b {self.block_b}")
             return
         if self.unroll != 1:
             raise ValueError(f"SpmmConfig.unroll: only for kernel 'grp8cu', got {self.unroll!r}")
@@ -156,6 +143,8 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
+        if self.kernel == "d4tma":
+            return _module(self.kernel).config_key(self)
         if self.kernel == "tmma":
             return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
@@ -251,6 +240,8 @@ class PackedBitmask:
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
         if cfg.kernel in ("grp8cu", "d4cu"):  # their arrays hold all they read (the layouts they came from may go)
             return {(cfg.kernel,)}
+        if cfg.kernel == "d4tma":  # d4cu's arrays and its block splits
+            return _module(cfg.kernel).aux_keys(self, cfg)
         if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
@@ -278,6 +269,8 @@ class PackedBitmask:
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
+        if cfg.kernel == "d4tma":
+            return _module(cfg.kernel).supports_config(self, cfg)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
@@ -395,7 +388,7 @@ class PackedBitmask:
 
             row_scales = scale_bytes if self.scale_mode == SCALE_ROW else 0
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
-        if kernel == "d4cu":  # its chunks (values, steps, bases), chunk starts and per-row scales
+        if kernel in ("d4cu", "d4tma"):  # its chunks (values, steps, bases), chunk starts and per-row scales
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.nbytes(self)
         total = self.values.numel() * self.values.element_size() + scale_bytes
@@ -433,6 +426,8 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     if cfg.kernel == "d4cu":
         from sparselm.kernels.gpu import cuda_delta4
         return cuda_delta4.gemv(x, p, cfg, out)
+    if cfg.kernel == "d4tma":
+        return _module(cfg.kernel).gemv(x, p, cfg, out)
     if cfg.kernel == "bmma":
         from sparselm.kernels.gpu import cuda_mma
 
