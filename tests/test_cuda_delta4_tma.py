@@ -146,3 +146,15 @@ def test_gpu_build_matches_the_host_build(values, act, warps, persist, cap, stag
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
         host = cuda_delta4_tma.gemv_host(x.cpu(), p, cap=cap, stages=stages, blocks=min(blocks, n), warps=warps)
         torch.testing.assert_close(y.float().cpu(), host.to(act).float(), rtol=tol, atol=tol)
+
+
+def test_clone_copies_the_splits():
+    """Benchmarks rotate clones past the L2: the split table (a tensor and an int) comes along, in fresh memory."""
+    p = PackedBitmask.from_compressed(compress_tensor(sparse_weight(30, 512, 0.75, seed=2), "float16"))
+    split, rows = cuda_delta4_tma.splits(p, 4)
+    q = p.clone()
+    split2, rows2 = cuda_delta4_tma.splits(q, 4)
+    assert torch.equal(split, split2) and split.data_ptr() != split2.data_ptr() and rows == rows2
+    x = torch.randn(1, 512).half()
+    torch.testing.assert_close(cuda_delta4_tma.gemv_host(x, q, blocks=4), cuda_delta4_tma.gemv_host(x, p, blocks=4),
+                               rtol=0, atol=0)
