@@ -189,11 +189,11 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     return out
 
 
-# d4tma (delta4_tma.cu): d4cu's layout streamed into shared memory by bulk copies (TMA) issued by one thread per
-# block, so the bytes in flight no longer hang on occupancy (d4cu's limit in the session-21 profile). Untimed when
-# written: opt-in with d4cu. (warps per block, blocks per SM, chunks per tile, tiles in the ring)
-D4TMA_B1 = ((16, 1, 512, 3), (16, 1, 512, 4), (32, 1, 1024, 2), (32, 1, 1024, 3), (16, 1, 256, 4), (16, 1, 256, 6),
-            (8, 2, 256, 4), (8, 2, 128, 6), (32, 1, 512, 4), (16, 2, 256, 3))
+# d4tma (delta4_tma.cu): d4cu's layout streamed into a per-warp ring in shared memory by bulk copies (TMA) that the
+# warp's lane 0 issues, so the bytes in flight no longer hang on registers (d4cu's limit in the session-21 profile).
+# Opt-in with d4cu until timed ahead. (warps per block, blocks per SM, chunks per stage, stages per warp)
+D4TMA_B1 = ((16, 1, 32, 4), (16, 1, 32, 6), (32, 1, 32, 2), (32, 1, 32, 3), (16, 1, 64, 3), (8, 2, 32, 6),
+            (8, 2, 64, 3), (16, 2, 32, 3), (32, 1, 64, 2), (8, 1, 32, 8))
 
 
 def d4tma_configs() -> list[SpmmConfig]:

@@ -194,7 +194,7 @@ class PackedBitmask:
     def clone(self) -> "PackedBitmask":
         """An independent copy in fresh memory (benchmarks rotate copies to stay out of the L2)."""
         cl = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
-        # grp8cu's arrays hold None where a matrix has no per-group scales; d4tma's splits an int (rows per block)
+        # grp8cu's arrays hold None where a matrix has no per-group scales
         aux = {k: tuple(cl(t) for t in v) if isinstance(v, tuple) else cl(v) for k, v in self._cptr.items()}
         return PackedBitmask(self.shape, cl(self.words), cl(self.values), cl(self.row_ptr), cl(self.scales),
                              self.group_size, self.scale_mode, aux, self._ct, dict(self._rowmax))
