@@ -148,14 +148,19 @@ GRP8CU_UNROLL = (1, 2, 4, 8)
 _GRP8CU_REGS = {1: 40, 2: 48, 4: 48, 8: 80}
 
 
+# Batch 1, grp8cu and d4cu: with and without each warp prefetching its next row into L2 (SpmmConfig.prefetch;
+# untimed when written, so both forms are candidates and autotune measures)
+PREFETCH = (False, True)
+
+
 def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
     """The batch-1 grp8cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
     from sparselm.kernels.gpu import cuda_grp8
 
     if not cuda_grp8.available():
         return []
-    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
-            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
+    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u, prefetch=pf)
+            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536 for pf in PREFETCH]
 
 
 # d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): correct on
@@ -180,30 +185,14 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
     shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
-    out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
-           for w, pb, sm in shapes for u in unrolls if 32 * w * D4CU_REGS[batch, u] <= 65536]
+    out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch, prefetch=pf)
+           for w, pb, sm in shapes for u in unrolls if 32 * w * D4CU_REGS[batch, u] <= 65536
+           for pf in (PREFETCH if batch == 1 else (False,))]
     if batch == 1:
         out += [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, unroll=u, slots=lanes)
                 for lanes in cuda_delta4.LANES[1:] for w, pb, sm in shapes if sm for u in unrolls
                 if 32 * w * D4CU_REGS[1, u] <= 65536]
     return out
-
-
-# d4tma (delta4_tma.cu): d4cu's layout streamed into a per-warp ring in shared memory by bulk copies (TMA) that the
-# warp's lane 0 issues, so the bytes in flight no longer hang on registers (d4cu's limit in the session-21 profile).
-# Opt-in with d4cu until timed ahead. (warps per block, blocks per SM, chunks per stage, stages per warp)
-D4TMA_B1 = ((16, 1, 32, 4), (16, 1, 32, 6), (32, 1, 32, 2), (32, 1, 32, 3), (16, 1, 64, 3), (8, 2, 32, 6),
-            (8, 2, 64, 3), (16, 2, 32, 3), (32, 1, 64, 2), (8, 1, 32, 8))
-
-
-def d4tma_configs() -> list[SpmmConfig]:
-    """The batch-1 d4tma candidates ([] without SPARSELM_D4CU=1, an sm_90+ GPU or the built kernel)."""
-    from sparselm.kernels.gpu import cuda_delta4_tma
-
-    if os.environ.get("SPARSELM_D4CU") != "1" or not cuda_delta4_tma.available():
-        return []
-    return [SpmmConfig(kernel="d4tma", num_warps=w, persist=pb, block_k=cap, num_stages=st)
-            for w, pb, cap, st in D4TMA_B1]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
@@ -236,7 +225,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
         # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
-        out += grp8cu_configs() + d4cu_configs() + d4tma_configs()
+        out += grp8cu_configs() + d4cu_configs()
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

@@ -31,7 +31,6 @@ _SOURCE = Path(__file__).with_name("delta4_gemv.cu")
 CHUNK = 16      # entries per chunk: one lane's 16 values (32 bytes fp16), 15 steps in a 64-bit word, a base
 MAX_STEP = 15   # the largest column step a nibble holds
 MAX_K = 65536   # base columns are uint16
-ALIGN = 8       # chunks in all are a multiple of 8: 16-byte aligned bulk copies of any 8-chunk-aligned span
 UNROLLS = (1, 2)
 BATCHES = (1, 2, 4, 8)
 LANES = (32, 16, 8)  # lanes per row (SpmmConfig.slots): fewer than a warp, batch 1 with x staged only
@@ -43,9 +42,9 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_d4_launch.restype = i32
-        # (vt, xt, B, smem, unroll, lanes, minb), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy,
+        # (vt, xt, B, smem, unroll, lanes, minb, pf), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy,
         # blocks, threads), stream
-        lib.sl_d4_launch.argtypes = [i32] * 7 + [vp] * 7 + [i32] * 7 + [vp]
+        lib.sl_d4_launch.argtypes = [i32] * 8 + [vp] * 7 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
@@ -76,9 +75,9 @@ def check_config(cfg) -> None:
 def min_blocks(cfg) -> int:
     """Blocks per SM the kernel is compiled to keep resident (its __launch_bounds__): 2 where the config asks for
     2048 threads per SM or more in the one variant that has a 32-register build (batch 1, x staged, 1 chunk per
-    step, 32 lanes per row), else 1. Why: at 40 registers a 32-warp block occupied its SM alone (H200 profile)."""
+    step, 32 lanes per row, no prefetch), else 1. Why: at 40 registers a 32-warp block occupied its SM alone (H200 profile)."""
     threads = 32 * cfg.num_warps * cfg.persist
-    one_build = cfg.block_b == 1 and cfg.smem and cfg.unroll == 1 and cfg.slots == 32
+    one_build = cfg.block_b == 1 and cfg.smem and cfg.unroll == 1 and cfg.slots == 32 and not cfg.prefetch
     return 2 if one_build and threads >= 2048 else 1
 
 
@@ -106,8 +105,7 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
 
     Per row, each nonzero whose column is more than 15 past the previous one is preceded by (gap - 1) // 15 zero
     entries 15 columns apart; the row's entries are cut into chunks of 16, the last padded with zeros at the last
-    column. A chunk's steps are the differences of its 16 columns (nibble i = column i - column i - 1). The last row
-ends with up to 7 all-zero chunks (column 0), so the chunk count is a multiple of ALIGN."""
+    column. A chunk's steps are the differences of its 16 columns (nibble i = column i - column i - 1)."""
     key = ("d4cu",)
     if key in p._cptr:
         return p._cptr[key]
@@ -135,9 +133,6 @@ ends with up to 7 all-zero chunks (column 0), so the chunk count is a multiple o
     erow = row[src]
     ecnt = torch.bincount(erow, minlength=n) if n else torch.zeros(0, dtype=torch.int64, device=dev)
     nch = (ecnt + CHUNK - 1) // CHUNK
-    used = int(nch.sum())
-    if n and used % ALIGN:  # the last row takes zero chunks up to a multiple of ALIGN (delta4_tma.cu's copies)
-        nch[-1] += ALIGN - used % ALIGN
     cptr = torch.zeros(n + 1, dtype=torch.int64, device=dev)
     cptr[1:] = torch.cumsum(nch, 0)
     q = torch.arange(erow.numel(), device=dev) - (torch.cumsum(ecnt, 0) - ecnt)[erow]
@@ -147,7 +142,6 @@ ends with up to 7 all-zero chunks (column 0), so the chunk count is a multiple o
     vals[chunk, slot] = evals
     ccols = torch.full((total, CHUNK), -1, dtype=torch.int64, device=dev)
     ccols[chunk, slot] = ecol
-    ccols[used:, 0] = 0  # the alignment chunks: zeros at column 0
     ccols = torch.cummax(ccols, dim=1).values  # padded tail slots repeat the last column: step 0
     steps = ccols[:, 1:] - ccols[:, :-1]
     if steps.numel() and not bool(((steps >= 0) & (steps <= MAX_STEP)).all()):
@@ -200,7 +194,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // rows_per_block)))
     code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, cfg.slots,
-                            min_blocks(cfg), x.data_ptr(),
+                            min_blocks(cfg), int(cfg.prefetch), x.data_ptr(),
                             vals.data_ptr(), steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0], k, n,
                             blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)

@@ -25,7 +25,91 @@
 //
 // The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, the
 // step decoding and the value decoders are shared with the GPU build, so CPU tests check them bit for bit.
-#include "delta4_common.cuh"
+#include "gemv_common.cuh"
+
+enum { D4_CHUNK = 16 };
+
+// One chunk as loaded: value words (fp16 / bf16: 8 words; int8: 4), the step word, the base column.
+struct Chunk {
+  uint32_t w[8];
+  uint32_t lo, hi, base;
+};
+
+template <int VT>
+SL_HD void load_chunk(const void* vals, const uint32_t* steps, const uint16_t* base, int nch, int c, Chunk& ch) {
+#ifdef __CUDACC__
+  const uint4* v4 = reinterpret_cast<const uint4*>(vals);
+  const uint4 a = __ldg(v4 + c);  // one 16-byte load per plane: two per fp16 chunk, one per int8 chunk
+  ch.w[0] = a.x; ch.w[1] = a.y; ch.w[2] = a.z; ch.w[3] = a.w;
+  if (VT != VT_I8) {
+    const uint4 b = __ldg(v4 + nch + c);
+    ch.w[4] = b.x; ch.w[5] = b.y; ch.w[6] = b.z; ch.w[7] = b.w;
+  }
+  const uint2 s = __ldg(reinterpret_cast<const uint2*>(steps) + c);
+  ch.lo = s.x; ch.hi = s.y;
+  ch.base = __ldg(base + c);
+#else
+  memcpy(ch.w, static_cast<const unsigned char*>(vals) + (size_t)c * 16, 16);
+  if (VT != VT_I8) memcpy(ch.w + 4, static_cast<const unsigned char*>(vals) + (size_t)(nch + c) * 16, 16);
+  ch.lo = steps[2 * c]; ch.hi = steps[2 * c + 1];
+  ch.base = base[c];
+#endif
+}
+
+// x[column] from its byte offset: SMEM, the block's float32 copy in shared memory (4 bytes per column: the
+// conversion is paid once per block at staging, not once per nonzero); else the activations in global memory
+// through L1 (2 bytes per column).
+template <int XT, bool SMEM>
+SL_HD float d4_x(const unsigned char* xs, uint32_t off) {
+  if (SMEM) return *reinterpret_cast<const float*>(xs + off);
+  return load_x<XT, false>(xs, off);
+}
+
+// The chunk's 16 values as float (quantized codes unscaled), 4 at a time through the shared decoders.
+template <int VT>
+SL_HD void decode_chunk(const Chunk& ch, float* v) {
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < 4; ++j) {
+    const Raw r = VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]};
+    decode_values<VT>(r, v + 4 * j);
+  }
+}
+
+// Column step i (1..15) times 2^SH bytes, x's bytes per column: the nibble scaled in place, one shift, one mask.
+template <int SH>
+SL_HD uint32_t step_bytes(const Chunk& ch, int i) {
+  const uint32_t word = i < 8 ? ch.lo : ch.hi;
+  const int at = 4 * (i & 7) - SH;
+  return (at >= 0 ? word >> at : word << -at) & (15u << SH);
+}
+
+// The chunk's 16 products with x, in two accumulators (even / odd entries). off = column * XB, x's byte offset
+// (XB = 4 in shared memory, 2 through L1).
+template <int VT, int XT, bool SMEM>
+SL_HD float d4_chunk(const Chunk& ch, const unsigned char* xs) {
+  constexpr int SH = SMEM ? 2 : 1;  // log2 of the bytes per x column
+  uint32_t off = ch.base << SH;
+  float acc0 = 0.0f, acc1 = 0.0f;  // fma(v, x, 0) is the rounded product: the sums of the first timing, bit for bit
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < 4; ++j) {  // 4 values decoded just before their use: fewer live registers than 16
+    float v[4];
+    decode_values<VT>(VT == VT_I8 ? Raw{ch.w[j], 0u} : Raw{ch.w[2 * j], ch.w[2 * j + 1]}, v);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int t = 0; t < 4; ++t) {
+      const int i = 4 * j + t;
+      if (i) off += step_bytes<SH>(ch, i);
+      if (i & 1) acc1 = fmaf(v[t], d4_x<XT, SMEM>(xs, off), acc1);
+      else acc0 = fmaf(v[t], d4_x<XT, SMEM>(xs, off), acc0);
+    }
+  }
+  return acc0 + acc1;
+}
 
 // Lane `lane` (of the row's L)'s chunks [c0, c1) of one row, U per step: every load of the step is issued before
 // the first use (bytes in flight per lane; the tail step loads only what exists), then each chunk goes to use(chunk).
@@ -122,7 +206,7 @@ struct D4Args {
 // MINB = 2 caps the kernel at 32 registers per thread so that two 1024-thread blocks stay resident per SM: at its
 // natural 40, a 32-warp block ran alone on its SM (47% occupancy against grp8cu's 86%, H200 profile, session 21);
 // ptxas then spills 28 bytes per thread with 16-bit values, none with int8 (sm_90, nvcc 13). Untimed.
-template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1>
+template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1, bool PF = false>
 __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
   extern __shared__ float xsf[];
   if (SMEM) {  // x as float32, converted once per block
@@ -148,6 +232,14 @@ __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
     if (rn < a.N) {
       n0 = __ldg(a.cptr + rn); n1 = __ldg(a.cptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
+    }
+    if (PF && lane == 0 && n1 > n0) {  // the next row's chunks into L2 (L = 32: one row per warp), whole 16 bytes
+      const unsigned char* v = static_cast<const unsigned char*>(a.vals);
+      prefetch_l2(v + (size_t)n0 * 16, (uint32_t)(n1 - n0) * 16);
+      if (VT != VT_I8) prefetch_l2(v + ((size_t)nch + n0) * 16, (uint32_t)(n1 - n0) * 16);
+      const int s0 = n0 & ~1, s1 = min((n1 + 1) & ~1, nch & ~1), b0 = n0 & ~7, b1 = min((n1 + 7) & ~7, nch & ~7);
+      if (s1 > s0) prefetch_l2(a.steps + (size_t)s0 * 2, (uint32_t)(s1 - s0) * 8);
+      if (b1 > b0) prefetch_l2(a.base + b0, (uint32_t)(b1 - b0) * 2);
     }
     float acc = d4_lane<VT, XT, SMEM, U, L>(a.vals, a.steps, a.base, nch, xs, c0, c1, sub);  // c0 = c1 past N
 #pragma unroll
@@ -197,19 +289,26 @@ static int d4_launch_b(const D4Args& a, int blocks, int threads, cudaStream_t st
   return (int)cudaGetLastError();
 }
 
-template <int VT, int XT, bool SMEM, int U, int L = 32, int MINB = 1>
+template <int VT, int XT, bool SMEM, int U, int L = 32, int MINB = 1, bool PF = false>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
-  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB>, smem, &opted)) return e;
-  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB, PF>, smem, &opted)) return e;
+  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB, PF><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT>
-static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int blocks, int threads,
-                       cudaStream_t s) {
+static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int pf, int blocks,
+                       int threads, cudaStream_t s) {
   if (unroll != 1 && unroll != 2) return -1;
+  if (pf) {  // L2 prefetch of the next row: batch 1, 32 lanes per row, the 40-register build
+    if (B != 1 || lanes != 32 || minb != 1) return -1;
+    if (unroll == 1) return smem ? d4_launch<VT, XT, true, 1, 32, 1, true>(a, blocks, threads, s)
+                                 : d4_launch<VT, XT, false, 1, 32, 1, true>(a, blocks, threads, s);
+    return smem ? d4_launch<VT, XT, true, 2, 32, 1, true>(a, blocks, threads, s)
+                : d4_launch<VT, XT, false, 2, 32, 1, true>(a, blocks, threads, s);
+  }
   if (minb != 1) {  // two resident 1024-thread blocks per SM: batch 1, x staged, 32 lanes, 1 chunk per step
     if (minb != 2 || B != 1 || !smem || unroll != 1 || lanes != 32) return -1;
     return d4_launch<VT, XT, true, 1, 32, 2>(a, blocks, threads, s);
@@ -243,8 +342,9 @@ static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, 
 // y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
 // batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1);
 // lanes per row 32, or 16 / 8 (batch 1, smem); minb 1, or 2 (the 32-register build: batch 1, smem, unroll 1, 32
-// lanes). Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
-extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, const void* x,
+// lanes); pf 1: each warp prefetches its next row into L2 (batch 1, 32 lanes, minb 1). Returns a cudaError_t (0 =
+// launched) or -1 for an unsupported combination.
+extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, int pf, const void* x,
                             const void* vals, const void* steps, const void* base, const void* cptr,
                             const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks,
                             int threads, void* stream) {
@@ -253,10 +353,10 @@ extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lan
                  static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, l = lanes, m = minb;
-  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, m, pf, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, m, pf, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, m, pf, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, m, pf, blocks, threads, s);
   return -1;
 }
 

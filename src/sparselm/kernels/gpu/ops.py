@@ -25,8 +25,8 @@ from sparselm.kernels.gpu.grp8_spmv import GROUP, SPAN, grp8_spmv_kernel, grp8i_
 from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
 
 
-# CUDA C++ kernels whose config rules live beside them (check_config); d4tma's key, arrays, bytes and launch too
-_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile", "d4tma": "cuda_delta4_tma"}
+# CUDA C++ kernels whose config rules live beside them (check_config)
+_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile"}
 
 
 def _module(kernel: str):
@@ -70,8 +70,6 @@ class SpmmConfig:
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
     # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's fields, unroll 1-2, slots = lanes per row) |
-    # "d4tma" (d4cu's layout streamed by bulk copies, batch 1, sm_90+: cuda_delta4_tma.py; block_k = chunks per tile,
-    # num_stages = tiles in flight) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -96,10 +94,17 @@ class SpmmConfig:
     smem: bool = True
     # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
     unroll: int = 1
+    # grp8cu / d4cu batch 1 only (32 lanes per row; grp8cu without per-group scales): lane 0 of each warp prefetches
+    # its next row's bytes into L2 (cp.async.bulk.prefetch, sm_90+; a no-op before)
+    prefetch: bool = False
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel not in ("grp8cu", "d4cu")):
             raise ValueError(f"SpmmConfig.smem: a bool, False only for kernels 'grp8cu' / 'd4cu', got {self.smem!r}")
+        if not isinstance(self.prefetch, bool) or (self.prefetch and not (
+                self.kernel in ("grp8cu", "d4cu") and self.block_b == 1 and self.slots == 32)):
+            raise ValueError(f"SpmmConfig.prefetch: a bool, True only for grp8cu / d4cu at block_b 1 with 32 lanes per "
+                             f"row, got {self.prefetch!r} for {self.kernel} block_b {self.block_b} slots {self.slots}")
         if self.kernel in _MODULES:  # kernels whose rules live beside them
             return _module(self.kernel).check_config(self)
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
@@ -143,8 +148,6 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
-        if self.kernel == "d4tma":
-            return _module(self.kernel).config_key(self)
         if self.kernel == "tmma":
             return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
@@ -152,7 +155,8 @@ class SpmmConfig:
         if self.kernel in ("grp8cu", "d4cu"):
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
-                    + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else ""))  # rows/warp
+                    + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else "")  # rows/warp
+                    + ("-pf" if self.prefetch else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -240,8 +244,6 @@ class PackedBitmask:
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
         if cfg.kernel in ("grp8cu", "d4cu"):  # their arrays hold all they read (the layouts they came from may go)
             return {(cfg.kernel,)}
-        if cfg.kernel == "d4tma":  # d4cu's arrays and its block splits
-            return _module(cfg.kernel).aux_keys(self, cfg)
         if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
@@ -265,12 +267,11 @@ class PackedBitmask:
         if cfg.kernel == "grp8cu":
             from sparselm.kernels.gpu import cuda_grp8
 
-            return cuda_grp8.supports(self, batch=cfg.block_b)
+            # the prefetching build has no per-group scales
+            return cuda_grp8.supports(self, batch=cfg.block_b) and not (cfg.prefetch and self.scale_mode == SCALE_GROUP)
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
-        if cfg.kernel == "d4tma":
-            return _module(cfg.kernel).supports_config(self, cfg)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
@@ -388,7 +389,7 @@ class PackedBitmask:
 
             row_scales = scale_bytes if self.scale_mode == SCALE_ROW else 0
             return row_scales + sum(t.numel() * t.element_size() for t in cuda_grp8.aux(self) if t is not None)
-        if kernel in ("d4cu", "d4tma"):  # its chunks (values, steps, bases), chunk starts and per-row scales
+        if kernel == "d4cu":  # its chunks (values, steps, bases), chunk starts and per-row scales
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.nbytes(self)
         total = self.values.numel() * self.values.element_size() + scale_bytes
@@ -426,8 +427,6 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     if cfg.kernel == "d4cu":
         from sparselm.kernels.gpu import cuda_delta4
         return cuda_delta4.gemv(x, p, cfg, out)
-    if cfg.kernel == "d4tma":
-        return _module(cfg.kernel).gemv(x, p, cfg, out)
     if cfg.kernel == "bmma":
         from sparselm.kernels.gpu import cuda_mma
 
