@@ -146,7 +146,7 @@ def test_unavailable_without_a_gpu_says_why():
 @pytest.mark.parametrize("unroll,prefetch", [(1, False), (4, False), (8, False), (1, True), (4, True)])
 def test_gpu_build_matches_the_host_build(values, act, batch, smem, unroll, prefetch):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
-    all-zero row, K past the 48 KB default shared-memory window); also with the L2 prefetch of the next row (whose
+    all-zero row, K past the 48 KB default shared-memory window); also with the L2 prefetch of the first row (whose
     last row's bases end at the array's end)."""
     if not cuda_grp8.available():
         pytest.skip(f"grp8cu unavailable: {cuda_grp8.build_error()}")

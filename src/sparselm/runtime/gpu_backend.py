@@ -148,8 +148,8 @@ GRP8CU_UNROLL = (1, 2, 4, 8)
 _GRP8CU_REGS = {1: 40, 2: 48, 4: 48, 8: 80}
 
 
-# Batch 1, grp8cu and d4cu: with and without each warp prefetching its next row into L2 (SpmmConfig.prefetch;
-# untimed when written, so both forms are candidates and autotune measures)
+# Batch 1, grp8cu and d4cu: with and without each warp prefetching its first row into L2 while x is staged
+# (SpmmConfig.prefetch; the next row's prefetch measured slower on tall shapes, gpu_kernels_decode_prefetch_next.json)
 PREFETCH = (False, True)
 
 

@@ -199,6 +199,17 @@ struct D4Args {
   int N, K, bsz, ldx, ldy;  // batches 2-8: bsz <= B rows of x (stride ldx) and of y (stride ldy)
 };
 
+// Chunks [n0, n1) of the layout (nch in all) into L2: both value planes, the step words and bases in whole 16 bytes.
+template <int VT>
+__device__ __forceinline__ void d4_prefetch(const D4Args& a, int n0, int n1, int nch) {
+  const unsigned char* v = static_cast<const unsigned char*>(a.vals);
+  prefetch_l2(v + (size_t)n0 * 16, (uint32_t)(n1 - n0) * 16);
+  if (VT != VT_I8) prefetch_l2(v + ((size_t)nch + n0) * 16, (uint32_t)(n1 - n0) * 16);
+  const int s0 = n0 & ~1, s1 = min((n1 + 1) & ~1, nch & ~1), b0 = n0 & ~7, b1 = min((n1 + 7) & ~7, nch & ~7);
+  if (s1 > s0) prefetch_l2(a.steps + (size_t)s0 * 2, (uint32_t)(s1 - s0) * 8);
+  if (b1 > b0) prefetch_l2(a.base + b0, (uint32_t)(b1 - b0) * 2);
+}
+
 // Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take row
 // groups of G = 32 / L rows, (blockIdx * warps + warp) * G, + gridDim * warps * G, ...; lanes [g L, g L + L) own the
 // group's row g. The loop runs per warp (every lane takes part in the shuffles, a row past N adds nothing); the
@@ -209,6 +220,10 @@ struct D4Args {
 template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1, bool PF = false>
 __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
   extern __shared__ float xsf[];
+  if (PF && (threadIdx.x & 31) == 0) {  // the warp's first row into L2 while the block stages x (L = 32)
+    const int r0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r0 < a.N) d4_prefetch<VT>(a, __ldg(a.cptr + r0), __ldg(a.cptr + r0 + 1), __ldg(a.cptr + a.N));
+  }
   if (SMEM) {  // x as float32, converted once per block
     for (int i = threadIdx.x; i < a.K; i += blockDim.x) xsf[i] = act_to_float<XT>(a.x[i]);
     __syncthreads();
@@ -232,14 +247,6 @@ __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
     if (rn < a.N) {
       n0 = __ldg(a.cptr + rn); n1 = __ldg(a.cptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
-    }
-    if (PF && lane == 0 && n1 > n0) {  // the next row's chunks into L2 (L = 32: one row per warp), whole 16 bytes
-      const unsigned char* v = static_cast<const unsigned char*>(a.vals);
-      prefetch_l2(v + (size_t)n0 * 16, (uint32_t)(n1 - n0) * 16);
-      if (VT != VT_I8) prefetch_l2(v + ((size_t)nch + n0) * 16, (uint32_t)(n1 - n0) * 16);
-      const int s0 = n0 & ~1, s1 = min((n1 + 1) & ~1, nch & ~1), b0 = n0 & ~7, b1 = min((n1 + 7) & ~7, nch & ~7);
-      if (s1 > s0) prefetch_l2(a.steps + (size_t)s0 * 2, (uint32_t)(s1 - s0) * 8);
-      if (b1 > b0) prefetch_l2(a.base + b0, (uint32_t)(b1 - b0) * 2);
     }
     float acc = d4_lane<VT, XT, SMEM, U, L>(a.vals, a.steps, a.base, nch, xs, c0, c1, sub);  // c0 = c1 past N
 #pragma unroll
@@ -302,7 +309,7 @@ template <int VT, int XT>
 static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int pf, int blocks,
                        int threads, cudaStream_t s) {
   if (unroll != 1 && unroll != 2) return -1;
-  if (pf) {  // L2 prefetch of the next row: batch 1, 32 lanes per row, the 40-register build
+  if (pf) {  // L2 prefetch of the first row: batch 1, 32 lanes per row, the 40-register build
     if (B != 1 || lanes != 32 || minb != 1) return -1;
     if (unroll == 1) return smem ? d4_launch<VT, XT, true, 1, 32, 1, true>(a, blocks, threads, s)
                                  : d4_launch<VT, XT, false, 1, 32, 1, true>(a, blocks, threads, s);
@@ -342,8 +349,8 @@ static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, 
 // y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
 // batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1);
 // lanes per row 32, or 16 / 8 (batch 1, smem); minb 1, or 2 (the 32-register build: batch 1, smem, unroll 1, 32
-// lanes); pf 1: each warp prefetches its next row into L2 (batch 1, 32 lanes, minb 1). Returns a cudaError_t (0 =
-// launched) or -1 for an unsupported combination.
+// lanes); pf 1: each warp prefetches its first row into L2 before x is staged (batch 1, 32 lanes, minb 1).
+// Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
 extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, int pf, const void* x,
                             const void* vals, const void* steps, const void* base, const void* cptr,
                             const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks,

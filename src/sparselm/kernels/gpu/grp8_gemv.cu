@@ -180,11 +180,25 @@ struct Args {
 // waiting on them; U: quads per load step (grp8_lane). GS: per-group scales, none (0), looked up in global memory
 // (1), or (2) copied per row into the warp's slice of shared memory after x (MAX_STAGED_SCALES floats per warp),
 // the next row's prefetched into registers while this row computes.
+// Quads [q0, q1) of the layout into L2 (values, offsets, and the bases in whole 16 bytes up to 2 (qt / 2) quads).
+template <int VT>
+__device__ __forceinline__ void prefetch_quads(const Args& a, int q0, int q1, int qt) {
+  constexpr int VB = VT == VT_I4 ? 64 : VT == VT_I8 ? 128 : 256;  // value bytes per quad
+  const int b0 = q0 & ~1, b1 = min((q1 + 1) & ~1, qt & ~1);
+  prefetch_l2(static_cast<const unsigned char*>(a.vals) + (size_t)q0 * VB, (uint32_t)(q1 - q0) * VB);
+  prefetch_l2(a.offs + (size_t)q0 * 32, (uint32_t)(q1 - q0) * 128);
+  if (b1 > b0) prefetch_l2(a.base2 + (size_t)b0 * 2, (uint32_t)(b1 - b0) * 8);
+}
+
 template <int VT, int XT, bool SMEM, int GS, int U, bool PF = false>
 __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
                                  : reinterpret_cast<const unsigned char*>(a.x);
+  if (PF && (threadIdx.x & 31) == 0) {  // the warp's first row into L2 while the block stages x
+    const int r0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r0 < a.N) prefetch_quads<VT>(a, __ldg(a.gptr + r0) >> 2, __ldg(a.gptr + r0 + 1) >> 2, __ldg(a.gptr + a.N) >> 2);
+  }
   if (SMEM) stage_x(xs4, a.x, a.K);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
@@ -216,7 +230,6 @@ __global__ void grp8_gemv_kernel(const Args a) {
     g0 = __ldg(a.gptr + r); g1 = __ldg(a.gptr + r + 1);
     if (a.scales) sc = __ldg(a.scales + r);
   }
-  const int qend = PF ? (__ldg(a.gptr + a.N) >> 2) & ~1 : 0;  // base2's last whole 16 bytes (2 quads)
   for (; r < a.N; r += stride) {
     const int rn = r + stride;
     int n0 = 0, n1 = 0;
@@ -224,13 +237,6 @@ __global__ void grp8_gemv_kernel(const Args a) {
     if (rn < a.N) {
       n0 = __ldg(a.gptr + rn); n1 = __ldg(a.gptr + rn + 1);
       if (a.scales) nsc = __ldg(a.scales + rn);
-    }
-    if (PF && lane == 0 && n1 > n0) {  // the next row's quads into L2: values, offsets, bases (whole 16 bytes)
-      const int q0 = n0 >> 2, q1 = n1 >> 2, b0 = q0 & ~1, b1 = min((q1 + 1) & ~1, qend);
-      constexpr int VB = VT == VT_I4 ? 64 : VT == VT_I8 ? 128 : 256;  // value bytes per quad
-      prefetch_l2(static_cast<const unsigned char*>(a.vals) + (size_t)q0 * VB, (uint32_t)(q1 - q0) * VB);
-      prefetch_l2(a.offs + (size_t)q0 * 32, (uint32_t)(q1 - q0) * 128);
-      if (b1 > b0) prefetch_l2(a.base2 + (size_t)b0 * 2, (uint32_t)(b1 - b0) * 8);
     }
     if (GS == 2) fetch_scales(rn);
     const float* rs = GS == 2 ? slice : GS == 1 ? a.gscale + (size_t)r * a.G : nullptr;
@@ -291,7 +297,7 @@ template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kern
 static int launch_one(const Args& a, int unroll, int pf, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   if constexpr (B == 1) {
-    if (pf) {  // L2 prefetch of the next row: built without per-group scales only
+    if (pf) {  // L2 prefetch of the first row: built without per-group scales only
       if constexpr (GS) return -1;
       switch (unroll) {
         case 1: return launch_gemv<VT, XT, SMEM, 0, 1, true>(a, blocks, threads, stream);
@@ -351,8 +357,8 @@ static int by_types(int vt, int xt, const Args& a, int unroll, int pf, int block
 }
 
 // y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path, pf = 1
-// prefetches each warp's next row into L2 (no per-group scales); 2 / 4 / 8 / 16: the batched one, x always in
-// shared memory). Returns a cudaError_t (0 = launched) or -1.
+// prefetches each warp's first row into L2 before x is staged (no per-group scales); 2 / 4 / 8 / 16: the batched
+// one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
 extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, int pf, const void* x, const void* vals,
                               const void* gscale, int G, unsigned int magic,
                               const void* offs, const void* base2, const void* gptr, const void* scales, void* y,

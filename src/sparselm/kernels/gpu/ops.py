@@ -95,7 +95,7 @@ class SpmmConfig:
     # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
     unroll: int = 1
     # grp8cu / d4cu batch 1 only (32 lanes per row; grp8cu without per-group scales): lane 0 of each warp prefetches
-    # its next row's bytes into L2 (cp.async.bulk.prefetch, sm_90+; a no-op before)
+    # its first row's bytes into L2 while the block stages x (cp.async.bulk.prefetch, sm_90+; a no-op before)
     prefetch: bool = False
 
     def __post_init__(self):
