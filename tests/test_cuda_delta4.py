@@ -158,12 +158,6 @@ def test_config_rules_and_keys():
     assert SpmmConfig(kernel="d4cu", num_warps=8, persist=2, smem=False, unroll=2).key() == "d4cu-w8p2-l1-u2"
     assert SpmmConfig(kernel="d4cu", num_warps=16, persist=1, block_b=4).key() == "d4cu-w16p1b4"
     assert SpmmConfig(kernel="d4cu", num_warps=16, persist=2, unroll=2, slots=8).key() == "d4cu-w16p2-u2-r4"
-    assert SpmmConfig(kernel="d4cu", num_warps=32, persist=2, prefetch=True).key() == "d4cu-w32p2-pf"
-    assert cuda_delta4.min_blocks(SpmmConfig(kernel="d4cu", num_warps=32, persist=2, prefetch=True)) == 1
-    for bad in (dict(kernel="d4cu", persist=1, block_b=2), dict(kernel="d4cu", persist=1, slots=16),
-                dict(kernel="tmma", num_warps=8, block_k=128, block_b=16), dict(kernel="grp8", block_n=1, vec=4)):
-        with pytest.raises(ValueError, match="prefetch"):
-            SpmmConfig(prefetch=True, **bad)
     for bad in (dict(persist=0), dict(persist=1, block_b=16), dict(persist=1, block_b=2, smem=False),
                 dict(persist=1, num_warps=33), dict(persist=1, unroll=4), dict(persist=1, lean=True),
                 dict(persist=1, split_k=2), dict(persist=1, slots=4), dict(persist=1, slots=16, block_b=2),
@@ -183,14 +177,13 @@ def test_unavailable_without_a_gpu_says_why():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
-@pytest.mark.parametrize("values,act,smem,unroll,lanes,warps,pf", [
-    ("float16", torch.float16, True, 1, 32, 4, False), ("float16", torch.float16, False, 2, 32, 4, False),
-    ("bfloat16", torch.bfloat16, True, 2, 32, 4, False), ("int8", torch.float16, True, 2, 32, 4, False),
-    ("int8", torch.bfloat16, False, 1, 32, 4, False), ("float16", torch.float16, True, 1, 16, 4, False),
-    ("float16", torch.float16, True, 2, 8, 4, False), ("int8", torch.float16, True, 1, 8, 4, False),
-    ("float16", torch.float16, True, 1, 32, 32, False), ("bfloat16", torch.bfloat16, True, 1, 32, 32, False),
-    ("float16", torch.float16, True, 1, 32, 32, True), ("int8", torch.float16, False, 2, 32, 8, True)])
-def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes, warps, pf):
+@pytest.mark.parametrize("values,act,smem,unroll,lanes,warps", [
+    ("float16", torch.float16, True, 1, 32, 4), ("float16", torch.float16, False, 2, 32, 4),
+    ("bfloat16", torch.bfloat16, True, 2, 32, 4), ("int8", torch.float16, True, 2, 32, 4),
+    ("int8", torch.bfloat16, False, 1, 32, 4), ("float16", torch.float16, True, 1, 16, 4),
+    ("float16", torch.float16, True, 2, 8, 4), ("int8", torch.float16, True, 1, 8, 4),
+    ("float16", torch.float16, True, 1, 32, 32), ("bfloat16", torch.bfloat16, True, 1, 32, 32)])
+def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes, warps):
     """On a GPU machine: the nvcc build against its own host emulation and the dense reference (odd shapes, an
     all-zero row, K past the 48 KB default shared-memory window, 90% sparsity: many stepping stones; with 8 or 16
     lanes per row, row counts that leave a warp's last rows past N; 32 warps x 2 blocks: the 32-register build)."""
@@ -201,7 +194,7 @@ def test_gpu_build_matches_the_host_build(values, act, smem, unroll, lanes, warp
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
         y = cuda_delta4.gemv(x, p, SpmmConfig(kernel="d4cu", num_warps=warps, persist=2, smem=smem, unroll=unroll,
-                                              slots=lanes, prefetch=pf))  # 32 warps x 2: the 32-register build
+                                              slots=lanes))  # 32 warps x 2: the 32-register build
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol

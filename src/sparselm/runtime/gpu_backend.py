@@ -148,19 +148,14 @@ GRP8CU_UNROLL = (1, 2, 4, 8)
 _GRP8CU_REGS = {1: 40, 2: 48, 4: 48, 8: 80}
 
 
-# Batch 1, grp8cu and d4cu: with and without each warp prefetching its first row into L2 while x is staged
-# (SpmmConfig.prefetch; the next row's prefetch measured slower on tall shapes, gpu_kernels_decode_prefetch_next.json)
-PREFETCH = (False, True)
-
-
 def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
     """The batch-1 grp8cu candidates ([] where nvcc cannot build the kernel for this GPU)."""
     from sparselm.kernels.gpu import cuda_grp8
 
     if not cuda_grp8.available():
         return []
-    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u, prefetch=pf)
-            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536 for pf in PREFETCH]
+    return [SpmmConfig(kernel="grp8cu", vec=4, num_warps=w, persist=pb, smem=sm, unroll=u)
+            for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
 # d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): correct on
@@ -185,9 +180,8 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
     shapes = GRP8CU_B1 if batch == 1 else D4CU_BATCHED
-    out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch, prefetch=pf)
-           for w, pb, sm in shapes for u in unrolls if 32 * w * D4CU_REGS[batch, u] <= 65536
-           for pf in (PREFETCH if batch == 1 else (False,))]
+    out = [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, smem=sm, unroll=u, block_b=batch)
+           for w, pb, sm in shapes for u in unrolls if 32 * w * D4CU_REGS[batch, u] <= 65536]
     if batch == 1:
         out += [SpmmConfig(kernel="d4cu", num_warps=w, persist=pb, unroll=u, slots=lanes)
                 for lanes in cuda_delta4.LANES[1:] for w, pb, sm in shapes if sm for u in unrolls

@@ -42,9 +42,9 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_d4_launch.restype = i32
-        # (vt, xt, B, smem, unroll, lanes, minb, pf), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy,
+        # (vt, xt, B, smem, unroll, lanes, minb), (x, vals, steps, base, cptr, scales, y), (N, K, bsz, ldx, ldy,
         # blocks, threads), stream
-        lib.sl_d4_launch.argtypes = [i32] * 8 + [vp] * 7 + [i32] * 7 + [vp]
+        lib.sl_d4_launch.argtypes = [i32] * 7 + [vp] * 7 + [i32] * 7 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
@@ -75,9 +75,9 @@ def check_config(cfg) -> None:
 def min_blocks(cfg) -> int:
     """Blocks per SM the kernel is compiled to keep resident (its __launch_bounds__): 2 where the config asks for
     2048 threads per SM or more in the one variant that has a 32-register build (batch 1, x staged, 1 chunk per
-    step, 32 lanes per row, no prefetch), else 1. Why: at 40 registers a 32-warp block occupied its SM alone (H200 profile)."""
+    step, 32 lanes per row), else 1. Why: at 40 registers a 32-warp block occupied its SM alone (H200 profile)."""
     threads = 32 * cfg.num_warps * cfg.persist
-    one_build = cfg.block_b == 1 and cfg.smem and cfg.unroll == 1 and cfg.slots == 32 and not cfg.prefetch
+    one_build = cfg.block_b == 1 and cfg.smem and cfg.unroll == 1 and cfg.slots == 32
     return 2 if one_build and threads >= 2048 else 1
 
 
@@ -194,7 +194,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // rows_per_block)))
     code = lib.sl_d4_launch(_VT[p.values.dtype], _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, cfg.slots,
-                            min_blocks(cfg), int(cfg.prefetch), x.data_ptr(),
+                            min_blocks(cfg), x.data_ptr(),
                             vals.data_ptr(), steps.data_ptr(), base.data_ptr(), cptr.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, x.shape[0], k, n,
                             blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)

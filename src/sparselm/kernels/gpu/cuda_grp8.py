@@ -33,8 +33,8 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_grp8_launch.restype = i32
-        # (vt, xt, B, smem, unroll, pf), (x, vals, gscale), (G, magic), (offs, base2, gptr, scales, y), 7 ints, stream
-        lib.sl_grp8_launch.argtypes = ([i32] * 6 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 7
+        # (vt, xt, B, smem, unroll), (x, vals, gscale), (G, magic), (offs, base2, gptr, scales, y), 7 ints, stream
+        lib.sl_grp8_launch.argtypes = ([i32] * 5 + [vp] * 3 + [i32, ctypes.c_uint] + [vp] * 5 + [i32] * 7
                                        + [vp])
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
@@ -154,8 +154,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, int(cfg.prefetch),
-                              x.data_ptr(),
+    code = lib.sl_grp8_launch(_vt(p), _XT[x.dtype], cfg.block_b, int(cfg.smem), cfg.unroll, x.data_ptr(),
                               vals.data_ptr(), ptr(gscale), *_group_args(p, gscale), offs.data_ptr(),
                               base2.data_ptr(), gptr.data_ptr(), ptr(scales), y.data_ptr(), n, k, bsz, k, n, blocks,
                               32 * cfg.num_warps,

@@ -199,17 +199,6 @@ struct D4Args {
   int N, K, bsz, ldx, ldy;  // batches 2-8: bsz <= B rows of x (stride ldx) and of y (stride ldy)
 };
 
-// Chunks [n0, n1) of the layout (nch in all) into L2: both value planes, the step words and bases in whole 16 bytes.
-template <int VT>
-__device__ __forceinline__ void d4_prefetch(const D4Args& a, int n0, int n1, int nch) {
-  const unsigned char* v = static_cast<const unsigned char*>(a.vals);
-  prefetch_l2(v + (size_t)n0 * 16, (uint32_t)(n1 - n0) * 16);
-  if (VT != VT_I8) prefetch_l2(v + ((size_t)nch + n0) * 16, (uint32_t)(n1 - n0) * 16);
-  const int s0 = n0 & ~1, s1 = min((n1 + 1) & ~1, nch & ~1), b0 = n0 & ~7, b1 = min((n1 + 7) & ~7, nch & ~7);
-  if (s1 > s0) prefetch_l2(a.steps + (size_t)s0 * 2, (uint32_t)(s1 - s0) * 8);
-  if (b1 > b0) prefetch_l2(a.base + b0, (uint32_t)(b1 - b0) * 2);
-}
-
 // Persistent blocks: each stages x in shared memory once (SMEM) or reads it through L1, then its warps take row
 // groups of G = 32 / L rows, (blockIdx * warps + warp) * G, + gridDim * warps * G, ...; lanes [g L, g L + L) own the
 // group's row g. The loop runs per warp (every lane takes part in the shuffles, a row past N adds nothing); the
@@ -217,13 +206,9 @@ __device__ __forceinline__ void d4_prefetch(const D4Args& a, int n0, int n1, int
 // MINB = 2 caps the kernel at 32 registers per thread so that two 1024-thread blocks stay resident per SM: at its
 // natural 40, a 32-warp block ran alone on its SM (47% occupancy against grp8cu's 86%, H200 profile, session 21);
 // ptxas then spills 28 bytes per thread with 16-bit values, none with int8 (sm_90, nvcc 13). Untimed.
-template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1, bool PF = false>
+template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1>
 __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
   extern __shared__ float xsf[];
-  if (PF && (threadIdx.x & 31) == 0) {  // the warp's first row into L2 while the block stages x (L = 32)
-    const int r0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r0 < a.N) d4_prefetch<VT>(a, __ldg(a.cptr + r0), __ldg(a.cptr + r0 + 1), __ldg(a.cptr + a.N));
-  }
   if (SMEM) {  // x as float32, converted once per block
     for (int i = threadIdx.x; i < a.K; i += blockDim.x) xsf[i] = act_to_float<XT>(a.x[i]);
     __syncthreads();
@@ -296,26 +281,19 @@ static int d4_launch_b(const D4Args& a, int blocks, int threads, cudaStream_t st
   return (int)cudaGetLastError();
 }
 
-template <int VT, int XT, bool SMEM, int U, int L = 32, int MINB = 1, bool PF = false>
+template <int VT, int XT, bool SMEM, int U, int L = 32, int MINB = 1>
 static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
-  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB, PF>, smem, &opted)) return e;
-  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB, PF><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB>, smem, &opted)) return e;
+  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT>
-static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int pf, int blocks,
-                       int threads, cudaStream_t s) {
+static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, int minb, int blocks, int threads,
+                       cudaStream_t s) {
   if (unroll != 1 && unroll != 2) return -1;
-  if (pf) {  // L2 prefetch of the first row: batch 1, 32 lanes per row, the 40-register build
-    if (B != 1 || lanes != 32 || minb != 1) return -1;
-    if (unroll == 1) return smem ? d4_launch<VT, XT, true, 1, 32, 1, true>(a, blocks, threads, s)
-                                 : d4_launch<VT, XT, false, 1, 32, 1, true>(a, blocks, threads, s);
-    return smem ? d4_launch<VT, XT, true, 2, 32, 1, true>(a, blocks, threads, s)
-                : d4_launch<VT, XT, false, 2, 32, 1, true>(a, blocks, threads, s);
-  }
   if (minb != 1) {  // two resident 1024-thread blocks per SM: batch 1, x staged, 32 lanes, 1 chunk per step
     if (minb != 2 || B != 1 || !smem || unroll != 1 || lanes != 32) return -1;
     return d4_launch<VT, XT, true, 1, 32, 2>(a, blocks, threads, s);
@@ -349,9 +327,8 @@ static int d4_unrolled(const D4Args& a, int B, int smem, int unroll, int lanes, 
 // y (bsz, N) = x (bsz, K) W^T; vt: VT_F16 (x fp16), VT_BF16 (x bf16) or VT_I8 (either); B: the kernel's padded
 // batch (1, 2, 4, 8; bsz <= B); unroll 1 or 2 chunks per load step; smem: x staged per block (always when B > 1);
 // lanes per row 32, or 16 / 8 (batch 1, smem); minb 1, or 2 (the 32-register build: batch 1, smem, unroll 1, 32
-// lanes); pf 1: each warp prefetches its first row into L2 before x is staged (batch 1, 32 lanes, minb 1).
-// Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
-extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, int pf, const void* x,
+// lanes). Returns a cudaError_t (0 = launched) or -1 for an unsupported combination.
+extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lanes, int minb, const void* x,
                             const void* vals, const void* steps, const void* base, const void* cptr,
                             const void* scales, void* y, int N, int K, int bsz, int ldx, int ldy, int blocks,
                             int threads, void* stream) {
@@ -360,10 +337,10 @@ extern "C" int sl_d4_launch(int vt, int xt, int B, int smem, int unroll, int lan
                  static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, l = lanes, m = minb;
-  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, m, pf, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, m, pf, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, m, pf, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, m, pf, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_F16) return d4_unrolled<VT_F16, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return d4_unrolled<VT_BF16, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_F16>(a, B, smem, u, l, m, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return d4_unrolled<VT_I8, XT_BF16>(a, B, smem, u, l, m, blocks, threads, s);
   return -1;
 }
 

@@ -131,17 +131,6 @@ __device__ __forceinline__ void stage_x(uint4* xs4, const uint16_t* x, int K) {
   __syncthreads();
 }
 
-// Ask the L2 to fetch [p, p + bytes) (p 16-byte aligned, bytes a multiple of 16) without waiting for it: lane 0 of a
-// warp names its first row's arrays before the block stages x, so the DRAM latency overlaps the staging and the
-// row's own loads hit the L2 (a small layer is ~one row per warp: latency-bound). A prefetch holds no register and
-// no shared memory. Prefetching each next row instead was slower on tall shapes (H200, session 22). Hopper (sm_90)
-// and later; a no-op before.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // Raise a kernel's dynamic shared-memory limit once per instantiation, as far as a launch needs.
 template <typename Kernel>
 static int opt_in(Kernel kernel, size_t smem, size_t* opted) {

@@ -180,25 +180,11 @@ struct Args {
 // waiting on them; U: quads per load step (grp8_lane). GS: per-group scales, none (0), looked up in global memory
 // (1), or (2) copied per row into the warp's slice of shared memory after x (MAX_STAGED_SCALES floats per warp),
 // the next row's prefetched into registers while this row computes.
-// Quads [q0, q1) of the layout into L2 (values, offsets, and the bases in whole 16 bytes up to 2 (qt / 2) quads).
-template <int VT>
-__device__ __forceinline__ void prefetch_quads(const Args& a, int q0, int q1, int qt) {
-  constexpr int VB = VT == VT_I4 ? 64 : VT == VT_I8 ? 128 : 256;  // value bytes per quad
-  const int b0 = q0 & ~1, b1 = min((q1 + 1) & ~1, qt & ~1);
-  prefetch_l2(static_cast<const unsigned char*>(a.vals) + (size_t)q0 * VB, (uint32_t)(q1 - q0) * VB);
-  prefetch_l2(a.offs + (size_t)q0 * 32, (uint32_t)(q1 - q0) * 128);
-  if (b1 > b0) prefetch_l2(a.base2 + (size_t)b0 * 2, (uint32_t)(b1 - b0) * 8);
-}
-
-template <int VT, int XT, bool SMEM, int GS, int U, bool PF = false>
+template <int VT, int XT, bool SMEM, int GS, int U>
 __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
                                  : reinterpret_cast<const unsigned char*>(a.x);
-  if (PF && (threadIdx.x & 31) == 0) {  // the warp's first row into L2 while the block stages x
-    const int r0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r0 < a.N) prefetch_quads<VT>(a, __ldg(a.gptr + r0) >> 2, __ldg(a.gptr + r0 + 1) >> 2, __ldg(a.gptr + a.N) >> 2);
-  }
   if (SMEM) stage_x(xs4, a.x, a.K);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
@@ -283,30 +269,20 @@ __global__ void grp8_gemm_kernel(const Args a) {
   }
 }
 
-template <int VT, int XT, bool SMEM, int GS, int U, bool PF = false>
+template <int VT, int XT, bool SMEM, int GS, int U>
 static int launch_gemv(const Args& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = (SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0) +
                       (GS == 2 ? (size_t)(threads / 32) * MAX_STAGED_SCALES * sizeof(float) : 0);
-  if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U, PF>, smem, &opted)) return e;
-  grp8_gemv_kernel<VT, XT, SMEM, GS, U, PF><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, smem, &opted)) return e;
+  grp8_gemv_kernel<VT, XT, SMEM, GS, U><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kernel (SMEM chooses x's path)
-static int launch_one(const Args& a, int unroll, int pf, int blocks, int threads, cudaStream_t stream) {
+static int launch_one(const Args& a, int unroll, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   if constexpr (B == 1) {
-    if (pf) {  // L2 prefetch of the first row: built without per-group scales only
-      if constexpr (GS) return -1;
-      switch (unroll) {
-        case 1: return launch_gemv<VT, XT, SMEM, 0, 1, true>(a, blocks, threads, stream);
-        case 2: return launch_gemv<VT, XT, SMEM, 0, 2, true>(a, blocks, threads, stream);
-        case 4: return launch_gemv<VT, XT, SMEM, 0, 4, true>(a, blocks, threads, stream);
-        case 8: return launch_gemv<VT, XT, SMEM, 0, 8, true>(a, blocks, threads, stream);
-        default: return -1;
-      }
-    }
     if constexpr (GS) {
       if (a.G <= MAX_STAGED_SCALES) {  // scales staged per row in shared memory
         switch (unroll) {
@@ -335,31 +311,30 @@ static int launch_one(const Args& a, int unroll, int pf, int blocks, int threads
 }
 
 template <int VT, int XT, int B, bool SMEM>  // per-group scales exist for the quantized values only
-static int launch(const Args& a, int unroll, int pf, int blocks, int threads, cudaStream_t stream) {
+static int launch(const Args& a, int unroll, int blocks, int threads, cudaStream_t stream) {
   if constexpr (VT == VT_I8 || VT == VT_I4) {
-    if (a.gscale) return launch_one<VT, XT, B, SMEM, true>(a, unroll, pf, blocks, threads, stream);
+    if (a.gscale) return launch_one<VT, XT, B, SMEM, true>(a, unroll, blocks, threads, stream);
   }
-  return launch_one<VT, XT, B, SMEM, false>(a, unroll, pf, blocks, threads, stream);
+  return launch_one<VT, XT, B, SMEM, false>(a, unroll, blocks, threads, stream);
 }
 
 template <int B, bool SMEM>
-static int by_types(int vt, int xt, const Args& a, int unroll, int pf, int blocks, int threads, cudaStream_t s) {
+static int by_types(int vt, int xt, const Args& a, int unroll, int blocks, int threads, cudaStream_t s) {
   if (xt == XT_F16) {
-    if (vt == VT_F16) return launch<VT_F16, XT_F16, B, SMEM>(a, unroll, pf, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_F16, B, SMEM>(a, unroll, pf, blocks, threads, s);
-    if (vt == VT_I4) return launch<VT_I4, XT_F16, B, SMEM>(a, unroll, pf, blocks, threads, s);
+    if (vt == VT_F16) return launch<VT_F16, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_F16, B, SMEM>(a, unroll, blocks, threads, s);
   } else if (xt == XT_BF16) {
-    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16, B, SMEM>(a, unroll, pf, blocks, threads, s);
-    if (vt == VT_I8) return launch<VT_I8, XT_BF16, B, SMEM>(a, unroll, pf, blocks, threads, s);
-    if (vt == VT_I4) return launch<VT_I4, XT_BF16, B, SMEM>(a, unroll, pf, blocks, threads, s);
+    if (vt == VT_BF16) return launch<VT_BF16, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I8) return launch<VT_I8, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
+    if (vt == VT_I4) return launch<VT_I4, XT_BF16, B, SMEM>(a, unroll, blocks, threads, s);
   }
   return -1;  // an unsupported (values, activations) pair: the caller checks first
 }
 
-// y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path, pf = 1
-// prefetches each warp's first row into L2 before x is staged (no per-group scales); 2 / 4 / 8 / 16: the batched
-// one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
-extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, int pf, const void* x, const void* vals,
+// y (bsz, N) = x (bsz, K) W^T. B: the kernel's padded batch (1: the batch-1 kernel, smem chooses x's path;
+// 2 / 4 / 8 / 16: the batched one, x always in shared memory). Returns a cudaError_t (0 = launched) or -1.
+extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, const void* x, const void* vals,
                               const void* gscale, int G, unsigned int magic,
                               const void* offs, const void* base2, const void* gptr, const void* scales, void* y,
                               int N, int K, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
@@ -368,12 +343,12 @@ extern "C" int sl_grp8_launch(int vt, int xt, int B, int smem, int unroll, int p
                static_cast<const float*>(scales), static_cast<uint16_t*>(y), N, K, bsz, ldx, ldy, G, magic};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (B) {
-    case 1: return smem ? by_types<1, true>(vt, xt, a, unroll, pf, blocks, threads, s)
-                        : by_types<1, false>(vt, xt, a, unroll, pf, blocks, threads, s);
-    case 2: return pf ? -1 : by_types<2, true>(vt, xt, a, unroll, 0, blocks, threads, s);
-    case 4: return pf ? -1 : by_types<4, true>(vt, xt, a, unroll, 0, blocks, threads, s);
-    case 8: return pf ? -1 : by_types<8, true>(vt, xt, a, unroll, 0, blocks, threads, s);
-    case 16: return pf ? -1 : by_types<16, true>(vt, xt, a, unroll, 0, blocks, threads, s);
+    case 1: return smem ? by_types<1, true>(vt, xt, a, unroll, blocks, threads, s)
+                        : by_types<1, false>(vt, xt, a, unroll, blocks, threads, s);
+    case 2: return by_types<2, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 4: return by_types<4, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 8: return by_types<8, true>(vt, xt, a, unroll, blocks, threads, s);
+    case 16: return by_types<16, true>(vt, xt, a, unroll, blocks, threads, s);
     default: return -1;
   }
 }

@@ -94,17 +94,10 @@ class SpmmConfig:
     smem: bool = True
     # grp8cu batch 1 only: quads whose loads a lane issues before using any (1, 2, 4, 8): bytes in flight per warp
     unroll: int = 1
-    # grp8cu / d4cu batch 1 only (32 lanes per row; grp8cu without per-group scales): lane 0 of each warp prefetches
-    # its first row's bytes into L2 while the block stages x (cp.async.bulk.prefetch, sm_90+; a no-op before)
-    prefetch: bool = False
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel not in ("grp8cu", "d4cu")):
             raise ValueError(f"SpmmConfig.smem: a bool, False only for kernels 'grp8cu' / 'd4cu', got {self.smem!r}")
-        if not isinstance(self.prefetch, bool) or (self.prefetch and not (
-                self.kernel in ("grp8cu", "d4cu") and self.block_b == 1 and self.slots == 32)):
-            raise ValueError(f"SpmmConfig.prefetch: a bool, True only for grp8cu / d4cu at block_b 1 with 32 lanes per "
-                             f"row, got {self.prefetch!r} for {self.kernel} block_b {self.block_b} slots {self.slots}")
         if self.kernel in _MODULES:  # kernels whose rules live beside them
             return _module(self.kernel).check_config(self)
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
@@ -155,8 +148,7 @@ class SpmmConfig:
         if self.kernel in ("grp8cu", "d4cu"):
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
-                    + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else "")  # rows/warp
-                    + ("-pf" if self.prefetch else ""))
+                    + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else ""))  # rows/warp
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -267,8 +259,7 @@ class PackedBitmask:
         if cfg.kernel == "grp8cu":
             from sparselm.kernels.gpu import cuda_grp8
 
-            # the prefetching build has no per-group scales
-            return cuda_grp8.supports(self, batch=cfg.block_b) and not (cfg.prefetch and self.scale_mode == SCALE_GROUP)
+            return cuda_grp8.supports(self, batch=cfg.block_b)
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
