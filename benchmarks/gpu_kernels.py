@@ -38,6 +38,9 @@ def random_sparse(n: int, k: int, sparsity: float, mask: str = "uniform", seed: 
     w = torch.randn(n, k, device="cuda", generator=g) * 0.02
     if mask == "uniform":
         keep = torch.rand(n, k, device="cuda", generator=g) >= sparsity
+    elif ":" in mask:  # N:M ("1:4": keep 1 of every 4 consecutive columns, by random scores); sparsity = 1 - N/M
+        from sparselm.sparsity.masks import parse_pattern, select_nm
+        keep = ~select_nm(torch.rand(n, k, device="cuda", generator=g), *parse_pattern(mask))
     else:  # layer-wise magnitude with row and column scales: rows/cols differ in density, like real masks
         score = w.abs() * torch.rand(n, 1, device="cuda", generator=g).add(0.2) * torch.rand(
             1, k, device="cuda", generator=g).add(0.2)
@@ -48,7 +51,9 @@ def random_sparse(n: int, k: int, sparsity: float, mask: str = "uniform", seed: 
 
 def grid(quick: bool, name: str = "full") -> list[dict]:
     """(shape, batch, sparsity, values, act, mask) cases; the full sweep fits one ~5-minute device call.
-    "batched": batch 4-64 on the Llama shapes (the tensor-core kernel's range). "decode": the shapes a 7B/8B decode step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096)."""
+    "batched": batch 4-64 on the Llama shapes (the tensor-core kernel's range). "decode": the shapes a 7B/8B decode
+    step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096). "nm": those shapes with N:M masks (1:4, 2:8:
+    75%; 2:4: 50%)."""
     cases = []
     add = lambda n, k, b, s, v="float16", a="float16", m="uniform": cases.append(  # noqa: E731
         dict(N=n, K=k, batch=b, sparsity=s, values=v, act=a, mask=m))
@@ -61,6 +66,14 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
             add(n, k, 16, 0.75, "bfloat16", "bfloat16")
             add(n, k, 16, 0.9)
             add(n, k, 4, 0.75)
+        return cases
+    if name == "nm":  # N:M masks (the nmcu kernel's), the decode shapes, against grp8cu and cuBLAS
+        for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:
+            for pat in ("1:4", "2:8", "2:4"):
+                add(n, k, 1, 1 - int(pat[0]) / int(pat[2]), m=pat)
+        for n, k in [(4096, 4096), (22016, 4096), (4096, 11008)]:
+            add(n, k, 1, 0.75, "int8", m="1:4")
+        add(4096, 4096, 1, 0.75, "bfloat16", "bfloat16", m="2:8")
         return cases
     if name == "decode":
         for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:
@@ -280,7 +293,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_kernels.json"))
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
-    ap.add_argument("--grid", choices=["full", "decode", "batched"], default="full", help="which cases (see grid())")
+    ap.add_argument("--grid", choices=["full", "decode", "batched", "nm"], default="full", help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--pipelined", action="store_true",
                     help="also the non-default candidates: persistent pipelined batch-1 configs")

@@ -189,6 +189,21 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     return out
 
 
+# nmcu (nm_gemv.cu): N:M masks only (autotune's supports() check skips it on any other matrix), so it costs an
+# unstructured model nothing. (warps per block, blocks per SM) x steps per load round
+NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4))
+
+
+def nmcu_configs() -> list[SpmmConfig]:
+    """The batch-1 nmcu candidates ([] where nvcc cannot build the kernel for this GPU)."""
+    from sparselm.kernels.gpu import cuda_nm
+
+    if not cuda_nm.available():
+        return []
+    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u) for w, pb in NMCU_B1
+            for u in cuda_nm.UNROLLS]
+
+
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
     """The small grid the autotuner (and benchmarks/gpu_kernels.py) tries for one batch bucket: the bitmask
     kernel's measured-best tiles, plus the per-nonzero csr8, vc32 and grp8 kernels for batch <= 8 and vc32t
@@ -219,7 +234,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
         # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
-        out += grp8cu_configs() + d4cu_configs()
+        out += grp8cu_configs() + d4cu_configs() + nmcu_configs()
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []

@@ -26,7 +26,7 @@ from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
 
 
 # CUDA C++ kernels whose config rules live beside them (check_config)
-_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile"}
+_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile", "nmcu": "cuda_nm"}
 
 
 def _module(kernel: str):
@@ -70,6 +70,7 @@ class SpmmConfig:
     # "grp8cu" (CUDA C++, grp8's interleaved layout, x in shared memory, K <= 32768: cuda_grp8.py; vec 4,
     # num_warps = warps per block, persist = blocks per SM, block_b = padded batch 1-16) | "d4cu" (CUDA C++, 4-bit
     # column steps, block_b 1-8, K <= 65536: cuda_delta4.py; grp8cu's fields, unroll 1-2, slots = lanes per row) |
+    # "nmcu" (CUDA C++, N:M masks only, batch 1: cuda_nm.py; grp8cu's fields, unroll 1-4) |
     # "bmma" (CUDA C++, tensor cores over the canonical mask + values, batch 2-64: cuda_mma.py; block_b = padded
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
@@ -145,7 +146,7 @@ class SpmmConfig:
             return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
-        if self.kernel in ("grp8cu", "d4cu"):
+        if self.kernel in ("grp8cu", "d4cu", "nmcu"):
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
                     + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else ""))  # rows/warp
@@ -236,6 +237,8 @@ class PackedBitmask:
             return {("grp8", 4)} if cfg.vec == 4 else {"grp8"}
         if cfg.kernel in ("grp8cu", "d4cu"):  # their arrays hold all they read (the layouts they came from may go)
             return {(cfg.kernel,)}
+        if cfg.kernel == "nmcu":  # its slots and index words, and the pattern they were built for
+            return {("nmcu",), ("nmcu-pattern",)}
         if cfg.kernel == "bmma":  # the mask and values themselves, its chunk starts, its split-K workspace
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
@@ -263,6 +266,8 @@ class PackedBitmask:
         if cfg.kernel == "d4cu":
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
+        if cfg.kernel == "nmcu":  # N:M masks only
+            return _module(cfg.kernel).supports(self, batch=cfg.block_b)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
@@ -383,6 +388,8 @@ class PackedBitmask:
         if kernel == "d4cu":  # its chunks (values, steps, bases), chunk starts and per-row scales
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.nbytes(self)
+        if kernel == "nmcu":  # its slots' values and index words, per-row scales
+            return _module(kernel).nbytes(self)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
         if kernel == "tmma":  # its entries (values + positions, padded groups) and tile starts; no mask
@@ -418,6 +425,8 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
     if cfg.kernel == "d4cu":
         from sparselm.kernels.gpu import cuda_delta4
         return cuda_delta4.gemv(x, p, cfg, out)
+    if cfg.kernel == "nmcu":
+        return _module(cfg.kernel).gemv(x, p, cfg, out)
     if cfg.kernel == "bmma":
         from sparselm.kernels.gpu import cuda_mma
 

@@ -1,0 +1,208 @@
+"""The CUDA C++ batch-1 kernel for N:M-sparse matrices (`nm_gemv.cu`, kernel "nmcu"): pattern, layout, launch.
+
+    pattern(packed)             # (M, slots per group) when every group of M columns has at most that many nonzeros
+    vals, idx = layout(packed)  # built once per matrix, cached on it under ("nmcu",)
+    y = gemv(x, packed, cfg)    # x (1, K) fp16/bf16 on the GPU
+    y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (1, N)
+
+Why: a matrix pruned N:M (`sparselm prune --pattern 1:4`, 2:8, 2:4) has the same slot count in every group, so a
+slot needs only its index inside its group (2 bits for M = 4, 4 for M = 8) and rows need no start pointers:
+2.25-2.5 bytes per fp16 nonzero, against 2.7-3.3 for the unstructured layouts (nm_gemv.cu's header). M and the
+slots per group are read off the mask (the smallest layout that holds it), so any N:M-conforming matrix qualifies,
+whichever pattern pruned it; an unstructured one does not (`supports` is False and autotune skips the kernel).
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from sparselm.compress.format import CompressedTensor, unpack_mask
+from sparselm.kernels.gpu import cuda_build
+from sparselm.kernels.gpu.cuda_grp8 import smem_limit
+
+_SOURCE = Path(__file__).with_name("nm_gemv.cu")
+STEP = 256  # slots per warp step: 32 lanes x 8
+PATTERNS = {4: (1, 2), 8: (1, 2, 4)}  # M -> slots per group the kernel is built for (8 / slots groups per lane)
+UNROLLS = (1, 2, 4)
+_BITS = {4: 2, 8: 4}  # index bits per slot
+_VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
+_XT = {torch.float16: 0, torch.bfloat16: 1}
+
+
+def _declare(lib: ctypes.CDLL, kind: str) -> None:
+    vp, i32 = ctypes.c_void_p, ctypes.c_int
+    if kind == "device":
+        lib.sl_nm_launch.restype = i32
+        # (vt, xt, m, n, unroll), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
+        lib.sl_nm_launch.argtypes = [i32] * 5 + [vp] * 5 + [i32] * 6 + [vp]
+        lib.sl_error_string.restype = ctypes.c_char_p
+        lib.sl_error_string.argtypes = [i32]
+    else:
+        lib.sl_nm_host.restype = i32
+        lib.sl_nm_host.argtypes = [i32] * 5 + [vp] * 5 + [i32] * 4
+
+
+_LIB = cuda_build.Library(_SOURCE, _declare)
+load = _LIB.load
+available = _LIB.available
+build_error = _LIB.build_error
+
+
+def check_config(cfg) -> None:
+    """SpmmConfig's rules for kernel "nmcu": batch 1, x staged; num_warps = warps per block (1-32), persist =
+    blocks per SM (>= 1), unroll = steps per load round (1, 2, 4); no other kernel's fields."""
+    ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
+    if not (cfg.block_b == 1 and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
+            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
+            and not (cfg.lean or cfg.col16 or cfg.use_dot)):
+        raise ValueError(f"SpmmConfig nmcu: block_b 1, num_warps 1-32, persist (blocks per SM) >= 1, unroll in "
+                         f"{UNROLLS}, no slots / split_k / lean / col16 / use_dot / smem=False; got {cfg}")
+
+
+def _mask(p) -> torch.Tensor:
+    ct = p._ct or CompressedTensor(p.shape, p.words.view(torch.uint8), p.values, p.row_ptr)
+    return unpack_mask(ct.bitmask, p.shape[1])
+
+
+def pattern(p) -> tuple[int, int] | None:
+    """(M, slots per group) of the smallest layout that holds the matrix's mask, or None (not N:M with N <= M / 2,
+    K not a multiple of 4, or values the kernel does not serve). Cached on the matrix."""
+    key = ("nmcu-pattern",)
+    if key not in p._cptr:
+        n, k = p.shape
+        best, vbytes = None, p.values.element_size()
+        if p.values.dtype in _VT and n and k:
+            mask = _mask(p)
+            for m, slots in PATTERNS.items():
+                if k % m:
+                    continue
+                most = int(mask.view(n, k // m, m).sum(-1).max())
+                fit = next((s for s in slots if s >= most), None)
+                if fit is None:
+                    continue
+                size = (k // m) * fit * (8 * vbytes + _BITS[m])
+                if best is None or size < best[0]:
+                    best = (size, m, fit)
+        p._cptr[key] = None if best is None else (best[1], best[2])
+    return p._cptr[key]
+
+
+def _steps(p) -> int:
+    m, s = pattern(p)
+    return -(-(p.shape[1] // m) * s // STEP)
+
+
+def kx(p) -> int:
+    """Staged x columns: the padded groups' (steps 256 M / slots >= K)."""
+    m, s = pattern(p)
+    return _steps(p) * STEP // s * m
+
+
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
+    """Batch 1; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales
+    or none) with either; x's padded float32 copy within one block's shared memory."""
+    if batch != 1 or pattern(p) is None or 4 * kx(p) > smem_limit():
+        return False
+    n = p.shape[0]
+    if p.values.dtype == torch.int8 and ((p._ct is not None and p._ct.bits != 8) or
+                                         (p.scales is not None and p.scales.numel() != n)):
+        return False
+    if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
+        return False
+    return True
+
+
+def layout(p) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vals (N steps 256,) in the values' dtype, idx (N steps 32,) int16 (M = 4) or int32 (M = 8)), built with a few
+    vectorized passes and cached on the matrix under ("nmcu",); nm_gemv.cu's header gives the order."""
+    key = ("nmcu",)
+    if key in p._cptr:
+        return p._cptr[key]
+    if pattern(p) is None:
+        raise ValueError("nmcu: the matrix is not N:M with N <= M / 2 (or its values are not served)")
+    n, k = p.shape
+    m, s = pattern(p)
+    g, steps, j = k // m, _steps(p), 8 // s
+    gp = steps * STEP // s  # groups per row, padded
+    pos = _mask(p).view(n, g, m)
+    rank = pos.to(torch.int32).cumsum(-1) - 1  # a nonzero's slot within its group
+    r, gi, mi = pos.nonzero(as_tuple=True)  # row-major: the order of `values`
+    sl = rank[r, gi, mi].long()
+    vals = torch.zeros(n, gp, s, dtype=p.values.dtype, device=p.values.device)
+    idx = torch.zeros(n, gp, s, dtype=torch.int64, device=p.values.device)
+    vals[r, gi, sl] = p.values
+    idx[r, gi, sl] = mi
+    # group (t, jj, lane) = 32 J t + 32 jj + lane -> lane-major per step: lane l's 8 slots are (jj, slot)
+    order = lambda t: t.view(n, steps, j, 32, s).permute(0, 1, 3, 2, 4).reshape(n, steps, 32, 8)  # noqa: E731
+    vals, idx = order(vals), order(idx)
+    bits = _BITS[m]
+    code = (idx << (bits * torch.arange(8, device=idx.device))).sum(-1)  # disjoint fields: the sum is the OR
+    width = 16 if m == 4 else 32
+    code = torch.where(code >= 2 ** (width - 1), code - 2 ** width, code).to(torch.int16 if m == 4 else torch.int32)
+    p._cptr[key] = (vals.reshape(-1).contiguous(), code.reshape(-1).contiguous())
+    return p._cptr[key]
+
+
+def nbytes(p) -> int:
+    """Bytes the kernel reads for W: values, index words and per-row scales."""
+    scales = p.scales.numel() * 4 if p.scales is not None else 0
+    return scales + sum(t.numel() * t.element_size() for t in layout(p))
+
+
+def _check(x: torch.Tensor, p) -> None:
+    k = p.shape[1]
+    if x.dim() != 2 or x.shape != (1, k):
+        raise ValueError(f"nmcu: x must be (1, {k}) (batch 1), got {tuple(x.shape)}")
+    if not supports(p, x.dtype):
+        raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
+                         f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
+                         f"/ bf16 (x bf16) / int8 with per-row scales; got pattern {pattern(p)}, values "
+                         f"{p.values.dtype}, x {x.dtype}")
+
+
+def _scales(p, device) -> torch.Tensor | None:
+    return None if p.scales is None else p.scales.reshape(-1).float().contiguous().to(device)
+
+
+def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (1, N) = x W^T on the GPU: cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.unroll steps per
+    load round."""
+    _check(x, p)
+    n, k = p.shape
+    lib, y = _LIB.prepare("nmcu", x, p, out)
+    x = x.contiguous()
+    vals, idx = layout(p)
+    m, s = pattern(p)
+    scales = _scales(p, x.device)
+    blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
+                        -(-n // cfg.num_warps)))
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, x.data_ptr(), vals.data_ptr(),
+                            idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
+                            _steps(p), kx(p), blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
+    if code != 0:
+        raise RuntimeError(f"nmcu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
+    return y
+
+
+def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference."""
+    _check(x, p)
+    if unroll not in UNROLLS:
+        raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
+    lib = load("host")
+    if lib is None:
+        raise RuntimeError(f"nmcu host emulation unavailable ({build_error('host')})")
+    n, k = p.shape
+    x = x.contiguous().cpu()
+    vals, idx = (t.cpu() for t in layout(p))
+    m, s = pattern(p)
+    scales = _scales(p, "cpu")
+    y = torch.empty(1, n, dtype=torch.float32)
+    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, unroll, x.data_ptr(), vals.data_ptr(),
+                          idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
+                          _steps(p), kx(p))
+    if code != 0:
+        raise ValueError(f"nmcu host: unsupported values {p.values.dtype} with x {x.dtype} or pattern {(m, s)}")
+    return y

@@ -1,0 +1,219 @@
+// Batch-1 y = x W^T for N:M-sparse W (every group of M consecutive columns of a row holds at most N nonzeros), in
+// CUDA C++; cuda_nm.py builds the layout from the bitmask format when a matrix is N:M.
+//
+// Why a kernel for structured masks: the per-nonzero layouts for unstructured masks spend 2.7-3.3 bytes per fp16
+// nonzero on column positions, group bases and padding (grp8cu, d4cu), capping 75% sparsity at 2.5-3.0x cuBLAS. An
+// N:M row has the same number of slots everywhere, so a slot needs only its index inside its group: 2 bits for
+// M = 4, 4 bits for M = 8. At 1:4 that is 2.25 bytes per fp16 nonzero (0.5625 per weight: a 3.56x byte ceiling), at
+// 2:8 2.5 (3.2x), at 2:4 2.25 (1.78x). Rows need no start pointers (all have `steps` steps), every warp does the same
+// work, and the column of a slot is group * M + index: no running sums, no bases.
+//
+// Layout. A row's (K / M) N slots (value + index; unused slots: value 0, index 0) are padded with zero slots to
+// `steps` steps of 256 = 32 lanes x 8 slots. In step t of row r, lane l's 8 slots are 16 contiguous bytes of fp16 /
+// bf16 values (8 of int8) at slot 256 (r steps + t) + 8 l. Slot v of lane l is position v % N of group
+// 32 J t + l + 32 (v / N), J = 8 / N groups per lane per step: at each v the warp's 32 lanes read x over 32
+// consecutive groups. Its index is bits [B v, B v + B) of the lane's index word 32 (r steps + t) + l (B = 2: 16-bit
+// words for M = 4; B = 4: 32-bit words for M = 8). int8 values carry per-row scales, applied to the row's sum.
+//
+// x is staged per block as float32, zero-padded to the padded groups' columns (kx = steps 256 M / N).
+//
+// The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, index
+// decoding and value decoders are shared with the GPU build, so CPU tests check them bit for bit.
+#include "gemv_common.cuh"
+
+// One lane's step as loaded: its 8 values (fp16 / bf16: 4 words; int8: 2) and its index word.
+struct NMStep {
+  uint32_t w[4];
+  uint32_t code;
+};
+
+template <int VT, int M>
+SL_HD void nm_load(const void* vals, const void* idx, size_t step, int lane, NMStep& s) {
+  const size_t slot = step * 256 + 8 * (size_t)lane, word = step * 32 + lane;
+#ifdef __CUDACC__
+  if (VT == VT_I8) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(vals) + slot));
+    s.w[0] = v.x; s.w[1] = v.y;
+  } else {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned char*>(vals) + 2 * slot));
+    s.w[0] = v.x; s.w[1] = v.y; s.w[2] = v.z; s.w[3] = v.w;
+  }
+  s.code = M == 4 ? (uint32_t)__ldg(static_cast<const uint16_t*>(idx) + word)
+                  : __ldg(static_cast<const uint32_t*>(idx) + word);
+#else
+  memcpy(s.w, static_cast<const unsigned char*>(vals) + (VT == VT_I8 ? 1 : 2) * slot, VT == VT_I8 ? 8 : 16);
+  if (M == 4) {
+    uint16_t c;
+    memcpy(&c, static_cast<const unsigned char*>(idx) + 2 * word, 2);
+    s.code = c;
+  } else {
+    memcpy(&s.code, static_cast<const unsigned char*>(idx) + 4 * word, 4);
+  }
+#endif
+}
+
+// The lane's 8 products of step t (its first group g0 = 32 J t + lane), in two accumulators (even / odd slots).
+template <int VT, int M, int N>
+SL_HD void nm_use(const NMStep& s, const float* xs, int g0, float& acc0, float& acc1) {
+  constexpr int B = M == 4 ? 2 : 4;  // index bits per slot
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int h = 0; h < 2; ++h) {  // slots 4h .. 4h + 3, decoded 4 at a time
+    float v[4];
+    decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int q = 0; q < 4; ++q) {
+      const int slot = 4 * h + q;
+      const int col = (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1));
+      if (q & 1) acc1 = fmaf(v[q], xs[col], acc1);
+      else acc0 = fmaf(v[q], xs[col], acc0);
+    }
+  }
+}
+
+// Lane `lane`'s partial dot product over one row's `steps` steps (the row starts at step `first`), U steps' loads
+// issued before the first use.
+template <int VT, int M, int N, int U>
+SL_HD float nm_lane(const void* vals, const void* idx, const float* xs, size_t first, int steps, int lane) {
+  constexpr int J = 8 / N;  // groups per lane per step
+  float acc0 = 0.0f, acc1 = 0.0f;
+  for (int t = 0; t < steps; t += U) {
+    NMStep s[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) nm_load<VT, M>(vals, idx, first + t + u, lane, s[u]);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) nm_use<VT, M, N>(s[u], xs, 32 * J * (t + u) + lane, acc0, acc1);
+  }
+  return acc0 + acc1;
+}
+
+struct NMArgs {
+  const uint16_t* x;
+  const void* vals;
+  const void* idx;
+  const float* scales;  // per-row (int8), or null
+  uint16_t* y;
+  int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
+};
+
+#ifdef __CUDACC__
+// Persistent blocks: x staged as float32 (zeros past K), then warp w takes rows w, w + all warps, ...; lane 0 of the
+// row's warp writes y[row].
+template <int VT, int XT, int M, int N, int U>
+__global__ void __launch_bounds__(1024, 1) nm_gemv_kernel(const NMArgs a) {
+  extern __shared__ float xsf[];
+  for (int i = threadIdx.x; i < a.kx; i += blockDim.x) xsf[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    float acc = nm_lane<VT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
+#pragma unroll
+    for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
+  }
+}
+
+template <int VT, int XT, int M, int N, int U>
+static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stream) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = (size_t)a.kx * 4;
+  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U>, smem, &opted)) return e;
+  nm_gemv_kernel<VT, XT, M, N, U><<<blocks, threads, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int XT, int M, int N>
+static int nm_unrolled(const NMArgs& a, int unroll, int blocks, int threads, cudaStream_t s) {
+  switch (unroll) {
+    case 1: return nm_launch<VT, XT, M, N, 1>(a, blocks, threads, s);
+    case 2: return nm_launch<VT, XT, M, N, 2>(a, blocks, threads, s);
+    case 4: return nm_launch<VT, XT, M, N, 4>(a, blocks, threads, s);
+    default: return -1;
+  }
+}
+
+template <int VT, int XT>
+static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int blocks, int threads, cudaStream_t s) {
+  switch (m * 10 + n) {
+    case 41: return nm_unrolled<VT, XT, 4, 1>(a, unroll, blocks, threads, s);
+    case 42: return nm_unrolled<VT, XT, 4, 2>(a, unroll, blocks, threads, s);
+    case 81: return nm_unrolled<VT, XT, 8, 1>(a, unroll, blocks, threads, s);
+    case 82: return nm_unrolled<VT, XT, 8, 2>(a, unroll, blocks, threads, s);
+    case 84: return nm_unrolled<VT, XT, 8, 4>(a, unroll, blocks, threads, s);
+    default: return -1;
+  }
+}
+
+// y (1, N) = x (1, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots per
+// group); unroll 1, 2 or 4 steps per load round. Returns a cudaError_t (0 = launched) or -1 when unsupported.
+extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, const void* x, const void* vals,
+                            const void* idx, const void* scales, void* y, int N, int K, int steps, int kx,
+                            int blocks, int threads, void* stream) {
+  const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
+                 static_cast<uint16_t*>(y), N, K, steps, kx};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, unroll, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, unroll, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_pattern<VT_I8, XT_BF16>(a, m, n, unroll, blocks, threads, s);
+  return -1;
+}
+
+#else  // host emulation: the same lane arithmetic, the warp's shuffle tree per row (float32 output)
+
+template <int VT, int XT, int M, int N, int U>
+static void nm_host_rows(const NMArgs& a, float* y) {
+  float* xs = new float[a.kx > 0 ? a.kx : 1];
+  for (int i = 0; i < a.kx; ++i) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
+  for (int r = 0; r < a.N; ++r) {
+    float l[32], t[32];
+    for (int lane = 0; lane < 32; ++lane) l[lane] = nm_lane<VT, M, N, U>(a.vals, a.idx, xs, (size_t)r * a.steps,
+                                                                         a.steps, lane);
+    for (int m = 16; m; m >>= 1) {  // __shfl_xor_sync's tree
+      for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
+      memcpy(l, t, sizeof l);
+    }
+    y[r] = a.scales ? l[0] * a.scales[r] : l[0];
+  }
+  delete[] xs;
+}
+
+template <int VT, int XT>
+static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) {
+#define SL_NMH(MM, NN)                                                    \
+  (unroll == 1 ? nm_host_rows<VT, XT, MM, NN, 1>(a, y)                    \
+   : unroll == 2 ? nm_host_rows<VT, XT, MM, NN, 2>(a, y)                  \
+                 : nm_host_rows<VT, XT, MM, NN, 4>(a, y))
+  if (unroll != 1 && unroll != 2 && unroll != 4) return -1;
+  switch (m * 10 + n) {
+    case 41: SL_NMH(4, 1); return 0;
+    case 42: SL_NMH(4, 2); return 0;
+    case 81: SL_NMH(8, 1); return 0;
+    case 82: SL_NMH(8, 2); return 0;
+    case 84: SL_NMH(8, 4); return 0;
+    default: return -1;
+  }
+#undef SL_NMH
+}
+
+// The host twin of sl_nm_launch: float32 y (N,).
+extern "C" int sl_nm_host(int vt, int xt, int m, int n, int unroll, const void* x, const void* vals, const void* idx,
+                          const void* scales, float* y, int N, int K, int steps, int kx) {
+  const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
+                 kx};
+  if (xt == XT_F16 && vt == VT_F16) return nm_host_pattern<VT_F16, XT_F16>(a, m, n, unroll, y);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_pattern<VT_BF16, XT_BF16>(a, m, n, unroll, y);
+  if (xt == XT_F16 && vt == VT_I8) return nm_host_pattern<VT_I8, XT_F16>(a, m, n, unroll, y);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_host_pattern<VT_I8, XT_BF16>(a, m, n, unroll, y);
+  return -1;
+}
+#endif

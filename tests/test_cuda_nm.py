@@ -1,0 +1,129 @@
+"""The N:M kernel (nm_gemv.cu, "nmcu"): pattern detection from the mask, its slot layout, and the kernel's arithmetic
+checked on the CPU through the host build of the same source; the GPU build against that emulation and the dense
+reference on a GPU machine (`-k gpu_build`)."""
+import shutil
+
+import pytest
+import torch
+
+from sparselm.compress import compress_tensor, decompress
+from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, cuda_nm
+from sparselm.sparsity.masks import select_nm
+from tiny_models import sparse_weight
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                                reason="the host build of nm_gemv.cu needs a C++ compiler")
+
+
+def nm_weight(n: int, k: int, keep: int, m: int, seed: int = 0) -> torch.Tensor:
+    """Random values, `keep` of every `m` consecutive columns kept (by random scores), a few rows all zero."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g).masked_fill(select_nm(torch.rand(n, k, generator=g), keep, m), 0.0)
+    w[n // 2] = 0.0
+    return w
+
+
+@pytest.mark.parametrize("keep,m,expect", [(1, 4, (4, 1)), (2, 4, (4, 2)), (2, 8, (8, 2)), (1, 8, (8, 1)),
+                                           (4, 8, (8, 4)), (3, 8, (8, 4))])
+def test_pattern_is_the_smallest_layout_that_holds_the_mask(keep, m, expect):
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(9, 512, keep, m), "float16"))
+    assert cuda_nm.pattern(p) == expect and cuda_nm.supports(p)
+
+
+def test_unstructured_odd_widths_and_other_values_are_not_served():
+    unstructured = PackedBitmask.from_compressed(compress_tensor(sparse_weight(16, 512, 0.75, seed=1), "float16"))
+    assert cuda_nm.pattern(unstructured) is None and not cuda_nm.supports(unstructured)
+    assert not unstructured.supports(SpmmConfig(kernel="nmcu", persist=1))
+    odd = PackedBitmask.from_compressed(compress_tensor(torch.eye(4, 302), "float16"))  # K % 4 != 0
+    assert cuda_nm.pattern(odd) is None
+    w = nm_weight(8, 256, 1, 4)
+    assert not cuda_nm.supports(PackedBitmask.from_compressed(compress_tensor(w, "int4")))
+    assert not cuda_nm.supports(PackedBitmask.from_compressed(compress_tensor(w, "int8", group_size=128)))
+    fp16 = PackedBitmask.from_compressed(compress_tensor(w, "float16"))
+    assert cuda_nm.supports(fp16, torch.float16) and not cuda_nm.supports(fp16, torch.bfloat16)
+    assert not cuda_nm.supports(fp16, batch=2)
+    with pytest.raises(ValueError, match="N:M"):
+        cuda_nm.gemv_host(torch.randn(1, 512).half(), unstructured)
+    with pytest.raises(ValueError, match="batch 1"):
+        cuda_nm.gemv_host(torch.randn(2, 256).half(), fp16)
+
+
+@pytest.mark.parametrize("keep,m,values,act,n,k", [
+    (1, 4, "float16", torch.float16, 37, 300),      # K = 300: 75 groups, padded to a whole step
+    (2, 4, "bfloat16", torch.bfloat16, 17, 512),
+    (2, 8, "int8", torch.float16, 23, 640),         # per-row scales
+    (1, 8, "float16", torch.float16, 9, 4096),      # many steps per row
+    (4, 8, "int8", torch.bfloat16, 5, 1032),
+    (3, 8, "float16", torch.float16, 6, 1032),      # 3 of 8 kept: served by the 4-slot layout
+])
+@pytest.mark.parametrize("unroll", [1, 2, 4])
+def test_host_build_matches_the_dense_reference(keep, m, values, act, n, k, unroll):
+    ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(1, k).to(act)
+    ref = x.double() @ decompress(ct, torch.float64).T
+    y = cuda_nm.gemv_host(x, p, unroll=unroll)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    assert y[0, n // 2].item() == 0.0  # the all-zero row
+
+
+def test_layout_slots_hold_every_nonzero_and_few_bytes():
+    """Every nonzero lands in one slot (the values' sum is kept, no slot holds two); 1:4 at K = 4096 reads 2.25
+    bytes per kept fp16 position, 2:8 2.5 (grp8cu's layout: > 3 per nonzero)."""
+    for keep, m, most in ((1, 4, 2.25), (2, 8, 2.5)):
+        w = nm_weight(64, 4096, keep, m, seed=2)
+        w[w.shape[0] // 2, :m] = 0.0
+        p = PackedBitmask.from_compressed(compress_tensor(w, "float16"))
+        vals, idx = cuda_nm.layout(p)
+        nnz = int((w != 0).sum())
+        assert int((vals != 0).sum()) == nnz
+        torch.testing.assert_close(vals.float().sum(), w.half().float().sum(), rtol=1e-3, atol=1e-2)
+        assert cuda_nm.nbytes(p) / (64 * 4096 * keep // m) == most
+        assert 3.0 < p.nbytes(kernel="grp8cu") / nnz
+        assert p.nbytes(kernel="nmcu") == cuda_nm.nbytes(p)
+        assert idx.dtype == (torch.int16 if m == 4 else torch.int32)
+
+
+def test_config_rules_keys_and_candidates(monkeypatch):
+    from sparselm.runtime import gpu_backend
+
+    assert SpmmConfig(kernel="nmcu", num_warps=16, persist=2, unroll=2).key() == "nmcu-w16p2-u2"
+    for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, unroll=8), dict(persist=1, smem=False),
+                dict(persist=1, num_warps=33), dict(persist=1, slots=16), dict(persist=1, split_k=2)):
+        with pytest.raises(ValueError, match="nmcu|smem"):
+            SpmmConfig(kernel="nmcu", **bad)
+    monkeypatch.setattr(cuda_nm, "available", lambda: True)
+    cfgs = gpu_backend.nmcu_configs()
+    assert cfgs and all(c.kernel == "nmcu" for c in cfgs) and len({c.key() for c in cfgs}) == len(cfgs)
+    assert all(c.key() in {x.key() for x in gpu_backend.candidate_configs(1)} for c in cfgs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_unavailable_without_a_gpu_says_why():
+    assert not cuda_nm.available()
+    assert "no CUDA device" in cuda_nm.build_error()
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(4, 128, 1, 4), "float16"))
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cuda_nm.gemv(torch.randn(1, 128).half(), p, SpmmConfig(kernel="nmcu", persist=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("keep,m,values,act,unroll,warps", [
+    (1, 4, "float16", torch.float16, 1, 4), (2, 4, "bfloat16", torch.bfloat16, 2, 8),
+    (2, 8, "float16", torch.float16, 4, 32), (1, 8, "int8", torch.float16, 2, 16),
+    (4, 8, "int8", torch.bfloat16, 1, 4), (1, 4, "int8", torch.float16, 4, 32)])
+def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps):
+    """On a GPU machine: the nvcc build against its host emulation and the dense reference (odd shapes, an all-zero
+    row, K past the 48 KB default shared-memory window, more warps than rows)."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    for n, k in ((37, 300), (19, 14336), (5, 4096)):
+        ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(1, k, device="cuda").to(act)
+        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll))
+        ref = x.double() @ decompress(ct, torch.float32).double().T
+        tol = 1e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll).to(act).float(),
+                                   rtol=tol, atol=tol)
