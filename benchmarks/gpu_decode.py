@@ -3,12 +3,14 @@
     PYTHONPATH=src python benchmarks/gpu_decode.py --out $OUT/gpu_decode.json              # 7B shape (~2 min)
     PYTHONPATH=src python benchmarks/gpu_decode.py --layers 2 --out /tmp/d.json            # smoke
     PYTHONPATH=src python benchmarks/gpu_decode.py --model smollm2-135m --out $OUT/gpu_decode_smollm2.json
+    PYTHONPATH=src python benchmarks/gpu_decode.py --sparsities 0 --patterns 2:4,2:8,1:4 --out $OUT/d.json  # N:M
 
 Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
 "sparselm-dense-eager-ops": the same with PyTorch's eager elementwise ops), "sparselm-sparse" (the same loop
 over SparseLinear: per shape, the Triton kernel autotune measured fastest — bitmask, csr8, vc32, grp8 — or
 cuBLAS), "hf-generate" (transformers generate, dynamic cache, dense).
-Sparsity: per-layer magnitude pruning of every linear inside the blocks (embeddings / lm_head dense). Check:
+Sparsity: per-layer magnitude pruning of every linear inside the blocks (embeddings / lm_head dense), or N:M
+magnitude masks (--patterns: the nmcu kernel's case). Check:
 the sparse engine's logits vs the dense engine on the same sparse weights (max |diff| relative to max |logit|)
 and the fraction of equal greedy tokens.
 """
@@ -45,6 +47,18 @@ def prune_magnitude(model, sparsity: float) -> None:
         w.mul_(w.abs().float() > thresh)
 
 
+@torch.no_grad()
+def prune_nm(model, pattern: str) -> None:
+    """Keep the largest |w| of every N in M consecutive inputs of each block linear (N:M), in place."""
+    from sparselm.runtime.sparsify import block_linear_names
+    from sparselm.sparsity.masks import parse_pattern, select_nm
+
+    n, m = parse_pattern(pattern)
+    for name in block_linear_names(model):
+        w = model.get_submodule(name).weight
+        w.mul_(~select_nm(w.abs().float(), n, m))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_decode.json"))
@@ -52,6 +66,8 @@ def main() -> None:
     ap.add_argument("--model", default="", help="a bundled real model instead (e.g. smollm2-135m: its package "
                     "must be installed)")
     ap.add_argument("--sparsities", default="0,0.5,0.7,0.75,0.8")
+    ap.add_argument("--patterns", default="", help="then N:M masks, least sparse first, e.g. 2:4,2:8,1:4 (each "
+                    "prunes the previous weights further; rows carry mask = the pattern)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
@@ -88,12 +104,17 @@ def main() -> None:
     rows, checks = [], []
     max_len = 16 + args.new_tokens + 8
     hf_done = False
-    for s in [float(x) for x in args.sparsities.split(",")]:
-        print(f"[{time.time() - t0:.0f}s] sparsity {s}", flush=True)
-        prune_magnitude(model, s)
+    plan = [(float(x), "magnitude") for x in args.sparsities.split(",") if x] + [
+        (1 - int(p.split(":")[0]) / int(p.split(":")[1]), p.strip()) for p in args.patterns.split(",") if p]
+    for s, mask in plan:
+        print(f"[{time.time() - t0:.0f}s] sparsity {s} ({mask})", flush=True)
+        if mask == "magnitude":
+            prune_magnitude(model, s)
+        else:
+            prune_nm(model, mask)
         dec = StaticDecoder(model, max_len=max_len)
         tps = dec.tokens_per_second(16, args.new_tokens)
-        rows.append({"model": name, "sparsity": s, "engine": "sparselm-dense", "values": "float16",
+        rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-dense", "values": "float16",
                      "tokens_per_s": round(tps, 1)})
         if s == 0:  # the same loop with eager elementwise ops: what the fused Triton kernels save
             eager = StaticDecoder(model, max_len=max_len, fused_ops=False)
@@ -138,12 +159,13 @@ def main() -> None:
             same = int((gen != ref_gen).nonzero()[0, 0]) if bool((gen != ref_gen).any()) else gen.numel()
             steps = slice(1, max(2, min(same + 1, logits.shape[0])))
             ddiff = (logits[steps] - ref_logits[steps]).abs().max().item() / scale
-            rows.append({"model": name, "sparsity": s, "engine": "sparselm-sparse", "values": vdt,
+            rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse", "values": vdt,
                          "tokens_per_s": round(tps, 1), "dispatch": paths})
-            checks.append({"sparsity": s, "values": vdt, "first_step_logit_maxdiff_rel": diff,
+            checks.append({"sparsity": s, "mask": mask, "values": vdt, "first_step_logit_maxdiff_rel": diff,
                            "decode_logit_maxdiff_rel": ddiff, "identical_prefix_tokens": same,
                            "token_agreement_32": agree})
-            dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r["engine"] == "sparselm-dense"][0]
+            dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r.get("mask") == mask
+                         and r["engine"] == "sparselm-dense"][0]
             print(f"s={s:.2f} sparse engine ({vdt}) {tps:7.1f} tok/s = {tps / dense_tps:.2f}x dense engine; "
                   f"decode logit diff {ddiff:.1e} (first {same} tokens equal), token agreement {agree:.2f}",
                   flush=True)
