@@ -88,6 +88,10 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     from sparselm.runtime import gpu_backend
 
     assert SpmmConfig(kernel="nmcu", num_warps=16, persist=2, unroll=2).key() == "nmcu-w16p2-u2"
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=2)) == 2
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4)) == 2
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=4)) == 1
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=3)) == 1
     for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, unroll=8), dict(persist=1, smem=False),
                 dict(persist=1, num_warps=33), dict(persist=1, slots=16), dict(persist=1, split_k=2)):
         with pytest.raises(ValueError, match="nmcu|smem"):
@@ -111,17 +115,18 @@ def test_unavailable_without_a_gpu_says_why():
 @pytest.mark.parametrize("keep,m,values,act,unroll,warps", [
     (1, 4, "float16", torch.float16, 1, 4), (2, 4, "bfloat16", torch.bfloat16, 2, 8),
     (2, 8, "float16", torch.float16, 4, 32), (1, 8, "int8", torch.float16, 2, 16),
-    (4, 8, "int8", torch.bfloat16, 1, 4), (1, 4, "int8", torch.float16, 4, 32)])
+    (4, 8, "int8", torch.bfloat16, 1, 4), (1, 4, "int8", torch.float16, 4, 32), (1, 4, "float16", torch.float16, 2, 32),
+    (2, 8, "bfloat16", torch.bfloat16, 1, 32)])
 def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps):
     """On a GPU machine: the nvcc build against its host emulation and the dense reference (odd shapes, an all-zero
     row, K past the 48 KB default shared-memory window, more warps than rows)."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
-    for n, k in ((37, 300), (19, 14336), (5, 4096)):
+    for n, k in ((37, 304), (19, 14336), (5, 4096)):
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll))
+        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll))  # 32 x 2: 32 regs
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol

@@ -190,8 +190,9 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 
 
 # nmcu (nm_gemv.cu): N:M masks only (autotune's supports() check skips it on any other matrix), so it costs an
-# unstructured model nothing. (warps per block, blocks per SM) x steps per load round
-NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4))
+# unstructured model nothing. (warps per block, blocks per SM) x steps per load round; 2048 threads per SM or more
+# get the 32-register build (cuda_nm.min_blocks)
+NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
 
 
 def nmcu_configs() -> list[SpmmConfig]:

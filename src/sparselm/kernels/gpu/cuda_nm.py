@@ -35,8 +35,8 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_nm_launch.restype = i32
-        # (vt, xt, m, n, unroll), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
-        lib.sl_nm_launch.argtypes = [i32] * 5 + [vp] * 5 + [i32] * 6 + [vp]
+        # (vt, xt, m, n, unroll, minb), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
+        lib.sl_nm_launch.argtypes = [i32] * 6 + [vp] * 5 + [i32] * 6 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
@@ -59,6 +59,12 @@ def check_config(cfg) -> None:
             and not (cfg.lean or cfg.col16 or cfg.use_dot)):
         raise ValueError(f"SpmmConfig nmcu: block_b 1, num_warps 1-32, persist (blocks per SM) >= 1, unroll in "
                          f"{UNROLLS}, no slots / split_k / lean / col16 / use_dot / smem=False; got {cfg}")
+
+
+def min_blocks(cfg) -> int:
+    """Blocks per SM the kernel is compiled to keep resident: 2 (a 32-register build, no spills at 1-2 steps per
+    round) where the config asks for 2048 threads per SM or more, else 1."""
+    return 2 if 32 * cfg.num_warps * cfg.persist >= 2048 and cfg.unroll <= 2 else 1
 
 
 def _mask(p) -> torch.Tensor:
@@ -178,7 +184,8 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     scales = _scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, x.data_ptr(), vals.data_ptr(),
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, min_blocks(cfg), x.data_ptr(),
+                            vals.data_ptr(),
                             idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
                             _steps(p), kx(p), blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
     if code != 0:

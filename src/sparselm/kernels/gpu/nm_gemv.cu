@@ -107,9 +107,11 @@ struct NMArgs {
 
 #ifdef __CUDACC__
 // Persistent blocks: x staged as float32 (zeros past K), then warp w takes rows w, w + all warps, ...; lane 0 of the
-// row's warp writes y[row].
-template <int VT, int XT, int M, int N, int U>
-__global__ void __launch_bounds__(1024, 1) nm_gemv_kernel(const NMArgs a) {
+// row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2 steps per round) caps the kernel at
+// 32 registers so that two 1024-thread blocks stay resident: the first H200 timing ran at 2.3-2.6 TB/s against
+// grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills at 32 with U <= 2).
+template <int VT, int XT, int M, int N, int U, int MINB>
+__global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ float xsf[];
   for (int i = threadIdx.x; i < a.kx; i += blockDim.x) xsf[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
   __syncthreads();
@@ -122,49 +124,53 @@ __global__ void __launch_bounds__(1024, 1) nm_gemv_kernel(const NMArgs a) {
   }
 }
 
-template <int VT, int XT, int M, int N, int U>
+template <int VT, int XT, int M, int N, int U, int MINB = 1>
 static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
   const size_t smem = (size_t)a.kx * 4;
-  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U>, smem, &opted)) return e;
-  nm_gemv_kernel<VT, XT, M, N, U><<<blocks, threads, smem, stream>>>(a);
+  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB>, smem, &opted)) return e;
+  nm_gemv_kernel<VT, XT, M, N, U, MINB><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
 template <int VT, int XT, int M, int N>
-static int nm_unrolled(const NMArgs& a, int unroll, int blocks, int threads, cudaStream_t s) {
-  switch (unroll) {
-    case 1: return nm_launch<VT, XT, M, N, 1>(a, blocks, threads, s);
-    case 2: return nm_launch<VT, XT, M, N, 2>(a, blocks, threads, s);
-    case 4: return nm_launch<VT, XT, M, N, 4>(a, blocks, threads, s);
+static int nm_unrolled(const NMArgs& a, int unroll, int minb, int blocks, int threads, cudaStream_t s) {
+  switch (unroll * 10 + minb) {
+    case 11: return nm_launch<VT, XT, M, N, 1>(a, blocks, threads, s);
+    case 21: return nm_launch<VT, XT, M, N, 2>(a, blocks, threads, s);
+    case 41: return nm_launch<VT, XT, M, N, 4>(a, blocks, threads, s);
+    case 12: return nm_launch<VT, XT, M, N, 1, 2>(a, blocks, threads, s);
+    case 22: return nm_launch<VT, XT, M, N, 2, 2>(a, blocks, threads, s);
     default: return -1;
   }
 }
 
 template <int VT, int XT>
-static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int blocks, int threads, cudaStream_t s) {
+static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int blocks, int threads, cudaStream_t s) {
   switch (m * 10 + n) {
-    case 41: return nm_unrolled<VT, XT, 4, 1>(a, unroll, blocks, threads, s);
-    case 42: return nm_unrolled<VT, XT, 4, 2>(a, unroll, blocks, threads, s);
-    case 81: return nm_unrolled<VT, XT, 8, 1>(a, unroll, blocks, threads, s);
-    case 82: return nm_unrolled<VT, XT, 8, 2>(a, unroll, blocks, threads, s);
-    case 84: return nm_unrolled<VT, XT, 8, 4>(a, unroll, blocks, threads, s);
+    case 41: return nm_unrolled<VT, XT, 4, 1>(a, unroll, minb, blocks, threads, s);
+    case 42: return nm_unrolled<VT, XT, 4, 2>(a, unroll, minb, blocks, threads, s);
+    case 81: return nm_unrolled<VT, XT, 8, 1>(a, unroll, minb, blocks, threads, s);
+    case 82: return nm_unrolled<VT, XT, 8, 2>(a, unroll, minb, blocks, threads, s);
+    case 84: return nm_unrolled<VT, XT, 8, 4>(a, unroll, minb, blocks, threads, s);
     default: return -1;
   }
 }
 
 // y (1, N) = x (1, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots per
-// group); unroll 1, 2 or 4 steps per load round. Returns a cudaError_t (0 = launched) or -1 when unsupported.
-extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, const void* x, const void* vals,
+// group); unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register build, unroll 1 or 2). Returns a
+// cudaError_t (0 = launched) or -1 when unsupported.
+extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, int minb, const void* x, const void* vals,
                             const void* idx, const void* scales, void* y, int N, int K, int steps, int kx,
                             int blocks, int threads, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, unroll, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, unroll, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return nm_pattern<VT_I8, XT_BF16>(a, m, n, unroll, blocks, threads, s);
+  const int u = unroll;
+  if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, u, minb, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, u, minb, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, u, minb, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_pattern<VT_I8, XT_BF16>(a, m, n, u, minb, blocks, threads, s);
   return -1;
 }
 
