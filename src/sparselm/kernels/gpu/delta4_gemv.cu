@@ -208,11 +208,9 @@ struct D4Args {
 // ptxas then spills 28 bytes per thread with 16-bit values, none with int8 (sm_90, nvcc 13). Untimed.
 template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1>
 __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
-  extern __shared__ float xsf[];
-  if (SMEM) {  // x as float32, converted once per block
-    for (int i = threadIdx.x; i < a.K; i += blockDim.x) xsf[i] = act_to_float<XT>(a.x[i]);
-    __syncthreads();
-  }
+  extern __shared__ float4 xs4f[];
+  float* xsf = reinterpret_cast<float*>(xs4f);
+  if (SMEM) stage_x_f32<XT>(xsf, a.x, a.K, a.K);  // x as float32, converted once per block
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xsf)
                                  : reinterpret_cast<const unsigned char*>(a.x);
   constexpr int G = 32 / L;

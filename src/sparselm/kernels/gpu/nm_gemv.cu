@@ -112,9 +112,9 @@ struct NMArgs {
 // grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills at 32 with U <= 2).
 template <int VT, int XT, int M, int N, int U, int MINB>
 __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
-  extern __shared__ float xsf[];
-  for (int i = threadIdx.x; i < a.kx; i += blockDim.x) xsf[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
-  __syncthreads();
+  extern __shared__ float4 xs4f[];  // float4: 16-byte aligned for the staging's vector stores
+  float* xsf = reinterpret_cast<float*>(xs4f);
+  stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
     float acc = nm_lane<VT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
