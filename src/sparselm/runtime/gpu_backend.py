@@ -158,11 +158,12 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
             for w, pb, sm in shapes for u in unrolls if 32 * w * _GRP8CU_REGS[u] <= 65536]
 
 
-# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): correct on
-# the H200 but slower than grp8cu (session 21, after the two-plane values: 0.84-1.0x at batch 1, ahead on one case
-# of 35; 0.39-0.83x at batch 2-8; gpu_kernels_decode_d4cu_planes.json), so still opt-in. grp8cu's batch-1 launch
-# shapes, and with x staged also 16 or 8 lanes per row (slots; measured no faster, gpu_kernels_decode_d4cu_lanes.json);
-# batches 2-8 stage 4 K B bytes of x per block, so fewer, larger blocks; 1 or 2 chunks per load step
+# d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): after x was
+# staged with 16-byte loads (session 22) it ties or beats grp8cu on the wide shapes and at 50% (1.03-1.07x on
+# 4096 x 11008 / 14336, 13 of 35 batch-1 cases; gpu_kernels_decode_d4cu_stage.json), so batch 1 is a default
+# candidate; batches 2-8 stay opt-in (SPARSELM_D4CU=1: 0.40-0.83x grp8cu). grp8cu's batch-1 launch shapes, and with x
+# staged also 16 or 8 lanes per row (slots); batches 2-8 stage 4 K B bytes of x per block, so fewer, larger blocks;
+# 1 or 2 chunks per load step
 D4CU_BATCHED = ((16, 1, True), (32, 1, True), (16, 2, True))
 # registers per thread by (padded batch, unroll) (nvcc 13 -Xptxas -v, sm_90, the largest over value types): a
 # 32-warp block needs <= 64 (batch 8 with 2 chunks per step, 72, failed to launch on the H200: "too many resources")
@@ -171,11 +172,11 @@ D4CU_REGS = {(1, 1): 40, (1, 2): 63, (2, 1): 40, (2, 2): 55, (4, 1): 40, (4, 2):
 
 def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
     """The d4cu candidates for padded batch 1, 2, 4 or 8 ([] where nvcc cannot build the kernel for this GPU).
-    Opt-in (SPARSELM_D4CU=1): its GPU build passes its tests, but no timing so far has it ahead of grp8cu, and each
-    candidate costs autotune time."""
+    Batches 2-8 only with SPARSELM_D4CU=1: no timing has them ahead of grp8cu, and each candidate costs autotune
+    time."""
     from sparselm.kernels.gpu import cuda_delta4
 
-    if os.environ.get("SPARSELM_D4CU") != "1":
+    if batch > 1 and os.environ.get("SPARSELM_D4CU") != "1":
         return []
     if batch not in cuda_delta4.BATCHES or not cuda_delta4.available():
         return []
