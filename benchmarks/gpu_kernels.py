@@ -213,6 +213,8 @@ def plot(path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     data = json.loads(path.read_text())
+    if all(":" in r["mask"] for r in data["rows"]):
+        return plot_nm(data, path.with_suffix(".png"))  # the N:M grid: kernels side by side per shape and pattern
     if len({r["sparsity"] for r in data["rows"]}) <= 3 and min(r["batch"] for r in data["rows"]) > 1:
         return plot_batched(data, path.with_suffix(".png"))  # the batched grid: speedup vs batch
     shapes = sorted({(r["N"], r["K"]) for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"
@@ -236,6 +238,32 @@ def plot(path: Path) -> Path:
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
     plot_bytes_bound(data, path.with_name(path.stem + "_bytes.png"))
+    return out
+
+
+def plot_nm(data: dict, out: Path) -> Path:
+    """N:M masks: per (pattern, values) panel, each kernel family's best speedup over cuBLAS per shape (from each
+    row's best_ms_by_kernel, same run), with the byte ceiling of the nmcu layout (2 bytes per weight / its bytes)."""
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(r["mask"], r["values"]) for r in data["rows"]})
+    fams = sorted({f for r in data["rows"] for f in r["best_ms_by_kernel"]})
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 4.2), squeeze=False)
+    for ax, (mask, vals) in zip(axes.flat, cases):
+        rows = [r for r in data["rows"] if (r["mask"], r["values"]) == (mask, vals)]
+        for i, fam in enumerate(fams):
+            ys = [r["dense_ms"] / r["best_ms_by_kernel"][fam] if fam in r["best_ms_by_kernel"] else 0 for r in rows]
+            ax.bar([j + 0.8 * i / len(fams) for j in range(len(rows))], ys, width=0.8 / len(fams), label=fam)
+        n_, m_ = (int(v) for v in mask.split(":"))
+        per_weight = n_ / m_ * ((1 if vals == "int8" else 2) + (2 if m_ == 4 else 4) / 8)
+        ax.axhline(2 / per_weight, color="r", ls="--", lw=0.8, label="nmcu byte ceiling")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(range(len(rows)), [f"{r['N']}x{r['K']}" for r in rows], rotation=45, fontsize=7)
+        ax.set(title=f"{mask} ({100 * rows[0]['sparsity']:.0f}%), {vals}", ylabel="speedup vs cuBLAS fp16 (x)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"batch 1, N:M masks, {data.get('device', '')}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
     return out
 
 
