@@ -85,13 +85,19 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, smem: bool =
     """K <= 65536; fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales or none) with either;
     batch (the padded one) in BATCHES, with x's 4 K batch bytes fitting in one block's shared memory when staged
     (smem; always when batch > 1). Not int4 codes or per-group scales (grp8cu serves those)."""
-    n, k = p.shape
-    if k > MAX_K or p.values.dtype not in _VT:
+    k = p.shape[1]
+    if k > MAX_K or batch not in BATCHES or ((smem or batch > 1) and 4 * k * batch > smem_limit()):
         return False
-    if batch not in BATCHES or ((smem or batch > 1) and 4 * k * batch > smem_limit()):
+    return serves_values(p, x_dtype)
+
+
+def serves_values(p, x_dtype: torch.dtype | None = None) -> bool:
+    """The values the float32-staging kernels decode (d4cu, nmcu): fp16 with fp16 x, bf16 with bf16, int8 codes of 8
+    bits with per-row scales or none, with either."""
+    if p.values.dtype not in _VT:
         return False
     if p.values.dtype == torch.int8 and ((p._ct is not None and p._ct.bits != 8) or
-                                         (p.scales is not None and p.scales.numel() != n)):
+                                         (p.scales is not None and p.scales.numel() != p.shape[0])):
         return False
     if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
         return False
@@ -176,7 +182,8 @@ def _check(x: torch.Tensor, p, batch: int, smem: bool = True) -> None:
                          f"K {k}, batch {batch}, values {p.values.dtype}, x {x.dtype}")
 
 
-def _scales(p, device) -> torch.Tensor | None:
+def row_scales(p, device) -> torch.Tensor | None:
+    """Per-row scales as the kernels read them (float32 (N,)), or None."""
     return None if p.scales is None else p.scales.reshape(-1).float().contiguous().to(device)
 
 
@@ -189,7 +196,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     lib, y = _LIB.prepare("d4cu", x, p, out)
     x = x.contiguous()
     vals, steps, base, cptr = layout(p)
-    scales = _scales(p, x.device)
+    scales = row_scales(p, x.device)
     rows_per_block = cfg.num_warps * (32 // cfg.slots)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // rows_per_block)))
@@ -218,7 +225,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, smem: bool = True, batch: int
     n, k = p.shape
     x = x.contiguous().cpu()
     vals, steps, base, cptr = (t.cpu() for t in layout(p))
-    scales = _scales(p, "cpu")
+    scales = row_scales(p, "cpu")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     code = lib.sl_d4_host(_VT[p.values.dtype], _XT[x.dtype], batch, int(smem), unroll, lanes, x.data_ptr(),
                           vals.data_ptr(),

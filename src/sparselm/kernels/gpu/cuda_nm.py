@@ -20,6 +20,7 @@ import torch
 
 from sparselm.compress.format import CompressedTensor, unpack_mask
 from sparselm.kernels.gpu import cuda_build
+from sparselm.kernels.gpu.cuda_delta4 import row_scales, serves_values
 from sparselm.kernels.gpu.cuda_grp8 import smem_limit
 
 _SOURCE = Path(__file__).with_name("nm_gemv.cu")
@@ -111,13 +112,7 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
     or none) with either; x's padded float32 copy within one block's shared memory."""
     if batch != 1 or pattern(p) is None or 4 * kx(p) > smem_limit():
         return False
-    n = p.shape[0]
-    if p.values.dtype == torch.int8 and ((p._ct is not None and p._ct.bits != 8) or
-                                         (p.scales is not None and p.scales.numel() != n)):
-        return False
-    if x_dtype is not None and (x_dtype not in _XT or (p.values.dtype != torch.int8 and p.values.dtype != x_dtype)):
-        return False
-    return True
+    return serves_values(p, x_dtype)
 
 
 def layout(p) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +163,6 @@ def _check(x: torch.Tensor, p) -> None:
                          f"{p.values.dtype}, x {x.dtype}")
 
 
-def _scales(p, device) -> torch.Tensor | None:
-    return None if p.scales is None else p.scales.reshape(-1).float().contiguous().to(device)
-
-
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (1, N) = x W^T on the GPU: cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.unroll steps per
     load round."""
@@ -181,7 +172,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     x = x.contiguous()
     vals, idx = layout(p)
     m, s = pattern(p)
-    scales = _scales(p, x.device)
+    scales = row_scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, min_blocks(cfg), x.data_ptr(),
@@ -205,7 +196,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
     x = x.contiguous().cpu()
     vals, idx = (t.cpu() for t in layout(p))
     m, s = pattern(p)
-    scales = _scales(p, "cpu")
+    scales = row_scales(p, "cpu")
     y = torch.empty(1, n, dtype=torch.float32)
     code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, unroll, x.data_ptr(), vals.data_ptr(),
                           idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
