@@ -140,6 +140,10 @@ def main() -> None:
             continue
         variants = [("float16", None)] + ([("int8", None)] if args.int8 and s == 0.75 else []) + (
             [("int4", 128)] if args.int4 and s == 0.75 else [])  # quantized: logits differ by quantization error
+        # the pruned fp16 weights, restored after each variant: densify() returns a quantized variant's rounded
+        # values, which would make the next variant's reference (and its logit check) the rounded model
+        from sparselm.runtime.sparsify import block_linear_names
+        kept = {n_: model.get_submodule(n_).weight.detach().clone() for n_ in block_linear_names(model)}
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
@@ -170,6 +174,10 @@ def main() -> None:
                   f"decode logit diff {ddiff:.1e} (first {same} tokens equal), token agreement {agree:.2f}",
                   flush=True)
             densify(model, torch.float16)
+            with torch.no_grad():
+                for n_, w in kept.items():
+                    model.get_submodule(n_).weight.copy_(w)
+        del kept
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"partial": True, "rows": rows, "checks": checks}, indent=1))
     res = {"device": torch.cuda.get_device_name(), "rows": rows, "checks": checks, "batch": 1,
