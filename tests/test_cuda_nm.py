@@ -132,3 +132,26 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps):
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
         torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll).to(act).float(),
                                    rtol=tol, atol=tol)
+
+
+def test_a_model_pruned_n_m_is_served_after_sparsify():
+    """The user's path: prune a model 1:4 (any pruner), sparsify it; each block linear's packed matrix is recognized
+    as N:M (M = 4, one slot per group) and the kernel matches its dense product; an unstructured 75% model is not."""
+    from tiny_models import tiny
+
+    from sparselm.pruning.driver import prune_model
+    from sparselm.runtime import sparsify
+
+    for pattern, sparsity, served in (("1:4", None, True), (None, 0.75, False)):
+        model = tiny("llama").half()
+        prune_model(model, method="magnitude", sparsity=sparsity, pattern=pattern, progress=False)
+        sparsify(model)
+        layers = [m for m in model.modules() if type(m).__name__ == "SparseLinear"]
+        assert layers
+        for layer in layers:
+            p = PackedBitmask.from_compressed(layer.compressed)
+            assert (cuda_nm.pattern(p) == (4, 1)) == served
+            if served:
+                x = torch.randn(1, p.shape[1]).half()
+                ref = x.double() @ layer.dense_weight(torch.float32).double().T
+                torch.testing.assert_close(cuda_nm.gemv_host(x, p).double(), ref, rtol=1e-4, atol=1e-4)
