@@ -321,7 +321,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_kernels.json"))
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
-    ap.add_argument("--grid", choices=["full", "decode", "batched", "nm"], default="full", help="which cases (see grid())")
+    ap.add_argument("--grid", choices=["full", "decode", "batched", "nm"], default="full",
+                    help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--pipelined", action="store_true",
                     help="also the non-default candidates: persistent pipelined batch-1 configs")
