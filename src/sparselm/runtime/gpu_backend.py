@@ -160,7 +160,7 @@ def grp8cu_configs(shapes=GRP8CU_B1, unrolls=GRP8CU_UNROLL) -> list[SpmmConfig]:
 
 # d4cu (delta4_gemv.cu: 4-bit column steps, 2.68 bytes per fp16 nonzero at 75% against grp8cu's 3.26): after x was
 # staged with 16-byte loads (session 22) it ties or beats grp8cu on the wide shapes and at 50% (1.03-1.07x on
-# 4096 x 11008 / 14336, 13 of 35 batch-1 cases; gpu_kernels_decode_d4cu_stage.json), so batch 1 is a default
+# 4096 x 11008 / 14336, 14 of 35 batch-1 cases; gpu_kernels_decode_d4cu_stage.json), so batch 1 is a default
 # candidate; batches 2-8 stay opt-in (SPARSELM_D4CU=1: 0.40-0.83x grp8cu). grp8cu's batch-1 launch shapes, and with x
 # staged also 16 or 8 lanes per row (slots); batches 2-8 stage 4 K B bytes of x per block, so fewer, larger blocks;
 # 1 or 2 chunks per load step
