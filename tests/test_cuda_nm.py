@@ -56,13 +56,13 @@ def test_unstructured_odd_widths_and_other_values_are_not_served():
     (4, 8, "int8", torch.bfloat16, 5, 1032),
     (3, 8, "float16", torch.float16, 6, 1032),      # 3 of 8 kept: served by the 4-slot layout
 ])
-@pytest.mark.parametrize("unroll", [1, 2, 4])
-def test_host_build_matches_the_dense_reference(keep, m, values, act, n, k, unroll):
+@pytest.mark.parametrize("unroll,x16", [(1, False), (2, False), (4, False), (2, True)])
+def test_host_build_matches_the_dense_reference(keep, m, values, act, n, k, unroll, x16):
     ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values)
     p = PackedBitmask.from_compressed(ct)
     x = torch.randn(1, k).to(act)
     ref = x.double() @ decompress(ct, torch.float64).T
-    y = cuda_nm.gemv_host(x, p, unroll=unroll)
+    y = cuda_nm.gemv_host(x, p, unroll=unroll, x16=x16)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
     assert y[0, n // 2].item() == 0.0  # the all-zero row
 
@@ -88,6 +88,10 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     from sparselm.runtime import gpu_backend
 
     assert SpmmConfig(kernel="nmcu", num_warps=16, persist=2, unroll=2).key() == "nmcu-w16p2-u2"
+    assert SpmmConfig(kernel="nmcu", num_warps=16, persist=2, x16=True).key() == "nmcu-w16p2-x16"
+    for other in (dict(kernel="grp8cu", vec=4, persist=1), dict(kernel="d4cu", persist=1), dict()):
+        with pytest.raises(ValueError, match="x16"):
+            SpmmConfig(x16=True, **other)
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=2)) == 2
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4)) == 2
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=4)) == 1
@@ -112,12 +116,13 @@ def test_unavailable_without_a_gpu_says_why():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
-@pytest.mark.parametrize("keep,m,values,act,unroll,warps", [
-    (1, 4, "float16", torch.float16, 1, 4), (2, 4, "bfloat16", torch.bfloat16, 2, 8),
-    (2, 8, "float16", torch.float16, 4, 32), (1, 8, "int8", torch.float16, 2, 16),
-    (4, 8, "int8", torch.bfloat16, 1, 4), (1, 4, "int8", torch.float16, 4, 32), (1, 4, "float16", torch.float16, 2, 32),
-    (2, 8, "bfloat16", torch.bfloat16, 1, 32)])
-def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps):
+@pytest.mark.parametrize("keep,m,values,act,unroll,warps,x16", [
+    (1, 4, "float16", torch.float16, 1, 4, False), (2, 4, "bfloat16", torch.bfloat16, 2, 8, False),
+    (2, 8, "float16", torch.float16, 4, 32, False), (1, 8, "int8", torch.float16, 2, 16, False),
+    (4, 8, "int8", torch.bfloat16, 1, 4, False), (1, 4, "int8", torch.float16, 4, 32, False),
+    (1, 4, "float16", torch.float16, 2, 32, False), (2, 8, "bfloat16", torch.bfloat16, 1, 32, False),
+    (1, 4, "float16", torch.float16, 2, 32, True), (2, 8, "int8", torch.bfloat16, 1, 16, True)])
+def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x16):
     """On a GPU machine: the nvcc build against its host emulation and the dense reference (odd shapes, an all-zero
     row, K past the 48 KB default shared-memory window, more warps than rows)."""
     if not cuda_nm.available():
@@ -126,12 +131,13 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps):
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll))  # 32 x 2: 32 regs
+        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16)  # 32 x 2: 32 registers
+        y = cuda_nm.gemv(x, p, cfg)
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll).to(act).float(),
-                                   rtol=tol, atol=tol)
+        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, x16=x16)
+                                   .to(act).float(), rtol=tol, atol=tol)
 
 
 def test_a_model_pruned_n_m_is_served_after_sparsify():

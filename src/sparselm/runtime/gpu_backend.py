@@ -191,8 +191,9 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 
 
 # nmcu (nm_gemv.cu): N:M masks only (autotune's supports() check skips it on any other matrix), so it costs an
-# unstructured model nothing. (warps per block, blocks per SM) x steps per load round; 2048 threads per SM or more
-# get the 32-register build (cuda_nm.min_blocks)
+# unstructured model nothing. (warps per block, blocks per SM) x steps per load round x (x staged as float32, or
+# as 16-bit activations: untimed when written); 2048 threads per SM or more get the 32-register build
+# (cuda_nm.min_blocks)
 NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
 
 
@@ -202,8 +203,8 @@ def nmcu_configs() -> list[SpmmConfig]:
 
     if not cuda_nm.available():
         return []
-    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u) for w, pb in NMCU_B1
-            for u in cuda_nm.UNROLLS]
+    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=h) for w, pb in NMCU_B1
+            for u in cuda_nm.UNROLLS for h in (False, True)]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

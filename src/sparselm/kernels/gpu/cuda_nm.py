@@ -36,13 +36,13 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_nm_launch.restype = i32
-        # (vt, xt, m, n, unroll, minb), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
-        lib.sl_nm_launch.argtypes = [i32] * 6 + [vp] * 5 + [i32] * 6 + [vp]
+        # (vt, xt, m, n, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
+        lib.sl_nm_launch.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 6 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
-        lib.sl_nm_host.argtypes = [i32] * 5 + [vp] * 5 + [i32] * 4
+        lib.sl_nm_host.argtypes = [i32] * 6 + [vp] * 5 + [i32] * 4
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -52,8 +52,9 @@ build_error = _LIB.build_error
 
 
 def check_config(cfg) -> None:
-    """SpmmConfig's rules for kernel "nmcu": batch 1, x staged; num_warps = warps per block (1-32), persist =
-    blocks per SM (>= 1), unroll = steps per load round (1, 2, 4); no other kernel's fields."""
+    """SpmmConfig's rules for kernel "nmcu": batch 1, x staged (x16: as 16-bit activations, else float32);
+    num_warps = warps per block (1-32), persist = blocks per SM (>= 1), unroll = steps per load round (1, 2, 4); no
+    other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b == 1 and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
             and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
@@ -107,10 +108,10 @@ def kx(p) -> int:
     return _steps(p) * STEP // s * m
 
 
-def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1) -> bool:
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False) -> bool:
     """Batch 1; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales
-    or none) with either; x's padded float32 copy within one block's shared memory."""
-    if batch != 1 or pattern(p) is None or 4 * kx(p) > smem_limit():
+    or none) with either; x's padded copy (float32, or 16-bit with x16) within one block's shared memory."""
+    if batch != 1 or pattern(p) is None or (2 if x16 else 4) * kx(p) > smem_limit():
         return False
     return serves_values(p, x_dtype)
 
@@ -152,11 +153,11 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p) -> None:
+def _check(x: torch.Tensor, p, x16: bool = False) -> None:
     k = p.shape[1]
     if x.dim() != 2 or x.shape != (1, k):
         raise ValueError(f"nmcu: x must be (1, {k}) (batch 1), got {tuple(x.shape)}")
-    if not supports(p, x.dtype):
+    if not supports(p, x.dtype, x16=x16):
         raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
                          f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
                          f"/ bf16 (x bf16) / int8 with per-row scales; got pattern {pattern(p)}, values "
@@ -165,8 +166,8 @@ def _check(x: torch.Tensor, p) -> None:
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (1, N) = x W^T on the GPU: cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.unroll steps per
-    load round."""
-    _check(x, p)
+    load round, cfg.x16 x staged as 16-bit activations."""
+    _check(x, p, cfg.x16)
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out)
     x = x.contiguous()
@@ -175,8 +176,8 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     scales = row_scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, min_blocks(cfg), x.data_ptr(),
-                            vals.data_ptr(),
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, min_blocks(cfg), int(cfg.x16),
+                            x.data_ptr(), vals.data_ptr(),
                             idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
                             _steps(p), kx(p), blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
     if code != 0:
@@ -184,9 +185,10 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
-    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference."""
-    _check(x, p)
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference.
+    x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does."""
+    _check(x, p, x16)
     if unroll not in UNROLLS:
         raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")
@@ -198,7 +200,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1) -> torch.Tensor:
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
     y = torch.empty(1, n, dtype=torch.float32)
-    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, unroll, x.data_ptr(), vals.data_ptr(),
+    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, unroll, int(x16), x.data_ptr(), vals.data_ptr(),
                           idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
                           _steps(p), kx(p))
     if code != 0:

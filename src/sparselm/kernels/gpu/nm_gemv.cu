@@ -15,7 +15,9 @@
 // consecutive groups. Its index is bits [B v, B v + B) of the lane's index word 32 (r steps + t) + l (B = 2: 16-bit
 // words for M = 4; B = 4: 32-bit words for M = 8). int8 values carry per-row scales, applied to the row's sum.
 //
-// x is staged per block as float32, zero-padded to the padded groups' columns (kx = steps 256 M / N).
+// x is staged per block as float32, zero-padded to the padded groups' columns (kx = steps 256 M / N), or (X16) as its
+// 16-bit activations: half the bytes, so a warp's gathers at a slot (32 consecutive groups) spread over twice as many
+// banks (M = 4: at most 2 lanes per bank instead of 4; M = 8: 4 instead of 8), for one conversion per nonzero.
 //
 // The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, index
 // decoding and value decoders are shared with the GPU build, so CPU tests check them bit for bit.
@@ -52,9 +54,15 @@ SL_HD void nm_load(const void* vals, const void* idx, size_t step, int lane, NMS
 #endif
 }
 
+// x[col] from the staged copy: float32, or the 16-bit activations converted here.
+template <int XT>
+SL_HD float x_at(const float* xs, int col) { return xs[col]; }
+template <int XT>
+SL_HD float x_at(const uint16_t* xs, int col) { return act_to_float<XT>(xs[col]); }
+
 // The lane's 8 products of step t (its first group g0 = 32 J t + lane), in two accumulators (even / odd slots).
-template <int VT, int M, int N>
-SL_HD void nm_use(const NMStep& s, const float* xs, int g0, float& acc0, float& acc1) {
+template <int VT, int XT, int M, int N, typename XS>
+SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc1) {
   constexpr int B = M == 4 ? 2 : 4;  // index bits per slot
 #ifdef __CUDACC__
 #pragma unroll
@@ -68,16 +76,16 @@ SL_HD void nm_use(const NMStep& s, const float* xs, int g0, float& acc0, float& 
     for (int q = 0; q < 4; ++q) {
       const int slot = 4 * h + q;
       const int col = (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1));
-      if (q & 1) acc1 = fmaf(v[q], xs[col], acc1);
-      else acc0 = fmaf(v[q], xs[col], acc0);
+      if (q & 1) acc1 = fmaf(v[q], x_at<XT>(xs, col), acc1);
+      else acc0 = fmaf(v[q], x_at<XT>(xs, col), acc0);
     }
   }
 }
 
 // Lane `lane`'s partial dot product over one row's `steps` steps (the row starts at step `first`), U steps' loads
 // issued before the first use.
-template <int VT, int M, int N, int U>
-SL_HD float nm_lane(const void* vals, const void* idx, const float* xs, size_t first, int steps, int lane) {
+template <int VT, int XT, int M, int N, int U, typename XS>
+SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t first, int steps, int lane) {
   constexpr int J = 8 / N;  // groups per lane per step
   float acc0 = 0.0f, acc1 = 0.0f;
   for (int t = 0; t < steps; t += U) {
@@ -91,7 +99,7 @@ SL_HD float nm_lane(const void* vals, const void* idx, const float* xs, size_t f
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || t + u < steps) nm_use<VT, M, N>(s[u], xs, 32 * J * (t + u) + lane, acc0, acc1);
+      if (U == 1 || t + u < steps) nm_use<VT, XT, M, N>(s[u], xs, 32 * J * (t + u) + lane, acc0, acc1);
   }
   return acc0 + acc1;
 }
@@ -110,80 +118,98 @@ struct NMArgs {
 // row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2 steps per round) caps the kernel at
 // 32 registers so that two 1024-thread blocks stay resident: the first H200 timing ran at 2.3-2.6 TB/s against
 // grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills at 32 with U <= 2).
-template <int VT, int XT, int M, int N, int U, int MINB>
+template <int VT, int XT, int M, int N, int U, int MINB, bool X16>
 __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
-  extern __shared__ float4 xs4f[];  // float4: 16-byte aligned for the staging's vector stores
-  float* xsf = reinterpret_cast<float*>(xs4f);
-  stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
+  extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
+  float* xsf = reinterpret_cast<float*>(xs4);
+  uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
+  if (X16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
+    stage_x(xs4, a.x, a.K);
+    for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
+    __syncthreads();
+  } else {
+    stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
+  }
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
-    float acc = nm_lane<VT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
+    float acc = X16 ? nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)r * a.steps, a.steps, lane)
+                    : nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
   }
 }
 
-template <int VT, int XT, int M, int N, int U, int MINB = 1>
+template <int VT, int XT, int M, int N, int U, int MINB, bool X16>
 static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = (size_t)a.kx * 4;
-  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB>, smem, &opted)) return e;
-  nm_gemv_kernel<VT, XT, M, N, U, MINB><<<blocks, threads, smem, stream>>>(a);
+  const size_t smem = X16 ? ((size_t)a.kx * 2 + 15) / 16 * 16 : (size_t)a.kx * 4;
+  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, X16>, smem, &opted)) return e;
+  nm_gemv_kernel<VT, XT, M, N, U, MINB, X16><<<blocks, threads, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
-template <int VT, int XT, int M, int N>
+template <int VT, int XT, int M, int N, bool X16>
 static int nm_unrolled(const NMArgs& a, int unroll, int minb, int blocks, int threads, cudaStream_t s) {
   switch (unroll * 10 + minb) {
-    case 11: return nm_launch<VT, XT, M, N, 1>(a, blocks, threads, s);
-    case 21: return nm_launch<VT, XT, M, N, 2>(a, blocks, threads, s);
-    case 41: return nm_launch<VT, XT, M, N, 4>(a, blocks, threads, s);
-    case 12: return nm_launch<VT, XT, M, N, 1, 2>(a, blocks, threads, s);
-    case 22: return nm_launch<VT, XT, M, N, 2, 2>(a, blocks, threads, s);
+    case 11: return nm_launch<VT, XT, M, N, 1, 1, X16>(a, blocks, threads, s);
+    case 21: return nm_launch<VT, XT, M, N, 2, 1, X16>(a, blocks, threads, s);
+    case 41: return nm_launch<VT, XT, M, N, 4, 1, X16>(a, blocks, threads, s);
+    case 12: return nm_launch<VT, XT, M, N, 1, 2, X16>(a, blocks, threads, s);
+    case 22: return nm_launch<VT, XT, M, N, 2, 2, X16>(a, blocks, threads, s);
     default: return -1;
   }
 }
 
+template <int VT, int XT, int M, int N>
+static int nm_staged(const NMArgs& a, int unroll, int minb, int x16, int blocks, int threads, cudaStream_t s) {
+  return x16 ? nm_unrolled<VT, XT, M, N, true>(a, unroll, minb, blocks, threads, s)
+             : nm_unrolled<VT, XT, M, N, false>(a, unroll, minb, blocks, threads, s);
+}
+
 template <int VT, int XT>
-static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int blocks, int threads, cudaStream_t s) {
+static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int x16, int blocks, int threads,
+                      cudaStream_t s) {
   switch (m * 10 + n) {
-    case 41: return nm_unrolled<VT, XT, 4, 1>(a, unroll, minb, blocks, threads, s);
-    case 42: return nm_unrolled<VT, XT, 4, 2>(a, unroll, minb, blocks, threads, s);
-    case 81: return nm_unrolled<VT, XT, 8, 1>(a, unroll, minb, blocks, threads, s);
-    case 82: return nm_unrolled<VT, XT, 8, 2>(a, unroll, minb, blocks, threads, s);
-    case 84: return nm_unrolled<VT, XT, 8, 4>(a, unroll, minb, blocks, threads, s);
+    case 41: return nm_staged<VT, XT, 4, 1>(a, unroll, minb, x16, blocks, threads, s);
+    case 42: return nm_staged<VT, XT, 4, 2>(a, unroll, minb, x16, blocks, threads, s);
+    case 81: return nm_staged<VT, XT, 8, 1>(a, unroll, minb, x16, blocks, threads, s);
+    case 82: return nm_staged<VT, XT, 8, 2>(a, unroll, minb, x16, blocks, threads, s);
+    case 84: return nm_staged<VT, XT, 8, 4>(a, unroll, minb, x16, blocks, threads, s);
     default: return -1;
   }
 }
 
 // y (1, N) = x (1, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots per
-// group); unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register build, unroll 1 or 2). Returns a
-// cudaError_t (0 = launched) or -1 when unsupported.
-extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, int minb, const void* x, const void* vals,
-                            const void* idx, const void* scales, void* y, int N, int K, int steps, int kx,
-                            int blocks, int threads, void* stream) {
+// group); unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register build, unroll 1 or 2); x16: x staged
+// as 16-bit activations. Returns a cudaError_t (0 = launched) or -1 when unsupported.
+extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, int minb, int x16, const void* x,
+                            const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
+                            int kx, int blocks, int threads, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int u = unroll;
-  if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, u, minb, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, u, minb, blocks, threads, s);
-  if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, u, minb, blocks, threads, s);
-  if (xt == XT_BF16 && vt == VT_I8) return nm_pattern<VT_I8, XT_BF16>(a, m, n, u, minb, blocks, threads, s);
+  const int u = unroll, h = x16;
+  if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, u, minb, h, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, u, minb, h, blocks, threads, s);
+  if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, u, minb, h, blocks, threads, s);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_pattern<VT_I8, XT_BF16>(a, m, n, u, minb, h, blocks, threads, s);
   return -1;
 }
 
 #else  // host emulation: the same lane arithmetic, the warp's shuffle tree per row (float32 output)
 
-template <int VT, int XT, int M, int N, int U>
+template <int VT, int XT, int M, int N, int U, typename XS>
 static void nm_host_rows(const NMArgs& a, float* y) {
-  float* xs = new float[a.kx > 0 ? a.kx : 1];
-  for (int i = 0; i < a.kx; ++i) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
+  XS* xs = new XS[a.kx > 0 ? a.kx : 1];  // the staged copy: float32, or the 16-bit activations (X16)
+  for (int i = 0; i < a.kx; ++i) {
+    if constexpr (sizeof(XS) == 4) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
+    else xs[i] = i < a.K ? a.x[i] : (uint16_t)0;
+  }
   for (int r = 0; r < a.N; ++r) {
     float l[32], t[32];
-    for (int lane = 0; lane < 32; ++lane) l[lane] = nm_lane<VT, M, N, U>(a.vals, a.idx, xs, (size_t)r * a.steps,
-                                                                         a.steps, lane);
+    for (int lane = 0; lane < 32; ++lane) l[lane] = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs,
+                                                                             (size_t)r * a.steps, a.steps, lane);
     for (int m = 16; m; m >>= 1) {  // __shfl_xor_sync's tree
       for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
       memcpy(l, t, sizeof l);
@@ -193,12 +219,12 @@ static void nm_host_rows(const NMArgs& a, float* y) {
   delete[] xs;
 }
 
-template <int VT, int XT>
+template <int VT, int XT, typename XS>
 static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) {
 #define SL_NMH(MM, NN)                                                    \
-  (unroll == 1 ? nm_host_rows<VT, XT, MM, NN, 1>(a, y)                    \
-   : unroll == 2 ? nm_host_rows<VT, XT, MM, NN, 2>(a, y)                  \
-                 : nm_host_rows<VT, XT, MM, NN, 4>(a, y))
+  (unroll == 1 ? nm_host_rows<VT, XT, MM, NN, 1, XS>(a, y)                \
+   : unroll == 2 ? nm_host_rows<VT, XT, MM, NN, 2, XS>(a, y)              \
+                 : nm_host_rows<VT, XT, MM, NN, 4, XS>(a, y))
   if (unroll != 1 && unroll != 2 && unroll != 4) return -1;
   switch (m * 10 + n) {
     case 41: SL_NMH(4, 1); return 0;
@@ -212,14 +238,20 @@ static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) 
 }
 
 // The host twin of sl_nm_launch: float32 y (N,).
-extern "C" int sl_nm_host(int vt, int xt, int m, int n, int unroll, const void* x, const void* vals, const void* idx,
-                          const void* scales, float* y, int N, int K, int steps, int kx) {
+template <int VT, int XT>
+static int nm_host_staged(const NMArgs& a, int m, int n, int unroll, int x16, float* y) {
+  return x16 ? nm_host_pattern<VT, XT, uint16_t>(a, m, n, unroll, y)
+             : nm_host_pattern<VT, XT, float>(a, m, n, unroll, y);
+}
+
+extern "C" int sl_nm_host(int vt, int xt, int m, int n, int unroll, int x16, const void* x, const void* vals,
+                          const void* idx, const void* scales, float* y, int N, int K, int steps, int kx) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
                  kx};
-  if (xt == XT_F16 && vt == VT_F16) return nm_host_pattern<VT_F16, XT_F16>(a, m, n, unroll, y);
-  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_pattern<VT_BF16, XT_BF16>(a, m, n, unroll, y);
-  if (xt == XT_F16 && vt == VT_I8) return nm_host_pattern<VT_I8, XT_F16>(a, m, n, unroll, y);
-  if (xt == XT_BF16 && vt == VT_I8) return nm_host_pattern<VT_I8, XT_BF16>(a, m, n, unroll, y);
+  if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, unroll, x16, y);
+  if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_BF16>(a, m, n, unroll, x16, y);
   return -1;
 }
 #endif
