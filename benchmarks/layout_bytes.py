@@ -1,6 +1,7 @@
 """Bytes each per-nonzero GPU layout reads per nonzero, and the speedup ceiling that puts on a memory-bound GEMV
-against cuBLAS's 2 bytes per fp16 weight (dense bytes / layout bytes). Computed on the CPU from the layouts the
-kernels read (`PackedBitmask.nbytes`), not timed:
+against cuBLAS's 2 bytes per fp16 weight (dense bytes / layout bytes), for uniform random masks and for N:M masks
+(where the nmcu layout applies). Computed on the CPU from the layouts the kernels read (`PackedBitmask.nbytes`),
+not timed:
 
     python benchmarks/layout_bytes.py --out benchmarks/results/layout_bytes.json
 
@@ -18,6 +19,7 @@ import torch
 
 from sparselm.compress import compress_tensor
 from sparselm.kernels.gpu import PackedBitmask, cuda_delta4
+from sparselm.sparsity.masks import parse_pattern, select_nm
 
 KERNELS = ("grp8cu", "d4cu")
 
@@ -52,6 +54,24 @@ def measure(n: int, k: int, sparsities, values, seed: int = 0) -> list[dict]:
     return rows
 
 
+def measure_nm(n: int, k: int, patterns, values, seed: int = 0) -> list[dict]:
+    """N:M masks (random scores): the nmcu layout's bytes beside the unstructured layouts' on the same matrices."""
+    rows = []
+    for pat in patterns:
+        keep, m = parse_pattern(pat)
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(n, k, generator=g).masked_fill(select_nm(torch.rand(n, k, generator=g), keep, m), 0.0)
+        nnz = int((w != 0).sum())
+        for v in values:
+            p = PackedBitmask.from_compressed(compress_tensor(w, v))
+            for kern in KERNELS + ("nmcu",):
+                b = p.nbytes(kernel=kern)
+                rows.append({"N": n, "K": k, "sparsity": 1 - keep / m, "mask": pat, "values": v, "kernel": kern,
+                             "bytes": b, "bytes_per_nnz": round(b / nnz, 3),
+                             "ceiling_vs_fp16_dense": round(2 * n * k / b, 2)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None)
@@ -59,9 +79,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4096)
     args = ap.parse_args()
     rows = measure(args.n, args.k, (0.5, 0.6, 0.7, 0.75, 0.8, 0.9), ("float16", "int8"))
+    rows += measure_nm(args.n, args.k, ("2:4", "1:4", "2:8"), ("float16", "int8"))
     for r in rows:
         extra = f"  stones {r['stones_per_nnz']:.4f} / nnz" if "stones_per_nnz" in r else ""
-        print(f"{r['sparsity']:.2f} {r['values']:8s} {r['kernel']:7s} {r['bytes_per_nnz']:6.3f} B/nnz  "
+        print(f"{r['sparsity']:.2f} {r.get('mask', 'uniform'):7s} {r['values']:8s} {r['kernel']:7s} "
+              f"{r['bytes_per_nnz']:6.3f} B/nnz  "
               f"ceiling {r['ceiling_vs_fp16_dense']:.2f}x{extra}")
     if args.out is not None:
         args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "computed": "CPU, not timed",
