@@ -3,7 +3,7 @@
 # (benchmarks/device_x2.sh stage2 puts it in /tmp/site); without it that part is skipped.
 #   bash benchmarks/device_gpu.sh            -> $OUT/gpu_kernels.json, gpu_kernels_decode.json, gpu_decode*.json
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1  # d4cu is opt-in until timed: these runs time it
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1 SPARSELM_UNTIMED=1  # opt-in candidates: these runs time them
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }

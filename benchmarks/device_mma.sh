@@ -6,13 +6,13 @@
 #   BATCHED_S=0 DECODE_S=250 DECODE_KERNELS=grp8cu,d4cu,tmma E2E_S=200 bash benchmarks/device_mma.sh
 #     (the delta4 kernel's first timing against the others and cuBLAS, then the 7B decode with it in autotune)
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1  # d4cu is opt-in until timed: these runs time it
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1 SPARSELM_UNTIMED=1  # opt-in candidates: these runs time them
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
 python3 -c "from sparselm.kernels.gpu import cuda_mma as c, cuda_grp8 as g, cuda_tile as t, cuda_delta4 as d; print('bmma', c.available(), c.build_error() or '', 'grp8cu', g.available(), g.build_error() or '', 'tmma', t.available(), t.build_error() or '', 'd4cu', d.available(), d.build_error() or '')"
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 120 python3 -m pytest -q -p no:cacheprovider -x \
-  tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py tests/test_cuda_delta4.py -k "gpu_build" 2>&1 | tail -12
+  tests/test_cuda_tile.py tests/test_cuda_mma.py tests/test_cuda_grp8.py tests/test_cuda_delta4.py tests/test_cuda_nm.py -k "gpu_build" 2>&1 | tail -12
 [ "${BATCHED_S:-300}" -gt 0 ] && timeout -k 10 ${BATCHED_S:-300} python3 benchmarks/gpu_kernels.py --grid batched --kernels ${KERNELS:-bmma,grp8cu} --all-configs --pipelined \
   --budget-s $(( ${BATCHED_S:-300} - 30 )) --out $OUT/gpu_kernels_batched.json 2>&1 | q 70
 DK=${DECODE_KERNELS:-grp8cu}  # e.g. grp8cu,d4cu: the batch-1 CUDA kernels side by side, cuBLAS in the same run

@@ -74,6 +74,9 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
         for n, k in [(4096, 4096), (22016, 4096), (4096, 11008)]:
             add(n, k, 1, 0.75, "int8", m="1:4")
         add(4096, 4096, 1, 0.75, "bfloat16", "bfloat16", m="2:8")
+        for n, k in [(4096, 4096), (22016, 4096)]:  # batches 2 and 4 (nmcu's batched form)
+            for b in (2, 4):
+                add(n, k, b, 0.75, m="1:4")
         return cases
     if name == "decode":
         for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:

@@ -41,10 +41,10 @@ def test_unstructured_odd_widths_and_other_values_are_not_served():
     assert not cuda_nm.supports(PackedBitmask.from_compressed(compress_tensor(w, "int8", group_size=128)))
     fp16 = PackedBitmask.from_compressed(compress_tensor(w, "float16"))
     assert cuda_nm.supports(fp16, torch.float16) and not cuda_nm.supports(fp16, torch.bfloat16)
-    assert not cuda_nm.supports(fp16, batch=2)
+    assert cuda_nm.supports(fp16, batch=4) and not cuda_nm.supports(fp16, batch=8)
     with pytest.raises(ValueError, match="N:M"):
         cuda_nm.gemv_host(torch.randn(1, 512).half(), unstructured)
-    with pytest.raises(ValueError, match="batch 1"):
+    with pytest.raises(ValueError, match="padded batch"):
         cuda_nm.gemv_host(torch.randn(2, 256).half(), fp16)
 
 
@@ -65,6 +65,22 @@ def test_host_build_matches_the_dense_reference(keep, m, values, act, n, k, unro
     y = cuda_nm.gemv_host(x, p, unroll=unroll, x16=x16)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
     assert y[0, n // 2].item() == 0.0  # the all-zero row
+
+
+@pytest.mark.parametrize("keep,m,values,act,batch,bsz,unroll", [
+    (1, 4, "float16", torch.float16, 2, 2, 1), (2, 8, "bfloat16", torch.bfloat16, 4, 3, 2),
+    (2, 4, "int8", torch.float16, 4, 4, 1), (4, 8, "int8", torch.bfloat16, 2, 1, 2)])
+def test_batched_host_build_matches_the_dense_reference(keep, m, values, act, batch, bsz, unroll):
+    """Batches 2 and 4 (x transposed, B sums per lane), including fewer rows than the padded batch."""
+    ct = compress_tensor(nm_weight(13, 520, keep, m, seed=batch), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = torch.randn(bsz, 520).to(act)
+    ref = x.double() @ decompress(ct, torch.float64).T
+    y = cuda_nm.gemv_host(x, p, unroll=unroll, batch=batch)
+    assert y.shape == (bsz, 13)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * max(1.0, ref.abs().max().item()))
+    with pytest.raises(ValueError, match="padded batch"):
+        cuda_nm.gemv_host(torch.randn(batch + 1, 520).to(act), p, batch=batch)
 
 
 def test_layout_slots_hold_every_nonzero_and_few_bytes():
@@ -96,14 +112,23 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4)) == 2
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=4)) == 1
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=3)) == 1
-    for bad in (dict(persist=0), dict(persist=1, block_b=2), dict(persist=1, unroll=8), dict(persist=1, smem=False),
+    for bad in (dict(persist=0), dict(persist=1, block_b=8), dict(persist=1, unroll=8), dict(persist=1, smem=False),
                 dict(persist=1, num_warps=33), dict(persist=1, slots=16), dict(persist=1, split_k=2)):
         with pytest.raises(ValueError, match="nmcu|smem"):
             SpmmConfig(kernel="nmcu", **bad)
+    assert SpmmConfig(kernel="nmcu", num_warps=16, persist=1, block_b=4, unroll=2).key() == "nmcu-w16p1b4-u2"
+    for bad in (dict(block_b=2, unroll=4), dict(block_b=4, x16=True), dict(block_b=8)):
+        with pytest.raises(ValueError, match="nmcu"):
+            SpmmConfig(kernel="nmcu", persist=1, **bad)
     monkeypatch.setattr(cuda_nm, "available", lambda: True)
+    monkeypatch.delenv("SPARSELM_UNTIMED", raising=False)
     cfgs = gpu_backend.nmcu_configs()
     assert cfgs and all(c.kernel == "nmcu" for c in cfgs) and len({c.key() for c in cfgs}) == len(cfgs)
     assert all(c.key() in {x.key() for x in gpu_backend.candidate_configs(1)} for c in cfgs)
+    assert not any(c.x16 for c in cfgs) and gpu_backend.nmcu_configs(2) == []  # untimed: opt-in
+    monkeypatch.setenv("SPARSELM_UNTIMED", "1")
+    assert any(c.x16 for c in gpu_backend.nmcu_configs()) and {c.block_b for c in gpu_backend.nmcu_configs(4)} == {4}
+    assert gpu_backend.nmcu_configs(8) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
@@ -161,3 +186,23 @@ def test_a_model_pruned_n_m_is_served_after_sparsify():
                 x = torch.randn(1, p.shape[1]).half()
                 ref = x.double() @ layer.dense_weight(torch.float32).double().T
                 torch.testing.assert_close(cuda_nm.gemv_host(x, p).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("keep,m,values,act,batch,bsz", [
+    (1, 4, "float16", torch.float16, 2, 2), (2, 8, "bfloat16", torch.bfloat16, 4, 3),
+    (1, 4, "int8", torch.float16, 4, 4)])
+def test_gpu_build_batched_matches_the_host_build(keep, m, values, act, batch, bsz):
+    """On a GPU machine: batches 2 and 4 against the host emulation and the dense reference, K past 48 KB of x."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    for n, k in ((37, 304), (19, 11008)):
+        ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(bsz, k, device="cuda").to(act)
+        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=8, persist=2, block_b=batch, unroll=2))
+        ref = x.double() @ decompress(ct, torch.float32).double().T
+        tol = 1e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=2, batch=batch)
+                                   .to(act).float(), rtol=tol, atol=tol)

@@ -191,20 +191,25 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 
 
 # nmcu (nm_gemv.cu): N:M masks only (autotune's supports() check skips it on any other matrix), so it costs an
-# unstructured model nothing. (warps per block, blocks per SM) x steps per load round x (x staged as float32, or
-# as 16-bit activations: untimed when written); 2048 threads per SM or more get the 32-register build
-# (cuda_nm.min_blocks)
+# unstructured model nothing. (warps per block, blocks per SM) x steps per load round; 2048 threads per SM or more get
+# the 32-register build (cuda_nm.min_blocks). Written after the last timing and untimed, so offered only with
+# SPARSELM_UNTIMED=1 (the device scripts set it): x staged as 16-bit activations (x16), and batches 2 and 4.
 NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
+NMCU_BATCHED = ((16, 1), (32, 1), (16, 2))
 
 
-def nmcu_configs() -> list[SpmmConfig]:
-    """The batch-1 nmcu candidates ([] where nvcc cannot build the kernel for this GPU)."""
+def nmcu_configs(batch: int = 1) -> list[SpmmConfig]:
+    """The nmcu candidates for padded batch 1, 2 or 4 ([] where nvcc cannot build the kernel for this GPU)."""
     from sparselm.kernels.gpu import cuda_nm
 
-    if not cuda_nm.available():
+    untimed = os.environ.get("SPARSELM_UNTIMED") == "1"
+    if batch not in cuda_nm.BATCHES or (batch > 1 and not untimed) or not cuda_nm.available():
         return []
+    if batch > 1:
+        return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, block_b=batch) for w, pb in NMCU_BATCHED
+                for u in (1, 2)]
     return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=h) for w, pb in NMCU_B1
-            for u in cuda_nm.UNROLLS for h in (False, True)]
+            for u in cuda_nm.UNROLLS for h in ((False, True) if untimed else (False,))]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
@@ -248,7 +253,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for bn, bk, sl, v in ((1, 2048, 16, 8), (1, 1024, 32, 8), (1, 2048, 16, 1))]
         out += [SpmmConfig(kernel=kn, block_n=bn, block_k=t, block_b=bb, num_warps=w)
                 for kn in ("vc32", "grp8") for bn, t, w in ((1, 512, 4), (2, 256, 4), (1, 1024, 8))]
-    out += d4cu_configs(bb)  # batches 2-8 (x transposed as float32 in shared memory), where it builds
+    out += d4cu_configs(bb) + nmcu_configs(bb)  # batches 2-8 (x transposed as float32 in shared memory)
     if batch <= 16:  # the CUDA kernel's batched form: x transposed in shared memory, one vector load per nonzero
         from sparselm.kernels.gpu import cuda_grp8
 

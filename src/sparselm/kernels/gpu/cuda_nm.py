@@ -2,8 +2,8 @@
 
     pattern(packed)             # (M, slots per group) when every group of M columns has at most that many nonzeros
     vals, idx = layout(packed)  # built once per matrix, cached on it under ("nmcu",)
-    y = gemv(x, packed, cfg)    # x (1, K) fp16/bf16 on the GPU
-    y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (1, N)
+    y = gemv(x, packed, cfg)    # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2 or 4)
+    y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (B, N)
 
 Why: a matrix pruned N:M (`sparselm prune --pattern 1:4`, 2:8, 2:4) has the same slot count in every group, so a
 slot needs only its index inside its group (2 bits for M = 4, 4 for M = 8) and rows need no start pointers:
@@ -27,6 +27,7 @@ _SOURCE = Path(__file__).with_name("nm_gemv.cu")
 STEP = 256  # slots per warp step: 32 lanes x 8
 PATTERNS = {4: (1, 2), 8: (1, 2, 4)}  # M -> slots per group the kernel is built for (8 / slots groups per lane)
 UNROLLS = (1, 2, 4)
+BATCHES = (1, 2, 4)  # padded batch: 2 and 4 stage x transposed (4 kx B bytes), 1 or 2 steps per load round
 _BITS = {4: 2, 8: 4}  # index bits per slot
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
 _XT = {torch.float16: 0, torch.bfloat16: 1}
@@ -36,13 +37,14 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_nm_launch.restype = i32
-        # (vt, xt, m, n, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, blocks, threads), stream
-        lib.sl_nm_launch.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 6 + [vp]
+        # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, blocks,
+        # threads), stream
+        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 9 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
-        lib.sl_nm_host.argtypes = [i32] * 6 + [vp] * 5 + [i32] * 4
+        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 5
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -52,21 +54,23 @@ build_error = _LIB.build_error
 
 
 def check_config(cfg) -> None:
-    """SpmmConfig's rules for kernel "nmcu": batch 1, x staged (x16: as 16-bit activations, else float32);
-    num_warps = warps per block (1-32), persist = blocks per SM (>= 1), unroll = steps per load round (1, 2, 4); no
-    other kernel's fields."""
+    """SpmmConfig's rules for kernel "nmcu": block_b (padded batch) 1, 2 or 4; x staged (x16, batch 1 only: as
+    16-bit activations, else float32); num_warps = warps per block (1-32), persist = blocks per SM (>= 1), unroll =
+    steps per load round (1, 2, 4; 1 or 2 at batches 2-4); no other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
-    if not (cfg.block_b == 1 and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
+    if not (cfg.block_b in BATCHES and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
             and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
-            and not (cfg.lean or cfg.col16 or cfg.use_dot)):
-        raise ValueError(f"SpmmConfig nmcu: block_b 1, num_warps 1-32, persist (blocks per SM) >= 1, unroll in "
-                         f"{UNROLLS}, no slots / split_k / lean / col16 / use_dot / smem=False; got {cfg}")
+            and not (cfg.lean or cfg.col16 or cfg.use_dot)
+            and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))):
+        raise ValueError(f"SpmmConfig nmcu: block_b in {BATCHES}, num_warps 1-32, persist (blocks per SM) >= 1, unroll "
+                         f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4), no slots / split_k / lean / col16 / "
+                         f"use_dot / smem=False; got {cfg}")
 
 
 def min_blocks(cfg) -> int:
     """Blocks per SM the kernel is compiled to keep resident: 2 (a 32-register build, no spills at 1-2 steps per
     round) where the config asks for 2048 threads per SM or more, else 1."""
-    return 2 if 32 * cfg.num_warps * cfg.persist >= 2048 and cfg.unroll <= 2 else 1
+    return 2 if cfg.block_b == 1 and 32 * cfg.num_warps * cfg.persist >= 2048 and cfg.unroll <= 2 else 1
 
 
 def _mask(p) -> torch.Tensor:
@@ -109,9 +113,10 @@ def kx(p) -> int:
 
 
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False) -> bool:
-    """Batch 1; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes, per-row scales
-    or none) with either; x's padded copy (float32, or 16-bit with x16) within one block's shared memory."""
-    if batch != 1 or pattern(p) is None or (2 if x16 else 4) * kx(p) > smem_limit():
+    """Padded batch 1, 2 or 4; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes,
+    per-row scales or none) with either; x's padded copy (float32 x batch, or 16-bit with x16) within one block's
+    shared memory."""
+    if batch not in BATCHES or pattern(p) is None or (2 if x16 else 4 * batch) * kx(p) > smem_limit():
         return False
     return serves_values(p, x_dtype)
 
@@ -153,11 +158,12 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p, x16: bool = False) -> None:
+def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1) -> None:
     k = p.shape[1]
-    if x.dim() != 2 or x.shape != (1, k):
-        raise ValueError(f"nmcu: x must be (1, {k}) (batch 1), got {tuple(x.shape)}")
-    if not supports(p, x.dtype, x16=x16):
+    if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
+        raise ValueError(f"nmcu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
+                         f"{tuple(x.shape)}")
+    if not supports(p, x.dtype, batch, x16):
         raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
                          f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
                          f"/ bf16 (x bf16) / int8 with per-row scales; got pattern {pattern(p)}, values "
@@ -165,9 +171,9 @@ def _check(x: torch.Tensor, p, x16: bool = False) -> None:
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (1, N) = x W^T on the GPU: cfg.num_warps warps per block, cfg.persist blocks per SM, cfg.unroll steps per
-    load round, cfg.x16 x staged as 16-bit activations."""
-    _check(x, p, cfg.x16)
+    """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
+    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1)."""
+    _check(x, p, cfg.x16, cfg.block_b)
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out)
     x = x.contiguous()
@@ -176,19 +182,21 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     scales = row_scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.unroll, min_blocks(cfg), int(cfg.x16),
-                            x.data_ptr(), vals.data_ptr(),
-                            idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
-                            _steps(p), kx(p), blocks, 32 * cfg.num_warps, torch.cuda.current_stream().cuda_stream)
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
+                            int(cfg.x16), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
+                            None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, _steps(p), kx(p),
+                            x.shape[0], x.stride(0), y.stride(0), blocks, 32 * cfg.num_warps,
+                            torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"nmcu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False) -> torch.Tensor:
-    """The kernel's arithmetic on the CPU (float32 (1, N)): what the CPU tests check against a dense reference.
-    x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does."""
-    _check(x, p, x16)
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1) -> torch.Tensor:
+    """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
+    x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; batch: the padded batch of the
+    kernel to emulate (2 / 4: x transposed)."""
+    _check(x, p, x16, batch)
     if unroll not in UNROLLS:
         raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")
@@ -199,10 +207,10 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False) -> torch.T
     vals, idx = (t.cpu() for t in layout(p))
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
-    y = torch.empty(1, n, dtype=torch.float32)
-    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, unroll, int(x16), x.data_ptr(), vals.data_ptr(),
-                          idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(), n, k,
-                          _steps(p), kx(p))
+    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, int(x16), x.data_ptr(),
+                          vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(),
+                          n, k, _steps(p), kx(p), x.shape[0])
     if code != 0:
         raise ValueError(f"nmcu host: unsupported values {p.values.dtype} with x {x.dtype} or pattern {(m, s)}")
     return y

@@ -104,6 +104,62 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
   return acc0 + acc1;
 }
 
+// Batches 2 and 4: x staged transposed as float32, xt[col B + b], so a slot's B activations are one vector load and B
+// multiply-adds; the weights' bytes are the same as at batch 1.
+template <int VT, int M, int N, int B>
+SL_HD void nm_use_b(const NMStep& s, const float* xt, int g0, float* acc) {
+  constexpr int BITS = M == 4 ? 2 : 4;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int h = 0; h < 2; ++h) {
+    float v[4];
+    decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int q = 0; q < 4; ++q) {
+      const int slot = 4 * h + q;
+      const int col = (g0 + 32 * (slot / N)) * M + (int)((s.code >> (BITS * slot)) & (M - 1));
+      float xv[B];
+#ifdef __CUDACC__
+      if (B == 2) {
+        const float2 t = *reinterpret_cast<const float2*>(xt + (size_t)col * B);
+        xv[0] = t.x; xv[1] = t.y;
+      } else {
+        const float4 t = *reinterpret_cast<const float4*>(xt + (size_t)col * B);
+        xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
+      }
+#else
+      memcpy(xv, xt + (size_t)col * B, sizeof xv);
+#endif
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+      for (int b = 0; b < B; ++b) acc[b] = fmaf(v[q], xv[b], acc[b]);
+    }
+  }
+}
+
+template <int VT, int M, int N, int B, int U>
+SL_HD void nm_lane_b(const void* vals, const void* idx, const float* xt, size_t first, int steps, int lane,
+                     float* acc) {
+  constexpr int J = 8 / N;
+  for (int t = 0; t < steps; t += U) {
+    NMStep s[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) nm_load<VT, M>(vals, idx, first + t + u, lane, s[u]);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) nm_use_b<VT, M, N, B>(s[u], xt, 32 * J * (t + u) + lane, acc);
+  }
+}
+
 struct NMArgs {
   const uint16_t* x;
   const void* vals;
@@ -111,6 +167,7 @@ struct NMArgs {
   const float* scales;  // per-row (int8), or null
   uint16_t* y;
   int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
+  int bsz, ldx, ldy;    // batches 2-4: bsz <= B rows of x (stride ldx) and of y (stride ldy)
 };
 
 #ifdef __CUDACC__
@@ -180,16 +237,89 @@ static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int x
   }
 }
 
-// y (1, N) = x (1, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots per
-// group); unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register build, unroll 1 or 2); x16: x staged
-// as 16-bit activations. Returns a cudaError_t (0 = launched) or -1 when unsupported.
-extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int unroll, int minb, int x16, const void* x,
+// Batches 2-4: x (bsz rows) staged transposed as float32 (rows past bsz and columns past K zero), one warp per row, B
+// sums per lane; lane 0 writes y[b, row] for b < bsz. Untimed when written (session 22).
+template <int VT, int XT, int M, int N, int B, int U>
+__global__ void nm_gemm_kernel(const NMArgs a) {
+  extern __shared__ float4 xt4[];
+  float* xt = reinterpret_cast<float*>(xt4);
+  for (int k = threadIdx.x; k < a.kx; k += blockDim.x) {
+#pragma unroll
+    for (int b = 0; b < B; ++b)
+      xt[k * B + b] = b < a.bsz && k < a.K ? act_to_float<XT>(a.x[(size_t)b * a.ldx + k]) : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[b] = 0.0f;
+    nm_lane_b<VT, M, N, B, U>(a.vals, a.idx, xt, (size_t)r * a.steps, a.steps, lane, acc);
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+#pragma unroll
+      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
+    }
+    if (lane == 0) {
+      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
+    }
+  }
+}
+
+template <int VT, int XT, int M, int N>
+static int nm_launch_b(const NMArgs& a, int B, int unroll, int blocks, int threads, cudaStream_t s) {
+  static size_t opted = 48 * 1024;
+  const size_t smem = (size_t)a.kx * B * 4;
+#define SL_NMB(BB, UU)                                                                        \
+  {                                                                                           \
+    if (const int e = opt_in(nm_gemm_kernel<VT, XT, M, N, BB, UU>, smem, &opted)) return e;   \
+    nm_gemm_kernel<VT, XT, M, N, BB, UU><<<blocks, threads, smem, s>>>(a);                    \
+    return (int)cudaGetLastError();                                                           \
+  }
+  switch (B * 10 + unroll) {
+    case 21: SL_NMB(2, 1)
+    case 22: SL_NMB(2, 2)
+    case 41: SL_NMB(4, 1)
+    case 42: SL_NMB(4, 2)
+    default: return -1;
+  }
+#undef SL_NMB
+}
+
+template <int VT, int XT>
+static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int blocks, int threads, cudaStream_t s) {
+  switch (m * 10 + n) {
+    case 41: return nm_launch_b<VT, XT, 4, 1>(a, B, unroll, blocks, threads, s);
+    case 42: return nm_launch_b<VT, XT, 4, 2>(a, B, unroll, blocks, threads, s);
+    case 81: return nm_launch_b<VT, XT, 8, 1>(a, B, unroll, blocks, threads, s);
+    case 82: return nm_launch_b<VT, XT, 8, 2>(a, B, unroll, blocks, threads, s);
+    case 84: return nm_launch_b<VT, XT, 8, 4>(a, B, unroll, blocks, threads, s);
+    default: return -1;
+  }
+}
+
+// y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
+// per group); B: the kernel's padded batch, 1 (unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register
+// build, unroll 1 or 2); x16: x staged as 16-bit activations) or 2 / 4 (unroll 1 or 2, minb 1, no x16). Returns a
+// cudaError_t (0 = launched) or -1 when unsupported.
+extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
-                            int kx, int blocks, int threads, void* stream) {
+                            int kx, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
-                 static_cast<uint16_t*>(y), N, K, steps, kx};
+                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
+  if (B != 1) {
+    if (minb != 1 || x16 || bsz > B) return -1;
+    if (xt == XT_F16 && vt == VT_F16) return nm_pattern_b<VT_F16, XT_F16>(a, m, n, B, u, blocks, threads, s);
+    if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern_b<VT_BF16, XT_BF16>(a, m, n, B, u, blocks, threads, s);
+    if (xt == XT_F16 && vt == VT_I8) return nm_pattern_b<VT_I8, XT_F16>(a, m, n, B, u, blocks, threads, s);
+    if (xt == XT_BF16 && vt == VT_I8) return nm_pattern_b<VT_I8, XT_BF16>(a, m, n, B, u, blocks, threads, s);
+    return -1;
+  }
   if (xt == XT_F16 && vt == VT_F16) return nm_pattern<VT_F16, XT_F16>(a, m, n, u, minb, h, blocks, threads, s);
   if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern<VT_BF16, XT_BF16>(a, m, n, u, minb, h, blocks, threads, s);
   if (xt == XT_F16 && vt == VT_I8) return nm_pattern<VT_I8, XT_F16>(a, m, n, u, minb, h, blocks, threads, s);
@@ -237,21 +367,66 @@ static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) 
 #undef SL_NMH
 }
 
-// The host twin of sl_nm_launch: float32 y (N,).
+// Batches 2-4: x (bsz rows, contiguous) transposed into the float32 copy the kernel stages, y (bsz, N).
+template <int VT, int XT, int M, int N, int B, int U>
+static void nm_host_rows_b(const NMArgs& a, float* y) {
+  float* xt = new float[(size_t)(a.kx > 0 ? a.kx : 1) * B]();
+  for (int k = 0; k < a.K; ++k)
+    for (int b = 0; b < a.bsz; ++b) xt[(size_t)k * B + b] = act_to_float<XT>(a.x[(size_t)b * a.K + k]);
+  for (int r = 0; r < a.N; ++r) {
+    float l[32][B], t[32][B];
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int b = 0; b < B; ++b) l[lane][b] = 0.0f;
+      nm_lane_b<VT, M, N, B, U>(a.vals, a.idx, xt, (size_t)r * a.steps, a.steps, lane, l[lane]);
+    }
+    for (int m = 16; m; m >>= 1) {
+      for (int lane = 0; lane < 32; ++lane)
+        for (int b = 0; b < B; ++b) t[lane][b] = l[lane][b] + l[lane ^ m][b];
+      memcpy(l, t, sizeof l);
+    }
+    for (int b = 0; b < a.bsz; ++b) y[(size_t)b * a.N + r] = a.scales ? l[0][b] * a.scales[r] : l[0][b];
+  }
+  delete[] xt;
+}
+
 template <int VT, int XT>
-static int nm_host_staged(const NMArgs& a, int m, int n, int unroll, int x16, float* y) {
+static int nm_host_batched(const NMArgs& a, int m, int n, int B, int unroll, float* y) {
+#define SL_NMHB(MM, NN)                                                            \
+  switch (B * 10 + unroll) {                                                       \
+    case 21: nm_host_rows_b<VT, XT, MM, NN, 2, 1>(a, y); return 0;                 \
+    case 22: nm_host_rows_b<VT, XT, MM, NN, 2, 2>(a, y); return 0;                 \
+    case 41: nm_host_rows_b<VT, XT, MM, NN, 4, 1>(a, y); return 0;                 \
+    case 42: nm_host_rows_b<VT, XT, MM, NN, 4, 2>(a, y); return 0;                 \
+    default: return -1;                                                            \
+  }
+  switch (m * 10 + n) {
+    case 41: SL_NMHB(4, 1)
+    case 42: SL_NMHB(4, 2)
+    case 81: SL_NMHB(8, 1)
+    case 82: SL_NMHB(8, 2)
+    case 84: SL_NMHB(8, 4)
+    default: return -1;
+  }
+#undef SL_NMHB
+}
+
+// The host twin of sl_nm_launch: x (bsz, K) contiguous, float32 y (bsz, N).
+template <int VT, int XT>
+static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int x16, float* y) {
+  if (B != 1) return x16 ? -1 : nm_host_batched<VT, XT>(a, m, n, B, unroll, y);
   return x16 ? nm_host_pattern<VT, XT, uint16_t>(a, m, n, unroll, y)
              : nm_host_pattern<VT, XT, float>(a, m, n, unroll, y);
 }
 
-extern "C" int sl_nm_host(int vt, int xt, int m, int n, int unroll, int x16, const void* x, const void* vals,
-                          const void* idx, const void* scales, float* y, int N, int K, int steps, int kx) {
+extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x16, const void* x, const void* vals,
+                          const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
-                 kx};
-  if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, unroll, x16, y);
-  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, unroll, x16, y);
-  if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, unroll, x16, y);
-  if (xt == XT_BF16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_BF16>(a, m, n, unroll, x16, y);
+                 kx, bsz, K, N};
+  if (bsz < 1 || bsz > B) return -1;
+  if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_BF16>(a, m, n, B, unroll, x16, y);
   return -1;
 }
 #endif
