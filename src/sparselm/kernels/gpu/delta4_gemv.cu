@@ -256,17 +256,7 @@ __global__ void d4_gemm_kernel(const D4Args a) {
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
     d4_lane_b<VT, B, U>(a.vals, a.steps, a.base, nch, xs, __ldg(a.cptr + r), __ldg(a.cptr + r + 1), lane, acc);
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-#pragma unroll
-      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
-    }
-    if (lane == 0) {
-      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
-#pragma unroll
-      for (int b = 0; b < B; ++b)
-        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
-    }
+    store_row_sums<XT, B>(acc, lane, a.scales, r, a.y, a.ldy, a.bsz);
   }
 }
 

@@ -156,6 +156,24 @@ __device__ __forceinline__ void stage_x_f32(float* xs, const uint16_t* x, int K,
   __syncthreads();
 }
 
+// Batched kernels (one warp per row, B partial sums per lane): each sum over the warp's lanes, then lane 0 writes
+// y[b, r] (times the row's scale, if any) for the bsz real batch rows.
+template <int XT, int B>
+__device__ __forceinline__ void store_row_sums(float* acc, int lane, const float* scales, int r, uint16_t* y, int ldy,
+                                               int bsz) {
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+#pragma unroll
+    for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
+  }
+  if (lane == 0) {
+    const float sc = scales ? __ldg(scales + r) : 1.0f;
+#pragma unroll
+    for (int b = 0; b < B; ++b)
+      if (b < bsz) y[(size_t)b * ldy + r] = float_to_act<XT>(acc[b] * sc);
+  }
+}
+
 // Raise a kernel's dynamic shared-memory limit once per instantiation, as far as a launch needs.
 template <typename Kernel>
 static int opt_in(Kernel kernel, size_t smem, size_t* opted) {

@@ -255,17 +255,7 @@ __global__ void grp8_gemm_kernel(const Args a) {
     const float* rs = GS ? a.gscale + (size_t)r * a.G : nullptr;
     grp8_lane_b<VT, XT, B, GS>(a.vals, rs, a.magic, a.offs, a.base2, reinterpret_cast<const unsigned char*>(xt), q0,
                                q1, lane, acc);
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-#pragma unroll
-      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
-    }
-    if (lane == 0) {
-      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
-#pragma unroll
-      for (int b = 0; b < B; ++b)
-        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
-    }
+    store_row_sums<XT, B>(acc, lane, a.scales, r, a.y, a.ldy, a.bsz);
   }
 }
 

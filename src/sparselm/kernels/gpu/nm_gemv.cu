@@ -82,12 +82,11 @@ SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc
   }
 }
 
-// Lane `lane`'s partial dot product over one row's `steps` steps (the row starts at step `first`), U steps' loads
-// issued before the first use.
-template <int VT, int XT, int M, int N, int U, typename XS>
-SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t first, int steps, int lane) {
+// Lane `lane`'s walk over one row's `steps` steps (the row starts at step `first`): U steps' loads issued before
+// the first use, then use(step, the lane's first group in it) for each.
+template <int VT, int M, int N, int U, typename Use>
+SL_HD void nm_walk(const void* vals, const void* idx, size_t first, int steps, int lane, Use use) {
   constexpr int J = 8 / N;  // groups per lane per step
-  float acc0 = 0.0f, acc1 = 0.0f;
   for (int t = 0; t < steps; t += U) {
     NMStep s[U];
 #ifdef __CUDACC__
@@ -99,8 +98,16 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || t + u < steps) nm_use<VT, XT, M, N>(s[u], xs, 32 * J * (t + u) + lane, acc0, acc1);
+      if (U == 1 || t + u < steps) use(s[u], 32 * J * (t + u) + lane);
   }
+}
+
+// Lane `lane`'s partial dot product over one row.
+template <int VT, int XT, int M, int N, int U, typename XS>
+SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t first, int steps, int lane) {
+  float acc0 = 0.0f, acc1 = 0.0f;
+  nm_walk<VT, M, N, U>(vals, idx, first, steps, lane,
+                       [&](const NMStep& s, int g0) { nm_use<VT, XT, M, N>(s, xs, g0, acc0, acc1); });
   return acc0 + acc1;
 }
 
@@ -144,20 +151,8 @@ SL_HD void nm_use_b(const NMStep& s, const float* xt, int g0, float* acc) {
 template <int VT, int M, int N, int B, int U>
 SL_HD void nm_lane_b(const void* vals, const void* idx, const float* xt, size_t first, int steps, int lane,
                      float* acc) {
-  constexpr int J = 8 / N;
-  for (int t = 0; t < steps; t += U) {
-    NMStep s[U];
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (U == 1 || t + u < steps) nm_load<VT, M>(vals, idx, first + t + u, lane, s[u]);
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (U == 1 || t + u < steps) nm_use_b<VT, M, N, B>(s[u], xt, 32 * J * (t + u) + lane, acc);
-  }
+  nm_walk<VT, M, N, U>(vals, idx, first, steps, lane,
+                       [&](const NMStep& s, int g0) { nm_use_b<VT, M, N, B>(s, xt, g0, acc); });
 }
 
 struct NMArgs {
@@ -255,17 +250,7 @@ __global__ void nm_gemm_kernel(const NMArgs a) {
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
     nm_lane_b<VT, M, N, B, U>(a.vals, a.idx, xt, (size_t)r * a.steps, a.steps, lane, acc);
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-#pragma unroll
-      for (int m = 16; m; m >>= 1) acc[b] += __shfl_xor_sync(0xFFFFFFFFu, acc[b], m);
-    }
-    if (lane == 0) {
-      const float sc = a.scales ? __ldg(a.scales + r) : 1.0f;
-#pragma unroll
-      for (int b = 0; b < B; ++b)
-        if (b < a.bsz) a.y[(size_t)b * a.ldy + r] = float_to_act<XT>(acc[b] * sc);
-    }
+    store_row_sums<XT, B>(acc, lane, a.scales, r, a.y, a.ldy, a.bsz);
   }
 }
 
