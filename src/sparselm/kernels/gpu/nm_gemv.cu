@@ -21,7 +21,25 @@
 //
 // The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, index
 // decoding and value decoders are shared with the GPU build, so CPU tests check them bit for bit.
+#include <type_traits>
+
 #include "gemv_common.cuh"
+
+// The (M, slots per group) pairs the kernel is built for: f(M, N) with both as compile-time constants
+// (std::integral_constant) for the pair (m, n), -1 for any other. One table for the device launch and the host
+// emulation, batch 1 and batched.
+template <typename F>
+static int by_pattern(int m, int n, F f) {
+  using std::integral_constant;
+  switch (m * 10 + n) {
+    case 41: return f(integral_constant<int, 4>{}, integral_constant<int, 1>{});
+    case 42: return f(integral_constant<int, 4>{}, integral_constant<int, 2>{});
+    case 81: return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+    case 82: return f(integral_constant<int, 8>{}, integral_constant<int, 2>{});
+    case 84: return f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
+    default: return -1;
+  }
+}
 
 // One lane's step as loaded: its 8 values (fp16 / bf16: 4 words; int8: 2) and its index word.
 struct NMStep {
@@ -222,14 +240,9 @@ static int nm_staged(const NMArgs& a, int unroll, int minb, int x16, int blocks,
 template <int VT, int XT>
 static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int x16, int blocks, int threads,
                       cudaStream_t s) {
-  switch (m * 10 + n) {
-    case 41: return nm_staged<VT, XT, 4, 1>(a, unroll, minb, x16, blocks, threads, s);
-    case 42: return nm_staged<VT, XT, 4, 2>(a, unroll, minb, x16, blocks, threads, s);
-    case 81: return nm_staged<VT, XT, 8, 1>(a, unroll, minb, x16, blocks, threads, s);
-    case 82: return nm_staged<VT, XT, 8, 2>(a, unroll, minb, x16, blocks, threads, s);
-    case 84: return nm_staged<VT, XT, 8, 4>(a, unroll, minb, x16, blocks, threads, s);
-    default: return -1;
-  }
+  return by_pattern(m, n, [&](auto M, auto N) {
+    return nm_staged<VT, XT, decltype(M)::value, decltype(N)::value>(a, unroll, minb, x16, blocks, threads, s);
+  });
 }
 
 // Batches 2-4: x (bsz rows) staged transposed as float32 (rows past bsz and columns past K zero), one warp per row, B
@@ -276,14 +289,9 @@ static int nm_launch_b(const NMArgs& a, int B, int unroll, int blocks, int threa
 
 template <int VT, int XT>
 static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int blocks, int threads, cudaStream_t s) {
-  switch (m * 10 + n) {
-    case 41: return nm_launch_b<VT, XT, 4, 1>(a, B, unroll, blocks, threads, s);
-    case 42: return nm_launch_b<VT, XT, 4, 2>(a, B, unroll, blocks, threads, s);
-    case 81: return nm_launch_b<VT, XT, 8, 1>(a, B, unroll, blocks, threads, s);
-    case 82: return nm_launch_b<VT, XT, 8, 2>(a, B, unroll, blocks, threads, s);
-    case 84: return nm_launch_b<VT, XT, 8, 4>(a, B, unroll, blocks, threads, s);
-    default: return -1;
-  }
+  return by_pattern(m, n, [&](auto M, auto N) {
+    return nm_launch_b<VT, XT, decltype(M)::value, decltype(N)::value>(a, B, unroll, blocks, threads, s);
+  });
 }
 
 // y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
@@ -336,20 +344,14 @@ static void nm_host_rows(const NMArgs& a, float* y) {
 
 template <int VT, int XT, typename XS>
 static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) {
-#define SL_NMH(MM, NN)                                                    \
-  (unroll == 1 ? nm_host_rows<VT, XT, MM, NN, 1, XS>(a, y)                \
-   : unroll == 2 ? nm_host_rows<VT, XT, MM, NN, 2, XS>(a, y)              \
-                 : nm_host_rows<VT, XT, MM, NN, 4, XS>(a, y))
   if (unroll != 1 && unroll != 2 && unroll != 4) return -1;
-  switch (m * 10 + n) {
-    case 41: SL_NMH(4, 1); return 0;
-    case 42: SL_NMH(4, 2); return 0;
-    case 81: SL_NMH(8, 1); return 0;
-    case 82: SL_NMH(8, 2); return 0;
-    case 84: SL_NMH(8, 4); return 0;
-    default: return -1;
-  }
-#undef SL_NMH
+  return by_pattern(m, n, [&](auto M, auto N) {
+    constexpr int MM = decltype(M)::value, NN = decltype(N)::value;
+    if (unroll == 1) nm_host_rows<VT, XT, MM, NN, 1, XS>(a, y);
+    else if (unroll == 2) nm_host_rows<VT, XT, MM, NN, 2, XS>(a, y);
+    else nm_host_rows<VT, XT, MM, NN, 4, XS>(a, y);
+    return 0;
+  });
 }
 
 // Batches 2-4: x (bsz rows, contiguous) transposed into the float32 copy the kernel stages, y (bsz, N).
@@ -376,23 +378,16 @@ static void nm_host_rows_b(const NMArgs& a, float* y) {
 
 template <int VT, int XT>
 static int nm_host_batched(const NMArgs& a, int m, int n, int B, int unroll, float* y) {
-#define SL_NMHB(MM, NN)                                                            \
-  switch (B * 10 + unroll) {                                                       \
-    case 21: nm_host_rows_b<VT, XT, MM, NN, 2, 1>(a, y); return 0;                 \
-    case 22: nm_host_rows_b<VT, XT, MM, NN, 2, 2>(a, y); return 0;                 \
-    case 41: nm_host_rows_b<VT, XT, MM, NN, 4, 1>(a, y); return 0;                 \
-    case 42: nm_host_rows_b<VT, XT, MM, NN, 4, 2>(a, y); return 0;                 \
-    default: return -1;                                                            \
-  }
-  switch (m * 10 + n) {
-    case 41: SL_NMHB(4, 1)
-    case 42: SL_NMHB(4, 2)
-    case 81: SL_NMHB(8, 1)
-    case 82: SL_NMHB(8, 2)
-    case 84: SL_NMHB(8, 4)
-    default: return -1;
-  }
-#undef SL_NMHB
+  return by_pattern(m, n, [&](auto M, auto N) {
+    constexpr int MM = decltype(M)::value, NN = decltype(N)::value;
+    switch (B * 10 + unroll) {
+      case 21: nm_host_rows_b<VT, XT, MM, NN, 2, 1>(a, y); return 0;
+      case 22: nm_host_rows_b<VT, XT, MM, NN, 2, 2>(a, y); return 0;
+      case 41: nm_host_rows_b<VT, XT, MM, NN, 4, 1>(a, y); return 0;
+      case 42: nm_host_rows_b<VT, XT, MM, NN, 4, 2>(a, y); return 0;
+      default: return -1;
+    }
+  });
 }
 
 // The host twin of sl_nm_launch: x (bsz, K) contiguous, float32 y (bsz, N).
