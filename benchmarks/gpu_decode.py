@@ -150,22 +150,33 @@ def main() -> None:
             dec = StaticDecoder(model, max_len=max_len)  # its fused q/k/v and gate/up are new shapes: tune them too
             table = autotune(torch.nn.ModuleList([m for m in dec.qkv + dec.gate_up if m is not None] + [model]),
                              batches=(1, 16))
-            paths = {f"{k[0]}x{k[1]} b{k[2]}": v["path"] for k, v in table.items()}
+            paths = {f"{k[0]}x{k[1]} b{k[2]}": v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
+                     for k, v in table.items()}  # the kernel config each shape runs
             print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
             tps = dec.tokens_per_second(16, args.new_tokens)
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             del dec
-            scale = ref_logits.abs().max().item()
-            diff = (logits[0] - ref_logits[0]).abs().max().item() / scale
-            agree = (tokens == ref_tokens).float().mean().item()
+            densify(model, torch.float16)  # a quantized variant's rounded values: the kernels' own reference
+            vref_tokens, vref_logits = ref_tokens, ref_logits
+            if vdt not in ("float16", "bfloat16"):
+                vref = StaticDecoder(model, max_len=max_len)
+                vref_tokens, vref_logits = vref.generate(prompt, 32, return_logits=True)
+                del vref
+                q_diff = (ref_logits[0] - vref_logits[0]).abs().max().item() / ref_logits.abs().max().item()
+                print(f"  {vdt} rounding alone moves the first-step logits by {q_diff:.1e} (fp16 weights' engine)")
+            scale = vref_logits.abs().max().item()
+            diff = (logits[0] - vref_logits[0]).abs().max().item() / scale
+            agree = (tokens == vref_tokens).float().mean().item()
             # decode steps (batch 1: the sparse kernels) up to the first differing token: same inputs both sides
-            gen, ref_gen = tokens[0, 16:], ref_tokens[0, 16:]
+            gen, ref_gen = tokens[0, 16:], vref_tokens[0, 16:]
             same = int((gen != ref_gen).nonzero()[0, 0]) if bool((gen != ref_gen).any()) else gen.numel()
             steps = slice(1, max(2, min(same + 1, logits.shape[0])))
-            ddiff = (logits[steps] - ref_logits[steps]).abs().max().item() / scale
+            ddiff = (logits[steps] - vref_logits[steps]).abs().max().item() / scale
             rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse", "values": vdt,
                          "tokens_per_s": round(tps, 1), "dispatch": paths})
-            checks.append({"sparsity": s, "mask": mask, "values": vdt, "first_step_logit_maxdiff_rel": diff,
+            checks.append({"sparsity": s, "mask": mask, "values": vdt, "reference": "dense engine, same weights"
+                           + (" (rounded to the values dtype)" if vref_tokens is not ref_tokens else ""),
+                           "first_step_logit_maxdiff_rel": diff,
                            "decode_logit_maxdiff_rel": ddiff, "identical_prefix_tokens": same,
                            "token_agreement_32": agree})
             dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r.get("mask") == mask
@@ -173,7 +184,6 @@ def main() -> None:
             print(f"s={s:.2f} sparse engine ({vdt}) {tps:7.1f} tok/s = {tps / dense_tps:.2f}x dense engine; "
                   f"decode logit diff {ddiff:.1e} (first {same} tokens equal), token agreement {agree:.2f}",
                   flush=True)
-            densify(model, torch.float16)
             with torch.no_grad():
                 for n_, w in kept.items():
                     model.get_submodule(n_).weight.copy_(w)

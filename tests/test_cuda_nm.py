@@ -125,9 +125,10 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     cfgs = gpu_backend.nmcu_configs()
     assert cfgs and all(c.kernel == "nmcu" for c in cfgs) and len({c.key() for c in cfgs}) == len(cfgs)
     assert all(c.key() in {x.key() for x in gpu_backend.candidate_configs(1)} for c in cfgs)
-    assert not any(c.x16 for c in cfgs) and gpu_backend.nmcu_configs(2) == []  # untimed: opt-in
+    assert all(c.x16 for c in cfgs) and gpu_backend.nmcu_configs(2) == []  # batched: untimed, opt-in
     monkeypatch.setenv("SPARSELM_UNTIMED", "1")
-    assert any(c.x16 for c in gpu_backend.nmcu_configs()) and {c.block_b for c in gpu_backend.nmcu_configs(4)} == {4}
+    batched = gpu_backend.nmcu_configs(4)
+    assert {c.block_b for c in batched} == {4} and {c.unroll for c in batched} == {1, 2}
     assert gpu_backend.nmcu_configs(8) == []
 
 
@@ -193,16 +194,19 @@ def test_a_model_pruned_n_m_is_served_after_sparsify():
     (1, 4, "float16", torch.float16, 2, 2), (2, 8, "bfloat16", torch.bfloat16, 4, 3),
     (1, 4, "int8", torch.float16, 4, 4)])
 def test_gpu_build_batched_matches_the_host_build(keep, m, values, act, batch, bsz):
-    """On a GPU machine: batches 2 and 4 against the host emulation and the dense reference, K past 48 KB of x."""
+    """On a GPU machine: batches 2 and 4 against the host emulation and the dense reference, K past 48 KB of x. Both
+    unrolls in turn on the same matrix: each kernel must opt in to its own shared-memory size (a record shared between
+    them once let the second launch fail)."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
     for n, k in ((37, 304), (19, 11008)):
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(bsz, k, device="cuda").to(act)
-        y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=8, persist=2, block_b=batch, unroll=2))
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
-        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=2, batch=batch)
-                                   .to(act).float(), rtol=tol, atol=tol)
+        for unroll in (1, 2):
+            y = cuda_nm.gemv(x, p, SpmmConfig(kernel="nmcu", num_warps=8, persist=2, block_b=batch, unroll=unroll))
+            assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+            torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, batch=batch)
+                                       .to(act).float(), rtol=tol, atol=tol)

@@ -192,8 +192,10 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 
 # nmcu (nm_gemv.cu): N:M masks only (autotune's supports() check skips it on any other matrix), so it costs an
 # unstructured model nothing. (warps per block, blocks per SM) x steps per load round; 2048 threads per SM or more get
-# the 32-register build (cuda_nm.min_blocks). Written after the last timing and untimed, so offered only with
-# SPARSELM_UNTIMED=1 (the device scripts set it): x staged as 16-bit activations (x16), and batches 2 and 4.
+# the 32-register build (cuda_nm.min_blocks). Batch 1 stages x as its 16-bit activations (x16): it won all 26 timed
+# cases against float32 staging (gpu_kernels_nm_x16.json, session 23), so float32 staging is no longer offered.
+# Batches 2 and 4 only with SPARSELM_UNTIMED=1 (the device scripts set it): their first timing won 1 of 4 cases, and
+# batch 4 with 2 steps per round had not launched (a shared opt-in record, fixed since).
 NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
 NMCU_BATCHED = ((16, 1), (32, 1), (16, 2))
 
@@ -208,8 +210,8 @@ def nmcu_configs(batch: int = 1) -> list[SpmmConfig]:
     if batch > 1:
         return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, block_b=batch) for w, pb in NMCU_BATCHED
                 for u in (1, 2)]
-    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=h) for w, pb in NMCU_B1
-            for u in cuda_nm.UNROLLS for h in ((False, True) if untimed else (False,))]
+    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=True) for w, pb in NMCU_B1
+            for u in cuda_nm.UNROLLS]
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

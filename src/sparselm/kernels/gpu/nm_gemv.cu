@@ -267,24 +267,26 @@ __global__ void nm_gemm_kernel(const NMArgs a) {
   }
 }
 
-template <int VT, int XT, int M, int N>
-static int nm_launch_b(const NMArgs& a, int B, int unroll, int blocks, int threads, cudaStream_t s) {
+// One opted-in size per kernel: cudaFuncSetAttribute is per function, so (B, U) instances may not share the record
+// (a shared one let B=4 U=2 skip its opt-in after B=4 U=1 and fail with "invalid argument").
+template <int VT, int XT, int M, int N, int B, int U>
+static int nm_launch_bu(const NMArgs& a, int blocks, int threads, cudaStream_t s) {
   static size_t opted = 48 * 1024;
   const size_t smem = (size_t)a.kx * B * 4;
-#define SL_NMB(BB, UU)                                                                        \
-  {                                                                                           \
-    if (const int e = opt_in(nm_gemm_kernel<VT, XT, M, N, BB, UU>, smem, &opted)) return e;   \
-    nm_gemm_kernel<VT, XT, M, N, BB, UU><<<blocks, threads, smem, s>>>(a);                    \
-    return (int)cudaGetLastError();                                                           \
-  }
+  if (const int e = opt_in(nm_gemm_kernel<VT, XT, M, N, B, U>, smem, &opted)) return e;
+  nm_gemm_kernel<VT, XT, M, N, B, U><<<blocks, threads, smem, s>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int XT, int M, int N>
+static int nm_launch_b(const NMArgs& a, int B, int unroll, int blocks, int threads, cudaStream_t s) {
   switch (B * 10 + unroll) {
-    case 21: SL_NMB(2, 1)
-    case 22: SL_NMB(2, 2)
-    case 41: SL_NMB(4, 1)
-    case 42: SL_NMB(4, 2)
+    case 21: return nm_launch_bu<VT, XT, M, N, 2, 1>(a, blocks, threads, s);
+    case 22: return nm_launch_bu<VT, XT, M, N, 2, 2>(a, blocks, threads, s);
+    case 41: return nm_launch_bu<VT, XT, M, N, 4, 1>(a, blocks, threads, s);
+    case 42: return nm_launch_bu<VT, XT, M, N, 4, 2>(a, blocks, threads, s);
     default: return -1;
   }
-#undef SL_NMB
 }
 
 template <int VT, int XT>
