@@ -103,3 +103,27 @@ def test_decoder_fused_ops_need_a_llama_block():
                       num_attention_heads=4, hidden_act="gelu")
     with pytest.raises(ValueError, match="fused_ops"):
         StaticDecoder(LlamaForCausalLM(cfg).eval(), max_len=8, fused_ops=True)
+
+
+@pytest.mark.parametrize("pos,hd,dtype", [(0, 48, torch.float16), (63, 48, torch.float16), (64, 32, torch.float32),
+                                          (130, 48, torch.bfloat16)])
+def test_decode_attention_matches_sdpa_over_the_valid_keys(pos, hd, dtype):
+    """One new token per sequence, grouped-query heads, head_dim not a power of two, positions at and past a key
+    block's edge: SDPA over keys 0..pos; the keys past pos (garbage here) never count."""
+    from sparselm.kernels.gpu.fused import decode_attention
+
+    torch.manual_seed(pos)
+    b, h, hkv, max_len = 2, 4, 2, 150
+    q = torch.randn(b, h, 1, hd, device=DEVICE).to(dtype)
+    kc = torch.randn(b, hkv, max_len, hd, device=DEVICE).to(dtype)
+    vc = torch.randn(b, hkv, max_len, hd, device=DEVICE).to(dtype)
+    out = decode_attention(q, kc, vc, torch.tensor([pos], device=DEVICE))
+    assert out.shape == (b, 1, h * hd) and out.dtype == dtype
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), kc[:, :, :pos + 1].float(), vc[:, :, :pos + 1].float(), enable_gqa=True)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2).reshape(b, 1, h * hd), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="one token"):
+        decode_attention(q.expand(b, h, 2, hd), kc, vc, torch.tensor([pos], device=DEVICE))
+    with pytest.raises(ValueError, match="HKV dividing H"):
+        decode_attention(q[:, :3], kc, vc, torch.tensor([pos], device=DEVICE))

@@ -8,7 +8,8 @@ lm_head), so the same model object runs dense or sparse. Per layer l, for new to
 The attention always spans the whole static cache with a position mask: shapes never change, so one graph
 replays every step (positions live in a device tensor). On CPU it runs eagerly (no graphs).
 On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
-(kernels/gpu/fused.py), the eager ops' rounding kept: ~11 launches per layer instead of ~40.
+(kernels/gpu/fused.py), the eager ops' rounding kept, and a decode step's attention is one Triton kernel over keys
+0..pos: 9 launches per layer instead of ~40.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class StaticDecoder:
         """The same math as forward's loop with the Triton elementwise kernels; returns norm(h) of the last
         position. Each add_rmsnorm adds the previous sub-block's output to the residual and normalizes it for
         the next sub-block (the last one with the final norm)."""
-        from sparselm.kernels.gpu.fused import add_rmsnorm, rope_qkv, silu_mul
+        from sparselm.kernels.gpu.fused import add_rmsnorm, decode_attention, rope_qkv, silu_mul
 
         b, t, _ = h.shape
         nq = self.n_heads * self.head_dim
@@ -144,9 +145,12 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             q = rope_qkv(self.qkv[i](x), cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
                          self.k_cache[i], self.v_cache[i])
-            a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
-                                               enable_gqa=self.n_kv != self.n_heads)
-            a = layer.self_attn.o_proj(a.transpose(1, 2).reshape(b, t, nq))
+            if t == 1:  # a decode step: only keys 0..pos, no mask tensor, heads written as o_proj reads them
+                a = decode_attention(q, self.k_cache[i], self.v_cache[i], positions)
+            else:
+                a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                                   enable_gqa=self.n_kv != self.n_heads).transpose(1, 2)
+            a = layer.self_attn.o_proj(a.reshape(b, t, nq))
             pn = layer.post_attention_layernorm
             res, x = add_rmsnorm(res, a, pn.weight, pn.variance_epsilon)
             m = layer.mlp.down_proj(silu_mul(self.gate_up[i](x)))

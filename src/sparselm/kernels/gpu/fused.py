@@ -10,6 +10,12 @@ with the eager path to the last bit or within an ulp where a transcendental diff
     add_rmsnorm(h, d, w):  s = h + d;  n = w * (s * rsqrt(mean(s^2) + eps))      -> (s, n)     [HF LlamaRMSNorm]
     rope_qkv(qkv, cos, sin, pos):  q' = q cos + rot(q) sin -> (B, H, T, hd);  K[:, :, pos] = k', V[:, :, pos] = v
     silu_mul(gu):  silu(g) * u  for gu = [g | u] along the last dim
+    decode_attention(q, K, V, pos):  softmax(q K[:, :, :pos+1]^T / sqrt(hd)) V[:, :, :pos+1] -> (B, 1, H hd)
+
+decode_attention is the one new-token step (T = 1) of attention over the static cache. SDPA spans the whole cache
+with a boolean mask, which it turns into an additive one per call (3 fill / where kernels), and its flash kernel
+ran 5.6 us per 7B layer; this kernel reads the position from the device (graph replays stay valid), visits only
+keys 0..pos and writes the heads side by side, as o_proj wants them (benchmarks/results/decode_profile_*.json).
 """
 
 from __future__ import annotations
@@ -121,3 +127,51 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     block = 1024
     _silu_mul_kernel[(rows.shape[0], triton.cdiv(i2 // 2, block))](rows, out, i2 // 2, BLOCK=block, num_warps=4)
     return out.view(*gu.shape[:-1], i2 // 2)
+
+
+@triton.jit
+def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, H, HKV, max_len, HD, scale,
+                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(0)  # b * H + h: one query head of one sequence
+    b = bh // H
+    kvh = (bh % H) // (H // HKV)  # grouped-query attention: H / HKV query heads share a key/value head
+    p = tl.load(pos_ptr)  # the new token's position: keys 0..p are valid
+    d = tl.arange(0, BLOCK_D)
+    dok = d < HD
+    q = tl.load(q_ptr + bh * HD + d, mask=dok, other=0.0).to(tl.float32) * scale
+    base = (b * HKV + kvh) * max_len * HD
+    m = tl.full([], float("-inf"), tl.float32)  # online softmax: running max, sum and weighted values
+    s_sum = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, p + 1, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        nok = n <= p
+        ok = nok[:, None] & dok[None, :]
+        offs = base + n[:, None] * HD + d[None, :]
+        k = tl.load(k_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        sc = tl.where(nok, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(sc, axis=0))
+        alpha = tl.exp(m - m_new)
+        w = tl.exp(sc - m_new)
+        s_sum = s_sum * alpha + tl.sum(w, axis=0)
+        acc = acc * alpha + tl.sum(w[:, None] * v, axis=0)
+        m = m_new
+    tl.store(o_ptr + bh * HD + d, (acc / s_sum).to(o_ptr.dtype.element_ty), mask=dok)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor
+                     ) -> torch.Tensor:
+    """One new token per sequence: q (B, H, 1, hd), caches (B, HKV, max_len, hd) holding keys / values up to
+    positions[0] (a 1-element device tensor) -> the attention output (B, 1, H hd), heads side by side."""
+    b, h, t, hd = q.shape
+    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    if (t != 1 or h % hkv or k_cache.shape != v_cache.shape or k_cache.shape[0] != b or k_cache.shape[3] != hd
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+        raise ValueError(f"decode_attention: q {tuple(q.shape)} (one token), caches {tuple(k_cache.shape)} / "
+                         f"{tuple(v_cache.shape)} (B, HKV, max_len, hd), contiguous, HKV dividing H")
+    q = q.contiguous()
+    out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
+    _decode_attn_kernel[(b * h,)](q, k_cache, v_cache, positions, out, h, hkv, max_len, hd, hd ** -0.5,
+                                  BLOCK_N=64, BLOCK_D=triton.next_power_of_2(hd), num_warps=4)
+    return out
