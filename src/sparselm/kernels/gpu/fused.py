@@ -160,8 +160,8 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, H, HKV, max_len, HD
     tl.store(o_ptr + bh * HD + d, (acc / s_sum).to(o_ptr.dtype.element_ty), mask=dok)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor
-                     ) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                     block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
     """One new token per sequence: q (B, H, 1, hd), caches (B, HKV, max_len, hd) holding keys / values up to
     positions[0] (a 1-element device tensor) -> the attention output (B, 1, H hd), heads side by side."""
     b, h, t, hd = q.shape
@@ -173,5 +173,5 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     q = q.contiguous()
     out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
     _decode_attn_kernel[(b * h,)](q, k_cache, v_cache, positions, out, h, hkv, max_len, hd, hd ** -0.5,
-                                  BLOCK_N=64, BLOCK_D=triton.next_power_of_2(hd), num_warps=4)
+                                  BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(hd), num_warps=num_warps)
     return out
