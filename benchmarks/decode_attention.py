@@ -31,7 +31,7 @@ def main() -> None:
     vc = torch.randn_like(kc)
     q = torch.randn(b, h, 1, hd, device="cuda", dtype=torch.float16)
     rows = []
-    for pos in (24, ml - 1):
+    for pos in (24, 100, ml - 1):
         p = torch.tensor([pos], device="cuda")
         ref = F.scaled_dot_product_attention(q.float(), kc[0, :, :, :pos + 1].float(), vc[0, :, :, :pos + 1].float())
         ref = ref.transpose(1, 2).reshape(b, 1, h * hd)
@@ -40,12 +40,12 @@ def main() -> None:
                                                                         attn_mask=mask) for i in range(64)]) * 1e3
         rows.append({"pos": pos, "kernel": "sdpa (bool mask, whole cache)", "us": round(sdpa_us, 2)})
         print(f"pos {pos:4d} sdpa {sdpa_us:6.2f} us", flush=True)
-        for bn, nw in ((16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)):
+        for bn, nw in ((None, 4), (16, 2), (32, 2), (64, 4), (64, 8)):  # None: the default split
             err = (decode_attention(q, kc[0], vc[0], p, bn, nw).float() - ref).abs().max().item()
             us = time_graph([lambda i=i: decode_attention(q, kc[i % layers], vc[i % layers], p, bn, nw)
                              for i in range(64)]) * 1e3
-            rows.append({"pos": pos, "kernel": f"decode_attention n{bn} w{nw}", "us": round(us, 2), "maxdiff": err})
-            print(f"pos {pos:4d} n{bn:3d} w{nw} {us:6.2f} us  maxdiff {err:.1e}", flush=True)
+            rows.append({"pos": pos, "kernel": f"decode_attention n{bn or 'auto'} w{nw}", "us": round(us, 2), "maxdiff": err})
+            print(f"pos {pos:4d} n{bn or 'auto'} w{nw} {us:6.2f} us  maxdiff {err:.1e}", flush=True)
     res = {"device": torch.cuda.get_device_name(), "batch": b, "heads": h, "head_dim": hd, "max_len": ml,
            "dtype": "float16", "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def test_decoder_fused_ops_need_a_llama_block():
                                           (130, 48, torch.bfloat16)])
 def test_decode_attention_matches_sdpa_over_the_valid_keys(pos, hd, dtype):
     """One new token per sequence, grouped-query heads, head_dim not a power of two, positions at and past a key
-    block's edge: SDPA over keys 0..pos; the keys past pos (garbage here) never count."""
+    block's edge (one split, two, five, nine): SDPA over keys 0..pos; the keys past pos (garbage here) never count."""
     from sparselm.kernels.gpu.fused import decode_attention
 
     torch.manual_seed(pos)
@@ -123,6 +123,9 @@ def test_decode_attention_matches_sdpa_over_the_valid_keys(pos, hd, dtype):
         q.float(), kc[:, :, :pos + 1].float(), vc[:, :, :pos + 1].float(), enable_gqa=True)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(out.float(), ref.transpose(1, 2).reshape(b, 1, h * hd), rtol=tol, atol=tol)
+    for _ in range(2):  # more, smaller key splits; each call leaves the merge counters ready for the next
+        again = decode_attention(q, kc, vc, torch.tensor([pos], device=DEVICE), block_n=16)
+        torch.testing.assert_close(again.float(), out.float(), rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="one token"):
         decode_attention(q.expand(b, h, 2, hd), kc, vc, torch.tensor([pos], device=DEVICE))
     with pytest.raises(ValueError, match="HKV dividing H"):

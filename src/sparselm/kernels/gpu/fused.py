@@ -130,48 +130,85 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, H, HKV, max_len, HD, scale,
-                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, H, HKV, max_len, HD, scale,
+                        S, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     bh = tl.program_id(0)  # b * H + h: one query head of one sequence
-    b = bh // H
-    kvh = (bh % H) // (H // HKV)  # grouped-query attention: H / HKV query heads share a key/value head
-    p = tl.load(pos_ptr)  # the new token's position: keys 0..p are valid
-    d = tl.arange(0, BLOCK_D)
-    dok = d < HD
-    q = tl.load(q_ptr + bh * HD + d, mask=dok, other=0.0).to(tl.float32) * scale
-    base = (b * HKV + kvh) * max_len * HD
-    m = tl.full([], float("-inf"), tl.float32)  # online softmax: running max, sum and weighted values
-    s_sum = tl.zeros([], tl.float32)
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, p + 1, BLOCK_N):
+    sp = tl.program_id(1)  # keys [sp BLOCK_N, (sp + 1) BLOCK_N): one load round per program, no loop (a loop's
+    # dependent rounds cost ~4 us each at 32 programs: decode_attention_loop.json)
+    two = tl.arange(0, 2)
+    p = tl.max(tl.load(pos_ptr + two, mask=two < 1, other=0), axis=0)  # the new token's position: keys 0..p
+    start = sp * BLOCK_N
+    if start <= p:
+        b = bh // H
+        kvh = (bh % H) // (H // HKV)  # grouped-query attention: H / HKV query heads share a key/value head
+        d = tl.arange(0, BLOCK_D)
+        dok = d < HD
+        q = tl.load(q_ptr + bh * HD + d, mask=dok, other=0.0).to(tl.float32) * scale
         n = start + tl.arange(0, BLOCK_N)
         nok = n <= p
+        offs = (b * HKV + kvh) * max_len * HD + n[:, None] * HD + d[None, :]
         ok = nok[:, None] & dok[None, :]
-        offs = base + n[:, None] * HD + d[None, :]
         k = tl.load(k_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         sc = tl.where(nok, tl.sum(k * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m, tl.max(sc, axis=0))
-        alpha = tl.exp(m - m_new)
-        w = tl.exp(sc - m_new)
-        s_sum = s_sum * alpha + tl.sum(w, axis=0)
-        acc = acc * alpha + tl.sum(w[:, None] * v, axis=0)
-        m = m_new
-    tl.store(o_ptr + bh * HD + d, (acc / s_sum).to(o_ptr.dtype.element_ty), mask=dok)
+        m = tl.max(sc, axis=0)
+        w = tl.exp(sc - m)
+        l_sum = tl.sum(w, axis=0)
+        acc = tl.sum(w[:, None] * v, axis=0)
+        active = p // BLOCK_N + 1  # programs holding valid keys
+        if active == 1:
+            tl.store(o_ptr + bh * HD + d, (acc / l_sum).to(o_ptr.dtype.element_ty), mask=dok)
+        else:  # partial (max, sum, weighted values) to the workspace; the last to arrive merges them
+            slot = bh * S + sp
+            tl.store(ml_ptr + 2 * slot + two, tl.where(two == 0, m, l_sum))
+            tl.store(acc_ptr + slot * BLOCK_D + d, acc)
+            if tl.atomic_add(cnt_ptr + bh, 1, sem="acq_rel") == active - 1:
+                s = tl.arange(0, BLOCK_S)
+                sok = s < active
+                base = bh * S + s
+                ms = tl.load(ml_ptr + 2 * base, mask=sok, other=float("-inf"), cache_modifier=".cg")
+                ls = tl.load(ml_ptr + 2 * base + 1, mask=sok, other=0.0, cache_modifier=".cg")
+                accs = tl.load(acc_ptr + base[:, None] * BLOCK_D + d[None, :], mask=sok[:, None], other=0.0,
+                               cache_modifier=".cg")
+                mx = tl.max(ms, axis=0)
+                f = tl.where(sok, tl.exp(ms - mx), 0.0)
+                out = tl.sum(f[:, None] * accs, axis=0) / tl.sum(f * ls, axis=0)
+                tl.store(o_ptr + bh * HD + d, out.to(o_ptr.dtype.element_ty), mask=dok)
+                tl.store(cnt_ptr + bh, 0)  # ready for the next call (graph replays included)
+
+
+_WORKSPACE: dict = {}  # (device, B H, splits, BLOCK_D) -> (max/sum, partial outputs, arrival counters)
+
+
+def _workspace(device: torch.device, bh: int, splits: int, block_d: int):
+    """Per shape, allocated once (outside any graph capture: the decoder's warm-up makes the first call) and shared
+    by every layer's call: they run one after another on the decode stream, and each call leaves the counters at 0."""
+    key = (str(device), bh, splits, block_d)
+    if key not in _WORKSPACE:
+        _WORKSPACE[key] = (torch.empty(bh * splits * 2, device=device, dtype=torch.float32),
+                           torch.empty(bh * splits * block_d, device=device, dtype=torch.float32),
+                           torch.zeros(bh, device=device, dtype=torch.int32))
+    return _WORKSPACE[key]
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
-                     block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+                     block_n: int | None = None, num_warps: int = 4) -> torch.Tensor:
     """One new token per sequence: q (B, H, 1, hd), caches (B, HKV, max_len, hd) holding keys / values up to
-    positions[0] (a 1-element device tensor) -> the attention output (B, 1, H hd), heads side by side."""
+    positions[0] (a 1-element device tensor) -> the attention output (B, 1, H hd), heads side by side. The keys
+    are split over programs of block_n each (default: 32, or larger so that at most 64 splits cover the cache);
+    a head's programs merge their partial softmaxes through a small workspace (flash-decoding), in one launch."""
     b, h, t, hd = q.shape
     hkv, max_len = k_cache.shape[1], k_cache.shape[2]
     if (t != 1 or h % hkv or k_cache.shape != v_cache.shape or k_cache.shape[0] != b or k_cache.shape[3] != hd
             or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
         raise ValueError(f"decode_attention: q {tuple(q.shape)} (one token), caches {tuple(k_cache.shape)} / "
                          f"{tuple(v_cache.shape)} (B, HKV, max_len, hd), contiguous, HKV dividing H")
+    block_n = block_n or max(32, triton.next_power_of_2(triton.cdiv(max_len, 64)))
+    splits, block_d = triton.cdiv(max_len, block_n), triton.next_power_of_2(hd)
+    ml, acc, cnt = _workspace(q.device, b * h, splits, block_d)
     q = q.contiguous()
     out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
-    _decode_attn_kernel[(b * h,)](q, k_cache, v_cache, positions, out, h, hkv, max_len, hd, hd ** -0.5,
-                                  BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(hd), num_warps=num_warps)
+    _decode_attn_kernel[(b * h, splits)](q, k_cache, v_cache, positions, out, ml, acc, cnt, h, hkv, max_len, hd,
+                                         hd ** -0.5, splits, BLOCK_N=block_n, BLOCK_D=block_d,
+                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=num_warps)
     return out
