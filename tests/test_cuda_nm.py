@@ -132,6 +132,51 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     assert gpu_backend.nmcu_configs(8) == []
 
 
+def eager_prologue(kind, x, delta=None, gamma=None, eps=1e-5):
+    """The decode loop's separate steps in eager PyTorch (HF LlamaRMSNorm / SiLU MLP rounding): (x_staged, residual)."""
+    if kind == "silu":
+        g, u = x.chunk(2, -1)
+        return torch.nn.functional.silu(g) * u, None
+    s = x + delta if delta is not None else x
+    var = s.float().pow(2).mean(-1, keepdim=True)
+    return gamma * (s.float() * torch.rsqrt(var + eps)).to(s.dtype), s
+
+
+@pytest.mark.parametrize("kind,with_delta,act", [("norm", True, torch.float16), ("norm", False, torch.bfloat16),
+                                                 ("silu", False, torch.float16), ("silu", False, torch.bfloat16)])
+def test_host_prologue_stages_the_decode_loops_step(kind, with_delta, act):
+    """RMSNorm(res + delta) and silu(g) * u computed while x is staged: the product equals the eager steps followed
+    by the product, and block 0's residual (res + delta) is exact."""
+    k = 1024
+    w = nm_weight(29, k, 1, 4, seed=3)
+    p = PackedBitmask.from_compressed(compress_tensor(w, "float16" if act == torch.float16 else "bfloat16"))
+    x = torch.randn(1, 2 * k if kind == "silu" else k).to(act)
+    delta = torch.randn(1, k).to(act) if with_delta else None
+    gamma = (1 + 0.1 * torch.randn(k)).to(act) if kind == "norm" else None
+    s_out = torch.empty(1, k, dtype=act)
+    y = cuda_nm.gemv_host(x, p, x16=True, prologue=cuda_nm.Prologue(kind, delta, gamma, 1e-5, s_out))
+    staged, res = eager_prologue(kind, x, delta, gamma)
+    ref = staged.double() @ decompress(compress_tensor(w, "float16"), torch.float32).double().T
+    tol = 2e-2 if act == torch.bfloat16 else 2e-3
+    assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+    if with_delta:
+        assert torch.equal(s_out, res)
+
+
+def test_prologue_refuses_what_the_kernel_cannot_stage():
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 256, 1, 4), "float16"))
+    x, g = torch.randn(1, 256).half(), torch.ones(256).half()
+    cases = [(dict(x16=False), cuda_nm.Prologue("norm", gamma=g), "x16"),
+             (dict(x16=True), cuda_nm.Prologue("norm"), "gamma"),
+             (dict(x16=True), cuda_nm.Prologue("gelu", gamma=g), "kind"),
+             (dict(x16=True), cuda_nm.Prologue("silu"), "wide"),  # silu needs [g | u]: 512 wide
+             (dict(x16=True), cuda_nm.Prologue("norm", x, g, s_out=x), "overlaps"),
+             (dict(x16=True), cuda_nm.Prologue("norm", gamma=g.float()), "dtype")]
+    for kw, pro, why in cases:
+        with pytest.raises(ValueError, match=why):
+            cuda_nm.gemv_host(x, p, prologue=pro, **kw)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
 def test_unavailable_without_a_gpu_says_why():
     assert not cuda_nm.available()
@@ -210,3 +255,63 @@ def test_gpu_build_batched_matches_the_host_build(keep, m, values, act, batch, b
             assert ((y.double() - ref).norm() / ref.norm()).item() < tol
             torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, batch=batch)
                                        .to(act).float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("kind,act", [("norm", torch.float16), ("norm", torch.bfloat16), ("silu", torch.float16)])
+def test_gpu_build_prologue_matches_the_host_build(kind, act):
+    """On a GPU machine: the prologues (every block recomputes RMSNorm(res + delta) or silu(g) * u while staging x)
+    against the host build and the eager steps; block 0's residual exact; K past one chunk per thread."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    cfg = SpmmConfig(kernel="nmcu", num_warps=16, persist=2, unroll=2, x16=True)
+    for n, k in ((45, 4096), (300, 11008)):
+        w = nm_weight(n, k, 1, 4, seed=k)
+        p = PackedBitmask.from_compressed(compress_tensor(w, "float16" if act == torch.float16 else "bfloat16")
+                                          .to("cuda"))
+        x = torch.randn(1, 2 * k if kind == "silu" else k, device="cuda").to(act)
+        delta = torch.randn(1, k, device="cuda").to(act) if kind == "norm" else None
+        gamma = (1 + 0.1 * torch.randn(k, device="cuda")).to(act) if kind == "norm" else None
+        s_out = torch.empty(1, k, device="cuda", dtype=act)
+        y = cuda_nm.gemv(x, p, cfg, prologue=cuda_nm.Prologue(kind, delta, gamma, 1e-5, s_out))
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        yh = cuda_nm.gemv_host(x.cpu(), p, unroll=2, x16=True, prologue=cuda_nm.Prologue(
+            kind, cpu(delta), cpu(gamma), 1e-5, torch.empty(1, k, dtype=act)))
+        staged, res = eager_prologue(kind, x, delta, gamma)
+        ref = staged.double() @ decompress(compress_tensor(w, "float16"), torch.float32).double().T.cuda()
+        tol = 2e-2 if act == torch.bfloat16 else 2e-3
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+        torch.testing.assert_close(y.float().cpu(), yh.to(act).float(), rtol=tol, atol=tol)
+        if kind == "norm":
+            assert torch.equal(s_out, res)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+def test_gpu_build_decoder_prologues_keep_the_tokens(monkeypatch):
+    """On a GPU machine: a 1:4 model whose layers run nmcu x16 at batch 1 decodes with the norms and silu * up
+    staged by the kernels (prologues) as it does with them as separate kernels."""
+    from tiny_models import tiny
+
+    from sparselm.pruning.driver import prune_model
+    from sparselm.runtime import StaticDecoder, gpu_backend, sparsify
+
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    monkeypatch.setattr(gpu_backend, "_TABLE", {})  # this test's choices only
+    torch.manual_seed(0)
+    model = tiny("llama").half().cuda().eval()
+    prune_model(model, method="magnitude", pattern="1:4", progress=False)
+    sparsify(model)
+    cfg = SpmmConfig(kernel="nmcu", num_warps=4, persist=2, unroll=1, x16=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 5), device="cuda")
+    runs = []
+    for prologues in (True, False):
+        dec = StaticDecoder(model, max_len=32, prologues=prologues)
+        for lin in [m for m in dec.qkv + dec.gate_up] + [m for m in model.modules() if type(m).__name__ ==
+                                                          "SparseLinear"]:
+            key = gpu_backend.key_of(lin.out_features, lin.in_features, 1, gpu_backend.values_name(lin),
+                                     torch.float16)
+            gpu_backend.record(key, "sparse", cfg)
+        runs.append(dec.generate(ids, 12, return_logits=True))
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=2e-2, atol=2e-2)
