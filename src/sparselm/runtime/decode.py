@@ -9,8 +9,8 @@ The attention always spans the whole static cache with a position mask: shapes n
 replays every step (positions live in a device tensor). On CPU it runs eagerly (no graphs).
 On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
 (kernels/gpu/fused.py), the eager ops' rounding kept, and a decode step's attention is one Triton kernel over keys
-0..pos: 9 launches per layer instead of ~40. At batch 1 a sparse layer on the N:M kernel computes the RMSNorm or
-silu * up before it while staging its input (prologues): 6 launches per layer.
+0..pos: 9 launches per layer instead of ~40. Opt-in (prologues=True): at batch 1 a sparse layer on the N:M kernel
+computes the RMSNorm or silu * up before it while staging its input, 6 launches per layer (measured slower).
 """
 
 from __future__ import annotations
@@ -60,13 +60,15 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None, prologues: bool = True):
+                 fuse: bool = True, fused_ops: bool | None = None, prologues: bool = False):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         prologues (with fused_ops): at batch 1, a sparse layer whose measured kernel can compute the RMSNorm or
-        silu * up before it while staging its input does so (one launch fewer per step each)."""
+        silu * up before it while staging its input does so (one launch fewer each). Off by default: on the
+        7B shape it lost 5-8% (gpu_decode_prologue.json), every block of the product recomputing the step from
+        L2 (3-5x the bytes of a plain staging over 264-528 blocks) costing more than the launch it saves."""
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
