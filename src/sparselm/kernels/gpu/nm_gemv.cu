@@ -100,25 +100,18 @@ SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc
   }
 }
 
-// One load round: steps first .. first + U - 1 of a row (those below `left`, the steps the row has left).
-template <int VT, int M, int U>
-SL_HD void nm_load_round(const void* vals, const void* idx, size_t first, int left, int lane, NMStep (&s)[U]) {
+// Lane `lane`'s walk over one row's `steps` steps (the row starts at step `first`): U steps' loads issued before
+// the first use, then use(step, the lane's first group in it) for each.
+template <int VT, int M, int N, int U, typename Use>
+SL_HD void nm_walk(const void* vals, const void* idx, size_t first, int steps, int lane, Use use) {
+  constexpr int J = 8 / N;  // groups per lane per step
+  for (int t = 0; t < steps; t += U) {
+    NMStep s[U];
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int u = 0; u < U; ++u)
-    if (U == 1 || u < left) nm_load<VT, M>(vals, idx, first + u, lane, s[u]);
-}
-
-// Lane `lane`'s walk over one row's `steps` steps (the row starts at step `first`): U steps' loads issued before
-// the first use, then use(step, the lane's first group in it) for each. `loaded`: s already holds the first round
-// (the batch-1 kernel issues it before staging x).
-template <int VT, int M, int N, int U, typename Use>
-SL_HD void nm_walk(const void* vals, const void* idx, size_t first, int steps, int lane, Use use, NMStep (&s)[U],
-                   bool loaded) {
-  constexpr int J = 8 / N;  // groups per lane per step
-  for (int t = 0; t < steps; t += U) {
-    if (!(loaded && t == 0)) nm_load_round<VT, M, U>(vals, idx, first + t, steps - t, lane, s);
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) nm_load<VT, M>(vals, idx, first + t + u, lane, s[u]);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -127,13 +120,12 @@ SL_HD void nm_walk(const void* vals, const void* idx, size_t first, int steps, i
   }
 }
 
-// Lane `lane`'s partial dot product over one row (s, loaded: as nm_walk's).
+// Lane `lane`'s partial dot product over one row.
 template <int VT, int XT, int M, int N, int U, typename XS>
-SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t first, int steps, int lane,
-                    NMStep (&s)[U], bool loaded) {
+SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t first, int steps, int lane) {
   float acc0 = 0.0f, acc1 = 0.0f;
   nm_walk<VT, M, N, U>(vals, idx, first, steps, lane,
-                       [&](const NMStep& st, int g0) { nm_use<VT, XT, M, N>(st, xs, g0, acc0, acc1); }, s, loaded);
+                       [&](const NMStep& s, int g0) { nm_use<VT, XT, M, N>(s, xs, g0, acc0, acc1); });
   return acc0 + acc1;
 }
 
@@ -177,9 +169,8 @@ SL_HD void nm_use_b(const NMStep& s, const float* xt, int g0, float* acc) {
 template <int VT, int M, int N, int B, int U>
 SL_HD void nm_lane_b(const void* vals, const void* idx, const float* xt, size_t first, int steps, int lane,
                      float* acc) {
-  NMStep s[U];
   nm_walk<VT, M, N, U>(vals, idx, first, steps, lane,
-                       [&](const NMStep& st, int g0) { nm_use_b<VT, M, N, B>(st, xt, g0, acc); }, s, false);
+                       [&](const NMStep& s, int g0) { nm_use_b<VT, M, N, B>(s, xt, g0, acc); });
 }
 
 struct NMArgs {
@@ -276,14 +267,6 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
   float* xsf = reinterpret_cast<float*>(xs4);
   uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, r0 = blockIdx.x * warps + (threadIdx.x >> 5);
-  // The warp's first load round, issued before x is staged: the weights do not depend on x, so their DRAM latency
-  // overlaps the staging's L2 round trips and barrier (~2.2 us of fixed cost per launch in the 7B decode otherwise:
-  // decode_profile_1of4_attn.json against the bytes at cuBLAS's rate)
-  // (not in the 32-register build at 2 steps per round: the round live across the staging spilled there)
-  constexpr bool EARLY = MINB == 1 || U == 1;
-  NMStep s[U];
-  if (EARLY && r0 < a.N) nm_load_round<VT, M, U>(a.vals, a.idx, (size_t)r0 * a.steps, a.steps, lane, s);
   if (X16) {  // the activations as they are (16-byte copies), or a prologue's output; zeros in [K, kx)
     if (a.pro == PRO_NONE) stage_x(xs4, a.x, a.K);
     else stage_prologue<XT>(xs4, a);
@@ -292,11 +275,10 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  for (int r = r0; r < a.N; r += gridDim.x * warps) {
-    float acc = X16 ? nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)r * a.steps, a.steps, lane, s,
-                                               EARLY && r == r0)
-                    : nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane, s,
-                                               EARLY && r == r0);
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
+    float acc = X16 ? nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)r * a.steps, a.steps, lane)
+                    : nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
@@ -444,12 +426,8 @@ static void nm_host_rows(const NMArgs& a, float* y) {
   }
   for (int r = 0; r < a.N; ++r) {
     float l[32], t[32];
-    for (int lane = 0; lane < 32; ++lane) {  // even rows as a warp's first row: its first round loaded early
-      NMStep s[U];
-      const bool early = r % 2 == 0;
-      if (early) nm_load_round<VT, M, U>(a.vals, a.idx, (size_t)r * a.steps, a.steps, lane, s);
-      l[lane] = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs, (size_t)r * a.steps, a.steps, lane, s, early);
-    }
+    for (int lane = 0; lane < 32; ++lane) l[lane] = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs,
+                                                                             (size_t)r * a.steps, a.steps, lane);
     for (int m = 16; m; m >>= 1) {  // __shfl_xor_sync's tree
       for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
       memcpy(l, t, sizeof l);
