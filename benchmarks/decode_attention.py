@@ -44,7 +44,8 @@ def main() -> None:
             err = (decode_attention(q, kc[0], vc[0], p, bn, nw).float() - ref).abs().max().item()
             us = time_graph([lambda i=i: decode_attention(q, kc[i % layers], vc[i % layers], p, bn, nw)
                              for i in range(64)]) * 1e3
-            rows.append({"pos": pos, "kernel": f"decode_attention n{bn or 'auto'} w{nw}", "us": round(us, 2), "maxdiff": err})
+            rows.append({"pos": pos, "kernel": f"decode_attention n{bn or 'auto'} w{nw}", "us": round(us, 2),
+                         "maxdiff": err})
             print(f"pos {pos:4d} n{bn or 'auto'} w{nw} {us:6.2f} us  maxdiff {err:.1e}", flush=True)
     res = {"device": torch.cuda.get_device_name(), "batch": b, "heads": h, "head_dim": hd, "max_len": ml,
            "dtype": "float16", "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
