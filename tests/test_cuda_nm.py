@@ -315,3 +315,20 @@ def test_gpu_build_decoder_prologues_keep_the_tokens(monkeypatch):
         runs.append(dec.generate(ids, 12, return_logits=True))
     assert torch.equal(runs[0][0], runs[1][0])
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=2e-2, atol=2e-2)
+
+
+def test_prologue_linear_declines_what_it_cannot_fuse():
+    """Only a sparse layer on the GPU whose batch-1 choice is nmcu x16 takes a prologue; anything else returns None
+    (the decode loop then runs the Triton step and the layer apart). On the CPU the decoder never asks."""
+    from tiny_models import tiny
+
+    from sparselm.runtime import StaticDecoder, gpu_backend, sparsify
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    lin = torch.nn.Linear(64, 32).half()
+    sp = SparseLinear.from_linear(torch.nn.Linear(64, 32, bias=False).half(), values_dtype="float16")
+    for layer in (lin, sp):
+        assert gpu_backend.prologue_linear(layer, torch.randn(1, 1, 64).half(), cuda_nm.Prologue("silu")) is None
+    model = tiny("llama").eval()
+    sparsify(model, values_dtype="float32")
+    assert not StaticDecoder(model, max_len=8, use_graph=False, prologues=True).prologues
