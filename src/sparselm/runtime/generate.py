@@ -97,7 +97,6 @@ def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str 
                          batches=(1,), act_dtype=dtype)
         dispatch = {f"{k[0]}x{k[1]}": v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
                     for k, v in table.items()}
-        dec = _decoder(net, max_len)
     tokens, tps = _timed(dec, ids, max_new_tokens)
     new = tokens[0, ids.shape[1]:]
     eos = getattr(tok, "eos_token_id", None)
