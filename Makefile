@@ -30,8 +30,13 @@ assets:
 	bash scripts/install_system_assets.sh
 
 # The embedded default: dense fine-tune -> SparseGPT 50% -> SquareHead fine-tune -> eval -> report (7-11 min on 2 cores).
+# the pipeline (teacher -> SparseGPT 50% -> CE + SquareHead), then the sparse model decoded through the CPU kernels,
+# timed against the same loop over its densified weights
 demo: install
-	$(VENV)/bin/sparselm run src/sparselm/recipes/demo-cpu.yaml
+	$(VENV)/bin/sparselm run src/sparselm/recipes/demo-cpu.yaml output.keep_models=true
+	$(VENV)/bin/sparselm generate out/demo-run/runs/s50-squarehead_token --device cpu --compare-dense \
+	  --max-new-tokens 32 --out out/demo-run/generate.json \
+	  --prompt $$'Question: A meeting started at 02:52 and ended at 08:06. How long was the meeting? Answer in HH:MM.\nAnswer:'
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
