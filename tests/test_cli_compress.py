@@ -9,26 +9,14 @@ from typer.testing import CliRunner
 from sparselm.cli import app
 from sparselm.compress import load_compressed
 from sparselm.runtime import SparseLinear, sparsify
-from test_eval_fixtures import char_tokenizer
-from tiny_models import tiny
+from test_eval_fixtures import save_pruned_llama
 
 runner = CliRunner()
 
 
 @pytest.fixture()
 def pruned_dir(tmp_path):
-    tok = char_tokenizer()
-    model = tiny("llama")
-    model.resize_token_embeddings(len(tok))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layers" in name and p.dim() == 2:
-                p[torch.rand_like(p) < 0.6] = 0  # what a pruner leaves: zeros in the block linears
-    d = tmp_path / "pruned"
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_pruned_llama(tmp_path / "pruned")
 
 
 @pytest.mark.parametrize("values", ["float16", "int4"])

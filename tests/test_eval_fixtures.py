@@ -45,3 +45,21 @@ def tiny_t5(vocab_size: int = 128, seed: int = 0):
     cfg = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
                    num_heads=4, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
     return T5ForConditionalGeneration(cfg).eval()
+
+
+def save_pruned_llama(path, fraction: float = 0.6, seed: int = 0):
+    """A tiny Llama with about `fraction` of each block linear zeroed (what a pruner leaves) and a char tokenizer,
+    saved as an HF directory at `path` (the CLI tests' input: compress, generate)."""
+    from tiny_models import tiny
+
+    tok = char_tokenizer()
+    model = tiny("llama")
+    model.resize_token_embeddings(len(tok))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layers" in name and p.dim() == 2:
+                p[torch.rand_like(p) < fraction] = 0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
