@@ -3,6 +3,7 @@
     PYTHONPATH=src python benchmarks/decode_profile.py --out $OUT/decode_profile.json           # 7B shape, 1:4
     PYTHONPATH=src python benchmarks/decode_profile.py --pattern 0.75 --out $OUT/d.json          # unstructured 75%
     PYTHONPATH=src python benchmarks/decode_profile.py --layers 2 --out /tmp/p.json              # smoke
+    python benchmarks/decode_profile.py --plot benchmarks/results/decode_profile_1of4.json      # PNG beside it
 
 Why: at 1:4 the kernels alone run 2.7-3.2x cuBLAS (gpu_kernels_nm_x16.json) but the engine runs 2.1x the dense
 engine (gpu_decode_session23.json). The step's wall time is its kernels' time plus the gaps between them; this
@@ -26,7 +27,7 @@ import torch
 KINDS = (  # (kind, substrings of the kernel name), first match wins
     ("sparse weight product", ("nm_gemv", "nm_gemm", "grp8_gem", "d4_gem", "bmma", "tmma", "_spmm", "_spmv")),
     ("attention", ("flash", "fmha", "attention", "attn", "softmax")),
-    ("dense weight product", ("gemv", "gemm", "cutlass", "xmma", "cublas", "splitk")),
+    ("dense weight product", ("gemv", "gemm", "cutlass", "xmma", "cublas", "splitk", "nvjet")),  # nvjet: cuBLAS
     ("fused elementwise (Triton)", ("_add_rmsnorm", "_rope_qkv", "_silu_mul")),
 )
 
@@ -80,14 +81,55 @@ def profile_step(dec, prompt: torch.Tensor, replays: int) -> dict:
                              "kind": kind_of(n)} for n, (us, c) in top]}
 
 
+def plot(path: Path) -> Path:
+    """Stacked bars: each engine's kernel time per step by kind, and the gaps up to its wall time; PNG beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    engines = [e for e in ("dense_engine", "sparse_engine") if e in data]
+    kinds = [k for k, _ in KINDS] + ["other"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, eng in enumerate(engines):
+        r, base = data[eng], 0.0
+        by_kind = dict.fromkeys(kinds, 0.0)  # re-sorted with today's KINDS (the 25 largest kernels; the rest: other)
+        for t in r["top_kernels"]:
+            by_kind[kind_of(t["name"])] += t["us_per_step"]
+        by_kind["other"] += r["kernel_us_per_step"] - sum(t["us_per_step"] for t in r["top_kernels"])
+        for j, kind in enumerate(kinds + ["gaps"]):
+            us = r["wall_us_per_step"] - r["busy_us_per_step"] if kind == "gaps" else by_kind[kind]
+            ax.bar(i, us, bottom=base, color=f"C{j}", label=kind if i == 0 else None)
+            if us > 60:
+                ax.text(i, base + us / 2, f"{us:.0f}", ha="center", va="center", fontsize=7)
+            base += us
+        ax.text(i, base + 30, f"{r['wall_us_per_step']:.0f} us/step", ha="center", fontsize=8)
+    ax.set_xticks(range(len(engines)), [e.replace("_", " ") for e in engines])
+    ax.set(ylabel="us per decode step", title=f"{data.get('model', '')}, {data.get('pattern')} "
+                                              f"{data.get('values')}, batch 1, {data.get('device', '')}")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--pattern", default="1:4", help="an N:M pattern, or a sparsity for per-layer magnitude")
     ap.add_argument("--values", default="float16", help="the sparse engine's values dtype (float16, int8)")
     ap.add_argument("--replays", type=int, default=20)
+    ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     args = ap.parse_args()
+    if args.plot is not None:
+        print(plot(args.plot))
+        return
+    if args.out is None:
+        sys.exit("decode_profile.py: --out is required (or --plot FILE)")
     if not torch.cuda.is_available():
         sys.exit("decode_profile.py: needs a CUDA GPU")
     sys.path.insert(0, str(Path(__file__).parent))
@@ -129,7 +171,7 @@ def main() -> None:
             print(f"   {t['us_per_step']:8.2f} us x{t['calls_per_step']:.0f} {t['kind']:28s} {t['name'][:90]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(args.out)}")
 
 
 if __name__ == "__main__":

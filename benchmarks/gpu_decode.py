@@ -4,6 +4,7 @@
     PYTHONPATH=src python benchmarks/gpu_decode.py --layers 2 --out /tmp/d.json            # smoke
     PYTHONPATH=src python benchmarks/gpu_decode.py --model smollm2-135m --out $OUT/gpu_decode_smollm2.json
     PYTHONPATH=src python benchmarks/gpu_decode.py --sparsities 0 --patterns 2:4,2:8,1:4 --out $OUT/d.json  # N:M
+    python benchmarks/gpu_decode.py --plot benchmarks/results/gpu_decode.json       # PNG beside a result (any machine)
 
 Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
 "sparselm-dense-eager-ops": the same with PyTorch's eager elementwise ops), "sparselm-sparse" (the same loop
@@ -59,6 +60,41 @@ def prune_nm(model, pattern: str) -> None:
         w.mul_(~select_nm(w.abs().float(), n, m))
 
 
+def plot(path: Path) -> Path:
+    """Bars: each sparse-engine variant's tokens/s over the same engine dense at its sparsity level (same run), its
+    tokens/s written on it; the PNG beside the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    dense = {(r["sparsity"], r.get("mask")): r["tokens_per_s"] for r in rows if r["engine"] == "sparselm-dense"}
+    sparse = [r for r in rows if r["engine"] == "sparselm-sparse"]
+    names = [(f"{r['sparsity']:.0%}" if r.get("mask") in (None, "magnitude") else r["mask"]) + f"\n{r['values']}"
+             for r in sparse]
+    ratios = [r["tokens_per_s"] / dense[(r["sparsity"], r.get("mask"))] for r in sparse]
+    colors = {"float16": "tab:blue", "bfloat16": "tab:cyan", "int8": "tab:orange", "int4": "tab:green"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(sparse) + 2), 4.2))
+    ax.bar(range(len(sparse)), ratios, color=[colors.get(r["values"], "gray") for r in sparse])
+    for i, r in enumerate(sparse):
+        ax.text(i, ratios[i] + 0.03, f"{r['tokens_per_s']:.0f}", ha="center", fontsize=7)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(2.5, color="r", ls="--", lw=0.8, label="goal at 75%: 2.5x")
+    ax.set_xticks(range(len(sparse)), names, fontsize=7)
+    lo, hi = min(dense.values()), max(dense.values())
+    ax.set(ylabel="tokens/s over the same engine dense (x)",
+           title=f"{sparse[0]['model'] if sparse else ''}: batch 1, {data.get('device', '')} (numbers: sparse tokens/s;"
+                 f" dense {lo:.0f}-{hi:.0f})")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_decode.json"))
@@ -71,7 +107,11 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
+    ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     args = ap.parse_args()
+    if args.plot is not None:
+        print(plot(args.plot))
+        return
     if not torch.cuda.is_available():
         sys.exit("gpu_decode.py: needs a CUDA GPU")
     import transformers
@@ -197,7 +237,7 @@ def main() -> None:
                         "transformers": transformers.__version__, "python": platform.python_version()},
            "wall_s": round(time.time() - t0, 1)}
     args.out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(args.out)}")
 
 
 if __name__ == "__main__":

@@ -261,10 +261,11 @@ def plot_nm(data: dict, out: Path) -> Path:
         per_weight = n_ / m_ * ((1 if vals == "int8" else 2) + (2 if m_ == 4 else 4) / 8)
         ax.axhline(2 / per_weight, color="r", ls="--", lw=0.8, label="nmcu byte ceiling")
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks(range(len(rows)), [f"{r['N']}x{r['K']}" for r in rows], rotation=45, fontsize=7)
+        ax.set_xticks(range(len(rows)), [f"{r['N']}x{r['K']}" + (f" b{r['batch']}" if r["batch"] > 1 else "")
+                                         for r in rows], rotation=45, fontsize=7)
         ax.set(title=f"{mask} ({100 * rows[0]['sparsity']:.0f}%), {vals}", ylabel="speedup vs cuBLAS fp16 (x)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"batch 1, N:M masks, {data.get('device', '')}")
+    fig.suptitle(f"batch 1 (b2 / b4: batch 2 / 4), N:M masks, {data.get('device', '')}")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return out
