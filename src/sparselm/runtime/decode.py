@@ -25,6 +25,11 @@ from sparselm.compress.format import concat_rows
 from sparselm.runtime.sparse_linear import SparseLinear
 
 
+# decode_attention gives each program one block of keys and merges up to 64 blocks in one program: past this many
+# positions its tiles outgrow the registers, so longer caches keep SDPA
+DECODE_ATTENTION_MAX_LEN = 8192
+
+
 def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
     """One module computing cat([m(x) for m in mods], -1): stacked rows for nn.Linear, concatenated compressed
     rows for SparseLinear (same values dtype / group size). None when the modules cannot be fused."""
@@ -181,7 +186,7 @@ class StaticDecoder:
             qkv, res = self._normed(self.qkv[i], res, delta, layer.input_layernorm)
             q = rope_qkv(qkv, cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
                          self.k_cache[i], self.v_cache[i])
-            if t == 1:  # a decode step: only keys 0..pos, no mask tensor, heads written as o_proj reads them
+            if t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN:  # a decode step: keys 0..pos only, no mask
                 a = decode_attention(q, self.k_cache[i], self.v_cache[i], positions)
             else:
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,

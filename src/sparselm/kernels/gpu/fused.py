@@ -192,7 +192,7 @@ def _workspace(device: torch.device, bh: int, splits: int, block_d: int):
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
-                     block_n: int | None = None, num_warps: int = 4) -> torch.Tensor:
+                     block_n: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """One new token per sequence: q (B, H, 1, hd), caches (B, HKV, max_len, hd) holding keys / values up to
     positions[0] (a 1-element device tensor) -> the attention output (B, 1, H hd), heads side by side. The keys
     are split over programs of block_n each (default: 32, or larger so that at most 64 splits cover the cache);
@@ -205,6 +205,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                          f"{tuple(v_cache.shape)} (B, HKV, max_len, hd), contiguous, HKV dividing H")
     block_n = block_n or max(32, triton.next_power_of_2(triton.cdiv(max_len, 64)))
     splits, block_d = triton.cdiv(max_len, block_n), triton.next_power_of_2(hd)
+    num_warps = num_warps or max(4, block_n * block_d // 2048)  # <= 64 elements of each key / value tile per thread
     ml, acc, cnt = _workspace(q.device, b * h, splits, block_d)
     q = q.contiguous()
     out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
