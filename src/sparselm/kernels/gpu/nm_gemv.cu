@@ -78,14 +78,15 @@ SL_HD float x_at(const float* xs, int col) { return xs[col]; }
 template <int XT>
 SL_HD float x_at(const uint16_t* xs, int col) { return act_to_float<XT>(xs[col]); }
 
-// The lane's 8 products of step t (its first group g0 = 32 J t + lane), in two accumulators (even / odd slots).
-template <int VT, int XT, int M, int N, typename XS>
-SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc1) {
+// f(q, value, column) for the lane's 8 slots of one step (its first group g0 = 32 J t + lane), slot 4 h + q: values
+// decoded 4 at a time, a slot's column = its group's first column + its index. The batch-1 and batched products.
+template <int VT, int M, int N, typename F>
+SL_HD void nm_slots(const NMStep& s, int g0, F f) {
   constexpr int B = M == 4 ? 2 : 4;  // index bits per slot
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int h = 0; h < 2; ++h) {  // slots 4h .. 4h + 3, decoded 4 at a time
+  for (int h = 0; h < 2; ++h) {
     float v[4];
     decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
 #ifdef __CUDACC__
@@ -93,11 +94,18 @@ SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc
 #endif
     for (int q = 0; q < 4; ++q) {
       const int slot = 4 * h + q;
-      const int col = (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1));
-      if (q & 1) acc1 = fmaf(v[q], x_at<XT>(xs, col), acc1);
-      else acc0 = fmaf(v[q], x_at<XT>(xs, col), acc0);
+      f(q, v[q], (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1)));
     }
   }
+}
+
+// The lane's 8 products of one step, in two accumulators (even / odd slots).
+template <int VT, int XT, int M, int N, typename XS>
+SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc1) {
+  nm_slots<VT, M, N>(s, g0, [&](int q, float v, int col) {
+    if (q & 1) acc1 = fmaf(v, x_at<XT>(xs, col), acc1);
+    else acc0 = fmaf(v, x_at<XT>(xs, col), acc0);
+  });
 }
 
 // Lane `lane`'s walk over one row's `steps` steps (the row starts at step `first`): U steps' loads issued before
@@ -133,37 +141,24 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
 // multiply-adds; the weights' bytes are the same as at batch 1.
 template <int VT, int M, int N, int B>
 SL_HD void nm_use_b(const NMStep& s, const float* xt, int g0, float* acc) {
-  constexpr int BITS = M == 4 ? 2 : 4;
+  nm_slots<VT, M, N>(s, g0, [&](int, float v, int col) {
+    float xv[B];
 #ifdef __CUDACC__
-#pragma unroll
-#endif
-  for (int h = 0; h < 2; ++h) {
-    float v[4];
-    decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int q = 0; q < 4; ++q) {
-      const int slot = 4 * h + q;
-      const int col = (g0 + 32 * (slot / N)) * M + (int)((s.code >> (BITS * slot)) & (M - 1));
-      float xv[B];
-#ifdef __CUDACC__
-      if (B == 2) {
-        const float2 t = *reinterpret_cast<const float2*>(xt + (size_t)col * B);
-        xv[0] = t.x; xv[1] = t.y;
-      } else {
-        const float4 t = *reinterpret_cast<const float4*>(xt + (size_t)col * B);
-        xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
-      }
-#else
-      memcpy(xv, xt + (size_t)col * B, sizeof xv);
-#endif
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-      for (int b = 0; b < B; ++b) acc[b] = fmaf(v[q], xv[b], acc[b]);
+    if (B == 2) {
+      const float2 t = *reinterpret_cast<const float2*>(xt + (size_t)col * B);
+      xv[0] = t.x; xv[1] = t.y;
+    } else {
+      const float4 t = *reinterpret_cast<const float4*>(xt + (size_t)col * B);
+      xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
     }
-  }
+#else
+    memcpy(xv, xt + (size_t)col * B, sizeof xv);
+#endif
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int b = 0; b < B; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
+  });
 }
 
 template <int VT, int M, int N, int B, int U>
