@@ -9,8 +9,7 @@ The attention always spans the whole static cache with a position mask: shapes n
 replays every step (positions live in a device tensor). On CPU it runs eagerly (no graphs).
 On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
 (kernels/gpu/fused.py), the eager ops' rounding kept, and a decode step's attention is one Triton kernel over keys
-0..pos: 9 launches per layer instead of ~40. Opt-in (prologues=True): at batch 1 a sparse layer on the N:M kernel
-computes the RMSNorm or silu * up before it while staging its input, 6 launches per layer (measured slower).
+0..pos: 9 launches per layer instead of ~40.
 """
 
 from __future__ import annotations
@@ -65,15 +64,11 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None, prologues: bool = False):
+                 fuse: bool = True, fused_ops: bool | None = None):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
-        RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
-        prologues (with fused_ops): at batch 1, a sparse layer whose measured kernel can compute the RMSNorm or
-        silu * up before it while staging its input does so (one launch fewer each). Off by default: on the
-        7B shape it lost 5-8% (gpu_decode_prologue.json), every block of the product recomputing the step from
-        L2 (3-5x the bytes of a plain staging over 264-528 blocks) costing more than the launch it saves."""
+        RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops."""
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -108,7 +103,6 @@ class StaticDecoder:
         if fused_ops and not plain:
             raise ValueError("fused_ops: needs a Llama-type block (RMSNorm, SiLU MLP) with fuse=True")
         self.fused_ops = plain and (self.device.type == "cuda" if fused_ops is None else fused_ops)
-        self.prologues = self.fused_ops and prologues and self.device.type == "cuda"
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -142,49 +136,19 @@ class StaticDecoder:
         g, u = self.gate_up[i](h).chunk(2, dim=-1)
         return mlp.down_proj(mlp.act_fn(g) * u)
 
-    def _normed(self, lin: nn.Module, res: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lin(RMSNorm(res + delta)), res + delta): in one launch where lin's kernel computes the norm while it
-        stages its input (runtime.gpu_backend.prologue_linear), else add_rmsnorm then lin."""
-        if self.prologues:
-            from sparselm.kernels.gpu.cuda_nm import Prologue
-            from sparselm.runtime.gpu_backend import prologue_linear
-
-            s_out = torch.empty_like(res) if delta is not None else None
-            y = prologue_linear(lin, res, Prologue("norm", delta, norm.weight, norm.variance_epsilon, s_out))
-            if y is not None:
-                return y, (s_out if delta is not None else res)
-        from sparselm.kernels.gpu.fused import add_rmsnorm
-
-        res, x = add_rmsnorm(res, delta, norm.weight, norm.variance_epsilon)
-        return lin(x), res
-
-    def _silu_down(self, down: nn.Module, gu: torch.Tensor) -> torch.Tensor:
-        """down(silu(g) * u) for gu = [g | u], in one launch where down's kernel stages its input that way."""
-        if self.prologues:
-            from sparselm.kernels.gpu.cuda_nm import Prologue
-            from sparselm.runtime.gpu_backend import prologue_linear
-
-            y = prologue_linear(down, gu, Prologue("silu"))
-            if y is not None:
-                return y
-        from sparselm.kernels.gpu.fused import silu_mul
-
-        return down(silu_mul(gu))
-
     def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
-        """The same math as forward's loop with the Triton elementwise kernels (or, with prologues, the sparse
-        kernels' input staging); returns norm(h) of the last position. Each sub-block's output (delta) is added
-        to the residual and normalized for the next sub-block (the last one by the final norm)."""
-        from sparselm.kernels.gpu.fused import add_rmsnorm, decode_attention, rope_qkv
+        """The same math as forward's loop with the Triton kernels; returns norm(h) of the last position. Each
+        add_rmsnorm adds the previous sub-block's output to the residual and normalizes it for the next sub-block
+        (the last one with the final norm)."""
+        from sparselm.kernels.gpu.fused import add_rmsnorm, decode_attention, rope_qkv, silu_mul
 
         b, t, _ = h.shape
         nq = self.n_heads * self.head_dim
-        res, delta = h, None
+        norm0 = self.layers[0].input_layernorm
+        res, x = add_rmsnorm(h, None, norm0.weight, norm0.variance_epsilon)
         for i, layer in enumerate(self.layers):
-            qkv, res = self._normed(self.qkv[i], res, delta, layer.input_layernorm)
-            q = rope_qkv(qkv, cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
+            q = rope_qkv(self.qkv[i](x), cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
                          self.k_cache[i], self.v_cache[i])
             if t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN:  # a decode step: keys 0..pos only, no mask
                 a = decode_attention(q, self.k_cache[i], self.v_cache[i], positions)
@@ -192,9 +156,11 @@ class StaticDecoder:
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                                    enable_gqa=self.n_kv != self.n_heads).transpose(1, 2)
             a = layer.self_attn.o_proj(a.reshape(b, t, nq))
-            gu, res = self._normed(self.gate_up[i], res, a, layer.post_attention_layernorm)
-            delta = self._silu_down(layer.mlp.down_proj, gu)
-        res, x = add_rmsnorm(res, delta, self.norm.weight, self.norm.variance_epsilon)
+            pn = layer.post_attention_layernorm
+            res, x = add_rmsnorm(res, a, pn.weight, pn.variance_epsilon)
+            m = layer.mlp.down_proj(silu_mul(self.gate_up[i](x)))
+            nn_ = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
+            res, x = add_rmsnorm(res, m, nn_.weight, nn_.variance_epsilon)
         return x[:, -1]
 
     @torch.no_grad()

@@ -125,26 +125,6 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     return spmm(x2d, packed(layer), ch["cfg"])
 
 
-def prologue_linear(layer, x: torch.Tensor, prologue) -> torch.Tensor | None:
-    """layer(prologue(x)) in one launch (prologue: kernels.gpu.cuda_nm.Prologue, the decode loop's RMSNorm or
-    silu * up) when the layer's measured batch-1 choice is an nmcu x16 config, the kernel that stages its input
-    that way; None otherwise: the caller runs the step and the layer apart."""
-    from sparselm.runtime.sparse_linear import SparseLinear
-
-    if not isinstance(layer, SparseLinear) or layer.bias is not None or not x.is_cuda:
-        return None
-    x2d = x.reshape(-1, x.shape[-1])
-    if x2d.shape[0] != 1:
-        return None
-    ch = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), x2d.dtype))
-    cfg = ch.get("cfg")
-    if ch["path"] != "sparse" or cfg is None or cfg.kernel != "nmcu" or not cfg.x16:
-        return None
-    from sparselm.kernels.gpu import cuda_nm
-
-    return cuda_nm.gemv(x2d, packed(layer), cfg, prologue=prologue).view(*x.shape[:-1], layer.out_features)
-
-
 def pipelined_configs() -> list[SpmmConfig]:
     """Persistent, software-pipelined batch-1 variants of the two best tiles of grp8i and vc32 (`persist` programs
     per SM, `num_stages` of the flat row-block loop; 2 x 3 and 4 x 2 bracket the iterations in flight per SM).

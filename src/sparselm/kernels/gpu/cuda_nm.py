@@ -3,7 +3,6 @@
     pattern(packed)             # (M, slots per group) when every group of M columns has at most that many nonzeros
     vals, idx = layout(packed)  # built once per matrix, cached on it under ("nmcu",)
     y = gemv(x, packed, cfg)    # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2 or 4)
-    y = gemv(res, packed, cfg, Prologue("norm", delta, gamma, eps, s_out))  # y = RMSNorm(res + delta) W^T
     y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (B, N)
 
 Why: a matrix pruned N:M (`sparselm prune --pattern 1:4`, 2:8, 2:4) has the same slot count in every group, so a
@@ -15,7 +14,6 @@ whichever pattern pruned it; an unstructured one does not (`supports` is False a
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,13 +39,12 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
         lib.sl_nm_launch.restype = i32
         # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, blocks,
         # threads), stream
-        # stream, then the prologue (pro, xd, gamma, s_out, eps)
-        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 9 + [vp] + [i32] + [vp] * 3 + [ctypes.c_float]
+        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 9 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
-        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 5 + [i32] + [vp] * 3 + [ctypes.c_float]
+        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 5
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -173,55 +170,10 @@ def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1) -> None:
                          f"{p.values.dtype}, x {x.dtype}")
 
 
-@dataclass(frozen=True)
-class Prologue:
-    """The decode loop's step before a product, computed by every block while it stages x (batch 1, x16 configs),
-    instead of a kernel of its own (nm_gemv.cu: PRO_NORM / PRO_SILU):
-    "norm": x_staged = RMSNorm(x + delta) (HF LlamaRMSNorm: weight gamma, eps); s_out (when delta is given) receives
-    x + delta, the new residual; it must not overlap x or delta. delta None: RMSNorm(x).
-    "silu": x is [g | u] (2 K wide): x_staged = silu(g) * u."""
-    kind: str
-    delta: torch.Tensor | None = None
-    gamma: torch.Tensor | None = None
-    eps: float = 1e-6
-    s_out: torch.Tensor | None = None
-
-
-_PRO = {"norm": 1, "silu": 2}
-
-
-def _prologue_args(x: torch.Tensor, k: int, cfg_x16: bool, batch: int, pro: Prologue | None) -> tuple:
-    """(pro, xd, gamma, s_out, eps) for the launch, after checking shapes, dtypes and alignment."""
-    if pro is None:
-        return 0, None, None, None, 0.0
-    bad = lambda why: ValueError(f"nmcu prologue {pro.kind!r}: {why}")  # noqa: E731
-    if pro.kind not in _PRO:
-        raise bad(f"kind must be one of {sorted(_PRO)}")
-    if batch != 1 or not cfg_x16 or k % 8:
-        raise bad(f"needs a batch-1 x16 config and K % 8 == 0 (K = {k})")
-    width = 2 * k if pro.kind == "silu" else k
-    ts = [t for t in (x, pro.delta, pro.gamma, pro.s_out) if t is not None]
-    if x.shape != (1, width) or any(t.numel() != k for t in ts[1:]):
-        raise bad(f"x must be (1, {width}) and delta / gamma / s_out {k} wide, got x {tuple(x.shape)}")
-    if any(t.dtype != x.dtype or t.device != x.device or not t.is_contiguous() or t.data_ptr() % 16 for t in ts):
-        raise bad("x, delta, gamma and s_out must share x's dtype and device, contiguous and 16-byte aligned")
-    if pro.kind == "norm" and pro.gamma is None:
-        raise bad("needs gamma (the RMSNorm weight)")
-    if pro.s_out is not None:
-        lo, hi = pro.s_out.data_ptr(), pro.s_out.data_ptr() + 2 * k
-        if any(lo < t.data_ptr() + 2 * k and t.data_ptr() < hi for t in (x, pro.delta) if t is not None):
-            raise bad("s_out overlaps x or delta (block 0 writes it while the others read them)")
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    return (_PRO[pro.kind], ptr(pro.delta), ptr(pro.gamma), ptr(pro.s_out) if pro.delta is not None else None,
-            float(pro.eps))
-
-
-def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, prologue: Prologue | None = None) -> torch.Tensor:
+def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
-    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1); with a prologue, y =
-    prologue(x) W^T (Prologue)."""
-    pro = _prologue_args(x, p.shape[1], cfg.x16, cfg.block_b, prologue)
-    _check(x[:, :p.shape[1]] if prologue is not None else x, p, cfg.x16, cfg.block_b)
+    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1)."""
+    _check(x, p, cfg.x16, cfg.block_b)
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out)
     x = x.contiguous()
@@ -234,33 +186,31 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, prologue: Pro
                             int(cfg.x16), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), blocks, 32 * cfg.num_warps,
-                            torch.cuda.current_stream().cuda_stream, *pro)
+                            torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"nmcu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1,
-              prologue: Prologue | None = None) -> torch.Tensor:
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1) -> torch.Tensor:
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; batch: the padded batch of the
-    kernel to emulate (2 / 4: x transposed); prologue: as gemv's (CPU tensors; its sum of squares in index order)."""
-    pro = _prologue_args(x, p.shape[1], x16, batch, prologue)
-    _check(x[:, :p.shape[1]] if prologue is not None else x, p, x16, batch)
+    kernel to emulate (2 / 4: x transposed)."""
+    _check(x, p, x16, batch)
     if unroll not in UNROLLS:
         raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")
     if lib is None:
         raise RuntimeError(f"nmcu host emulation unavailable ({build_error('host')})")
     n, k = p.shape
-    x = x.contiguous().cpu() if prologue is None else x
+    x = x.contiguous().cpu()
     vals, idx = (t.cpu() for t in layout(p))
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
     code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, int(x16), x.data_ptr(),
                           vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(),
-                          n, k, _steps(p), kx(p), x.shape[0], *pro)
+                          n, k, _steps(p), kx(p), x.shape[0])
     if code != 0:
         raise ValueError(f"nmcu host: unsupported values {p.values.dtype} with x {x.dtype} or pattern {(m, s)}")
     return y

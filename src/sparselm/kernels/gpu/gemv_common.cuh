@@ -119,39 +119,6 @@ __device__ __forceinline__ uint16_t float_to_act(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
-#else
-template <int XT>
-static inline uint16_t float_to_act(float f) {  // round to nearest even, as __float2half_rn / __float2bfloat16_rn
-  if (XT == XT_F16) {
-    const _Float16 h = (_Float16)f;
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
-  }
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x7FFFFFu)) return (uint16_t)((u >> 16) | 0x40);  // nan stays nan
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
-}
-#endif
-
-// The decode loop's elementwise steps before a product, as per-element ops both builds share (nm_gemv.cu's
-// prologues): each rounds where the eager fp16 / bf16 op (and kernels/gpu/fused.py) rounds.
-template <int XT>
-SL_HD uint32_t pro_add(uint32_t h, uint32_t d) {  // the residual sum h + d
-  return float_to_act<XT>(act_to_float<XT>(h) + act_to_float<XT>(d));
-}
-template <int XT>
-SL_HD uint32_t pro_norm(uint32_t s, float rstd, uint32_t w) {  // HF LlamaRMSNorm: w * (s * rstd rounded)
-  return float_to_act<XT>(act_to_float<XT>(w) * act_to_float<XT>(float_to_act<XT>(act_to_float<XT>(s) * rstd)));
-}
-template <int XT>
-SL_HD uint32_t pro_silu(uint32_t g, uint32_t u) {  // silu(g) rounded, times u
-  const float gf = act_to_float<XT>(g);
-  return float_to_act<XT>(act_to_float<XT>(float_to_act<XT>(gf / (1.0f + expf(-gf)))) * act_to_float<XT>(u));
-}
-
-#ifdef __CUDACC__
 // x (K activations) into shared memory, with 16-byte copies when x is 16-byte aligned; then a block barrier.
 __device__ __forceinline__ void stage_x(uint4* xs4, const uint16_t* x, int K) {
   if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {

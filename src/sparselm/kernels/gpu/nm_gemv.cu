@@ -176,83 +176,9 @@ struct NMArgs {
   uint16_t* y;
   int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
   int bsz, ldx, ldy;    // batches 2-4: bsz <= B rows of x (stride ldx) and of y (stride ldy)
-  // batch 1, x16: the step before the product, computed while x is staged (prologue below)
-  int pro;
-  const uint16_t* xd;     // PRO_NORM: the sub-block output added to the residual x (null: x as is)
-  const uint16_t* gamma;  // PRO_NORM: the RMSNorm weight
-  uint16_t* s_out;        // PRO_NORM with xd: x + xd (the new residual), written by block 0
-  float eps;
 };
 
-// Prologues. The decode loop ran each as a kernel of its own before the product (~2 us of a 7B layer's ~55 at 1:4,
-// benchmarks/results/decode_profile_1of4_attn.json); every block recomputes it from L2 while it stages x instead.
-//   PRO_NORM: x_staged = RMSNorm(x + xd) (gamma, eps); block 0 also writes x + xd to s_out (never aliasing x)
-//   PRO_SILU: x is [g | u] (2 K): x_staged = silu(g) * u
-enum { PRO_NONE = 0, PRO_NORM = 1, PRO_SILU = 2 };
-
 #ifdef __CUDACC__
-// x_staged[i] = f(x[i], other[i]) for all 16-bit elements i of one 16-byte chunk
-template <typename F>
-__device__ __forceinline__ uint4 map8(const uint4& a, const uint4& b, F f) {
-  const uint32_t A[4] = {a.x, a.y, a.z, a.w}, B[4] = {b.x, b.y, b.z, b.w};
-  uint32_t r[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) r[j] = f(A[j] & 0xFFFFu, B[j] & 0xFFFFu) | (f(A[j] >> 16, B[j] >> 16) << 16);
-  return make_uint4(r[0], r[1], r[2], r[3]);
-}
-
-template <int XT>
-__device__ __forceinline__ float sumsq8(const uint4& v) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  float s = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float lo = act_to_float<XT>(w[j] & 0xFFFFu), hi = act_to_float<XT>(w[j] >> 16);
-    s = fmaf(lo, lo, s);
-    s = fmaf(hi, hi, s);
-  }
-  return s;
-}
-
-// A prologue's output staged (K % 8 == 0, 16-byte aligned inputs: cuda_nm.py checks), then a block barrier.
-template <int XT>
-__device__ void stage_prologue(uint4* xs, const NMArgs& a) {
-  const int n8 = a.K >> 3;
-  const uint4* x4 = reinterpret_cast<const uint4*>(a.x);
-  if (a.pro == PRO_SILU) {
-    for (int i = threadIdx.x; i < n8; i += blockDim.x)
-      xs[i] = map8(__ldg(x4 + i), __ldg(x4 + n8 + i), [](uint32_t g, uint32_t u) { return pro_silu<XT>(g, u); });
-    __syncthreads();
-    return;
-  }
-  __shared__ float part[32];
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-    uint4 v = __ldg(x4 + i);
-    if (a.xd) {
-      const uint4 d = __ldg(reinterpret_cast<const uint4*>(a.xd) + i);
-      v = map8(v, d, [](uint32_t h, uint32_t dd) { return pro_add<XT>(h, dd); });
-    }
-    xs[i] = v;
-    ss += sumsq8<XT>(v);
-  }
-#pragma unroll
-  for (int m = 16; m; m >>= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, m);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += part[w];  // the same order in every thread
-  const float rstd = 1.0f / sqrtf(total / a.K + a.eps);
-  const bool write = a.xd && a.s_out && blockIdx.x == 0;
-  for (int i = threadIdx.x; i < n8; i += blockDim.x) {  // each thread rereads only the chunks it wrote
-    const uint4 v = xs[i];
-    if (write) reinterpret_cast<uint4*>(a.s_out)[i] = v;
-    xs[i] = map8(v, __ldg(reinterpret_cast<const uint4*>(a.gamma) + i),
-                 [rstd](uint32_t s, uint32_t w) { return pro_norm<XT>(s, rstd, w); });
-  }
-  __syncthreads();
-}
-
 // Persistent blocks: x staged as float32 (zeros past K), then warp w takes rows w, w + all warps, ...; lane 0 of the
 // row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2 steps per round) caps the kernel at
 // 32 registers so that two 1024-thread blocks stay resident: the first H200 timing ran at 2.3-2.6 TB/s against
@@ -262,9 +188,8 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
   float* xsf = reinterpret_cast<float*>(xs4);
   uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
-  if (X16) {  // the activations as they are (16-byte copies), or a prologue's output; zeros in [K, kx)
-    if (a.pro == PRO_NONE) stage_x(xs4, a.x, a.K);
-    else stage_prologue<XT>(xs4, a);
+  if (X16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
+    stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
     __syncthreads();
   } else {
@@ -372,14 +297,11 @@ static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int bl
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
-                            int kx, int bsz, int ldx, int ldy, int blocks, int threads, void* stream, int pro,
-                            const void* xd, const void* gamma, void* s_out, float eps) {
+                            int kx, int bsz, int ldx, int ldy, int blocks, int threads, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
-                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, pro, static_cast<const uint16_t*>(xd),
-                 static_cast<const uint16_t*>(gamma), static_cast<uint16_t*>(s_out), eps};
+                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
-  if (pro != PRO_NONE && (B != 1 || !x16 || (K & 7) || (pro == PRO_NORM && !gamma))) return -1;
   if (B != 1) {
     if (minb != 1 || x16 || bsz > B) return -1;
     if (xt == XT_F16 && vt == VT_F16) return nm_pattern_b<VT_F16, XT_F16>(a, m, n, B, u, blocks, threads, s);
@@ -403,21 +325,6 @@ static void nm_host_rows(const NMArgs& a, float* y) {
   for (int i = 0; i < a.kx; ++i) {
     if constexpr (sizeof(XS) == 4) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
     else xs[i] = i < a.K ? a.x[i] : (uint16_t)0;
-  }
-  if constexpr (sizeof(XS) == 2) {  // a prologue (x16 only): the device's element ops, the sum in index order
-    if (a.pro == PRO_SILU) {
-      for (int i = 0; i < a.K; ++i) xs[i] = (uint16_t)pro_silu<XT>(a.x[i], a.x[a.K + i]);
-    } else if (a.pro == PRO_NORM) {
-      float ss = 0.0f;
-      for (int i = 0; i < a.K; ++i) {
-        if (a.xd) xs[i] = (uint16_t)pro_add<XT>(a.x[i], a.xd[i]);
-        if (a.s_out) a.s_out[i] = xs[i];
-        const float f = act_to_float<XT>(xs[i]);
-        ss = fmaf(f, f, ss);
-      }
-      const float rstd = 1.0f / sqrtf(ss / a.K + a.eps);
-      for (int i = 0; i < a.K; ++i) xs[i] = (uint16_t)pro_norm<XT>(xs[i], rstd, a.gamma[i]);
-    }
   }
   for (int r = 0; r < a.N; ++r) {
     float l[32], t[32];
@@ -489,13 +396,10 @@ static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int 
 }
 
 extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x16, const void* x, const void* vals,
-                          const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz,
-                          int pro, const void* xd, const void* gamma, void* s_out, float eps) {
+                          const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
-                 kx, bsz, K, N, pro, static_cast<const uint16_t*>(xd), static_cast<const uint16_t*>(gamma),
-                 static_cast<uint16_t*>(s_out), eps};
+                 kx, bsz, K, N};
   if (bsz < 1 || bsz > B) return -1;
-  if (pro != PRO_NONE && (B != 1 || !x16 || (pro == PRO_NORM && !gamma))) return -1;
   if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
   if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);
   if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, B, unroll, x16, y);
