@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def main() -> None:
                          "maxdiff": err})
             print(f"pos {pos:4d} n{bn or 'auto'} w{nw} {us:6.2f} us  maxdiff {err:.1e}", flush=True)
     res = {"device": torch.cuda.get_device_name(), "batch": b, "heads": h, "head_dim": hd, "max_len": ml,
-           "dtype": "float16", "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+           "dtype": "float16", "rows": rows, "command": " ".join(["python"] + sys.argv),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
 

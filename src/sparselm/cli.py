@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -247,6 +248,7 @@ def generate(
                  f"{res['same_tokens_as_dense']}/{res['new_tokens']} tokens as dense")
     typer.echo(line, err=True)
     if out is not None:
+        res["command"] = " ".join(["sparselm"] + [shlex.quote(a) for a in sys.argv[1:]])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1) + "\n")
 
