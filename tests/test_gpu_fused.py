@@ -1,12 +1,14 @@
-"""The decode loop's fused Triton kernels (kernels/gpu/fused.py) under the interpreter on the CPU: equal to the
-eager PyTorch ops they replace (fp16 rounding points kept), and the decoder's fused path equal to its eager path."""
+"""The decode loop's fused Triton kernels (kernels/gpu/fused.py), compiled on a GPU or under the interpreter on the
+CPU: equal to the eager PyTorch ops they replace (fp16 rounding points kept), and the decoder's fused path equal to
+its eager path."""
 
 import os
 
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton loads (no-op when a GPU runs the tests)
+if not torch.cuda.is_available():  # before triton loads; on a GPU the compiled kernels are what is tested (setting
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # it there also broke kernels already compiled by earlier tests)
 pytest.importorskip("triton", reason="the GPU kernels need triton: pip install triton")
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402

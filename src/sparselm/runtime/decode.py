@@ -64,11 +64,13 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None):
+                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
-        RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops."""
+        RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
+        pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
+        the GPU and Triton support it)."""
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -103,6 +105,12 @@ class StaticDecoder:
         if fused_ops and not plain:
             raise ValueError("fused_ops: needs a Llama-type block (RMSNorm, SiLU MLP) with fuse=True")
         self.fused_ops = plain and (self.device.type == "cuda" if fused_ops is None else fused_ops)
+        from sparselm.kernels.gpu.pdl import supported
+
+        if pdl and not supported(self.device):
+            raise ValueError(f"pdl: needs a CUDA GPU of compute capability 9.0+ and Triton with launch_pdl "
+                             f"(device {self.device})")
+        self.pdl = supported(self.device) if pdl is None else pdl
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -166,6 +174,12 @@ class StaticDecoder:
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab) of the last of `ids` (B, T), whose first token sits at position `start` (0-d)."""
+        from sparselm.kernels.gpu.pdl import programmatic_launch
+
+        with programmatic_launch(self.pdl):  # recorded into the graph when captured
+            return self._forward(ids, start)
+
+    def _forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
         positions = start + torch.arange(t, device=self.device)
         cos, sin = self._rope(positions)

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from sparselm.kernels.gpu import pdl
+
 
 def cache_dir() -> Path:
     root = os.environ.get("SPARSELM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sparselm")
@@ -139,4 +141,5 @@ class Library:
         if not (x.is_cuda and p.values.device == x.device):
             raise ValueError(f"{kernel}: x and the matrix must be on the same CUDA device, got {x.device} and "
                              f"{p.values.device}")
+        pdl.sync(lib)  # this thread's launch mode: programmatic dependent launch inside a decode step's capture
         return lib, out if out is not None else torch.empty(bsz, n, device=x.device, dtype=x.dtype)

@@ -210,6 +210,8 @@ template <int VT, int XT, bool SMEM, int U, int L, int MINB = 1>
 __global__ void __launch_bounds__(1024, MINB) d4_gemv_kernel(const D4Args a) {
   extern __shared__ float4 xs4f[];
   float* xsf = reinterpret_cast<float*>(xs4f);
+  pdl_trigger();
+  pdl_wait();  // x is the previous kernel's output
   if (SMEM) stage_x_f32<XT>(xsf, a.x, a.K, a.K);  // x as float32, converted once per block
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xsf)
                                  : reinterpret_cast<const unsigned char*>(a.x);
@@ -274,8 +276,7 @@ static int d4_launch(const D4Args& a, int blocks, int threads, cudaStream_t stre
   static size_t opted = 48 * 1024;
   const size_t smem = SMEM ? (size_t)a.K * 4 : 0;
   if (const int e = opt_in(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB>, smem, &opted)) return e;
-  d4_gemv_kernel<VT, XT, SMEM, U, L, MINB><<<blocks, threads, smem, stream>>>(a);
-  return (int)cudaGetLastError();
+  return sl_launch(d4_gemv_kernel<VT, XT, SMEM, U, L, MINB>, blocks, threads, smem, stream, a);
 }
 
 template <int VT, int XT>

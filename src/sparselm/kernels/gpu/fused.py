@@ -24,9 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
+from sparselm.kernels.gpu.pdl import triton_options
+
 
 @triton.jit
-def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, s_ptr, n_ptr, D, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rmsnorm_kernel(h_ptr, d_ptr, w_ptr, s_ptr, n_ptr, D, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     ok = offs < D
@@ -53,13 +59,17 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
     n = torch.empty_like(h2)
     d2 = delta.reshape(-1, d).contiguous() if delta is not None else h2
     _add_rmsnorm_kernel[(h2.shape[0],)](h2, d2, weight, s, n, d, eps, HAS_D=delta is not None,
-                                        BLOCK=triton.next_power_of_2(d), num_warps=4 if d <= 4096 else 8)
+                                        BLOCK=triton.next_power_of_2(d), num_warps=4 if d <= 4096 else 8,
+                                        **triton_options())
     return s.view(h.shape), n.view(h.shape)
 
 
 @triton.jit
 def _rope_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, H, HKV, HD, max_len,
-                     stride_row, BLOCK: tl.constexpr):
+                     stride_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     bt = tl.program_id(0)  # b * T + t
     head = tl.program_id(1)  # [0, H): a query head; [H, H + HKV): a key/value head
     b = bt // T
@@ -103,12 +113,16 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions:
         rows = rows.contiguous()
     _rope_qkv_kernel[(b * t, n_heads + n_kv)](rows, cos.contiguous(), sin.contiguous(), positions, q, k_cache,
                                              v_cache, t, n_heads, n_kv, head_dim, k_cache.shape[2],
-                                             rows.stride(0), BLOCK=triton.next_power_of_2(head_dim), num_warps=1)
+                                             rows.stride(0), BLOCK=triton.next_power_of_2(head_dim), num_warps=1,
+                                             **triton_options())
     return q
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < I
@@ -125,13 +139,17 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     rows = gu.reshape(-1, i2).contiguous()
     out = torch.empty(rows.shape[0], i2 // 2, device=gu.device, dtype=gu.dtype)
     block = 1024
-    _silu_mul_kernel[(rows.shape[0], triton.cdiv(i2 // 2, block))](rows, out, i2 // 2, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(rows.shape[0], triton.cdiv(i2 // 2, block))](rows, out, i2 // 2, BLOCK=block, num_warps=4,
+                                                                  **triton_options())
     return out.view(*gu.shape[:-1], i2 // 2)
 
 
 @triton.jit
 def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, H, HKV, max_len, HD, scale,
-                        S, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+                        S, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     bh = tl.program_id(0)  # b * H + h: one query head of one sequence
     sp = tl.program_id(1)  # keys [sp BLOCK_N, (sp + 1) BLOCK_N): one load round per program, no loop (a loop's
     # dependent rounds cost ~4 us each at 32 programs: decode_attention_loop.json)
@@ -211,5 +229,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
     _decode_attn_kernel[(b * h, splits)](q, k_cache, v_cache, positions, out, ml, acc, cnt, h, hkv, max_len, hd,
                                          hd ** -0.5, splits, BLOCK_N=block_n, BLOCK_D=block_d,
-                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=num_warps)
+                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=num_warps,
+                                         **triton_options())
     return out

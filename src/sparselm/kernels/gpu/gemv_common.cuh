@@ -185,4 +185,43 @@ static int opt_in(Kernel kernel, size_t smem, size_t* opted) {
 }
 
 extern "C" const char* sl_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+// Programmatic dependent launch (Hopper). In a decode step every kernel is short (5-30 us) and the launch, block
+// start and x staging of each are paid in full between kernels: ~2.2 us per product (docs/notes/gpu.md, session 23).
+// Launched with the attribute, a kernel may be scheduled while the kernel before it still runs; its blocks then wait
+// in pdl_wait() until that kernel's writes are visible. pdl_trigger() lets the next kernel be scheduled as soon as
+// every block of this one has started. Both are no-ops in a normal launch, so the kernels always carry them.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// The library's launch mode, set from Python (kernels/gpu/pdl.py) before launches are recorded: one flag per loaded
+// library, read on the launching thread. Every kernel launched with it on must call pdl_wait() before it touches
+// memory another kernel writes, on every path.
+static int g_pdl = 0;
+extern "C" void sl_set_pdl(int on) { g_pdl = on != 0; }
+
+// kernel<<<blocks, threads, smem, stream>>>(a), with the programmatic-serialization attribute when g_pdl is set.
+template <typename Args>
+static int sl_launch(void (*kernel)(Args), int blocks, int threads, size_t smem, cudaStream_t stream, const Args& a) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = g_pdl ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, a);
+  return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+}
 #endif

@@ -185,6 +185,8 @@ __global__ void grp8_gemv_kernel(const Args a) {
   extern __shared__ uint4 xs4[];
   const unsigned char* xs = SMEM ? reinterpret_cast<const unsigned char*>(xs4)
                                  : reinterpret_cast<const unsigned char*>(a.x);
+  pdl_trigger();
+  pdl_wait();  // x is the previous kernel's output
   if (SMEM) stage_x(xs4, a.x, a.K);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, stride = gridDim.x * warps;
   int r = blockIdx.x * warps + (threadIdx.x >> 5);
@@ -265,8 +267,7 @@ static int launch_gemv(const Args& a, int blocks, int threads, cudaStream_t stre
   const size_t smem = (SMEM ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0) +
                       (GS == 2 ? (size_t)(threads / 32) * MAX_STAGED_SCALES * sizeof(float) : 0);
   if (const int e = opt_in(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, smem, &opted)) return e;
-  grp8_gemv_kernel<VT, XT, SMEM, GS, U><<<blocks, threads, smem, stream>>>(a);
-  return (int)cudaGetLastError();
+  return sl_launch(grp8_gemv_kernel<VT, XT, SMEM, GS, U>, blocks, threads, smem, stream, a);
 }
 
 template <int VT, int XT, int B, bool SMEM, bool GS>  // B = 1: the batch-1 kernel (SMEM chooses x's path)

@@ -188,6 +188,8 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
   float* xsf = reinterpret_cast<float*>(xs4);
   uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
+  pdl_trigger();
+  pdl_wait();  // x is the previous kernel's output
   if (X16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
@@ -210,8 +212,7 @@ static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stre
   static size_t opted = 48 * 1024;
   const size_t smem = X16 ? ((size_t)a.kx * 2 + 15) / 16 * 16 : (size_t)a.kx * 4;
   if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, X16>, smem, &opted)) return e;
-  nm_gemv_kernel<VT, XT, M, N, U, MINB, X16><<<blocks, threads, smem, stream>>>(a);
-  return (int)cudaGetLastError();
+  return sl_launch(nm_gemv_kernel<VT, XT, M, N, U, MINB, X16>, blocks, threads, smem, stream, a);
 }
 
 template <int VT, int XT, int M, int N, bool X16>
