@@ -78,11 +78,9 @@ SL_HD float x_at(const float* xs, int col) { return xs[col]; }
 template <int XT>
 SL_HD float x_at(const uint16_t* xs, int col) { return act_to_float<XT>(xs[col]); }
 
-// f(q, value, column) for the lane's 8 slots of one step (its first group g0 = 32 J t + lane), slot 4 h + q: values
-// decoded 4 at a time, a slot's column = its group's first column + its index. The batch-1 and batched products.
-template <int VT, int M, int N, typename F>
-SL_HD void nm_slots(const NMStep& s, int g0, F f) {
-  constexpr int B = M == 4 ? 2 : 4;  // index bits per slot
+// f(slot, value) for the lane's 8 slots of one step, values decoded 4 at a time.
+template <int VT, typename F>
+SL_HD void nm_values(const NMStep& s, F f) {
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -92,11 +90,18 @@ SL_HD void nm_slots(const NMStep& s, int g0, F f) {
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-    for (int q = 0; q < 4; ++q) {
-      const int slot = 4 * h + q;
-      f(q, v[q], (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1)));
-    }
+    for (int q = 0; q < 4; ++q) f(4 * h + q, v[q]);
   }
+}
+
+// f(q, value, column) for the lane's 8 slots of one step (its first group g0 = 32 J t + lane), slot 4 h + q: a slot's
+// column = its group's first column + its index. The batch-1 (fp16 / bf16 values) and batched products.
+template <int VT, int M, int N, typename F>
+SL_HD void nm_slots(const NMStep& s, int g0, F f) {
+  constexpr int B = M == 4 ? 2 : 4;  // index bits per slot
+  nm_values<VT>(s, [&](int slot, float v) {
+    f(slot & 3, v, (g0 + 32 * (slot / N)) * M + (int)((s.code >> (B * slot)) & (M - 1)));
+  });
 }
 
 // x from the staged copy at byte address `addr`: on the GPU a shared-memory address (ld.shared: the generic pointer
@@ -146,23 +151,13 @@ SL_HD void nm_use(const NMStep& s, const XS* xs, int g0, float& acc0, float& acc
 #else
     const uint32_t base = (uint32_t)g0 * (M * sizeof(XS));
 #endif
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int h = 0; h < 2; ++h) {
-      float v[4];
-      decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-      for (int q = 0; q < 4; ++q) {
-        const int slot = 4 * h + q, sh = B * slot - L;  // the slot's index field, shifted to a byte offset
-        const uint32_t off = (sh >= 0 ? s.code >> sh : s.code << -sh) & MASK;
-        const float xv = x_staged<XT>(xs, (base | off) + 32 * (slot / N) * M * (uint32_t)sizeof(XS));
-        if (q & 1) acc1 = fmaf(v[q], xv, acc1);
-        else acc0 = fmaf(v[q], xv, acc0);
-      }
-    }
+    nm_values<VT>(s, [&](int slot, float v) {
+      const int sh = B * slot - L;  // the slot's index field, shifted to a byte offset
+      const uint32_t off = (sh >= 0 ? s.code >> sh : s.code << -sh) & MASK;
+      const float xv = x_staged<XT>(xs, (base | off) + 32 * (slot / N) * M * (uint32_t)sizeof(XS));
+      if (slot & 1) acc1 = fmaf(v, xv, acc1);
+      else acc0 = fmaf(v, xv, acc0);
+    });
   }
 }
 
