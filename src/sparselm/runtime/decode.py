@@ -105,12 +105,15 @@ class StaticDecoder:
         if fused_ops and not plain:
             raise ValueError("fused_ops: needs a Llama-type block (RMSNorm, SiLU MLP) with fuse=True")
         self.fused_ops = plain and (self.device.type == "cuda" if fused_ops is None else fused_ops)
-        from sparselm.kernels.gpu.pdl import supported
+        ok = False
+        if self.device.type == "cuda":  # the GPU package (Triton) is imported only for a CUDA model
+            from sparselm.kernels.gpu.pdl import supported
 
-        if pdl and not supported(self.device):
+            ok = supported(self.device)
+        if pdl and not ok:
             raise ValueError(f"pdl: needs a CUDA GPU of compute capability 9.0+ and Triton with launch_pdl "
                              f"(device {self.device})")
-        self.pdl = supported(self.device) if pdl is None else pdl
+        self.pdl = ok if pdl is None else pdl
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -174,6 +177,8 @@ class StaticDecoder:
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab) of the last of `ids` (B, T), whose first token sits at position `start` (0-d)."""
+        if self.device.type != "cuda":
+            return self._forward(ids, start)
         from sparselm.kernels.gpu.pdl import programmatic_launch
 
         with programmatic_launch(self.pdl):  # recorded into the graph when captured
