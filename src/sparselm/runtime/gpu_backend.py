@@ -244,7 +244,7 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
                 for t, w in ((256, 1), (512, 1), (512, 2), (1024, 2), (1024, 4))]
         # the CUDA C++ kernel over the same layout (x in shared memory or through L1, one warp per row), where
         # nvcc can build it for this GPU: (warps per block, blocks per SM, smem, quads per load step)
-        out += grp8cu_configs() + d4cu_configs() + nmcu_configs()
+        out += grp8cu_configs() + d4cu_configs() + nmcu_configs() + nmsp_configs(1)
         return out + (pipelined_configs() if pipelined else [])
     bb = bucket(batch)
     out = []
@@ -269,7 +269,8 @@ def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:
             for bn, bk, w in ((16, 512, 4), (32, 256, 4), (16, 512, 8))]
     # tmma with x staged per block chunk beat bmma on 44 of the 46 batch 4-64 cases timed
     # (gpu_kernels_batched.json); both stay candidates, and dispatch keeps cuBLAS wherever neither beats it
-    return out + bmma_configs(bb) + tmma_configs(bb)
+    # nmsp (sparse tensor cores) serves only masks with <= 2 nonzeros per 4 columns; supports() skips the rest
+    return out + bmma_configs(bb) + tmma_configs(bb) + nmsp_configs(bb)
 
 
 # bmma (tensor cores over the mask + values): (warps per block, rows per block, splits along K). Timed on the H200
@@ -397,4 +398,21 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
     if bp not in cuda_tile.BATCHES or not cuda_tile.available():
         return []
     return [SpmmConfig(kernel="tmma", block_k=cuda_tile.CHUNK, block_b=bp, num_warps=w, split_k=sk)
+            for w, sk in shapes]
+
+
+# nmsp (mma.sp over N:M masks): (warps per block, splits along K). A 4096-row layer is 256 bands, so 4-warp blocks
+# need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them with 1-2.
+NMSP_SHAPES = ((4, 1), (4, 2), (4, 4), (4, 8), (8, 1), (8, 2), (8, 4), (8, 8))
+
+
+def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:
+    """The sparse-tensor-core kernel's candidates for padded batch bb (1-64, padded to >= 8), [] where nvcc cannot
+    build it for this GPU. Only N:M-conforming matrices run them (PackedBitmask.supports)."""
+    from sparselm.kernels.gpu import cuda_nmsp
+
+    bp = max(8, bb)
+    if bp not in cuda_nmsp.BATCHES or not cuda_nmsp.available():
+        return []
+    return [SpmmConfig(kernel="nmsp", block_k=cuda_nmsp.CHUNK, block_b=bp, num_warps=w, split_k=sk)
             for w, sk in shapes]

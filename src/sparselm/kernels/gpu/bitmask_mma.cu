@@ -30,7 +30,7 @@
 // shared with the GPU build, and a host emulation of mma (by the PTX fragment layout) lets CPU tests check them.
 #include "mma_common.cuh"
 
-enum { CH = 128, WPC = CH / 32, XS = CH + 16 };  // XS: x's row stride in halves (288 B: conflict-free 8-byte loads)
+enum { CH = 128, WPC = CH / 32, XSB = CH + 16 };  // XSB: x's row stride in halves (288 B: conflict-free 8-byte loads)
 // per band and stage: mask words [16][WPC], value offsets [16], then the value buffer (cap x 16 bytes)
 enum { MW_BYTES = 16 * WPC * 4, OFF_BYTES = 16 * 4 };
 
@@ -133,10 +133,10 @@ SL_HD void chunk_frags(int lane, const uint32_t* mw, const int* off, const uint1
   }
 }
 
-// The B fragment of 16 columns (step ks of the chunk) x 8 batch rows (tile nt): x staged as [BP][XS] halves; columns
+// The B fragment of 16 columns (step ks of the chunk) x 8 batch rows (tile nt): x staged as [BP][XSB] halves; columns
 // 4q .. 4q + 3 in the order chunk_frags uses.
 SL_HD void x_frag(int lane, const uint16_t* xs, int ks, int nt, uint32_t* b) {
-  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XS + ks * 16 + 4 * (lane & 3);
+  const uint16_t* r = xs + (nt * 8 + (lane >> 2)) * XSB + ks * 16 + 4 * (lane & 3);
 #ifdef __CUDACC__
   const uint2 v = *reinterpret_cast<const uint2*>(r);
   b[0] = v.x; b[1] = v.y;
@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
   constexpr int NS = 4, R = W / KS, RPW = 16 / KS, LPR = 32 / RPW;  // bands; rows a warp stages; lanes per row
   extern __shared__ uint4 smem4[];
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
-  const int XS_BYTES = BP * XS * 2, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * a.cap, STAGE = XS_BYTES + R * WARP_BYTES;
+  const int XS_BYTES = BP * XSB * 2, WARP_BYTES = MW_BYTES + OFF_BYTES + 16 * a.cap, STAGE = XS_BYTES + R * WARP_BYTES;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, band = warp / KS, kp = warp % KS;
   const int row0 = blockIdx.x * 16 * R;
   const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks), nch = c_hi - c_lo;
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
     const int i = tid + j * 32 * W, b = i >> 4, v = i & 15;
     const bool ok = i < BP * (CH / 8) && b < a.bsz;
     xsrc[j] = ok ? a.x + (size_t)b * a.ldx + v * 8 : nullptr;
-    xdst[j] = i < BP * (CH / 8) ? (b * XS + v * 8) * 2 : -1;
+    xdst[j] = i < BP * (CH / 8) ? (b * XSB + v * 8) * 2 : -1;
     xcol[j] = v * 8;
   }
   // this lane stages row r of its band (LPR lanes per row, h = which one)
@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(32 * W) bmma_kernel(const Args a) {
 
 static size_t smem_bytes(int BP, int W, int KS, int cap, int per_split) {
   const int R = W / KS, NS = 4;
-  return (size_t)NS * (BP * XS * 2 + R * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 +
+  return (size_t)NS * (BP * XSB * 2 + R * (MW_BYTES + OFF_BYTES + 16 * cap)) + 16 +
          (size_t)16 * R * (2 * per_split + 1) * 4;
 }
 
@@ -395,7 +395,7 @@ extern "C" int sl_bmma_host(int vt, int BP, int KS, const void* x, const void* v
   const uint32_t* ww = static_cast<const uint32_t*>(words);
   const int* cc = static_cast<const int*>(cp);
   const int* dd = static_cast<const int*>(dst);
-  uint16_t* xs = new uint16_t[(size_t)BP * XS];
+  uint16_t* xs = new uint16_t[(size_t)BP * XSB];
   uint32_t mw[16 * WPC];
   int off[16];
   uint16_t* vs = new uint16_t[16 * 17 * 8 + 8];  // the worst case: 17 vectors per row
@@ -405,9 +405,9 @@ extern "C" int sl_bmma_host(int vt, int BP, int KS, const void* x, const void* v
     memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
     for (int c = 0; c < n_chunks; ++c) {
       // stage as the kernel does: zero-filled x rows / columns, mask words, rows' value vectors back to back
-      memset(xs, 0, sizeof(uint16_t) * BP * XS);
+      memset(xs, 0, sizeof(uint16_t) * BP * XSB);
       for (int b = 0; b < bsz; ++b)
-        for (int k = 0; k < CH && c * CH + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * CH + k];
+        for (int k = 0; k < CH && c * CH + k < K; ++k) xs[b * XSB + k] = xx[(size_t)b * K + c * CH + k];
       memset(vs, 0xFF, sizeof(uint16_t) * (16 * 17 * 8 + 8));  // stale buffer contents: never selected
       for (int r = 0; r < 16; ++r) {
         const int row = r0 + r;

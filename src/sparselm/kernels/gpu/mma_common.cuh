@@ -1,5 +1,6 @@
-// Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu): value types, mma.sync m16n8k16, cp.async, the
-// split-K epilogue, and the host emulation of mma by the PTX fragment layout (what the CPU tests run).
+// Shared by the tensor-core kernels (bitmask_mma.cu, tile_mma.cu, nm_mma.cu): value types, mma.sync m16n8k16,
+// cp.async, x staged per chunk and its B fragments (ldmatrix), the split-K epilogue, and the host emulation of mma
+// and ldmatrix by the PTX fragment layouts (what the CPU tests run).
 #pragma once
 #include "sl_common.cuh"
 
@@ -9,6 +10,18 @@
 #endif
 
 enum { VT_F16 = 0, VT_BF16 = 1 };
+
+// x staged per 128-column chunk as [BP][XS] halves (rows past the batch and columns past K zero-filled). XS = 272
+// bytes: the 8 rows an ldmatrix reads start on 8 distinct bank quads, conflict-free.
+enum { XC = 128, XS = XC + 8 };
+
+// B fragments by ldmatrix.x4, steps ks and ks + 1 of k16 (or one k32 step at ks = 2 s), batch rows 8 nt..8 nt + 7:
+// x's [batch][k] rows are B's columns, so no transpose; matrices at columns 16 ks, 16 ks + 8, 16 ks + 16,
+// 16 ks + 24. The element offset of the row each lane hands ldmatrix (lanes 8i..8i+7 give matrix i's 8 rows); the
+// host emulation reads the matrices by the same offsets, so the CPU tests check the addressing too.
+SL_HD int b_row(int lane, int ks, int nt) {
+  return (nt * 8 + (lane & 7)) * XS + (ks + (lane >> 4)) * 16 + ((lane >> 3) & 1) * 8;
+}
 
 #ifdef __CUDACC__
 
@@ -40,6 +53,40 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// A block's staging of x (bsz rows, row stride ldx) one XC-column chunk at a time into [BP][XS] buffers, with
+// 16-byte cp.async copies (zero-filled past the batch and K; K a multiple of 8). Each thread's sources and targets
+// are fixed across chunks, so they are computed once.
+template <int BP, int THREADS>
+struct XStage {
+  enum { PER = (BP * (XC / 8) + THREADS - 1) / THREADS };
+  const uint16_t* src[PER];
+  int dst[PER], col[PER];
+  __device__ __forceinline__ XStage(const uint16_t* x, int ldx, int bsz, int tid) {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int i = tid + j * THREADS, b = i / (XC / 8), v = i % (XC / 8);
+      src[j] = i < BP * (XC / 8) && b < bsz ? x + (size_t)b * ldx + 8 * v : nullptr;
+      dst[j] = i < BP * (XC / 8) ? b * XS + 8 * v : -1;
+      col[j] = 8 * v;
+    }
+  }
+  // chunk c into buf, as one cp.async group (x: any valid address, the source of the zero-fills)
+  __device__ __forceinline__ void operator()(uint16_t* buf, const uint16_t* x, int c, int K) const {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      if (dst[j] < 0) continue;
+      const bool ok = src[j] != nullptr && c * XC + col[j] < K;
+      cp_async16(buf + dst[j], ok ? src[j] + c * XC : x, ok ? 16 : 0);
+    }
+    cp_commit();
+  }
+};
 
 template <int VT>
 __device__ __forceinline__ uint16_t to_act(float f) {
@@ -103,6 +150,20 @@ __device__ __forceinline__ void store_rows(const float (*acc)[4], bool writer, i
 }
 
 #else  // host emulation
+
+// ldmatrix.x4 (b16, no transpose) by its addresses: lane l hands the row at element offset off[l] of base; matrix
+// i's rows come from lanes 8i..8i+7, and lane l receives row l / 4, columns 2 (l % 4) and + 1 of each matrix.
+static void ldsm_x4_host(const uint16_t* base, const int* off, uint32_t (*out)[4]) {
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 4; ++i) memcpy(&out[l][i], base + off[8 * i + (l >> 2)] + 2 * (l & 3), 4);
+}
+
+// The staged chunk c of x (bsz rows of K) as the kernels' [BP][XS] buffer: zero past the batch and K.
+static void stage_x_host(uint16_t* xs, const uint16_t* x, int BP, int bsz, int K, int c) {
+  memset(xs, 0, sizeof(uint16_t) * BP * XS);
+  for (int b = 0; b < bsz; ++b)
+    for (int k = 0; k < XC && c * XC + k < K; ++k) xs[b * XS + k] = x[(size_t)b * K + c * XC + k];
+}
 
 static float act_to_float(uint32_t h, int vt) {
   uint32_t u;

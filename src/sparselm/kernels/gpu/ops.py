@@ -26,7 +26,7 @@ from sparselm.kernels.gpu.vc32_spmv import vc32_spmv_kernel, vc32t_spmm_kernel
 
 
 # CUDA C++ kernels whose config rules live beside them (check_config)
-_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile", "nmcu": "cuda_nm"}
+_MODULES = {"grp8cu": "cuda_grp8", "d4cu": "cuda_delta4", "tmma": "cuda_tile", "nmcu": "cuda_nm", "nmsp": "cuda_nmsp"}
 
 
 def _module(kernel: str):
@@ -75,7 +75,8 @@ class SpmmConfig:
     # batch 8 / 16 / 32 / 64, num_warps = 4 or 8, block_n = rows per block (16 per band; the band's warps split
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
     # "tmma" (CUDA C++, tensor cores over the per-nonzero "tile16" layout, batch 2-64: cuda_tile.py; block_b as
-    # bmma, num_warps = 4 or 8 bands of 16 rows per block, split_k, block_k 128)
+    # bmma, num_warps = 4 or 8 bands of 16 rows per block, split_k, block_k 128) | "nmsp" (CUDA C++, sparse tensor
+    # cores (mma.sp) for masks with <= 2 nonzeros per 4 columns, batch 1-64: cuda_nmsp.py; tmma's fields)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -146,8 +147,8 @@ class SpmmConfig:
                                  f"got {self.num_stages!r}")
 
     def key(self) -> str:
-        if self.kernel == "tmma":
-            return f"tmma-w{self.num_warps}b{self.block_b}s{self.split_k}"
+        if self.kernel in ("tmma", "nmsp"):
+            return f"{self.kernel}-w{self.num_warps}b{self.block_b}s{self.split_k}"
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel in ("grp8cu", "d4cu", "nmcu"):
@@ -248,6 +249,8 @@ class PackedBitmask:
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
             return {("tile16",), ("bmma-ws", cfg.block_b)}
+        if cfg.kernel == "nmsp":  # its records (values included), their slot count and the split-K workspace
+            return {("nmsp",), ("nmsp-slots",), ("bmma-ws", cfg.block_b)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
@@ -277,10 +280,8 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_mma
 
             return cuda_mma.supports(self, batch=cfg.block_b) and cuda_mma.fits(self, cfg)
-        if cfg.kernel == "tmma":
-            from sparselm.kernels.gpu import cuda_tile
-
-            return cuda_tile.supports(self, batch=cfg.block_b)
+        if cfg.kernel in ("tmma", "nmsp"):
+            return _module(cfg.kernel).supports(self, batch=cfg.block_b)
         return True
 
     def grp8(self, interleave: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -393,7 +394,7 @@ class PackedBitmask:
         if kernel == "d4cu":  # its chunks (values, steps, bases), chunk starts and per-row scales
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.nbytes(self)
-        if kernel == "nmcu":  # its slots' values and index words, per-row scales
+        if kernel in ("nmcu", "nmsp"):  # their own arrays: slots' values and index words (+ per-row scales)
             return _module(kernel).nbytes(self)
         total = self.values.numel() * self.values.element_size() + scale_bytes
         total += self.words.numel() * 4
@@ -423,23 +424,14 @@ def spmm(x: torch.Tensor, p: PackedBitmask, cfg: SpmmConfig = SpmmConfig(),
         return _spmm_vc32(x, p, cfg, out)
     if cfg.kernel == "grp8":
         return _spmm_grp8(x, p, cfg, out)
-    if cfg.kernel == "grp8cu":
-        from sparselm.kernels.gpu import cuda_grp8
-
-        return cuda_grp8.gemv(x, p, cfg, out)
-    if cfg.kernel == "d4cu":
-        from sparselm.kernels.gpu import cuda_delta4
-        return cuda_delta4.gemv(x, p, cfg, out)
-    if cfg.kernel == "nmcu":
+    if cfg.kernel in ("grp8cu", "d4cu", "nmcu"):
         return _module(cfg.kernel).gemv(x, p, cfg, out)
     if cfg.kernel == "bmma":
         from sparselm.kernels.gpu import cuda_mma
 
         return cuda_mma.spmm(x, p, cfg, out)
-    if cfg.kernel == "tmma":
-        from sparselm.kernels.gpu import cuda_tile
-
-        return cuda_tile.spmm(x, p, cfg, out)
+    if cfg.kernel in ("tmma", "nmsp"):
+        return _module(cfg.kernel).spmm(x, p, cfg, out)
     cptr = p.chunk_ptr(cfg.block_k)
     n_chunks = cptr.shape[1]
     split = max(1, min(cfg.split_k, n_chunks))

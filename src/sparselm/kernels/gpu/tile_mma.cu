@@ -33,28 +33,17 @@ enum { TC = 128, TS = TC + 8, TILE_HALVES = 16 * TS, MAXG = 4 };  // TS: 272-byt
 // work; 8 stores at fixed offsets are 8 (offline sm_90 SASS, session 16; untimed).
 SL_HD int zero_vec(int lane, int j) { return ((lane >> 4) + 2 * j) * (TS / 8) + (lane & 15); }
 
-// x is staged per chunk as [BP][XS] halves (rows past the batch and columns past K zero). XS = 272 bytes: the 8
-// rows an ldmatrix reads start on 8 distinct bank quads, conflict-free.
-enum { XS = TC + 8 };
+static_assert((int)TC == (int)XC, "x is staged in the chunks of mma_common.cuh");
 
 // The element offset of the row each lane hands ldmatrix.x4 (lanes 8i..8i+7 give matrix i's 8 rows). The GPU build
 // and the host emulation both use these, and the host reads the matrices by the same offsets, so the CPU tests
 // check the addressing as well as the fragment layout.
 // A, step ks: matrices rows 0-7 | 8-15, columns 16 ks | 16 ks + 8, in the order a0..a3 of mma.m16n8k16.
 SL_HD int a_row(int lane, int ks) { return (lane & 15) * TS + ks * 16 + (lane >> 4) * 8; }
-// B, steps ks and ks + 1, batch rows 8 nt..8 nt + 7: x's [batch][k] rows are B's columns, so no transpose;
-// matrices at columns 16 ks, 16 ks + 8, 16 ks + 16, 16 ks + 24 = b0, b1 of step ks, then of step ks + 1.
-// Why: one ldmatrix.x4 replaces four 32-bit shared loads (32 -> 8 per warp per chunk at batch 16).
-SL_HD int b_row(int lane, int ks, int nt) {
-  return (nt * 8 + (lane & 7)) * XS + (ks + (lane >> 4)) * 16 + ((lane >> 3) & 1) * 8;
-}
+// B: mma_common.cuh b_row (b0, b1 of step ks, then of step ks + 1). Why: one ldmatrix.x4 replaces four 32-bit
+// shared loads (32 -> 8 per warp per chunk at batch 16).
 
 #ifdef __CUDACC__
-
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
 
 // One 16 x 128 tile (shared address tb) times the staged x chunk (xsb) into acc, two k-steps per round.
 template <int VT, int BP>
@@ -105,26 +94,8 @@ __global__ void __launch_bounds__(32 * W) tile_mma_kernel(const TArgs a) {
   const uint32_t tb = (uint32_t)__cvta_generic_to_shared(tile);
   const bool active = 16 * band < a.out.N;  // every warp stages x and meets the barriers; active ones compute
   // the block copies x[0:BP, chunk] for the next chunk while it computes this one (16-byte copies, zero-filled)
-  // (this thread's copies are fixed across chunks: sources and targets computed once)
-  constexpr int XPER = (BP * (TC / 8) + 32 * W - 1) / (32 * W);
-  const uint16_t* xsrc[XPER];
-  int xdst[XPER], xcol[XPER];
-#pragma unroll
-  for (int j = 0; j < XPER; ++j) {
-    const int i = tid + j * 32 * W, b = i / (TC / 8), v = i % (TC / 8);
-    xsrc[j] = i < BP * (TC / 8) && b < a.out.bsz ? a.x + (size_t)b * a.ldx + 8 * v : nullptr;
-    xdst[j] = i < BP * (TC / 8) ? b * XS + 8 * v : -1;
-    xcol[j] = 8 * v;
-  }
-  const auto stage_x = [&](int c, int buf) {
-#pragma unroll
-    for (int j = 0; j < XPER; ++j) {
-      if (xdst[j] < 0) continue;
-      const bool ok = xsrc[j] != nullptr && c * TC + xcol[j] < a.K;
-      cp_async16(xbuf + buf * XBUF + xdst[j], ok ? xsrc[j] + c * TC : a.x, ok ? 16 : 0);
-    }
-    cp_commit();
-  };
+  const XStage<BP, 32 * W> xst(a.x, a.ldx, a.out.bsz, tid);
+  const auto stage_x = [&](int c, int buf) { xst(xbuf + buf * XBUF, a.x, c, a.K); };
   float acc[BP / 8][4];
 #pragma unroll
   for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
@@ -228,13 +199,6 @@ static void scatter8_host(uint16_t* tile, const uint16_t* grp) {  // grp: 8 valu
   for (int j = 0; j < 8; ++j) tile[grp[8 + j]] = grp[j];
 }
 
-// ldmatrix.x4 (b16, no transpose) by its addresses: lane l hands the row at element offset off[l] of base; matrix
-// i's rows come from lanes 8i..8i+7, and lane l receives row l / 4, columns 2 (l % 4) and + 1 of each matrix.
-static void ldsm_x4_host(const uint16_t* base, const int* off, uint32_t (*out)[4]) {
-  for (int l = 0; l < 32; ++l)
-    for (int i = 0; i < 4; ++i) memcpy(&out[l][i], base + off[8 * i + (l >> 2)] + 2 * (l & 3), 4);
-}
-
 extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, const void* gptr, float* y, int N,
                             int K, int bsz, int n_chunks) {
   if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
@@ -252,9 +216,7 @@ extern "C" int sl_tile_host(int vt, int BP, const void* x, const void* ent, cons
       const int t = band * n_chunks + c;
       for (int l = 0; l < 32; ++l)  // the kernel's zeroing, so that a column it missed would keep a stale value
         for (int j = 0; j < 8; ++j) memset(tile + 8 * zero_vec(l, j), 0, 16);
-      memset(xs, 0, sizeof(uint16_t) * BP * XS);  // the staged chunk, zero past the batch and K
-      for (int b = 0; b < bsz; ++b)
-        for (int k = 0; k < TC && c * TC + k < K; ++k) xs[b * XS + k] = xx[(size_t)b * K + c * TC + k];
+      stage_x_host(xs, xx, BP, bsz, K, c);
       for (int gi = gp[t]; gi < gp[t + 1]; ++gi) scatter8_host(tile, ee + 16 * (size_t)gi);
       for (int ks = 0; ks < TC / 16; ks += 2) {  // as tile_mma_chunk: two k-steps per round
         for (int l = 0; l < 32; ++l) off[l] = a_row(l, ks);

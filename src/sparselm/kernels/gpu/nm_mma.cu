@@ -1,0 +1,300 @@
+// Batched y = x W^T (batch 1-64) for N:M-sparse W on the sparse tensor cores: mma.sp m16n8k32, whose A operand is
+// a 2:4-sparse 16 x 32 tile given as its 16 x 16 kept values plus 2-bit indices. Every matrix whose aligned groups of
+// 4 columns hold at most 2 nonzeros qualifies (2:4, 1:4, 2:8, 1:8 masks): S = the most nonzeros any group holds.
+//
+// Why (docs/notes/gpu.md, session 25): the batched kernels over unstructured masks expand W into dense tiles in
+// software (bmma ~20, tmma ~6.5 instructions per nonzero) and stayed at 0.8-0.95x cuBLAS at batch 16, 75%. An N:M
+// mask needs no expansion for the tensor core: the hardware takes the values and their positions as they are.
+//   S = 2 (2:4, 2:8): the kept values are mma.sp's A registers as stored, and the metadata words are stored in the
+//     lanes' register order: 2 values + 4 bits per group of 4, 1.125 bytes per fp16 weight (1.78x fewer than dense).
+//   S = 1 (1:4): one value and its 2-bit position per group, 0.5625 bytes per weight (3.56x fewer than dense); each
+//     lane widens its value to the register {v, 0} or {0, v} by the position's low bit, and the metadata lanes
+//     build the index pair (0, 1) or (2, 3) from its high bit (a bit spread, ~10 instructions per step).
+//
+// Layout ("nmsp", built by cuda_nmsp.layout): N padded to 16-row bands, K to 128-column chunks; one record per
+// (band, chunk), band-major, of REC(S) 16-byte vectors:
+//   values: 2 S vectors per lane, vector j at j * 32 + lane. Lane (g, t) = (lane / 4, lane % 4) holds the A
+//     registers r = 0..3 of mma.sp (row g + 8 (r & 1), group t + 4 (r >> 1) of the step's 8 groups) for the
+//     chunk's 4 k32 steps: S = 2: vector s = step s's registers; S = 1: 16-bit values, vector s / 2, half
+//     4 (s % 2) + r.
+//   index: S = 1: 8 vectors, vector g = the 4 steps' position words P of quad g's rows (g, g + 8): the 2-bit
+//     position of (row g + 8 h, group 4 q + t) at bit 16 q + 8 h + 2 t. S = 2: 16 vectors, vector 2 g + j = the
+//     4 steps' metadata words of the lane (g, j) that supplies them (sparsity selector 0: lanes t = 0, 1): bits
+//     4 t + 16 h = (row g + 8 h, group 4 j + t)'s index pair, idx0 | idx1 << 2, idx0 < idx1.
+// Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows); it loads the next
+// chunk's record while it multiplies the current one. x is staged per chunk by the block (mma_common.cuh XStage)
+// and read with ldmatrix as tile_mma.cu does.
+//
+// The same file compiles as C++ (g++ -x c++): the register building (step_regs) is shared with the GPU build, and
+// the host emulation runs it lane by lane with ldmatrix and mma.sp emulated by the PTX fragment layouts.
+#include "mma_common.cuh"
+
+enum { STEPS = XC / 32 };  // k32 steps per chunk
+
+template <int S>
+struct Rec {
+  enum { V = 2 * S, I = 8 * S, ALL = 32 * V + I };  // value vectors per lane, index vectors, vectors per record
+};
+
+// S = 1: the metadata word of lane (g, j) from its quad's position word P: each 2-bit position's high bit picks the
+// index pair (2, 3) (nibble 0b1110) over (0, 1) (0b0100). The high bits of fields 8 j..8 j + 7 sit at even bit
+// positions 2n; spreading bit i to 2i puts them at 4n, and x 10 sets bits 4n + 1 and 4n + 3 from each.
+SL_HD uint32_t meta_of(uint32_t P, int j) {
+  uint32_t x = (P >> (16 * j + 1)) & 0x5555u;
+  x = (x | (x << 8)) & 0x00FF00FFu;
+  x = (x | (x << 4)) & 0x0F0F0F0Fu;
+  x = (x | (x << 2)) & 0x33333333u;
+  x = (x | (x << 1)) & 0x55555555u;
+  return 0x44444444u | (x * 10u);
+}
+
+// Step s's A registers and metadata word for `lane`, from the lane's value words vw (its 2 S vectors as 8 S words)
+// and its index vector's words iw. S = 1: register r = the 16-bit value shifted into the slot its position's low
+// bit names (bit 2t + 8 (r & 1) + 16 (r >> 1) of P).
+template <int S>
+SL_HD void step_regs(const uint32_t* vw, const uint32_t* iw, int s, int lane, uint32_t* a, uint32_t& e) {
+  if (S == 2) {
+    for (int r = 0; r < 4; ++r) a[r] = vw[4 * s + r];
+    e = iw[s];
+    return;
+  }
+  const uint32_t P = iw[s], Q = P >> (2 * (lane & 3));
+  const uint32_t w0 = vw[2 * s], w1 = vw[2 * s + 1];
+  a[0] = (w0 & 0xFFFFu) << ((Q << 4) & 16u);
+  a[1] = (w0 >> 16) << ((Q >> 4) & 16u);
+  a[2] = (w1 & 0xFFFFu) << ((Q >> 12) & 16u);
+  a[3] = (w1 >> 16) << ((Q >> 20) & 16u);
+  e = meta_of(P, lane & 1);
+}
+
+// Which index vector of a record the lane loads: its quad's (S = 1), or its metadata lane's (S = 2; lanes t = 2, 3
+// load lane t - 2's, which they ignore).
+template <int S>
+SL_HD int index_vec(int lane) {
+  return S == 1 ? lane >> 2 : 2 * (lane >> 2) + (lane & 1);
+}
+
+#ifdef __CUDACC__
+
+template <int VT>
+__device__ __forceinline__ void mma_sp16832(float* d, const uint32_t* a, const uint32_t* b, uint32_t e) {
+  if (VT == VT_F16)
+    asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+  else
+    asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+}
+
+template <int S>
+struct Chunk {  // one lane's share of a record, in registers
+  uint4 v[Rec<S>::V], i;
+};
+
+template <int S>
+__device__ __forceinline__ void load_chunk(Chunk<S>& c, const uint4* rec, int lane) {
+#pragma unroll
+  for (int j = 0; j < Rec<S>::V; ++j) c.v[j] = __ldg(rec + j * 32 + lane);
+  c.i = __ldg(rec + 32 * Rec<S>::V + index_vec<S>(lane));
+}
+
+// One chunk's 4 k32 steps times the staged x chunk (shared address xsb) into acc.
+template <int VT, int S, int BP>
+__device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int lane, float (*acc)[4]) {
+  uint32_t vw[4 * Rec<S>::V];
+#pragma unroll
+  for (int j = 0; j < Rec<S>::V; ++j) {
+    vw[4 * j] = c.v[j].x; vw[4 * j + 1] = c.v[j].y; vw[4 * j + 2] = c.v[j].z; vw[4 * j + 3] = c.v[j].w;
+  }
+  const uint32_t iw[4] = {c.i.x, c.i.y, c.i.z, c.i.w};
+#pragma unroll
+  for (int s = 0; s < STEPS; ++s) {
+    uint32_t a[4], e;
+    step_regs<S>(vw, iw, s, lane, a, e);
+#pragma unroll
+    for (int t = 0; t < BP / 8; ++t) {
+      uint32_t b[4];
+      ldsm_x4(b, xsb + 2 * b_row(lane, 2 * s, t));
+      mma_sp16832<VT>(acc[t], a, b, e);
+    }
+  }
+}
+
+struct NArgs {
+  const uint16_t* x;
+  const uint4* rec;  // (bands * n_chunks * REC,)
+  Out out;
+  int K, ldx, n_chunks, per_split;
+};
+
+template <int VT, int S, int BP, int W>
+__global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
+  extern __shared__ uint4 smem4[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+  const int band = blockIdx.x * W + warp, row0 = blockIdx.x * 16 * W;
+  const int c_lo = blockIdx.y * a.per_split, c_hi = min(c_lo + a.per_split, a.n_chunks);
+  constexpr int XBUF = BP * XS;
+  uint16_t* xbuf = reinterpret_cast<uint16_t*>(smem4);
+  const bool active = 16 * band < a.out.N;  // every warp stages x and meets the barriers; active ones compute
+  const XStage<BP, 32 * W> xst(a.x, a.ldx, a.out.bsz, tid);
+  float acc[BP / 8][4];
+#pragma unroll
+  for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  const uint4* rec = a.rec + ((size_t)(active ? band : 0) * a.n_chunks) * Rec<S>::ALL;
+  Chunk<S> cur, nxt;
+  if (active) load_chunk<S>(cur, rec + (size_t)c_lo * Rec<S>::ALL, lane);
+  xst(xbuf, a.x, c_lo, a.K);
+  for (int c = c_lo; c < c_hi; ++c) {
+    const int buf = (c - c_lo) & 1;
+    __syncthreads();  // everyone is done with the other buffer (chunk c - 1) before it is refilled
+    if (c + 1 < c_hi) xst(xbuf + (buf ^ 1) * XBUF, a.x, c + 1, a.K);
+    else cp_commit();  // an empty group keeps the count uniform
+    cp_wait<1>();      // chunk c's x has landed (this thread's copies) ...
+    __syncthreads();   // ... and every thread's
+    if (active) {
+      if (c + 1 < c_hi) load_chunk<S>(nxt, rec + (size_t)(c + 1) * Rec<S>::ALL, lane);  // in flight during the mma
+      chunk_mma<VT, S, BP>(cur, (uint32_t)__cvta_generic_to_shared(xbuf + buf * XBUF), lane, acc);
+      cur = nxt;
+    }
+  }
+  store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+}
+
+template <int VT, int S, int BP, int W>
+static int launch(const NArgs& a, int splits, cudaStream_t stream) {
+  const size_t smem = (size_t)2 * BP * XS * 2;  // two x buffers: 69.6 KB at batch 64
+  static bool opted = false;
+  if (smem > 48 * 1024 && !opted) {
+    const cudaError_t e = cudaFuncSetAttribute(nm_mma_kernel<VT, S, BP, W>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    opted = true;
+  }
+  const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
+  nm_mma_kernel<VT, S, BP, W><<<grid, 32 * W, smem, stream>>>(a);
+  return (int)cudaGetLastError();
+}
+
+template <int VT, int S, int BP>
+static int by_warps(int W, const NArgs& a, int splits, cudaStream_t s) {
+  if (W == 4) return launch<VT, S, BP, 4>(a, splits, s);
+  if (W == 8) return launch<VT, S, BP, 8>(a, splits, s);
+  return -1;
+}
+
+template <int VT, int S>
+static int by_batch(int BP, int W, const NArgs& a, int splits, cudaStream_t s) {
+  switch (BP) {
+    case 8: return by_warps<VT, S, 8>(W, a, splits, s);
+    case 16: return by_warps<VT, S, 16>(W, a, splits, s);
+    case 32: return by_warps<VT, S, 32>(W, a, splits, s);
+    case 64: return by_warps<VT, S, 64>(W, a, splits, s);
+    default: return -1;
+  }
+}
+
+// y (bsz, N) = x (bsz, K) W^T; S = slots per group of 4 (1 / 2), BP = padded batch (8 / 16 / 32 / 64), W = warps
+// (bands) per block (4 / 8), `splits` blocks along K of per_split chunks each (every split non-empty). Returns a
+// cudaError_t or -1.
+extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, const void* x, const void* rec, void* y, void* ws,
+                              void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks, int per_split,
+                              int splits, void* stream) {
+  const NArgs a{static_cast<const uint16_t*>(x), static_cast<const uint4*>(rec),
+                Out{static_cast<uint16_t*>(y), static_cast<float*>(ws), static_cast<int*>(cnt), N, bsz, ldy},
+                K, ldx, n_chunks, per_split};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (S != 1 && S != 2) return -1;
+  if (vt == VT_F16)
+    return S == 1 ? by_batch<VT_F16, 1>(BP, W, a, splits, s) : by_batch<VT_F16, 2>(BP, W, a, splits, s);
+  if (vt == VT_BF16)
+    return S == 1 ? by_batch<VT_BF16, 1>(BP, W, a, splits, s) : by_batch<VT_BF16, 2>(BP, W, a, splits, s);
+  return -1;
+}
+
+extern "C" const char* sl_nmsp_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+#else  // host emulation: the lanes' registers by step_regs, ldmatrix and mma.sp by the PTX layouts, float32 output
+
+// D (16 x 8) += A (16 x 32, 2:4-sparse) B (32 x 8) by the mma.sp m16n8k32 layouts (sparsity selector 0):
+// a[l][r] = the kept values of (row g + 8 (r & 1), group t + 4 (r >> 1)), low half = slot 0; e[4 g + j] (j < 2) =
+// the index pairs, nibble 4 t + 16 h = (row g + 8 h, group 4 j + t): idx0 | idx1 << 2; b[l][i] = B[8 i + 2 t (+1)][g];
+// d[l] = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. Returns false for an invalid pair (idx0 >= idx1: undefined
+// on the GPU, and ordered metadata needs idx0 < idx1).
+static bool host_mma_sp(float (*d)[4], uint32_t (*a)[4], uint32_t (*b)[4], const uint32_t* e, int vt) {
+  float A[16][32] = {}, B[32][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + 8 * (r & 1), grp = t + 4 * (r >> 1);
+      const uint32_t nib = (e[4 * g + (r >> 1)] >> (16 * (r & 1) + 4 * t)) & 0xF, i0 = nib & 3, i1 = nib >> 2;
+      if (i0 >= i1) return false;
+      A[row][4 * grp + i0] = act_to_float(a[l][r] & 0xFFFF, vt);
+      A[row][4 * grp + i1] = act_to_float(a[l][r] >> 16, vt);
+    }
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 2; ++h) B[8 * i + 2 * t + h][g] = act_to_float((b[l][i] >> (16 * h)) & 0xFFFF, vt);
+  }
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int j = 0; j < 4; ++j) {
+      const int r = g + 8 * (j >> 1), n = 2 * t + (j & 1);
+      float s = 0.0f;
+      for (int k = 0; k < 32; ++k) s += A[r][k] * B[k][n];
+      d[l][j] += s;
+    }
+  }
+  return true;
+}
+
+template <int S>
+static int host_run(int vt, int BP, const uint16_t* x, const uint32_t* rec, float* y, int N, int K, int bsz,
+                    int n_chunks) {
+  uint16_t* xs = new uint16_t[(size_t)BP * XS];
+  float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
+  uint32_t a[32][4], bq[32][4], e[32];
+  int off[32], bad = 0;
+  for (int band = 0; 16 * band < N; ++band) {
+    memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
+    for (int c = 0; c < n_chunks; ++c) {
+      const uint32_t* r = rec + ((size_t)band * n_chunks + c) * Rec<S>::ALL * 4;
+      stage_x_host(xs, x, BP, bsz, K, c);
+      for (int s = 0; s < STEPS; ++s) {
+        for (int l = 0; l < 32; ++l) {
+          uint32_t vw[4 * Rec<S>::V];
+          for (int j = 0; j < Rec<S>::V; ++j) memcpy(vw + 4 * j, r + 4 * (j * 32 + l), 16);
+          step_regs<S>(vw, r + 4 * (32 * Rec<S>::V + index_vec<S>(l)), s, l, a[l], e[l]);
+        }
+        for (int nt = 0; nt < BP / 8; ++nt) {
+          for (int l = 0; l < 32; ++l) off[l] = b_row(l, 2 * s, nt);
+          ldsm_x4_host(xs, off, bq);
+          bad |= !host_mma_sp(d + 32 * nt, a, bq, e, vt);
+        }
+      }
+    }
+    for (int nt = 0; nt < BP / 8; ++nt)
+      for (int l = 0; l < 32; ++l)
+        for (int j = 0; j < 4; ++j) {
+          const int row = 16 * band + (l >> 2) + 8 * (j >> 1), b = 8 * nt + 2 * (l & 3) + (j & 1);
+          if (row < N && b < bsz) y[(size_t)b * N + row] = d[32 * nt + l][j];
+        }
+  }
+  delete[] xs;
+  delete[] d;
+  return bad ? -2 : 0;
+}
+
+// The kernel's arithmetic on the CPU: 0, -1 (unsupported arguments) or -2 (a metadata pair the GPU rejects).
+extern "C" int sl_nmsp_host(int vt, int S, int BP, const void* x, const void* rec, float* y, int N, int K, int bsz,
+                            int n_chunks) {
+  if ((vt != VT_F16 && vt != VT_BF16) || BP % 8 || BP < bsz || BP > 64) return -1;
+  const uint16_t* xx = static_cast<const uint16_t*>(x);
+  const uint32_t* rr = static_cast<const uint32_t*>(rec);
+  if (S == 1) return host_run<1>(vt, BP, xx, rr, y, N, K, bsz, n_chunks);
+  if (S == 2) return host_run<2>(vt, BP, xx, rr, y, N, K, bsz, n_chunks);
+  return -1;
+}
+#endif
