@@ -5,6 +5,8 @@
     PYTHONPATH=src python benchmarks/gpu_kernels.py --grid decode --kernels vc32,vc32t,grp8 --out $OUT/k.json
                                                         # the decode shapes (fused qkv / gate-up too), batch <= 16
     PYTHONPATH=src python benchmarks/gpu_kernels.py --grid batched --kernels bmma,grp8cu --all-configs --out $OUT/k.json
+    PYTHONPATH=src python benchmarks/gpu_kernels.py --grid nmb --kernels nmsp,tmma,nmcu --out $OUT/k.json
+                                                        # N:M masks at batch 1-64 (sparse tensor cores, mma.sp)
     python benchmarks/gpu_kernels.py --plot benchmarks/results/gpu_kernels.json          # PNG beside the JSON
 
 Protocol (BENCHMARKS.md): random values, random uniform mask at the stated sparsity (plus one non-uniform
@@ -53,7 +55,7 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
     """(shape, batch, sparsity, values, act, mask) cases; the full sweep fits one ~5-minute device call.
     "batched": batch 4-64 on the Llama shapes (the tensor-core kernel's range). "decode": the shapes a 7B/8B decode
     step runs, with fused q/k/v (12288x4096) and gate/up (22016x4096). "nm": those shapes with N:M masks (1:4, 2:8:
-    75%; 2:4: 50%)."""
+    75%; 2:4: 50%). "nmb": N:M masks at batch 1-64 on the Llama shapes (the sparse-tensor-core kernel's range)."""
     cases = []
     add = lambda n, k, b, s, v="float16", a="float16", m="uniform": cases.append(  # noqa: E731
         dict(N=n, K=k, batch=b, sparsity=s, values=v, act=a, mask=m))
@@ -77,6 +79,14 @@ def grid(quick: bool, name: str = "full") -> list[dict]:
         for n, k in [(4096, 4096), (22016, 4096)]:  # batches 2 and 4 (nmcu's batched form)
             for b in (2, 4):
                 add(n, k, b, 0.75, m="1:4")
+        return cases
+    if name == "nmb":  # N:M masks at every batch: nmsp (mma.sp) against tmma / nmcu and cuBLAS
+        for b in (16, 8, 32, 64, 4, 2, 1):
+            for n, k in SHAPES:
+                for pat in ("1:4", "2:4"):
+                    add(n, k, b, 1 - int(pat[0]) / int(pat[2]), m=pat)
+        add(4096, 4096, 16, 0.75, "bfloat16", "bfloat16", m="1:4")
+        add(11008, 4096, 16, 0.75, m="2:8")
         return cases
     if name == "decode":
         for n, k in [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]:
@@ -216,9 +226,10 @@ def plot(path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     data = json.loads(path.read_text())
-    if all(":" in r["mask"] for r in data["rows"]):
+    if all(":" in r["mask"] for r in data["rows"]) and max(r["batch"] for r in data["rows"]) <= 4:
         return plot_nm(data, path.with_suffix(".png"))  # the N:M grid: kernels side by side per shape and pattern
-    if len({r["sparsity"] for r in data["rows"]}) <= 3 and min(r["batch"] for r in data["rows"]) > 1:
+    if len({r["sparsity"] for r in data["rows"]}) <= 3 and (min(r["batch"] for r in data["rows"]) > 1
+                                                            or all(":" in r["mask"] for r in data["rows"])):
         return plot_batched(data, path.with_suffix(".png"))  # the batched grid: speedup vs batch
     shapes = sorted({(r["N"], r["K"]) for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"
                      and len({x["sparsity"] for x in data["rows"] if (x["N"], x["K"]) == (r["N"], r["K"])}) > 2})
@@ -272,21 +283,24 @@ def plot_nm(data: dict, out: Path) -> Path:
 
 
 def plot_batched(data: dict, out: Path) -> Path:
-    """Speedup vs batch (fp16 values, uniform masks) per shape and sparsity: the best config of each kernel family
-    (from each row's best_ms_by_kernel) against cuBLAS in the same run."""
+    """Speedup vs batch (fp16 values; uniform masks at 75% / 50%, or the N:M masks 1:4 / 2:4) per shape: the best
+    config of each kernel family (from each row's best_ms_by_kernel) against cuBLAS in the same run."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in data["rows"] if r["values"] == "float16" and r["mask"] == "uniform"]
+    series = (("uniform", 0.75, "-", "75%"), ("uniform", 0.5, "--", "50%"), ("1:4", 0.75, "-", "1:4"),
+              ("2:4", 0.5, "--", "2:4"))
+    rows = [r for r in data["rows"] if r["values"] == "float16"]
     shapes = sorted({(r["N"], r["K"]) for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 4), squeeze=False)
     for ax, (n, k) in zip(axes.flat, shapes):
-        for s, style in ((0.75, "-"), (0.5, "--")):
-            pts = sorted((r["batch"], r) for r in rows if (r["N"], r["K"], r["sparsity"]) == (n, k, s))
+        for mask, s, style, name in series:
+            pts = sorted(((r["batch"], r) for r in rows if (r["N"], r["K"], r["mask"]) == (n, k, mask)
+                          and r["sparsity"] == s), key=lambda t: t[0])
             fams = sorted({f for _, r in pts for f in r["best_ms_by_kernel"]})
             for fam in fams:
                 xy = [(b, r["dense_ms"] / r["best_ms_by_kernel"][fam]) for b, r in pts if fam in r["best_ms_by_kernel"]]
                 if len(xy) > 1:
-                    ax.plot([p[0] for p in xy], [p[1] for p in xy], style, marker="o", label=f"{fam} {int(s * 100)}%")
+                    ax.plot([p[0] for p in xy], [p[1] for p in xy], style, marker="o", label=f"{fam} {name}")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(xscale="log", title=f"{n}x{k}", xlabel="batch", ylabel="speedup vs cuBLAS fp16")
         ax.legend(fontsize=7)
@@ -325,7 +339,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_kernels.json"))
     ap.add_argument("--quick", action="store_true", help="one shape, a smoke run")
-    ap.add_argument("--grid", choices=["full", "decode", "batched", "nm"], default="full",
+    ap.add_argument("--grid", choices=["full", "decode", "batched", "nm", "nmb"], default="full",
                     help="which cases (see grid())")
     ap.add_argument("--kernels", default="", help="only these kernel families, e.g. vc32,csr8 (default: all)")
     ap.add_argument("--pipelined", action="store_true",
