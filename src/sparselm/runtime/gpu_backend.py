@@ -401,9 +401,11 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
             for w, sk in shapes]
 
 
-# nmsp (mma.sp over N:M masks): (warps per block, splits along K). A 4096-row layer is 256 bands, so 4-warp blocks
-# need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them with 1-2.
-NMSP_SHAPES = ((4, 1), (4, 2), (4, 4), (4, 8), (8, 1), (8, 2), (8, 4), (8, 8))
+# nmsp (mma.sp over N:M masks): (warps per block, splits along K, chunks in flight). A 4096-row layer is 256 bands,
+# so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them
+# with 1-4. One chunk in flight ran at ~1 memory latency per chunk (gpu_kernels_nmb_first.json: 4-warp blocks with
+# 4-8 splits won at batch 2-16).
+NMSP_SHAPES = tuple((w, s, d) for d in (1, 2, 3) for w, s in ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8)))
 
 
 def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:
@@ -414,5 +416,5 @@ def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:
     bp = max(8, bb)
     if bp not in cuda_nmsp.BATCHES or not cuda_nmsp.available():
         return []
-    return [SpmmConfig(kernel="nmsp", block_k=cuda_nmsp.CHUNK, block_b=bp, num_warps=w, split_k=sk)
-            for w, sk in shapes]
+    return [SpmmConfig(kernel="nmsp", block_k=cuda_nmsp.CHUNK, block_b=bp, num_warps=w, split_k=sk, num_stages=d)
+            for w, sk, d in shapes]

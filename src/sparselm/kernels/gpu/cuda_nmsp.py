@@ -11,7 +11,8 @@ no software expansion on its way to the tensor cores, where the unstructured bat
 (nm_mma.cu's header gives the layout).
 
 Config (SpmmConfig(kernel="nmsp", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 (one 16-row
-band each); split_k = blocks along K (the split-K workspace of cuda_mma.workspace); block_k 128.
+band each); split_k = blocks along K (the split-K workspace of cuda_mma.workspace); num_stages = 128-column chunks
+in flight per warp (1-3: records in registers, x staged that far ahead); block_k 128.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from sparselm.kernels.gpu.cuda_nm import _mask
 _SOURCE = Path(__file__).with_name("nm_mma.cu")
 CHUNK = 128  # columns per record (nm_mma.cu XC)
 WARPS = (4, 8)
+STAGES = (1, 2, 3)
 _VT = {torch.float16: 0, torch.bfloat16: 1}
 
 
@@ -34,8 +36,8 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_nmsp_launch.restype = i32
-        # (vt, S, BP, W), (x, rec, y, ws, cnt), (N, K, bsz, ldx, ldy, n_chunks, per, splits), stream
-        lib.sl_nmsp_launch.argtypes = [i32] * 4 + [vp] * 5 + [i32] * 8 + [vp]
+        # (vt, S, BP, W, D), (x, rec, y, ws, cnt), (N, K, bsz, ldx, ldy, n_chunks, per, splits), stream
+        lib.sl_nmsp_launch.argtypes = [i32] * 5 + [vp] * 5 + [i32] * 8 + [vp]
         lib.sl_nmsp_error_string.restype = ctypes.c_char_p
         lib.sl_nmsp_error_string.argtypes = [i32]
     else:
@@ -53,9 +55,11 @@ def check_config(cfg) -> None:
     """SpmmConfig's rules for kernel "nmsp"."""
     if (cfg.block_b not in BATCHES or cfg.num_warps not in WARPS or cfg.block_k != CHUNK
             or not isinstance(cfg.split_k, int) or isinstance(cfg.split_k, bool) or cfg.split_k < 1
+            or cfg.num_stages not in STAGES or isinstance(cfg.num_stages, bool)
             or cfg.unroll != 1 or not cfg.smem or cfg.persist):
-        raise ValueError(f"SpmmConfig nmsp: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, "
-                         f"block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; got {cfg}")
+        raise ValueError(f"SpmmConfig nmsp: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, num_stages "
+                         f"in {STAGES}, block_k {CHUNK}, split_k an int >= 1, no persist / unroll / smem=False; "
+                         f"got {cfg}")
 
 
 def slots(p) -> int | None:
@@ -144,7 +148,8 @@ def _check(x: torch.Tensor, p, block_b: int) -> None:
 
 
 def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (B, N) = x W^T on the GPU (cfg: block_b, num_warps, split_k). `out`: a contiguous (B, N) tensor."""
+    """y (B, N) = x W^T on the GPU (cfg: block_b, num_warps, split_k, num_stages). `out`: a contiguous (B, N)
+    tensor."""
     _check(x, p, cfg.block_b)
     n, k = p.shape
     lib, y = _LIB.prepare("nmsp", x, p, out)
@@ -153,7 +158,8 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     n_chunks = -(-k // CHUNK)
     per, nsplit = splits(n_chunks, cfg.split_k)
     ws, cnt = workspace(p, cfg.block_b)
-    code = lib.sl_nmsp_launch(_VT[x.dtype], slots(p), cfg.block_b, cfg.num_warps, x.data_ptr(), rec.data_ptr(),
+    code = lib.sl_nmsp_launch(_VT[x.dtype], slots(p), cfg.block_b, cfg.num_warps, cfg.num_stages, x.data_ptr(),
+                              rec.data_ptr(),
                               y.data_ptr(), ws.data_ptr(), cnt.data_ptr(), n, k, x.shape[0], k, n, n_chunks, per,
                               nsplit, torch.cuda.current_stream().cuda_stream)
     if code != 0:

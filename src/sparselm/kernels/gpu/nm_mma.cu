@@ -21,9 +21,9 @@
 //     position of (row g + 8 h, group 4 q + t) at bit 16 q + 8 h + 2 t. S = 2: 16 vectors, vector 2 g + j = the
 //     4 steps' metadata words of the lane (g, j) that supplies them (sparsity selector 0: lanes t = 0, 1): bits
 //     4 t + 16 h = (row g + 8 h, group 4 j + t)'s index pair, idx0 | idx1 << 2, idx0 < idx1.
-// Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows); it loads the next
-// chunk's record while it multiplies the current one. x is staged per chunk by the block (mma_common.cuh XStage)
-// and read with ldmatrix as tile_mma.cu does.
+// Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows), with D chunks'
+// records in flight; x is staged per chunk by the block (mma_common.cuh XStage), D chunks ahead, and read with
+// ldmatrix as tile_mma.cu does.
 //
 // The same file compiles as C++ (g++ -x c++): the register building (step_regs) is shared with the GPU build, and
 // the host emulation runs it lane by lane with ldmatrix and mma.sp emulated by the PTX fragment layouts.
@@ -131,7 +131,12 @@ struct NArgs {
   int K, ldx, n_chunks, per_split;
 };
 
-template <int VT, int S, int BP, int W>
+// D = chunks in flight per warp: each warp holds D chunks' records in registers (a ring, indexed statically by
+// unrolling the chunk loop D times) and the block stages x D chunks ahead in D + 1 buffers, one barrier per chunk.
+// Why: a warp's work per chunk is ~12 instructions per lane per step; the first form (one chunk ahead, two
+// barriers per chunk) ran each chunk at about one memory latency, 0.9-1.5 TB/s at batch 16
+// (gpu_kernels_nmb_first.json).
+template <int VT, int S, int BP, int W, int D>
 __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
   extern __shared__ uint4 smem4[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
@@ -145,62 +150,79 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
 #pragma unroll
   for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
   const uint4* rec = a.rec + ((size_t)(active ? band : 0) * a.n_chunks) * Rec<S>::ALL;
-  Chunk<S> cur, nxt;
-  if (active) load_chunk<S>(cur, rec + (size_t)c_lo * Rec<S>::ALL, lane);
-  xst(xbuf, a.x, c_lo, a.K);
-  for (int c = c_lo; c < c_hi; ++c) {
-    const int buf = (c - c_lo) & 1;
-    __syncthreads();  // everyone is done with the other buffer (chunk c - 1) before it is refilled
-    if (c + 1 < c_hi) xst(xbuf + (buf ^ 1) * XBUF, a.x, c + 1, a.K);
-    else cp_commit();  // an empty group keeps the count uniform
-    cp_wait<1>();      // chunk c's x has landed (this thread's copies) ...
-    __syncthreads();   // ... and every thread's
-    if (active) {
-      if (c + 1 < c_hi) load_chunk<S>(nxt, rec + (size_t)(c + 1) * Rec<S>::ALL, lane);  // in flight during the mma
-      chunk_mma<VT, S, BP>(cur, (uint32_t)__cvta_generic_to_shared(xbuf + buf * XBUF), lane, acc);
-      cur = nxt;
+  Chunk<S> w[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d)  // the records first: DRAM is the longest wait
+    if (active && c_lo + d < c_hi) load_chunk<S>(w[d], rec + (size_t)(c_lo + d) * Rec<S>::ALL, lane);
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    if (c_lo + d < c_hi) xst(xbuf + d * XBUF, a.x, c_lo + d, a.K);
+    else cp_commit();  // empty groups keep the count uniform
+  }
+  for (int c0 = c_lo; c0 < c_hi; c0 += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int c = c0 + d;
+      if (c >= c_hi) break;  // block-uniform
+      cp_wait<D - 1>();  // chunk c's x has landed (this thread's copies; D groups committed after it) ...
+      __syncthreads();   // ... and every thread's; every warp is done with chunk c - 1's buffer, refilled next
+      if (c + D < c_hi) xst(xbuf + ((c - c_lo + D) % (D + 1)) * XBUF, a.x, c + D, a.K);
+      else cp_commit();
+      if (active) {
+        chunk_mma<VT, S, BP>(w[d], (uint32_t)__cvta_generic_to_shared(xbuf + ((c - c_lo) % (D + 1)) * XBUF), lane,
+                             acc);
+        if (c + D < c_hi) load_chunk<S>(w[d], rec + (size_t)(c + D) * Rec<S>::ALL, lane);
+      }
     }
   }
   store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
 }
 
-template <int VT, int S, int BP, int W>
+template <int VT, int S, int BP, int W, int D>
 static int launch(const NArgs& a, int splits, cudaStream_t stream) {
-  const size_t smem = (size_t)2 * BP * XS * 2;  // two x buffers: 69.6 KB at batch 64
+  const size_t smem = (size_t)(D + 1) * BP * XS * 2;  // D + 1 x buffers: 139 KB at batch 64, D = 3
   static bool opted = false;
   if (smem > 48 * 1024 && !opted) {
-    const cudaError_t e = cudaFuncSetAttribute(nm_mma_kernel<VT, S, BP, W>,
+    const cudaError_t e = cudaFuncSetAttribute(nm_mma_kernel<VT, S, BP, W, D>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return (int)e;
     opted = true;
   }
   const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
-  nm_mma_kernel<VT, S, BP, W><<<grid, 32 * W, smem, stream>>>(a);
+  nm_mma_kernel<VT, S, BP, W, D><<<grid, 32 * W, smem, stream>>>(a);
   return (int)cudaGetLastError();
 }
 
+template <int VT, int S, int BP, int W>
+static int by_depth(int D, const NArgs& a, int splits, cudaStream_t s) {
+  if (D == 1) return launch<VT, S, BP, W, 1>(a, splits, s);
+  if (D == 2) return launch<VT, S, BP, W, 2>(a, splits, s);
+  if (D == 3) return launch<VT, S, BP, W, 3>(a, splits, s);
+  return -1;
+}
+
 template <int VT, int S, int BP>
-static int by_warps(int W, const NArgs& a, int splits, cudaStream_t s) {
-  if (W == 4) return launch<VT, S, BP, 4>(a, splits, s);
-  if (W == 8) return launch<VT, S, BP, 8>(a, splits, s);
+static int by_warps(int W, int D, const NArgs& a, int splits, cudaStream_t s) {
+  if (W == 4) return by_depth<VT, S, BP, 4>(D, a, splits, s);
+  if (W == 8) return by_depth<VT, S, BP, 8>(D, a, splits, s);
   return -1;
 }
 
 template <int VT, int S>
-static int by_batch(int BP, int W, const NArgs& a, int splits, cudaStream_t s) {
+static int by_batch(int BP, int W, int D, const NArgs& a, int splits, cudaStream_t s) {
   switch (BP) {
-    case 8: return by_warps<VT, S, 8>(W, a, splits, s);
-    case 16: return by_warps<VT, S, 16>(W, a, splits, s);
-    case 32: return by_warps<VT, S, 32>(W, a, splits, s);
-    case 64: return by_warps<VT, S, 64>(W, a, splits, s);
+    case 8: return by_warps<VT, S, 8>(W, D, a, splits, s);
+    case 16: return by_warps<VT, S, 16>(W, D, a, splits, s);
+    case 32: return by_warps<VT, S, 32>(W, D, a, splits, s);
+    case 64: return by_warps<VT, S, 64>(W, D, a, splits, s);
     default: return -1;
   }
 }
 
 // y (bsz, N) = x (bsz, K) W^T; S = slots per group of 4 (1 / 2), BP = padded batch (8 / 16 / 32 / 64), W = warps
-// (bands) per block (4 / 8), `splits` blocks along K of per_split chunks each (every split non-empty). Returns a
-// cudaError_t or -1.
-extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, const void* x, const void* rec, void* y, void* ws,
+// (bands) per block (4 / 8), D = chunks in flight (1-3), `splits` blocks along K of per_split chunks each (every
+// split non-empty). Returns a cudaError_t or -1.
+extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, int D, const void* x, const void* rec, void* y, void* ws,
                               void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks, int per_split,
                               int splits, void* stream) {
   const NArgs a{static_cast<const uint16_t*>(x), static_cast<const uint4*>(rec),
@@ -209,9 +231,9 @@ extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, const void* x, const
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (S != 1 && S != 2) return -1;
   if (vt == VT_F16)
-    return S == 1 ? by_batch<VT_F16, 1>(BP, W, a, splits, s) : by_batch<VT_F16, 2>(BP, W, a, splits, s);
+    return S == 1 ? by_batch<VT_F16, 1>(BP, W, D, a, splits, s) : by_batch<VT_F16, 2>(BP, W, D, a, splits, s);
   if (vt == VT_BF16)
-    return S == 1 ? by_batch<VT_BF16, 1>(BP, W, a, splits, s) : by_batch<VT_BF16, 2>(BP, W, a, splits, s);
+    return S == 1 ? by_batch<VT_BF16, 1>(BP, W, D, a, splits, s) : by_batch<VT_BF16, 2>(BP, W, D, a, splits, s);
   return -1;
 }
 

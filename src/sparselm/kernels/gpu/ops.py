@@ -76,7 +76,8 @@ class SpmmConfig:
     # each chunk), split_k = blocks along K, block_k 128, num_stages 4) |
     # "tmma" (CUDA C++, tensor cores over the per-nonzero "tile16" layout, batch 2-64: cuda_tile.py; block_b as
     # bmma, num_warps = 4 or 8 bands of 16 rows per block, split_k, block_k 128) | "nmsp" (CUDA C++, sparse tensor
-    # cores (mma.sp) for masks with <= 2 nonzeros per 4 columns, batch 1-64: cuda_nmsp.py; tmma's fields)
+    # cores (mma.sp) for masks with <= 2 nonzeros per 4 columns, batch 1-64: cuda_nmsp.py; tmma's fields plus
+    # num_stages = chunks in flight, 1-3)
     kernel: str = "bitmask"
     slots: int = 32  # csr8: nonzeros per (row, chunk) segment per step; block_k = chunks per program * 256
     # csr8 / vc32: segments (rows) padded to multiples of vec entries for vector loads; grp8: 4 = the interleaved
@@ -148,7 +149,8 @@ class SpmmConfig:
 
     def key(self) -> str:
         if self.kernel in ("tmma", "nmsp"):
-            return f"{self.kernel}-w{self.num_warps}b{self.block_b}s{self.split_k}"
+            return (f"{self.kernel}-w{self.num_warps}b{self.block_b}s{self.split_k}"
+                    + (f"d{self.num_stages}" if self.kernel == "nmsp" else ""))
         if self.kernel == "bmma":
             return f"bmma-w{self.num_warps}n{self.block_n}b{self.block_b}s{self.split_k}"
         if self.kernel in ("grp8cu", "d4cu", "nmcu"):
