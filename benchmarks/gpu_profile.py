@@ -30,12 +30,14 @@ def main() -> None:
     ap.add_argument("--values", default="float16,int8")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="SpmmConfig keys (batch-1 candidates)")
     ap.add_argument("--batch", type=int, default=1, help="activation rows (configs: that batch's candidates)")
+    ap.add_argument("--pattern", default="", help="N:M masks (e.g. 1:4) instead of uniform random at --sparsities")
     ap.add_argument("--out", default=None, help="write the launch list as JSON here too")
     args = ap.parse_args()
 
     from sparselm.compress.format import compress_tensor, decompress
     from sparselm.kernels.gpu.ops import PackedBitmask, spmm
     from sparselm.runtime.gpu_backend import candidate_configs
+    from sparselm.sparsity.masks import parse_pattern, select_nm
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (a smoke test, no ncu)
     by_key = {c.key(): c for c in candidate_configs(args.batch, pipelined=True)}
@@ -50,8 +52,12 @@ def main() -> None:
         dense = torch.randn(n, k, device=dev, dtype=torch.float16)
         calls.append(lambda x=x, d=dense: F.linear(x, d))
         plan.append({"N": n, "K": k, "sparsity": 0.0, "values": "float16", "kernel": "cublas"})
-        for s in map(float, args.sparsities.split(",")):
-            w = torch.randn(n, k, device=dev) * (torch.rand(n, k, device=dev) >= s)
+        nm = parse_pattern(args.pattern) if args.pattern else None
+        for s in [1 - nm[0] / nm[1]] if nm else map(float, args.sparsities.split(",")):
+            if nm:  # keep N of every M columns, by random scores
+                w = torch.randn(n, k, device=dev) * ~select_nm(torch.rand(n, k, device=dev), *nm)
+            else:
+                w = torch.randn(n, k, device=dev) * (torch.rand(n, k, device=dev) >= s)
             for vname in args.values.split(","):
                 ct = compress_tensor(w.half(), values_dtype=vname)
                 p = PackedBitmask.from_compressed(ct)

@@ -405,7 +405,7 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
 # so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them
 # with 1-4. One chunk in flight ran at ~1 memory latency per chunk (gpu_kernels_nmb_first.json: 4-warp blocks with
 # 4-8 splits won at batch 2-16).
-NMSP_SHAPES = tuple((w, s, d) for d in (1, 2, 3) for w, s in ((4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8)))
+NMSP_SHAPES = tuple((w, s, d) for d in (1, 2) for w in (4, 8) for s in (2, 4, 8, 16, 32))
 
 
 def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:
