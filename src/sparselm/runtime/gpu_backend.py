@@ -401,11 +401,11 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
             for w, sk in shapes]
 
 
-# nmsp (mma.sp over N:M masks): (warps per block, splits along K, chunks in flight). A 4096-row layer is 256 bands,
-# so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them
-# with 1-4. One chunk in flight ran at ~1 memory latency per chunk (gpu_kernels_nmb_first.json: 4-warp blocks with
-# 4-8 splits won at batch 2-16).
-NMSP_SHAPES = tuple((w, s, d) for d in (1, 2) for w in (4, 8) for s in (2, 4, 8, 16, 32))
+# nmsp (mma.sp over N:M masks): (warps per block, splits along K = blocks per cluster, chunks in flight). A 4096-row
+# layer is 256 bands, so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers
+# (11008-22016 rows) fill them with 1-4. 3 chunks in flight never won by more than noise, nor 16-32 splits (with the
+# atomic split-K of the time: gpu_kernels_nmb_stages.json, gpu_kernels_nmb_splits.json).
+NMSP_SHAPES = tuple((w, s, d) for d in (1, 2) for w in (4, 8) for s in (1, 2, 4, 8))
 
 
 def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:

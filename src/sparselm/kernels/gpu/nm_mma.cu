@@ -21,13 +21,17 @@
 //     position of (row g + 8 h, group 4 q + t) at bit 16 q + 8 h + 2 t. S = 2: 16 vectors, vector 2 g + j = the
 //     4 steps' metadata words of the lane (g, j) that supplies them (sparsity selector 0: lanes t = 0, 1): bits
 //     4 t + 16 h = (row g + 8 h, group 4 j + t)'s index pair, idx0 | idx1 << 2, idx0 < idx1.
-// Each warp owns one band and a range of chunks (split-K over blocks: mma_common.cuh store_rows), with D chunks'
-// records in flight; x is staged per chunk by the block (mma_common.cuh XStage), D chunks ahead, and read with
-// ldmatrix as tile_mma.cu does.
+// Each warp owns one band and a range of chunks, with D chunks' records in flight; x is staged per chunk by the
+// block (mma_common.cuh XStage), D chunks ahead, and read with ldmatrix as tile_mma.cu does. Split-K: the blocks
+// of one row block form a thread-block cluster (up to 8) and add their partial sums through distributed shared
+// memory (cluster_store), in a fixed order, so the result is deterministic and no workspace is needed.
 //
 // The same file compiles as C++ (g++ -x c++): the register building (step_regs) is shared with the GPU build, and
 // the host emulation runs it lane by lane with ldmatrix and mma.sp emulated by the PTX fragment layouts.
 #include "mma_common.cuh"
+#ifdef __CUDACC__
+#include <cooperative_groups.h>
+#endif
 
 enum { STEPS = XC / 32 };  // k32 steps per chunk
 
@@ -124,6 +128,35 @@ __device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int l
   }
 }
 
+// The split-K sums of a cluster's blocks (the same rows, different chunks; cluster = grid.y): each block puts its
+// warps' D fragments in its own shared memory (reusing the x buffers) as part[warp][t][j][lane], the cluster
+// synchronizes, and block `rank` adds slice `rank` of every block's part, in rank order, and writes y.
+// Why: the first form added fp32 atomics into a global workspace, then a fence and a per-row-block counter chose
+// the block that wrote y: a few memory round trips at the end of every block, ~4-7 us of fixed cost per launch in
+// gpu_kernels_nmb_splits.json (time against K: 2.5-2.9 TB/s per added byte, 4.4-6.8 us at K = 0).
+template <int VT, int BP, int W>
+__device__ __forceinline__ void cluster_store(const float (*acc)[4], float* part, int row0, const Out& o) {
+  namespace cg = cooperative_groups;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  __syncthreads();  // every warp's last ldmatrix of the x buffers is done
+#pragma unroll
+  for (int t = 0; t < BP / 8; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) part[((warp * (BP / 8) + t) * 4 + j) * 32 + lane] = acc[t][j];
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync();
+  constexpr int LEN = W * (BP / 8) * 4 * 32;
+  const int S = (int)cl.num_blocks(), rank = (int)cl.block_rank(), per = (LEN + S - 1) / S;
+  for (int i = rank * per + tid; i < min((rank + 1) * per, LEN); i += 32 * W) {
+    float sum = 0.0f;
+    for (int r = 0; r < S; ++r) sum += cl.map_shared_rank(part, r)[i];
+    const int l = i & 31, j = (i >> 5) & 3, t = (i >> 7) % (BP / 8), w = (i >> 7) / (BP / 8);
+    const int row = row0 + 16 * w + (l >> 2) + 8 * (j >> 1), b = 8 * t + 2 * (l & 3) + (j & 1);
+    if (row < o.N && b < o.bsz) o.y[(size_t)b * o.ldy + row] = to_act<VT>(sum);
+  }
+  cl.sync();  // no block leaves while another still reads its shared memory
+}
+
 struct NArgs {
   const uint16_t* x;
   const uint4* rec;  // (bands * n_chunks * REC,)
@@ -175,12 +208,15 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
       }
     }
   }
-  store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+  if (gridDim.y == 1) store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+  else cluster_store<VT, BP, W>(acc, reinterpret_cast<float*>(smem4), row0, a.out);
 }
 
 template <int VT, int S, int BP, int W, int D>
 static int launch(const NArgs& a, int splits, cudaStream_t stream) {
-  const size_t smem = (size_t)(D + 1) * BP * XS * 2;  // D + 1 x buffers: 139 KB at batch 64, D = 3
+  // D + 1 x buffers (139 KB at batch 64, D = 3), reused for the split-K partials (W x BP x 64 bytes: less)
+  const size_t smem = (size_t)(D + 1) * BP * XS * 2;
+  static_assert(W * BP * 64 <= 2 * BP * XS * 2, "the partials fit in two x buffers");
   static bool opted = false;
   if (smem > 48 * 1024 && !opted) {
     const cudaError_t e = cudaFuncSetAttribute(nm_mma_kernel<VT, S, BP, W, D>,
@@ -188,9 +224,20 @@ static int launch(const NArgs& a, int splits, cudaStream_t stream) {
     if (e != cudaSuccess) return (int)e;
     opted = true;
   }
-  const dim3 grid((a.out.N + 16 * W - 1) / (16 * W), splits);
-  nm_mma_kernel<VT, S, BP, W, D><<<grid, 32 * W, smem, stream>>>(a);
-  return (int)cudaGetLastError();
+  if (splits > 8) return -1;  // a portable cluster holds at most 8 blocks
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((a.out.N + 16 * W - 1) / (16 * W), splits);
+  cfg.blockDim = dim3(32 * W);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = splits;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return (int)cudaLaunchKernelEx(&cfg, nm_mma_kernel<VT, S, BP, W, D>, a);
 }
 
 template <int VT, int S, int BP, int W>
@@ -220,8 +267,8 @@ static int by_batch(int BP, int W, int D, const NArgs& a, int splits, cudaStream
 }
 
 // y (bsz, N) = x (bsz, K) W^T; S = slots per group of 4 (1 / 2), BP = padded batch (8 / 16 / 32 / 64), W = warps
-// (bands) per block (4 / 8), D = chunks in flight (1-3), `splits` blocks along K of per_split chunks each (every
-// split non-empty). Returns a cudaError_t or -1.
+// (bands) per block (4 / 8), D = chunks in flight (1-3), `splits` blocks along K (1-8: one cluster) of
+// per_split chunks each (every split non-empty). Returns a cudaError_t or -1.
 extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, int D, const void* x, const void* rec, void* y, void* ws,
                               void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks, int per_split,
                               int splits, void* stream) {

@@ -251,8 +251,8 @@ class PackedBitmask:
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
             return {("tile16",), ("bmma-ws", cfg.block_b)}
-        if cfg.kernel == "nmsp":  # its records (values included), their slot count and the split-K workspace
-            return {("nmsp",), ("nmsp-slots",), ("bmma-ws", cfg.block_b)}
+        if cfg.kernel == "nmsp":  # its records (values included) and their slot count
+            return {("nmsp",), ("nmsp-slots",)}
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
