@@ -126,6 +126,8 @@ def test_inputs_and_configs_are_checked():
     cfg = SpmmConfig(kernel="nmsp", block_k=128, block_b=16, num_warps=8, split_k=4)
     assert cfg.key() == "nmsp-w8b16s4d2" and p.supports(cfg)
     assert p.aux_keys(cfg) == {("nmsp",), ("nmsp-slots",)}
+    assert p.aux_keys(SpmmConfig(kernel="nmsp", block_k=128, block_b=16, split_k=16)) == {
+        ("nmsp",), ("nmsp-slots",), ("bmma-ws", 16)}
     for bad in (dict(block_b=4), dict(num_warps=2), dict(block_k=256), dict(split_k=0), dict(split_k=9),
                 dict(persist=1), dict(num_stages=4)):
         with pytest.raises(ValueError, match="nmsp"):
@@ -160,9 +162,9 @@ def test_gpu_build_matches_host_and_dense(pattern, values, n, k, bsz, bp):
     ref = x.double() @ decompress(ct, torch.float32).double().T
     host_y = cuda_nmsp.spmm_host(x.cpu(), p, bp) if has_cxx and n * k < 2**20 else None
     tol = 1e-2 if act == torch.bfloat16 else 2e-3
-    for w, s, d in [(w, s, d) for w in cuda_nmsp.WARPS for s in (1, 2, 3, 5, 8) for d in cuda_nmsp.STAGES]:
+    for w, s, d in [(w, s, d) for w in cuda_nmsp.WARPS for s in (1, 2, 3, 5, 8, 16, 32) for d in cuda_nmsp.STAGES]:
         cfg = SpmmConfig(kernel="nmsp", block_k=128, block_b=bp, num_warps=w, split_k=s, num_stages=d)
-        for _ in range(2):  # twice: a launch leaves nothing behind that the next one reads
+        for _ in range(2):  # the second call reuses the split-K workspace and counters (16 and 32 splits)
             out = torch.full((bsz, n), float("nan"), device="cuda", dtype=act)
             y = spmm(x, p, cfg, out=out).double()
             if pattern == "zero":

@@ -401,11 +401,13 @@ def tmma_configs(bb: int, shapes=TMMA_SHAPES) -> list[SpmmConfig]:
             for w, sk in shapes]
 
 
-# nmsp (mma.sp over N:M masks): (warps per block, splits along K = blocks per cluster, chunks in flight). A 4096-row
-# layer is 256 bands, so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers
-# (11008-22016 rows) fill them with 1-4. 3 chunks in flight never won by more than noise, nor 16-32 splits (with the
-# atomic split-K of the time: gpu_kernels_nmb_stages.json, gpu_kernels_nmb_splits.json).
-NMSP_SHAPES = tuple((w, s, d) for d in (1, 2) for w in (4, 8) for s in (1, 2, 4, 8))
+# nmsp (mma.sp over N:M masks): (warps per block, splits along K, chunks in flight). A 4096-row layer is 256 bands,
+# so 4-warp blocks need 4-8 splits to give the 132 SMs two blocks each; the tall layers (11008-22016 rows) fill them
+# with 1-4. 2-8 splits add their sums in a thread-block cluster, 16-32 with atomics: the long rows of 1:4 matrices
+# ran fastest that way (gpu_kernels_nmb_splits.json). 3 chunks in flight never won by more than noise
+# (gpu_kernels_nmb_stages.json).
+NMSP_SHAPES = tuple((w, s, d) for d in (1, 2) for w in (4, 8) for s in (1, 2, 4, 8)) + (
+    (4, 16, 1), (4, 32, 1), (8, 16, 1), (8, 32, 1))
 
 
 def nmsp_configs(bb: int, shapes=NMSP_SHAPES) -> list[SpmmConfig]:

@@ -11,9 +11,10 @@ no software expansion on its way to the tensor cores, where the unstructured bat
 (nm_mma.cu's header gives the layout).
 
 Config (SpmmConfig(kernel="nmsp", ...)): block_b = padded batch 8 / 16 / 32 / 64; num_warps = 4 or 8 (one 16-row
-band each); split_k = blocks along K, 1-8 (one thread-block cluster, whose blocks add their partial sums through
-distributed shared memory: no workspace); num_stages = 128-column chunks in flight per warp (1-3: records in
-registers, x staged that far ahead); block_k 128.
+band each); split_k = blocks along K: 2-8 form one thread-block cluster, whose blocks add their partial sums through
+distributed shared memory (deterministic, no workspace); 16 or 32 add fp32 atomics into the split-K workspace of
+cuda_mma.workspace; num_stages = 128-column chunks in flight per warp (1-3: records in registers, x staged that far
+ahead); block_k 128.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from pathlib import Path
 import torch
 
 from sparselm.kernels.gpu import cuda_build
-from sparselm.kernels.gpu.cuda_mma import BATCHES, aligned16, splits
+from sparselm.kernels.gpu.cuda_mma import BATCHES, aligned16, splits, workspace
 from sparselm.kernels.gpu.cuda_nm import _mask
 
 _SOURCE = Path(__file__).with_name("nm_mma.cu")
 CHUNK = 128  # columns per record (nm_mma.cu XC)
 WARPS = (4, 8)
 STAGES = (1, 2, 3)
+SPLITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)  # 2-8: one cluster; 16, 32: atomics into a workspace
 _VT = {torch.float16: 0, torch.bfloat16: 1}
 
 
@@ -55,11 +57,11 @@ build_error = _LIB.build_error
 def check_config(cfg) -> None:
     """SpmmConfig's rules for kernel "nmsp"."""
     if (cfg.block_b not in BATCHES or cfg.num_warps not in WARPS or cfg.block_k != CHUNK
-            or not isinstance(cfg.split_k, int) or isinstance(cfg.split_k, bool) or not 1 <= cfg.split_k <= 8
+            or cfg.split_k not in SPLITS or isinstance(cfg.split_k, bool)
             or cfg.num_stages not in STAGES or isinstance(cfg.num_stages, bool)
             or cfg.unroll != 1 or not cfg.smem or cfg.persist):
         raise ValueError(f"SpmmConfig nmsp: block_b (padded batch) in {BATCHES}, num_warps in {WARPS}, num_stages "
-                         f"in {STAGES}, block_k {CHUNK}, split_k an int in 1-8, no persist / unroll / smem=False; "
+                         f"in {STAGES}, block_k {CHUNK}, split_k in {SPLITS}, no persist / unroll / smem=False; "
                          f"got {cfg}")
 
 
@@ -158,8 +160,10 @@ def spmm(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     rec = layout(p)
     n_chunks = -(-k // CHUNK)
     per, nsplit = splits(n_chunks, cfg.split_k)
+    ws, cnt = workspace(p, cfg.block_b) if nsplit > 8 else (None, None)
     code = lib.sl_nmsp_launch(_VT[x.dtype], slots(p), cfg.block_b, cfg.num_warps, cfg.num_stages, x.data_ptr(),
-                              rec.data_ptr(), y.data_ptr(), None, None, n, k, x.shape[0], k, n, n_chunks, per, nsplit,
+                              rec.data_ptr(), y.data_ptr(), ws if ws is None else ws.data_ptr(),
+                              cnt if cnt is None else cnt.data_ptr(), n, k, x.shape[0], k, n, n_chunks, per, nsplit,
                               torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"nmsp launch failed: {lib.sl_nmsp_error_string(code).decode()} (code {code})")

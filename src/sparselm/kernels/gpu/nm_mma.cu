@@ -22,9 +22,11 @@
 //     4 steps' metadata words of the lane (g, j) that supplies them (sparsity selector 0: lanes t = 0, 1): bits
 //     4 t + 16 h = (row g + 8 h, group 4 j + t)'s index pair, idx0 | idx1 << 2, idx0 < idx1.
 // Each warp owns one band and a range of chunks, with D chunks' records in flight; x is staged per chunk by the
-// block (mma_common.cuh XStage), D chunks ahead, and read with ldmatrix as tile_mma.cu does. Split-K: the blocks
-// of one row block form a thread-block cluster (up to 8) and add their partial sums through distributed shared
-// memory (cluster_store), in a fixed order, so the result is deterministic and no workspace is needed.
+// block (mma_common.cuh XStage), D chunks ahead, and read with ldmatrix as tile_mma.cu does. Split-K over 2-8
+// blocks: the blocks of one row block form a thread-block cluster and add their partial sums through distributed
+// shared memory (cluster_store), in a fixed order: deterministic, no workspace. Over more blocks: fp32 atomics
+// into a workspace (mma_common.cuh store_rows), which the long rows of 1:4 matrices ran faster with at 16-32
+// splits (gpu_kernels_nmb_cluster.json against gpu_kernels_nmb_splits.json).
 //
 // The same file compiles as C++ (g++ -x c++): the register building (step_regs) is shared with the GPU build, and
 // the host emulation runs it lane by lane with ldmatrix and mma.sp emulated by the PTX fragment layouts.
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
       }
     }
   }
-  if (gridDim.y == 1) store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+  if (gridDim.y == 1 || gridDim.y > 8) store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
   else cluster_store<VT, BP, W>(acc, reinterpret_cast<float*>(smem4), row0, a.out);
 }
 
@@ -224,7 +226,6 @@ static int launch(const NArgs& a, int splits, cudaStream_t stream) {
     if (e != cudaSuccess) return (int)e;
     opted = true;
   }
-  if (splits > 8) return -1;  // a portable cluster holds at most 8 blocks
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((a.out.N + 16 * W - 1) / (16 * W), splits);
   cfg.blockDim = dim3(32 * W);
@@ -236,7 +237,7 @@ static int launch(const NArgs& a, int splits, cudaStream_t stream) {
   attr[0].val.clusterDim.y = splits;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cfg.numAttrs = splits > 1 && splits <= 8 ? 1 : 0;  // a portable cluster holds at most 8 blocks
   return (int)cudaLaunchKernelEx(&cfg, nm_mma_kernel<VT, S, BP, W, D>, a);
 }
 
@@ -267,8 +268,8 @@ static int by_batch(int BP, int W, int D, const NArgs& a, int splits, cudaStream
 }
 
 // y (bsz, N) = x (bsz, K) W^T; S = slots per group of 4 (1 / 2), BP = padded batch (8 / 16 / 32 / 64), W = warps
-// (bands) per block (4 / 8), D = chunks in flight (1-3), `splits` blocks along K (1-8: one cluster) of
-// per_split chunks each (every split non-empty). Returns a cudaError_t or -1.
+// (bands) per block (4 / 8), D = chunks in flight (1-3), `splits` blocks along K (2-8: one cluster; more: the
+// workspace ws and counters cnt) of per_split chunks each (every split non-empty). Returns a cudaError_t or -1.
 extern "C" int sl_nmsp_launch(int vt, int S, int BP, int W, int D, const void* x, const void* rec, void* y, void* ws,
                               void* cnt, int N, int K, int bsz, int ldx, int ldy, int n_chunks, int per_split,
                               int splits, void* stream) {

@@ -251,8 +251,8 @@ class PackedBitmask:
             return {("bmma",), ("bmma-ws", cfg.block_b)}
         if cfg.kernel == "tmma":  # its tiled entries (values included) and the split-K workspace
             return {("tile16",), ("bmma-ws", cfg.block_b)}
-        if cfg.kernel == "nmsp":  # its records (values included) and their slot count
-            return {("nmsp",), ("nmsp-slots",)}
+        if cfg.kernel == "nmsp":  # its records (values included), their slot count (and beyond 8 splits, atomics)
+            return {("nmsp",), ("nmsp-slots",)} | ({("bmma-ws", cfg.block_b)} if cfg.split_k > 8 else set())
         return {cfg.block_k}
 
     def drop_aux(self, keep: "list[SpmmConfig | None]") -> None:
