@@ -1,9 +1,11 @@
-"""End-to-end greedy decode, batch 1, Llama-2-7B-shaped model with random fp16 weights built on the GPU.
+"""End-to-end greedy decode (batch 1, or --batch B sequences), Llama-2-7B-shaped model with random fp16 weights.
 
     PYTHONPATH=src python benchmarks/gpu_decode.py --out $OUT/gpu_decode.json              # 7B shape (~2 min)
     PYTHONPATH=src python benchmarks/gpu_decode.py --layers 2 --out /tmp/d.json            # smoke
     PYTHONPATH=src python benchmarks/gpu_decode.py --model smollm2-135m --out $OUT/gpu_decode_smollm2.json
     PYTHONPATH=src python benchmarks/gpu_decode.py --sparsities 0 --patterns 2:4,2:8,1:4 --out $OUT/d.json  # N:M
+    PYTHONPATH=src python benchmarks/gpu_decode.py --batch 16 --sparsities 0 --patterns 2:4,1:4 --out $OUT/d16.json
+                                                # 16 sequences at once: tokens/s summed over them (batched kernels)
     python benchmarks/gpu_decode.py --plot benchmarks/results/gpu_decode.json       # PNG beside a result (any machine)
 
 Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
@@ -49,12 +51,12 @@ def prune_magnitude(model, sparsity: float) -> None:
 
 
 @torch.no_grad()
-def without_pdl(model, max_len: int, new_tokens: int, row: dict, check) -> dict:
+def without_pdl(model, max_len: int, new_tokens: int, row: dict, check, batch: int = 1) -> dict:
     """The same engine with programmatic dependent launch off: row's fields, engine + "-no-pdl", its tokens/s; with
     check = (prompt, tokens) also how many of the 32 greedy tokens match those of the PDL run."""
     from sparselm.runtime import StaticDecoder
 
-    dec = StaticDecoder(model, max_len=max_len, pdl=False)
+    dec = StaticDecoder(model, max_len=max_len, pdl=False, batch_size=batch)
     out = dict(row, engine=row["engine"] + "-no-pdl", pdl=False,
                tokens_per_s=round(dec.tokens_per_second(16, new_tokens), 1))
     if check is not None:
@@ -113,7 +115,8 @@ def plot(path: Path) -> Path:
     ax.set_xticks(range(len(sparse)), names, fontsize=7)
     lo, hi = min(dense.values()), max(dense.values())
     ax.set(ylabel="tokens/s over the same engine dense (x)",
-           title=f"{sparse[0]['model'] if sparse else ''}: batch 1, {data.get('device', '')} (numbers: sparse tokens/s;"
+           title=f"{sparse[0]['model'] if sparse else ''}: batch {data.get('batch', 1)}, {data.get('device', '')} "
+                 "(numbers: sparse tokens/s;"
                  f" dense {lo:.0f}-{hi:.0f})")
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
@@ -133,6 +136,8 @@ def main() -> None:
     ap.add_argument("--patterns", default="", help="then N:M masks, least sparse first, e.g. 2:4,2:8,1:4 (each "
                     "prunes the previous weights further; rows carry mask = the pattern)")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s: summed over them; "
+                    "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
@@ -160,14 +165,17 @@ def main() -> None:
         model = model.to("cuda", torch.float16).eval()
         name = f"{args.model} (real weights, fp16)"
         ids = tok("Question: A farmer has 3 cows and 5 hens. How many legs are there?", return_tensors="pt")
-        prompt = ids["input_ids"][:, :16].to("cuda")  # the question is longer than 16 tokens in any BPE here
+        prompt = ids["input_ids"][:, :16].to("cuda").repeat(args.batch, 1)  # > 16 tokens in any BPE here
     else:
         with torch.device("cuda"):
             torch.set_default_dtype(torch.float16)
             model = LlamaForCausalLM(llama7b_config(args.layers)).eval()
             torch.set_default_dtype(torch.float32)
         name = f"llama-2-7b-shape ({args.layers} layers, random fp16)"
-        prompt = torch.randint(0, 32000, (1, 16), device="cuda")
+        prompt = torch.randint(0, 32000, (args.batch, 16), device="cuda")
+    def decoder(**kw):  # the engine at this run's batch
+        return StaticDecoder(model, max_len=max_len, batch_size=args.batch, **kw)
+
     for p in model.parameters():  # HF init: N(0, 0.02) weights, unit norms; inference only
         p.requires_grad_(False)
     print(f"built in {time.time() - t0:.0f} s", flush=True)
@@ -193,15 +201,15 @@ def main() -> None:
         measured = zero_fraction(model)
         if abs(measured - s) > 0.01:
             raise RuntimeError(f"gpu_decode: sparsity {s} ({mask}) left {measured:.4f} of the block weights zero")
-        dec = StaticDecoder(model, max_len=max_len)
+        dec = decoder()
         tps = dec.tokens_per_second(16, args.new_tokens)
         rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-dense", "values": "float16",
                      "measured_sparsity": round(measured, 4), "pdl": dec.pdl, "tokens_per_s": round(tps, 1)})
         if args.pdl_compare and dec.pdl:
-            rows.append(without_pdl(model, max_len, args.new_tokens, rows[-1], None))
+            rows.append(without_pdl(model, max_len, args.new_tokens, rows[-1], None, args.batch))
             print(f"s={s:.2f} dense engine without PDL {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
         if s == 0:  # the same loop with eager elementwise ops: what the fused Triton kernels save
-            eager = StaticDecoder(model, max_len=max_len, fused_ops=False)
+            eager = decoder(fused_ops=False)
             rows.append({"model": name, "sparsity": s, "engine": "sparselm-dense-eager-ops", "values": "float16",
                          "tokens_per_s": round(eager.tokens_per_second(16, args.new_tokens), 1)})
             print(f"s=0.00 dense engine, eager ops {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
@@ -210,13 +218,13 @@ def main() -> None:
         del dec
         print(f"s={s:.2f} dense engine {tps:7.1f} tok/s", flush=True)
         if not hf_done:
-            ids = prompt
+            ids = prompt[:1]
             model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)  # warm-up
             torch.cuda.synchronize()
             t1 = time.perf_counter()
             model.generate(ids, max_new_tokens=64, do_sample=False, min_new_tokens=64)
             torch.cuda.synchronize()
-            rows.append({"model": name, "sparsity": s, "engine": "hf-generate", "values": "float16",
+            rows.append({"model": name, "sparsity": s, "engine": "hf-generate", "values": "float16", "batch": 1,
                          "tokens_per_s": round(64 / (time.perf_counter() - t1), 1)})
             print(f"hf generate {rows[-1]['tokens_per_s']} tok/s", flush=True)
             hf_done = True
@@ -230,9 +238,9 @@ def main() -> None:
         for vdt, gs in variants:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
-            dec = StaticDecoder(model, max_len=max_len)  # its fused q/k/v and gate/up are new shapes: tune them too
+            dec = decoder()  # its fused q/k/v and gate/up are new shapes: tune them too
             table = autotune(torch.nn.ModuleList([m for m in dec.qkv + dec.gate_up if m is not None] + [model]),
-                             batches=(1, 16))
+                             batches=tuple(sorted({1, 16, args.batch})))
             paths = {f"{k[0]}x{k[1]} b{k[2]}": v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
                      for k, v in table.items()}  # the kernel config each shape runs
             print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
@@ -243,13 +251,14 @@ def main() -> None:
             if args.pdl_compare and pdl_on:
                 rows.append(without_pdl(model, max_len, args.new_tokens,
                                         {"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse",
-                                         "values": vdt, "measured_sparsity": round(measured, 4)}, (prompt, tokens)))
+                                         "values": vdt, "measured_sparsity": round(measured, 4)}, (prompt, tokens),
+                                        args.batch))
                 print(f"s={s:.2f} sparse engine ({vdt}) without PDL {rows[-1]['tokens_per_s']:7.1f} tok/s, "
                       f"{rows[-1]['same_tokens_as_pdl']}/32 tokens as with PDL", flush=True)
             densify(model, torch.float16)  # a quantized variant's rounded values: the kernels' own reference
             vref_tokens, vref_logits = ref_tokens, ref_logits
             if vdt not in ("float16", "bfloat16"):
-                vref = StaticDecoder(model, max_len=max_len)
+                vref = decoder()
                 vref_tokens, vref_logits = vref.generate(prompt, 32, return_logits=True)
                 del vref
                 q_diff = (ref_logits[0] - vref_logits[0]).abs().max().item() / ref_logits.abs().max().item()
@@ -281,7 +290,7 @@ def main() -> None:
         del kept
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"partial": True, "rows": rows, "checks": checks}, indent=1))
-    res = {"device": torch.cuda.get_device_name(), "rows": rows, "checks": checks, "batch": 1,
+    res = {"device": torch.cuda.get_device_name(), "rows": rows, "checks": checks, "batch": args.batch,
            "prompt_tokens": 16, "new_tokens": args.new_tokens,
            "command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
            "versions": {"torch": torch.__version__, "triton": triton.__version__,
