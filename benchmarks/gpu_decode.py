@@ -288,7 +288,8 @@ def main() -> None:
             dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r.get("mask") == mask
                          and r["engine"] == "sparselm-dense"][0]
             print(f"s={s:.2f} sparse engine ({vdt}) {tps:7.1f} tok/s = {tps / dense_tps:.2f}x dense engine; "
-                  f"decode logit diff {ddiff:.1e} (equal prefix: {min(same_rows)}-{max(same_rows)} tokens), token agreement {agree:.2f}",
+                  f"decode logit diff {ddiff:.1e} (equal prefix: {min(same_rows)}-{max(same_rows)} tokens), "
+                  f"token agreement {agree:.2f}",
                   flush=True)
             with torch.no_grad():
                 for n_, w in kept.items():
