@@ -70,7 +70,8 @@ def _decode(rec: torch.Tensor, s: int, n: int, k: int) -> torch.Tensor:
                         h, q = r & 1, r >> 1
                         if s == 1:
                             v = vals[((step // 2) * 32 + lane) * 8 + (step % 2) * 4 + r]
-                            pos = (idx[4 * g + step] >> (16 * q + 8 * h + 2 * t)) & 3
+                            word = idx[4 * g + step]
+                            pos = ((word >> (8 * q + 4 * h + t)) & 1) * 2 + ((word >> (16 + 4 * t + h + 2 * q)) & 1)
                             out[row, 4 * grp + pos] += v
                         else:
                             pair = vals[(step * 32 + lane) * 8 + 2 * r:(step * 32 + lane) * 8 + 2 * r + 2]

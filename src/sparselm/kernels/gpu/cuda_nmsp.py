@@ -111,11 +111,13 @@ def layout(p) -> torch.Tensor:
         kept = w4.gather(-1, pos[..., None].long())[..., 0]
         # [b, h, g, c, j, s2, q, t] -> per lane (g, t): vector j holds steps 2 j + s2, halves (s2, q, h)
         v = kept.view(nb, 2, 8, nch, 2, 2, 2, 4).permute(0, 3, 4, 2, 7, 5, 6, 1)
-        # position words: (row g + 8 h, group 4 q + t) at bit 16 q + 8 h + 2 t; vector g holds steps 0-3
-        sh = (16 * torch.arange(2, device=dev)[:, None, None] + 8 * torch.arange(2, device=dev)[None, :, None]
-              + 2 * torch.arange(4, device=dev)[None, None, :])  # [q, h, t]
+        # position words (vector g holds steps 0-3): for (row g + 8 h, group 4 q + t), the position's high bit at
+        # 8 q + 4 h + t (metadata lane q's byte), its low bit at 16 + 4 t + h + 2 q (lane t's nibble)
+        q_, h_, t_ = (torch.arange(n_, device=dev).view(*sh_) for n_, sh_ in ((2, (2, 1, 1)), (2, (1, 2, 1)),
+                                                                             (4, (1, 1, 4))))
         f = pos.long().view(nb, 2, 8, nch, 4, 2, 4).permute(0, 3, 2, 4, 5, 1, 6)  # [b, c, g, s, q, h, t]
-        idx = (f << sh).sum((-3, -2, -1))  # [b, c, g, s]: disjoint fields, so the sum is the OR
+        bits = ((f >> 1) << (8 * q_ + 4 * h_ + t_)) + ((f & 1) << (16 + 4 * t_ + h_ + 2 * q_))
+        idx = bits.sum((-3, -2, -1))  # [b, c, g, s]: disjoint bits, so the sum is the OR
     else:
         # the 2 kept places of each group, ascending: nonzeros first, then the lowest free places (value 0)
         score = m4.to(torch.int32) * 8 - col

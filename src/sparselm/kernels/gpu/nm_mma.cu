@@ -9,7 +9,8 @@
 //     lanes' register order: 2 values + 4 bits per group of 4, 1.125 bytes per fp16 weight (1.78x fewer than dense).
 //   S = 1 (1:4): one value and its 2-bit position per group, 0.5625 bytes per weight (3.56x fewer than dense); each
 //     lane widens its value to the register {v, 0} or {0, v} by the position's low bit, and the metadata lanes
-//     build the index pair (0, 1) or (2, 3) from its high bit (a bit spread, ~10 instructions per step).
+//     look their word up from the 8 high bits that are theirs (index pair (0, 1) or (2, 3); a 256-word table in
+//     shared memory).
 //
 // Layout ("nmsp", built by cuda_nmsp.layout): N padded to 16-row bands, K to 128-column chunks; one record per
 // (band, chunk), band-major, of REC(S) 16-byte vectors:
@@ -17,8 +18,9 @@
 //     registers r = 0..3 of mma.sp (row g + 8 (r & 1), group t + 4 (r >> 1) of the step's 8 groups) for the
 //     chunk's 4 k32 steps: S = 2: vector s = step s's registers; S = 1: 16-bit values, vector s / 2, half
 //     4 (s % 2) + r.
-//   index: S = 1: 8 vectors, vector g = the 4 steps' position words P of quad g's rows (g, g + 8): the 2-bit
-//     position of (row g + 8 h, group 4 q + t) at bit 16 q + 8 h + 2 t. S = 2: 16 vectors, vector 2 g + j = the
+//   index: S = 1: 8 vectors, vector g = the 4 steps' position words P of quad g's rows (g, g + 8): for the 2-bit
+//     position p of (row g + 8 h, group 4 q + t), p >> 1 at bit 8 q + 4 h + t (metadata lane q's byte) and p & 1 at
+//     bit 16 + 4 t + h + 2 q (lane t's nibble, register r = h + 2 q). S = 2: 16 vectors, vector 2 g + j = the
 //     4 steps' metadata words of the lane (g, j) that supplies them (sparsity selector 0: lanes t = 0, 1): bits
 //     4 t + 16 h = (row g + 8 h, group 4 j + t)'s index pair, idx0 | idx1 << 2, idx0 < idx1.
 // Each warp owns one band and a range of chunks, with D chunks' records in flight; x is staged per chunk by the
@@ -42,35 +44,33 @@ struct Rec {
   enum { V = 2 * S, I = 8 * S, ALL = 32 * V + I };  // value vectors per lane, index vectors, vectors per record
 };
 
-// S = 1: the metadata word of lane (g, j) from its quad's position word P: each 2-bit position's high bit picks the
-// index pair (2, 3) (nibble 0b1110) over (0, 1) (0b0100). The high bits of fields 8 j..8 j + 7 sit at even bit
-// positions 2n; spreading bit i to 2i puts them at 4n, and x 10 sets bits 4n + 1 and 4n + 3 from each.
-SL_HD uint32_t meta_of(uint32_t P, int j) {
-  uint32_t x = (P >> (16 * j + 1)) & 0x5555u;
-  x = (x | (x << 8)) & 0x00FF00FFu;
-  x = (x | (x << 4)) & 0x0F0F0F0Fu;
-  x = (x | (x << 2)) & 0x33333333u;
-  x = (x | (x << 1)) & 0x55555555u;
-  return 0x44444444u | (x * 10u);
+// S = 1: the metadata word for the byte of 8 high position bits that lane (g, j) supplies: bit n picks the index pair
+// (2, 3) (nibble 0b1110) over (0, 1) (0b0100) for nibble n. The kernel keeps the 256 words in shared memory.
+// Why a table: spreading the bits in registers took ~10 instructions per step, a quarter of a step's ~38.
+SL_HD uint32_t meta_word(uint32_t byte) {
+  uint32_t m = 0;
+  for (int n = 0; n < 8; ++n) m |= ((byte >> n) & 1u ? 0xEu : 0x4u) << (4 * n);
+  return m;
 }
 
 // Step s's A registers and metadata word for `lane`, from the lane's value words vw (its 2 S vectors as 8 S words)
-// and its index vector's words iw. S = 1: register r = the 16-bit value shifted into the slot its position's low
-// bit names (bit 2t + 8 (r & 1) + 16 (r >> 1) of P).
+// and its index vector's words iw; lut = meta_word's table (S = 1). S = 1: register r = the 16-bit value shifted
+// into the slot its position's low bit names (bit r of the lane's nibble).
 template <int S>
-SL_HD void step_regs(const uint32_t* vw, const uint32_t* iw, int s, int lane, uint32_t* a, uint32_t& e) {
+SL_HD void step_regs(const uint32_t* vw, const uint32_t* iw, int s, int lane, const uint32_t* lut, uint32_t* a,
+                     uint32_t& e) {
   if (S == 2) {
     for (int r = 0; r < 4; ++r) a[r] = vw[4 * s + r];
     e = iw[s];
     return;
   }
-  const uint32_t P = iw[s], Q = P >> (2 * (lane & 3));
+  const uint32_t P = iw[s], sb = P >> (16 + 4 * (lane & 3));
   const uint32_t w0 = vw[2 * s], w1 = vw[2 * s + 1];
-  a[0] = (w0 & 0xFFFFu) << ((Q << 4) & 16u);
-  a[1] = (w0 >> 16) << ((Q >> 4) & 16u);
-  a[2] = (w1 & 0xFFFFu) << ((Q >> 12) & 16u);
-  a[3] = (w1 >> 16) << ((Q >> 20) & 16u);
-  e = meta_of(P, lane & 1);
+  a[0] = (w0 & 0xFFFFu) << ((sb << 4) & 16u);
+  a[1] = (w0 >> 16) << ((sb << 3) & 16u);
+  a[2] = (w1 & 0xFFFFu) << ((sb << 2) & 16u);
+  a[3] = (w1 >> 16) << ((sb << 1) & 16u);
+  e = lut[(P >> (8 * (lane & 1))) & 0xFFu];
 }
 
 // Which index vector of a record the lane loads: its quad's (S = 1), or its metadata lane's (S = 2; lanes t = 2, 3
@@ -110,7 +110,8 @@ __device__ __forceinline__ void load_chunk(Chunk<S>& c, const uint4* rec, int la
 
 // One chunk's 4 k32 steps times the staged x chunk (shared address xsb) into acc.
 template <int VT, int S, int BP>
-__device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int lane, float (*acc)[4]) {
+__device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int lane, const uint32_t* lut,
+                                          float (*acc)[4]) {
   uint32_t vw[4 * Rec<S>::V];
 #pragma unroll
   for (int j = 0; j < Rec<S>::V; ++j) {
@@ -120,7 +121,7 @@ __device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int l
 #pragma unroll
   for (int s = 0; s < STEPS; ++s) {
     uint32_t a[4], e;
-    step_regs<S>(vw, iw, s, lane, a, e);
+    step_regs<S>(vw, iw, s, lane, lut, a, e);
 #pragma unroll
     for (int t = 0; t < BP / 8; ++t) {
       uint32_t b[4];
@@ -181,6 +182,9 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
   uint16_t* xbuf = reinterpret_cast<uint16_t*>(smem4);
   const bool active = 16 * band < a.out.N;  // every warp stages x and meets the barriers; active ones compute
   const XStage<BP, 32 * W> xst(a.x, a.ldx, a.out.bsz, tid);
+  __shared__ uint32_t lut[S == 1 ? 256 : 1];  // meta_word's table, ready at the first chunk's barrier
+  if (S == 1)
+    for (int i = tid; i < 256; i += 32 * W) lut[i] = meta_word(i);
   float acc[BP / 8][4];
 #pragma unroll
   for (int t = 0; t < BP / 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
@@ -205,7 +209,7 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
       else cp_commit();
       if (active) {
         chunk_mma<VT, S, BP>(w[d], (uint32_t)__cvta_generic_to_shared(xbuf + ((c - c_lo) % (D + 1)) * XBUF), lane,
-                             acc);
+                             lut, acc);
         if (c + D < c_hi) load_chunk<S>(w[d], rec + (size_t)(c + D) * Rec<S>::ALL, lane);
       }
     }
@@ -325,8 +329,9 @@ static int host_run(int vt, int BP, const uint16_t* x, const uint32_t* rec, floa
                     int n_chunks) {
   uint16_t* xs = new uint16_t[(size_t)BP * XS];
   float(*d)[4] = new float[(size_t)(BP / 8) * 32][4];
-  uint32_t a[32][4], bq[32][4], e[32];
+  uint32_t a[32][4], bq[32][4], e[32], lut[256];
   int off[32], bad = 0;
+  for (uint32_t i = 0; i < 256; ++i) lut[i] = meta_word(i);
   for (int band = 0; 16 * band < N; ++band) {
     memset(d, 0, sizeof(float) * 4 * 32 * (BP / 8));
     for (int c = 0; c < n_chunks; ++c) {
@@ -336,7 +341,7 @@ static int host_run(int vt, int BP, const uint16_t* x, const uint32_t* rec, floa
         for (int l = 0; l < 32; ++l) {
           uint32_t vw[4 * Rec<S>::V];
           for (int j = 0; j < Rec<S>::V; ++j) memcpy(vw + 4 * j, r + 4 * (j * 32 + l), 16);
-          step_regs<S>(vw, r + 4 * (32 * Rec<S>::V + index_vec<S>(l)), s, l, a[l], e[l]);
+          step_regs<S>(vw, r + 4 * (32 * Rec<S>::V + index_vec<S>(l)), s, l, lut, a[l], e[l]);
         }
         for (int nt = 0; nt < BP / 8; ++nt) {
           for (int l = 0; l < 32; ++l) off[l] = b_row(l, 2 * s, nt);
