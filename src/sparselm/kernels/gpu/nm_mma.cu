@@ -135,8 +135,9 @@ __device__ __forceinline__ void chunk_mma(const Chunk<S>& c, uint32_t xsb, int l
 // warps' D fragments in its own shared memory (reusing the x buffers) as part[warp][t][j][lane], the cluster
 // synchronizes, and block `rank` adds slice `rank` of every block's part, in rank order, and writes y.
 // Why: the first form added fp32 atomics into a global workspace, then a fence and a per-row-block counter chose
-// the block that wrote y: a few memory round trips at the end of every block, ~4-7 us of fixed cost per launch in
-// gpu_kernels_nmb_splits.json (time against K: 2.5-2.9 TB/s per added byte, 4.4-6.8 us at K = 0).
+// the block that wrote y: a few memory round trips at the end of every block, part of the 4.4-6.8 us of fixed cost
+// per launch in gpu_kernels_nmb_splits.json (time against K: 2.5-2.9 TB/s per added byte). Clusters took 10-22% off
+// the short rows and 2:4 (gpu_kernels_nmb_cluster.json).
 template <int VT, int BP, int W>
 __device__ __forceinline__ void cluster_store(const float (*acc)[4], float* part, int row0, const Out& o) {
   namespace cg = cooperative_groups;
