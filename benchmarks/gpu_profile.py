@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from torch.nn import functional as F
@@ -84,7 +85,7 @@ def main() -> None:
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStop()
-    text = json.dumps({"launches": plan})
+    text = json.dumps({"command": " ".join(["python"] + sys.argv), "launches": plan})
     print("LAUNCHES " + text, flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -3,6 +3,7 @@
     python benchmarks/sass_count.py --out benchmarks/results/sass_counts.json     # CPU only, ~1 min
     python benchmarks/sass_count.py --cuda --out ...    # also the CUDA C++ grp8cu kernels (a local nvcc, ~10 s)
     python benchmarks/sass_count.py --d4cu --out benchmarks/results/sass_counts_d4cu.json   # the delta4 kernel only
+    python benchmarks/sass_count.py --nmsp [--source OLD/nm_mma.cu] --out ...   # the sparse-tensor-core kernel only
 
 Why: on an H200 the per-nonzero kernels stream their bytes at different rates (vc32 ~3 TB/s, grp8i ~2.3 TB/s on
 tall shapes), and instruction counts say where the difference goes without spending device time. Triton
@@ -167,6 +168,36 @@ def count_d4cu() -> list[dict]:
     return rows
 
 
+def count_nmsp(source: Path | None = None) -> list[dict]:
+    """The CUDA C++ sparse-tensor-core kernels (nm_mma.cu, or `source`: another version of it, built with the
+    headers beside it) built by a local nvcc for sm_90: per (values, slots per group, padded batch, warps, chunks in
+    flight), the chunk loop's instructions per 128-column chunk (the loop holding the most mma.sp, D chunks each)."""
+    from sparselm.kernels.gpu import cuda_nmsp
+
+    src = cuda_nmsp._SOURCE
+    with tempfile.TemporaryDirectory() as d:
+        if source is not None:  # beside the current headers, as the kernel file it replaces
+            for h in src.parent.glob("*.cuh"):
+                (Path(d) / h.name).write_bytes(h.read_bytes())
+            src = Path(d) / "nm_mma.cu"
+            src.write_bytes(source.read_bytes())
+        sass = cuda_sass(src, "--nmsp")
+    rows = []
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        m = re.search(r"nm_mma_kernelILi(\d)ELi(\d)ELi(\d+)ELi(\d)ELi(\d)E", part.split("\n", 1)[0])
+        if not m:
+            continue
+        vt, slots, bp, warps, depth = (int(g) for g in m.groups())
+        loops = [b for b in loop_bodies(part) if any(o.startswith("HMMA") for o in b)]
+        most = max(sum(o.startswith("HMMA") for o in b) for b in loops)
+        inner = min((b for b in loops if sum(o.startswith("HMMA") for o in b) == most), key=len)
+        chunks = most // (4 * (bp // 8))  # 4 k32 steps per chunk, one mma.sp per 8 batch rows
+        rows.append({"kernel": f"nmsp-s{slots}-b{bp}-w{warps}-d{depth}", "values": VT_NAMES[vt], "slots": slots,
+                     "batch": bp, "warps": warps, "depth": depth, "loop_instructions": len(inner),
+                     "chunks_per_loop": chunks, "per_chunk": round(len(inner) / chunks, 1)})
+    return rows
+
+
 def _count_gemm(part: str, b: int, tag: tuple[str, str], gs: bool) -> dict:
     best = None
     for body in loop_bodies(part):
@@ -251,7 +282,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cuda", action="store_true", help="also the CUDA C++ grp8 kernel (needs a local nvcc)")
     ap.add_argument("--d4cu", action="store_true", help="only the CUDA C++ delta4 kernel (needs a local nvcc)")
+    ap.add_argument("--nmsp", action="store_true", help="only the CUDA C++ sparse-tensor-core kernel (local nvcc)")
+    ap.add_argument("--source", type=Path, help="--nmsp: another version of nm_mma.cu (e.g. from git show)")
     args = ap.parse_args()
+    if args.nmsp:
+        rows = count_nmsp(args.source)
+        for r in rows:
+            print(f"{r['kernel']:22s} {r['values']:5s} {r['per_chunk']:6.1f} per chunk")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
+                                            "rows": rows}, indent=1) + "\n")
+        return
     if args.d4cu:  # its own record: the Triton counts above need a minute and do not change with it
         rows = count_d4cu()
         for r in rows:

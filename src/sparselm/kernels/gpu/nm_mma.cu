@@ -38,6 +38,7 @@
 #endif
 
 enum { STEPS = XC / 32 };  // k32 steps per chunk
+enum { MAX_CLUSTER = 8 };   // split-K over up to this many blocks runs as one cluster (the portable cluster size)
 
 template <int S>
 struct Rec {
@@ -215,7 +216,7 @@ __global__ void __launch_bounds__(32 * W) nm_mma_kernel(const NArgs a) {
       }
     }
   }
-  if (gridDim.y == 1 || gridDim.y > 8) store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
+  if (gridDim.y == 1 || gridDim.y > MAX_CLUSTER) store_rows<VT, BP>(acc, true, row0 + 16 * warp + g, row0, 16 * W, a.out);
   else cluster_store<VT, BP, W>(acc, reinterpret_cast<float*>(smem4), row0, a.out);
 }
 
@@ -242,7 +243,7 @@ static int launch(const NArgs& a, int splits, cudaStream_t stream) {
   attr[0].val.clusterDim.y = splits;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 && splits <= 8 ? 1 : 0;  // a portable cluster holds at most 8 blocks
+  cfg.numAttrs = splits > 1 && splits <= MAX_CLUSTER ? 1 : 0;
   return (int)cudaLaunchKernelEx(&cfg, nm_mma_kernel<VT, S, BP, W, D>, a);
 }
 
