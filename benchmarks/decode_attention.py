@@ -4,7 +4,10 @@
 
 Per (keys visited, kernel config): the max |diff| to SDPA in float32 on the valid keys, then the time per call in
 a CUDA graph of 64 calls, each on its own layer's cache (32 x 2.5 MB: past the L2, as in a decode step), beside
-SDPA (bool mask, as the decode loop called it) timed the same way.
+SDPA (bool mask, as the decode loop called it) timed the same way. Then, at the same positions and default split,
+rope_qkv + decode_attention (two launches, the decode loop before the fusion) against decode_attention_qkv (one
+launch, rotary and cache write inside), from the same raw q/k/v projection; "equal" says whether the two gave the
+same bits (output and caches).
 """
 
 from __future__ import annotations
@@ -17,6 +20,38 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+
+
+def rope_fusion_rows(pos: int, p: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> list[dict]:
+    """The rotary + cache write as its own launch (rope_qkv) before decode_attention, and fused into it; kc / vc
+    (layers, B, H, max_len, hd), one layer's cache per call as above."""
+    from sparselm.kernels.gpu.fused import decode_attention, decode_attention_qkv, rope_qkv
+    from sparselm.kernels.gpu.timing import time_graph
+
+    layers, b, h, _, hd = kc.shape
+    qkv = torch.randn(b, 1, 3 * h * hd, device=kc.device, dtype=kc.dtype)  # MHA: H = HKV
+    ang = pos * (1.0 / 10000 ** (torch.arange(0, hd, 2, device=kc.device).float() / hd))
+    emb = torch.cat([ang, ang])[None]
+    cos, sin = emb.cos().to(kc.dtype), emb.sin().to(kc.dtype)
+
+    def two(i):
+        q = rope_qkv(qkv, cos, sin, p, h, h, hd, kc[i], vc[i])
+        return decode_attention(q, kc[i], vc[i], p)
+
+    def one(i):
+        return decode_attention_qkv(qkv, cos, sin, p, h, h, hd, kc[i], vc[i])
+
+    k1, v1 = kc[0].clone(), vc[0].clone()
+    ref = decode_attention(rope_qkv(qkv, cos, sin, p, h, h, hd, k1, v1), k1, v1, p)
+    k2, v2 = kc[0].clone(), vc[0].clone()
+    equal = bool(torch.equal(decode_attention_qkv(qkv, cos, sin, p, h, h, hd, k2, v2), ref)
+                 and torch.equal(k1, k2) and torch.equal(v1, v2))
+    out = []
+    for name, fn in (("rope_qkv + decode_attention", two), ("decode_attention_qkv (fused)", one)):
+        us = time_graph([lambda i=i, fn=fn: fn(i % layers) for i in range(64)]) * 1e3
+        out.append({"pos": pos, "kernel": name, "us": round(us, 2), "equal": equal})
+        print(f"pos {pos:4d} {name:30s} {us:6.2f} us  equal {equal}", flush=True)
+    return out
 
 
 def main() -> None:
@@ -48,6 +83,7 @@ def main() -> None:
             rows.append({"pos": pos, "kernel": f"decode_attention n{bn or 'auto'} w{nw}", "us": round(us, 2),
                          "maxdiff": err})
             print(f"pos {pos:4d} n{bn or 'auto'} w{nw} {us:6.2f} us  maxdiff {err:.1e}", flush=True)
+        rows += rope_fusion_rows(pos, p, kc, vc)
     res = {"device": torch.cuda.get_device_name(), "batch": b, "heads": h, "head_dim": hd, "max_len": ml,
            "dtype": "float16", "rows": rows, "command": " ".join(["python"] + sys.argv),
            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

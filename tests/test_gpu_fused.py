@@ -14,7 +14,8 @@ pytest.importorskip("triton", reason="the GPU kernels need triton: pip install t
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
 
-from sparselm.kernels.gpu.fused import add_rmsnorm, rope_qkv, silu_mul  # noqa: E402
+from sparselm.kernels.gpu.fused import (  # noqa: E402
+    add_rmsnorm, decode_attention, decode_attention_qkv, rope_qkv, silu_mul)
 from sparselm.runtime import StaticDecoder, sparsify  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,7 +91,10 @@ def test_silu_mul_matches_eager():
 
 
 @pytest.mark.parametrize("sparse,max_len", [(False, 16), (True, 16), (False, 8200)])  # 8200: SDPA for decode steps
-def test_decoder_fused_ops_equal_eager(sparse, max_len):
+def test_decoder_fused_ops_equal_eager(sparse, max_len, monkeypatch):
+    calls = []  # decode steps (t == 1) within DECODE_ATTENTION_MAX_LEN run decode_attention_qkv, the rest do not
+    monkeypatch.setattr("sparselm.kernels.gpu.fused.decode_attention_qkv",
+                        lambda *a, **k: calls.append(1) or decode_attention_qkv(*a, **k))
     torch.manual_seed(1)
     cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -105,6 +109,7 @@ def test_decoder_fused_ops_equal_eager(sparse, max_len):
     t2, l2 = eager.generate(ids, 6, return_logits=True)
     assert torch.equal(t1, t2)
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+    assert len(calls) == (5 * cfg.num_hidden_layers if max_len <= 8192 else 0)  # 5 decode steps after the prefill
 
 
 def test_decoder_fused_ops_need_a_llama_block():
@@ -119,8 +124,6 @@ def test_decoder_fused_ops_need_a_llama_block():
 def test_decode_attention_matches_sdpa_over_the_valid_keys(pos, hd, dtype):
     """One new token per sequence, grouped-query heads, head_dim not a power of two, positions at and past a key
     block's edge (one split, two, five, nine): SDPA over keys 0..pos; the keys past pos (garbage here) never count."""
-    from sparselm.kernels.gpu.fused import decode_attention
-
     torch.manual_seed(pos)
     b, h, hkv, max_len = 2, 4, 2, 150
     q = torch.randn(b, h, 1, hd, device=DEVICE).to(dtype)
@@ -139,3 +142,63 @@ def test_decode_attention_matches_sdpa_over_the_valid_keys(pos, hd, dtype):
         decode_attention(q.expand(b, h, 2, hd), kc, vc, torch.tensor([pos], device=DEVICE))
     with pytest.raises(ValueError, match="HKV dividing H"):
         decode_attention(q[:, :3], kc, vc, torch.tensor([pos], device=DEVICE))
+
+
+def rope_tables(pos, hd, dtype):
+    ang = pos * (1.0 / 10000 ** (torch.arange(0, hd, 2, device=DEVICE).float() / hd))
+    emb = torch.cat([ang, ang])[None]  # (1, hd): one position
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+@pytest.mark.parametrize("hd,dtype,hkv,b,block_n", [(64, torch.float16, 2, 2, 8), (48, torch.bfloat16, 2, 1, 8),
+                                                    (48, torch.float16, 4, 2, None), (64, torch.bfloat16, 4, 1, 8)])
+def test_decode_attention_qkv_equals_rope_then_attention(hd, dtype, hkv, b, block_n):
+    """The fused rotary + cache write + attention against rope_qkv then decode_attention, to the bit, output and
+    both caches: head_dim 48 pads BLOCK_D, GQA (4 query heads on 2) and MHA; positions 0, inside the first key
+    block, and past several blocks (block 8 / the default 32: the merge runs, the position's block is not the
+    first). The caches hold earlier tokens, which only the position's row may change."""
+    h, max_len = 4, 40
+    for pos in (0, 5, 35):
+        torch.manual_seed(pos)
+        qkv = torch.randn(b, 1, (h + 2 * hkv) * hd, device=DEVICE).to(dtype)
+        cos, sin = rope_tables(pos, hd, dtype)
+        kc = torch.randn(b, hkv, max_len, hd, device=DEVICE).to(dtype)
+        vc = torch.randn_like(kc)
+        k_ref, v_ref, k_fused, v_fused = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+        p = torch.tensor([pos], device=DEVICE)
+        q = rope_qkv(qkv, cos, sin, p, h, hkv, hd, k_ref, v_ref)
+        ref = decode_attention(q, k_ref, v_ref, p, block_n=block_n)
+        out = decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, k_fused, v_fused, block_n=block_n)
+        assert out.shape == (b, 1, h * hd) and out.dtype == dtype
+        assert torch.equal(out, ref), pos
+        assert torch.equal(k_fused, k_ref) and torch.equal(v_fused, v_ref), pos
+        other = torch.arange(max_len, device=DEVICE) != pos
+        assert torch.equal(k_fused[:, :, other], kc[:, :, other]) and torch.equal(v_fused[:, :, other], vc[:, :, other])
+        assert not torch.equal(k_fused[:, :, pos], kc[:, :, pos])  # the new token's rotated key was written
+
+
+def test_decode_attention_qkv_strided_rows_and_bad_shapes():
+    """qkv rows with a stride (a slice of a wider projection) give the contiguous rows' result; wrong shapes are
+    named in a ValueError."""
+    b, h, hkv, hd, max_len, pos = 2, 4, 2, 16, 12, 9
+    torch.manual_seed(0)
+    wide = torch.randn(b, 1, (h + 2 * hkv) * hd + 8, device=DEVICE).half()
+    qkv = wide[..., 8:]
+    cos, sin = rope_tables(pos, hd, torch.float16)
+    p = torch.tensor([pos], device=DEVICE)
+    kc = torch.randn(b, hkv, max_len, hd, device=DEVICE).half()
+    vc = torch.randn_like(kc)
+    k2, v2 = kc.clone(), vc.clone()
+    out = decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, kc, vc)
+    assert torch.equal(out, decode_attention_qkv(qkv.contiguous(), cos, sin, p, h, hkv, hd, k2, v2))
+    assert torch.equal(kc, k2) and torch.equal(vc, v2)
+    with pytest.raises(ValueError, match="one token"):
+        decode_attention_qkv(qkv.expand(b, 2, -1), cos, sin, p, h, hkv, hd, kc, vc)
+    with pytest.raises(ValueError, match="HKV dividing H"):
+        decode_attention_qkv(qkv[..., :(3 + 2 * hkv) * hd], cos, sin, p, 3, hkv, hd, kc, vc)
+    with pytest.raises(ValueError, match="last dim"):
+        decode_attention_qkv(qkv[..., :-hd], cos, sin, p, h, hkv, hd, kc, vc)
+    with pytest.raises(ValueError, match="contiguous"):
+        decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, kc.transpose(2, 3).contiguous().transpose(2, 3), vc)
+    with pytest.raises(ValueError, match="dtype"):
+        decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, kc.float(), vc.float())

@@ -9,7 +9,8 @@ The attention always spans the whole static cache with a position mask: shapes n
 replays every step (positions live in a device tensor). On CPU it runs eagerly (no graphs).
 On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
 (kernels/gpu/fused.py), the eager ops' rounding kept, and a decode step's attention is one Triton kernel over keys
-0..pos: 9 launches per layer instead of ~40.
+0..pos that also does the rotary + cache write: 8 launches per layer instead of ~40 (a prefill: rotary + cache
+write, then SDPA).
 """
 
 from __future__ import annotations
@@ -152,18 +153,20 @@ class StaticDecoder:
         """The same math as forward's loop with the Triton kernels; returns norm(h) of the last position. Each
         add_rmsnorm adds the previous sub-block's output to the residual and normalizes it for the next sub-block
         (the last one with the final norm)."""
-        from sparselm.kernels.gpu.fused import add_rmsnorm, decode_attention, rope_qkv, silu_mul
+        from sparselm.kernels.gpu.fused import add_rmsnorm, decode_attention_qkv, rope_qkv, silu_mul
 
         b, t, _ = h.shape
         nq = self.n_heads * self.head_dim
+        heads = (self.n_heads, self.n_kv, self.head_dim)
         norm0 = self.layers[0].input_layernorm
         res, x = add_rmsnorm(h, None, norm0.weight, norm0.variance_epsilon)
         for i, layer in enumerate(self.layers):
-            q = rope_qkv(self.qkv[i](x), cos, sin, positions, self.n_heads, self.n_kv, self.head_dim,
-                         self.k_cache[i], self.v_cache[i])
-            if t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN:  # a decode step: keys 0..pos only, no mask
-                a = decode_attention(q, self.k_cache[i], self.v_cache[i], positions)
+            if t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN:  # a decode step: keys 0..pos only, no mask,
+                # the rotary and cache write inside the attention kernel (one launch less)
+                a = decode_attention_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i],
+                                         self.v_cache[i])
             else:
+                q = rope_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i], self.v_cache[i])
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                                    enable_gqa=self.n_kv != self.n_heads).transpose(1, 2)
             a = layer.self_attn.o_proj(a.reshape(b, t, nq))

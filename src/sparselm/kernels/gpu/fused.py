@@ -11,11 +11,14 @@ with the eager path to the last bit or within an ulp where a transcendental diff
     rope_qkv(qkv, cos, sin, pos):  q' = q cos + rot(q) sin -> (B, H, T, hd);  K[:, :, pos] = k', V[:, :, pos] = v
     silu_mul(gu):  silu(g) * u  for gu = [g | u] along the last dim
     decode_attention(q, K, V, pos):  softmax(q K[:, :, :pos+1]^T / sqrt(hd)) V[:, :, :pos+1] -> (B, 1, H hd)
+    decode_attention_qkv(qkv, cos, sin, pos, ...):  rope_qkv then decode_attention, one launch, the same bits
 
 decode_attention is the one new-token step (T = 1) of attention over the static cache. SDPA spans the whole cache
 with a boolean mask, which it turns into an additive one per call (3 fill / where kernels), and its flash kernel
 ran 5.6 us per 7B layer; this kernel reads the position from the device (graph replays stay valid), visits only
 keys 0..pos and writes the heads side by side, as o_proj wants them (benchmarks/results/decode_profile_*.json).
+decode_attention_qkv also does rope_qkv's work, saving its launch (rope_qkv ran ~1.8 us per 7B layer on an H200;
+the fused kernel's own time is not yet measured: benchmarks/decode_attention.py has the row for it).
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def add_rmsnorm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tenso
 
 
 @triton.jit
+def _rope_row(x_ptr, d, dok, c, s, HD):
+    """One head's x[d] cos + rot(x)[d] sin (rot(x) = [-x2, x1]) in the activation dtype, rounded after each eager op
+    (x*cos, rot(x)*sin, their sum) so that it equals the eager rotary to the bit; c, s: cos / sin[d] in float32."""
+    half = HD // 2
+    rot = tl.where(d < half, d + half, d - half)
+    sign = tl.where(d < half, -1.0, 1.0)
+    x = tl.load(x_ptr + d, mask=dok, other=0.0)
+    xr = tl.load(x_ptr + rot, mask=dok, other=0.0).to(tl.float32) * sign
+    a = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)
+    r = (xr * s).to(x.dtype).to(tl.float32)
+    return (a + r).to(x.dtype)
+
+
+@triton.jit
 def _rope_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, H, HKV, HD, max_len,
                      stride_row, BLOCK: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
@@ -76,21 +93,10 @@ def _rope_qkv_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T,
     t = bt % T
     offs = tl.arange(0, BLOCK)
     ok = offs < HD
-    half = HD // 2
-    rot = tl.where(offs < half, offs + half, offs - half)
-    sign = tl.where(offs < half, -1.0, 1.0)
     c = tl.load(cos_ptr + t * HD + offs, mask=ok, other=0.0).to(tl.float32)
     s = tl.load(sin_ptr + t * HD + offs, mask=ok, other=0.0).to(tl.float32)
     row = qkv_ptr + bt * stride_row
-    if head < H:
-        col = head * HD
-    else:
-        col = H * HD + (head - H) * HD
-    x = tl.load(row + col + offs, mask=ok, other=0.0)
-    xr = tl.load(row + col + rot, mask=ok, other=0.0).to(tl.float32) * sign
-    a = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)  # each eager op rounds: x*cos, rot(x)*sin, the sum
-    r = (xr * s).to(x.dtype).to(tl.float32)
-    y = (a + r).to(x.dtype)
+    y = _rope_row(row + head * HD, offs, ok, c, s, HD)  # q heads, then k heads: column head * HD either way
     if head < H:
         tl.store(q_ptr + ((b * H + head) * T + t) * HD + offs, y, mask=ok)
     else:
@@ -145,8 +151,12 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, H, HKV, max_len, HD, scale,
-                        S, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, cos_ptr, sin_ptr, H, HKV,
+                        max_len, HD, scale, S, stride_row, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_S: tl.constexpr, ROPE: tl.constexpr, PDL: tl.constexpr):
+    """ROPE False: q_ptr holds the rotated q (B H, hd) and the caches already hold key / value pos. ROPE True: q_ptr
+    holds the raw q/k/v projection rows (B, row stride stride_row), and the rotary + cache write of rope_qkv happen
+    here (decode_attention_qkv)."""
     if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -158,16 +168,36 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cn
     start = sp * BLOCK_N
     if start <= p:
         b = bh // H
-        kvh = (bh % H) // (H // HKV)  # grouped-query attention: H / HKV query heads share a key/value head
+        group = H // HKV  # grouped-query attention: H / HKV query heads share a key/value head
+        kvh = (bh % H) // group
         d = tl.arange(0, BLOCK_D)
         dok = d < HD
-        q = tl.load(q_ptr + bh * HD + d, mask=dok, other=0.0).to(tl.float32) * scale
         n = start + tl.arange(0, BLOCK_N)
-        nok = n <= p
         offs = (b * HKV + kvh) * max_len * HD + n[:, None] * HD + d[None, :]
-        ok = nok[:, None] & dok[None, :]
+        if ROPE:
+            row = q_ptr + b * stride_row
+            cos_d = tl.load(cos_ptr + d, mask=dok, other=0.0).to(tl.float32)
+            sin_d = tl.load(sin_ptr + d, mask=dok, other=0.0).to(tl.float32)
+            q = _rope_row(row + (bh % H) * HD, d, dok, cos_d, sin_d, HD).to(tl.float32) * scale
+            # key p is not in the cache yet (and this program's own write below need not be visible to its loads)
+            ok = (n < p)[:, None] & dok[None, :]
+        else:
+            q = tl.load(q_ptr + bh * HD + d, mask=dok, other=0.0).to(tl.float32) * scale
+            ok = (n <= p)[:, None] & dok[None, :]
         k = tl.load(k_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        if ROPE:
+            if p < start + BLOCK_N:  # this block holds key p: rotate k, take v, from the projection row
+                k_p = _rope_row(row + (H + kvh) * HD, d, dok, cos_d, sin_d, HD)
+                v_p = tl.load(row + (H + HKV + kvh) * HD + d, mask=dok, other=0.0)
+                if (bh % H) % group == 0:  # one writer per key/value head; the group's other heads only read it
+                    dst = (b * HKV + kvh) * max_len * HD + p * HD + d
+                    tl.store(k_ptr + dst, k_p, mask=dok)
+                    tl.store(v_ptr + dst, v_p, mask=dok)
+                here = (n == p)[:, None]  # the values the cache now holds (same dtype: decode_attention_qkv)
+                k = tl.where(here, k_p.to(tl.float32)[None, :], k)
+                v = tl.where(here, v_p.to(tl.float32)[None, :], v)
+        nok = n <= p
         sc = tl.where(nok, tl.sum(k * q[None, :], axis=1), float("-inf"))
         m = tl.max(sc, axis=0)
         w = tl.exp(sc - m)
@@ -209,6 +239,33 @@ def _workspace(device: torch.device, bh: int, splits: int, block_d: int):
     return _WORKSPACE[key]
 
 
+def _check_caches(name: str, b: int, h: int, hd: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    hkv = k_cache.shape[1] if k_cache.dim() == 4 else 0
+    if (k_cache.dim() != 4 or not hkv or h % hkv or k_cache.shape != v_cache.shape or k_cache.shape[0] != b
+            or k_cache.shape[3] != hd or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+        raise ValueError(f"{name}: caches {tuple(k_cache.shape)} / {tuple(v_cache.shape)} must be (B={b}, HKV, "
+                         f"max_len, hd={hd}), contiguous, HKV dividing H={h}")
+
+
+def _launch_decode_attn(src: torch.Tensor, stride_row: int, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                        k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, b: int, h: int,
+                        hd: int, block_n: int | None, num_warps: int | None) -> torch.Tensor:
+    """One launch of _decode_attn_kernel over src: the rotated q (cos None) or the raw q/k/v rows (ROPE)."""
+    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    block_n = block_n or max(32, triton.next_power_of_2(triton.cdiv(max_len, 64)))
+    splits, block_d = triton.cdiv(max_len, block_n), triton.next_power_of_2(hd)
+    num_warps = num_warps or max(4, block_n * block_d // 2048)  # <= 64 elements of each key / value tile per thread
+    ml, acc, cnt = _workspace(src.device, b * h, splits, block_d)
+    out = torch.empty(b, 1, h * hd, device=src.device, dtype=src.dtype)
+    rope = cos is not None
+    _decode_attn_kernel[(b * h, splits)](src, k_cache, v_cache, positions, out, ml, acc, cnt,
+                                         cos if rope else src, sin if rope else src, h, hkv, max_len, hd,
+                                         hd ** -0.5, splits, stride_row, BLOCK_N=block_n, BLOCK_D=block_d,
+                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), ROPE=rope,
+                                         num_warps=num_warps, **triton_options())
+    return out
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
                      block_n: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """One new token per sequence: q (B, H, 1, hd), caches (B, HKV, max_len, hd) holding keys / values up to
@@ -216,19 +273,36 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     are split over programs of block_n each (default: 32, or larger so that at most 64 splits cover the cache);
     a head's programs merge their partial softmaxes through a small workspace (flash-decoding), in one launch."""
     b, h, t, hd = q.shape
-    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
-    if (t != 1 or h % hkv or k_cache.shape != v_cache.shape or k_cache.shape[0] != b or k_cache.shape[3] != hd
-            or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
-        raise ValueError(f"decode_attention: q {tuple(q.shape)} (one token), caches {tuple(k_cache.shape)} / "
-                         f"{tuple(v_cache.shape)} (B, HKV, max_len, hd), contiguous, HKV dividing H")
-    block_n = block_n or max(32, triton.next_power_of_2(triton.cdiv(max_len, 64)))
-    splits, block_d = triton.cdiv(max_len, block_n), triton.next_power_of_2(hd)
-    num_warps = num_warps or max(4, block_n * block_d // 2048)  # <= 64 elements of each key / value tile per thread
-    ml, acc, cnt = _workspace(q.device, b * h, splits, block_d)
-    q = q.contiguous()
-    out = torch.empty(b, 1, h * hd, device=q.device, dtype=q.dtype)
-    _decode_attn_kernel[(b * h, splits)](q, k_cache, v_cache, positions, out, ml, acc, cnt, h, hkv, max_len, hd,
-                                         hd ** -0.5, splits, BLOCK_N=block_n, BLOCK_D=block_d,
-                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=num_warps,
-                                         **triton_options())
-    return out
+    if t != 1:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)} must be (B, H, 1, hd): one token")
+    _check_caches("decode_attention", b, h, hd, k_cache, v_cache)
+    return _launch_decode_attn(q.contiguous(), 0, None, None, k_cache, v_cache, positions, b, h, hd, block_n,
+                               num_warps)
+
+
+def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                         n_heads: int, n_kv: int, head_dim: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         block_n: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """decode_attention(rope_qkv(qkv, cos, sin, positions, ...), k_cache, v_cache, positions) in one launch, equal
+    to it to the bit, caches included: qkv (B, 1, (H + 2 HKV) hd) is the raw q/k/v projection of one new token,
+    cos / sin (1, hd) its rotary at positions[0]. Each program rotates its head's q itself; the programs whose key
+    block holds the position rotate its k too, use k and v from registers there, and the group's first head writes
+    them into the caches."""
+    if qkv.dim() != 3 or qkv.shape[1] != 1:
+        raise ValueError(f"decode_attention_qkv: qkv {tuple(qkv.shape)} must be (B, 1, (H + 2 HKV) hd): one token")
+    b = qkv.shape[0]
+    if n_kv <= 0 or n_heads % n_kv or head_dim % 2 or qkv.shape[2] != (n_heads + 2 * n_kv) * head_dim:
+        raise ValueError(f"decode_attention_qkv: qkv's last dim {qkv.shape[2]} must be (H + 2 HKV) hd for H="
+                         f"{n_heads}, HKV={n_kv} (HKV dividing H), hd={head_dim} (even)")
+    _check_caches("decode_attention_qkv", b, n_heads, head_dim, k_cache, v_cache)
+    if k_cache.shape[1] != n_kv or k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype:
+        raise ValueError(f"decode_attention_qkv: caches ({k_cache.shape[1]} heads, {k_cache.dtype}) must have "
+                         f"HKV={n_kv} heads of qkv's dtype {qkv.dtype}")
+    if cos.numel() != head_dim or sin.numel() != head_dim:
+        raise ValueError(f"decode_attention_qkv: cos / sin {tuple(cos.shape)} / {tuple(sin.shape)} must hold "
+                         f"hd={head_dim} values (one position)")
+    rows = qkv.reshape(b, -1)
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    return _launch_decode_attn(rows, rows.stride(0), cos.contiguous(), sin.contiguous(), k_cache, v_cache,
+                               positions, b, n_heads, head_dim, block_n, num_warps)
