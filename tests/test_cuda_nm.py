@@ -67,6 +67,46 @@ def test_host_build_matches_the_dense_reference(keep, m, values, act, n, k, unro
     assert y[0, n // 2].item() == 0.0  # the all-zero row
 
 
+@pytest.mark.parametrize("values,n,k,scale", [
+    ("float16", 37, 300, 1.0),    # K = 300: 75 groups, the table's last block padded with zeros
+    ("int8", 23, 4096, 1.0),      # per-row scales, 4 steps per row
+    ("float16", 5, 11008, 1.0),   # 11 steps: a table of 44 blocks
+    ("int8", 9, 1032, 300.0),     # activations in the hundreds: int8 products enter as v / 128, no overflow
+])
+@pytest.mark.parametrize("unroll", [1, 2, 4])
+def test_pair_table_host_build_matches_the_dense_reference(values, n, k, scale, unroll):
+    """1:4 with x staged as the pair table (nm_pairs.cuh): each slot pair's x from one table word, half2 products
+    summed per step in fp16. Close to the float64 product (fp16 partial sums: ~1e-3 relative), never exact to the
+    float32 build on random data, and the all-zero row stays 0."""
+    ct = compress_tensor(nm_weight(n, k, 1, 4, seed=k), values)
+    p = PackedBitmask.from_compressed(ct)
+    x = (torch.randn(1, k) * scale).half()
+    ref = x.double() @ decompress(ct, torch.float64).T
+    y = cuda_nm.gemv_host(x, p, unroll=unroll, pairs=True)
+    assert torch.isfinite(y).all() and y[0, n // 2].item() == 0.0
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err < 2e-3
+    f32 = cuda_nm.gemv_host(x, p, unroll=unroll, x16=True)
+    assert not torch.equal(y, f32)  # the half2 path really ran: its rounding differs from the float32 FMAs
+    assert ((f32.double() - ref).norm() / ref.norm()).item() < err
+
+
+def test_pair_table_serves_only_1_of_4_with_fp16_activations():
+    one4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "float16"))
+    two4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 2, 4), "float16"))
+    bf = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "bfloat16"))
+    assert cuda_nm.supports(one4, torch.float16, pairs=True) and not cuda_nm.supports(two4, torch.float16, pairs=True)
+    assert not cuda_nm.supports(bf, torch.bfloat16, pairs=True) and not cuda_nm.supports(one4, batch=2, pairs=True)
+    assert cuda_nm.staged_bytes(one4, pairs=True) == 1024 // 256 * 2048 + 2048  # kx = one step of 1024 columns
+    with pytest.raises(ValueError, match="pairs"):
+        cuda_nm.gemv_host(torch.randn(1, 512).half(), two4, pairs=True)
+    with pytest.raises(ValueError, match="pairs"):
+        SpmmConfig(kernel="nmcu", persist=1, pairs=True, x16=True)
+    with pytest.raises(ValueError, match="pairs"):
+        SpmmConfig(kernel="grp8cu", vec=4, persist=1, pairs=True)
+    assert SpmmConfig(kernel="nmcu", num_warps=16, persist=2, unroll=2, pairs=True).key() == "nmcu-w16p2-u2-pairs"
+
+
 @pytest.mark.parametrize("keep,m,values,act,batch,bsz,unroll", [
     (1, 4, "float16", torch.float16, 2, 2, 1), (2, 8, "bfloat16", torch.bfloat16, 4, 3, 2),
     (2, 4, "int8", torch.float16, 4, 4, 1), (4, 8, "int8", torch.bfloat16, 2, 1, 2)])
@@ -125,7 +165,8 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     cfgs = gpu_backend.nmcu_configs()
     assert cfgs and all(c.kernel == "nmcu" for c in cfgs) and len({c.key() for c in cfgs}) == len(cfgs)
     assert all(c.key() in {x.key() for x in gpu_backend.candidate_configs(1)} for c in cfgs)
-    assert all(c.x16 for c in cfgs) and gpu_backend.nmcu_configs(2) == []  # batched: untimed, opt-in
+    assert all(c.x16 != c.pairs for c in cfgs) and any(c.pairs for c in cfgs)
+    assert gpu_backend.nmcu_configs(2) == []  # batched: untimed, opt-in
     monkeypatch.setenv("SPARSELM_UNTIMED", "1")
     batched = gpu_backend.nmcu_configs(4)
     assert {c.block_b for c in batched} == {4} and {c.unroll for c in batched} == {1, 2}
@@ -147,7 +188,9 @@ def test_unavailable_without_a_gpu_says_why():
     (2, 8, "float16", torch.float16, 4, 32, False), (1, 8, "int8", torch.float16, 2, 16, False),
     (4, 8, "int8", torch.bfloat16, 1, 4, False), (1, 4, "int8", torch.float16, 4, 32, False),
     (1, 4, "float16", torch.float16, 2, 32, False), (2, 8, "bfloat16", torch.bfloat16, 1, 32, False),
-    (1, 4, "float16", torch.float16, 2, 32, True), (2, 8, "int8", torch.bfloat16, 1, 16, True)])
+    (1, 4, "float16", torch.float16, 2, 32, True), (2, 8, "int8", torch.bfloat16, 1, 16, True),
+    (1, 4, "float16", torch.float16, 1, 32, "pairs"), (1, 4, "int8", torch.float16, 2, 16, "pairs"),
+    (1, 4, "int8", torch.float16, 4, 8, "pairs")])
 def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x16):
     """On a GPU machine: the nvcc build against its host emulation and the dense reference (odd shapes, an all-zero
     row, K past the 48 KB default shared-memory window, more warps than rows)."""
@@ -157,13 +200,16 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16)  # 32 x 2: 32 registers
+        pairs, x16 = x16 == "pairs", x16 is True  # x16 "pairs": the pair table (nm_pairs.cuh)
+        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16, pairs=pairs)  # 32 x 2: 32 regs
         y = cuda_nm.gemv(x, p, cfg)
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
         assert ((y.double() - ref).norm() / ref.norm()).item() < tol
-        torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, x16=x16)
-                                   .to(act).float(), rtol=tol, atol=tol)
+        host = cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, x16=x16, pairs=pairs).to(act).float()
+        if pairs:  # the host twin rounds each half2 FMA as the GPU does: equal up to the output's last bit
+            torch.testing.assert_close(y.float().cpu(), host, rtol=1e-3, atol=1e-3 * host.abs().max().item())
+        torch.testing.assert_close(y.float().cpu(), host, rtol=tol, atol=tol)
 
 
 def test_a_model_pruned_n_m_is_served_after_sparsify():

@@ -197,6 +197,8 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 # Batches 2 and 4 only with SPARSELM_UNTIMED=1 (the device scripts set it): their first timing won 1 of 4 cases, and
 # batch 4 with 2 steps per round had not launched (a shared opt-in record, fixed since).
 NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
+# The pair table (1:4 masks, fp16 x; cuda_nm.supports skips it elsewhere): 1-2 steps per round (untimed when added).
+NMCU_PAIRS_UNROLLS = (1, 2)
 NMCU_BATCHED = ((16, 1), (32, 1), (16, 2))
 
 
@@ -210,8 +212,10 @@ def nmcu_configs(batch: int = 1) -> list[SpmmConfig]:
     if batch > 1:
         return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, block_b=batch) for w, pb in NMCU_BATCHED
                 for u in (1, 2)]
-    return [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=True) for w, pb in NMCU_B1
-            for u in cuda_nm.UNROLLS]
+    return ([SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=True) for w, pb in NMCU_B1
+             for u in cuda_nm.UNROLLS]
+            + [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, pairs=True) for w, pb in NMCU_B1
+               for u in NMCU_PAIRS_UNROLLS])
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

@@ -5,6 +5,10 @@
     y = gemv(x, packed, cfg)    # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2 or 4)
     y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (B, N)
 
+1:4 masks with fp16 x may stage x as a pair table (cfg.pairs; nm_pairs.cuh): one shared-memory load fetches two
+slots' activations and the products run in half2, about half the instructions per kept position of the 16-bit
+staging, for 8 bytes of shared memory per column of x.
+
 Why: a matrix pruned N:M (`sparselm prune --pattern 1:4`, 2:8, 2:4) has the same slot count in every group, so a
 slot needs only its index inside its group (2 bits for M = 4, 4 for M = 8) and rows need no start pointers:
 2.25-2.5 bytes per fp16 nonzero, against 2.7-3.3 for the unstructured layouts (nm_gemv.cu's header). M and the
@@ -25,6 +29,7 @@ from sparselm.kernels.gpu.cuda_grp8 import smem_limit
 
 _SOURCE = Path(__file__).with_name("nm_gemv.cu")
 STEP = 256  # slots per warp step: 32 lanes x 8
+PAIR_BLOCK = 2048  # pair table bytes per 256 columns (nm_pairs.cuh)
 PATTERNS = {4: (1, 2), 8: (1, 2, 4)}  # M -> slots per group the kernel is built for (8 / slots groups per lane)
 UNROLLS = (1, 2, 4)
 BATCHES = (1, 2, 4)  # padded batch: 2 and 4 stage x transposed (4 kx B bytes), 1 or 2 steps per load round
@@ -55,15 +60,18 @@ build_error = _LIB.build_error
 
 def check_config(cfg) -> None:
     """SpmmConfig's rules for kernel "nmcu": block_b (padded batch) 1, 2 or 4; x staged (x16, batch 1 only: as
-    16-bit activations, else float32); num_warps = warps per block (1-32), persist = blocks per SM (>= 1), unroll =
-    steps per load round (1, 2, 4; 1 or 2 at batches 2-4); no other kernel's fields."""
+    16-bit activations, else float32; pairs, batch 1 only and not with x16: as the pair table); num_warps = warps per
+    block (1-32), persist = blocks per SM (>= 1), unroll = steps per load round (1, 2, 4; 1 or 2 at batches 2-4); no
+    other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
             and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
             and not (cfg.lean or cfg.col16 or cfg.use_dot)
-            and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))):
+            and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))
+            and not (cfg.pairs and (cfg.x16 or cfg.block_b > 1))):
         raise ValueError(f"SpmmConfig nmcu: block_b in {BATCHES}, num_warps 1-32, persist (blocks per SM) >= 1, unroll "
-                         f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4), no slots / split_k / lean / col16 / "
+                         f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4; pairs at block_b 1, not with x16), no "
+                         f"slots / split_k / lean / col16 / "
                          f"use_dot / smem=False; got {cfg}")
 
 
@@ -112,11 +120,22 @@ def kx(p) -> int:
     return _steps(p) * STEP // s * m
 
 
-def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False) -> bool:
+def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False) -> int:
+    """Shared memory per block for x: float32 x batch, 16-bit (x16), or the pair table (8 bytes per column, plus
+    2048 bytes of alignment slack)."""
+    if pairs:
+        return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK
+    return (2 if x16 else 4 * batch) * kx(p)
+
+
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False, pairs: bool = False) -> bool:
     """Padded batch 1, 2 or 4; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes,
-    per-row scales or none) with either; x's padded copy (float32 x batch, or 16-bit with x16) within one block's
-    shared memory."""
-    if batch not in BATCHES or pattern(p) is None or (2 if x16 else 4 * batch) * kx(p) > smem_limit():
+    per-row scales or none) with either; x's staged copy (`staged_bytes`) within one block's shared memory. pairs:
+    batch 1, a 1:4 layout (M = 4, one slot per group), fp16 x, fp16 or int8 values."""
+    if batch not in BATCHES or pattern(p) is None or staged_bytes(p, batch, x16, pairs) > smem_limit():
+        return False
+    if pairs and (batch != 1 or pattern(p) != (4, 1) or x_dtype not in (None, torch.float16)
+                  or p.values.dtype not in (torch.float16, torch.int8)):
         return False
     return serves_values(p, x_dtype)
 
@@ -158,22 +177,22 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1) -> None:
+def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = False) -> None:
     k = p.shape[1]
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
         raise ValueError(f"nmcu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, batch, x16):
+    if not supports(p, x.dtype, batch, x16, pairs):
         raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
                          f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
-                         f"/ bf16 (x bf16) / int8 with per-row scales; got pattern {pattern(p)}, values "
-                         f"{p.values.dtype}, x {x.dtype}")
+                         f"/ bf16 (x bf16) / int8 with per-row scales (pairs: 1:4, fp16 x, fp16 / int8 "
+                         f"values); got pattern {pattern(p)}, values {p.values.dtype}, x {x.dtype}, pairs {pairs}")
 
 
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
-    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1)."""
-    _check(x, p, cfg.x16, cfg.block_b)
+    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1), cfg.pairs as the pair table."""
+    _check(x, p, cfg.x16, cfg.block_b, cfg.pairs)
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out)
     x = x.contiguous()
@@ -183,7 +202,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
-                            int(cfg.x16), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
+                            _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), blocks, 32 * cfg.num_warps,
                             torch.cuda.current_stream().cuda_stream)
@@ -192,11 +211,17 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     return y
 
 
-def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1) -> torch.Tensor:
+def _staging(x16: bool, pairs: bool) -> int:
+    """The launch's staging mode (nm_gemv.cu XS_*): 0 float32, 1 16-bit, 2 the pair table."""
+    return 2 if pairs else int(x16)
+
+
+def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1,
+              pairs: bool = False) -> torch.Tensor:
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
-    x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; batch: the padded batch of the
-    kernel to emulate (2 / 4: x transposed)."""
-    _check(x, p, x16, batch)
+    x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; pairs: the pair table and half2
+    products, each rounding as the GPU's; batch: the padded batch of the kernel to emulate (2 / 4: x transposed)."""
+    _check(x, p, x16, batch, pairs)
     if unroll not in UNROLLS:
         raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
     lib = load("host")
@@ -208,7 +233,7 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
     y = torch.empty(x.shape[0], n, dtype=torch.float32)
-    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, int(x16), x.data_ptr(),
+    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, _staging(x16, pairs), x.data_ptr(),
                           vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(),
                           n, k, _steps(p), kx(p), x.shape[0])
     if code != 0:

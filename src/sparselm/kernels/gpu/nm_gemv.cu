@@ -15,15 +15,20 @@
 // consecutive groups. Its index is bits [B v, B v + B) of the lane's index word 32 (r steps + t) + l (B = 2: 16-bit
 // words for M = 4; B = 4: 32-bit words for M = 8). int8 values carry per-row scales, applied to the row's sum.
 //
-// x is staged per block as float32, zero-padded to the padded groups' columns (kx = steps 256 M / N), or (X16) as its
-// 16-bit activations: half the bytes, so a warp's gathers at a slot (32 consecutive groups) spread over twice as many
-// banks (M = 4: at most 2 lanes per bank instead of 4; M = 8: 4 instead of 8), for one conversion per nonzero.
+// x is staged per block (XM, the staging mode) as float32 (XS_F32), zero-padded to the padded groups' columns (kx =
+// steps 256 M / N), or (XS_16) as its 16-bit activations: half the bytes, so a warp's gathers at a slot (32
+// consecutive groups) spread over twice as many banks (M = 4: at most 2 lanes per bank instead of 4; M = 8: 4 instead
+// of 8), for one conversion per nonzero. 1:4 masks with fp16 x may stage it as a pair table (XS_PAIRS, nm_pairs.cuh):
+// one shared-memory load per two slots and half2 products.
 //
 // The same file compiles as plain C++ (g++ -x c++) with a host emulation entry point: the lane arithmetic, index
 // decoding and value decoders are shared with the GPU build, so CPU tests check them bit for bit.
 #include <type_traits>
 
 #include "gemv_common.cuh"
+#include "nm_pairs.cuh"
+
+enum { XS_F32 = 0, XS_16 = 1, XS_PAIRS = 2 };  // how a block stages x
 
 // The (M, slots per group) pairs the kernel is built for: f(M, N) with both as compile-time constants
 // (std::integral_constant) for the pair (m, n), -1 for any other. One table for the device launch and the host
@@ -190,6 +195,46 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
   return acc0 + acc1;
 }
 
+// Lane `lane`'s partial dot product over one row of a 1:4 matrix, x staged as the pair table at `tbase` (the table's
+// byte address + 4 lane); int8 sums scaled back from v / 128. The walk advances pointers: nm_walk's size_t step
+// index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step (offline SASS).
+template <int VT, int U>
+SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, size_t first,
+                          int steps, int lane) {
+  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
+  const unsigned char* vp = static_cast<const unsigned char*>(vals) + (first * 256 + 8 * (size_t)lane) * (VB / 8);
+  const uint16_t* ip = static_cast<const uint16_t*>(idx) + first * 32 + lane;
+  float acc0 = 0.0f, acc1 = 0.0f;
+  for (int t = 0; t < steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) {
+    uint32_t w[U][4], code[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u) {
+      if (U > 1 && t + u >= steps) break;
+#ifdef __CUDACC__
+      if (VT == VT_I8) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
+        w[u][0] = v.x; w[u][1] = v.y;
+      } else {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp + u * 32 * VB));
+        w[u][0] = v.x; w[u][1] = v.y; w[u][2] = v.z; w[u][3] = v.w;
+      }
+      code[u] = __ldg(ip + 32 * u);
+#else
+      memcpy(w[u], vp + u * 32 * VB, VB);
+      code[u] = ip[32 * u];
+#endif
+    }
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (U == 1 || t + u < steps) pair_step<VT>(w[u], code[u], table, tbase + u * 4 * PAIR_BLOCK, acc0, acc1);
+  }
+  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
+}
+
 // Batches 2 and 4: x staged transposed as float32, xt[col B + b], so a slot's B activations are one vector load and B
 // multiply-adds; the weights' bytes are the same as at batch 1.
 template <int VT, int M, int N, int B>
@@ -232,58 +277,76 @@ struct NMArgs {
 };
 
 #ifdef __CUDACC__
-// Persistent blocks: x staged as float32 (zeros past K), then warp w takes rows w, w + all warps, ...; lane 0 of the
-// row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2 steps per round) caps the kernel at
-// 32 registers so that two 1024-thread blocks stay resident: the first H200 timing ran at 2.3-2.6 TB/s against
-// grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills at 32 with U <= 2).
-template <int VT, int XT, int M, int N, int U, int MINB, bool X16>
+// Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
+// w + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
+// steps per round) caps the kernel at 32 registers so that two 1024-thread blocks stay resident: the first H200
+// timing ran at 2.3-2.6 TB/s against grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills
+// at 32 with U <= 2).
+template <int VT, int XT, int M, int N, int U, int MINB, int XM>
 __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
   float* xsf = reinterpret_cast<float*>(xs4);
   uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
+  // the pair table starts at the first 2048-byte boundary of the window (nm_launch allots the slack)
+  const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(xs4), pad = (0u - sbase) & (PAIR_BLOCK - 1);
+  uint32_t* table = reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(xs4) + pad);
   pdl_trigger();
   pdl_wait();  // x is the previous kernel's output
-  if (X16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
+  if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
     __syncthreads();
+  } else if (XM == XS_PAIRS) {
+    stage_pairs(table, a.x, a.K, a.kx);
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
-    float acc = X16 ? nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)r * a.steps, a.steps, lane)
-                    : nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
+    float acc;
+    if constexpr (XM == XS_PAIRS)
+      acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, (size_t)r * a.steps, a.steps, lane);
+    else if constexpr (XM == XS_16)
+      acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)r * a.steps, a.steps, lane);
+    else
+      acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)r * a.steps, a.steps, lane);
 #pragma unroll
     for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
     if (lane == 0) a.y[r] = float_to_act<XT>(a.scales ? acc * __ldg(a.scales + r) : acc);
   }
 }
 
-template <int VT, int XT, int M, int N, int U, int MINB, bool X16>
+template <int VT, int XT, int M, int N, int U, int MINB, int XM>
 static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stream) {
   static size_t opted = 48 * 1024;
-  const size_t smem = X16 ? ((size_t)a.kx * 2 + 15) / 16 * 16 : (size_t)a.kx * 4;
-  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, X16>, smem, &opted)) return e;
-  return sl_launch(nm_gemv_kernel<VT, XT, M, N, U, MINB, X16>, blocks, threads, smem, stream, a);
+  const size_t smem = XM == XS_16 ? ((size_t)a.kx * 2 + 15) / 16 * 16
+                      : XM == XS_PAIRS ? (size_t)a.kx / 256 * PAIR_BLOCK + PAIR_BLOCK  // + the alignment slack
+                                       : (size_t)a.kx * 4;
+  if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, smem, &opted)) return e;
+  return sl_launch(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, blocks, threads, smem, stream, a);
 }
 
-template <int VT, int XT, int M, int N, bool X16>
+template <int VT, int XT, int M, int N, int XM>
 static int nm_unrolled(const NMArgs& a, int unroll, int minb, int blocks, int threads, cudaStream_t s) {
   switch (unroll * 10 + minb) {
-    case 11: return nm_launch<VT, XT, M, N, 1, 1, X16>(a, blocks, threads, s);
-    case 21: return nm_launch<VT, XT, M, N, 2, 1, X16>(a, blocks, threads, s);
-    case 41: return nm_launch<VT, XT, M, N, 4, 1, X16>(a, blocks, threads, s);
-    case 12: return nm_launch<VT, XT, M, N, 1, 2, X16>(a, blocks, threads, s);
-    case 22: return nm_launch<VT, XT, M, N, 2, 2, X16>(a, blocks, threads, s);
+    case 11: return nm_launch<VT, XT, M, N, 1, 1, XM>(a, blocks, threads, s);
+    case 21: return nm_launch<VT, XT, M, N, 2, 1, XM>(a, blocks, threads, s);
+    case 41: return nm_launch<VT, XT, M, N, 4, 1, XM>(a, blocks, threads, s);
+    case 12: return nm_launch<VT, XT, M, N, 1, 2, XM>(a, blocks, threads, s);
+    case 22: return nm_launch<VT, XT, M, N, 2, 2, XM>(a, blocks, threads, s);
     default: return -1;
   }
 }
 
 template <int VT, int XT, int M, int N>
 static int nm_staged(const NMArgs& a, int unroll, int minb, int x16, int blocks, int threads, cudaStream_t s) {
-  return x16 ? nm_unrolled<VT, XT, M, N, true>(a, unroll, minb, blocks, threads, s)
-             : nm_unrolled<VT, XT, M, N, false>(a, unroll, minb, blocks, threads, s);
+  if (x16 == XS_PAIRS) {  // 1:4 with fp16 x (fp16 or int8 values) only
+    if constexpr (M == 4 && N == 1 && XT == XT_F16 && VT != VT_BF16)
+      return nm_unrolled<VT, XT, M, N, XS_PAIRS>(a, unroll, minb, blocks, threads, s);
+    return -1;
+  }
+  return x16 ? nm_unrolled<VT, XT, M, N, XS_16>(a, unroll, minb, blocks, threads, s)
+             : nm_unrolled<VT, XT, M, N, XS_F32>(a, unroll, minb, blocks, threads, s);
 }
 
 template <int VT, int XT>
@@ -347,7 +410,8 @@ static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int bl
 
 // y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
 // per group); B: the kernel's padded batch, 1 (unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register
-// build, unroll 1 or 2); x16: x staged as 16-bit activations) or 2 / 4 (unroll 1 or 2, minb 1, no x16). Returns a
+// build, unroll 1 or 2); x16: x staged as 16-bit activations (1), or as the pair table (2: 1:4 masks, fp16 x, fp16 or
+// int8 values; nm_pairs.cuh)) or 2 / 4 (unroll 1 or 2, minb 1, no x16). Returns a
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
@@ -373,24 +437,44 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
 
 #else  // host emulation: the same lane arithmetic, the warp's shuffle tree per row (float32 output)
 
-template <int VT, int XT, int M, int N, int U, typename XS>
-static void nm_host_rows(const NMArgs& a, float* y) {
-  XS* xs = new XS[a.kx > 0 ? a.kx : 1];  // the staged copy: float32, or the 16-bit activations (X16)
-  for (int i = 0; i < a.kx; ++i) {
-    if constexpr (sizeof(XS) == 4) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
-    else xs[i] = i < a.K ? a.x[i] : (uint16_t)0;
-  }
+// y[r] from the lanes' sums lane_sum(r, lane), summed in __shfl_xor_sync's tree, times the row's scale.
+template <typename F>
+static void nm_host_reduce(const NMArgs& a, float* y, F lane_sum) {
   for (int r = 0; r < a.N; ++r) {
     float l[32], t[32];
-    for (int lane = 0; lane < 32; ++lane) l[lane] = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs,
-                                                                             (size_t)r * a.steps, a.steps, lane);
-    for (int m = 16; m; m >>= 1) {  // __shfl_xor_sync's tree
+    for (int lane = 0; lane < 32; ++lane) l[lane] = lane_sum(r, lane);
+    for (int m = 16; m; m >>= 1) {
       for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
       memcpy(l, t, sizeof l);
     }
     y[r] = a.scales ? l[0] * a.scales[r] : l[0];
   }
+}
+
+template <int VT, int XT, int M, int N, int U, typename XS>
+static void nm_host_rows(const NMArgs& a, float* y) {
+  XS* xs = new XS[a.kx > 0 ? a.kx : 1];  // the staged copy: float32, or the 16-bit activations (XS_16)
+  for (int i = 0; i < a.kx; ++i) {
+    if constexpr (sizeof(XS) == 4) xs[i] = i < a.K ? act_to_float<XT>(a.x[i]) : 0.0f;
+    else xs[i] = i < a.K ? a.x[i] : (uint16_t)0;
+  }
+  nm_host_reduce(a, y, [&](int r, int lane) {
+    return nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs, (size_t)r * a.steps, a.steps, lane);
+  });
   delete[] xs;
+}
+
+// 1:4, fp16 x staged as the pair table (XS_PAIRS), the table at offset 0.
+template <int VT, int U>
+static void nm_host_pairs(const NMArgs& a, float* y) {
+  const int blocks = a.kx / 256;
+  uint32_t* table = new uint32_t[(size_t)(blocks > 0 ? blocks : 1) * (PAIR_BLOCK / 4)];
+  for (int m = 0; m < blocks; ++m)
+    for (int l = 0; l < 32; ++l) pair_fill(table, a.x, a.K, false, m, l);
+  nm_host_reduce(a, y, [&](int r, int lane) {
+    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, (size_t)r * a.steps, a.steps, lane);
+  });
+  delete[] table;
 }
 
 template <int VT, int XT, typename XS>
@@ -445,6 +529,16 @@ static int nm_host_batched(const NMArgs& a, int m, int n, int B, int unroll, flo
 template <int VT, int XT>
 static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int x16, float* y) {
   if (B != 1) return x16 ? -1 : nm_host_batched<VT, XT>(a, m, n, B, unroll, y);
+  if (x16 == XS_PAIRS) {
+    if constexpr (XT != XT_F16 || VT == VT_BF16) return -1;
+    if (m != 4 || n != 1) return -1;
+    switch (unroll) {
+      case 1: nm_host_pairs<VT, 1>(a, y); return 0;
+      case 2: nm_host_pairs<VT, 2>(a, y); return 0;
+      case 4: nm_host_pairs<VT, 4>(a, y); return 0;
+      default: return -1;
+    }
+  }
   return x16 ? nm_host_pattern<VT, XT, uint16_t>(a, m, n, unroll, y)
              : nm_host_pattern<VT, XT, float>(a, m, n, unroll, y);
 }

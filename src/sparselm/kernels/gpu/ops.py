@@ -99,12 +99,16 @@ class SpmmConfig:
     unroll: int = 1
     # nmcu only: x staged as its 16-bit activations (half the shared-memory banks per gather) instead of float32
     x16: bool = False
+    # nmcu only, 1:4 masks with fp16 x: x staged as a table of index pairs, half2 products (nm_pairs.cuh)
+    pairs: bool = False
 
     def __post_init__(self):
         if not isinstance(self.smem, bool) or (not self.smem and self.kernel not in ("grp8cu", "d4cu")):
             raise ValueError(f"SpmmConfig.smem: a bool, False only for kernels 'grp8cu' / 'd4cu', got {self.smem!r}")
-        if self.x16 is not False and (self.x16 is not True or self.kernel != "nmcu"):
-            raise ValueError(f"SpmmConfig.x16: a bool, True only for kernel 'nmcu', got {self.x16!r} for {self.kernel}")
+        for name in ("x16", "pairs"):  # nmcu's staging modes
+            v = getattr(self, name)
+            if v is not False and (v is not True or self.kernel != "nmcu"):
+                raise ValueError(f"SpmmConfig.{name}: a bool, True only for kernel 'nmcu', got {v!r} for {self.kernel}")
         if self.kernel in _MODULES:  # kernels whose rules live beside them
             return _module(self.kernel).check_config(self)
         if self.kernel == "bmma":  # the tensor-core CUDA kernel (cuda_mma.py)
@@ -157,7 +161,7 @@ class SpmmConfig:
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
                     + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else "")  # rows/warp
-                    + ("-x16" if self.x16 else ""))
+                    + ("-x16" if self.x16 else "") + ("-pairs" if self.pairs else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -277,7 +281,7 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
         if cfg.kernel == "nmcu":  # N:M masks only
-            return _module(cfg.kernel).supports(self, batch=cfg.block_b, x16=cfg.x16)
+            return _module(cfg.kernel).supports(self, batch=cfg.block_b, x16=cfg.x16, pairs=cfg.pairs)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 

@@ -1,0 +1,169 @@
+// 1:4 masks with fp16 activations (nm_gemv.cu's "pairs" staging): x staged as a table of index pairs, products in
+// half2. Shared by the nvcc build and the g++ host emulation, as gemv_common.cuh.
+//
+// Why: the per-slot gather of nm_gemv.cu costs ~7 instructions per kept position (index shift + mask, LDS.U16, x to
+// float, value to float (int8: PRMT + FADD), FFMA): at 1:4 int8 (1.25 bytes per slot) that is issue-bound, 1.06-1.13x
+// fp16's speed for 1.8x fewer bytes (docs/notes/gpu.md, session 23). The two slots of one 4-bit index field (slots
+// 2j and 2j + 1 of a lane's step: groups G and G + 32) have 16 index combinations; staging, per such pair of groups,
+// all 16 half2 (x[4 G + i], x[4 (G + 32) + i']) makes one shift + mask + LDS.32 fetch both slots' x, ready for one
+// HFMA2 with the two values (fp16: already one word; int8: one PRMT into fp16 bit patterns and one HSUB2). Per slot
+// ~3.5 instructions instead of ~7. Cost: 8 bytes of shared memory per column of x (4x the 16-bit copy) and a staging
+// pass of 16 PRMT + 16 STS per pair of groups.
+//
+// Table layout: entry (m, c, l), pair of groups G = 64 m + l and G + 32 (l < 32), index combination c = i | i' << 2,
+// is the word at byte m PAIR_BLOCK + 128 c + 4 l: for any c the warp's lane l reads bank l (no conflicts), and a lane's
+// step t (groups 256 t + l + 32 v, v = 0..7) reads blocks m = 4 t + j, j = 0..3, at its base 8192 t + 4 l, OR the
+// field's 128 c, plus the immediate 2048 j. The table starts 2048-byte aligned, so the OR is the sum.
+//
+// Numerics: each half of the accumulator sums a step's 4 products in fp16 (fma.rn.f16x2, one rounding per FMA), then
+// joins the float32 row sum. int8 values enter as v / 128, exact in fp16: with u = v + 128 (v ^ 0x80 as a byte), the
+// fp16 bits 0x48uu are 8 + u / 128, so subtracting 9 gives v / 128 (|v / 128| <= 1: a product never exceeds |x|); the
+// row sum is scaled back by 128. Overflow needs |x| > 16384.
+#pragma once
+#include "gemv_common.cuh"
+
+constexpr uint32_t PAIR_BLOCK = 2048;  // bytes per 64 groups (256 columns): 16 combinations x 32 lanes x 4 bytes
+
+#ifndef __CUDACC__
+// IEEE binary16 bits of v, round to nearest even (the host twin of the device's .rn half arithmetic).
+static inline uint32_t host_half_rn(double v) {
+  const uint32_t sign = v < 0 ? 0x8000u : 0u;
+  const double a = fabs(v);
+  if (a != a) return 0x7E00u;
+  if (a >= 65520.0) return sign | 0x7C00u;  // past the largest half's rounding boundary
+  if (a < 6.103515625e-05) return sign | (uint32_t)nearbyint(a * 16777216.0);  // subnormal: units of 2^-24
+  int e;
+  frexp(a, &e);  // a = f 2^e, f in [0.5, 1)
+  double q = nearbyint(ldexp(a, 11 - e));  // 11 significant bits: [1024, 2048]
+  if (q == 2048.0) { q = 1024.0; ++e; }
+  return sign | (uint32_t)(e + 14) << 10 | ((uint32_t)q - 1024u);
+}
+
+static inline uint32_t host_h2(uint32_t a, uint32_t b, uint32_t c, int op) {  // op 0: a b + c; 1: a - b
+  uint32_t r = 0;
+  for (int h = 0; h < 2; ++h) {
+    const double x = half_to_float(a >> 16 * h & 0xFFFFu), y = half_to_float(b >> 16 * h & 0xFFFFu);
+    // exact in double (11-bit significands), so the one rounding below is the instruction's
+    r |= host_half_rn(op == 0 ? x * y + half_to_float(c >> 16 * h & 0xFFFFu) : x - y) << 16 * h;
+  }
+  return r;
+}
+#endif
+
+SL_HD uint32_t h2_fma(uint32_t a, uint32_t b, uint32_t c) {  // per half: a b + c, one rounding
+#ifdef __CUDACC__
+  uint32_t d;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+#else
+  return host_h2(a, b, c, 0);
+#endif
+}
+
+SL_HD uint32_t h2_sub(uint32_t a, uint32_t b) {
+#ifdef __CUDACC__
+  uint32_t d;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+#else
+  return host_h2(a, b, 0u, 1);
+#endif
+}
+
+// prmt(a, b, SEL) with the selector as the instruction's immediate: given two constants, nvcc put the other one
+// there and rebuilt the selector in a register before every PRMT (4 extra moves per int8 step, offline SASS).
+template <uint32_t SEL>
+SL_HD uint32_t prmt_imm(uint32_t a, uint32_t b) {
+#ifdef __CUDACC__
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "n"(SEL));
+  return d;
+#else
+  return host_prmt(a, b, SEL);
+#endif
+}
+
+// Entry c of a pair of groups whose 4 activations each are the words (a01, a23) and (b01, b23): the low half is
+// a's activation c & 3, the high half b's activation c >> 2.
+SL_HD uint32_t pair_entry(uint32_t a01, uint32_t a23, uint32_t b01, uint32_t b23, int c) {
+  const int ia = c & 3, ib = c >> 2;
+  const uint32_t sel = ((ia & 1) ? 0x32u : 0x10u) | ((ib & 1) ? 0x7600u : 0x5400u);
+  return byte_perm(ia < 2 ? a01 : a23, ib < 2 ? b01 : b23, sel);
+}
+
+// The table word at byte `addr` (on the GPU a shared-memory address, on the host an offset into `table`).
+SL_HD uint32_t pair_at(const uint32_t* table, uint32_t addr) {
+#ifdef __CUDACC__
+  uint32_t r;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(addr));
+  return r;
+#else
+  uint32_t r;
+  memcpy(&r, reinterpret_cast<const unsigned char*>(table) + addr, 4);
+  return r;
+#endif
+}
+
+// The 4 activations of group g as two words (zeros past K; K is a multiple of 4, so a group is all in or all out).
+SL_HD void group_x(const uint16_t* x, int g, int K, bool aligned, uint32_t& lo, uint32_t& hi) {
+  lo = hi = 0u;
+  if (4 * g >= K) return;
+#ifdef __CUDACC__
+  if (aligned) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(x) + g);
+    lo = v.x; hi = v.y;
+    return;
+  }
+#endif
+  const uint16_t* p = x + 4 * g;
+  lo = (uint32_t)p[0] | (uint32_t)p[1] << 16;
+  hi = (uint32_t)p[2] | (uint32_t)p[3] << 16;
+}
+
+// Entries (m, *, l) of the table (32-bit words, m PAIR_BLOCK / 4 + 32 c + l).
+SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, int m, int l) {
+  uint32_t a01, a23, b01, b23;
+  group_x(x, 64 * m + l, K, aligned, a01, a23);
+  group_x(x, 64 * m + 32 + l, K, aligned, b01, b23);
+  uint32_t* w = table + m * (PAIR_BLOCK / 4) + l;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(a01, a23, b01, b23, c);
+}
+
+// One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words; index word `code`, 2 bits per slot) against the
+// table at `base` (the lane's 8192 t + 4 l): 4 HFMA2, then the two halves join (acc0, acc1). int8 sums are v / 128.
+template <int VT>
+SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, float& acc0,
+                     float& acc1) {
+  uint32_t h = 0u, u[2] = {0u, 0u}, k48 = 0x48484848u;
+  if (VT == VT_I8) {
+    u[0] = w[0] ^ 0x80808080u;
+    u[1] = w[1] ^ 0x80808080u;
+  }
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+  for (int j = 0; j < 4; ++j) {
+    // field j (slots 2j, 2j + 1: bits 4j..4j+3) as the byte offset 128 c
+    const uint32_t off = (j < 2 ? code << (7 - 4 * j) : code >> (4 * j - 7)) & 0x780u;
+    const uint32_t xp = pair_at(table, (base | off) + j * PAIR_BLOCK);
+    uint32_t v;
+    if (VT == VT_I8) v = h2_sub(j & 1 ? prmt_imm<0x4342>(u[j >> 1], k48) : prmt_imm<0x4140>(u[j >> 1], k48),
+                                0x48804880u);
+    else v = w[j];
+    h = h2_fma(v, xp, h);
+  }
+  acc0 += half_to_float(h & 0xFFFFu);
+  acc1 += half_to_float(h >> 16);
+}
+
+#ifdef __CUDACC__
+// The whole table for kx columns (kx / 256 blocks), zeros past K, then a block barrier. `table` is 2048-byte aligned.
+__device__ __forceinline__ void stage_pairs(uint32_t* table, const uint16_t* x, int K, int kx) {
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) & 7) == 0;
+  for (int e = threadIdx.x; e < kx / 256 * 32; e += blockDim.x) pair_fill(table, x, K, aligned, e >> 5, e & 31);
+  __syncthreads();
+}
+#endif
