@@ -153,8 +153,8 @@ def rope_tables(pos, hd, dtype):
 @pytest.mark.parametrize("hd,dtype,hkv,b,block_n", [(64, torch.float16, 2, 2, 8), (48, torch.bfloat16, 2, 1, 8),
                                                     (48, torch.float16, 4, 2, None), (64, torch.bfloat16, 4, 1, 8)])
 def test_decode_attention_qkv_equals_rope_then_attention(hd, dtype, hkv, b, block_n):
-    """The fused rotary + cache write + attention against rope_qkv then decode_attention, to the bit, output and
-    both caches: head_dim 48 pads BLOCK_D, GQA (4 query heads on 2) and MHA; positions 0, inside the first key
+    """The fused rotary + cache write + attention against rope_qkv then decode_attention: the caches to the bit, the
+    output to the bit under the interpreter (compiled: within 4 ulps, the scores' sums may run in another order): head_dim 48 pads BLOCK_D, GQA (4 query heads on 2) and MHA; positions 0, inside the first key
     block, and past several blocks (block 8 / the default 32: the merge runs, the position's block is not the
     first). The caches hold earlier tokens, which only the position's row may change."""
     h, max_len = 4, 40
@@ -170,8 +170,12 @@ def test_decode_attention_qkv_equals_rope_then_attention(hd, dtype, hkv, b, bloc
         ref = decode_attention(q, k_ref, v_ref, p, block_n=block_n)
         out = decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, k_fused, v_fused, block_n=block_n)
         assert out.shape == (b, 1, h * hd) and out.dtype == dtype
-        assert torch.equal(out, ref), pos
         assert torch.equal(k_fused, k_ref) and torch.equal(v_fused, v_ref), pos
+        if DEVICE == "cuda":  # compiled, the two kernels may lay out (and so sum) the scores in another order
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(out, ref, rtol=4 * eps, atol=4 * eps * ref.abs().max().item())
+        else:
+            assert torch.equal(out, ref), pos
         other = torch.arange(max_len, device=DEVICE) != pos
         assert torch.equal(k_fused[:, :, other], kc[:, :, other]) and torch.equal(v_fused[:, :, other], vc[:, :, other])
         assert not torch.equal(k_fused[:, :, pos], kc[:, :, pos])  # the new token's rotated key was written

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The batch-1 decode path on one H200, one device call: build every CUDA library, the GPU tests of the N:M kernel and
+# the fused decode kernels, then (each when its budget is > 0) the batch-1 N:M kernel grid, the attention kernels, and
+# the 7B-shape decode at 1:4 (fp16 and int8 values) against the same engine dense. ~8 min with the defaults.
+#   bash benchmarks/device_decode.sh                  -> $OUT/gpu_kernels_nm.json, decode_attention.json, gpu_decode_nm.json
+#   NM_S=0 ATTN_S=0 DECODE_S=240 bash benchmarks/device_decode.sh     (only the decode)
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1
+[ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+q() { grep -v "Warn\|warn(" | tail -${1:-60}; }
+for m in cuda_mma cuda_grp8 cuda_tile cuda_delta4 cuda_nm cuda_nmsp; do
+  python3 -c "from sparselm.kernels.gpu import $m as c; print('$m', c.available(), c.build_error() or '')" &
+done; wait
+python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
+  ${TESTS:-tests/test_cuda_nm.py tests/test_gpu_fused.py tests/test_pdl.py} -k "${TEST_K:-gpu_build or fused or decode or pdl}" 2>&1 | tail -12
+[ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm --kernels ${NM_KERNELS:-nmcu} \
+  --all-configs --budget-s $(( ${NM_S:-150} - 20 )) --out $OUT/gpu_kernels_nm.json 2>&1 | q 50
+[ "${ATTN_S:-60}" -gt 0 ] && timeout -k 10 ${ATTN_S:-60} python3 benchmarks/decode_attention.py \
+  --out $OUT/decode_attention.json 2>&1 | q 30
+[ "${DECODE_S:-240}" -gt 0 ] && timeout -k 10 ${DECODE_S:-240} python3 benchmarks/gpu_decode.py --sparsities 0 \
+  --patterns 1:4 --int8 --out $OUT/gpu_decode_nm.json 2>&1 | q 30
+ls -la $OUT
