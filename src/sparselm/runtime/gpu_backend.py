@@ -197,8 +197,10 @@ def d4cu_configs(batch: int = 1, unrolls=(1, 2)) -> list[SpmmConfig]:
 # Batches 2 and 4 only with SPARSELM_UNTIMED=1 (the device scripts set it): their first timing won 1 of 4 cases, and
 # batch 4 with 2 steps per round had not launched (a shared opt-in record, fixed since).
 NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
-# The pair table (1:4 masks, fp16 x; cuda_nm.supports skips it elsewhere): 1-2 steps per round (untimed when added).
-NMCU_PAIRS_UNROLLS = (1, 2)
+# The pair table (1:4 masks, fp16 x; cuda_nm.supports skips it elsewhere). Timed with 1-2 steps per round first
+# (gpu_kernels_nm_pairs.json): 1:4 int8 1.09-1.16x the 16-bit staging at K = 4096, 1.0x at K = 11008-14336, where a
+# warp's row is 11-14 steps; 4 and 8 steps per round shorten those rows' chains of load rounds.
+NMCU_PAIRS_UNROLLS = (1, 2, 4, 8)
 NMCU_BATCHED = ((16, 1), (32, 1), (16, 2))
 
 

@@ -32,6 +32,7 @@ STEP = 256  # slots per warp step: 32 lanes x 8
 PAIR_BLOCK = 2048  # pair table bytes per 256 columns (nm_pairs.cuh)
 PATTERNS = {4: (1, 2), 8: (1, 2, 4)}  # M -> slots per group the kernel is built for (8 / slots groups per lane)
 UNROLLS = (1, 2, 4)
+PAIR_UNROLLS = (1, 2, 4, 8)  # the pair table's builds (8: short rows' loads in fewer rounds)
 BATCHES = (1, 2, 4)  # padded batch: 2 and 4 stage x transposed (4 kx B bytes), 1 or 2 steps per load round
 _BITS = {4: 2, 8: 4}  # index bits per slot
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
@@ -65,12 +66,13 @@ def check_config(cfg) -> None:
     other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
-            and cfg.unroll in UNROLLS and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
+            and cfg.unroll in (PAIR_UNROLLS if cfg.pairs else UNROLLS) and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
             and not (cfg.lean or cfg.col16 or cfg.use_dot)
             and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))
             and not (cfg.pairs and (cfg.x16 or cfg.block_b > 1))):
         raise ValueError(f"SpmmConfig nmcu: block_b in {BATCHES}, num_warps 1-32, persist (blocks per SM) >= 1, unroll "
-                         f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4; pairs at block_b 1, not with x16), no "
+                         f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4; pairs: block_b 1, not with x16, unroll in "
+                         f"{PAIR_UNROLLS}), no "
                          f"slots / split_k / lean / col16 / "
                          f"use_dot / smem=False; got {cfg}")
 
@@ -222,8 +224,8 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int
     x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; pairs: the pair table and half2
     products, each rounding as the GPU's; batch: the padded batch of the kernel to emulate (2 / 4: x transposed)."""
     _check(x, p, x16, batch, pairs)
-    if unroll not in UNROLLS:
-        raise ValueError(f"nmcu: unroll must be one of {UNROLLS}, got {unroll}")
+    if unroll not in (PAIR_UNROLLS if pairs else UNROLLS):
+        raise ValueError(f"nmcu: unroll must be one of {PAIR_UNROLLS if pairs else UNROLLS}, got {unroll}")
     lib = load("host")
     if lib is None:
         raise RuntimeError(f"nmcu host emulation unavailable ({build_error('host')})")

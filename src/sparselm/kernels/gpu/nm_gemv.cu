@@ -334,6 +334,9 @@ static int nm_unrolled(const NMArgs& a, int unroll, int minb, int blocks, int th
     case 41: return nm_launch<VT, XT, M, N, 4, 1, XM>(a, blocks, threads, s);
     case 12: return nm_launch<VT, XT, M, N, 1, 2, XM>(a, blocks, threads, s);
     case 22: return nm_launch<VT, XT, M, N, 2, 2, XM>(a, blocks, threads, s);
+    case 81:  // the pair table only: a short row (K = 11008: 11 steps) in 2 load rounds instead of 3
+      if constexpr (XM == XS_PAIRS) return nm_launch<VT, XT, M, N, 8, 1, XM>(a, blocks, threads, s);
+      return -1;
     default: return -1;
   }
 }
@@ -536,6 +539,7 @@ static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int 
       case 1: nm_host_pairs<VT, 1>(a, y); return 0;
       case 2: nm_host_pairs<VT, 2>(a, y); return 0;
       case 4: nm_host_pairs<VT, 4>(a, y); return 0;
+      case 8: nm_host_pairs<VT, 8>(a, y); return 0;
       default: return -1;
     }
   }
