@@ -91,6 +91,35 @@ def test_pair_table_host_build_matches_the_dense_reference(values, n, k, scale, 
     assert ((f32.double() - ref).norm() / ref.norm()).item() < err
 
 
+def _silu_up_reference(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fused.silu_mul's rounding on the plain product's outputs: each output, silu's result and the product in
+    `dtype`."""
+    g, u = y.to(dtype).float().chunk(2, dim=-1)
+    return ((g * torch.sigmoid(g)).to(dtype).float() * u).to(dtype).float()
+
+
+@pytest.mark.parametrize("values,act,x16,pairs", [("float16", torch.float16, True, False),
+                                                  ("int8", torch.float16, False, True),
+                                                  ("bfloat16", torch.bfloat16, True, False),
+                                                  ("float16", torch.float16, False, False)])
+def test_glu_epilogue_is_silu_of_the_gate_rows_times_the_up_rows(values, act, x16, pairs):
+    """glu: the kernel's two row sums (gate row r, up row r + N / 2) become silu(g) * u, rounded as the unfused path
+    rounds (the product's outputs, silu, the product). Against silu_mul's rounding on the plain product: equal
+    except where the float32 exp / division differ in an fp16 rounding boundary (at most one ulp)."""
+    n, k = 2 * 37, 1032
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(n, k, 1, 4, seed=3), values))
+    x = torch.randn(1, k).to(act)
+    plain = cuda_nm.gemv_host(x, p, x16=x16, pairs=pairs)
+    y = cuda_nm.gemv_host(x, p, x16=x16, pairs=pairs, glu=True)
+    ref = _silu_up_reference(plain, act)
+    assert y.shape == (1, n // 2)
+    ulp = torch.finfo(act).eps * ref.abs().clamp_min(torch.finfo(act).tiny)
+    assert ((y - ref).abs() <= ulp).all() and (y == ref).float().mean() > 0.9
+    assert torch.equal(y, y.to(act).float())  # stored values: already in the activation dtype
+    with pytest.raises(ValueError, match="even number"):
+        cuda_nm.gemv_host(x, PackedBitmask.from_compressed(compress_tensor(nm_weight(7, k, 1, 4), values)), glu=True)
+
+
 def test_pair_table_serves_only_1_of_4_with_fp16_activations():
     one4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "float16"))
     two4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 2, 4), "float16"))
@@ -239,6 +268,29 @@ def test_a_model_pruned_n_m_is_served_after_sparsify():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,pairs", [("float16", False), ("int8", True), ("float16", True)])
+def test_gpu_build_glu_matches_silu_mul_and_the_host_build(values, pairs):
+    """On a GPU machine: the glu epilogue against fused.silu_mul on the plain launch's output (the decode step's
+    unfused path) and the host build, 7B's gate / up shape (22016 x 4096) and an odd one."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    from sparselm.kernels.gpu.fused import silu_mul
+
+    for n, k in ((2 * 37, 1032), (22016, 4096)):
+        ct = compress_tensor(nm_weight(n, k, 1, 4, seed=n), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        x = torch.randn(1, k, device="cuda").half()
+        cfg = SpmmConfig(kernel="nmcu", num_warps=16, persist=2, x16=not pairs, pairs=pairs)
+        y = cuda_nm.gemv(x, p, cfg, glu=True)
+        ref = silu_mul(cuda_nm.gemv(x, p, cfg))
+        assert y.shape == (1, n // 2) and y.dtype == torch.float16
+        ulp = torch.finfo(torch.float16).eps * ref.float().abs().clamp_min(1e-4)
+        assert ((y.float() - ref.float()).abs() <= ulp).all() and (y == ref).float().mean() > 0.9
+        host = cuda_nm.gemv_host(x.cpu(), p, x16=not pairs, pairs=pairs, glu=True)
+        torch.testing.assert_close(y.float().cpu(), host, rtol=2e-3, atol=2e-3 * host.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
 @pytest.mark.parametrize("keep,m,values,act,batch,bsz", [
     (1, 4, "float16", torch.float16, 2, 2), (2, 8, "bfloat16", torch.bfloat16, 4, 3),
     (1, 4, "int8", torch.float16, 4, 4)])
@@ -259,3 +311,24 @@ def test_gpu_build_batched_matches_the_host_build(keep, m, values, act, batch, b
             assert ((y.double() - ref).norm() / ref.norm()).item() < tol
             torch.testing.assert_close(y.float().cpu(), cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, batch=batch)
                                        .to(act).float(), rtol=tol, atol=tol)
+
+
+def test_silu_mul_product_runs_the_glu_epilogue_only_where_nmcu_serves_batch_1(monkeypatch):
+    """The decode step's fused gate / up: one glu launch where the table chose nmcu for the shape at batch 1; None
+    (the caller's product + silu_mul) for another kernel, the dense path, batch 2, or a bias."""
+    from sparselm.runtime import gpu_backend
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    layer = SparseLinear(compress_tensor(nm_weight(2 * 8, 256, 1, 4), "float16"))
+    calls = []
+    monkeypatch.setattr(cuda_nm, "gemv", lambda x, p, cfg, glu=False: calls.append((cfg.key(), glu)) or "glu")
+    monkeypatch.setattr(gpu_backend, "_TABLE", {})
+    key = gpu_backend.key_of(16, 256, 1, "float16", torch.float16)
+    x = torch.randn(1, 256).half()
+    gpu_backend.record(key, "sparse", SpmmConfig(kernel="nmcu", num_warps=16, persist=2, pairs=True))
+    assert gpu_backend.silu_mul_product(x, layer) == "glu" and calls == [("nmcu-w16p2-pairs", True)]
+    assert gpu_backend.silu_mul_product(torch.randn(2, 256).half(), layer) is None
+    gpu_backend.record(key, "sparse", SpmmConfig(kernel="grp8cu", vec=4, persist=1))
+    assert gpu_backend.silu_mul_product(x, layer) is None
+    gpu_backend.record(key, "dense", None)
+    assert gpu_backend.silu_mul_product(x, layer) is None and len(calls) == 1

@@ -10,7 +10,7 @@ replays every step (positions live in a device tensor). On CPU it runs eagerly (
 On CUDA (fused_ops), residual add + RMSNorm, rotary + cache write, and silu * up run as one Triton kernel each
 (kernels/gpu/fused.py), the eager ops' rounding kept, and a decode step's attention is one Triton kernel over keys
 0..pos that also does the rotary + cache write: 8 launches per layer instead of ~40 (a prefill: rotary + cache
-write, then SDPA).
+write, then SDPA); 7 where the gate/up product's N:M kernel applies silu * up itself (batch 1).
 """
 
 from __future__ import annotations
@@ -148,6 +148,21 @@ class StaticDecoder:
         g, u = self.gate_up[i](h).chunk(2, dim=-1)
         return mlp.down_proj(mlp.act_fn(g) * u)
 
+    def _silu_up(self, i: int, x: torch.Tensor, silu_mul) -> torch.Tensor:
+        """silu(gate x) * up x. One launch where layer i's fused gate/up product runs on the N:M kernel at batch 1
+        (gpu_backend.silu_mul_product: the kernel applies silu * up to its two rows' sums), else the product, then
+        silu_mul."""
+        gu = self.gate_up[i]
+        if isinstance(gu, SparseLinear) and x.is_cuda:
+            from sparselm.runtime import gpu_backend
+            from sparselm.runtime.backends import get_backend
+
+            if get_backend("cuda") is gpu_backend.cuda_backend:
+                y = gpu_backend.silu_mul_product(x.reshape(-1, x.shape[-1]), gu)
+                if y is not None:
+                    return y.view(*x.shape[:-1], -1)
+        return silu_mul(gu(x))
+
     def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
         """The same math as forward's loop with the Triton kernels; returns norm(h) of the last position. Each
@@ -172,7 +187,7 @@ class StaticDecoder:
             a = layer.self_attn.o_proj(a.reshape(b, t, nq))
             pn = layer.post_attention_layernorm
             res, x = add_rmsnorm(res, a, pn.weight, pn.variance_epsilon)
-            m = layer.mlp.down_proj(silu_mul(self.gate_up[i](x)))
+            m = layer.mlp.down_proj(self._silu_up(i, x, silu_mul))
             nn_ = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             res, x = add_rmsnorm(res, m, nn_.weight, nn_.variance_epsilon)
         return x[:, -1]

@@ -125,6 +125,22 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     return spmm(x2d, packed(layer), ch["cfg"])
 
 
+def silu_mul_product(x2d: torch.Tensor, layer) -> torch.Tensor | None:
+    """silu(x G^T) * (x U^T) for a fused gate / up SparseLinear (rows [G; U], no bias) in one launch, where the
+    table's choice for its shape at batch 1 is the nmcu kernel (its glu epilogue: the decode step's silu * up launch
+    goes away); None elsewhere (the caller runs the product, then fused.silu_mul)."""
+    if x2d.shape[0] != 1 or layer.bias is not None or layer.out_features % 2 or x2d.dtype not in (torch.float16,
+                                                                                                   torch.bfloat16):
+        return None
+    ch = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), x2d.dtype))
+    cfg = ch["cfg"]
+    if ch["path"] != "sparse" or cfg is None or cfg.kernel != "nmcu" or cfg.block_b != 1:
+        return None
+    from sparselm.kernels.gpu import cuda_nm
+
+    return cuda_nm.gemv(x2d, packed(layer), cfg, glu=True)
+
+
 def pipelined_configs() -> list[SpmmConfig]:
     """Persistent, software-pipelined batch-1 variants of the two best tiles of grp8i and vc32 (`persist` programs
     per SM, `num_stages` of the flat row-block loop; 2 x 3 and 4 x 2 bracket the iterations in flight per SM).

@@ -127,11 +127,13 @@ class Library:
     def build_error(self, kind: str = "device") -> str | None:
         return self._errors.get(kind)
 
-    def prepare(self, kernel: str, x: torch.Tensor, p, out: torch.Tensor | None) -> tuple[ctypes.CDLL, torch.Tensor]:
+    def prepare(self, kernel: str, x: torch.Tensor, p, out: torch.Tensor | None,
+                rows: int | None = None) -> tuple[ctypes.CDLL, torch.Tensor]:
         """(the device library, y) for one launch of `kernel` on x (B, K) and matrix p (N, K): y is `out` when
-        given (it must be a contiguous (B, N) tensor of x's dtype), else a new one. Clear errors when the library
-        cannot be built or x and the matrix are not on one CUDA device: the checks every CUDA kernel makes."""
-        n, bsz = p.shape[0], x.shape[0]
+        given (it must be a contiguous (B, N) tensor of x's dtype; N = `rows` when the launch writes another
+        count), else a new one. Clear errors when the library cannot be built or x and the matrix are not on one
+        CUDA device: the checks every CUDA kernel makes."""
+        n, bsz = rows or p.shape[0], x.shape[0]
         if out is not None and (out.shape != (bsz, n) or out.dtype != x.dtype or not out.is_contiguous()):
             raise ValueError(f"{kernel}: out must be a contiguous ({bsz}, {n}) {x.dtype} tensor, got "
                              f"{tuple(out.shape)} {out.dtype}")

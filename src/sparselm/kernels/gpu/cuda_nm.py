@@ -4,6 +4,7 @@
     vals, idx = layout(packed)  # built once per matrix, cached on it under ("nmcu",)
     y = gemv(x, packed, cfg)    # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2 or 4)
     y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (B, N)
+    h = gemv(x, gate_up, cfg, glu=True)   # batch 1: silu(x G^T) * (x U^T) for gate_up = [G; U], (1, N / 2)
 
 1:4 masks with fp16 x may stage x as a pair table (cfg.pairs; nm_pairs.cuh): one shared-memory load fetches two
 slots' activations and the products run in half2, about half the instructions per kept position of the 16-bit
@@ -43,14 +44,14 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     vp, i32 = ctypes.c_void_p, ctypes.c_int
     if kind == "device":
         lib.sl_nm_launch.restype = i32
-        # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, blocks,
-        # threads), stream
-        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 9 + [vp]
+        # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, glu,
+        # blocks, threads), stream
+        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 10 + [vp]
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
-        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 5
+        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 6
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -191,12 +192,22 @@ def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = 
                          f"values); got pattern {pattern(p)}, values {p.values.dtype}, x {x.dtype}, pairs {pairs}")
 
 
-def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tensor:
+def _check_glu(x: torch.Tensor, p) -> None:
+    if x.shape[0] != 1 or p.shape[0] % 2:
+        raise ValueError(f"nmcu glu: one row of x and an even number of matrix rows (gate rows, then up rows), got x "
+                         f"{tuple(x.shape)} and {p.shape[0]} rows")
+
+
+def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
-    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1), cfg.pairs as the pair table."""
+    cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1), cfg.pairs as the pair table.
+    glu (batch 1, W = [gate rows; up rows]): y (1, N / 2) = silu(x gate^T) * (x up^T), each step rounded as the
+    product and kernels/gpu/fused.py silu_mul would round it (fp16 exp / division may differ in the last bit)."""
     _check(x, p, cfg.x16, cfg.block_b, cfg.pairs)
+    if glu:
+        _check_glu(x, p)
     n, k = p.shape
-    lib, y = _LIB.prepare("nmcu", x, p, out)
+    lib, y = _LIB.prepare("nmcu", x, p, out, rows=n // 2 if glu else None)
     x = x.contiguous()
     vals, idx = layout(p)
     m, s = pattern(p)
@@ -206,7 +217,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None) -> torch.Tens
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
                             _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, _steps(p), kx(p),
-                            x.shape[0], x.stride(0), y.stride(0), blocks, 32 * cfg.num_warps,
+                            x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
                             torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"nmcu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
@@ -219,11 +230,14 @@ def _staging(x16: bool, pairs: bool) -> int:
 
 
 def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1,
-              pairs: bool = False) -> torch.Tensor:
+              pairs: bool = False, glu: bool = False) -> torch.Tensor:
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; pairs: the pair table and half2
-    products, each rounding as the GPU's; batch: the padded batch of the kernel to emulate (2 / 4: x transposed)."""
+    products, each rounding as the GPU's; batch: the padded batch of the kernel to emulate (2 / 4: x transposed);
+    glu: as gemv's (outputs rounded to x's dtype, returned as float32)."""
     _check(x, p, x16, batch, pairs)
+    if glu:
+        _check_glu(x, p)
     if unroll not in (PAIR_UNROLLS if pairs else UNROLLS):
         raise ValueError(f"nmcu: unroll must be one of {PAIR_UNROLLS if pairs else UNROLLS}, got {unroll}")
     lib = load("host")
@@ -234,10 +248,10 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int
     vals, idx = (t.cpu() for t in layout(p))
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
-    y = torch.empty(x.shape[0], n, dtype=torch.float32)
+    y = torch.empty(x.shape[0], n // 2 if glu else n, dtype=torch.float32)
     code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, _staging(x16, pairs), x.data_ptr(),
                           vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(),
-                          n, k, _steps(p), kx(p), x.shape[0])
+                          n, k, _steps(p), kx(p), x.shape[0], int(glu))
     if code != 0:
         raise ValueError(f"nmcu host: unsupported values {p.values.dtype} with x {x.dtype} or pattern {(m, s)}")
     return y

@@ -39,6 +39,16 @@ static inline uint32_t host_half_rn(double v) {
   return sign | (uint32_t)(e + 14) << 10 | ((uint32_t)q - 1024u);
 }
 
+// The activation dtype's bits of f, round to nearest even (fp16 / bf16), as the device's float_to_act.
+template <int XT>
+static inline uint32_t host_act_rn(float f) {
+  if (XT == XT_F16) return host_half_rn(f);
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;  // nan
+  return (u + 0x7FFFu + (u >> 16 & 1u)) >> 16;
+}
+
 static inline uint32_t host_h2(uint32_t a, uint32_t b, uint32_t c, int op) {  // op 0: a b + c; 1: a - b
   uint32_t r = 0;
   for (int h = 0; h < 2; ++h) {
