@@ -76,7 +76,7 @@ def main() -> None:
                                                                         attn_mask=mask) for i in range(64)]) * 1e3
         rows.append({"pos": pos, "kernel": "sdpa (bool mask, whole cache)", "us": round(sdpa_us, 2)})
         print(f"pos {pos:4d} sdpa {sdpa_us:6.2f} us", flush=True)
-        for bn, nw in ((None, 4), (16, 2), (32, 2), (64, 4), (64, 8)):  # None: the default split
+        for bn, nw in ((None, 4), (16, 2), (32, 2), (64, 4), (64, 8), (128, 8), (256, 8), (256, 16)):  # None: default
             err = (decode_attention(q, kc[0], vc[0], p, bn, nw).float() - ref).abs().max().item()
             us = time_graph([lambda i=i: decode_attention(q, kc[i % layers], vc[i % layers], p, bn, nw)
                              for i in range(64)]) * 1e3

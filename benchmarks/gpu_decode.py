@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s: summed over them; "
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
+    ap.add_argument("--glu-compare", action="store_true", help="also each sparse engine with the silu * up kernel "
+                    "after the gate/up product (StaticDecoder(glu=False)), timed in the same run")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")
@@ -264,6 +266,16 @@ def main() -> None:
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             pdl_on = dec.pdl
             del dec
+            if args.glu_compare:
+                plain = decoder(glu=False)
+                rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse-noglu",
+                             "values": vdt, "measured_sparsity": round(measured, 4),
+                             "tokens_per_s": round(plain.tokens_per_second(16, args.new_tokens), 1),
+                             "same_tokens_as_glu": int((plain.generate(prompt, 32) == tokens).all(1).sum())})
+                del plain
+                print(f"s={s:.2f} sparse engine ({vdt}) without the glu epilogue {rows[-1]['tokens_per_s']:7.1f} "
+                      f"tok/s ({tps:.1f} with it); {rows[-1]['same_tokens_as_glu']}/{args.batch} sequences equal",
+                      flush=True)
             if args.pdl_compare and pdl_on:
                 rows.append(without_pdl(model, max_len, args.new_tokens,
                                         {"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse",

@@ -228,11 +228,11 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x
     row, K past the 48 KB default shared-memory window, more warps than rows)."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    pairs, x16 = x16 == "pairs", x16 is True  # x16 "pairs": the pair table (nm_pairs.cuh)
     for n, k in ((37, 304), (19, 14336), (5, 4096)):
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        pairs, x16 = x16 == "pairs", x16 is True  # x16 "pairs": the pair table (nm_pairs.cuh)
         cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16, pairs=pairs)  # 32 x 2: 32 regs
         y = cuda_nm.gemv(x, p, cfg)
         ref = x.double() @ decompress(ct, torch.float32).double().T

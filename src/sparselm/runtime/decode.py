@@ -65,13 +65,15 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None):
+                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool = True):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
-        the GPU and Triton support it)."""
+        the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
+        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul)."""
+        self.glu = glu
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -153,7 +155,7 @@ class StaticDecoder:
         (gpu_backend.silu_mul_product: the kernel applies silu * up to its two rows' sums), else the product, then
         silu_mul."""
         gu = self.gate_up[i]
-        if isinstance(gu, SparseLinear) and x.is_cuda:
+        if self.glu and isinstance(gu, SparseLinear) and x.is_cuda:
             from sparselm.runtime import gpu_backend
             from sparselm.runtime.backends import get_backend
 
