@@ -4,6 +4,7 @@
 # the 7B-shape decode at 1:4 (fp16 and int8 values) against the same engine dense. ~8 min with the defaults.
 #   bash benchmarks/device_decode.sh                  -> $OUT/gpu_kernels_nm.json, decode_attention.json, gpu_decode_nm.json
 #   NM_S=0 ATTN_S=0 DECODE_S=240 bash benchmarks/device_decode.sh     (only the decode)
+#   DECODE_ARGS="--epilogue-ab 3" ...   (gpu_decode.py's extra options: the epilogues' alternating A/B)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
@@ -19,5 +20,5 @@ python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m
 [ "${ATTN_S:-60}" -gt 0 ] && timeout -k 10 ${ATTN_S:-60} python3 benchmarks/decode_attention.py \
   --out $OUT/decode_attention.json 2>&1 | q 30
 [ "${DECODE_S:-240}" -gt 0 ] && timeout -k 10 ${DECODE_S:-240} python3 benchmarks/gpu_decode.py --sparsities 0 \
-  --patterns 1:4 --int8 --out $OUT/gpu_decode_nm.json 2>&1 | q 30
+  --patterns 1:4 --int8 ${DECODE_ARGS:-} --out $OUT/gpu_decode_nm.json 2>&1 | q 40
 ls -la $OUT

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,30 @@ def plot(path: Path) -> Path:
     return out
 
 
+def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
+    """The sparse engine with each combination of the N:M kernel's epilogues (glu: silu * up in the gate/up product;
+    norm: add + RMSNorm in o_proj / down_proj), timed round-robin `args.epilogue_ab` times: one engine timed after
+    another drifts by a few percent (session 26's glu A/B disagreed between runs), alternation and medians do not."""
+    combos = {"glu+norm": {}, "glu": {"norm_epilogue": False}, "norm": {"glu": False},
+              "none": {"glu": False, "norm_epilogue": False}}
+    engines = {k: decoder(**kw) for k, kw in combos.items()}
+    times = {k: [] for k in combos}
+    for _ in range(args.epilogue_ab):
+        for k, dec in engines.items():
+            times[k].append(dec.tokens_per_second(16, args.new_tokens))
+    out = []
+    for k, dec in engines.items():
+        same = int((dec.generate(prompt, 32) == tokens).all(1).sum())
+        med = statistics.median(times[k])
+        out.append({**row, "engine": f"sparselm-sparse-ab-{k}", "tokens_per_s": round(med, 1),
+                    "tokens_per_s_rounds": [round(t, 1) for t in times[k]], "same_tokens_as_default": same})
+        print(f"  A/B {k:9s} median {med:7.1f} tok/s over {len(times[k])} rounds "
+              f"({min(times[k]):.1f}-{max(times[k]):.1f}); {same}/{args.batch} sequences as the default engine",
+              flush=True)
+    del engines
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_decode.json"))
@@ -155,8 +180,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s: summed over them; "
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
-    ap.add_argument("--glu-compare", action="store_true", help="also each sparse engine with the silu * up kernel "
-                    "after the gate/up product (StaticDecoder(glu=False)), timed in the same run")
+    ap.add_argument("--epilogue-ab", type=int, default=0, metavar="ROUNDS", help="also each sparse engine with and "
+                    "without the N:M kernel's glu and norm epilogues (StaticDecoder glu / norm_epilogue: 4 engines), "
+                    "timed in ROUNDS alternating rounds in the same run (rows '...-ab', medians)")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")
@@ -266,16 +292,9 @@ def main() -> None:
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             pdl_on = dec.pdl
             del dec
-            if args.glu_compare:
-                plain = decoder(glu=False)
-                rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse-noglu",
-                             "values": vdt, "measured_sparsity": round(measured, 4),
-                             "tokens_per_s": round(plain.tokens_per_second(16, args.new_tokens), 1),
-                             "same_tokens_as_glu": int((plain.generate(prompt, 32) == tokens).all(1).sum())})
-                del plain
-                print(f"s={s:.2f} sparse engine ({vdt}) without the glu epilogue {rows[-1]['tokens_per_s']:7.1f} "
-                      f"tok/s ({tps:.1f} with it); {rows[-1]['same_tokens_as_glu']}/{args.batch} sequences equal",
-                      flush=True)
+            if args.epilogue_ab:
+                rows.extend(epilogue_ab(decoder, args, prompt, tokens, {"model": name, "sparsity": s, "mask": mask,
+                                                                         "values": vdt}))
             if args.pdl_compare and pdl_on:
                 rows.append(without_pdl(model, max_len, args.new_tokens,
                                         {"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse",

@@ -233,7 +233,8 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x
         ct = compress_tensor(nm_weight(n, k, keep, m, seed=k), values).to("cuda")
         p = PackedBitmask.from_compressed(ct)
         x = torch.randn(1, k, device="cuda").to(act)
-        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16, pairs=pairs)  # 32 x 2: 32 regs
+        # 32 warps x 2 blocks per SM: the 32-register build
+        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=2, unroll=unroll, x16=x16, pairs=pairs)
         y = cuda_nm.gemv(x, p, cfg)
         ref = x.double() @ decompress(ct, torch.float32).double().T
         tol = 1e-2 if act == torch.bfloat16 else 2e-3
@@ -332,3 +333,134 @@ def test_silu_mul_product_runs_the_glu_epilogue_only_where_nmcu_serves_batch_1(m
     assert gpu_backend.silu_mul_product(x, layer) is None
     gpu_backend.record(key, "dense", None)
     assert gpu_backend.silu_mul_product(x, layer) is None and len(calls) == 1
+
+
+def _add_rmsnorm_reference(y: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float):
+    """HF LlamaRMSNorm after the residual add, in eager PyTorch: s = res + y in the activation dtype, the mean of
+    squares in float32, the normalized value rounded before the weight."""
+    s = res + y
+    sf = s.float()
+    return s, w * (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
+
+
+@pytest.mark.parametrize("act,d,threads", [(torch.float16, 4096, 1024), (torch.bfloat16, 4099, 256),
+                                           (torch.float16, 37, 32), (torch.bfloat16, 5120, 512)])
+def test_norm_epilogue_host_twin_is_add_rmsnorm(act, d, threads):
+    """The norm epilogue's arithmetic (nm_epilogue.cuh, as the kernel's last block runs it with `threads` threads):
+    the residual sum bit-equal to the eager add, the normalized outputs within one ulp of HF's RMSNorm (the sum of
+    squares is ordered differently and 1 / sqrt is not torch.rsqrt)."""
+    g = torch.Generator().manual_seed(d)
+    y, res = (torch.randn(1, d, generator=g) * sc for sc in (0.5, 3.0))
+    y, res = y.to(act), res.to(act)
+    w = (1 + 0.1 * torch.randn(d, generator=g)).to(act)
+    s, n = cuda_nm.norm_host(y, res, w, 1e-5, threads)
+    s_ref, n_ref = _add_rmsnorm_reference(y, res, w, 1e-5)
+    assert s.dtype == n.dtype == act and torch.equal(s, s_ref)
+    ulp = torch.finfo(act).eps * n_ref.float().abs().clamp_min(1e-3)
+    assert ((n.float() - n_ref.float()).abs() <= ulp).all() and (n == n_ref).float().mean() > 0.9
+    with pytest.raises(ValueError, match="multiple of 32"):
+        cuda_nm.norm_host(y, res, w, 1e-5, 48)
+    with pytest.raises(ValueError, match="one size"):
+        cuda_nm.norm_host(y, res[:, :-1], w, 1e-5, 32)
+
+
+def test_norm_epilogue_arguments_are_checked_before_any_launch():
+    """Wrong residual / weight shapes or dtypes, batch > 1, glu with norm: clear errors (checked before the GPU)."""
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(16, 256, 1, 4), "float16"))
+    x, cfg = torch.randn(1, 256).half(), SpmmConfig(kernel="nmcu", num_warps=4, persist=1)
+    res, w = torch.randn(1, 16).half(), torch.ones(16).half()
+    for bad, match in (((res[:, :8], w, 1e-5), "res"), ((res, w.float(), 1e-5), "weight"),
+                       ((res, w, 0.0), "eps")):
+        with pytest.raises(ValueError, match=match):
+            cuda_nm.gemv(x, p, cfg, norm=bad)
+    with pytest.raises(ValueError, match="exclusive"):
+        cuda_nm.gemv(x, p, cfg, glu=True, norm=(res, w, 1e-5))
+    with pytest.raises(ValueError, match="batch 1"):
+        cuda_nm.gemv(torch.randn(2, 256).half(), p, SpmmConfig(kernel="nmcu", num_warps=4, persist=1, block_b=2),
+                     norm=(res, w, 1e-5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,act,warps,persist,staging", [
+    ("float16", torch.float16, 32, 2, "x16"), ("int8", torch.float16, 16, 2, "pairs"),
+    ("bfloat16", torch.bfloat16, 8, 1, "f32"), ("int8", torch.float16, 32, 1, "pairs")])
+def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persist, staging):
+    """On a GPU machine: the last block's add + RMSNorm against the host twin on the plain launch's output (bit-equal:
+    same order of sums for the block size), and within an ulp of fused.add_rmsnorm; o_proj's and down_proj's 7B shapes
+    and an odd one; repeated launches (the arrival counter resets) and res_out aliasing nothing it reads."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    from sparselm.kernels.gpu.fused import add_rmsnorm
+
+    for n, k in ((37, 1032), (4096, 4096), (4096, 11008)):
+        ct = compress_tensor(nm_weight(n, k, 1, 4, seed=k), values).to("cuda")
+        p = PackedBitmask.from_compressed(ct)
+        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=persist, x16=staging == "x16",
+                         pairs=staging == "pairs")
+        w = (1 + 0.1 * torch.randn(n, device="cuda")).to(act)
+        for _ in range(3):
+            x, res = torch.randn(1, k, device="cuda").to(act), torch.randn(1, n, device="cuda").to(act)
+            s, xn = cuda_nm.gemv(x, p, cfg, norm=(res, w, 1e-6))
+            y = cuda_nm.gemv(x, p, cfg)
+            hs, hn = cuda_nm.norm_host(y.cpu(), res.cpu(), w.cpu(), 1e-6, 32 * warps)
+            assert torch.equal(s.cpu(), hs) and torch.equal(xn.cpu(), hn)
+            fs, fn = add_rmsnorm(res, y, w, 1e-6)
+            assert torch.equal(s, fs)
+            ulp = torch.finfo(act).eps * fn.float().abs().clamp_min(1e-3)
+            assert ((xn.float() - fn.float()).abs() <= ulp).all()
+
+
+def test_add_rmsnorm_product_runs_the_norm_epilogue_only_where_nmcu_serves_batch_1(monkeypatch):
+    """The decode step's o_proj / down_proj: one launch with the norm epilogue where the table chose nmcu at batch 1;
+    None (the caller's product + add_rmsnorm) for another kernel, the dense path, batch 2, or a weight in another
+    dtype."""
+    from sparselm.runtime import gpu_backend
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    layer = SparseLinear(compress_tensor(nm_weight(16, 256, 1, 4), "float16"))
+    calls = []
+    monkeypatch.setattr(cuda_nm, "gemv", lambda x, p, cfg, norm=None: calls.append((cfg.key(), norm[2])) or "norm")
+    monkeypatch.setattr(gpu_backend, "_TABLE", {})
+    key = gpu_backend.key_of(16, 256, 1, "float16", torch.float16)
+    x, res, w = torch.randn(1, 256).half(), torch.randn(1, 1, 16).half(), torch.ones(16).half()
+    gpu_backend.record(key, "sparse", SpmmConfig(kernel="nmcu", num_warps=16, persist=2, pairs=True))
+    assert gpu_backend.add_rmsnorm_product(x, layer, res, w, 1e-5) == "norm"
+    assert calls == [("nmcu-w16p2-pairs", 1e-5)]
+    assert gpu_backend.add_rmsnorm_product(torch.randn(2, 256).half(), layer, res, w, 1e-5) is None
+    assert gpu_backend.add_rmsnorm_product(x, layer, res, w.float(), 1e-5) is None
+    gpu_backend.record(key, "sparse", SpmmConfig(kernel="grp8cu", vec=4, persist=1))
+    assert gpu_backend.add_rmsnorm_product(x, layer, res, w, 1e-5) is None
+    gpu_backend.record(key, "dense", None)
+    assert gpu_backend.add_rmsnorm_product(x, layer, res, w, 1e-5) is None and len(calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+def test_gpu_decoder_with_the_epilogues_matches_the_unfused_decoder(monkeypatch):
+    """On a GPU machine: a Llama pruned 1:4 whose batch-1 products all run on nmcu decodes (CUDA graph, PDL) with the
+    glu and norm epilogues as without them: the same greedy tokens, logits within fp16 rounding; each decode step
+    runs 2 norm epilogues per layer."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sparselm.pruning.driver import prune_model
+    from sparselm.runtime import StaticDecoder, gpu_backend, sparsify
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval().half().cuda()
+    prune_model(model, method="magnitude", pattern="1:4", progress=False)
+    sparsify(model)
+    nm = SpmmConfig(kernel="nmcu", num_warps=4, persist=1, x16=True)
+    monkeypatch.setattr(gpu_backend, "choice", lambda key: {"path": "sparse", "cfg": nm} if key[2] == 1
+                        else {"path": "dense", "cfg": None})
+    norms, gemv = [], cuda_nm.gemv
+    monkeypatch.setattr(cuda_nm, "gemv", lambda *a, **k: norms.append(k.get("norm") is not None) or gemv(*a, **k))
+    ids = torch.randint(0, 97, (1, 5), device="cuda")
+    t1, l1 = StaticDecoder(model, max_len=32, use_graph=False).generate(ids, 8, return_logits=True)
+    assert sum(norms) == 7 * 2 * cfg.num_hidden_layers  # 7 decode steps after the prefill, eager
+    t2, l2 = StaticDecoder(model, max_len=32, glu=False, norm_epilogue=False).generate(ids, 8, return_logits=True)
+    t3, l3 = StaticDecoder(model, max_len=32).generate(ids, 8, return_logits=True)  # graph replays
+    assert torch.equal(t1, t2) and torch.equal(t1, t3) and torch.equal(l1, l3)
+    torch.testing.assert_close(l1, l2, rtol=2e-2, atol=2e-2 * l2.abs().max().item())

@@ -65,15 +65,17 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool = True):
+                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool = True,
+                 norm_epilogue: bool = True):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
         the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
-        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul)."""
-        self.glu = glu
+        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul). norm_epilogue: likewise
+        let o_proj and down_proj add their output to the residual and apply the next RMSNorm (False: add_rmsnorm)."""
+        self.glu, self.norm_epilogue = glu, norm_epilogue
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -165,6 +167,21 @@ class StaticDecoder:
                     return y.view(*x.shape[:-1], -1)
         return silu_mul(gu(x))
 
+    def _add_norm(self, linear: nn.Module, x: torch.Tensor, res: torch.Tensor, norm: nn.Module, add_rmsnorm
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(res + linear(x), norm(res + linear(x))). One launch where the linear runs on the N:M kernel at batch 1
+        (gpu_backend.add_rmsnorm_product: its last block adds and normalizes), else the product, then add_rmsnorm."""
+        if self.norm_epilogue and isinstance(linear, SparseLinear) and x.is_cuda:
+            from sparselm.runtime import gpu_backend
+            from sparselm.runtime.backends import get_backend
+
+            if get_backend("cuda") is gpu_backend.cuda_backend:
+                r = gpu_backend.add_rmsnorm_product(x.reshape(-1, x.shape[-1]), linear, res, norm.weight,
+                                                    norm.variance_epsilon)
+                if r is not None:
+                    return r[0].view(res.shape), r[1].view(res.shape)
+        return add_rmsnorm(res, linear(x), norm.weight, norm.variance_epsilon)
+
     def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
         """The same math as forward's loop with the Triton kernels; returns norm(h) of the last position. Each
@@ -186,12 +203,10 @@ class StaticDecoder:
                 q = rope_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i], self.v_cache[i])
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
                                                    enable_gqa=self.n_kv != self.n_heads).transpose(1, 2)
-            a = layer.self_attn.o_proj(a.reshape(b, t, nq))
-            pn = layer.post_attention_layernorm
-            res, x = add_rmsnorm(res, a, pn.weight, pn.variance_epsilon)
-            m = layer.mlp.down_proj(self._silu_up(i, x, silu_mul))
+            res, x = self._add_norm(layer.self_attn.o_proj, a.reshape(b, t, nq), res,
+                                    layer.post_attention_layernorm, add_rmsnorm)
             nn_ = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
-            res, x = add_rmsnorm(res, m, nn_.weight, nn_.variance_epsilon)
+            res, x = self._add_norm(layer.mlp.down_proj, self._silu_up(i, x, silu_mul), res, nn_, add_rmsnorm)
         return x[:, -1]
 
     @torch.no_grad()

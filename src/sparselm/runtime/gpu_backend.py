@@ -141,6 +141,22 @@ def silu_mul_product(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     return cuda_nm.gemv(x2d, packed(layer), cfg, glu=True)
 
 
+def add_rmsnorm_product(x2d: torch.Tensor, layer, res: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(res + x W^T, RMSNorm(res + x W^T) * weight) in one launch, where the table's choice for the layer's shape at
+    batch 1 is the nmcu kernel (its norm epilogue: the decode step's add_rmsnorm launch after o_proj and down_proj
+    goes away); None elsewhere (the caller runs the product, then fused.add_rmsnorm)."""
+    if (x2d.shape[0] != 1 or layer.bias is not None or x2d.dtype not in (torch.float16, torch.bfloat16)
+            or weight.dtype != x2d.dtype or res.dtype != x2d.dtype or res.numel() != layer.out_features):
+        return None
+    ch = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), x2d.dtype))
+    cfg = ch["cfg"]
+    if ch["path"] != "sparse" or cfg is None or cfg.kernel != "nmcu" or cfg.block_b != 1:
+        return None
+    from sparselm.kernels.gpu import cuda_nm
+
+    return cuda_nm.gemv(x2d, packed(layer), cfg, norm=(res, weight, float(eps)))
+
+
 def pipelined_configs() -> list[SpmmConfig]:
     """Persistent, software-pipelined batch-1 variants of the two best tiles of grp8i and vc32 (`persist` programs
     per SM, `num_stages` of the flat row-block loop; 2 x 3 and 4 x 2 bracket the iterations in flight per SM).

@@ -5,6 +5,7 @@
     y = gemv(x, packed, cfg)    # x (B, K) fp16/bf16 on the GPU, B <= cfg.block_b (1, 2 or 4)
     y = gemv_host(x, packed)    # the same arithmetic on the CPU (tests): float32 (B, N)
     h = gemv(x, gate_up, cfg, glu=True)   # batch 1: silu(x G^T) * (x U^T) for gate_up = [G; U], (1, N / 2)
+    s, n = gemv(x, p, cfg, norm=(res, w, eps))   # batch 1: s = res + x W^T, n = RMSNorm(s) * w (add_rmsnorm)
 
 1:4 masks with fp16 x may stage x as a pair table (cfg.pairs; nm_pairs.cuh): one shared-memory load fetches two
 slots' activations and the products run in half2, about half the instructions per kept position of the 16-bit
@@ -45,13 +46,16 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     if kind == "device":
         lib.sl_nm_launch.restype = i32
         # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, glu,
-        # blocks, threads), stream
-        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 10 + [vp]
+        # blocks, threads), (res, w, res_out, xn), eps, counter, stream
+        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 10 + [vp] * 4 + [ctypes.c_float] + [vp] * 2
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
         lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 6
+        # (xt, y, res, w, res_out, xn, D, eps, threads)
+        lib.sl_norm_host.restype = i32
+        lib.sl_norm_host.argtypes = [i32] + [vp] * 5 + [i32, ctypes.c_float, i32]
 
 
 _LIB = cuda_build.Library(_SOURCE, _declare)
@@ -67,7 +71,8 @@ def check_config(cfg) -> None:
     other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
-            and cfg.unroll in (PAIR_UNROLLS if cfg.pairs else UNROLLS) and not isinstance(cfg.unroll, bool) and cfg.slots == 32 and cfg.split_k == 1
+            and cfg.unroll in (PAIR_UNROLLS if cfg.pairs else UNROLLS) and not isinstance(cfg.unroll, bool)
+            and cfg.slots == 32 and cfg.split_k == 1
             and not (cfg.lean or cfg.col16 or cfg.use_dot)
             and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))
             and not (cfg.pairs and (cfg.x16 or cfg.block_b > 1))):
@@ -198,14 +203,42 @@ def _check_glu(x: torch.Tensor, p) -> None:
                          f"{tuple(x.shape)} and {p.shape[0]} rows")
 
 
-def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+def _check_norm(x: torch.Tensor, p, cfg, norm) -> None:
+    res, w, eps = norm
+    n = p.shape[0]
+    if x.shape[0] != 1 or cfg.block_b != 1:
+        raise ValueError(f"nmcu norm: batch 1 only (x {tuple(x.shape)}, block_b {cfg.block_b})")
+    if res.shape[-1] != n or res.numel() != n or w.shape != (n,) or res.dtype != x.dtype or w.dtype != x.dtype:
+        raise ValueError(f"nmcu norm: res ({n},) / (1, {n}) and weight ({n},) in x's dtype {x.dtype}, got res "
+                         f"{tuple(res.shape)} {res.dtype}, weight {tuple(w.shape)} {w.dtype}")
+    if not (isinstance(eps, float) and eps > 0):
+        raise ValueError(f"nmcu norm: eps must be a positive float, got {eps!r}")
+
+
+def _counter(p, device: torch.device) -> torch.Tensor:
+    """The matrix's arrival counter for the norm epilogue (one int32, zero between launches: the last block resets
+    it). Made on first use, outside any graph capture in the decoder (its warm-up steps run first)."""
+    key = ("nmcu-counter", str(device))
+    if key not in p._cptr:
+        p._cptr[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return p._cptr[key]
+
+
+def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = False,
+         norm: tuple | None = None):
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
     cfg.unroll steps per load round, cfg.x16 x staged as 16-bit activations (batch 1), cfg.pairs as the pair table.
-    glu (batch 1, W = [gate rows; up rows]): y (1, N / 2) = silu(x gate^T) * (x up^T), each step rounded as the
-    product and kernels/gpu/fused.py silu_mul would round it (fp16 exp / division may differ in the last bit)."""
+    glu (batch 1, W = [gate rows; up rows]): y (1, N / 2) = silu(x gate^T) * (x U^T), each step rounded as the
+    product and kernels/gpu/fused.py silu_mul would round it (fp16 exp / division may differ in the last bit).
+    norm = (res, w, eps) (batch 1, not with glu): returns (s, n), both (1, N): s = res + y and n = w * s / rms(s),
+    rounded as fused.add_rmsnorm rounds (the last block to finish computes them; nm_epilogue.cuh)."""
     _check(x, p, cfg.x16, cfg.block_b, cfg.pairs)
     if glu:
         _check_glu(x, p)
+    if norm is not None:
+        if glu:
+            raise ValueError("nmcu: glu and norm epilogues are exclusive")
+        _check_norm(x, p, cfg, norm)
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out, rows=n // 2 if glu else None)
     x = x.contiguous()
@@ -214,14 +247,39 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     scales = row_scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
+    res = w = res_out = xn = counter = None
+    eps = 0.0
+    if norm is not None:
+        res, w, eps = norm[0].reshape(1, n).contiguous(), norm[1].contiguous(), norm[2]
+        res_out, xn, counter = torch.empty_like(res), torch.empty_like(res), _counter(p, x.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
                             _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
-                            None if scales is None else scales.data_ptr(), y.data_ptr(), n, k, _steps(p), kx(p),
+                            ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
+                            ptr(res), ptr(w), ptr(res_out), ptr(xn), eps, ptr(counter),
                             torch.cuda.current_stream().cuda_stream)
     if code != 0:
         raise RuntimeError(f"nmcu launch failed: {lib.sl_error_string(code).decode()} (code {code})")
-    return y
+    return y if norm is None else (res_out, xn)
+
+
+def norm_host(y: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, threads: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The norm epilogue's arithmetic on the CPU for a block of `threads` threads: y (the product as the kernel
+    stores it), res and w in one activation dtype, D elements each -> (s, n) as gemv(..., norm=) returns them."""
+    if y.dtype not in _XT or res.dtype != y.dtype or w.dtype != y.dtype or not y.numel() == res.numel() == w.numel():
+        raise ValueError(f"nmcu norm_host: y, res and w of one size in fp16 / bf16, got {y.dtype} {tuple(y.shape)}, "
+                         f"{res.dtype} {tuple(res.shape)}, {w.dtype} {tuple(w.shape)}")
+    lib = load("host")
+    if lib is None:
+        raise RuntimeError(f"nmcu host emulation unavailable ({build_error('host')})")
+    y, res, w = (t.reshape(1, -1).contiguous().cpu() for t in (y, res, w))
+    s, n = torch.empty_like(res), torch.empty_like(res)
+    if lib.sl_norm_host(_XT[y.dtype], y.data_ptr(), res.data_ptr(), w.data_ptr(), s.data_ptr(), n.data_ptr(),
+                        y.shape[1], float(eps), threads) != 0:
+        raise ValueError(f"nmcu norm_host: threads must be a multiple of 32 in 32-1024, got {threads}")
+    return s, n
 
 
 def _staging(x16: bool, pairs: bool) -> int:

@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "gemv_common.cuh"
+#include "nm_epilogue.cuh"
 #include "nm_pairs.cuh"
 
 enum { XS_F32 = 0, XS_16 = 1, XS_PAIRS = 2 };  // how a block stages x
@@ -275,23 +276,8 @@ struct NMArgs {
   int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
   int bsz, ldx, ldy;    // batches 2-4: bsz <= B rows of x (stride ldx) and of y (stride ldy)
   int glu;              // batch 1: y[r] = silu(row r) * row (r + N / 2), N / 2 outputs (a fused gate / up matrix)
+  NormArgs norm;        // batch 1, norm.res set: y's add + RMSNorm by the last block (nm_epilogue.cuh)
 };
-
-// silu(g) * u from the two rows' sums, rounded where the unfused path rounds: each product output to the
-// activation dtype, silu's result, then the product (kernels/gpu/fused.py _silu_mul_kernel). The decode step's MLP
-// then skips a launch per layer (the silu * up kernel: ~1.2 us each at the 7B shape).
-template <int XT>
-SL_HD float glu_out(float g, float u) {
-#ifdef __CUDACC__
-  const float gf = act_to_float<XT>(float_to_act<XT>(g)), uf = act_to_float<XT>(float_to_act<XT>(u));
-  const float s = act_to_float<XT>(float_to_act<XT>(gf / (1.0f + __expf(-gf))));
-  return act_to_float<XT>(float_to_act<XT>(s * uf));
-#else
-  const float gf = act_to_float<XT>(host_act_rn<XT>(g)), uf = act_to_float<XT>(host_act_rn<XT>(u));
-  const float s = act_to_float<XT>(host_act_rn<XT>(gf / (1.0f + expf(-gf))));
-  return act_to_float<XT>(host_act_rn<XT>(s * uf));
-#endif
-}
 
 #ifdef __CUDACC__
 // Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
@@ -337,6 +323,7 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
     }
     if (lane == 0) a.y[r] = float_to_act<XT>(a.glu ? glu_out<XT>(out0, out1) : out0);
   }
+  if (a.norm.res) norm_epilogue<XT>(a.norm, a.y, a.N, reinterpret_cast<float*>(xs4));
 }
 
 template <int VT, int XT, int M, int N, int U, int MINB, int XM>
@@ -437,16 +424,20 @@ static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int bl
 // y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
 // per group); B: the kernel's padded batch, 1 (unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register
 // build, unroll 1 or 2); x16: x staged as 16-bit activations (1), or as the pair table (2: 1:4 masks, fp16 x, fp16 or
-// int8 values; nm_pairs.cuh)) or 2 / 4 (unroll 1 or 2, minb 1, no x16). Returns a
+// int8 values; nm_pairs.cuh)) or 2 / 4 (unroll 1 or 2, minb 1, no x16); glu or (res set) the norm epilogue: batch
+// 1 only, not both (nm_epilogue.cuh: res, w, res_out, xn of N activations, counter one zeroed int). Returns a
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
-                            int kx, int bsz, int ldx, int ldy, int glu, int blocks, int threads, void* stream) {
+                            int kx, int bsz, int ldx, int ldy, int glu, int blocks, int threads, const void* res,
+                            const void* w, void* res_out, void* xn, float eps, int* counter, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
-                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0};
+                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
+                 {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
+                  static_cast<uint16_t*>(xn), eps, counter}};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
-  if (glu && (B != 1 || N % 2)) return -1;
+  if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
   if (B != 1) {
     if (minb != 1 || x16 || bsz > B) return -1;
     if (xt == XT_F16 && vt == VT_F16) return nm_pattern_b<VT_F16, XT_F16>(a, m, n, B, u, blocks, threads, s);
@@ -578,7 +569,7 @@ extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x
                           const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz,
                           int glu) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
-                 kx, bsz, K, N, glu != 0};
+                 kx, bsz, K, N, glu != 0, {}};
   if (bsz < 1 || bsz > B || (glu && (B != 1 || N % 2))) return -1;
   if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
   if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);
