@@ -144,12 +144,21 @@ def plot(path: Path) -> Path:
 
 
 def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
-    """The sparse engine with each combination of the N:M kernel's epilogues (glu: silu * up in the gate/up product;
-    norm: add + RMSNorm in o_proj / down_proj), timed round-robin `args.epilogue_ab` times: one engine timed after
-    another drifts by a few percent (session 26's glu A/B disagreed between runs), alternation and medians do not."""
-    combos = {"glu+norm": {}, "glu": {"norm_epilogue": False}, "norm": {"glu": False},
-              "none": {"glu": False, "norm_epilogue": False}}
-    engines = {k: decoder(**kw) for k, kw in combos.items()}
+    """The sparse engine with combinations of the N:M kernel's decode-step options (glu: silu * up in the gate/up
+    product; norm: add + RMSNorm in o_proj / down_proj; prefetch: each warp's first row into L2 before waiting on
+    the previous kernel), timed round-robin `args.epilogue_ab` times: one engine timed after another drifts by a few
+    percent (session 26's glu A/B disagreed between runs), alternation and medians do not."""
+    import os
+
+    combos = {"glu+norm+pf": ({}, "1"), "glu+pf": ({"norm_epilogue": False}, "1"),
+              "pf": ({"glu": False, "norm_epilogue": False}, "1"),
+              "none": ({"glu": False, "norm_epilogue": False}, "0"), "glu": ({"norm_epilogue": False}, "0")}
+    engines = {}
+    for k, (kw, pf) in combos.items():  # each graph is captured with its prefetch setting (read per launch)
+        os.environ["SPARSELM_NM_PREFETCH"] = pf
+        engines[k] = decoder(**kw)
+        engines[k].generate(prompt, 4)
+    os.environ.pop("SPARSELM_NM_PREFETCH")
     times = {k: [] for k in combos}
     for _ in range(args.epilogue_ab):
         for k, dec in engines.items():
@@ -160,7 +169,7 @@ def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
         med = statistics.median(times[k])
         out.append({**row, "engine": f"sparselm-sparse-ab-{k}", "tokens_per_s": round(med, 1),
                     "tokens_per_s_rounds": [round(t, 1) for t in times[k]], "same_tokens_as_default": same})
-        print(f"  A/B {k:9s} median {med:7.1f} tok/s over {len(times[k])} rounds "
+        print(f"  A/B {k:12s} median {med:7.1f} tok/s over {len(times[k])} rounds "
               f"({min(times[k]):.1f}-{max(times[k]):.1f}); {same}/{args.batch} sequences as the default engine",
               flush=True)
     del engines
@@ -181,8 +190,8 @@ def main() -> None:
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
     ap.add_argument("--epilogue-ab", type=int, default=0, metavar="ROUNDS", help="also each sparse engine with and "
-                    "without the N:M kernel's glu and norm epilogues (StaticDecoder glu / norm_epilogue: 4 engines), "
-                    "timed in ROUNDS alternating rounds in the same run (rows '...-ab', medians)")
+                    "without the N:M kernel's glu and norm epilogues and L2 prefetch (5 engines), timed in ROUNDS "
+                    "alternating rounds in the same run (rows '...-ab', medians)")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")

@@ -384,10 +384,10 @@ def test_norm_epilogue_arguments_are_checked_before_any_launch():
 @pytest.mark.parametrize("values,act,warps,persist,staging", [
     ("float16", torch.float16, 32, 2, "x16"), ("int8", torch.float16, 16, 2, "pairs"),
     ("bfloat16", torch.bfloat16, 8, 1, "f32"), ("int8", torch.float16, 32, 1, "pairs")])
-def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persist, staging):
+def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persist, staging, monkeypatch):
     """On a GPU machine: the last block's add + RMSNorm against the host twin on the plain launch's output (bit-equal:
     same order of sums for the block size), and within an ulp of fused.add_rmsnorm; o_proj's and down_proj's 7B shapes
-    and an odd one; repeated launches (the arrival counter resets) and res_out aliasing nothing it reads."""
+    and an odd one; repeated launches (the arrival counter resets); with and without the L2 prefetch."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
     from sparselm.kernels.gpu.fused import add_rmsnorm
@@ -398,16 +398,17 @@ def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persi
         cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=persist, x16=staging == "x16",
                          pairs=staging == "pairs")
         w = (1 + 0.1 * torch.randn(n, device="cuda")).to(act)
-        for _ in range(3):
+        for rep in range(3):
+            monkeypatch.setenv("SPARSELM_NM_PREFETCH", str(rep % 2))
             x, res = torch.randn(1, k, device="cuda").to(act), torch.randn(1, n, device="cuda").to(act)
             s, xn = cuda_nm.gemv(x, p, cfg, norm=(res, w, 1e-6))
             y = cuda_nm.gemv(x, p, cfg)
             hs, hn = cuda_nm.norm_host(y.cpu(), res.cpu(), w.cpu(), 1e-6, 32 * warps)
             assert torch.equal(s.cpu(), hs) and torch.equal(xn.cpu(), hn)
-            fs, fn = add_rmsnorm(res, y, w, 1e-6)
+            fs, fn = add_rmsnorm(res, y, w, 1e-6)  # Triton's sqrt / division: not IEEE, a rare 2-ulp difference
             assert torch.equal(s, fs)
             ulp = torch.finfo(act).eps * fn.float().abs().clamp_min(1e-3)
-            assert ((xn.float() - fn.float()).abs() <= ulp).all()
+            assert ((xn.float() - fn.float()).abs() <= 2 * ulp).all() and (xn == fn).float().mean() > 0.9
 
 
 def test_add_rmsnorm_product_runs_the_norm_epilogue_only_where_nmcu_serves_batch_1(monkeypatch):
