@@ -144,21 +144,13 @@ def plot(path: Path) -> Path:
 
 
 def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
-    """The sparse engine with combinations of the N:M kernel's decode-step options (glu: silu * up in the gate/up
-    product; norm: add + RMSNorm in o_proj / down_proj; prefetch: each warp's first row into L2 before waiting on
-    the previous kernel), timed round-robin `args.epilogue_ab` times: one engine timed after another drifts by a few
-    percent (session 26's glu A/B disagreed between runs), alternation and medians do not."""
-    import os
-
-    combos = {"glu+norm+pf": ({}, "1"), "glu+pf": ({"norm_epilogue": False}, "1"),
-              "pf": ({"glu": False, "norm_epilogue": False}, "1"),
-              "none": ({"glu": False, "norm_epilogue": False}, "0"), "glu": ({"norm_epilogue": False}, "0")}
-    engines = {}
-    for k, (kw, pf) in combos.items():  # each graph is captured with its prefetch setting (read per launch)
-        os.environ["SPARSELM_NM_PREFETCH"] = pf
-        engines[k] = decoder(**kw)
-        engines[k].generate(prompt, 4)
-    os.environ.pop("SPARSELM_NM_PREFETCH")
+    """The sparse engine with combinations of the N:M kernel's epilogues (glu: silu * up in the gate/up product;
+    norm: add + RMSNorm in o_proj / down_proj; default: StaticDecoder's choice), timed round-robin
+    `args.epilogue_ab` times: one engine timed after another drifts by a few percent (session 26's glu A/B
+    disagreed between runs), alternation and medians do not."""
+    combos = {"default": {}, "glu+norm": {"glu": True, "norm_epilogue": True}, "glu": {"glu": True},
+              "none": {"glu": False}}
+    engines = {k: decoder(**kw) for k, kw in combos.items()}
     times = {k: [] for k in combos}
     for _ in range(args.epilogue_ab):
         for k, dec in engines.items():
@@ -190,8 +182,8 @@ def main() -> None:
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
     ap.add_argument("--epilogue-ab", type=int, default=0, metavar="ROUNDS", help="also each sparse engine with and "
-                    "without the N:M kernel's glu and norm epilogues and L2 prefetch (5 engines), timed in ROUNDS "
-                    "alternating rounds in the same run (rows '...-ab', medians)")
+                    "without the N:M kernel's glu and norm epilogues (4 engines), timed in ROUNDS alternating rounds "
+                    "in the same run (rows '...-ab', medians)")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")

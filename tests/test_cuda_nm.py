@@ -285,8 +285,9 @@ def test_gpu_build_glu_matches_silu_mul_and_the_host_build(values, pairs):
         y = cuda_nm.gemv(x, p, cfg, glu=True)
         ref = silu_mul(cuda_nm.gemv(x, p, cfg))
         assert y.shape == (1, n // 2) and y.dtype == torch.float16
+        # __expf against Triton's exp and division: a rare element (1 in ~10^5) two ulps apart
         ulp = torch.finfo(torch.float16).eps * ref.float().abs().clamp_min(1e-4)
-        assert ((y.float() - ref.float()).abs() <= ulp).all() and (y == ref).float().mean() > 0.9
+        assert ((y.float() - ref.float()).abs() <= 2 * ulp).all() and (y == ref).float().mean() > 0.9
         host = cuda_nm.gemv_host(x.cpu(), p, x16=not pairs, pairs=pairs, glu=True)
         torch.testing.assert_close(y.float().cpu(), host, rtol=2e-3, atol=2e-3 * host.abs().max().item())
 
@@ -384,10 +385,10 @@ def test_norm_epilogue_arguments_are_checked_before_any_launch():
 @pytest.mark.parametrize("values,act,warps,persist,staging", [
     ("float16", torch.float16, 32, 2, "x16"), ("int8", torch.float16, 16, 2, "pairs"),
     ("bfloat16", torch.bfloat16, 8, 1, "f32"), ("int8", torch.float16, 32, 1, "pairs")])
-def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persist, staging, monkeypatch):
+def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persist, staging):
     """On a GPU machine: the last block's add + RMSNorm against the host twin on the plain launch's output (bit-equal:
     same order of sums for the block size), and within an ulp of fused.add_rmsnorm; o_proj's and down_proj's 7B shapes
-    and an odd one; repeated launches (the arrival counter resets); with and without the L2 prefetch."""
+    and an odd one; repeated launches (the arrival counter resets)."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
     from sparselm.kernels.gpu.fused import add_rmsnorm
@@ -398,8 +399,7 @@ def test_gpu_build_norm_epilogue_matches_its_host_twin(values, act, warps, persi
         cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=persist, x16=staging == "x16",
                          pairs=staging == "pairs")
         w = (1 + 0.1 * torch.randn(n, device="cuda")).to(act)
-        for rep in range(3):
-            monkeypatch.setenv("SPARSELM_NM_PREFETCH", str(rep % 2))
+        for _ in range(3):
             x, res = torch.randn(1, k, device="cuda").to(act), torch.randn(1, n, device="cuda").to(act)
             s, xn = cuda_nm.gemv(x, p, cfg, norm=(res, w, 1e-6))
             y = cuda_nm.gemv(x, p, cfg)
@@ -459,9 +459,10 @@ def test_gpu_decoder_with_the_epilogues_matches_the_unfused_decoder(monkeypatch)
     norms, gemv = [], cuda_nm.gemv
     monkeypatch.setattr(cuda_nm, "gemv", lambda *a, **k: norms.append(k.get("norm") is not None) or gemv(*a, **k))
     ids = torch.randint(0, 97, (1, 5), device="cuda")
-    t1, l1 = StaticDecoder(model, max_len=32, use_graph=False).generate(ids, 8, return_logits=True)
+    t1, l1 = StaticDecoder(model, max_len=32, use_graph=False, glu=True, norm_epilogue=True).generate(
+        ids, 8, return_logits=True)
     assert sum(norms) == 7 * 2 * cfg.num_hidden_layers  # 7 decode steps after the prefill, eager
-    t2, l2 = StaticDecoder(model, max_len=32, glu=False, norm_epilogue=False).generate(ids, 8, return_logits=True)
-    t3, l3 = StaticDecoder(model, max_len=32).generate(ids, 8, return_logits=True)  # graph replays
-    assert torch.equal(t1, t2) and torch.equal(t1, t3) and torch.equal(l1, l3)
+    t2, l2 = StaticDecoder(model, max_len=32, glu=False).generate(ids, 8, return_logits=True)
+    t3, l3 = StaticDecoder(model, max_len=32, glu=True, norm_epilogue=True).generate(ids, 8, return_logits=True)
+    assert torch.equal(t1, t2) and torch.equal(t1, t3) and torch.equal(l1, l3)  # l3: graph replays
     torch.testing.assert_close(l1, l2, rtol=2e-2, atol=2e-2 * l2.abs().max().item())

@@ -65,16 +65,19 @@ class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
-                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool = True,
-                 norm_epilogue: bool = True):
+                 fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool | None = None,
+                 norm_epilogue: bool = False):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
         the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
-        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul). norm_epilogue: likewise
-        let o_proj and down_proj add their output to the residual and apply the next RMSNorm (False: add_rmsnorm)."""
+        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: where the values
+        are 16-bit: on the H200 the glu launch ran 7B int8 1:4 decode 2-3.5% slower, fp16 2-3% faster, in two
+        same-run A/Bs, benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
+        add their output to the residual and apply the next RMSNorm in their last block (off by default: 5-15%
+        slower than the add_rmsnorm launch in the same A/Bs)."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
         self.model = model
         inner = getattr(model, "model", model)
@@ -157,7 +160,8 @@ class StaticDecoder:
         (gpu_backend.silu_mul_product: the kernel applies silu * up to its two rows' sums), else the product, then
         silu_mul."""
         gu = self.gate_up[i]
-        if self.glu and isinstance(gu, SparseLinear) and x.is_cuda:
+        if isinstance(gu, SparseLinear) and x.is_cuda and (
+                self.glu or (self.glu is None and gu.values.dtype in (torch.float16, torch.bfloat16))):
             from sparselm.runtime import gpu_backend
             from sparselm.runtime.backends import get_backend
 

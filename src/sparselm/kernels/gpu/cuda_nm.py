@@ -20,7 +20,6 @@ whichever pattern pruned it; an unstructured one does not (`supports` is False a
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import torch
@@ -47,8 +46,8 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
     if kind == "device":
         lib.sl_nm_launch.restype = i32
         # (vt, xt, m, n, B, unroll, minb, x16), (x, vals, idx, scales, y), (N, K, steps, kx, bsz, ldx, ldy, glu,
-        # prefetch, blocks, threads), (res, w, res_out, xn), eps, counter, stream
-        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 11 + [vp] * 4 + [ctypes.c_float] + [vp] * 2
+        # blocks, threads), (res, w, res_out, xn), eps, counter, stream
+        lib.sl_nm_launch.argtypes = [i32] * 8 + [vp] * 5 + [i32] * 10 + [vp] * 4 + [ctypes.c_float] + [vp] * 2
         lib.sl_error_string.restype = ctypes.c_char_p
         lib.sl_error_string.argtypes = [i32]
     else:
@@ -257,7 +256,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
                             _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
-                            x.shape[0], x.stride(0), y.stride(0), int(glu), int(prefetch()), blocks, 32 * cfg.num_warps,
+                            x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
                             ptr(res), ptr(w), ptr(res_out), ptr(xn), eps, ptr(counter),
                             torch.cuda.current_stream().cuda_stream)
     if code != 0:
@@ -281,13 +280,6 @@ def norm_host(y: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, t
                         y.shape[1], float(eps), threads) != 0:
         raise ValueError(f"nmcu norm_host: threads must be a multiple of 32 in 32-1024, got {threads}")
     return s, n
-
-
-def prefetch() -> bool:
-    """Whether batch-1 launches prefetch each warp's first row into L2 before waiting on the previous kernel
-    (nm_gemv.cu nm_prefetch; SPARSELM_NM_PREFETCH=0 turns it off, read per launch: a captured graph keeps the
-    setting it was captured with)."""
-    return os.environ.get("SPARSELM_NM_PREFETCH", "1") != "0"
 
 
 def _staging(x16: bool, pairs: bool) -> int:

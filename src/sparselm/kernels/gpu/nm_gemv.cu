@@ -276,25 +276,10 @@ struct NMArgs {
   int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
   int bsz, ldx, ldy;    // batches 2-4: bsz <= B rows of x (stride ldx) and of y (stride ldy)
   int glu;              // batch 1: y[r] = silu(row r) * row (r + N / 2), N / 2 outputs (a fused gate / up matrix)
-  int prefetch;         // batch 1: the warp's first row(s) into L2 before pdl_wait (nm_prefetch)
   NormArgs norm;        // batch 1, norm.res set: y's add + RMSNorm by the last block (nm_epilogue.cuh)
 };
 
 #ifdef __CUDACC__
-// Row `row`'s weights into L2 (each lane its values of every step, lanes 0..steps-1 one step's index words each),
-// issued before pdl_wait: under programmatic dependent launch the block may start while the previous kernel still
-// runs (its tail: the last rows, the attention's last heads), and the first load round of every warp otherwise pays
-// a DRAM latency after x is staged. The weights do not depend on the previous kernel, so nothing is read early that
-// it writes.
-template <int VT, int M>
-__device__ __forceinline__ void nm_prefetch(const void* vals, const void* idx, int row, int steps, int lane) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16, IB = M == 4 ? 2 : 4;  // a lane's value bytes, index bytes per step
-  const unsigned char* v = static_cast<const unsigned char*>(vals) + ((size_t)row * steps * 32 + lane) * VB;
-  for (int t = 0; t < steps; ++t) asm volatile("prefetch.global.L2 [%0];" ::"l"(v + (size_t)t * 32 * VB));
-  const unsigned char* w = static_cast<const unsigned char*>(idx) + (size_t)row * steps * 32 * IB;
-  for (int t = lane; t < steps; t += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + (size_t)t * 32 * IB));
-}
-
 // Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
 // w + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
 // steps per round) caps the kernel at 32 registers so that two 1024-thread blocks stay resident: the first H200
@@ -310,9 +295,6 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   uint32_t* table = reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(xs4) + pad);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, rows = a.glu ? a.N >> 1 : a.N;
   pdl_trigger();
-  if (a.prefetch && blockIdx.x * warps + (threadIdx.x >> 5) < rows)
-    for (int part = 0; part <= a.glu; ++part)
-      nm_prefetch<VT, M>(a.vals, a.idx, blockIdx.x * warps + (threadIdx.x >> 5) + part * rows, a.steps, lane);
   pdl_wait();  // x is the previous kernel's output
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
@@ -447,10 +429,10 @@ static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int bl
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
-                            int kx, int bsz, int ldx, int ldy, int glu, int prefetch, int blocks, int threads,
+                            int kx, int bsz, int ldx, int ldy, int glu, int blocks, int threads,
                             const void* res, const void* w, void* res_out, void* xn, float eps, int* counter, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
-                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0, B == 1 && prefetch,
+                 static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
                  {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
                   static_cast<uint16_t*>(xn), eps, counter}};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -587,7 +569,7 @@ extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x
                           const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz,
                           int glu) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
-                 kx, bsz, K, N, glu != 0, 0, {}};
+                 kx, bsz, K, N, glu != 0, {}};
   if (bsz < 1 || bsz > B || (glu && (B != 1 || N % 2))) return -1;
   if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
   if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);
