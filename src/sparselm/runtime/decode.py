@@ -76,7 +76,7 @@ class StaticDecoder:
         can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: where the values
         are 16-bit: on the H200 the glu launch ran 7B int8 1:4 decode 2-3.5% slower, fp16 2-3% faster, in two
         same-run A/Bs, benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
-        add their output to the residual and apply the next RMSNorm in their last block (off by default: 5-15%
+        add their output to the residual and apply the next RMSNorm in their last block (off by default: 4-6%
         slower than the add_rmsnorm launch in the same A/Bs)."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
         self.model = model

@@ -3,6 +3,7 @@
 // tests run, by g++.
 //
 // glu: a fused gate / up matrix's two row sums become silu(g) * u (the MLP's silu * up kernel: ~1.2 us per 7B layer).
+// Same-run A/Bs: +1-3% per 7B step with fp16 values, -2-3.5% with int8, so the decoder uses it for 16-bit values.
 //
 // add + RMSNorm ("norm"): after o_proj and after down_proj the decode step adds the product y to the residual stream
 // and normalizes the sum for the next sub-block (kernels/gpu/fused.py add_rmsnorm: one launch each, 64 per 7B step,
@@ -10,9 +11,13 @@
 // normalize alone, and a norm recomputed by every block of the next product lost 5-8% (session 23). Here the last
 // block to finish (an arrival counter per matrix, reset by that block; the pattern of CUDA's threadFenceReduction
 // sample) reads y back from L2 and does add_rmsnorm's work: h = y + res rounded to the activation dtype (res_out),
-// ss = the sum of h^2 (per thread over its 8-column chunks, each warp's in __shfl_xor's tree, then the warps' in order),
-// inv = 1 / sqrt(ss / D + eps), xn = w * (h inv), rounded where HF's LlamaRMSNorm rounds. The host twin
+// ss = the sum of h^2 (per thread over its 8-column chunks, each warp's in __shfl_xor's tree, then the warps' in
+// order), inv = 1 / sqrt(ss / D + eps), xn = w * (h inv), rounded where HF's LlamaRMSNorm rounds. The host twin
 // (sl_norm_host) sums in the same order for a given block size, so the CPU tests compare bits.
+// Timed on the H200 (benchmarks/results/gpu_decode_norm_ab*.json, 7B at 1:4): 4-6% slower per decode step than the
+// add_rmsnorm launch it replaces. The tail runs on one block after every other block is done, so its whole latency
+// (a counter round trip, two dependent load rounds, a block reduction) lands on the step, while the separate launch
+// overlaps its start with the product under PDL. The decoder leaves it off by default (norm_epilogue=False).
 #pragma once
 #include "gemv_common.cuh"
 #include "nm_pairs.cuh"
