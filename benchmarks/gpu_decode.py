@@ -199,7 +199,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     from sparselm.runtime import StaticDecoder, densify, sparsify
-    from sparselm.runtime.gpu_backend import autotune
+    from sparselm.runtime.gpu_backend import GLU
 
     torch.manual_seed(0)
     t0 = time.time()
@@ -284,9 +284,10 @@ def main() -> None:
             sparsify(model, values_dtype=vdt, group_size=gs)
             print(f"[{time.time() - t0:.0f}s] sparsified ({vdt})", flush=True)
             dec = decoder()  # its fused q/k/v and gate/up are new shapes: tune them too
-            table = autotune(torch.nn.ModuleList([m for m in dec.qkv + dec.gate_up if m is not None] + [model]),
-                             batches=tuple(sorted({1, 16, args.batch})))
-            paths = {f"{k[0]}x{k[1]} b{k[2]}": v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
+            # the model's and the decoder's fused shapes, then the gate/up's glu launch against product + silu_mul
+            table = dec.autotune(batches=tuple(sorted({1, 16, args.batch})))
+            paths = {f"{k[0]}x{k[1]} b{k[2]}{GLU if k[3].endswith(GLU) else ''}":
+                     v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
                      for k, v in table.items()}  # the kernel config each shape runs
             print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
             tps = dec.tokens_per_second(16, args.new_tokens)

@@ -336,6 +336,32 @@ def test_silu_mul_product_runs_the_glu_epilogue_only_where_nmcu_serves_batch_1(m
     assert gpu_backend.silu_mul_product(x, layer) is None and len(calls) == 1
 
 
+def test_silu_mul_product_auto_follows_the_measured_glu_row(monkeypatch):
+    """auto (the decoder's default): autotune_glu's row decides where there is one (its own config, or no glu);
+    without one, 16-bit values use the glu launch where nmcu serves the product and int8 values do not (int8 ran
+    slower with the product's config)."""
+    from sparselm.runtime import gpu_backend
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    calls = []
+    monkeypatch.setattr(cuda_nm, "gemv", lambda x, p, cfg, glu=False: calls.append(cfg.key()) or "glu")
+    monkeypatch.setattr(gpu_backend, "_TABLE", {})
+    x = torch.randn(1, 256).half()
+    nm = SpmmConfig(kernel="nmcu", num_warps=16, persist=2, pairs=True)
+    for values in ("float16", "int8"):
+        layer = SparseLinear(compress_tensor(nm_weight(2 * 8, 256, 1, 4), values))
+        gpu_backend.record(gpu_backend.key_of(16, 256, 1, values, torch.float16), "sparse", nm)
+        untuned = gpu_backend.silu_mul_product(x, layer, auto=True)
+        assert untuned == ("glu" if values == "float16" else None)
+        assert gpu_backend.silu_mul_product(x, layer) == "glu"  # auto=False: wherever nmcu serves the product
+        key = gpu_backend.glu_key(layer, torch.float16)
+        assert key == (16, 256, 1, values + "+glu", "float16")
+        gpu_backend.record(key, "sparse", SpmmConfig(kernel="nmcu", num_warps=32, persist=3, pairs=True))
+        assert gpu_backend.silu_mul_product(x, layer, auto=True) == "glu" and calls[-1] == "nmcu-w32p3-pairs"
+        gpu_backend.record(key, "dense", None)
+        assert gpu_backend.silu_mul_product(x, layer, auto=True) is None
+
+
 def _add_rmsnorm_reference(y: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float):
     """HF LlamaRMSNorm after the residual add, in eager PyTorch: s = res + y in the activation dtype, the mean of
     squares in float32, the normalized value rounded before the weight."""
@@ -433,6 +459,33 @@ def test_add_rmsnorm_product_runs_the_norm_epilogue_only_where_nmcu_serves_batch
     assert gpu_backend.add_rmsnorm_product(x, layer, res, w, 1e-5) is None
     gpu_backend.record(key, "dense", None)
     assert gpu_backend.add_rmsnorm_product(x, layer, res, w, 1e-5) is None and len(calls) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values", ["float16", "int8"])
+def test_gpu_autotune_glu_records_a_measured_choice(values, monkeypatch):
+    """On a GPU machine: autotune_glu times the glu launch against the table's product + silu_mul for a fused
+    gate / up layer and records either an nmcu config that computes silu * up or "dense" (keep the two launches)."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    from sparselm.kernels.gpu.fused import silu_mul
+    from sparselm.runtime import gpu_backend
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    monkeypatch.setattr(gpu_backend, "_TABLE", {})
+    layer = SparseLinear(compress_tensor(nm_weight(2 * 1024, 1024, 1, 4), values)).cuda()
+    gpu_backend.autotune(torch.nn.ModuleList([layer]))
+    rows = gpu_backend.autotune_glu([layer, layer, None])
+    key = gpu_backend.glu_key(layer, torch.float16)
+    assert list(rows) == [key] and rows[key]["path"] in ("sparse", "dense")
+    x = torch.randn(1, 1024, device="cuda").half()
+    y = gpu_backend.silu_mul_product(x, layer, auto=True)
+    if rows[key]["path"] == "sparse":
+        assert rows[key]["cfg"].kernel == "nmcu"
+        ref = silu_mul(torch.nn.functional.linear(x, layer.dense_weight(torch.float16)))
+        assert gpu_backend.agrees(y, ref)
+    else:
+        assert y is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")

@@ -73,9 +73,10 @@ class StaticDecoder:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
         the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
-        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: where the values
-        are 16-bit: on the H200 the glu launch ran 7B int8 1:4 decode 2-3.5% slower, fp16 2-3% faster, in two
-        same-run A/Bs, benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
+        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: where
+        gpu_backend.autotune_glu measured it faster, and untuned only for 16-bit values: on the H200 the glu launch
+        with the product's config ran 7B int8 1:4 decode 2-3.5% slower, fp16 1-3% faster, in three same-run A/Bs,
+        benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
         add their output to the residual and apply the next RMSNorm in their last block (off by default: 4-6%
         slower than the add_rmsnorm launch in the same A/Bs)."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
@@ -123,6 +124,17 @@ class StaticDecoder:
                              f"(device {self.device})")
         self.pdl = ok if pdl is None else pdl
 
+    def autotune(self, batches: tuple[int, ...] = (1,)) -> dict:
+        """GPU: measure the kernels for the model's sparse layers and this decoder's fused q/k/v and gate/up shapes
+        (gpu_backend.autotune, at `batches` sequences), then the gate/up glu launch (autotune_glu). Returns the new
+        dispatch rows."""
+        from sparselm.runtime.gpu_backend import autotune, autotune_glu
+
+        mods = [m for m in self.qkv + self.gate_up if m is not None] + [self.model]
+        table = autotune(nn.ModuleList(mods), batches=batches, act_dtype=self.dtype)
+        table.update(autotune_glu(self.gate_up, act_dtype=self.dtype))
+        return table
+
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -160,13 +172,12 @@ class StaticDecoder:
         (gpu_backend.silu_mul_product: the kernel applies silu * up to its two rows' sums), else the product, then
         silu_mul."""
         gu = self.gate_up[i]
-        if isinstance(gu, SparseLinear) and x.is_cuda and (
-                self.glu or (self.glu is None and gu.values.dtype in (torch.float16, torch.bfloat16))):
+        if self.glu is not False and isinstance(gu, SparseLinear) and x.is_cuda:
             from sparselm.runtime import gpu_backend
             from sparselm.runtime.backends import get_backend
 
             if get_backend("cuda") is gpu_backend.cuda_backend:
-                y = gpu_backend.silu_mul_product(x.reshape(-1, x.shape[-1]), gu)
+                y = gpu_backend.silu_mul_product(x.reshape(-1, x.shape[-1]), gu, auto=self.glu is None)
                 if y is not None:
                     return y.view(*x.shape[:-1], -1)
         return silu_mul(gu(x))

@@ -125,20 +125,81 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     return spmm(x2d, packed(layer), ch["cfg"])
 
 
-def silu_mul_product(x2d: torch.Tensor, layer) -> torch.Tensor | None:
+GLU = "+glu"  # the values-name suffix of a fused gate / up layer's glu row in the dispatch table
+
+
+def glu_key(layer, act: torch.dtype) -> Key:
+    """The table key of a fused gate / up layer's batch-1 glu choice (autotune_glu)."""
+    return key_of(layer.out_features, layer.in_features, 1, values_name(layer) + GLU, act)
+
+
+def silu_mul_product(x2d: torch.Tensor, layer, auto: bool = False) -> torch.Tensor | None:
     """silu(x G^T) * (x U^T) for a fused gate / up SparseLinear (rows [G; U], no bias) in one launch, where the
     table's choice for its shape at batch 1 is the nmcu kernel (its glu epilogue: the decode step's silu * up launch
-    goes away); None elsewhere (the caller runs the product, then fused.silu_mul)."""
+    goes away); None elsewhere (the caller runs the product, then fused.silu_mul). auto: follow autotune_glu's
+    measured row for the layer where there is one; without one, only for 16-bit values (int8 1:4 ran 2-3.5% slower
+    with the plain product's config in three same-run A/Bs)."""
     if x2d.shape[0] != 1 or layer.bias is not None or layer.out_features % 2 or x2d.dtype not in (torch.float16,
                                                                                                    torch.bfloat16):
         return None
+    from sparselm.kernels.gpu import cuda_nm
+
+    if auto:
+        tuned = _TABLE.get(glu_key(layer, x2d.dtype))
+        if tuned is not None:
+            return cuda_nm.gemv(x2d, packed(layer), tuned["cfg"], glu=True) if tuned["path"] == "sparse" else None
+        if layer.values.dtype not in (torch.float16, torch.bfloat16):
+            return None
     ch = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), x2d.dtype))
     cfg = ch["cfg"]
     if ch["path"] != "sparse" or cfg is None or cfg.kernel != "nmcu" or cfg.block_b != 1:
         return None
-    from sparselm.kernels.gpu import cuda_nm
-
     return cuda_nm.gemv(x2d, packed(layer), cfg, glu=True)
+
+
+def autotune_glu(layers, act_dtype: torch.dtype = torch.float16, copies: int = 4,
+                 rounds: int = 3) -> dict[Key, dict[str, Any]]:
+    """For fused gate / up SparseLinears (rows [G; U], no bias, on CUDA; e.g. StaticDecoder.gate_up): time nmcu's
+    glu launch (every nmcu config) against the table's batch-1 product followed by fused.silu_mul, and record the
+    faster under glu_key: ("sparse", cfg) = the glu launch with cfg, ("dense", None) = product + silu_mul. Run
+    after autotune (the product's row is the baseline). Why a tuning of its own: a glu warp computes a gate row and
+    an up row, so the plain product's best launch shape may leave its busiest warps a row pair heavier."""
+    from sparselm.kernels.gpu import cuda_nm
+    from sparselm.kernels.gpu.fused import silu_mul
+    from sparselm.kernels.gpu.timing import time_graph
+    from sparselm.runtime.sparse_linear import SparseLinear
+
+    new: dict[Key, dict[str, Any]] = {}
+    for layer in layers:
+        if not (isinstance(layer, SparseLinear) and layer.values.is_cuda and layer.bias is None
+                and layer.out_features % 2 == 0) or glu_key(layer, act_dtype) in new:
+            continue
+        plain = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), act_dtype))
+        p = packed(layer)
+        sparse = [p] + [p.clone() for _ in range(copies - 1)]  # rotated, as autotune times the product
+        x = torch.randn(1, layer.in_features, device=p.values.device, dtype=act_dtype)
+        if plain["path"] == "sparse":
+            base = [lambda q=q, c=plain["cfg"]: silu_mul(spmm(x, q, c)) for q in sparse]
+        else:
+            base = [lambda w=w: silu_mul(F.linear(x, w))
+                    for w in [layer.dense_weight(act_dtype).clone() for _ in range(copies)]]
+        ref = silu_mul(F.linear(x, layer.dense_weight(act_dtype)))
+        glu = lambda c: [lambda q=q: cuda_nm.gemv(x, q, c, glu=True) for q in sparse]  # noqa: E731
+        timed = []
+        for cfg in candidate_configs(1) if cuda_nm.available() else []:
+            if cfg.kernel != "nmcu" or cfg.block_b != 1 or not p.supports(cfg):
+                continue
+            try:
+                if agrees(cuda_nm.gemv(x, p, cfg, glu=True), ref):
+                    timed.append((cfg, time_graph(glu(cfg))))
+            except Exception:  # a config this GPU cannot launch is skipped, as in autotune
+                continue
+        best = choose(time_graph(base), timed, margin=0.0)
+        best = confirm(best, lambda: time_graph(base), lambda c=best[1]: time_graph(glu(c)), 0.0, rounds)
+        key = glu_key(layer, act_dtype)
+        record(key, "sparse" if best[0] == "sparse" else "dense", best[1])
+        new[key] = _TABLE[key]
+    return new
 
 
 def add_rmsnorm_product(x2d: torch.Tensor, layer, res: torch.Tensor, weight: torch.Tensor, eps: float):
