@@ -2,7 +2,7 @@
 # The batch-1 decode path on one H200, one device call: build every CUDA library, the GPU tests of the N:M kernel and
 # the fused decode kernels, then (each when its budget is > 0) the batch-1 N:M kernel grid, the attention kernels, and
 # the 7B-shape decode at 1:4 (fp16 and int8 values) against the same engine dense. ~8 min with the defaults.
-#   bash benchmarks/device_decode.sh                  -> $OUT/gpu_kernels_nm.json, decode_attention.json, gpu_decode_nm.json
+#   bash benchmarks/device_decode.sh     -> $OUT/gpu_kernels_nm.json, decode_attention.json, gpu_decode_nm.json
 #   NM_S=0 ATTN_S=0 DECODE_S=240 bash benchmarks/device_decode.sh     (only the decode)
 #   DECODE_ARGS="--epilogue-ab 3" ...   (gpu_decode.py's extra options: the epilogues' alternating A/B)
 set -u
@@ -14,9 +14,11 @@ for m in cuda_mma cuda_grp8 cuda_tile cuda_delta4 cuda_nm cuda_nmsp; do
   python3 -c "from sparselm.kernels.gpu import $m as c; print('$m', c.available(), c.build_error() or '')" &
 done; wait
 python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
-  ${TESTS:-tests/test_cuda_nm.py tests/test_gpu_fused.py tests/test_pdl.py} -k "${TEST_K:-gpu_build or fused or decode or pdl}" 2>&1 | tail -12
-[ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm --kernels ${NM_KERNELS:-nmcu} \
-  --all-configs --budget-s $(( ${NM_S:-150} - 20 )) --out $OUT/gpu_kernels_nm.json 2>&1 | q 50
+  ${TESTS:-tests/test_cuda_nm.py tests/test_gpu_fused.py tests/test_pdl.py} \
+  -k "${TEST_K:-gpu_build or fused or decode or pdl}" 2>&1 | tail -12
+[ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm \
+  --kernels ${NM_KERNELS:-nmcu} --all-configs --budget-s $(( ${NM_S:-150} - 20 )) \
+  --out $OUT/gpu_kernels_nm.json 2>&1 | q 50
 [ "${ATTN_S:-60}" -gt 0 ] && timeout -k 10 ${ATTN_S:-60} python3 benchmarks/decode_attention.py \
   --out $OUT/decode_attention.json 2>&1 | q 30
 [ "${DECODE_S:-240}" -gt 0 ] && timeout -k 10 ${DECODE_S:-240} python3 benchmarks/gpu_decode.py --sparsities 0 \

@@ -429,8 +429,8 @@ static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int bl
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
                             const void* vals, const void* idx, const void* scales, void* y, int N, int K, int steps,
-                            int kx, int bsz, int ldx, int ldy, int glu, int blocks, int threads,
-                            const void* res, const void* w, void* res_out, void* xn, float eps, int* counter, void* stream) {
+                            int kx, int bsz, int ldx, int ldy, int glu, int blocks, int threads, const void* res,
+                            const void* w, void* res_out, void* xn, float eps, int* counter, void* stream) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
                  {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
