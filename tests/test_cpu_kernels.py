@@ -202,14 +202,48 @@ def test_runtime_backend_serves_sparse_linear() -> None:
     layer = SparseLinear.from_linear(lin, values_dtype="float32")
     previous = get_backend("cpu")
     try:
-        backend.register(max_batch=4)
+        backend.register(max_batch=4, measure=False)
         x = torch.randn(3, 96)
         y = backend.cpu_backend(x, layer)
         assert y is not None and layer.kernel_state.get("cpu_format_checked")
         torch.testing.assert_close(layer(x), lin(x), rtol=1e-4, atol=1e-4)
         assert backend.cpu_backend(torch.randn(5, 96), layer) is None  # above max_batch: dense
     finally:
+        backend.register()
         register_backend("cpu", previous)
+
+
+def test_measured_dispatch_keeps_the_faster_path(monkeypatch) -> None:
+    """measure (the default): the kernel against the dense product once per shape / batch bucket / dtypes, the
+    faster kept (ties to the kernel); the decision is reused, and listed by decisions()."""
+    from sparselm.kernels.cpu import backend
+    from sparselm.runtime import SparseLinear
+
+    lin = torch.nn.Linear(96, 40, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) > 0.5)
+    layer = SparseLinear.from_linear(lin, values_dtype="float32")
+    clock = {"sparse": 1.0, "dense": 2.0}  # per pass over the rotated copies: 32 of this small layer
+    calls = []
+    monkeypatch.setattr(backend, "_median_ms", lambda kind, fn, reps=5: calls.append(kind) or clock[kind])
+    monkeypatch.setattr(backend, "_decisions", {})
+    try:
+        backend.register(max_batch=16)
+        x = torch.randn(1, 96)
+        y = backend.cpu_backend(x, layer)
+        torch.testing.assert_close(y, lin(x), rtol=1e-4, atol=1e-4)
+        assert calls == ["sparse", "dense"] * 3
+        assert backend.cpu_backend(torch.randn(1, 96), layer) is not None and len(calls) == 6  # reused
+        assert list(backend.decisions()) == ["40x96 b1 float32"]
+        d = backend.decisions()["40x96 b1 float32"]
+        assert d["path"] == "sparse" and d["sparse_ms"] == pytest.approx(1 / 32, abs=1e-4)
+        assert d["dense_ms"] == pytest.approx(2 / 32, abs=1e-4)
+        clock.update(sparse=3.0)
+        assert backend.cpu_backend(torch.randn(3, 96), layer) is None  # batch bucket 4: a new timing, dense won
+        assert backend.decisions()["40x96 b4 float32"]["path"] == "dense"
+        assert layer(torch.randn(3, 96)).shape == (3, 40)
+    finally:
+        backend.register()
 
 
 def test_concurrent_callers_share_the_pool() -> None:

@@ -246,6 +246,9 @@ def generate(
     if compare_dense:
         line += (f"; dense, same loop: {res['dense_tokens_per_s']:.1f} tokens/s -> {res['speedup']:.2f}x; "
                  f"{res['same_tokens_as_dense']}/{res['new_tokens']} tokens as dense")
+    paths = list(res["dispatch"].values())
+    if paths:  # the measured choice per shape: where dense won, that shape ran dense
+        line += f"; kernel chosen on {sum(p_ != 'dense' for p_ in paths)} of {len(paths)} shapes (measured)"
     typer.echo(line, err=True)
     if out is not None:
         res["command"] = " ".join(["sparselm"] + [shlex.quote(a) for a in sys.argv[1:]])

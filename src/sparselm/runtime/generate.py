@@ -90,14 +90,15 @@ def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str 
     max_len = ids.shape[1] + max_new_tokens + 8
     dec = _decoder(net, max_len)
     dispatch = {}
-    if dev.type == "cuda":  # measure each shape's kernel (the decoder's fused shapes included) before capturing
-        from sparselm.runtime.gpu_backend import autotune
-
-        table = autotune(torch.nn.ModuleList([m for m in dec.qkv + dec.gate_up if m is not None] + [net]),
-                         batches=(1,), act_dtype=dtype)
-        dispatch = {f"{k[0]}x{k[1]}": v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
-                    for k, v in table.items()}
+    if dev.type == "cuda":  # measure each shape's kernel (the decoder's fused shapes and glu included) first
+        table = dec.autotune()
+        dispatch = {f"{k[0]}x{k[1]}{'+glu' if k[3].endswith('+glu') else ''}":
+                    v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"] for k, v in table.items()}
     tokens, tps = _timed(dec, ids, max_new_tokens)
+    if dev.type == "cpu":  # the CPU backend's measured choices (kernels/cpu/backend.py: kernel vs dense per shape)
+        from sparselm.kernels.cpu.backend import decisions
+
+        dispatch = {k: v["path"] for k, v in decisions().items()}
     new = tokens[0, ids.shape[1]:]
     eos = getattr(tok, "eos_token_id", None)
     cut = int((new == eos).nonzero()[0, 0]) if eos is not None and bool((new == eos).any()) else new.numel()
