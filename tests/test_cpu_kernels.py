@@ -232,7 +232,7 @@ def test_measured_dispatch_keeps_the_faster_path(monkeypatch) -> None:
         x = torch.randn(1, 96)
         y = backend.cpu_backend(x, layer)
         torch.testing.assert_close(y, lin(x), rtol=1e-4, atol=1e-4)
-        assert calls == ["sparse", "dense"] * 3
+        assert calls == ["sparse", "dense"] * 3 and not layer._dense  # the timing's dense weight is not kept
         assert backend.cpu_backend(torch.randn(1, 96), layer) is not None and len(calls) == 6  # reused
         assert list(backend.decisions()) == ["40x96 b1 float32"]
         d = backend.decisions()["40x96 b1 float32"]
@@ -242,6 +242,9 @@ def test_measured_dispatch_keeps_the_faster_path(monkeypatch) -> None:
         assert backend.cpu_backend(torch.randn(3, 96), layer) is None  # batch bucket 4: a new timing, dense won
         assert backend.decisions()["40x96 b4 float32"]["path"] == "dense"
         assert layer(torch.randn(3, 96)).shape == (3, 40)
+        lean = SparseLinear.from_linear(lin, values_dtype="float32")
+        lean.cache_dense = False  # its dense path would decompress per call: always the kernel, untimed
+        assert backend.cpu_backend(torch.randn(3, 96), lean) is not None and len(calls) == 12
     finally:
         backend.register()
 

@@ -91,8 +91,10 @@ def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str 
     dec = _decoder(net, max_len)
     dispatch = {}
     if dev.type == "cuda":  # measure each shape's kernel (the decoder's fused shapes and glu included) first
+        from sparselm.runtime.gpu_backend import GLU
+
         table = dec.autotune()
-        dispatch = {f"{k[0]}x{k[1]}{'+glu' if k[3].endswith('+glu') else ''}":
+        dispatch = {f"{k[0]}x{k[1]}{GLU if k[3].endswith(GLU) else ''}":
                     v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"] for k, v in table.items()}
     tokens, tps = _timed(dec, ids, max_new_tokens)
     if dev.type == "cpu":  # the CPU backend's measured choices (kernels/cpu/backend.py: kernel vs dense per shape)

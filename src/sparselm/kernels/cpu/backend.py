@@ -47,14 +47,19 @@ _ROTATE_BYTES = 64 << 20  # weights cycled through per timing: past the last-lev
 
 
 def _sparse_is_faster(x2d: torch.Tensor, layer, act_quant: bool) -> bool:
-    """The kernel against F.linear on SparseLinear's dense weight (which it caches on the CPU anyway, for batches
-    above max_batch), each over copies of the weights that together exceed the cache (a decode step streams every
-    layer from memory; a hot loop over one copy would favour the dense GEMM), alternating 3 rounds, once per key;
-    ties go to the kernel (it reads fewer bytes)."""
+    """The kernel against F.linear on the dense weight, each over copies of the weights that together exceed the
+    cache (a decode step streams every layer from memory; a hot loop over one copy would favour the dense GEMM),
+    alternating 3 rounds, once per key; ties go to the kernel (it reads fewer bytes). The dense weight for the
+    timing is transient: a layer keeps a dense copy only once it runs densely. A layer built with
+    cache_dense=False always takes the kernel: its dense path would decompress on every call."""
+    if layer.cache_dense is False:
+        return True
     key = (layer.out_features, layer.in_features, _bucket(x2d.shape[0]), str(layer.values.dtype), layer.group_size,
            str(x2d.dtype), act_quant, _options["threads"])
     if key not in _decisions:
-        w = layer.dense_weight(x2d.dtype)
+        from sparselm.compress import decompress
+
+        w = decompress(layer.compressed, x2d.dtype)
         n = max(2, min(32, -(-_ROTATE_BYTES // (w.numel() * w.element_size()))))
         dense_w = [w] + [w.clone() for _ in range(n - 1)]
         bufs = [(layer.bitmask, layer.values, layer.row_ptr, layer.scales)] + [

@@ -3,7 +3,8 @@
 // tests run, by g++.
 //
 // glu: a fused gate / up matrix's two row sums become silu(g) * u (the MLP's silu * up kernel: ~1.2 us per 7B layer).
-// Same-run A/Bs: +1-3% per 7B step with fp16 values, -2-3.5% with int8, so the decoder uses it for 16-bit values.
+// Same-run A/Bs with the product's config: +1-3% per 7B step with fp16 values, -2-3.5% with int8, so the decoder
+// uses it where gpu_backend.autotune_glu measured it faster, or untuned for 16-bit values only.
 //
 // add + RMSNorm ("norm"): after o_proj and after down_proj the decode step adds the product y to the residual stream
 // and normalizes the sum for the next sub-block (kernels/gpu/fused.py add_rmsnorm: one launch each, 64 per 7B step,
