@@ -68,14 +68,25 @@ def prefix_logit_diff(tokens: torch.Tensor, ref_tokens: torch.Tensor, logits: to
     return same_rows, diff
 
 
+def rates(dec, new_tokens: int) -> dict:
+    """One timed generate: tokens_per_s over the whole call (the 16-token prefill included, as in every record
+    before session 29), and from the same run decode_tokens_per_s (steady-state: batch / per-step time),
+    step_ms and prefill_ms."""
+    r = dec.throughput(16, new_tokens)
+    out = {"tokens_per_s": round(r["tokens_per_s"], 1)}
+    if "step_ms" in r:
+        out.update(decode_tokens_per_s=round(r["decode_tokens_per_s"], 1), step_ms=round(r["step_ms"], 4),
+                   prefill_ms=round(r["prefill_ms"], 2))
+    return out
+
+
 def without_pdl(model, max_len: int, new_tokens: int, row: dict, check, batch: int = 1) -> dict:
     """The same engine with programmatic dependent launch off: row's fields, engine + "-no-pdl", its tokens/s; with
     check = (prompt, tokens) also how many of the 32 greedy tokens match those of the PDL run."""
     from sparselm.runtime import StaticDecoder
 
     dec = StaticDecoder(model, max_len=max_len, pdl=False, batch_size=batch)
-    out = dict(row, engine=row["engine"] + "-no-pdl", pdl=False,
-               tokens_per_s=round(dec.tokens_per_second(16, new_tokens), 1))
+    out = dict(row, engine=row["engine"] + "-no-pdl", pdl=False, **rates(dec, new_tokens))
     if check is not None:
         prompt, tokens = check
         out["same_tokens_as_pdl"] = int((dec.generate(prompt, 32) == tokens).all(0).sum()) - prompt.shape[1]
@@ -124,9 +135,21 @@ def plot(path: Path) -> Path:
     ratios = [r["tokens_per_s"] / dense[(r["sparsity"], r.get("mask"))] for r in sparse]
     colors = {"float16": "tab:blue", "bfloat16": "tab:cyan", "int8": "tab:orange", "int4": "tab:green"}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(sparse) + 2), 4.2))
-    ax.bar(range(len(sparse)), ratios, color=[colors.get(r["values"], "gray") for r in sparse])
+    # decode steps alone (records from session 29 on): a hatched bar beside each whole-call bar
+    steps = all("decode_tokens_per_s" in r for r in rows if r["engine"] in ("sparselm-dense", "sparselm-sparse"))
+    w = 0.4 if steps else 0.8
+    ax.bar([i - (w / 2 if steps else 0) for i in range(len(sparse))], ratios, width=w,
+           color=[colors.get(r["values"], "gray") for r in sparse], label="whole generate call (prefill included)")
     for i, r in enumerate(sparse):
-        ax.text(i, ratios[i] + 0.03, f"{r['tokens_per_s']:.0f}", ha="center", fontsize=7)
+        ax.text(i - (w / 2 if steps else 0), ratios[i] + 0.03, f"{r['tokens_per_s']:.0f}", ha="center", fontsize=7)
+    if steps:
+        dsteps = {(r["sparsity"], r.get("mask")): r["decode_tokens_per_s"] for r in rows
+                  if r["engine"] == "sparselm-dense"}
+        dr = [r["decode_tokens_per_s"] / dsteps[(r["sparsity"], r.get("mask"))] for r in sparse]
+        ax.bar([i + w / 2 for i in range(len(sparse))], dr, width=w, hatch="//", edgecolor="k",
+               color=[colors.get(r["values"], "gray") for r in sparse], label="decode steps")
+        for i, r in enumerate(sparse):
+            ax.text(i + w / 2, dr[i] + 0.03, f"{r['decode_tokens_per_s']:.0f}", ha="center", fontsize=7)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(2.5, color="r", ls="--", lw=0.8, label="goal at 75%: 2.5x")
     ax.set_xticks(range(len(sparse)), names, fontsize=7)
@@ -152,16 +175,20 @@ def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
               "none": {"glu": False}}
     engines = {k: decoder(**kw) for k, kw in combos.items()}
     times = {k: [] for k in combos}
+    steps = {k: [] for k in combos}
     for _ in range(args.epilogue_ab):
         for k, dec in engines.items():
-            times[k].append(dec.tokens_per_second(16, args.new_tokens))
+            r = rates(dec, args.new_tokens)
+            times[k].append(r["tokens_per_s"])
+            steps[k].append(r.get("decode_tokens_per_s", 0.0))
     out = []
     for k, dec in engines.items():
         same = int((dec.generate(prompt, 32) == tokens).all(1).sum())
-        med = statistics.median(times[k])
+        med, dmed = statistics.median(times[k]), statistics.median(steps[k])
         out.append({**row, "engine": f"sparselm-sparse-ab-{k}", "tokens_per_s": round(med, 1),
-                    "tokens_per_s_rounds": [round(t, 1) for t in times[k]], "same_tokens_as_default": same})
-        print(f"  A/B {k:12s} median {med:7.1f} tok/s over {len(times[k])} rounds "
+                    "tokens_per_s_rounds": times[k], "decode_tokens_per_s": round(dmed, 1),
+                    "decode_tokens_per_s_rounds": steps[k], "same_tokens_as_default": same})
+        print(f"  A/B {k:12s} median {med:7.1f} tok/s ({dmed:7.1f} decode steps) over {len(times[k])} rounds "
               f"({min(times[k]):.1f}-{max(times[k]):.1f}); {same}/{args.batch} sequences as the default engine",
               flush=True)
     del engines
@@ -187,6 +214,8 @@ def main() -> None:
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")
+    ap.add_argument("--eager-prefill", action="store_true", help="run the prompt's forward eagerly (records before "
+                    "session 29 did): by default each engine replays it from a graph (StaticDecoder prefill_graph)")
     ap.add_argument("--plot", type=Path, help="only draw the PNG for an existing result JSON")
     args = ap.parse_args()
     if args.plot is not None:
@@ -219,7 +248,8 @@ def main() -> None:
         name = f"llama-2-7b-shape ({args.layers} layers, random fp16)"
         prompt = torch.randint(0, 32000, (args.batch, 16), device="cuda")
     def decoder(**kw):  # the engine at this run's batch
-        return StaticDecoder(model, max_len=max_len, batch_size=args.batch, **kw)
+        return StaticDecoder(model, max_len=max_len, batch_size=args.batch, prefill_graph=not args.eager_prefill,
+                             **kw)
 
     for p in model.parameters():  # HF init: N(0, 0.02) weights, unit norms; inference only
         p.requires_grad_(False)
@@ -247,21 +277,23 @@ def main() -> None:
         if abs(measured - s) > 0.01:
             raise RuntimeError(f"gpu_decode: sparsity {s} ({mask}) left {measured:.4f} of the block weights zero")
         dec = decoder()
-        tps = dec.tokens_per_second(16, args.new_tokens)
+        r = rates(dec, args.new_tokens)
+        tps = r["tokens_per_s"]
         rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-dense", "values": "float16",
-                     "measured_sparsity": round(measured, 4), "pdl": dec.pdl, "tokens_per_s": round(tps, 1)})
+                     "measured_sparsity": round(measured, 4), "pdl": dec.pdl, **r})
         if args.pdl_compare and dec.pdl:
             rows.append(without_pdl(model, max_len, args.new_tokens, rows[-1], None, args.batch))
             print(f"s={s:.2f} dense engine without PDL {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
         if s == 0:  # the same loop with eager elementwise ops: what the fused Triton kernels save
             eager = decoder(fused_ops=False)
             rows.append({"model": name, "sparsity": s, "engine": "sparselm-dense-eager-ops", "values": "float16",
-                         "tokens_per_s": round(eager.tokens_per_second(16, args.new_tokens), 1)})
+                         **rates(eager, args.new_tokens)})
             print(f"s=0.00 dense engine, eager ops {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
             del eager
         ref_tokens, ref_logits = dec.generate(prompt, 32, return_logits=True)
         del dec
-        print(f"s={s:.2f} dense engine {tps:7.1f} tok/s", flush=True)
+        print(f"s={s:.2f} dense engine {tps:7.1f} tok/s ({r.get('decode_tokens_per_s')} decode steps, prefill "
+              f"{r.get('prefill_ms')} ms)", flush=True)
         if not hf_done:
             ids = prompt[:1]
             model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)  # warm-up
@@ -290,7 +322,8 @@ def main() -> None:
                      v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"]
                      for k, v in table.items()}  # the kernel config each shape runs
             print(f"[{time.time() - t0:.0f}s] autotuned: {paths}", flush=True)
-            tps = dec.tokens_per_second(16, args.new_tokens)
+            r = rates(dec, args.new_tokens)
+            tps = r["tokens_per_s"]
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             pdl_on = dec.pdl
             del dec
@@ -319,16 +352,20 @@ def main() -> None:
             ddiff /= scale
             same = same_rows[0]
             rows.append({"model": name, "sparsity": s, "mask": mask, "engine": "sparselm-sparse", "values": vdt,
-                         "measured_sparsity": round(measured, 4), "pdl": pdl_on, "tokens_per_s": round(tps, 1),
-                         "dispatch": paths})
+                         "measured_sparsity": round(measured, 4), "pdl": pdl_on, **r, "dispatch": paths})
             checks.append({"sparsity": s, "mask": mask, "values": vdt, "reference": "dense engine, same weights"
                            + (" (rounded to the values dtype)" if vref_tokens is not ref_tokens else ""),
                            "first_step_logit_maxdiff_rel": diff,
                            "decode_logit_maxdiff_rel": ddiff, "identical_prefix_tokens": same,
                            "identical_prefix_tokens_by_sequence": same_rows,
                            "token_agreement_32": agree})
-            dense_tps = [r["tokens_per_s"] for r in rows if r["sparsity"] == s and r.get("mask") == mask
-                         and r["engine"] == "sparselm-dense"][0]
+            dense_r = [x for x in rows if x["sparsity"] == s and x.get("mask") == mask
+                       and x["engine"] == "sparselm-dense"][0]
+            dense_tps = dense_r["tokens_per_s"]
+            if "decode_tokens_per_s" in r:
+                print(f"  decode steps: {r['decode_tokens_per_s']:7.1f} tok/s = "
+                      f"{r['decode_tokens_per_s'] / dense_r['decode_tokens_per_s']:.2f}x dense engine's; prefill "
+                      f"{r['prefill_ms']} ms (dense {dense_r['prefill_ms']} ms)", flush=True)
             print(f"s={s:.2f} sparse engine ({vdt}) {tps:7.1f} tok/s = {tps / dense_tps:.2f}x dense engine; "
                   f"decode logit diff {ddiff:.1e} (equal prefix: {min(same_rows)}-{max(same_rows)} tokens), "
                   f"token agreement {agree:.2f}",
@@ -340,7 +377,9 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"partial": True, "rows": rows, "checks": checks}, indent=1))
     res = {"device": torch.cuda.get_device_name(), "rows": rows, "checks": checks, "batch": args.batch,
-           "prompt_tokens": 16, "new_tokens": args.new_tokens,
+           "prompt_tokens": 16, "new_tokens": args.new_tokens, "prefill_graph": not args.eager_prefill,
+           "rates": "tokens_per_s: new tokens over the whole generate call, prefill included; decode_tokens_per_s: "
+                    "batch / per-step time of the single-token steps, same run (CUDA events)",
            "command": " ".join(["python"] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
            "versions": {"torch": torch.__version__, "triton": triton.__version__,
                         "transformers": transformers.__version__, "python": platform.python_version()},

@@ -112,6 +112,31 @@ def test_decoder_fused_ops_equal_eager(sparse, max_len, monkeypatch):
     assert len(calls) == (5 * cfg.num_hidden_layers if max_len <= 8192 else 0)  # 5 decode steps after the prefill
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decoder_prefill_graph_and_timing(sparse, monkeypatch):
+    """prefill_graph: the prompt's forward replayed from a graph per prompt length gives the eager prefill's tokens
+    and logits to the bit (the same kernels), only the PREFILL_GRAPHS most recently used lengths keep a graph, and
+    generate records its prefill / decode split (throughput() reports it)."""
+    monkeypatch.setattr("sparselm.runtime.decode.PREFILL_GRAPHS", 2)
+    torch.manual_seed(2)
+    cfg = LlamaConfig(vocab_size=53, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval().half().to(DEVICE)
+    if sparse:
+        sparsify(model)
+    eager, graphed = StaticDecoder(model, max_len=32), StaticDecoder(model, max_len=32, prefill_graph=True)
+    for t in (4, 7, 4, 9):
+        ids = torch.randint(0, 53, (1, t), device=DEVICE)
+        t1, l1 = eager.generate(ids, 6, return_logits=True)
+        t2, l2 = graphed.generate(ids, 6, return_logits=True)
+        assert torch.equal(t1, t2) and torch.equal(l1, l2), t
+        assert graphed.last_timing["steps"] == 5 and graphed.last_timing["prefill_ms"] > 0
+    assert sorted(graphed._prefill) == [4, 9]
+    r = graphed.throughput(prompt_len=5, new_tokens=8)
+    assert r["decode_tokens_per_s"] > 0 and r["step_ms"] > 0 and r["tokens_per_s"] > 0
+
+
 def test_decoder_fused_ops_need_a_llama_block():
     cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                       num_attention_heads=4, hidden_act="gelu")
@@ -154,7 +179,8 @@ def rope_tables(pos, hd, dtype):
                                                     (48, torch.float16, 4, 2, None), (64, torch.bfloat16, 4, 1, 8)])
 def test_decode_attention_qkv_equals_rope_then_attention(hd, dtype, hkv, b, block_n):
     """The fused rotary + cache write + attention against rope_qkv then decode_attention: the caches to the bit, the
-    output to the bit under the interpreter (compiled: within 4 ulps, the scores' sums may run in another order): head_dim 48 pads BLOCK_D, GQA (4 query heads on 2) and MHA; positions 0, inside the first key
+    output to the bit under the interpreter (compiled: within 4 ulps, the scores' sums may run in another order):
+    head_dim 48 pads BLOCK_D, GQA (4 query heads on 2) and MHA; positions 0, inside the first key
     block, and past several blocks (block 8 / the default 32: the merge runs, the position's block is not the
     first). The caches hold earlier tokens, which only the position's row may change."""
     h, max_len = 4, 40
@@ -179,6 +205,31 @@ def test_decode_attention_qkv_equals_rope_then_attention(hd, dtype, hkv, b, bloc
         other = torch.arange(max_len, device=DEVICE) != pos
         assert torch.equal(k_fused[:, :, other], kc[:, :, other]) and torch.equal(v_fused[:, :, other], vc[:, :, other])
         assert not torch.equal(k_fused[:, :, pos], kc[:, :, pos])  # the new token's rotated key was written
+
+
+def test_decode_attention_qkv_rotary_table():
+    """cos / sin as (L, hd) tables indexed by the kernel at the device-side position give the one-row call's
+    output and caches to the bit; a table shorter than the cache (a position could fall outside it) or of mixed
+    shapes is a ValueError."""
+    b, h, hkv, hd, max_len = 1, 4, 2, 32, 24
+    ang = torch.arange(max_len, device=DEVICE).float()[:, None] * (
+        1.0 / 10000 ** (torch.arange(0, hd, 2, device=DEVICE).float() / hd))[None]
+    emb = torch.cat([ang, ang], -1)
+    cos_t, sin_t = emb.cos().half(), emb.sin().half()
+    for pos in (0, 7, 23):
+        torch.manual_seed(pos)
+        qkv = torch.randn(b, 1, (h + 2 * hkv) * hd, device=DEVICE).half()
+        kc = torch.randn(b, hkv, max_len, hd, device=DEVICE).half()
+        vc = torch.randn_like(kc)
+        k2, v2 = kc.clone(), vc.clone()
+        p = torch.tensor([pos], device=DEVICE)
+        one = decode_attention_qkv(qkv, cos_t[pos:pos + 1], sin_t[pos:pos + 1], p, h, hkv, hd, kc, vc)
+        tab = decode_attention_qkv(qkv, cos_t, sin_t, p, h, hkv, hd, k2, v2)
+        assert torch.equal(one, tab) and torch.equal(kc, k2) and torch.equal(vc, v2), pos
+    with pytest.raises(ValueError, match="max_len"):
+        decode_attention_qkv(qkv, cos_t[:-1], sin_t[:-1], p, h, hkv, hd, kc, vc)
+    with pytest.raises(ValueError, match="tables"):
+        decode_attention_qkv(qkv, cos_t, sin_t[:, :-1], p, h, hkv, hd, kc, vc)
 
 
 def test_decode_attention_qkv_strided_rows_and_bad_shapes():

@@ -28,6 +28,7 @@ from sparselm.runtime.sparse_linear import SparseLinear
 # decode_attention gives each program one block of keys and merges up to 64 blocks in one program: past this many
 # positions its tiles outgrow the registers, so longer caches keep SDPA
 DECODE_ATTENTION_MAX_LEN = 8192
+PREFILL_GRAPHS = 4  # prompt lengths whose prefill graph a decoder keeps (prefill_graph=True)
 
 
 def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
@@ -66,7 +67,7 @@ class StaticDecoder:
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
                  fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool | None = None,
-                 norm_epilogue: bool = False):
+                 norm_epilogue: bool = False, prefill_graph: bool = False):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
@@ -78,8 +79,14 @@ class StaticDecoder:
         with the product's config ran 7B int8 1:4 decode 2-3.5% slower, fp16 1-3% faster, in three same-run A/Bs,
         benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
         add their output to the residual and apply the next RMSNorm in their last block (off by default: 4-6%
-        slower than the add_rmsnorm launch in the same A/Bs)."""
+        slower than the add_rmsnorm launch in the same A/Bs). prefill_graph: with graphs, also capture the
+        prompt's forward, one graph per prompt length (the PREFILL_GRAPHS most recently used lengths kept): an
+        eager prefill launches ~10 kernels per layer from Python, which at batch 1 takes longer than the GPU
+        work; capturing costs about three eager prefills, once per length, so it pays when prompt lengths
+        repeat (serving buckets, benchmarks)."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
+        self.prefill_graph = prefill_graph
+        self._prefill: dict[int, tuple] = {}  # prompt length -> (graph, ids, logits), least recently used first
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -94,6 +101,10 @@ class StaticDecoder:
         self.inv_freq = rot.inv_freq.to(self.device, torch.float32)
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
         self.batch_size, self.max_len = batch_size, max_len
+        # the rotary of every cache position, once: a decode step indexes it by its device-side position (the
+        # attention kernel reads the row itself) instead of running ~9 small cos/sin kernels per step
+        self.cos_tab, self.sin_tab = self._rope(torch.arange(max_len, device=self.device))
+        self.last_timing: dict | None = None  # generate's prefill / decode split (CUDA), see throughput()
         shape = (len(self.layers), batch_size, self.n_kv, max_len, self.head_dim)
         self.k_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
@@ -197,8 +208,7 @@ class StaticDecoder:
                     return r[0].view(res.shape), r[1].view(res.shape)
         return add_rmsnorm(res, linear(x), norm.weight, norm.variance_epsilon)
 
-    def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The same math as forward's loop with the Triton kernels; returns norm(h) of the last position. Each
         add_rmsnorm adds the previous sub-block's output to the residual and normalizes it for the next sub-block
         (the last one with the final norm)."""
@@ -207,13 +217,17 @@ class StaticDecoder:
         b, t, _ = h.shape
         nq = self.n_heads * self.head_dim
         heads = (self.n_heads, self.n_kv, self.head_dim)
+        # a decode step: keys 0..pos only, no mask; the rotary (from the table, at the device-side position) and
+        # the cache write inside the attention kernel (one launch less)
+        step = t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN
+        if not step:
+            cos, sin, mask = self.cos_tab[positions], self.sin_tab[positions], self._mask(positions)
         norm0 = self.layers[0].input_layernorm
         res, x = add_rmsnorm(h, None, norm0.weight, norm0.variance_epsilon)
         for i, layer in enumerate(self.layers):
-            if t == 1 and self.max_len <= DECODE_ATTENTION_MAX_LEN:  # a decode step: keys 0..pos only, no mask,
-                # the rotary and cache write inside the attention kernel (one launch less)
-                a = decode_attention_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i],
-                                         self.v_cache[i])
+            if step:
+                a = decode_attention_qkv(self.qkv[i](x), self.cos_tab, self.sin_tab, positions, *heads,
+                                         self.k_cache[i], self.v_cache[i])
             else:
                 q = rope_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i], self.v_cache[i])
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
@@ -223,6 +237,9 @@ class StaticDecoder:
             nn_ = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
             res, x = self._add_norm(layer.mlp.down_proj, self._silu_up(i, x, silu_mul), res, nn_, add_rmsnorm)
         return x[:, -1]
+
+    def _mask(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.key_pos[None, :] <= positions[:, None]  # (T, max_len): causal over the static cache
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -236,16 +253,39 @@ class StaticDecoder:
 
     def _forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        positions = start + torch.arange(t, device=self.device)
-        cos, sin = self._rope(positions)
-        mask = self.key_pos[None, :] <= positions[:, None]  # (T, max_len): causal over the static cache
+        # one token: its position is `start` itself (a view, no kernel in the step's graph)
+        positions = start.reshape(1) if t == 1 else start + torch.arange(t, device=self.device)
         h = self.embed(ids)
         if self.fused_ops:
-            return self.lm_head(self._forward_fused(h, positions, cos, sin, mask)).float()
+            return self.lm_head(self._forward_fused(h, positions)).float()
+        cos, sin, mask = self.cos_tab[positions], self.sin_tab[positions], self._mask(positions)
         for i, layer in enumerate(self.layers):
             h = h + self._attention(i, layer, layer.input_layernorm(h), positions, cos, sin, mask)
             h = h + self._mlp(i, layer.mlp, layer.post_attention_layernorm(h))
         return self.lm_head(self.norm(h[:, -1])).float()
+
+    def _prefill_graphed(self, ids: torch.Tensor) -> torch.Tensor:
+        """forward(ids, 0) through the graph captured for this prompt length (captured on first use)."""
+        t = ids.shape[1]
+        if t not in self._prefill:
+            if len(self._prefill) >= PREFILL_GRAPHS:
+                self._prefill.pop(next(iter(self._prefill)))
+            buf = ids.clone()
+            start = torch.zeros((), dtype=torch.long, device=self.device)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):  # warm-up: this length's kernels compile / autotune outside the capture
+                for _ in range(2):
+                    self.forward(buf, start)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = self.forward(buf, start)
+            self._prefill[t] = (graph, buf, logits)
+        graph, buf, logits = self._prefill[t] = self._prefill.pop(t)  # most recently used last
+        buf.copy_(ids)
+        graph.replay()
+        return logits.clone()  # the graph's buffer is rewritten by the next prefill of this length
 
     def _capture(self) -> None:
         """One decode step as a graph: reads self._ids / self._pos, writes self._logits and the next token."""
@@ -265,7 +305,9 @@ class StaticDecoder:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, return_logits: bool = False):
-        """Greedy tokens (B, T + max_new_tokens); with return_logits also the (steps, B, vocab) logits."""
+        """Greedy tokens (B, T + max_new_tokens); with return_logits also the (steps, B, vocab) logits. On CUDA,
+        self.last_timing gets the run's split, from events on the stream: prefill_ms (the prompt's forward and
+        its first token) and decode_ms over `steps` single-token steps."""
         b, t = input_ids.shape
         if b != self.batch_size or t + max_new_tokens > self.max_len:
             raise ValueError(f"input_ids: batch {b} / length {t}+{max_new_tokens} do not fit this decoder "
@@ -273,9 +315,21 @@ class StaticDecoder:
         input_ids = input_ids.to(self.device)
         if self.use_graph and self._graph is None:
             self._capture()  # before the prefill: its warm-up writes cache position 0, which the prefill rewrites
-        logits = self.forward(input_ids, torch.zeros((), dtype=torch.long, device=self.device))
+        cuda = self.device.type == "cuda"
+        graphed = self.use_graph and self.prefill_graph
+        if graphed and t not in self._prefill:
+            self._prefill_graphed(input_ids)  # capture before the clock starts; the replay below does the work
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else []
+        if cuda:
+            events[0].record()
+        if graphed:
+            logits = self._prefill_graphed(input_ids)
+        else:
+            logits = self.forward(input_ids, torch.zeros((), dtype=torch.long, device=self.device))
         out, all_logits = [input_ids], [logits] if return_logits else []
         nxt = logits.argmax(-1, keepdim=True)
+        if cuda:
+            events[1].record()
         if self.use_graph:
             self._ids.copy_(nxt)
             self._pos.fill_(t)
@@ -293,10 +347,18 @@ class StaticDecoder:
                     all_logits.append(lg)
         out.append(nxt)
         tokens = torch.cat(out, dim=1)
+        if cuda:
+            events[2].record()
+            events[2].synchronize()
+            self.last_timing = {"prefill_ms": events[0].elapsed_time(events[1]),
+                                "decode_ms": events[1].elapsed_time(events[2]), "steps": max_new_tokens - 1}
         return (tokens, torch.stack(all_logits)) if return_logits else tokens
 
-    def tokens_per_second(self, prompt_len: int = 16, new_tokens: int = 128, vocab: int | None = None) -> float:
-        """Decode throughput (batch_size * new tokens / s) after a prefill of `prompt_len` random tokens."""
+    def throughput(self, prompt_len: int = 16, new_tokens: int = 128, vocab: int | None = None) -> dict:
+        """One timed generate of `new_tokens` after a `prompt_len`-token prompt of random ids (after a warm-up
+        that also captures the graph). tokens_per_s: batch_size * new_tokens over the whole call, prefill
+        included. On CUDA, from the same run: prefill_ms, step_ms (per single-token step) and decode_tokens_per_s
+        = batch_size / step time, the steady-state rate that the weights' bytes per step bound."""
         vocab = vocab or self.embed.weight.shape[0]
         ids = torch.randint(0, vocab, (self.batch_size, prompt_len), device=self.device)
         self.generate(ids, 4)  # warm-up (and graph capture)
@@ -305,4 +367,15 @@ class StaticDecoder:
         t0 = time.perf_counter()
         self.generate(ids, new_tokens)
         sync()
-        return self.batch_size * new_tokens / (time.perf_counter() - t0)
+        res = {"tokens_per_s": self.batch_size * new_tokens / (time.perf_counter() - t0)}
+        if self.device.type == "cuda" and self.last_timing and self.last_timing["steps"]:
+            lt = self.last_timing
+            step_ms = lt["decode_ms"] / lt["steps"]
+            res.update(prefill_ms=lt["prefill_ms"], step_ms=step_ms,
+                       decode_tokens_per_s=self.batch_size * 1e3 / step_ms)
+        return res
+
+    def tokens_per_second(self, prompt_len: int = 16, new_tokens: int = 128, vocab: int | None = None) -> float:
+        """Throughput (batch_size * new tokens / s) over a whole generate call, the prefill of `prompt_len`
+        random tokens included (throughput() also splits off the steady-state decode rate)."""
+        return self.throughput(prompt_len, new_tokens, vocab)["tokens_per_s"]

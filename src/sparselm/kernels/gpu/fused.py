@@ -151,12 +151,12 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, cos_ptr, sin_ptr, H, HKV,
-                        max_len, HD, scale, S, stride_row, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cnt_ptr, cos_ptr, sin_ptr, cos_stride,
+                        H, HKV, max_len, HD, scale, S, stride_row, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_S: tl.constexpr, ROPE: tl.constexpr, PDL: tl.constexpr):
     """ROPE False: q_ptr holds the rotated q (B H, hd) and the caches already hold key / value pos. ROPE True: q_ptr
     holds the raw q/k/v projection rows (B, row stride stride_row), and the rotary + cache write of rope_qkv happen
-    here (decode_attention_qkv)."""
+    here (decode_attention_qkv), with the rotary of position p at cos_ptr + p cos_stride (stride 0: one row)."""
     if PDL:  # programmatic dependent launch (pdl.py): let the next kernel start, then wait for the last one's writes
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -176,8 +176,8 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ml_ptr, acc_ptr, cn
         offs = (b * HKV + kvh) * max_len * HD + n[:, None] * HD + d[None, :]
         if ROPE:
             row = q_ptr + b * stride_row
-            cos_d = tl.load(cos_ptr + d, mask=dok, other=0.0).to(tl.float32)
-            sin_d = tl.load(sin_ptr + d, mask=dok, other=0.0).to(tl.float32)
+            cos_d = tl.load(cos_ptr + p * cos_stride + d, mask=dok, other=0.0).to(tl.float32)
+            sin_d = tl.load(sin_ptr + p * cos_stride + d, mask=dok, other=0.0).to(tl.float32)
             q = _rope_row(row + (bh % H) * HD, d, dok, cos_d, sin_d, HD).to(tl.float32) * scale
             # key p is not in the cache yet (and this program's own write below need not be visible to its loads)
             ok = (n < p)[:, None] & dok[None, :]
@@ -248,8 +248,8 @@ def _check_caches(name: str, b: int, h: int, hd: int, k_cache: torch.Tensor, v_c
 
 
 def _launch_decode_attn(src: torch.Tensor, stride_row: int, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                        k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, b: int, h: int,
-                        hd: int, block_n: int | None, num_warps: int | None) -> torch.Tensor:
+                        cos_stride: int, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                        b: int, h: int, hd: int, block_n: int | None, num_warps: int | None) -> torch.Tensor:
     """One launch of _decode_attn_kernel over src: the rotated q (cos None) or the raw q/k/v rows (ROPE)."""
     hkv, max_len = k_cache.shape[1], k_cache.shape[2]
     block_n = block_n or max(32, triton.next_power_of_2(triton.cdiv(max_len, 64)))
@@ -259,7 +259,8 @@ def _launch_decode_attn(src: torch.Tensor, stride_row: int, cos: torch.Tensor | 
     out = torch.empty(b, 1, h * hd, device=src.device, dtype=src.dtype)
     rope = cos is not None
     _decode_attn_kernel[(b * h, splits)](src, k_cache, v_cache, positions, out, ml, acc, cnt,
-                                         cos if rope else src, sin if rope else src, h, hkv, max_len, hd,
+                                         cos if rope else src, sin if rope else src, cos_stride, h, hkv,
+                                         max_len, hd,
                                          hd ** -0.5, splits, stride_row, BLOCK_N=block_n, BLOCK_D=block_d,
                                          BLOCK_S=max(2, triton.next_power_of_2(splits)), ROPE=rope,
                                          num_warps=num_warps, **triton_options())
@@ -276,7 +277,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if t != 1:
         raise ValueError(f"decode_attention: q {tuple(q.shape)} must be (B, H, 1, hd): one token")
     _check_caches("decode_attention", b, h, hd, k_cache, v_cache)
-    return _launch_decode_attn(q.contiguous(), 0, None, None, k_cache, v_cache, positions, b, h, hd, block_n,
+    return _launch_decode_attn(q.contiguous(), 0, None, None, 0, k_cache, v_cache, positions, b, h, hd, block_n,
                                num_warps)
 
 
@@ -285,10 +286,12 @@ def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                          block_n: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """decode_attention(rope_qkv(qkv, cos, sin, positions, ...), k_cache, v_cache, positions) in one launch: the
     caches to the bit, the output to the bit at the 7B shape on the H200 (decode_attention.json) and within a few
-    ulps elsewhere (the compiled kernels may sum the scores in another order): qkv (B, 1, (H + 2 HKV) hd) is the raw q/k/v projection of one new token,
-    cos / sin (1, hd) its rotary at positions[0]. Each program rotates its head's q itself; the programs whose key
-    block holds the position rotate its k too, use k and v from registers there, and the group's first head writes
-    them into the caches."""
+    ulps elsewhere (the compiled kernels may sum the scores in another order): qkv (B, 1, (H + 2 HKV) hd) is the
+    raw q/k/v projection of one new token; cos / sin hold its rotary, either one row (hd values: position
+    positions[0]'s) or a table (L >= max_len, hd) that the kernel indexes at positions[0] itself, so a decode step
+    computes no rotary of its own (StaticDecoder builds the table once). Each program rotates its head's q itself;
+    the programs whose key block holds the position rotate its k too, use k and v from registers there, and the
+    group's first head writes them into the caches."""
     if qkv.dim() != 3 or qkv.shape[1] != 1:
         raise ValueError(f"decode_attention_qkv: qkv {tuple(qkv.shape)} must be (B, 1, (H + 2 HKV) hd): one token")
     b = qkv.shape[0]
@@ -299,11 +302,15 @@ def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     if k_cache.shape[1] != n_kv or k_cache.dtype != qkv.dtype or v_cache.dtype != qkv.dtype:
         raise ValueError(f"decode_attention_qkv: caches ({k_cache.shape[1]} heads, {k_cache.dtype}) must have "
                          f"HKV={n_kv} heads of qkv's dtype {qkv.dtype}")
-    if cos.numel() != head_dim or sin.numel() != head_dim:
+    one = cos.numel() == head_dim and sin.numel() == head_dim
+    table = (cos.dim() == 2 and cos.shape == sin.shape and cos.shape[1] == head_dim
+             and cos.shape[0] >= k_cache.shape[2])  # positions < max_len: every index lands in the table
+    if not (one or table) or cos.dtype != sin.dtype:
         raise ValueError(f"decode_attention_qkv: cos / sin {tuple(cos.shape)} / {tuple(sin.shape)} must hold "
-                         f"hd={head_dim} values (one position)")
+                         f"hd={head_dim} values (one position) or be (L >= max_len={k_cache.shape[2]}, hd) tables, "
+                         f"one dtype")
     rows = qkv.reshape(b, -1)
     if rows.stride(1) != 1:
         rows = rows.contiguous()
-    return _launch_decode_attn(rows, rows.stride(0), cos.contiguous(), sin.contiguous(), k_cache, v_cache,
-                               positions, b, n_heads, head_dim, block_n, num_warps)
+    return _launch_decode_attn(rows, rows.stride(0), cos.contiguous(), sin.contiguous(), 0 if one else head_dim,
+                               k_cache, v_cache, positions, b, n_heads, head_dim, block_n, num_warps)
