@@ -86,7 +86,7 @@ class StaticDecoder:
         repeat (serving buckets, benchmarks)."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
         self.prefill_graph = prefill_graph
-        self._prefill: dict[int, tuple] = {}  # prompt length -> (graph, ids, logits), least recently used first
+        self._prefill: dict[int, tuple] = {}  # prompt length -> (graph, ids, start, logits), LRU first
         self.model = model
         inner = getattr(model, "model", model)
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -281,8 +281,9 @@ class StaticDecoder:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 logits = self.forward(buf, start)
-            self._prefill[t] = (graph, buf, logits)
-        graph, buf, logits = self._prefill[t] = self._prefill.pop(t)  # most recently used last
+            # the graph reads buf and start where they were at capture: both must outlive it
+            self._prefill[t] = (graph, buf, start, logits)
+        graph, buf, _, logits = self._prefill[t] = self._prefill.pop(t)  # most recently used last
         buf.copy_(ids)
         graph.replay()
         return logits.clone()  # the graph's buffer is rewritten by the next prefill of this length
