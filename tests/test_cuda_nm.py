@@ -337,9 +337,9 @@ def test_silu_mul_product_runs_the_glu_epilogue_only_where_nmcu_serves_batch_1(m
 
 
 def test_silu_mul_product_auto_follows_the_measured_glu_row(monkeypatch):
-    """auto (the decoder's default): autotune_glu's row decides where there is one (its own config, or no glu);
-    without one, 16-bit values use the glu launch where nmcu serves the product and int8 values do not (int8 ran
-    slower with the product's config)."""
+    """auto (the decoder's default): 16-bit values take the glu launch, with autotune_glu's config where it has a
+    row (a "dense" row: no glu) and the product's config where nmcu serves it otherwise; int8 values never do under
+    auto, tuned or not (int8 decode ran slower with either config)."""
     from sparselm.runtime import gpu_backend
     from sparselm.runtime.sparse_linear import SparseLinear
 
@@ -357,7 +357,10 @@ def test_silu_mul_product_auto_follows_the_measured_glu_row(monkeypatch):
         key = gpu_backend.glu_key(layer, torch.float16)
         assert key == (16, 256, 1, values + "+glu", "float16")
         gpu_backend.record(key, "sparse", SpmmConfig(kernel="nmcu", num_warps=32, persist=3, pairs=True))
-        assert gpu_backend.silu_mul_product(x, layer, auto=True) == "glu" and calls[-1] == "nmcu-w32p3-pairs"
+        if values == "float16":
+            assert gpu_backend.silu_mul_product(x, layer, auto=True) == "glu" and calls[-1] == "nmcu-w32p3-pairs"
+        else:
+            assert gpu_backend.silu_mul_product(x, layer, auto=True) is None
         gpu_backend.record(key, "dense", None)
         assert gpu_backend.silu_mul_product(x, layer, auto=True) is None
 

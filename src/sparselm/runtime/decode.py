@@ -74,10 +74,9 @@ class StaticDecoder:
         RMSNorm, SiLU MLP, fused q/k/v and gate/up); False: the eager PyTorch ops.
         pdl: launch the project's kernels with programmatic dependent launch (kernels/gpu/pdl.py; default: where
         the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
-        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: where
-        gpu_backend.autotune_glu measured it faster, and untuned only for 16-bit values: on the H200 the glu launch
-        with the product's config ran 7B int8 1:4 decode 2-3.5% slower, fp16 1-3% faster, in three same-run A/Bs,
-        benchmarks/results/gpu_decode_norm_ab*.json). norm_epilogue: likewise let o_proj and down_proj
+        can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: for 16-bit values,
+        with gpu_backend.autotune_glu's config where tuned: on the H200 the glu launch ran 7B int8 1:4 decode
+        2-3.5% slower, fp16 1-3% faster, in four same-run A/Bs, benchmarks/results/gpu_decode_*ab*.json). norm_epilogue: likewise let o_proj and down_proj
         add their output to the residual and apply the next RMSNorm in their last block (off by default: 4-6%
         slower than the add_rmsnorm launch in the same A/Bs). prefill_graph: with graphs, also capture the
         prompt's forward, one graph per prompt length (the PREFILL_GRAPHS most recently used lengths kept): an

@@ -136,20 +136,22 @@ def glu_key(layer, act: torch.dtype) -> Key:
 def silu_mul_product(x2d: torch.Tensor, layer, auto: bool = False) -> torch.Tensor | None:
     """silu(x G^T) * (x U^T) for a fused gate / up SparseLinear (rows [G; U], no bias) in one launch, where the
     table's choice for its shape at batch 1 is the nmcu kernel (its glu epilogue: the decode step's silu * up launch
-    goes away); None elsewhere (the caller runs the product, then fused.silu_mul). auto: follow autotune_glu's
-    measured row for the layer where there is one; without one, only for 16-bit values (int8 1:4 ran 2-3.5% slower
-    with the plain product's config in three same-run A/Bs)."""
+    goes away); None elsewhere (the caller runs the product, then fused.silu_mul). auto: only for 16-bit values,
+    with autotune_glu's measured config where it has a row (a "dense" row: no glu). int8 values never take it under
+    auto: 7B int8 1:4 decode ran 2-3.5% slower with the glu launch in three same-run A/Bs with the product's config
+    and 2.4% slower with the tuned config (decode steps 687.4 vs 704.6 tok/s, 5 rounds within 0.1%,
+    gpu_decode_steps_ab.json), which autotune_glu's isolated timing had chosen; fp16 ran 2.2% faster."""
     if x2d.shape[0] != 1 or layer.bias is not None or layer.out_features % 2 or x2d.dtype not in (torch.float16,
                                                                                                    torch.bfloat16):
         return None
     from sparselm.kernels.gpu import cuda_nm
 
     if auto:
+        if layer.values.dtype not in (torch.float16, torch.bfloat16):
+            return None
         tuned = _TABLE.get(glu_key(layer, x2d.dtype))
         if tuned is not None:
             return cuda_nm.gemv(x2d, packed(layer), tuned["cfg"], glu=True) if tuned["path"] == "sparse" else None
-        if layer.values.dtype not in (torch.float16, torch.bfloat16):
-            return None
     ch = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), x2d.dtype))
     cfg = ch["cfg"]
     if ch["path"] != "sparse" or cfg is None or cfg.kernel != "nmcu" or cfg.block_b != 1:
@@ -165,9 +167,10 @@ def autotune_glu(layers, act_dtype: torch.dtype = torch.float16, copies: int = 4
     after autotune (the product's row is the baseline). Why a tuning of its own: a glu warp computes a gate row and
     an up row, so the plain product's best launch shape may leave its busiest warps a row pair heavier. The glu
     launch must win by `margin` (and again in `rounds` alternating timings): timed alone, the silu * up launch it
-    saves costs more than it does in a decode step, where programmatic dependent launch overlaps its start. One
-    7B A/B with the tuned rows (gpu_decode_glu_tuned.json, int8: 597 vs 629 tok/s without glu, rounds spread +-5%,
-    the same engine alone 641) did not settle whether they help end to end."""
+    saves costs more than it does in a decode step, where programmatic dependent launch overlaps its start. Even
+    so, its int8 row did not predict the decode: the tuned glu launch ran 7B int8 1:4 decode steps 2.4% slower
+    than product + silu_mul (gpu_decode_steps_ab.json), so silu_mul_product's auto mode takes it for 16-bit
+    values only."""
     from sparselm.kernels.gpu import cuda_nm
     from sparselm.kernels.gpu.fused import silu_mul
     from sparselm.kernels.gpu.timing import time_graph
