@@ -54,10 +54,38 @@ def rope_fusion_rows(pos: int, p: torch.Tensor, kc: torch.Tensor, vc: torch.Tens
     return out
 
 
+def qkv_split_rows(positions: list[int], kc: torch.Tensor, vc: torch.Tensor) -> list[dict]:
+    """decode_attention_qkv per key split at each position: the data behind decode.attention_buckets."""
+    from sparselm.kernels.gpu.fused import decode_attention_qkv
+    from sparselm.kernels.gpu.timing import time_graph
+
+    layers, b, h, ml, hd = kc.shape
+    qkv = torch.randn(b, 1, 3 * h * hd, device=kc.device, dtype=kc.dtype)
+    ang = torch.arange(ml, device=kc.device).float()[:, None] * (
+        1.0 / 10000 ** (torch.arange(0, hd, 2, device=kc.device).float() / hd))[None]
+    cos, sin = torch.cat([ang, ang], -1).cos().to(kc.dtype), torch.cat([ang, ang], -1).sin().to(kc.dtype)
+    out = []
+    for pos in positions:
+        p = torch.tensor([pos], device="cuda")
+        ref = decode_attention_qkv(qkv, cos, sin, p, h, h, hd, kc[0].clone(), vc[0].clone())
+        for bn, nw in ((None, None), (32, 4), (64, 8), (16, 2), (16, 4), (128, 8)):
+            got = decode_attention_qkv(qkv, cos, sin, p, h, h, hd, kc[0].clone(), vc[0].clone(), bn, nw)
+            err = (got.float() - ref.float()).abs().max().item()
+            us = time_graph([lambda i=i: decode_attention_qkv(qkv, cos, sin, p, h, h, hd, kc[i % layers],
+                                                              vc[i % layers], bn, nw) for i in range(64)]) * 1e3
+            out.append({"pos": pos, "kernel": f"decode_attention_qkv n{bn or 'auto'} w{nw or 'auto'}",
+                        "us": round(us, 2), "maxdiff_vs_default": err})
+            print(f"pos {pos:4d} qkv n{bn or 'auto'} w{nw or 'auto'} {us:6.2f} us  diff {err:.1e}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--max-len", type=int, default=152)
+    ap.add_argument("--positions", default="24,100", help="positions timed (the last cache position is added)")
+    ap.add_argument("--qkv-splits", action="store_true", help="only decode_attention_qkv (the decode step's kernel) "
+                    "per key split (block_n, num_warps) of runtime/decode.py's attention buckets, at each position")
     args = ap.parse_args()
     from sparselm.kernels.gpu.fused import decode_attention
     from sparselm.kernels.gpu.timing import time_graph
@@ -67,7 +95,11 @@ def main() -> None:
     vc = torch.randn_like(kc)
     q = torch.randn(b, h, 1, hd, device="cuda", dtype=torch.float16)
     rows = []
-    for pos in (24, 100, ml - 1):
+    positions = sorted({int(x) for x in args.positions.split(",") if x} | {ml - 1})
+    if args.qkv_splits:
+        rows = qkv_split_rows(positions, kc, vc)
+        positions = []
+    for pos in positions:
         p = torch.tensor([pos], device="cuda")
         ref = F.scaled_dot_product_attention(q.float(), kc[0, :, :, :pos + 1].float(), vc[0, :, :, :pos + 1].float())
         ref = ref.transpose(1, 2).reshape(b, 1, h * hd)

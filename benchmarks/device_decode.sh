@@ -4,7 +4,8 @@
 # the 7B-shape decode at 1:4 (fp16 and int8 values) against the same engine dense. ~8 min with the defaults.
 #   bash benchmarks/device_decode.sh     -> $OUT/gpu_kernels_nm.json, decode_attention.json, gpu_decode_nm.json
 #   NM_S=0 ATTN_S=0 DECODE_S=240 bash benchmarks/device_decode.sh     (only the decode)
-#   DECODE_ARGS="--epilogue-ab 3" ...   (gpu_decode.py's extra options: the epilogues' alternating A/B)
+#   DECODE_ARGS="--engine-ab 5" ...   (gpu_decode.py's extra options: the engine options' alternating A/B)
+#   ATTN_ARGS="--qkv-splits --positions 16,24,40,48,64,100" ...   (decode_attention.py's options)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
@@ -19,7 +20,7 @@ python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m
 [ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm \
   --kernels ${NM_KERNELS:-nmcu} --all-configs --budget-s $(( ${NM_S:-150} - 20 )) \
   --out $OUT/gpu_kernels_nm.json 2>&1 | q 50
-[ "${ATTN_S:-60}" -gt 0 ] && timeout -k 10 ${ATTN_S:-60} python3 benchmarks/decode_attention.py \
+[ "${ATTN_S:-60}" -gt 0 ] && timeout -k 10 ${ATTN_S:-60} python3 benchmarks/decode_attention.py ${ATTN_ARGS:-} \
   --out $OUT/decode_attention.json 2>&1 | q 30
 [ "${DECODE_S:-240}" -gt 0 ] && timeout -k 10 ${DECODE_S:-240} python3 benchmarks/gpu_decode.py --sparsities 0 \
   --patterns 1:4 --int8 ${DECODE_ARGS:-} --out $OUT/gpu_decode_nm.json 2>&1 | q 40

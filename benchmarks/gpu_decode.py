@@ -167,12 +167,14 @@ def plot(path: Path) -> Path:
 
 
 def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
-    """The sparse engine with combinations of the N:M kernel's epilogues (glu: silu * up in the gate/up product;
-    norm: add + RMSNorm in o_proj / down_proj; default: StaticDecoder's choice), timed round-robin
+    """The sparse engine with and without its options (glu: silu * up in the gate/up product; no-buckets: one
+    attention split for every position; with --norm-ab, glu+norm: add + RMSNorm in o_proj / down_proj; default:
+    StaticDecoder's choices), timed round-robin
     `args.epilogue_ab` times: one engine timed after another drifts by a few percent (session 26's glu A/B
     disagreed between runs), alternation and medians do not."""
-    combos = {"default": {}, "glu+norm": {"glu": True, "norm_epilogue": True}, "glu": {"glu": True},
-              "none": {"glu": False}}
+    combos = {"default": {}, "no-buckets": {"attn_buckets": False}, "glu": {"glu": True}, "no-glu": {"glu": False}}
+    if args.norm_ab:
+        combos["glu+norm"] = {"glu": True, "norm_epilogue": True}
     engines = {k: decoder(**kw) for k, kw in combos.items()}
     times = {k: [] for k in combos}
     steps = {k: [] for k in combos}
@@ -208,9 +210,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s: summed over them; "
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
-    ap.add_argument("--epilogue-ab", type=int, default=0, metavar="ROUNDS", help="also each sparse engine with and "
-                    "without the N:M kernel's glu and norm epilogues (4 engines), timed in ROUNDS alternating rounds "
-                    "in the same run (rows '...-ab', medians)")
+    ap.add_argument("--engine-ab", "--epilogue-ab", dest="epilogue_ab", type=int, default=0, metavar="ROUNDS",
+                    help="also each sparse engine with and without its glu epilogue and attention buckets (4 "
+                    "engines), timed in ROUNDS alternating rounds in the same run (rows '...-ab-', medians)")
+    ap.add_argument("--norm-ab", action="store_true", help="the A/B also runs the norm epilogue (glu+norm)")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")

@@ -112,11 +112,40 @@ def test_decoder_fused_ops_equal_eager(sparse, max_len, monkeypatch):
     assert len(calls) == (5 * cfg.num_hidden_layers if max_len <= 8192 else 0)  # 5 decode steps after the prefill
 
 
+def test_attention_buckets_rule():
+    from sparselm.runtime.decode import attention_buckets
+
+    assert attention_buckets(32) == [(0, 32, 4)]
+    assert attention_buckets(64) == [(0, 32, 4), (32, 64, 8)]
+    assert attention_buckets(152) == [(0, 32, 4), (32, 64, 8), (64, 16, 2)]
+    assert attention_buckets(4096) == [(0, None, None)]
+
+
+def test_decoder_attention_buckets_follow_the_position(monkeypatch):
+    """Decode steps at positions 28..67 run bucket 0's, 1's and 2's key split in turn (eager steps choose as the
+    graphs do), with the default split's tokens and logits within the sums' reordering."""
+    seen = []
+    monkeypatch.setattr("sparselm.kernels.gpu.fused.decode_attention_qkv",
+                        lambda *a, **k: seen.append(a[9:11]) or decode_attention_qkv(*a, **k))
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval().to(DEVICE)
+    ids = torch.randint(0, 53, (1, 28), device=DEVICE)
+    t1, l1 = StaticDecoder(model, max_len=96, use_graph=False, fused_ops=True).generate(ids, 41, return_logits=True)
+    assert seen[:4] == [(32, 4)] * 4 and seen[4:36] == [(64, 8)] * 32 and seen[36:] == [(16, 2)] * 4
+    seen.clear()
+    t2, l2 = StaticDecoder(model, max_len=96, use_graph=False, fused_ops=True, attn_buckets=False).generate(
+        ids, 41, return_logits=True)
+    assert set(seen) == {(None, None)} and torch.equal(t1, t2)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs")
 @pytest.mark.parametrize("sparse", [False, True])
 def test_decoder_prefill_graph_and_timing(sparse, monkeypatch):
-    """prefill_graph: the prompt's forward replayed from a graph per prompt length gives the eager prefill's tokens
-    and logits to the bit (the same kernels), only the PREFILL_GRAPHS most recently used lengths keep a graph, and
+    """prefill_graph and a step graph per attention bucket give the eager decoder's tokens and logits to the bit
+    (the same kernels), only the PREFILL_GRAPHS most recently used lengths keep a graph, and
     generate records its prefill / decode split (throughput() reports it)."""
     monkeypatch.setattr("sparselm.runtime.decode.PREFILL_GRAPHS", 2)
     torch.manual_seed(2)
@@ -125,14 +154,15 @@ def test_decoder_prefill_graph_and_timing(sparse, monkeypatch):
     model = LlamaForCausalLM(cfg).eval().half().to(DEVICE)
     if sparse:
         sparsify(model)
-    eager, graphed = StaticDecoder(model, max_len=32), StaticDecoder(model, max_len=32, prefill_graph=True)
-    for t in (4, 7, 4, 9):
+    eager = StaticDecoder(model, max_len=80, use_graph=False)  # eager steps: the graphs' attention buckets
+    graphed = StaticDecoder(model, max_len=80, prefill_graph=True)
+    for t in (4, 30, 4, 60):  # steps up to position 65: all three buckets
         ids = torch.randint(0, 53, (1, t), device=DEVICE)
         t1, l1 = eager.generate(ids, 6, return_logits=True)
         t2, l2 = graphed.generate(ids, 6, return_logits=True)
         assert torch.equal(t1, t2) and torch.equal(l1, l2), t
         assert graphed.last_timing["steps"] == 5 and graphed.last_timing["prefill_ms"] > 0
-    assert sorted(graphed._prefill) == [4, 9]
+    assert sorted(graphed._prefill) == [4, 60] and len(graphed._graphs) == 3
     r = graphed.throughput(prompt_len=5, new_tokens=8)
     assert r["decode_tokens_per_s"] > 0 and r["step_ms"] > 0 and r["tokens_per_s"] > 0
 

@@ -31,6 +31,19 @@ DECODE_ATTENTION_MAX_LEN = 8192
 PREFILL_GRAPHS = 4  # prompt lengths whose prefill graph a decoder keeps (prefill_graph=True)
 
 
+def attention_buckets(max_len: int) -> list[tuple[int, int | None, int | None]]:
+    """decode_attention's key split by position: (first position, block_n, num_warps) per bucket, ascending; a
+    decode step at position p runs the last bucket whose first position is <= p (one step graph per bucket).
+    Why by position: a head's key blocks merge their partial softmaxes through an arrival counter and an L2 round
+    trip, ~2.5 us that a single block avoids, while past ~64 keys many small blocks beat a few large ones. On the
+    H200 at the 7B shape (decode_attention_blocks.json, 32 heads of 128): position 24: one block of 32 keys 3.2 us
+    (16-key blocks 4.2); position 100: 16-key blocks (7 programs per head) 5.4 us against 6.2 for 32-key blocks.
+    Caches past 1024 positions keep the default split (at most 64 blocks) everywhere."""
+    if max_len > 1024:
+        return [(0, None, None)]
+    return [(0, 32, 4), (32, 64, 8), (64, 16, 2)][:1 + (max_len > 32) + (max_len > 64)]
+
+
 def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
     """One module computing cat([m(x) for m in mods], -1): stacked rows for nn.Linear, concatenated compressed
     rows for SparseLinear (same values dtype / group size). None when the modules cannot be fused."""
@@ -67,7 +80,7 @@ class StaticDecoder:
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
                  fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool | None = None,
-                 norm_epilogue: bool = False, prefill_graph: bool = False):
+                 norm_epilogue: bool = False, prefill_graph: bool = False, attn_buckets: bool = True):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
@@ -76,13 +89,15 @@ class StaticDecoder:
         the GPU and Triton support it). glu: let the fused gate/up product apply silu * up itself where its kernel
         can (fused_ops, batch 1, the N:M kernel; False: always the product, then silu_mul; None: for 16-bit values,
         with gpu_backend.autotune_glu's config where tuned: on the H200 the glu launch ran 7B int8 1:4 decode
-        2-3.5% slower, fp16 1-3% faster, in four same-run A/Bs, benchmarks/results/gpu_decode_*ab*.json). norm_epilogue: likewise let o_proj and down_proj
-        add their output to the residual and apply the next RMSNorm in their last block (off by default: 4-6%
-        slower than the add_rmsnorm launch in the same A/Bs). prefill_graph: with graphs, also capture the
-        prompt's forward, one graph per prompt length (the PREFILL_GRAPHS most recently used lengths kept): an
-        eager prefill launches ~10 kernels per layer from Python, which at batch 1 takes longer than the GPU
-        work; capturing costs about three eager prefills, once per length, so it pays when prompt lengths
-        repeat (serving buckets, benchmarks)."""
+        2-3.5% slower, fp16 1-3% faster, in four same-run A/Bs, benchmarks/results/gpu_decode_*ab*.json).
+        norm_epilogue: likewise let o_proj and down_proj add their output to the residual and apply the next
+        RMSNorm in their last block (off by default: 4-6% slower than the add_rmsnorm launch in the same A/Bs).
+        prefill_graph: with graphs, also capture the prompt's forward, one graph per prompt length (the
+        PREFILL_GRAPHS most recently used lengths kept): an eager prefill launches ~10 kernels per layer from
+        Python, which at batch 1 takes longer than the GPU work; capturing costs about three eager prefills, once
+        per length, so it pays when prompt lengths repeat (serving buckets, benchmarks). attn_buckets: the decode
+        attention's key split chosen by position (attention_buckets; with graphs, one step graph per bucket);
+        False: the default split."""
         self.glu, self.norm_epilogue = glu, norm_epilogue
         self.prefill_graph = prefill_graph
         self._prefill: dict[int, tuple] = {}  # prompt length -> (graph, ids, start, logits), LRU first
@@ -109,7 +124,9 @@ class StaticDecoder:
         self.v_cache = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.key_pos = torch.arange(max_len, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self._graph = None
+        self._graphs: list[tuple[int, torch.cuda.CUDAGraph, torch.Tensor]] = []  # (first position, graph, logits)
+        self.buckets = attention_buckets(max_len) if attn_buckets else [(0, None, None)]
+        self._attn: tuple[int | None, int | None] = (None, None)  # the split the next forward's attention uses
         self.qkv, self.gate_up = [], []
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
@@ -226,7 +243,7 @@ class StaticDecoder:
         for i, layer in enumerate(self.layers):
             if step:
                 a = decode_attention_qkv(self.qkv[i](x), self.cos_tab, self.sin_tab, positions, *heads,
-                                         self.k_cache[i], self.v_cache[i])
+                                         self.k_cache[i], self.v_cache[i], *self._attn)
             else:
                 q = rope_qkv(self.qkv[i](x), cos, sin, positions, *heads, self.k_cache[i], self.v_cache[i])
                 a = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask,
@@ -288,20 +305,29 @@ class StaticDecoder:
         return logits.clone()  # the graph's buffer is rewritten by the next prefill of this length
 
     def _capture(self) -> None:
-        """One decode step as a graph: reads self._ids / self._pos, writes self._logits and the next token."""
+        """One decode step as a graph per attention bucket: each reads self._ids / self._pos, writes its logits and
+        the next token into self._ids."""
         self._ids = torch.zeros(self.batch_size, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros((), dtype=torch.long, device=self.device)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm-up: Triton compiles, packed views, cuBLAS handles
-            for _ in range(2):
-                self.forward(self._ids, self._pos)
-        torch.cuda.current_stream().wait_stream(s)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._logits = self.forward(self._ids, self._pos)
-            self._ids.copy_(self._logits.argmax(-1, keepdim=True))
-            self._pos.add_(1)
+        for first, block_n, warps in self.buckets:
+            self._attn = (block_n, warps)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):  # warm-up: Triton compiles, packed views, cuBLAS handles
+                for _ in range(2):
+                    self.forward(self._ids, self._pos)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = self.forward(self._ids, self._pos)
+                torch.argmax(logits, -1, keepdim=True, out=self._ids)
+                self._pos.add_(1)
+            self._graphs.append((first, graph, logits))
+        self._attn = (None, None)
+
+    def _bucket(self, pos: int) -> int:
+        """The index of the attention bucket holding position `pos` (bucket 0 starts at 0)."""
+        return max(i for i, b in enumerate(self.buckets) if b[0] <= pos)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, return_logits: bool = False):
@@ -313,7 +339,7 @@ class StaticDecoder:
             raise ValueError(f"input_ids: batch {b} / length {t}+{max_new_tokens} do not fit this decoder "
                              f"(batch_size={self.batch_size}, max_len={self.max_len})")
         input_ids = input_ids.to(self.device)
-        if self.use_graph and self._graph is None:
+        if self.use_graph and not self._graphs:
             self._capture()  # before the prefill: its warm-up writes cache position 0, which the prefill rewrites
         cuda = self.device.type == "cuda"
         graphed = self.use_graph and self.prefill_graph
@@ -336,15 +362,18 @@ class StaticDecoder:
         for step in range(max_new_tokens - 1):
             out.append(nxt)
             if self.use_graph:
-                self._graph.replay()
+                _, graph, step_logits = self._graphs[self._bucket(t + step)]  # the token fed: position t + step
+                graph.replay()
                 nxt = self._ids.clone()
                 if return_logits:
-                    all_logits.append(self._logits.clone())
-            else:
+                    all_logits.append(step_logits.clone())
+            else:  # the graphs' split, so that eager and replayed steps give the same bits
+                self._attn = self.buckets[self._bucket(t + step)][1:]
                 lg = self.forward(nxt, torch.tensor(t + step, device=self.device))
                 nxt = lg.argmax(-1, keepdim=True)
                 if return_logits:
                     all_logits.append(lg)
+        self._attn = (None, None)
         out.append(nxt)
         tokens = torch.cat(out, dim=1)
         if cuda:
