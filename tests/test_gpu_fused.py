@@ -117,12 +117,12 @@ def test_attention_buckets_rule():
 
     assert attention_buckets(32) == [(0, 32, 4)]
     assert attention_buckets(64) == [(0, 32, 4), (32, 64, 8)]
-    assert attention_buckets(152) == [(0, 32, 4), (32, 64, 8), (64, 16, 2)]
-    assert attention_buckets(4096) == [(0, None, None)]
+    assert attention_buckets(152) == [(0, 32, 4), (32, 64, 8), (64, 32, 4), (128, 16, 2)]
+    assert attention_buckets(4096) == [(0, 32, 4), (32, 64, 8), (64, 32, 4), (128, 16, 2), (256, None, None)]
 
 
 def test_decoder_attention_buckets_follow_the_position(monkeypatch):
-    """Decode steps at positions 28..67 run bucket 0's, 1's and 2's key split in turn (eager steps choose as the
+    """Decode steps at positions 28..67 run bucket 0's, 1's and 2's key splits in turn (eager steps choose as the
     graphs do), with the default split's tokens and logits within the sums' reordering."""
     seen = []
     monkeypatch.setattr("sparselm.kernels.gpu.fused.decode_attention_qkv",
@@ -133,7 +133,7 @@ def test_decoder_attention_buckets_follow_the_position(monkeypatch):
     model = LlamaForCausalLM(cfg).eval().to(DEVICE)
     ids = torch.randint(0, 53, (1, 28), device=DEVICE)
     t1, l1 = StaticDecoder(model, max_len=96, use_graph=False, fused_ops=True).generate(ids, 41, return_logits=True)
-    assert seen[:4] == [(32, 4)] * 4 and seen[4:36] == [(64, 8)] * 32 and seen[36:] == [(16, 2)] * 4
+    assert seen[:4] == [(32, 4)] * 4 and seen[4:36] == [(64, 8)] * 32 and seen[36:] == [(32, 4)] * 4
     seen.clear()
     t2, l2 = StaticDecoder(model, max_len=96, use_graph=False, fused_ops=True, attn_buckets=False).generate(
         ids, 41, return_logits=True)
@@ -150,19 +150,19 @@ def test_decoder_prefill_graph_and_timing(sparse, monkeypatch):
     monkeypatch.setattr("sparselm.runtime.decode.PREFILL_GRAPHS", 2)
     torch.manual_seed(2)
     cfg = LlamaConfig(vocab_size=53, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=160)
     model = LlamaForCausalLM(cfg).eval().half().to(DEVICE)
     if sparse:
         sparsify(model)
-    eager = StaticDecoder(model, max_len=80, use_graph=False)  # eager steps: the graphs' attention buckets
-    graphed = StaticDecoder(model, max_len=80, prefill_graph=True)
-    for t in (4, 30, 4, 60):  # steps up to position 65: all three buckets
+    eager = StaticDecoder(model, max_len=140, use_graph=False)  # eager steps: the graphs' attention buckets
+    graphed = StaticDecoder(model, max_len=140, prefill_graph=True)
+    for t in (4, 30, 4, 124):  # steps up to position 129: all four buckets
         ids = torch.randint(0, 53, (1, t), device=DEVICE)
         t1, l1 = eager.generate(ids, 6, return_logits=True)
         t2, l2 = graphed.generate(ids, 6, return_logits=True)
         assert torch.equal(t1, t2) and torch.equal(l1, l2), t
         assert graphed.last_timing["steps"] == 5 and graphed.last_timing["prefill_ms"] > 0
-    assert sorted(graphed._prefill) == [4, 60] and len(graphed._graphs) == 3
+    assert sorted(graphed._prefill) == [4, 124] and len(graphed._graphs) == 4
     r = graphed.throughput(prompt_len=5, new_tokens=8)
     assert r["decode_tokens_per_s"] > 0 and r["step_ms"] > 0 and r["tokens_per_s"] > 0
 

@@ -33,46 +33,15 @@ PREFILL_GRAPHS = 4  # prompt lengths whose prefill graph a decoder keeps (prefil
 
 def attention_buckets(max_len: int) -> list[tuple[int, int | None, int | None]]:
     """decode_attention's key split by position: (first position, block_n, num_warps) per bucket, ascending; a
-    decode step at position p runs the last bucket whose first position is <= p (one step graph per bucket).
-    Why by position: a head's key blocks merge their partial softmaxes through an arrival counter and an L2 round
-    trip, ~2.5 us that a single block avoids, while past ~64 keys many small blocks beat a few large ones. On the
-    H200 at the 7B shape (decode_attention_blocks.json, 32 heads of 128): position 24: one block of 32 keys 3.2 us
-    (16-key blocks 4.2); position 100: 16-key blocks (7 programs per head) 5.4 us against 6.2 for 32-key blocks.
-    Caches past 1024 positions keep the default split (at most 64 blocks) everywhere."""
-    if max_len > 1024:
-        return [(0, None, None)]
-    return [(0, 32, 4), (32, 64, 8), (64, 16, 2)][:1 + (max_len > 32) + (max_len > 64)]
-
-
-def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
-    """One module computing cat([m(x) for m in mods], -1): stacked rows for nn.Linear, concatenated compressed
-    rows for SparseLinear (same values dtype / group size). None when the modules cannot be fused."""
-    if all(type(m) is nn.Linear for m in mods):
-        if len({(m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1:
-            return None
-        w = torch.cat([m.weight.detach() for m in mods])
-        fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            fused.weight.copy_(w)
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([m.bias.detach() for m in mods]))
-        return fused.requires_grad_(False)
-    if all(isinstance(m, SparseLinear) for m in mods):
-        try:
-            ct = concat_rows([m.compressed for m in mods])
-        except ValueError:
-            return None
-        has_bias = [m.bias is not None for m in mods]
-        if any(has_bias) and not all(has_bias):
-            return None
-        bias = torch.cat([m.bias.detach() for m in mods]) if all(has_bias) else None
-        return SparseLinear(ct, bias=bias, cache_dense=mods[0].cache_dense)
-    return None
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    decode step at position p runs the last bucket whose first position is <= p (one step graph per bucket; None:
+    the kernel's default split). Why by position: a head's key blocks merge their partial softmaxes through an
+    arrival counter and an L2 round trip (~1.3 us) that a single block avoids, while past ~128 keys more, smaller
+    blocks win. decode_attention_qkv on the H200 at the 7B shape, max_len 152 (decode_attention_qkv_splits.json,
+    us): positions 16-31: 32-key blocks 3.2-3.3 (one block; 64-key 4.0-4.2); 40-63: 64-key blocks (8 warps) 4.2-4.3
+    against 4.6-4.9; 64-100: 32-key blocks 4.7-5.3, 16-key (2 warps) 4.8-5.4; 130-151: 16-key blocks 5.7-5.8
+    against 6.1-6.3. Past position 256 (not measured) the default split."""
+    buckets = [(0, 32, 4), (32, 64, 8), (64, 32, 4), (128, 16, 2), (256, None, None)]
+    return [b for b in buckets if b[0] < max_len]
 
 
 class StaticDecoder:
