@@ -44,6 +44,37 @@ def attention_buckets(max_len: int) -> list[tuple[int, int | None, int | None]]:
     return [b for b in buckets if b[0] < max_len]
 
 
+def fuse_linears(mods: list[nn.Module]) -> nn.Module | None:
+    """One module computing cat([m(x) for m in mods], -1): stacked rows for nn.Linear, concatenated compressed
+    rows for SparseLinear (same values dtype / group size). None when the modules cannot be fused."""
+    if all(type(m) is nn.Linear for m in mods):
+        if len({(m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) != 1:
+            return None
+        w = torch.cat([m.weight.detach() for m in mods])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(w)
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([m.bias.detach() for m in mods]))
+        return fused.requires_grad_(False)
+    if all(isinstance(m, SparseLinear) for m in mods):
+        try:
+            ct = concat_rows([m.compressed for m in mods])
+        except ValueError:
+            return None
+        has_bias = [m.bias is not None for m in mods]
+        if any(has_bias) and not all(has_bias):
+            return None
+        bias = torch.cat([m.bias.detach() for m in mods]) if all(has_bias) else None
+        return SparseLinear(ct, bias=bias, cache_dense=mods[0].cache_dense)
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
 class StaticDecoder:
     """Greedy generation with a static KV cache (max_len positions) for `batch_size` sequences."""
 
