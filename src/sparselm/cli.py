@@ -243,6 +243,8 @@ def generate(
     typer.echo(res["text"])
     line = (f"[{res['sparse_layers']} sparse layers, values {res['values']}, {res['device']}] "
             f"{res['tokens_per_s']:.1f} tokens/s")
+    if "decode_tokens_per_s" in res:  # GPU: the single-token steps alone, and the prompt's forward
+        line += f" ({res['decode_tokens_per_s']:.1f} per decode step, prefill {res['prefill_ms']:.2f} ms)"
     if compare_dense:
         line += (f"; dense, same loop: {res['dense_tokens_per_s']:.1f} tokens/s -> {res['speedup']:.2f}x; "
                  f"{res['same_tokens_as_dense']}/{res['new_tokens']} tokens as dense")

@@ -57,15 +57,22 @@ def _decoder(net, max_len: int):
                          f"embedding); {type(net).__name__} is not one ({err})") from None
 
 
-def _timed(dec, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, float]:
-    """(tokens, decode tokens/s) after a warm-up (graph capture, kernel builds) on the same prompt."""
+def _timed(dec, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, float, dict]:
+    """(tokens, tokens/s over the whole call, the GPU's split) after a warm-up (graph capture, kernel builds) on
+    the same prompt. The split (CUDA): decode_tokens_per_s over the single-token steps and prefill_ms."""
     dec.generate(ids, min(new, 4))
     sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
     tokens = dec.generate(ids, new)
     sync()
-    return tokens, new / (time.perf_counter() - t0)
+    tps = new / (time.perf_counter() - t0)
+    lt = dec.last_timing if ids.is_cuda else None
+    split = {}
+    if lt and lt["steps"]:
+        split = {"decode_tokens_per_s": round(lt["steps"] * 1e3 / lt["decode_ms"], 2),
+                 "prefill_ms": round(lt["prefill_ms"], 2)}
+    return tokens, tps, split
 
 
 def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str | None = None, device: str = "auto",
@@ -96,7 +103,7 @@ def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str 
         table = dec.autotune()
         dispatch = {f"{k[0]}x{k[1]}{GLU if k[3].endswith(GLU) else ''}":
                     v["cfg"].key() if v["path"] == "sparse" and v["cfg"] else v["path"] for k, v in table.items()}
-    tokens, tps = _timed(dec, ids, max_new_tokens)
+    tokens, tps, split = _timed(dec, ids, max_new_tokens)
     if dev.type == "cpu":  # the CPU backend's measured choices (kernels/cpu/backend.py: kernel vs dense per shape)
         from sparselm.kernels.cpu.backend import decisions
 
@@ -107,13 +114,14 @@ def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str 
     res = {"model": model, "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
            "values": vdesc, "sparse_layers": n_sparse, "prompt_tokens": int(ids.shape[1]),
            "new_tokens": max_new_tokens, "text": tok.decode(new[:cut], skip_special_tokens=True),
-           "tokens_per_s": round(tps, 2), "dispatch": dispatch}
+           "tokens_per_s": round(tps, 2), **split, "dispatch": dispatch}
     if compare_dense:
         from sparselm.runtime import densify
 
         del dec
         densify(net, dtype)  # the same weights (quantized values as rounded), dense, in the same loop
-        dense_tokens, dense_tps = _timed(_decoder(net, max_len), ids, max_new_tokens)
+        dense_tokens, dense_tps, dense_split = _timed(_decoder(net, max_len), ids, max_new_tokens)
+        res.update({f"dense_{k}": v for k, v in dense_split.items()})
         res.update({"dense_tokens_per_s": round(dense_tps, 2), "speedup": round(tps / dense_tps, 3),
                     "same_tokens_as_dense": int((dense_tokens[0, ids.shape[1]:] == new).sum()),
                     "note": "same-run ratio: the dense engine is the same decode loop over the densified weights"})
