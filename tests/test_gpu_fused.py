@@ -138,6 +138,8 @@ def test_decoder_attention_buckets_follow_the_position(monkeypatch):
     t2, l2 = StaticDecoder(model, max_len=96, use_graph=False, fused_ops=True, attn_buckets=False).generate(
         ids, 41, return_logits=True)
     assert set(seen) == {(None, None)} and torch.equal(t1, t2)
+    for kw in ({"max_len": 8200, "fused_ops": True}, {"fused_ops": False}):  # SDPA steps: one bucket, one graph
+        assert StaticDecoder(model, **{"max_len": 96, "use_graph": False, **kw}).buckets == [(0, None, None)]
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
 
 

@@ -125,7 +125,6 @@ class StaticDecoder:
         self.key_pos = torch.arange(max_len, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self._graphs: list[tuple[int, torch.cuda.CUDAGraph, torch.Tensor]] = []  # (first position, graph, logits)
-        self.buckets = attention_buckets(max_len) if attn_buckets else [(0, None, None)]
         self._attn: tuple[int | None, int | None] = (None, None)  # the split the next forward's attention uses
         self.qkv, self.gate_up = [], []
         for layer in self.layers:
@@ -141,6 +140,9 @@ class StaticDecoder:
         if fused_ops and not plain:
             raise ValueError("fused_ops: needs a Llama-type block (RMSNorm, SiLU MLP) with fuse=True")
         self.fused_ops = plain and (self.device.type == "cuda" if fused_ops is None else fused_ops)
+        # the buckets only matter where decode steps run decode_attention_qkv (else one graph, not one per bucket)
+        split = attn_buckets and self.fused_ops and max_len <= DECODE_ATTENTION_MAX_LEN
+        self.buckets = attention_buckets(max_len) if split else [(0, None, None)]
         ok = False
         if self.device.type == "cuda":  # the GPU package (Triton) is imported only for a CUDA model
             from sparselm.kernels.gpu.pdl import supported
