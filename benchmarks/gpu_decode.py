@@ -8,6 +8,9 @@
                                                 # 16 sequences at once: tokens/s summed over them (batched kernels)
     python benchmarks/gpu_decode.py --plot benchmarks/results/gpu_decode.json       # PNG beside a result (any machine)
 
+Rates per row: tokens_per_s, the new tokens over a whole generate call (prefill included; each engine replays its
+prefill from a graph unless --eager-prefill), and from the same run decode_tokens_per_s (batch / per-step time of
+the single-token steps, CUDA events), step_ms and prefill_ms.
 Engines: "sparselm-dense" (runtime.StaticDecoder over nn.Linear, CUDA graph, fused Triton elementwise ops;
 "sparselm-dense-eager-ops": the same with PyTorch's eager elementwise ops), "sparselm-sparse" (the same loop
 over SparseLinear: per shape, the Triton kernel autotune measured fastest — bitmask, csr8, vc32, grp8 — or
