@@ -60,3 +60,13 @@ def test_fused_projections_change_nothing(sparse):
     t2, l2 = StaticDecoder(model, max_len=24, fuse=False).generate(ids, 8, return_logits=True)
     assert torch.equal(t1, t2)
     torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-4)
+
+
+def test_throughput_on_cpu_has_no_gpu_split():
+    """On the CPU throughput() times the whole call only (the prefill / decode split needs CUDA events), and the
+    rotary table covers every cache position (the eager path indexes it)."""
+    dec = StaticDecoder(tiny_llama(2), max_len=24)
+    assert dec.cos_tab.shape == dec.sin_tab.shape == (24, dec.head_dim)
+    r = dec.throughput(prompt_len=4, new_tokens=6)
+    assert set(r) == {"tokens_per_s"} and r["tokens_per_s"] > 0
+    assert dec.last_timing is None and dec.buckets == [(0, None, None)]  # eager ops on the CPU: SDPA, one split
