@@ -468,7 +468,8 @@ def test_add_rmsnorm_product_runs_the_norm_epilogue_only_where_nmcu_serves_batch
 @pytest.mark.parametrize("values", ["float16", "int8"])
 def test_gpu_autotune_glu_records_a_measured_choice(values, monkeypatch):
     """On a GPU machine: autotune_glu times the glu launch against the table's product + silu_mul for a fused
-    gate / up layer and records either an nmcu config that computes silu * up or "dense" (keep the two launches)."""
+    gate / up layer of 16-bit values and records either an nmcu config that computes silu * up or "dense" (keep the
+    two launches); int8 layers are not tuned (the decoder's auto mode never gives them the glu launch)."""
     if not cuda_nm.available():
         pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
     from sparselm.kernels.gpu.fused import silu_mul
@@ -480,9 +481,12 @@ def test_gpu_autotune_glu_records_a_measured_choice(values, monkeypatch):
     gpu_backend.autotune(torch.nn.ModuleList([layer]))
     rows = gpu_backend.autotune_glu([layer, layer, None])
     key = gpu_backend.glu_key(layer, torch.float16)
-    assert list(rows) == [key] and rows[key]["path"] in ("sparse", "dense")
     x = torch.randn(1, 1024, device="cuda").half()
     y = gpu_backend.silu_mul_product(x, layer, auto=True)
+    if values == "int8":
+        assert rows == {} and key not in gpu_backend._TABLE and y is None
+        return
+    assert list(rows) == [key] and rows[key]["path"] in ("sparse", "dense")
     if rows[key]["path"] == "sparse":
         assert rows[key]["cfg"].kernel == "nmcu"
         ref = silu_mul(torch.nn.functional.linear(x, layer.dense_weight(torch.float16)))

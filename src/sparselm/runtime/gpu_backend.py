@@ -170,7 +170,7 @@ def autotune_glu(layers, act_dtype: torch.dtype = torch.float16, copies: int = 4
     saves costs more than it does in a decode step, where programmatic dependent launch overlaps its start. Even
     so, its int8 row did not predict the decode: the tuned glu launch ran 7B int8 1:4 decode steps 2.4% slower
     than product + silu_mul (gpu_decode_steps_ab.json), so silu_mul_product's auto mode takes it for 16-bit
-    values only."""
+    values only, and only 16-bit layers are tuned here (an int8 row would never be read)."""
     from sparselm.kernels.gpu import cuda_nm
     from sparselm.kernels.gpu.fused import silu_mul
     from sparselm.kernels.gpu.timing import time_graph
@@ -179,7 +179,8 @@ def autotune_glu(layers, act_dtype: torch.dtype = torch.float16, copies: int = 4
     new: dict[Key, dict[str, Any]] = {}
     for layer in layers:
         if not (isinstance(layer, SparseLinear) and layer.values.is_cuda and layer.bias is None
-                and layer.out_features % 2 == 0) or glu_key(layer, act_dtype) in new:
+                and layer.out_features % 2 == 0 and layer.values.dtype in (torch.float16, torch.bfloat16)
+                ) or glu_key(layer, act_dtype) in new:
             continue
         plain = choice(key_of(layer.out_features, layer.in_features, 1, values_name(layer), act_dtype))
         p = packed(layer)
