@@ -169,11 +169,11 @@ def plot(path: Path) -> Path:
     return out
 
 
-def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
+def engine_ab(decoder, args, prompt, tokens, row) -> list[dict]:
     """The sparse engine with and without its options (glu: silu * up in the gate/up product; no-buckets: one
     attention split for every position; with --norm-ab, glu+norm: add + RMSNorm in o_proj / down_proj; default:
     StaticDecoder's choices), timed round-robin
-    `args.epilogue_ab` times: one engine timed after another drifts by a few percent (session 26's glu A/B
+    `args.engine_ab` times: one engine timed after another drifts by a few percent (session 26's glu A/B
     disagreed between runs), alternation and medians do not."""
     combos = {"default": {}, "no-buckets": {"attn_buckets": False}, "glu": {"glu": True}, "no-glu": {"glu": False}}
     if args.norm_ab:
@@ -181,7 +181,7 @@ def epilogue_ab(decoder, args, prompt, tokens, row) -> list[dict]:
     engines = {k: decoder(**kw) for k, kw in combos.items()}
     times = {k: [] for k in combos}
     steps = {k: [] for k in combos}
-    for _ in range(args.epilogue_ab):
+    for _ in range(args.engine_ab):
         for k, dec in engines.items():
             r = rates(dec, args.new_tokens)
             times[k].append(r["tokens_per_s"])
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s: summed over them; "
                     "HF generate stays at batch 1)")
     ap.add_argument("--int8", action="store_true", help="also int8 values (per-row scales) at 75%%")
-    ap.add_argument("--engine-ab", "--epilogue-ab", dest="epilogue_ab", type=int, default=0, metavar="ROUNDS",
+    ap.add_argument("--engine-ab", "--epilogue-ab", dest="engine_ab", type=int, default=0, metavar="ROUNDS",
                     help="also each sparse engine with and without its glu epilogue and attention buckets (4 "
                     "engines), timed in ROUNDS alternating rounds in the same run (rows '...-ab-', medians)")
     ap.add_argument("--norm-ab", action="store_true", help="the A/B also runs the norm epilogue (glu+norm)")
@@ -333,8 +333,8 @@ def main() -> None:
             tokens, logits = dec.generate(prompt, 32, return_logits=True)
             pdl_on = dec.pdl
             del dec
-            if args.epilogue_ab:
-                rows.extend(epilogue_ab(decoder, args, prompt, tokens, {"model": name, "sparsity": s, "mask": mask,
+            if args.engine_ab:
+                rows.extend(engine_ab(decoder, args, prompt, tokens, {"model": name, "sparsity": s, "mask": mask,
                                                                          "values": vdt}))
             if args.pdl_compare and pdl_on:
                 rows.append(without_pdl(model, max_len, args.new_tokens,

@@ -398,13 +398,17 @@ class StaticDecoder:
         t0 = time.perf_counter()
         self.generate(ids, new_tokens)
         sync()
-        res = {"tokens_per_s": self.batch_size * new_tokens / (time.perf_counter() - t0)}
-        if self.device.type == "cuda" and self.last_timing and self.last_timing["steps"]:
-            lt = self.last_timing
-            step_ms = lt["decode_ms"] / lt["steps"]
-            res.update(prefill_ms=lt["prefill_ms"], step_ms=step_ms,
-                       decode_tokens_per_s=self.batch_size * 1e3 / step_ms)
-        return res
+        return {"tokens_per_s": self.batch_size * new_tokens / (time.perf_counter() - t0), **self.step_rates()}
+
+    def step_rates(self) -> dict:
+        """The last generate's split (CUDA): prefill_ms, step_ms and decode_tokens_per_s (batch_size / step
+        time); {} without one (CPU) or without decode steps."""
+        lt = self.last_timing
+        if not lt or not lt["steps"]:
+            return {}
+        step_ms = lt["decode_ms"] / lt["steps"]
+        return {"prefill_ms": lt["prefill_ms"], "step_ms": step_ms,
+                "decode_tokens_per_s": self.batch_size * 1e3 / step_ms}
 
     def tokens_per_second(self, prompt_len: int = 16, new_tokens: int = 128, vocab: int | None = None) -> float:
         """Throughput (batch_size * new tokens / s) over a whole generate call, the prefill of `prompt_len`

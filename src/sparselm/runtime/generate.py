@@ -66,13 +66,9 @@ def _timed(dec, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, float, dict]
     t0 = time.perf_counter()
     tokens = dec.generate(ids, new)
     sync()
-    tps = new / (time.perf_counter() - t0)
-    lt = dec.last_timing if ids.is_cuda else None
-    split = {}
-    if lt and lt["steps"]:
-        split = {"decode_tokens_per_s": round(lt["steps"] * 1e3 / lt["decode_ms"], 2),
-                 "prefill_ms": round(lt["prefill_ms"], 2)}
-    return tokens, tps, split
+    rates = dec.step_rates()
+    return tokens, new / (time.perf_counter() - t0), {k: round(rates[k], 2) for k in
+                                                      ("decode_tokens_per_s", "prefill_ms") if k in rates}
 
 
 def run_generate(model: str, prompt: str, max_new_tokens: int = 64, values: str | None = None, device: str = "auto",

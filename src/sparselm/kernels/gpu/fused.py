@@ -260,9 +260,8 @@ def _launch_decode_attn(src: torch.Tensor, stride_row: int, cos: torch.Tensor | 
     rope = cos is not None
     _decode_attn_kernel[(b * h, splits)](src, k_cache, v_cache, positions, out, ml, acc, cnt,
                                          cos if rope else src, sin if rope else src, cos_stride, h, hkv,
-                                         max_len, hd,
-                                         hd ** -0.5, splits, stride_row, BLOCK_N=block_n, BLOCK_D=block_d,
-                                         BLOCK_S=max(2, triton.next_power_of_2(splits)), ROPE=rope,
+                                         max_len, hd, hd ** -0.5, splits, stride_row, BLOCK_N=block_n,
+                                         BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(splits)), ROPE=rope,
                                          num_warps=num_warps, **triton_options())
     return out
 
