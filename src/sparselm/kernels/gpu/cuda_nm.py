@@ -149,8 +149,9 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = 
 
 
 def layout(p) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vals (N steps 256,) in the values' dtype, idx (N steps 32,) int16 (M = 4) or int32 (M = 8)), built with a few
-    vectorized passes and cached on the matrix under ("nmcu",); nm_gemv.cu's header gives the order."""
+    """(vals (N steps 256,) in the values' dtype (int8 codes biased: v ^ 0x80), idx (N steps 32,) int16 (M = 4) or
+    int32 (M = 8)), built with a few vectorized passes and cached on the matrix under ("nmcu",); nm_gemv.cu's header
+    gives the order."""
     key = ("nmcu",)
     if key in p._cptr:
         return p._cptr[key]
@@ -171,6 +172,8 @@ def layout(p) -> tuple[torch.Tensor, torch.Tensor]:
     # group (t, jj, lane) = 32 J t + 32 jj + lane -> lane-major per step: lane l's 8 slots are (jj, slot)
     order = lambda t: t.view(n, steps, j, 32, s).permute(0, 1, 3, 2, 4).reshape(n, steps, 32, 8)  # noqa: E731
     vals, idx = order(vals), order(idx)
+    if vals.dtype == torch.int8:  # stored biased, v + 128 as a byte (zero slots 0x80): the decoders' form
+        vals = (vals.view(torch.uint8) ^ 0x80).view(torch.int8)
     bits = _BITS[m]
     code = (idx << (bits * torch.arange(8, device=idx.device))).sum(-1)  # disjoint fields: the sum is the OR
     width = 16 if m == 4 else 32

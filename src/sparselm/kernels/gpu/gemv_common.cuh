@@ -88,11 +88,12 @@ SL_HD Raw load_raw(const void* vals, int i) {
 // The 4 values (group j = 0..3) of a lane's quad entry, as stored (quantized codes unscaled). int8 -> float in two
 // full-rate instructions: with u = s ^ 0x80 (s + 128 as an unsigned byte), the float with bits 0x4B0000uu is
 // 2^23 + u, so subtracting 2^23 + 128 gives s exactly (no quarter-rate I2F); int4 the same with a bias of 8.
-template <int VT>
+// BIASED: the int8 codes are stored as u already (nm_gemv.cu's layout), one XOR per word less.
+template <int VT, bool BIASED = false>
 SL_HD void decode_values(const Raw& r, float* v) {
   if (VT == VT_I8 || VT == VT_I4) {
     uint32_t t;
-    if (VT == VT_I8) t = r.w0 ^ 0x80808080u;
+    if (VT == VT_I8) t = BIASED ? r.w0 : r.w0 ^ 0x80808080u;
     else {  // 4 nibbles n0..n3 (two's complement); ^ 0x8888 biases each by 8, then spread to bytes n0 n2 n1 n3
       const uint32_t w = r.w0 ^ 0x8888u;
       t = (w & 0x0F0Fu) | ((w & 0xF0F0u) << 12);

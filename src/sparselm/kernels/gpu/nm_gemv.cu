@@ -13,7 +13,9 @@
 // bf16 values (8 of int8) at slot 256 (r steps + t) + 8 l. Slot v of lane l is position v % N of group
 // 32 J t + l + 32 (v / N), J = 8 / N groups per lane per step: at each v the warp's 32 lanes read x over 32
 // consecutive groups. Its index is bits [B v, B v + B) of the lane's index word 32 (r steps + t) + l (B = 2: 16-bit
-// words for M = 4; B = 4: 32-bit words for M = 8). int8 values carry per-row scales, applied to the row's sum.
+// words for M = 4; B = 4: 32-bit words for M = 8). int8 values carry per-row scales, applied to the row's sum, and
+// are stored biased, v + 128 as a byte (zero slots 0x80): both decoders want that byte, and the layout's one XOR
+// saves two per step of 8 slots.
 //
 // x is staged per block (XM, the staging mode) as float32 (XS_F32), zero-padded to the padded groups' columns (kx =
 // steps 256 M / N), or (XS_16) as its 16-bit activations: half the bytes, so a warp's gathers at a slot (32
@@ -92,7 +94,7 @@ SL_HD void nm_values(const NMStep& s, F f) {
 #endif
   for (int h = 0; h < 2; ++h) {
     float v[4];
-    decode_values<VT>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
+    decode_values<VT, true>(VT == VT_I8 ? Raw{s.w[h], 0u} : Raw{s.w[2 * h], s.w[2 * h + 1]}, v);
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -198,21 +200,23 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
 
 // Lane `lane`'s partial dot product over one row of a 1:4 matrix, x staged as the pair table at `tbase` (the table's
 // byte address + 4 lane); int8 sums scaled back from v / 128. The walk advances pointers: nm_walk's size_t step
-// index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step (offline SASS).
+// index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step (offline SASS). Whole rounds of U
+// steps run unguarded and only a last, partial round checks each step against the row's end: the per-step guards
+// were ~3 of ~45 instructions of an int8 step (offline SASS).
 template <int VT, int U>
-SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, size_t first,
-                          int steps, int lane) {
+SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
+                          size_t first, int steps, int lane) {
   constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
   const unsigned char* vp = static_cast<const unsigned char*>(vals) + (first * 256 + 8 * (size_t)lane) * (VB / 8);
   const uint16_t* ip = static_cast<const uint16_t*>(idx) + first * 32 + lane;
   float acc0 = 0.0f, acc1 = 0.0f;
-  for (int t = 0; t < steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) {
+  auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
     uint32_t w[U][4], code[U];
 #ifdef __CUDACC__
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u) {
-      if (U > 1 && t + u >= steps) break;
+      if (u >= n) break;
 #ifdef __CUDACC__
       if (VT == VT_I8) {
         const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
@@ -231,8 +235,11 @@ SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* tab
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (U == 1 || t + u < steps) pair_step<VT>(w[u], code[u], table, tbase + u * 4 * PAIR_BLOCK, acc0, acc1);
-  }
+      if (u < n) pair_step<VT>(w[u], code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
+  };
+  int t = 0;
+  for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
+  if (U > 1 && t < steps) round(steps - t);
   return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
 }
 
@@ -277,6 +284,7 @@ struct NMArgs {
   int bsz, ldx, ldy;    // batches 2-4: bsz <= B rows of x (stride ldx) and of y (stride ldy)
   int glu;              // batch 1: y[r] = silu(row r) * row (r + N / 2), N / 2 outputs (a fused gate / up matrix)
   NormArgs norm;        // batch 1, norm.res set: y's add + RMSNorm by the last block (nm_epilogue.cuh)
+  uint32_t k48;         // 0x48484848, the pair table's int8 decoding constant, opaque to ptxas (nm_pairs.cuh)
 };
 
 #ifdef __CUDACC__
@@ -311,8 +319,8 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
       const int row = r + part * rows;
       float acc;
       if constexpr (XM == XS_PAIRS)
-        acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, (size_t)row * a.steps, a.steps,
-                                   lane);
+        acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, a.k48, (size_t)row * a.steps,
+                                   a.steps, lane);
       else if constexpr (XM == XS_16)
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)row * a.steps, a.steps, lane);
       else
@@ -434,7 +442,7 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
                  {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
-                  static_cast<uint16_t*>(xn), eps, counter}};
+                  static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
@@ -493,7 +501,7 @@ static void nm_host_pairs(const NMArgs& a, float* y) {
   for (int m = 0; m < blocks; ++m)
     for (int l = 0; l < 32; ++l) pair_fill(table, a.x, a.K, false, m, l);
   nm_host_reduce<XT_F16>(a, y, [&](int r, int lane) {
-    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, (size_t)r * a.steps, a.steps, lane);
+    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48, (size_t)r * a.steps, a.steps, lane);
   });
   delete[] table;
 }
@@ -569,7 +577,7 @@ extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x
                           const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz,
                           int glu) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
-                 kx, bsz, K, N, glu != 0, {}};
+                 kx, bsz, K, N, glu != 0, {}, 0x48484848u};
   if (bsz < 1 || bsz > B || (glu && (B != 1 || N % 2))) return -1;
   if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
   if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);

@@ -16,9 +16,9 @@
 // field's 128 c, plus the immediate 2048 j. The table starts 2048-byte aligned, so the OR is the sum.
 //
 // Numerics: each half of the accumulator sums a step's 4 products in fp16 (fma.rn.f16x2, one rounding per FMA), then
-// joins the float32 row sum. int8 values enter as v / 128, exact in fp16: with u = v + 128 (v ^ 0x80 as a byte), the
-// fp16 bits 0x48uu are 8 + u / 128, so subtracting 9 gives v / 128 (|v / 128| <= 1: a product never exceeds |x|); the
-// row sum is scaled back by 128. Overflow needs |x| > 16384.
+// joins the float32 row sum. int8 values enter as v / 128, exact in fp16: the layout stores u = v + 128 (v ^ 0x80 as
+// a byte), the fp16 bits 0x48uu are 8 + u / 128, so subtracting 9 gives v / 128 (|v / 128| <= 1: a product never
+// exceeds |x|); the row sum is scaled back by 128. Overflow needs |x| > 16384.
 #pragma once
 #include "gemv_common.cuh"
 
@@ -142,16 +142,15 @@ SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, in
   for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(a01, a23, b01, b23, c);
 }
 
-// One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words; index word `code`, 2 bits per slot) against the
-// table at `base` (the lane's 8192 t + 4 l): 4 HFMA2, then the two halves join (acc0, acc1). int8 sums are v / 128.
+// One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
+// 2 bits per slot) against the table at `base` (the lane's 8192 t + 4 l): 4 HFMA2, then the two halves join (acc0,
+// acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a literal, ptxas made it the PRMT's
+// immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD each: 4 of ~45 instructions per
+// int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
 template <int VT>
-SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, float& acc0,
-                     float& acc1) {
-  uint32_t h = 0u, u[2] = {0u, 0u}, k48 = 0x48484848u;
-  if (VT == VT_I8) {
-    u[0] = w[0] ^ 0x80808080u;
-    u[1] = w[1] ^ 0x80808080u;
-  }
+SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t k48,
+                     float& acc0, float& acc1) {
+  uint32_t h = 0u;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -160,7 +159,7 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
     const uint32_t off = (j < 2 ? code << (7 - 4 * j) : code >> (4 * j - 7)) & 0x780u;
     const uint32_t xp = pair_at(table, (base | off) + j * PAIR_BLOCK);
     uint32_t v;
-    if (VT == VT_I8) v = h2_sub(j & 1 ? prmt_imm<0x4342>(u[j >> 1], k48) : prmt_imm<0x4140>(u[j >> 1], k48),
+    if (VT == VT_I8) v = h2_sub(j & 1 ? prmt_imm<0x4342>(w[j >> 1], k48) : prmt_imm<0x4140>(w[j >> 1], k48),
                                 0x48804880u);
     else v = w[j];
     h = h2_fma(v, xp, h);

@@ -1,0 +1,120 @@
+"""Same-run A/B of two builds of the batch-1 N:M kernel (nm_gemv.cu, "nmcu"): this tree's and another version's.
+
+    git show REV:src/sparselm/kernels/gpu/nm_gemv.cu > OLD/nm_gemv.cu     # + every *.cuh of that directory
+    PYTHONPATH=src python benchmarks/nm_ab.py --old OLD --out $OUT/nm_ab.json           # 1:4, fp16 + int8, ~2 min
+
+Why: absolute kernel times move a few percent between machine starts, more than a change of a few instructions per
+step is worth. Here both builds run on the same matrices in the same process, config by config in alternation
+(round-robin, `--rounds` times), and each build's best config is compared with its own median, beside cuBLAS dense
+timed in the same run. Every launch candidate of autotune's batch-1 nmcu grid (pair table and 16-bit staging) is
+timed for both builds.
+
+Only this tree's outputs are checked against a float64 reference: the other build reads this tree's layout, which
+may differ from its own (int8 codes are stored biased since session 30), so its outputs can be wrong while its time
+is still its time (the kernel has no data-dependent control flow). `floor_us` is the graph-replay time of a
+one-element kernel: the per-launch cost no kernel can go under.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_kernels import ROTATE_BYTES, random_sparse  # noqa: E402
+
+SHAPES = [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (14336, 4096), (4096, 14336)]
+
+
+def run(args) -> dict:
+    from torch.nn import functional as F
+
+    from sparselm.compress.format import compress_tensor, decompress
+    from sparselm.kernels.gpu import cuda_build, cuda_nm
+    from sparselm.kernels.gpu.ops import PackedBitmask, spmm
+    from sparselm.kernels.gpu.timing import time_graph
+    from sparselm.runtime.gpu_backend import nmcu_configs
+
+    new_lib = cuda_nm._LIB
+    old_lib = cuda_build.Library(Path(args.old) / "nm_gemv.cu", cuda_nm._declare)
+    if not (new_lib.available() and old_lib.available()):
+        raise SystemExit(f"build failed: new {new_lib.build_error()}, old {old_lib.build_error()}")
+    libs = {"new": new_lib, "old": old_lib}
+    one = torch.zeros(1, device="cuda")
+    floor_ms = time_graph([lambda: one.add_(1.0) for _ in range(64)])
+    rows = []
+    for n, k in SHAPES:
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.float16)
+                 for _ in range(max(2, math.ceil(ROTATE_BYTES / (n * k * 2))))]
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        dense_ms = [time_graph([lambda d=d: F.linear(x, d) for d in dense])]
+        for values in args.values.split(","):
+            ct = compress_tensor(random_sparse(n, k, 0.75, "1:4"), values_dtype=values)
+            p = PackedBitmask.from_compressed(ct)
+            ref = x.double() @ decompress(ct, torch.float64).to("cuda").T
+            cfgs = [c for c in nmcu_configs(1) if p.supports(c)]
+            fb = p.nbytes(kernel="nmcu")
+            ps = [p] + [p.clone() for _ in range(max(2, math.ceil(ROTATE_BYTES / fb)) - 1)]
+            times: dict = {(lib, c.key()): [] for lib in libs for c in cfgs}
+            errs = {}
+            for c in cfgs:  # this tree's build must be right before it is timed
+                y = spmm(x, p, c)
+                errs[c.key()] = ((y.double() - ref).norm() / ref.norm()).item()
+                if not errs[c.key()] < 2e-3:
+                    raise SystemExit(f"{n}x{k} {values} {c.key()}: rel err {errs[c.key()]:.2e}")
+            for _ in range(args.rounds):
+                for c in cfgs:
+                    for name, lib in libs.items():
+                        cuda_nm._LIB = lib
+                        try:
+                            times[name, c.key()].append(time_graph([lambda q=q: spmm(x, q, c) for q in ps]))
+                        finally:
+                            cuda_nm._LIB = new_lib
+                dense_ms.append(time_graph([lambda d=d: F.linear(x, d) for d in dense]))
+            med = {key: statistics.median(v) for key, v in times.items()}
+            best = {name: min(((cfg, t) for (lib, cfg), t in med.items() if lib == name), key=lambda r: r[1])
+                    for name in libs}
+            d = statistics.median(dense_ms)
+            row = dict(N=n, K=k, batch=1, sparsity=0.75, pattern="1:4", values=values, dense_ms=round(d, 5),
+                       format_bytes=fb, rounds=args.rounds,
+                       **{f"{name}_{f}": v for name, (cfg, t) in best.items()
+                          for f, v in (("ms", round(t, 5)), ("cfg", cfg), ("speedup", round(d / t, 3)),
+                                       ("GBps", round(fb / (t * 1e-3) / 1e9, 1)))},
+                       new_vs_old=round(best["old"][1] / best["new"][1], 4),
+                       rel_err=max(errs.values()),
+                       ms_by_cfg={f"{lib}:{cfg}": round(t, 5) for (lib, cfg), t in med.items()})
+            rows.append(row)
+            print(f"{n:>6}x{k:<6} {values:>8} dense {d * 1e3:6.2f}us new {best['new'][1] * 1e3:6.2f}us "
+                  f"(x{row['new_speedup']:.3f}, {best['new'][0]}) old {best['old'][1] * 1e3:6.2f}us "
+                  f"(x{row['old_speedup']:.3f}, {best['old'][0]}) new/old {row['new_vs_old']:.3f}", flush=True)
+            del ps
+        del dense
+    return {"device": torch.cuda.get_device_name(), "floor_us": round(floor_ms * 1e3, 3), "old": str(args.old),
+            "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", type=Path, required=True, help="a directory with the other nm_gemv.cu and its *.cuh")
+    ap.add_argument("--values", default="float16,int8")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("nm_ab.py needs a CUDA GPU")
+    t0 = time.time()
+    out = run(args)
+    out["wall_s"] = round(time.time() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out} ({out['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
