@@ -163,3 +163,37 @@ def test_agrees_accepts_rounding_and_rejects_wrong_or_broken_outputs():
     bad[0, 0] = float("inf")
     assert not agrees(bad, ref)
     assert not agrees(ref[:, :299], ref)
+
+
+def test_deterministic_mode_tunes_and_dispatches_only_kernels_that_repeat_their_bits(monkeypatch):
+    """Split-K partial sums that meet through fp32 atomics (Triton bitmask / bmma / tmma split_k > 1, nmsp beyond
+    8 splits) sum in no fixed order. Under torch.use_deterministic_algorithms(True) autotune leaves them out, and a
+    table row that holds one (tuned without the mode, or loaded) runs dense, with a warning."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton", reason="the GPU dispatch module imports triton: pip install triton")
+    from sparselm.kernels.gpu import SpmmConfig
+    from sparselm.runtime import gpu_backend as gb
+
+    nmsp = lambda s: SpmmConfig(kernel="nmsp", block_k=128, block_b=8, num_warps=4, split_k=s, num_stages=1)  # noqa
+    tmma = lambda s: SpmmConfig(kernel="tmma", block_k=128, block_b=8, num_warps=4, split_k=s)  # noqa: E731
+    cfgs = [SpmmConfig(), SpmmConfig(split_k=2), nmsp(8), nmsp(16), tmma(1), tmma(4),
+            SpmmConfig(kernel="nmcu", num_warps=16, persist=2, pairs=True)]
+    assert [gb.deterministic(c) for c in cfgs] == [True, False, True, False, True, False, True]
+    monkeypatch.setattr(gb, "candidate_configs", lambda batch, pipelined=False: list(cfgs))
+    model = tiny_llama()
+    sparsify(model, values_dtype="float32")
+    layer = model.model.layers[0].self_attn.q_proj
+    key = gb.key_of(layer.out_features, layer.in_features, 1, gb.values_name(layer), torch.float32)
+    gb.record(key, "sparse", nmsp(16))
+    x = torch.randn(1, layer.in_features)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert gb.tuning_candidates(1) == cfgs
+        torch.use_deterministic_algorithms(True)
+        assert gb.tuning_candidates(1) == [c for c in cfgs if gb.deterministic(c)]
+        with pytest.warns(RuntimeWarning, match="atomics"):
+            y = gb.cuda_backend(x, layer)
+        torch.testing.assert_close(y, x @ layer.dense_weight(torch.float32).T)
+    finally:
+        torch.use_deterministic_algorithms(was)
+        gb._TABLE.pop(key, None)

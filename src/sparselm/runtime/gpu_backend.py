@@ -111,11 +111,36 @@ def dense_from_kernel(layer, dtype: torch.dtype) -> torch.Tensor | None:
     return decompress_gpu(packed(layer), dtype)
 
 
+def deterministic(cfg: SpmmConfig) -> bool:
+    """Whether two launches of cfg on the same inputs give the same bits. Not where split-K partial sums meet through
+    fp32 atomics, whose order the GPU does not fix: the Triton bitmask kernel and bmma / tmma with split_k > 1 (the
+    workspace of mma_common.cuh store_rows), nmsp beyond 8 splits (2-8 add theirs in a thread-block cluster, in a
+    fixed order). The per-row kernels (grp8cu, d4cu, nmcu, vc32, ...) reduce each row in one warp."""
+    return cfg.split_k <= 8 if cfg.kernel == "nmsp" else cfg.split_k == 1
+
+
+def tuning_candidates(batch: int) -> list[SpmmConfig]:
+    """candidate_configs(batch), less the configs that are not `deterministic` while
+    torch.use_deterministic_algorithms(True) is in force: who asked PyTorch for reproducible results gets a sparse
+    decode that repeats itself bit for bit (a 2:4 model's batch-1 products had chosen nmsp with 16 atomic splits)."""
+    cfgs = candidate_configs(batch)
+    if torch.are_deterministic_algorithms_enabled():
+        cfgs = [c for c in cfgs if deterministic(c)]
+    return cfgs
+
+
 def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
-    """y2d = x2d @ W.T by the table's choice; None = dense fallback (SparseLinear handles it)."""
+    """y2d = x2d @ W.T by the table's choice; None = dense fallback (SparseLinear handles it). A choice that is not
+    `deterministic` runs dense (cuBLAS) while torch.use_deterministic_algorithms(True) is in force, with a warning:
+    it was tuned without that mode (or loaded from a table that was)."""
     if x2d.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
     ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], values_name(layer), x2d.dtype))
+    if ch["path"] == "sparse" and not deterministic(ch["cfg"]) and torch.are_deterministic_algorithms_enabled():
+        warnings.warn(f"sparselm: {ch['cfg'].key()} sums with atomics, so {layer.out_features}x{layer.in_features} "
+                      f"runs dense under torch.use_deterministic_algorithms(True); autotune again in that mode to "
+                      f"choose among deterministic kernels", RuntimeWarning, stacklevel=2)
+        ch = {"path": "dense", "cfg": None}
     if ch["path"] == "dense":
         # measured faster dense at a decode-sized batch: keep the dense copy (memory for speed); prefill-sized
         # batches decompress transiently, their GEMM dwarfs the decode of W
@@ -194,7 +219,7 @@ def autotune_glu(layers, act_dtype: torch.dtype = torch.float16, copies: int = 4
         ref = silu_mul(F.linear(x, layer.dense_weight(act_dtype)))
         glu = lambda c: [lambda q=q: cuda_nm.gemv(x, q, c, glu=True) for q in sparse]  # noqa: E731
         timed = []
-        for cfg in candidate_configs(1) if cuda_nm.available() else []:
+        for cfg in tuning_candidates(1) if cuda_nm.available() else []:
             if cfg.kernel != "nmcu" or cfg.block_b != 1 or not p.supports(cfg):
                 continue
             try:
@@ -442,7 +467,8 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
     the fastest per batch bucket (so dispatch is never slower than dense, as measured). A sparse kernel must
     beat cuBLAS by `margin` (relative): a tie within timing noise goes to cuBLAS (a 7B decode at 50% sparsity
     ran 0.97x dense when near-ties went to the kernels), and the winner must hold that margin again in `rounds`
-    alternating head-to-head timings (`confirm`). Returns the new rows."""
+    alternating head-to-head timings (`confirm`). Under torch.use_deterministic_algorithms(True) only deterministic
+    kernels compete (`tuning_candidates`). Returns the new rows."""
     from sparselm.kernels.gpu.timing import time_graph
     from sparselm.runtime.sparse_linear import SparseLinear
 
@@ -460,7 +486,7 @@ def autotune(model: torch.nn.Module, batches: tuple[int, ...] = (1,), act_dtype:
             dense_ms = time_graph([lambda w=w: F.linear(x, w) for w in dense])
             ref = F.linear(x, dense[0])
             timed = []
-            for cfg in candidate_configs(b):
+            for cfg in tuning_candidates(b):
                 if not p.supports(cfg):
                     continue
                 try:
