@@ -289,3 +289,45 @@ def test_decode_attention_qkv_strided_rows_and_bad_shapes():
         decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, kc.transpose(2, 3).contiguous().transpose(2, 3), vc)
     with pytest.raises(ValueError, match="dtype"):
         decode_attention_qkv(qkv, cos, sin, p, h, hkv, hd, kc.float(), vc.float())
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="autotune times CUDA kernels")
+def test_deterministic_mode_decodes_the_same_bits_twice(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the decoder's autotune keeps only kernels whose sums have a
+    fixed order (gpu_backend.deterministic), so two graphed decodes of a 2:4 model give the same logits to the bit;
+    a row that holds an atomic split-K kernel runs dense, with a warning."""
+    from sparselm.kernels.gpu import SpmmConfig
+    from sparselm.runtime import gpu_backend as gb
+    from sparselm.sparsity.masks import select_nm
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # PyTorch's condition for cuBLAS in that mode
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval().half().to(DEVICE)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "proj" in name:
+                p.mul_(~select_nm(torch.rand(p.shape, device=DEVICE), 2, 4))
+    sparsify(model)
+    ids = torch.randint(0, 97, (1, 7), device=DEVICE)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        dec = StaticDecoder(model, max_len=40)
+        table = dec.autotune()
+        assert all(gb.deterministic(r["cfg"]) for r in table.values() if r["path"] == "sparse")
+        t1, l1 = dec.generate(ids, 8, return_logits=True)
+        t2, l2 = StaticDecoder(model, max_len=40).generate(ids, 8, return_logits=True)
+        assert torch.equal(t1, t2) and torch.equal(l1, l2)
+        q = model.model.layers[0].self_attn.q_proj
+        key = gb.key_of(q.out_features, q.in_features, 1, gb.values_name(q), torch.float16)
+        gb.record(key, "sparse", SpmmConfig(kernel="nmsp", block_k=128, block_b=8, num_warps=4, split_k=16,
+                                            num_stages=1))
+        x = torch.randn(1, q.in_features, device=DEVICE, dtype=torch.float16)
+        with pytest.warns(RuntimeWarning, match="atomics"):
+            y = gb.cuda_backend(x, q)
+        torch.testing.assert_close(y, x @ q.dense_weight(torch.float16).T)
+    finally:
+        torch.use_deterministic_algorithms(was)
+        gb._TABLE.clear()
