@@ -4,6 +4,7 @@
     python benchmarks/sass_count.py --cuda --out ...    # also the CUDA C++ grp8cu kernels (a local nvcc, ~10 s)
     python benchmarks/sass_count.py --d4cu --out benchmarks/results/sass_counts_d4cu.json   # the delta4 kernel only
     python benchmarks/sass_count.py --nmsp [--source OLD/nm_mma.cu] --out ...   # the sparse-tensor-core kernel only
+    python benchmarks/sass_count.py --nmcu [--source-dir OLD] --out ...   # the 1:4 pair-table loop, per step
 
 Why: on an H200 the per-nonzero kernels stream their bytes at different rates (vc32 ~3 TB/s, grp8i ~2.3 TB/s on
 tall shapes), and instruction counts say where the difference goes without spending device time. Triton
@@ -198,6 +199,33 @@ def count_nmsp(source: Path | None = None) -> list[dict]:
     return rows
 
 
+def count_nmcu(source_dir: Path | None = None) -> list[dict]:
+    """The batch-1 N:M kernel's pair-table builds (nm_gemv.cu; `source_dir`: another version with its own headers,
+    e.g. files from git show) for sm_90: per (values, steps per load round U, 32-register build), the row loop's
+    instructions per step of 8 slots. The loop is the shortest one holding value loads and HFMA2 but no STS (the x
+    staging) or SHFL (the row loop around it); its steps are its value loads (U = 1 is unrolled twice by nvcc)."""
+    from sparselm.kernels.gpu import cuda_nm
+
+    sass = cuda_sass(source_dir / "nm_gemv.cu" if source_dir else cuda_nm._SOURCE, "--nmcu")
+    rows = []
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        m = re.search(r"nm_gemv_kernelILi(\d)ELi0ELi4ELi1ELi(\d)ELi(\d)ELi2EE", part.split("\n", 1)[0])
+        if not m:
+            continue
+        vt, unroll, minb = (int(g) for g in m.groups())
+        value_load = "LDG.E.64" if vt == 2 else "LDG.E.128"
+        loops = [b for b in loop_bodies(part) if any(o.startswith("HFMA2") for o in b)
+                 and any(o.startswith(value_load) for o in b) and not any(o.startswith(("STS", "SHFL")) for o in b)]
+        inner = min(loops, key=len)
+        steps = sum(o.startswith(value_load) for o in inner)
+        classes = collections.Counter(o.split(".")[0] for o in inner)
+        rows.append({"kernel": f"nmcu-pairs-u{unroll}" + ("-r32" if minb == 2 else ""), "values": VT_NAMES[vt],
+                     "unroll": unroll, "min_blocks": minb, "loop_instructions": len(inner), "steps_per_loop": steps,
+                     "per_step": round(len(inner) / steps, 2),
+                     "per_step_by_op": {k: round(v / steps, 2) for k, v in sorted(classes.items())}})
+    return rows
+
+
 def _count_gemm(part: str, b: int, tag: tuple[str, str], gs: bool) -> dict:
     best = None
     for body in loop_bodies(part):
@@ -284,7 +312,17 @@ def main() -> None:
     ap.add_argument("--d4cu", action="store_true", help="only the CUDA C++ delta4 kernel (needs a local nvcc)")
     ap.add_argument("--nmsp", action="store_true", help="only the CUDA C++ sparse-tensor-core kernel (local nvcc)")
     ap.add_argument("--source", type=Path, help="--nmsp: another version of nm_mma.cu (e.g. from git show)")
+    ap.add_argument("--nmcu", action="store_true", help="only the batch-1 N:M kernel's pair-table loop (local nvcc)")
+    ap.add_argument("--source-dir", type=Path, help="--nmcu: another version's nm_gemv.cu and headers")
     args = ap.parse_args()
+    if args.nmcu:
+        rows = count_nmcu(args.source_dir)
+        for r in rows:
+            print(f"{r['kernel']:22s} {r['values']:5s} {r['per_step']:6.2f} per step of 8 slots")
+        if args.out is not None:
+            args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
+                                            "rows": rows}, indent=1) + "\n")
+        return
     if args.nmsp:
         rows = count_nmsp(args.source)
         for r in rows:
