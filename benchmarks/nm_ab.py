@@ -95,8 +95,8 @@ def run(args) -> dict:
                   f"(x{row['old_speedup']:.3f}, {best['old'][0]}) new/old {row['new_vs_old']:.3f}", flush=True)
             del ps
         del dense
-    return {"device": torch.cuda.get_device_name(), "floor_us": round(floor_ms * 1e3, 3), "old": str(args.old),
-            "rows": rows}
+    return {"command": " ".join(["python"] + sys.argv), "device": torch.cuda.get_device_name(),
+            "floor_us": round(floor_ms * 1e3, 3), "old": str(args.old), "rows": rows}
 
 
 def main() -> None:

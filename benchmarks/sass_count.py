@@ -315,26 +315,16 @@ def main() -> None:
     ap.add_argument("--nmcu", action="store_true", help="only the batch-1 N:M kernel's pair-table loop (local nvcc)")
     ap.add_argument("--source-dir", type=Path, help="--nmcu: another version's nm_gemv.cu and headers")
     args = ap.parse_args()
-    if args.nmcu:
-        rows = count_nmcu(args.source_dir)
+    # one CUDA C++ kernel file only, each its own record: the Triton counts below need a minute and do not change
+    single = ((args.nmcu, lambda: count_nmcu(args.source_dir), lambda r: f"{r['per_step']:6.2f} per step of 8 slots"),
+              (args.nmsp, lambda: count_nmsp(args.source), lambda r: f"{r['per_chunk']:6.1f} per chunk"),
+              (args.d4cu, count_d4cu, lambda r: f"{r['act']:4s} {r['per_nnz']:5.2f} per nonzero"))
+    for chosen, counter, line in single:
+        if not chosen:
+            continue
+        rows = counter()
         for r in rows:
-            print(f"{r['kernel']:22s} {r['values']:5s} {r['per_step']:6.2f} per step of 8 slots")
-        if args.out is not None:
-            args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
-                                            "rows": rows}, indent=1) + "\n")
-        return
-    if args.nmsp:
-        rows = count_nmsp(args.source)
-        for r in rows:
-            print(f"{r['kernel']:22s} {r['values']:5s} {r['per_chunk']:6.1f} per chunk")
-        if args.out is not None:
-            args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
-                                            "rows": rows}, indent=1) + "\n")
-        return
-    if args.d4cu:  # its own record: the Triton counts above need a minute and do not change with it
-        rows = count_d4cu()
-        for r in rows:
-            print(f"{r['kernel']:13s} {r['values']:5s} {r['act']:4s} {r['per_nnz']:5.2f} per nonzero")
+            print(f"{r['kernel']:22s} {r['values']:5s} {line(r)}")
         if args.out is not None:
             args.out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "target": "sm_90 (offline)",
                                             "rows": rows}, indent=1) + "\n")

@@ -136,7 +136,7 @@ def cuda_backend(x2d: torch.Tensor, layer) -> torch.Tensor | None:
     if x2d.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
     ch = choice(key_of(layer.out_features, layer.in_features, x2d.shape[0], values_name(layer), x2d.dtype))
-    if ch["path"] == "sparse" and not deterministic(ch["cfg"]) and torch.are_deterministic_algorithms_enabled():
+    if ch["path"] == "sparse" and torch.are_deterministic_algorithms_enabled() and not deterministic(ch["cfg"]):
         warnings.warn(f"sparselm: {ch['cfg'].key()} sums with atomics, so {layer.out_features}x{layer.in_features} "
                       f"runs dense under torch.use_deterministic_algorithms(True); autotune again in that mode to "
                       f"choose among deterministic kernels", RuntimeWarning, stacklevel=2)
