@@ -198,6 +198,51 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
   return acc0 + acc1;
 }
 
+// Lane `lane`'s partial dot product over one row of a 1:4 matrix, x staged as the pair table at `tbase` (the table's
+// byte address + 4 lane); int8 sums scaled back from v / 128. The walk advances pointers: nm_walk's size_t step
+// index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step (offline SASS). Whole rounds of U
+// steps run unguarded and only a last, partial round checks each step against the row's end: the per-step guards
+// were ~3 of ~45 instructions of an int8 step (offline SASS).
+template <int VT, int U>
+SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
+                          size_t first, int steps, int lane) {
+  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
+  const unsigned char* vp = static_cast<const unsigned char*>(vals) + (first * 256 + 8 * (size_t)lane) * (VB / 8);
+  const uint16_t* ip = static_cast<const uint16_t*>(idx) + first * 32 + lane;
+  float acc0 = 0.0f, acc1 = 0.0f;
+  auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
+    uint32_t w[U][4], code[U];
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u) {
+      if (u >= n) break;
+#ifdef __CUDACC__
+      if (VT == VT_I8) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
+        w[u][0] = v.x; w[u][1] = v.y;
+      } else {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp + u * 32 * VB));
+        w[u][0] = v.x; w[u][1] = v.y; w[u][2] = v.z; w[u][3] = v.w;
+      }
+      code[u] = __ldg(ip + 32 * u);
+#else
+      memcpy(w[u], vp + u * 32 * VB, VB);
+      code[u] = ip[32 * u];
+#endif
+    }
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (u < n) pair_step<VT>(w[u], code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
+  };
+  int t = 0;
+  for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
+  if (U > 1 && t < steps) round(steps - t);
+  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
+}
+
 // Batches 2 and 4: x staged transposed as float32, xt[col B + b], so a slot's B activations are one vector load and B
 // multiply-adds; the weights' bytes are the same as at batch 1.
 template <int VT, int M, int N, int B>
@@ -257,13 +302,8 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(xs4), pad = (0u - sbase) & (PAIR_BLOCK - 1);
   uint32_t* table = reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(xs4) + pad);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, rows = a.glu ? a.N >> 1 : a.N;
-  const int r0 = blockIdx.x * warps + (threadIdx.x >> 5), stride = gridDim.x * warps;
   pdl_trigger();
   pdl_wait();  // x is the previous kernel's output
-  PairRound<VT, U> first;  // the pair table's walk: the warp's first round, in flight while x is staged
-  if constexpr (XM == XS_PAIRS)
-    if (r0 < rows) pair_load<VT, U>(first, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
-                                    pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
@@ -273,20 +313,18 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  for (int r = r0; r < rows; r += stride) {
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) {
     float out0 = 0.0f, out1 = 0.0f;
     for (int part = 0; part <= a.glu; ++part) {  // glu: the gate row r, then the up row r + rows
       const int row = r + part * rows;
       float acc;
-      if constexpr (XM == XS_PAIRS) {
-        const int nr = part < a.glu ? r + rows : r + stride < rows ? r + stride : -1;  // the warp's next row
+      if constexpr (XM == XS_PAIRS)
         acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, a.k48, (size_t)row * a.steps,
-                                   a.steps, lane, first, nr < 0 ? -1 : (long long)nr * a.steps);
-      } else if constexpr (XM == XS_16) {
+                                   a.steps, lane);
+      else if constexpr (XM == XS_16)
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)row * a.steps, a.steps, lane);
-      } else {
+      else
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)row * a.steps, a.steps, lane);
-      }
 #pragma unroll
       for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
       (part ? out1 : out0) = a.scales ? acc * __ldg(a.scales + row) : acc;
@@ -455,32 +493,16 @@ static void nm_host_rows(const NMArgs& a, float* y) {
   delete[] xs;
 }
 
-// 1:4, fp16 x staged as the pair table (XS_PAIRS), the table at offset 0. Each lane walks the rows as a kernel warp
-// does, here with a stride of 3 rows (gate row, then up row with glu), so the pipelined walk's hand-over of the next
-// row's first round is what the sums come through.
+// 1:4, fp16 x staged as the pair table (XS_PAIRS), the table at offset 0.
 template <int VT, int U>
 static void nm_host_pairs(const NMArgs& a, float* y) {
-  constexpr int STRIDE = 3;
-  const int blocks = a.kx / 256, rows = a.glu ? a.N / 2 : a.N;
+  const int blocks = a.kx / 256;
   uint32_t* table = new uint32_t[(size_t)(blocks > 0 ? blocks : 1) * (PAIR_BLOCK / 4)];
   for (int m = 0; m < blocks; ++m)
     for (int l = 0; l < 32; ++l) pair_fill(table, a.x, a.K, false, m, l);
-  float* sums = new float[(size_t)(a.N > 0 ? a.N : 1) * 32];
-  for (int r0 = 0; r0 < STRIDE && r0 < rows; ++r0)
-    for (int lane = 0; lane < 32; ++lane) {
-      PairRound<VT, U> first;
-      pair_load<VT, U>(first, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane), pair_ip(a.idx, (size_t)r0 * a.steps,
-                       lane), a.steps < U ? a.steps : U);
-      for (int r = r0; r < rows; r += STRIDE)
-        for (int part = 0; part <= (int)a.glu; ++part) {
-          const int row = r + part * rows, nr = part < (int)a.glu ? r + rows : r + STRIDE < rows ? r + STRIDE : -1;
-          sums[(size_t)row * 32 + lane] = nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48,
-                                                               (size_t)row * a.steps, a.steps, lane, first,
-                                                               nr < 0 ? -1 : (long long)nr * a.steps);
-        }
-    }
-  nm_host_reduce<XT_F16>(a, y, [&](int r, int lane) { return sums[(size_t)r * 32 + lane]; });
-  delete[] sums;
+  nm_host_reduce<XT_F16>(a, y, [&](int r, int lane) {
+    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48, (size_t)r * a.steps, a.steps, lane);
+  });
   delete[] table;
 }
 

@@ -20,8 +20,6 @@
 // a byte), the fp16 bits 0x48uu are 8 + u / 128, so subtracting 9 gives v / 128 (|v / 128| <= 1: a product never
 // exceeds |x|); the row sum is scaled back by 128. Overflow needs |x| > 16384.
 #pragma once
-#include <type_traits>
-
 #include "gemv_common.cuh"
 
 constexpr uint32_t PAIR_BLOCK = 2048;  // bytes per 64 groups (256 columns): 16 combinations x 32 lanes x 4 bytes
@@ -168,99 +166,6 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
   }
   acc0 += half_to_float(h & 0xFFFFu);
   acc1 += half_to_float(h >> 16);
-}
-
-// One load round of a lane: U steps' values (fp16: 4 words per step; int8: 2, w[u][2..3] unused) and index words.
-template <int VT, int U>
-struct PairRound {
-  uint32_t w[U][4];
-  uint32_t code[U];
-};
-
-// The lane's values and index words at step `step` of the layout (nm_gemv.cu: 256 slots per step, 8 per lane).
-template <int VT>
-SL_HD const unsigned char* pair_vp(const void* vals, size_t step, int lane) {
-  return static_cast<const unsigned char*>(vals) + (step * 256 + 8 * (size_t)lane) * (VT == VT_I8 ? 1 : 2);
-}
-SL_HD const uint16_t* pair_ip(const void* idx, size_t step, int lane) {
-  return static_cast<const uint16_t*>(idx) + step * 32 + lane;
-}
-
-// Slot u of a lane's round: the loads of one step (values at vp, index word at ip).
-template <int VT, int U>
-SL_HD void pair_load1(PairRound<VT, U>& r, int u, const unsigned char* vp, const uint16_t* ip) {
-#ifdef __CUDACC__
-  if (VT == VT_I8) {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp));
-    r.w[u][0] = v.x; r.w[u][1] = v.y;
-  } else {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp));
-    r.w[u][0] = v.x; r.w[u][1] = v.y; r.w[u][2] = v.z; r.w[u][3] = v.w;
-  }
-  r.code[u] = __ldg(ip);
-#else
-  memcpy(r.w[u], vp, VT == VT_I8 ? 8 : 16);
-  r.code[u] = *ip;
-#endif
-}
-
-// Slots 0..n-1 of a round: n <= U consecutive steps from the lane's pointers.
-template <int VT, int U>
-SL_HD void pair_load(PairRound<VT, U>& r, const unsigned char* vp, const uint16_t* ip, int n) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-  for (int u = 0; u < U; ++u)
-    if (u < n) pair_load1<VT, U>(r, u, vp + u * 32 * VB, ip + 32 * u);
-}
-
-// Lane `lane`'s partial dot product over one row of a 1:4 matrix (`steps` steps from step `first`), x staged as the
-// pair table at `tbase` (the table's byte address + 4 lane); int8 sums scaled back from v / 128.
-//
-// Software-pipelined over a ring of U steps: slot u of `a` holds step s + u of the pass at s, and as soon as a slot's
-// step is used, the slot's loads of step s + u + U are issued, so U steps stay in flight while the lane computes. The
-// row's first U steps are in `a` when the walk starts (the kernel loads a warp's first ones before it stages x, and
-// each walk loads the next row's), and the last pass refills the slots with the first steps of the row at step
-// `next` (< 0: none). Before, a round's U loads were issued together and used together: no load was in flight while
-// a warp used a round, staged x or reduced a row, and a warp's first loads waited for the block's staging. Passes
-// whose next pass is whole run unguarded; the walk advances pointers (a size_t step index per step cost ~15
-// instructions, offline SASS).
-template <int VT, int U>
-SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
-                          size_t first, int steps, int lane, PairRound<VT, U>& a, long long next) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16;
-  const unsigned char* vp = pair_vp<VT>(vals, first + U, lane);  // step s + U, s the pass's first step
-  const uint16_t* ip = pair_ip(idx, first + U, lane);
-  float acc0 = 0.0f, acc1 = 0.0f;
-  int s = 0;
-  // use each slot, then refill it with step s + u + U (guarded unless the next pass is whole)
-  auto pass = [&](auto whole_load) {
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u) {
-      pair_step<VT>(a.w[u], a.code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
-      if (decltype(whole_load)::value || s + u + U < steps) pair_load1<VT, U>(a, u, vp + u * 32 * VB, ip + 32 * u);
-    }
-    vp += U * 32 * VB;
-    ip += U * 32;
-    tbase += U * 4 * PAIR_BLOCK;
-    s += U;
-  };
-  while (s + 2 * U <= steps) pass(std::true_type{});  // this pass and the next whole
-  if (s + U < steps) pass(std::false_type{});         // a whole pass before a partial one
-  // the last pass (s < steps <= s + U): its steps, then the next row's first ones into the freed slots
-  const unsigned char* nvp = pair_vp<VT>(vals, next < 0 ? 0 : (size_t)next, lane);
-  const uint16_t* nip = pair_ip(idx, next < 0 ? 0 : (size_t)next, lane);
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-  for (int u = 0; u < U; ++u) {
-    if (s + u < steps) pair_step<VT>(a.w[u], a.code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
-    if (next >= 0 && u < steps) pair_load1<VT, U>(a, u, nvp + u * 32 * VB, nip + 32 * u);
-  }
-  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
 }
 
 #ifdef __CUDACC__
