@@ -2,6 +2,7 @@
 
     git show REV:src/sparselm/kernels/gpu/nm_gemv.cu > OLD/nm_gemv.cu     # + every *.cuh of that directory
     PYTHONPATH=src python benchmarks/nm_ab.py --old OLD --out $OUT/nm_ab.json           # 1:4, fp16 + int8, ~2 min
+    ... nm_ab.py --build nostage=DIR1 --build empty=DIR2 --shapes 4096x4096 --out ...   # any number of builds
 
 Why: absolute kernel times move a few percent between machine starts, more than a change of a few instructions per
 step is worth. Here both builds run on the same matrices in the same process, config by config in alternation
@@ -42,14 +43,20 @@ def run(args) -> dict:
     from sparselm.runtime.gpu_backend import nmcu_configs
 
     new_lib = cuda_nm._LIB
-    old_lib = cuda_build.Library(Path(args.old) / "nm_gemv.cu", cuda_nm._declare)
-    if not (new_lib.available() and old_lib.available()):
-        raise SystemExit(f"build failed: new {new_lib.build_error()}, old {old_lib.build_error()}")
-    libs = {"new": new_lib, "old": old_lib}
+    builds = dict(args.build or [])
+    if args.old:
+        builds["old"] = args.old
+    if not builds or "new" in builds:
+        raise SystemExit("give --old DIR and / or --build NAME=DIR (NAME not 'new': that is this tree)")
+    libs = {"new": new_lib, **{name: cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
+                               for name, d in builds.items()}}
+    failed = {name: lib.build_error() for name, lib in libs.items() if not lib.available()}
+    if failed:
+        raise SystemExit(f"build failed: {failed}")
     one = torch.zeros(1, device="cuda")
     floor_ms = time_graph([lambda: one.add_(1.0) for _ in range(64)])
     rows = []
-    for n, k in SHAPES:
+    for n, k in args.shapes:
         dense = [torch.randn(n, k, device="cuda", dtype=torch.float16)
                  for _ in range(max(2, math.ceil(ROTATE_BYTES / (n * k * 2))))]
         x = torch.randn(1, k, device="cuda", dtype=torch.float16)
@@ -86,22 +93,38 @@ def run(args) -> dict:
                        **{f"{name}_{f}": v for name, (cfg, t) in best.items()
                           for f, v in (("ms", round(t, 5)), ("cfg", cfg), ("speedup", round(d / t, 3)),
                                        ("GBps", round(fb / (t * 1e-3) / 1e9, 1)))},
-                       new_vs_old=round(best["old"][1] / best["new"][1], 4),
+                       **{f"new_vs_{name}": round(best[name][1] / best["new"][1], 4) for name in builds},
                        rel_err=max(errs.values()),
                        ms_by_cfg={f"{lib}:{cfg}": round(t, 5) for (lib, cfg), t in med.items()})
             rows.append(row)
-            print(f"{n:>6}x{k:<6} {values:>8} dense {d * 1e3:6.2f}us new {best['new'][1] * 1e3:6.2f}us "
-                  f"(x{row['new_speedup']:.3f}, {best['new'][0]}) old {best['old'][1] * 1e3:6.2f}us "
-                  f"(x{row['old_speedup']:.3f}, {best['old'][0]}) new/old {row['new_vs_old']:.3f}", flush=True)
+            print(f"{n:>6}x{k:<6} {values:>8} dense {d * 1e3:6.2f}us " + " ".join(
+                f"{name} {t * 1e3:6.2f}us (x{d / t:.3f}, {cfg})" for name, (cfg, t) in best.items()), flush=True)
             del ps
         del dense
     return {"command": " ".join(["python"] + sys.argv), "device": torch.cuda.get_device_name(),
-            "floor_us": round(floor_ms * 1e3, 3), "old": str(args.old), "rows": rows}
+            "floor_us": round(floor_ms * 1e3, 3), "builds": {name: str(d) for name, d in builds.items()},
+            **({"old": str(args.old)} if args.old else {}), "rows": rows}
+
+
+def _build(text: str) -> tuple[str, Path]:
+    name, sep, d = text.partition("=")
+    if not sep or not name.isidentifier() or not d:
+        raise argparse.ArgumentTypeError(f"NAME=DIR, got {text!r}")
+    return name, Path(d)
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in s.split("x", 1)) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"NxK,..., got {text!r}") from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--old", type=Path, required=True, help="a directory with the other nm_gemv.cu and its *.cuh")
+    ap.add_argument("--old", type=Path, help="a directory with the other nm_gemv.cu and its *.cuh (build 'old')")
+    ap.add_argument("--build", type=_build, action="append", help="NAME=DIR: one more build to time (repeatable)")
+    ap.add_argument("--shapes", type=_shapes, default=SHAPES, help="NxK,... (default: the six 7B / 8B shapes)")
     ap.add_argument("--values", default="float16,int8")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
