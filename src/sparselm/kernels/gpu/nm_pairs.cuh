@@ -177,102 +177,30 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
   acc1 += half_to_float(h >> 16);
 }
 
-// One load round of a lane: U steps' values (fp16: 4 words per step; int8: 2, w[u][2..3] unused) and index words.
-template <int VT, int U>
-struct PairRound {
-  uint32_t w[U][4];
-  uint32_t code[U];
-};
-
-// The lane's values and index words at step `step` of the layout (nm_gemv.cu: 256 slots per step, 8 per lane).
-template <int VT>
-SL_HD const unsigned char* pair_vp(const void* vals, size_t step, int lane) {
-  return static_cast<const unsigned char*>(vals) + (step * 256 + 8 * (size_t)lane) * (VT == VT_I8 ? 1 : 2);
-}
-SL_HD const uint16_t* pair_ip(const void* idx, size_t step, int lane) {
-  return static_cast<const uint16_t*>(idx) + step * 32 + lane;
-}
-
-// The loads of n <= U consecutive steps from the lane's pointers (n = U: unguarded once inlined).
-template <int VT, int U>
-SL_HD void pair_load(PairRound<VT, U>& r, const unsigned char* vp, const uint16_t* ip, int n) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
 #ifdef __CUDACC__
-#pragma unroll
-#endif
-  for (int u = 0; u < U; ++u) {
-    if (u >= n) break;
-#ifdef __CUDACC__
-    if (VT == VT_I8) {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
-      r.w[u][0] = v.x; r.w[u][1] = v.y;
-    } else {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp + u * 32 * VB));
-      r.w[u][0] = v.x; r.w[u][1] = v.y; r.w[u][2] = v.z; r.w[u][3] = v.w;
-    }
-    r.code[u] = __ldg(ip + 32 * u);
-#else
-    memcpy(r.w[u], vp + u * 32 * VB, VB);
-    r.code[u] = ip[32 * u];
-#endif
-  }
-}
-
-// Lane `lane`'s partial dot product over one row of a 1:4 matrix (`steps` steps from step `first`), x staged as the
-// pair table at `tbase` (the table's byte address + 4 lane); int8 sums scaled back from v / 128. `r` holds the row's
-// first round already when `loaded` (the kernel loads a warp's first one while it stages x). The walk advances
-// pointers: nm_walk's size_t step index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step
-// (offline SASS). Whole rounds of U steps run unguarded and only a last, partial round checks each step against the
-// row's end: the per-step guards were ~3 of ~45 instructions of an int8 step (offline SASS).
-template <int VT, int U>
-SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
-                          size_t first, int steps, int lane, PairRound<VT, U>& r, bool loaded) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16;
-  const unsigned char* vp = pair_vp<VT>(vals, first, lane);
-  const uint16_t* ip = pair_ip(idx, first, lane);
-  float acc0 = 0.0f, acc1 = 0.0f;
-  auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
-    if (!loaded) pair_load<VT, U>(r, vp, ip, n);
-    loaded = false;
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (u < n) pair_step<VT>(r.w[u], r.code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
-  };
-  int t = 0;
-  for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
-  if (U > 1 && t < steps) round(steps - t);
-  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
-}
-
-#ifdef __CUDACC__
-// The whole table for kx columns (kx / 256 blocks), zeros past K, then a block barrier. `table` is 2048-byte aligned.
-// `early()` runs once the thread's first EX items' activations are requested and before any is used: the kernel
-// issues a warp's first weight loads there. Measured why (nm_probe.json): a copy of the kernel without this staging
-// ran 0.5 us faster at 4096 x 4096 and 1.0-1.2 us at 14336 x 4096 / 4096 x 14336, so the staging was not hidden
-// behind the weights; weights loaded ahead of the activations (the session-31 ring walk) queued the activations'
-// L2 reads behind the weights' DRAM reads. In this order the activations come back first, and the table is built
-// while the weights are still on their way.
-template <typename Early>
-__device__ __forceinline__ void stage_pairs(uint32_t* table, const uint16_t* x, int K, int kx, Early early) {
-  constexpr int EX = 2;  // items per thread whose loads precede early() (K = 14336, 1024 threads: 1.75)
+// The whole table for kx columns (kx / 256 blocks, kx / 256 * 32 items), zeros past K, then a block barrier. `table`
+// is 2048-byte aligned. A thread requests the activations of up to EB of its items before it stores any entry: in a
+// loop of one item per iteration (pair_fill), the table's stores could alias x for all nvcc knew, so each item's
+// loads waited for the previous item's stores, one L2 round trip per item. Measured (nm_ab_stage.json, a copy of the
+// kernel without the staging): 2.4-3.0 us of staging at K = 14336 with 512 threads (3.5 items each), 1.0-1.25 us
+// with 1024, 0.4-0.5 us at K = 4096 (1 item).
+__device__ __forceinline__ void stage_pairs(uint32_t* table, const uint16_t* x, int K, int kx) {
+  constexpr int EB = 4;  // K <= 16384 with >= 512 threads: every item in one batch
   const bool aligned = (reinterpret_cast<uintptr_t>(x) & 7) == 0;
   const int items = kx / 256 * 32;
-  uint32_t xr[EX][4];
+  for (int e0 = threadIdx.x; e0 < items; e0 += EB * blockDim.x) {
+    uint32_t xr[EB][4];
 #pragma unroll
-  for (int i = 0; i < EX; ++i) {
-    const int e = threadIdx.x + i * blockDim.x;
-    if (e < items) pair_x(x, K, aligned, e >> 5, e & 31, xr[i]);
-  }
-  early();
+    for (int i = 0; i < EB; ++i) {
+      const int e = e0 + i * blockDim.x;
+      if (e < items) pair_x(x, K, aligned, e >> 5, e & 31, xr[i]);
+    }
 #pragma unroll
-  for (int i = 0; i < EX; ++i) {
-    const int e = threadIdx.x + i * blockDim.x;
-    if (e < items) pair_store(table, e >> 5, e & 31, xr[i]);
+    for (int i = 0; i < EB; ++i) {
+      const int e = e0 + i * blockDim.x;
+      if (e < items) pair_store(table, e >> 5, e & 31, xr[i]);
+    }
   }
-  for (int e = threadIdx.x + EX * blockDim.x; e < items; e += blockDim.x) pair_fill(table, x, K, aligned, e >> 5,
-                                                                                  e & 31);
   __syncthreads();
 }
 #endif
