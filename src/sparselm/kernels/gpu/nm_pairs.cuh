@@ -130,25 +130,16 @@ SL_HD void group_x(const uint16_t* x, int g, int K, bool aligned, uint32_t& lo, 
   hi = (uint32_t)p[2] | (uint32_t)p[3] << 16;
 }
 
-// The activations of table item (m, l): groups 64 m + l and 64 m + 32 + l, two words each (xr[0..3]).
-SL_HD void pair_x(const uint16_t* x, int K, bool aligned, int m, int l, uint32_t* xr) {
-  group_x(x, 64 * m + l, K, aligned, xr[0], xr[1]);
-  group_x(x, 64 * m + 32 + l, K, aligned, xr[2], xr[3]);
-}
-
-// Entries (m, *, l) of the table (32-bit words, m PAIR_BLOCK / 4 + 32 c + l) from the item's activations.
-SL_HD void pair_store(uint32_t* table, int m, int l, const uint32_t* xr) {
+// Entries (m, *, l) of the table (32-bit words, m PAIR_BLOCK / 4 + 32 c + l).
+SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, int m, int l) {
+  uint32_t a01, a23, b01, b23;
+  group_x(x, 64 * m + l, K, aligned, a01, a23);
+  group_x(x, 64 * m + 32 + l, K, aligned, b01, b23);
   uint32_t* w = table + m * (PAIR_BLOCK / 4) + l;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(xr[0], xr[1], xr[2], xr[3], c);
-}
-
-SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, int m, int l) {
-  uint32_t xr[4];
-  pair_x(x, K, aligned, m, l, xr);
-  pair_store(table, m, l, xr);
+  for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(a01, a23, b01, b23, c);
 }
 
 // One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
@@ -178,29 +169,10 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
 }
 
 #ifdef __CUDACC__
-// The whole table for kx columns (kx / 256 blocks, kx / 256 * 32 items), zeros past K, then a block barrier. `table`
-// is 2048-byte aligned. A thread requests the activations of up to EB of its items before it stores any entry: in a
-// loop of one item per iteration (pair_fill), the table's stores could alias x for all nvcc knew, so each item's
-// loads waited for the previous item's stores, one L2 round trip per item. Measured (nm_ab_stage.json, a copy of the
-// kernel without the staging): 2.4-3.0 us of staging at K = 14336 with 512 threads (3.5 items each), 1.0-1.25 us
-// with 1024, 0.4-0.5 us at K = 4096 (1 item).
+// The whole table for kx columns (kx / 256 blocks), zeros past K, then a block barrier. `table` is 2048-byte aligned.
 __device__ __forceinline__ void stage_pairs(uint32_t* table, const uint16_t* x, int K, int kx) {
-  constexpr int EB = 4;  // K <= 16384 with >= 512 threads: every item in one batch
   const bool aligned = (reinterpret_cast<uintptr_t>(x) & 7) == 0;
-  const int items = kx / 256 * 32;
-  for (int e0 = threadIdx.x; e0 < items; e0 += EB * blockDim.x) {
-    uint32_t xr[EB][4];
-#pragma unroll
-    for (int i = 0; i < EB; ++i) {
-      const int e = e0 + i * blockDim.x;
-      if (e < items) pair_x(x, K, aligned, e >> 5, e & 31, xr[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < EB; ++i) {
-      const int e = e0 + i * blockDim.x;
-      if (e < items) pair_store(table, e >> 5, e & 31, xr[i]);
-    }
-  }
+  for (int e = threadIdx.x; e < kx / 256 * 32; e += blockDim.x) pair_fill(table, x, K, aligned, e >> 5, e & 31);
   __syncthreads();
 }
 #endif
