@@ -130,9 +130,9 @@ def kx(p) -> int:
 
 def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False) -> int:
     """Shared memory per block for x: float32 x batch, 16-bit (x16), or the pair table (8 bytes per column, plus
-    2048 bytes of alignment slack)."""
+    2048 bytes of alignment slack, plus the copy of x it is built from)."""
     if pairs:
-        return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK
+        return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK + (2 * p.shape[1] + 15) // 16 * 16
     return (2 if x16 else 4 * batch) * kx(p)
 
 

@@ -198,51 +198,6 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
   return acc0 + acc1;
 }
 
-// Lane `lane`'s partial dot product over one row of a 1:4 matrix, x staged as the pair table at `tbase` (the table's
-// byte address + 4 lane); int8 sums scaled back from v / 128. The walk advances pointers: nm_walk's size_t step
-// index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step (offline SASS). Whole rounds of U
-// steps run unguarded and only a last, partial round checks each step against the row's end: the per-step guards
-// were ~3 of ~45 instructions of an int8 step (offline SASS).
-template <int VT, int U>
-SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
-                          size_t first, int steps, int lane) {
-  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
-  const unsigned char* vp = static_cast<const unsigned char*>(vals) + (first * 256 + 8 * (size_t)lane) * (VB / 8);
-  const uint16_t* ip = static_cast<const uint16_t*>(idx) + first * 32 + lane;
-  float acc0 = 0.0f, acc1 = 0.0f;
-  auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
-    uint32_t w[U][4], code[U];
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u) {
-      if (u >= n) break;
-#ifdef __CUDACC__
-      if (VT == VT_I8) {
-        const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
-        w[u][0] = v.x; w[u][1] = v.y;
-      } else {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp + u * 32 * VB));
-        w[u][0] = v.x; w[u][1] = v.y; w[u][2] = v.z; w[u][3] = v.w;
-      }
-      code[u] = __ldg(ip + 32 * u);
-#else
-      memcpy(w[u], vp + u * 32 * VB, VB);
-      code[u] = ip[32 * u];
-#endif
-    }
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int u = 0; u < U; ++u)
-      if (u < n) pair_step<VT>(w[u], code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
-  };
-  int t = 0;
-  for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
-  if (U > 1 && t < steps) round(steps - t);
-  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
-}
-
 // Batches 2 and 4: x staged transposed as float32, xt[col B + b], so a slot's B activations are one vector load and B
 // multiply-adds; the weights' bytes are the same as at batch 1.
 template <int VT, int M, int N, int B>
@@ -302,25 +257,30 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(xs4), pad = (0u - sbase) & (PAIR_BLOCK - 1);
   uint32_t* table = reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(xs4) + pad);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, rows = a.glu ? a.N >> 1 : a.N;
+  const int r0 = blockIdx.x * warps + (threadIdx.x >> 5);
   pdl_trigger();
   pdl_wait();  // x is the previous kernel's output
+  PairRound<VT, U> round;  // the pair table's walk: its load round, the warp's first loaded during the staging
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
     __syncthreads();
   } else if (XM == XS_PAIRS) {
-    stage_pairs(table, a.x, a.K, a.kx);
+    stage_pairs(table, reinterpret_cast<uint16_t*>(table + a.kx / 256 * (PAIR_BLOCK / 4)), a.x, a.K, a.kx, [&] {
+      if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
+                                      pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
+    });
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) {
+  for (int r = r0; r < rows; r += gridDim.x * warps) {
     float out0 = 0.0f, out1 = 0.0f;
     for (int part = 0; part <= a.glu; ++part) {  // glu: the gate row r, then the up row r + rows
       const int row = r + part * rows;
       float acc;
       if constexpr (XM == XS_PAIRS)
         acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, a.k48, (size_t)row * a.steps,
-                                   a.steps, lane);
+                                   a.steps, lane, round, row == r0);
       else if constexpr (XM == XS_16)
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)row * a.steps, a.steps, lane);
       else
@@ -339,6 +299,7 @@ static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stre
   static size_t opted = 48 * 1024;
   const size_t smem = XM == XS_16 ? ((size_t)a.kx * 2 + 15) / 16 * 16
                       : XM == XS_PAIRS ? (size_t)a.kx / 256 * PAIR_BLOCK + PAIR_BLOCK  // + the alignment slack
+                                             + ((size_t)a.K * 2 + 15) / 16 * 16    // + x's copy (stage_pairs)
                                        : (size_t)a.kx * 4;
   if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, smem, &opted)) return e;
   return sl_launch(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, blocks, threads, smem, stream, a);
@@ -501,7 +462,12 @@ static void nm_host_pairs(const NMArgs& a, float* y) {
   for (int m = 0; m < blocks; ++m)
     for (int l = 0; l < 32; ++l) pair_fill(table, a.x, a.K, false, m, l);
   nm_host_reduce<XT_F16>(a, y, [&](int r, int lane) {
-    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48, (size_t)r * a.steps, a.steps, lane);
+    PairRound<VT, U> round;  // the kernel's warps load their first row's first round while x is staged
+    const bool early = r % 3 == 0;
+    if (early) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r * a.steps, lane),
+                                pair_ip(a.idx, (size_t)r * a.steps, lane), a.steps < U ? a.steps : U);
+    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48, (size_t)r * a.steps, a.steps, lane, round,
+                                early);
   });
   delete[] table;
 }

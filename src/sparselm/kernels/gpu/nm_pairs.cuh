@@ -130,16 +130,25 @@ SL_HD void group_x(const uint16_t* x, int g, int K, bool aligned, uint32_t& lo, 
   hi = (uint32_t)p[2] | (uint32_t)p[3] << 16;
 }
 
-// Entries (m, *, l) of the table (32-bit words, m PAIR_BLOCK / 4 + 32 c + l).
-SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, int m, int l) {
-  uint32_t a01, a23, b01, b23;
-  group_x(x, 64 * m + l, K, aligned, a01, a23);
-  group_x(x, 64 * m + 32 + l, K, aligned, b01, b23);
+// The activations of table item (m, l): groups 64 m + l and 64 m + 32 + l, two words each (xr[0..3]).
+SL_HD void pair_x(const uint16_t* x, int K, bool aligned, int m, int l, uint32_t* xr) {
+  group_x(x, 64 * m + l, K, aligned, xr[0], xr[1]);
+  group_x(x, 64 * m + 32 + l, K, aligned, xr[2], xr[3]);
+}
+
+// Entries (m, *, l) of the table (32-bit words, m PAIR_BLOCK / 4 + 32 c + l) from the item's activations.
+SL_HD void pair_store(uint32_t* table, int m, int l, const uint32_t* xr) {
   uint32_t* w = table + m * (PAIR_BLOCK / 4) + l;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-  for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(a01, a23, b01, b23, c);
+  for (int c = 0; c < 16; ++c) w[32 * c] = pair_entry(xr[0], xr[1], xr[2], xr[3], c);
+}
+
+SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, int m, int l) {
+  uint32_t xr[4];
+  pair_x(x, K, aligned, m, l, xr);
+  pair_store(table, m, l, xr);
 }
 
 // One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
@@ -168,11 +177,119 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
   acc1 += half_to_float(h >> 16);
 }
 
+// One load round of a lane: U steps' values (fp16: 4 words per step; int8: 2, w[u][2..3] unused) and index words.
+template <int VT, int U>
+struct PairRound {
+  uint32_t w[U][4];
+  uint32_t code[U];
+};
+
+// The lane's values and index words at step `step` of the layout (nm_gemv.cu: 256 slots per step, 8 per lane).
+template <int VT>
+SL_HD const unsigned char* pair_vp(const void* vals, size_t step, int lane) {
+  return static_cast<const unsigned char*>(vals) + (step * 256 + 8 * (size_t)lane) * (VT == VT_I8 ? 1 : 2);
+}
+SL_HD const uint16_t* pair_ip(const void* idx, size_t step, int lane) {
+  return static_cast<const uint16_t*>(idx) + step * 32 + lane;
+}
+
+// The loads of n <= U consecutive steps from the lane's pointers (n = U: unguarded once inlined).
+template <int VT, int U>
+SL_HD void pair_load(PairRound<VT, U>& r, const unsigned char* vp, const uint16_t* ip, int n) {
+  constexpr int VB = VT == VT_I8 ? 8 : 16;  // a lane's value bytes per step
 #ifdef __CUDACC__
-// The whole table for kx columns (kx / 256 blocks), zeros past K, then a block barrier. `table` is 2048-byte aligned.
-__device__ __forceinline__ void stage_pairs(uint32_t* table, const uint16_t* x, int K, int kx) {
-  const bool aligned = (reinterpret_cast<uintptr_t>(x) & 7) == 0;
-  for (int e = threadIdx.x; e < kx / 256 * 32; e += blockDim.x) pair_fill(table, x, K, aligned, e >> 5, e & 31);
+#pragma unroll
+#endif
+  for (int u = 0; u < U; ++u) {
+    if (u >= n) break;
+#ifdef __CUDACC__
+    if (VT == VT_I8) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(vp + u * 32 * VB));
+      r.w[u][0] = v.x; r.w[u][1] = v.y;
+    } else {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(vp + u * 32 * VB));
+      r.w[u][0] = v.x; r.w[u][1] = v.y; r.w[u][2] = v.z; r.w[u][3] = v.w;
+    }
+    r.code[u] = __ldg(ip + 32 * u);
+#else
+    memcpy(r.w[u], vp + u * 32 * VB, VB);
+    r.code[u] = ip[32 * u];
+#endif
+  }
+}
+
+// Lane `lane`'s partial dot product over one row of a 1:4 matrix (`steps` steps from step `first`), x staged as the
+// pair table at `tbase` (the table's byte address + 4 lane); int8 sums scaled back from v / 128. `r` holds the row's
+// first round already when `loaded` (the kernel loads a warp's first one while it stages x). The walk advances
+// pointers: nm_walk's size_t step index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step
+// (offline SASS). Whole rounds of U steps run unguarded and only a last, partial round checks each step against the
+// row's end: the per-step guards were ~3 of ~45 instructions of an int8 step (offline SASS).
+template <int VT, int U>
+SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
+                          size_t first, int steps, int lane, PairRound<VT, U>& r, bool loaded) {
+  constexpr int VB = VT == VT_I8 ? 8 : 16;
+  const unsigned char* vp = pair_vp<VT>(vals, first, lane);
+  const uint16_t* ip = pair_ip(idx, first, lane);
+  float acc0 = 0.0f, acc1 = 0.0f;
+  auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
+    if (!loaded) pair_load<VT, U>(r, vp, ip, n);
+    loaded = false;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+    for (int u = 0; u < U; ++u)
+      if (u < n) pair_step<VT>(r.w[u], r.code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
+  };
+  int t = 0;
+  for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
+  if (U > 1 && t < steps) round(steps - t);
+  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
+}
+
+#ifdef __CUDACC__
+// Entries (m, *, l) from x's copy in shared memory (xc: the K activations, 8-byte aligned; zeros past K).
+__device__ __forceinline__ void pair_fill_copy(uint32_t* table, const uint16_t* xc, int K, int m, int l) {
+  uint32_t xr[4] = {0u, 0u, 0u, 0u};
+  const int ga = 64 * m + l, gb = ga + 32;
+  if (4 * ga < K) {
+    const uint2 v = reinterpret_cast<const uint2*>(xc)[ga];
+    xr[0] = v.x; xr[1] = v.y;
+  }
+  if (4 * gb < K) {
+    const uint2 v = reinterpret_cast<const uint2*>(xc)[gb];
+    xr[2] = v.x; xr[3] = v.y;
+  }
+  pair_store(table, m, l, xr);
+}
+
+// The whole table for kx columns (kx / 256 blocks), zeros past K, then a block barrier. `table` is 2048-byte aligned;
+// xc, K 16-bit words of scratch (8-byte aligned), receives x first. `early()` runs while x is on its way: the kernel
+// issues a warp's first weight round there, so its DRAM latency covers x's L2 round trip, the table build and both
+// barriers (a copy of the kernel without the staging ran 0.5-1.2 us faster: nm_probe.json).
+// Why x goes through cp.async: loaded into registers (the first form of this change), ptxas tracked x's loads and the
+// weights' on one scoreboard, so the table build waited for the weights' DRAM round trip (offline SASS: the first
+// PRMT waits on the scoreboard of both) and the kernel got 7% slower (nm_ab_stage.json). cp.async completes on its
+// own counter (cp.async.wait_group).
+template <typename Early>
+__device__ __forceinline__ void stage_pairs(uint32_t* table, uint16_t* xc, const uint16_t* x, int K, int kx,
+                                            Early early) {
+  const int items = kx / 256 * 32;
+  const bool copy = (reinterpret_cast<uintptr_t>(x) & 7) == 0;  // else 16-bit loads (pair_fill)
+  if (copy) {
+    const uint32_t dst = (uint32_t)__cvta_generic_to_shared(xc);
+    for (int g = threadIdx.x; g < K / 4; g += blockDim.x)
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst + 8 * g), "l"(x + 4 * g));
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+  }
+  asm volatile("" ::: "memory");  // early()'s loads after x's: one call, so nvcc cannot hoist it over the copy
+  early();
+  if (copy) {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+    for (int e = threadIdx.x; e < items; e += blockDim.x) pair_fill_copy(table, xc, K, e >> 5, e & 31);
+  } else {
+    for (int e = threadIdx.x; e < items; e += blockDim.x) pair_fill(table, x, K, false, e >> 5, e & 31);
+  }
   __syncthreads();
 }
 #endif
