@@ -261,13 +261,18 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
   pdl_trigger();
   pdl_wait();  // x is the previous kernel's output
   PairRound<VT, U> round;  // the pair table's walk: its load round, the warp's first loaded during the staging
+  // (U >= 2 only, and only they stage through x's copy: 1-step rounds lost 10-60% with both, nm_ab_cpasync.json;
+  // int8 went 40 -> 46 registers, two 16-warp blocks per SM instead of three)
+  constexpr bool EARLY = U > 1;
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
     __syncthreads();
+  } else if (XM == XS_PAIRS && !EARLY) {
+    stage_pairs_direct(table, a.x, a.K, a.kx);
   } else if (XM == XS_PAIRS) {
     stage_pairs(table, reinterpret_cast<uint16_t*>(table + a.kx / 256 * (PAIR_BLOCK / 4)), a.x, a.K, a.kx, [&] {
-      if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
+      if (EARLY && r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
                                       pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
     });
   } else {
@@ -280,7 +285,7 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
       float acc;
       if constexpr (XM == XS_PAIRS)
         acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, a.k48, (size_t)row * a.steps,
-                                   a.steps, lane, round, row == r0);
+                                   a.steps, lane, round, EARLY && row == r0);
       else if constexpr (XM == XS_16)
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)row * a.steps, a.steps, lane);
       else

@@ -247,6 +247,13 @@ SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* tab
 }
 
 #ifdef __CUDACC__
+// The whole table from x's 16-bit loads, one item per iteration, then a block barrier (the 1-step-round launches).
+__device__ __forceinline__ void stage_pairs_direct(uint32_t* table, const uint16_t* x, int K, int kx) {
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) & 7) == 0;
+  for (int e = threadIdx.x; e < kx / 256 * 32; e += blockDim.x) pair_fill(table, x, K, aligned, e >> 5, e & 31);
+  __syncthreads();
+}
+
 // Entries (m, *, l) from x's copy in shared memory (xc: the K activations, 8-byte aligned; zeros past K).
 __device__ __forceinline__ void pair_fill_copy(uint32_t* table, const uint16_t* xc, int K, int m, int l) {
   uint32_t xr[4] = {0u, 0u, 0u, 0u};
