@@ -126,8 +126,10 @@ def test_pair_table_serves_only_1_of_4_with_fp16_activations():
     bf = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "bfloat16"))
     assert cuda_nm.supports(one4, torch.float16, pairs=True) and not cuda_nm.supports(two4, torch.float16, pairs=True)
     assert not cuda_nm.supports(bf, torch.bfloat16, pairs=True) and not cuda_nm.supports(one4, batch=2, pairs=True)
-    # kx = one step of 1024 columns: the table, its alignment slack, and the copy of x's 512 activations
-    assert cuda_nm.staged_bytes(one4, pairs=True) == 1024 // 256 * 2048 + 2048 + 512 * 2
+    # kx = one step of 1024 columns: the table and its alignment slack, with 2+ steps per round also the copy of
+    # x's 512 activations the kernel builds it from
+    assert cuda_nm.staged_bytes(one4, pairs=True) == 1024 // 256 * 2048 + 2048
+    assert cuda_nm.staged_bytes(one4, pairs=True, unroll=2) == 1024 // 256 * 2048 + 2048 + 512 * 2
     with pytest.raises(ValueError, match="pairs"):
         cuda_nm.gemv_host(torch.randn(1, 512).half(), two4, pairs=True)
     with pytest.raises(ValueError, match="pairs"):

@@ -128,19 +128,20 @@ def kx(p) -> int:
     return _steps(p) * STEP // s * m
 
 
-def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False) -> int:
+def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False, unroll: int = 1) -> int:
     """Shared memory per block for x: float32 x batch, 16-bit (x16), or the pair table (8 bytes per column, plus
-    2048 bytes of alignment slack, plus the copy of x it is built from)."""
+    2048 bytes of alignment slack; with 2+ steps per round also the copy of x the table is built from)."""
     if pairs:
-        return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK + (2 * p.shape[1] + 15) // 16 * 16
+        return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK + ((2 * p.shape[1] + 15) // 16 * 16 if unroll > 1 else 0)
     return (2 if x16 else 4 * batch) * kx(p)
 
 
-def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False, pairs: bool = False) -> bool:
+def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False, pairs: bool = False,
+             unroll: int = 1) -> bool:
     """Padded batch 1, 2 or 4; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes,
     per-row scales or none) with either; x's staged copy (`staged_bytes`) within one block's shared memory. pairs:
     batch 1, a 1:4 layout (M = 4, one slot per group), fp16 x, fp16 or int8 values."""
-    if batch not in BATCHES or pattern(p) is None or staged_bytes(p, batch, x16, pairs) > smem_limit():
+    if batch not in BATCHES or pattern(p) is None or staged_bytes(p, batch, x16, pairs, unroll) > smem_limit():
         return False
     if pairs and (batch != 1 or pattern(p) != (4, 1) or x_dtype not in (None, torch.float16)
                   or p.values.dtype not in (torch.float16, torch.int8)):
@@ -188,12 +189,12 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = False) -> None:
+def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = False, unroll: int = 1) -> None:
     k = p.shape[1]
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
         raise ValueError(f"nmcu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, batch, x16, pairs):
+    if not supports(p, x.dtype, batch, x16, pairs, unroll):
         raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
                          f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
                          f"/ bf16 (x bf16) / int8 with per-row scales (pairs: 1:4, fp16 x, fp16 / int8 "
@@ -235,7 +236,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     product and kernels/gpu/fused.py silu_mul would round it (fp16 exp / division may differ in the last bit).
     norm = (res, w, eps) (batch 1, not with glu): returns (s, n), both (1, N): s = res + y and n = w * s / rms(s),
     rounded as fused.add_rmsnorm rounds (the last block to finish computes them; nm_epilogue.cuh)."""
-    _check(x, p, cfg.x16, cfg.block_b, cfg.pairs)
+    _check(x, p, cfg.x16, cfg.block_b, cfg.pairs, cfg.unroll)
     if glu:
         _check_glu(x, p)
     if norm is not None:

@@ -304,7 +304,7 @@ static int nm_launch(const NMArgs& a, int blocks, int threads, cudaStream_t stre
   static size_t opted = 48 * 1024;
   const size_t smem = XM == XS_16 ? ((size_t)a.kx * 2 + 15) / 16 * 16
                       : XM == XS_PAIRS ? (size_t)a.kx / 256 * PAIR_BLOCK + PAIR_BLOCK  // + the alignment slack
-                                             + ((size_t)a.K * 2 + 15) / 16 * 16    // + x's copy (stage_pairs)
+                                             + (U > 1 ? ((size_t)a.K * 2 + 15) / 16 * 16 : 0)  // + x's copy
                                        : (size_t)a.kx * 4;
   if (const int e = opt_in(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, smem, &opted)) return e;
   return sl_launch(nm_gemv_kernel<VT, XT, M, N, U, MINB, XM>, blocks, threads, smem, stream, a);

@@ -281,7 +281,8 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
         if cfg.kernel == "nmcu":  # N:M masks only
-            return _module(cfg.kernel).supports(self, batch=cfg.block_b, x16=cfg.x16, pairs=cfg.pairs)
+            return _module(cfg.kernel).supports(self, batch=cfg.block_b, x16=cfg.x16, pairs=cfg.pairs,
+                                                unroll=cfg.unroll)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
