@@ -7,6 +7,7 @@
 #   DECODE_ARGS="--engine-ab 5" ...   (gpu_decode.py's extra options: the engine options' alternating A/B)
 #   ATTN_ARGS="--qkv-splits --positions 16,24,40,48,64,100" ...   (decode_attention.py's options)
 #   AB_S=150 AB_OLD=.stage/old_nm ...   (nm_ab.py: this tree's nmcu against another nm_gemv.cu, carried in AB_OLD)
+#   AB_ARGS="--build nostage=.stage/probe/nostage --shapes 4096x4096" ...   (more builds, carried too; other shapes)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1
 [ -d /tmp/site/pydantic ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >/dev/null
