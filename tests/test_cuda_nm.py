@@ -248,6 +248,25 @@ def test_gpu_build_matches_the_host_build(keep, m, values, act, unroll, warps, x
         torch.testing.assert_close(y.float().cpu(), host, rtol=tol, atol=tol)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU build needs a CUDA device (and nvcc)")
+@pytest.mark.parametrize("values,unroll,warps", [("float16", 2, 16), ("int8", 4, 32), ("float16", 1, 8)])
+def test_gpu_pair_table_stages_x_at_any_address(values, unroll, warps):
+    """On a GPU machine: with 2+ steps per round the pair table is built from a cp.async copy of x when x is 8-byte
+    aligned, and from 16-bit loads otherwise (here x is a view one element in); both match the host twin, as do the
+    1-step rounds, which always take the 16-bit loads."""
+    if not cuda_nm.available():
+        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
+    for n, k in ((37, 304), (70, 4096)):
+        p = PackedBitmask.from_compressed(compress_tensor(nm_weight(n, k, 1, 4, seed=n), values).to("cuda"))
+        big = torch.randn(1, k + 4, device="cuda").half()
+        for x, aligned in ((big[:, :k], True), (big[:, 1:k + 1], False)):
+            assert (x.data_ptr() % 8 == 0) == aligned
+            cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=1, unroll=unroll, pairs=True)
+            y = cuda_nm.gemv(x, p, cfg).float().cpu()
+            host = cuda_nm.gemv_host(x.cpu(), p, unroll=unroll, pairs=True).half().float()
+            torch.testing.assert_close(y, host, rtol=1e-3, atol=1e-3 * host.abs().max().item())
+
+
 def test_a_model_pruned_n_m_is_served_after_sparsify():
     """The user's path: prune a model 1:4 (any pruner), sparsify it; each block linear's packed matrix is recognized
     as N:M (M = 4, one slot per group) and the kernel matches its dense product; an unstructured 75% model is not."""
