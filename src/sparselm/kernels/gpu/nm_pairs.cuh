@@ -275,8 +275,9 @@ __device__ __forceinline__ void pair_fill_copy(uint32_t* table, const uint16_t* 
 // barriers (a copy of the kernel without the staging ran 0.5-1.2 us faster: nm_probe.json).
 // Why x goes through cp.async: loaded into registers (the first form of this change), ptxas tracked x's loads and the
 // weights' on one scoreboard, so the table build waited for the weights' DRAM round trip (offline SASS: the first
-// PRMT waits on the scoreboard of both) and the kernel got 7% slower (nm_ab_stage.json). cp.async completes on its
-// own counter (cp.async.wait_group).
+// PRMT waits on the scoreboard of both) and int8 got 4-8% slower (nm_ab_stage.json). cp.async completes on its own
+// counter (cp.async.wait_group). Same-run A/B against the staging before (nm_ab_early_round.json): fp16 1.04-1.11x,
+// int8 1.00-1.09x.
 template <typename Early>
 __device__ __forceinline__ void stage_pairs(uint32_t* table, uint16_t* xc, const uint16_t* x, int K, int kx,
                                             Early early) {
