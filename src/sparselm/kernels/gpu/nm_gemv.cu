@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
     stage_pairs_direct(table, a.x, a.K, a.kx);
   } else if (XM == XS_PAIRS) {
     stage_pairs(table, reinterpret_cast<uint16_t*>(table + a.kx / 256 * (PAIR_BLOCK / 4)), a.x, a.K, a.kx, [&] {
-      if (EARLY && r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
+      if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
                                       pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
     });
   } else {
