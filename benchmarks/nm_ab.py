@@ -13,7 +13,9 @@ timed for both builds.
 Only this tree's outputs are checked against a float64 reference: the other build reads this tree's layout, which
 may differ from its own (int8 codes are stored biased since session 30), so its outputs can be wrong while its time
 is still its time (the kernel has no data-dependent control flow). `floor_us` is the graph-replay time of a
-one-element kernel: the per-launch cost no kernel can go under. `copy_GBps` is the device-to-device copy
+one-element kernel: the per-launch cost no kernel can go under. Builds other than this tree launch 16-warp
+pair-table blocks at 3 per SM with the 1-block bound unless named by `--forty` (older sources lack the 40-register
+instance). `copy_GBps` is the device-to-device copy
 bandwidth of the same run (read + written bytes); each build's `copy_frac` is its bandwidth on the compressed
 bytes over it (the issue's goal: 0.8).
 """
@@ -52,6 +54,9 @@ def run(args) -> dict:
         raise SystemExit("give --old DIR and / or --build NAME=DIR (NAME not 'new': that is this tree)")
     libs = {"new": new_lib, **{name: cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
                                for name, d in builds.items()}}
+    for name, lib in libs.items():  # other builds keep the 1-block launch where this tree has the 40-register one
+        if name != "new" and name not in (args.forty or []):
+            lib.minb3 = False
     failed = {name: lib.build_error() for name, lib in libs.items() if not lib.available()}
     if failed:
         raise SystemExit(f"build failed: {failed}")
@@ -129,6 +134,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", type=Path, help="a directory with the other nm_gemv.cu and its *.cuh (build 'old')")
     ap.add_argument("--build", type=_build, action="append", help="NAME=DIR: one more build to time (repeatable)")
+    ap.add_argument("--forty", action="append",
+                    help="NAME: a build that has the 40-register pair-table launch (cuda_nm.min_blocks; repeatable)")
     ap.add_argument("--shapes", type=_shapes, default=SHAPES, help="NxK,... (default: the six 7B / 8B shapes)")
     ap.add_argument("--values", default="float16,int8")
     ap.add_argument("--rounds", type=int, default=3)

@@ -187,6 +187,14 @@ def test_config_rules_keys_and_candidates(monkeypatch):
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4)) == 2
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=2, unroll=4)) == 1
     assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=3)) == 1
+    # the pair table's 40-register build: blocks of <= 512 threads asking for 1536-2047 threads per SM
+    for u in (1, 2, 4, 8):
+        assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=3, unroll=u, pairs=True)) == 3
+        assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=3, unroll=u, pairs=True),
+                                  forty=False) == 1
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=32, persist=1, unroll=2, pairs=True)) == 1
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4, unroll=2, pairs=True)) == 2
+    assert cuda_nm.min_blocks(SpmmConfig(kernel="nmcu", num_warps=16, persist=4, unroll=4, pairs=True)) == 1
     for bad in (dict(persist=0), dict(persist=1, block_b=8), dict(persist=1, unroll=8), dict(persist=1, smem=False),
                 dict(persist=1, num_warps=33), dict(persist=1, slots=16), dict(persist=1, split_k=2)):
         with pytest.raises(ValueError, match="nmcu|smem"):

@@ -83,10 +83,17 @@ def check_config(cfg) -> None:
                          f"use_dot / smem=False; got {cfg}")
 
 
-def min_blocks(cfg) -> int:
+def min_blocks(cfg, forty: bool = True) -> int:
     """Blocks per SM the kernel is compiled to keep resident: 2 (a 32-register build, no spills at 1-2 steps per
-    round) where the config asks for 2048 threads per SM or more, else 1."""
-    return 2 if cfg.block_b == 1 and 32 * cfg.num_warps * cfg.persist >= 2048 and cfg.unroll <= 2 else 1
+    round) where the config asks for 2048 threads per SM or more; 3 (40 registers, blocks of at most 512 threads)
+    for the pair table where it asks for 1536-2047 threads in such blocks (`forty`: benchmarks/nm_ab.py turns it
+    off for builds that predate it); else 1."""
+    threads = 32 * cfg.num_warps * cfg.persist
+    if cfg.block_b != 1:
+        return 1
+    if threads >= 2048 and cfg.unroll <= 2:
+        return 2
+    return 3 if forty and cfg.pairs and cfg.num_warps <= 16 and 1536 <= threads < 2048 else 1
 
 
 def _mask(p) -> torch.Tensor:
@@ -257,7 +264,8 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
         res, w, eps = norm[0].reshape(1, n).contiguous(), norm[1].contiguous(), norm[2]
         res_out, xn, counter = torch.empty_like(res), torch.empty_like(res), _counter(p, x.device)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll,
+                            min_blocks(cfg, getattr(_LIB, "minb3", True)),
                             _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,

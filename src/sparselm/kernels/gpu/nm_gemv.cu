@@ -248,8 +248,10 @@ struct NMArgs {
 // steps per round) caps the kernel at 32 registers so that two 1024-thread blocks stay resident: the first H200
 // timing ran at 2.3-2.6 TB/s against grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills
 // at 32 with U <= 2).
+// MINB = 3 (pair table only; 16-warp blocks, three per SM) caps it at 40: int8's 1-step rounds need 40 and fit three
+// such blocks, but its 2-8-step rounds (the early round, the copy's address) took 46+ and lost the third block.
 template <int VT, int XT, int M, int N, int U, int MINB, int XM>
-__global__ void __launch_bounds__(1024, MINB) nm_gemv_kernel(const NMArgs a) {
+__global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
   float* xsf = reinterpret_cast<float*>(xs4);
   uint16_t* xs16 = reinterpret_cast<uint16_t*>(xs4);
@@ -320,6 +322,17 @@ static int nm_unrolled(const NMArgs& a, int unroll, int minb, int blocks, int th
     case 22: return nm_launch<VT, XT, M, N, 2, 2, XM>(a, blocks, threads, s);
     case 81:  // the pair table only: a short row (K = 11008: 11 steps) in 2 load rounds instead of 3
       if constexpr (XM == XS_PAIRS) return nm_launch<VT, XT, M, N, 8, 1, XM>(a, blocks, threads, s);
+      return -1;
+    case 13: case 23: case 43: case 83:  // the pair table's 40-register build: blocks of at most 512 threads
+      if constexpr (XM == XS_PAIRS) {
+        if (threads > 512) return -1;
+        switch (unroll) {
+          case 1: return nm_launch<VT, XT, M, N, 1, 3, XM>(a, blocks, threads, s);
+          case 2: return nm_launch<VT, XT, M, N, 2, 3, XM>(a, blocks, threads, s);
+          case 4: return nm_launch<VT, XT, M, N, 4, 3, XM>(a, blocks, threads, s);
+          default: return nm_launch<VT, XT, M, N, 8, 3, XM>(a, blocks, threads, s);
+        }
+      }
       return -1;
     default: return -1;
   }
