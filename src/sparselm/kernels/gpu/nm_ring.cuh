@@ -84,10 +84,9 @@ SL_HD void ring_read(const unsigned char* host, uint32_t slot, int lane, uint32_
 #endif
 }
 
-// Shared memory of a ring launch: the pair table (+ its alignment slack), x's copy, `warps` rings of D slots. Host
-// code (the launch): SL_HD would make it a device function, whose host stub exits the process.
+// Shared memory of a ring launch: the pair table (+ its alignment slack), x's copy, `warps` rings of D slots.
 template <int VT>
-SL_RING_FN size_t ring_smem(int kx, int K, int warps, int D) {
+SL_HD size_t ring_smem(int kx, int K, int warps, int D) {
   return (size_t)kx / 256 * PAIR_BLOCK + PAIR_BLOCK + ((size_t)K * 2 + 15) / 16 * 16
          + (size_t)warps * D * Ring<VT>::SLOT;
 }
