@@ -327,9 +327,6 @@ NMCU_B1 = ((16, 2), (32, 1), (32, 2), (16, 3), (8, 4), (16, 4))
 # (gpu_kernels_nm_pairs.json): 1:4 int8 1.09-1.16x the 16-bit staging at K = 4096, 1.0x at K = 11008-14336, where a
 # warp's row is 11-14 steps; 4 and 8 steps per round shorten those rows' chains of load rounds.
 NMCU_PAIRS_UNROLLS = (1, 2, 4, 8)
-# The pair table with its weights fed through a per-warp cp.async ring (nm_ring.cuh): (warps, blocks per SM, slots).
-# The rings take shared memory (320 bytes per slot int8, 576 fp16), so these ask for fewer or smaller blocks.
-NMCU_RING = ((32, 1, 4), (32, 1, 8), (16, 2, 4), (16, 2, 8), (16, 1, 12), (16, 3, 4), (8, 4, 8), (8, 4, 12))
 NMCU_BATCHED = ((16, 1), (32, 1), (16, 2))
 
 
@@ -346,8 +343,7 @@ def nmcu_configs(batch: int = 1) -> list[SpmmConfig]:
     return ([SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, x16=True) for w, pb in NMCU_B1
              for u in cuda_nm.UNROLLS]
             + [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, unroll=u, pairs=True) for w, pb in NMCU_B1
-               for u in NMCU_PAIRS_UNROLLS]
-            + [SpmmConfig(kernel="nmcu", num_warps=w, persist=pb, pairs=True, num_stages=d) for w, pb, d in NMCU_RING])
+               for u in NMCU_PAIRS_UNROLLS])
 
 
 def candidate_configs(batch: int, pipelined: bool = False) -> list[SpmmConfig]:

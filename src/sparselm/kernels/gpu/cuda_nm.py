@@ -35,8 +35,6 @@ PAIR_BLOCK = 2048  # pair table bytes per 256 columns (nm_pairs.cuh)
 PATTERNS = {4: (1, 2), 8: (1, 2, 4)}  # M -> slots per group the kernel is built for (8 / slots groups per lane)
 UNROLLS = (1, 2, 4)
 PAIR_UNROLLS = (1, 2, 4, 8)  # the pair table's builds (8: short rows' loads in fewer rounds)
-RING_DEPTHS = (4, 8, 12)  # the pair table fed by a per-warp cp.async ring (nm_ring.cuh): cfg.num_stages = its slots
-RING_SLOT = {torch.float16: 576, torch.int8: 320}  # bytes per ring slot: a step's values + its 64 index bytes
 BATCHES = (1, 2, 4)  # padded batch: 2 and 4 stage x transposed (4 kx B bytes), 1 or 2 steps per load round
 _BITS = {4: 2, 8: 4}  # index bits per slot
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
@@ -54,7 +52,7 @@ def _declare(lib: ctypes.CDLL, kind: str) -> None:
         lib.sl_error_string.argtypes = [i32]
     else:
         lib.sl_nm_host.restype = i32
-        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 7
+        lib.sl_nm_host.argtypes = [i32] * 7 + [vp] * 5 + [i32] * 6
         # (xt, y, res, w, res_out, xn, D, eps, threads)
         lib.sl_norm_host.restype = i32
         lib.sl_norm_host.argtypes = [i32] + [vp] * 5 + [i32, ctypes.c_float, i32]
@@ -70,22 +68,19 @@ def check_config(cfg) -> None:
     """SpmmConfig's rules for kernel "nmcu": block_b (padded batch) 1, 2 or 4; x staged (x16, batch 1 only: as
     16-bit activations, else float32; pairs, batch 1 only and not with x16: as the pair table); num_warps = warps per
     block (1-32), persist = blocks per SM (>= 1), unroll = steps per load round (1, 2, 4; 1 or 2 at batches 2-4); no
-    other kernel's fields. num_stages: 2 (the default: no ring), or with pairs and unroll 1 a depth in RING_DEPTHS:
-    the weights reach shared memory through a per-warp cp.async ring of that many steps (nm_ring.cuh)."""
+    other kernel's fields."""
     ok_int = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
     if not (cfg.block_b in BATCHES and cfg.smem and ok_int(cfg.num_warps, 1, 32) and ok_int(cfg.persist, 1, 1 << 20)
             and cfg.unroll in (PAIR_UNROLLS if cfg.pairs else UNROLLS) and not isinstance(cfg.unroll, bool)
             and cfg.slots == 32 and cfg.split_k == 1
             and not (cfg.lean or cfg.col16 or cfg.use_dot)
             and (cfg.block_b == 1 or (cfg.unroll <= 2 and not cfg.x16))
-            and not (cfg.pairs and (cfg.x16 or cfg.block_b > 1))
-            and (cfg.num_stages == 2 or (cfg.num_stages in RING_DEPTHS and cfg.pairs and cfg.unroll == 1))):
+            and not (cfg.pairs and (cfg.x16 or cfg.block_b > 1))):
         raise ValueError(f"SpmmConfig nmcu: block_b in {BATCHES}, num_warps 1-32, persist (blocks per SM) >= 1, unroll "
                          f"in {UNROLLS} (1 or 2 and no x16 at block_b 2-4; pairs: block_b 1, not with x16, unroll in "
                          f"{PAIR_UNROLLS}), no "
                          f"slots / split_k / lean / col16 / "
-                         f"use_dot / smem=False; num_stages 2, or a ring depth in {RING_DEPTHS} with pairs and unroll 1; "
-                         f"got {cfg}")
+                         f"use_dot / smem=False; got {cfg}")
 
 
 def min_blocks(cfg, forty: bool = True) -> int:
@@ -140,36 +135,20 @@ def kx(p) -> int:
     return _steps(p) * STEP // s * m
 
 
-def ring(cfg) -> int:
-    """The config's ring depth (steps per warp in shared memory; nm_ring.cuh), 0 without one."""
-    return cfg.num_stages if cfg.kernel == "nmcu" and cfg.num_stages in RING_DEPTHS and cfg.pairs else 0
-
-
-def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False, unroll: int = 1, depth: int = 0,
-                 warps: int = 1) -> int:
+def staged_bytes(p, batch: int = 1, x16: bool = False, pairs: bool = False, unroll: int = 1) -> int:
     """Shared memory per block for x: float32 x batch, 16-bit (x16), or the pair table (8 bytes per column, plus
-    2048 bytes of alignment slack; with 2+ steps per round, or a ring, also the copy of x the table is built from;
-    with a ring, `warps` rings of `depth` slots)."""
-    if pairs and depth:
-        return (kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK + (2 * p.shape[1] + 15) // 16 * 16
-                + warps * depth * RING_SLOT.get(p.values.dtype, 576))
+    2048 bytes of alignment slack; with 2+ steps per round also the copy of x the table is built from)."""
     if pairs:
         return kx(p) // 256 * PAIR_BLOCK + PAIR_BLOCK + ((2 * p.shape[1] + 15) // 16 * 16 if unroll > 1 else 0)
     return (2 if x16 else 4 * batch) * kx(p)
 
 
-def supports_config(p, cfg, x_dtype: torch.dtype | None = None) -> bool:
-    """`supports` for a launch config (its staging, unroll, ring depth and warps per block)."""
-    return supports(p, x_dtype, cfg.block_b, cfg.x16, cfg.pairs, cfg.unroll, ring(cfg), cfg.num_warps)
-
-
 def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = False, pairs: bool = False,
-             unroll: int = 1, depth: int = 0, warps: int = 1) -> bool:
+             unroll: int = 1) -> bool:
     """Padded batch 1, 2 or 4; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes,
     per-row scales or none) with either; x's staged copy (`staged_bytes`) within one block's shared memory. pairs:
     batch 1, a 1:4 layout (M = 4, one slot per group), fp16 x, fp16 or int8 values."""
-    if (batch not in BATCHES or pattern(p) is None
-            or staged_bytes(p, batch, x16, pairs, unroll, depth, warps) > smem_limit()):
+    if batch not in BATCHES or pattern(p) is None or staged_bytes(p, batch, x16, pairs, unroll) > smem_limit():
         return False
     if pairs and (batch != 1 or pattern(p) != (4, 1) or x_dtype not in (None, torch.float16)
                   or p.values.dtype not in (torch.float16, torch.int8)):
@@ -217,13 +196,12 @@ def nbytes(p) -> int:
     return scales + sum(t.numel() * t.element_size() for t in layout(p))
 
 
-def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = False, unroll: int = 1,
-           depth: int = 0, warps: int = 1) -> None:
+def _check(x: torch.Tensor, p, x16: bool = False, batch: int = 1, pairs: bool = False, unroll: int = 1) -> None:
     k = p.shape[1]
     if x.dim() != 2 or x.shape[1] != k or not 1 <= x.shape[0] <= batch:
         raise ValueError(f"nmcu: x must be (B, {k}) with 1 <= B <= {batch} (the config's padded batch), got "
                          f"{tuple(x.shape)}")
-    if not supports(p, x.dtype, batch, x16, pairs, unroll, depth, warps):
+    if not supports(p, x.dtype, batch, x16, pairs, unroll):
         raise ValueError(f"nmcu: needs an N:M mask (at most 1 or 2 nonzeros per 4 columns, or 1, 2 or 4 per 8), x's "
                          f"padded float32 copy within {smem_limit()} bytes of shared memory, and values fp16 (x fp16) "
                          f"/ bf16 (x bf16) / int8 with per-row scales (pairs: 1:4, fp16 x, fp16 / int8 "
@@ -265,7 +243,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     product and kernels/gpu/fused.py silu_mul would round it (fp16 exp / division may differ in the last bit).
     norm = (res, w, eps) (batch 1, not with glu): returns (s, n), both (1, N): s = res + y and n = w * s / rms(s),
     rounded as fused.add_rmsnorm rounds (the last block to finish computes them; nm_epilogue.cuh)."""
-    _check(x, p, cfg.x16, cfg.block_b, cfg.pairs, cfg.unroll, ring(cfg), cfg.num_warps)
+    _check(x, p, cfg.x16, cfg.block_b, cfg.pairs, cfg.unroll)
     if glu:
         _check_glu(x, p)
     if norm is not None:
@@ -286,9 +264,9 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
         res, w, eps = norm[0].reshape(1, n).contiguous(), norm[1].contiguous(), norm[2]
         res_out, xn, counter = torch.empty_like(res), torch.empty_like(res), _counter(p, x.device)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, ring(cfg) or cfg.unroll,
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll,
                             min_blocks(cfg, getattr(_LIB, "minb3", True)),
-                            _staging(cfg.x16, cfg.pairs, ring(cfg)), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
+                            _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
                             ptr(res), ptr(w), ptr(res_out), ptr(xn), eps, ptr(counter),
@@ -316,22 +294,18 @@ def norm_host(y: torch.Tensor, res: torch.Tensor, w: torch.Tensor, eps: float, t
     return s, n
 
 
-def _staging(x16: bool, pairs: bool, depth: int = 0) -> int:
-    """The launch's staging mode (nm_gemv.cu XS_*): 0 float32, 1 16-bit, 2 the pair table, 3 the table + a ring."""
-    return (3 if depth else 2) if pairs else int(x16)
+def _staging(x16: bool, pairs: bool) -> int:
+    """The launch's staging mode (nm_gemv.cu XS_*): 0 float32, 1 16-bit, 2 the pair table."""
+    return 2 if pairs else int(x16)
 
 
 def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int = 1,
-              pairs: bool = False, glu: bool = False, depth: int = 0, warps: int = 1) -> torch.Tensor:
+              pairs: bool = False, glu: bool = False) -> torch.Tensor:
     """The kernel's arithmetic on the CPU (float32 (B, N)): what the CPU tests check against a dense reference.
     x16: read x from a 16-bit copy (converted per nonzero), as the x16 build does; pairs: the pair table and half2
     products, each rounding as the GPU's; batch: the padded batch of the kernel to emulate (2 / 4: x transposed);
-    glu: as gemv's (outputs rounded to x's dtype, returned as float32); depth (pairs, unroll 1): the ring walk of
-    nm_ring.cuh with that many slots for a grid of `warps` warps, lanes in lockstep."""
+    glu: as gemv's (outputs rounded to x's dtype, returned as float32)."""
     _check(x, p, x16, batch, pairs)
-    if depth and not (pairs and unroll == 1 and depth in RING_DEPTHS and warps >= 1):
-        raise ValueError(f"nmcu: a ring needs pairs, unroll 1, depth in {RING_DEPTHS} and warps >= 1, got pairs "
-                         f"{pairs}, unroll {unroll}, depth {depth}, warps {warps}")
     if glu:
         _check_glu(x, p)
     if unroll not in (PAIR_UNROLLS if pairs else UNROLLS):
@@ -345,9 +319,9 @@ def gemv_host(x: torch.Tensor, p, unroll: int = 1, x16: bool = False, batch: int
     m, s = pattern(p)
     scales = row_scales(p, "cpu")
     y = torch.empty(x.shape[0], n // 2 if glu else n, dtype=torch.float32)
-    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, depth or unroll, _staging(x16, pairs, depth),
-                          x.data_ptr(), vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(),
-                          y.data_ptr(), n, k, _steps(p), kx(p), x.shape[0], int(glu), warps)
+    code = lib.sl_nm_host(_VT[p.values.dtype], _XT[x.dtype], m, s, batch, unroll, _staging(x16, pairs), x.data_ptr(),
+                          vals.data_ptr(), idx.data_ptr(), None if scales is None else scales.data_ptr(), y.data_ptr(),
+                          n, k, _steps(p), kx(p), x.shape[0], int(glu))
     if code != 0:
         raise ValueError(f"nmcu host: unsupported values {p.values.dtype} with x {x.dtype} or pattern {(m, s)}")
     return y

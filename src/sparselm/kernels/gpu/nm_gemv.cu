@@ -31,8 +31,7 @@
 #include "nm_epilogue.cuh"
 #include "nm_pairs.cuh"
 
-// how a block stages x; XS_RING: the pair table, with the weights fed through a per-warp cp.async ring (nm_ring.cuh)
-enum { XS_F32 = 0, XS_16 = 1, XS_PAIRS = 2, XS_RING = 3 };
+enum { XS_F32 = 0, XS_16 = 1, XS_PAIRS = 2 };  // how a block stages x
 
 // The (M, slots per group) pairs the kernel is built for: f(M, N) with both as compile-time constants
 // (std::integral_constant) for the pair (m, n), -1 for any other. One table for the device launch and the host
@@ -243,19 +242,6 @@ struct NMArgs {
   uint32_t k48;         // 0x48484848, the pair table's int8 decoding constant, opaque to ptxas (nm_pairs.cuh)
 };
 
-#ifndef __CUDACC__
-// __shfl_xor_sync's reduction tree over a warp's 32 lane sums (the host twins' order of additions): l[0].
-static float host_xor_tree(float* l) {
-  float t[32];
-  for (int m = 16; m; m >>= 1) {
-    for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
-    memcpy(l, t, sizeof t);
-  }
-  return l[0];
-}
-#endif
-#include "nm_ring.cuh"
-
 #ifdef __CUDACC__
 // Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
 // w + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
@@ -439,11 +425,6 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
-  if (h == XS_RING) {  // 1:4, fp16 x, fp16 or int8 values; unroll = the ring's depth
-    if (B != 1 || m != 4 || n != 1 || xt != XT_F16) return -1;
-    if (vt == VT_F16) return nm_ring_launch<VT_F16>(a, u, minb, blocks, threads, s);
-    return vt == VT_I8 ? nm_ring_launch<VT_I8>(a, u, minb, blocks, threads, s) : -1;
-  }
   if (B != 1) {
     if (minb != 1 || x16 || bsz > B) return -1;
     if (xt == XT_F16 && vt == VT_F16) return nm_pattern_b<VT_F16, XT_F16>(a, m, n, B, u, blocks, threads, s);
@@ -466,10 +447,13 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
 template <int XT, typename F>
 static void nm_host_reduce(const NMArgs& a, float* y, F lane_sum) {
   auto row_sum = [&](int r) {
-    float l[32];
+    float l[32], t[32];
     for (int lane = 0; lane < 32; ++lane) l[lane] = lane_sum(r, lane);
-    const float sum = host_xor_tree(l);
-    return a.scales ? sum * a.scales[r] : sum;
+    for (int m = 16; m; m >>= 1) {
+      for (int lane = 0; lane < 32; ++lane) t[lane] = l[lane] + l[lane ^ m];
+      memcpy(l, t, sizeof l);
+    }
+    return a.scales ? l[0] * a.scales[r] : l[0];
   };
   const int rows = a.glu ? a.N / 2 : a.N;
   for (int r = 0; r < rows; ++r) y[r] = a.glu ? glu_out<XT>(row_sum(r), row_sum(r + rows)) : row_sum(r);
@@ -556,12 +540,8 @@ static int nm_host_batched(const NMArgs& a, int m, int n, int B, int unroll, flo
 
 // The host twin of sl_nm_launch: x (bsz, K) contiguous, float32 y (bsz, N).
 template <int VT, int XT>
-static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int x16, int warps, float* y) {
+static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int x16, float* y) {
   if (B != 1) return x16 ? -1 : nm_host_batched<VT, XT>(a, m, n, B, unroll, y);
-  if (x16 == XS_RING) {  // unroll = the ring's depth, `warps` the grid's
-    if constexpr (XT != XT_F16 || VT == VT_BF16) return -1;
-    return m == 4 && n == 1 ? nm_host_ring<VT>(a, unroll, warps, y) : -1;
-  }
   if (x16 == XS_PAIRS) {
     if constexpr (XT != XT_F16 || VT == VT_BF16) return -1;
     if (m != 4 || n != 1) return -1;
@@ -579,14 +559,14 @@ static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int 
 
 extern "C" int sl_nm_host(int vt, int xt, int m, int n, int B, int unroll, int x16, const void* x, const void* vals,
                           const void* idx, const void* scales, float* y, int N, int K, int steps, int kx, int bsz,
-                          int glu, int warps) {
+                          int glu) {
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales), nullptr, N, K, steps,
                  kx, bsz, K, N, glu != 0, {}, 0x48484848u};
   if (bsz < 1 || bsz > B || (glu && (B != 1 || N % 2))) return -1;
-  if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, warps, y);
-  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, warps, y);
-  if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, B, unroll, x16, warps, y);
-  if (xt == XT_BF16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_BF16>(a, m, n, B, unroll, x16, warps, y);
+  if (xt == XT_F16 && vt == VT_F16) return nm_host_staged<VT_F16, XT_F16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_BF16) return nm_host_staged<VT_BF16, XT_BF16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_F16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_F16>(a, m, n, B, unroll, x16, y);
+  if (xt == XT_BF16 && vt == VT_I8) return nm_host_staged<VT_I8, XT_BF16>(a, m, n, B, unroll, x16, y);
   return -1;
 }
 #endif

@@ -161,8 +161,7 @@ class SpmmConfig:
             return (f"{self.kernel}-w{self.num_warps}p{self.persist}" + (f"b{self.block_b}" if self.block_b > 1 else "")
                     + ("" if self.smem else "-l1") + (f"-u{self.unroll}" if self.unroll > 1 else "")
                     + (f"-r{32 // self.slots}" if self.kernel == "d4cu" and self.slots != 32 else "")  # rows/warp
-                    + ("-x16" if self.x16 else "") + ("-pairs" if self.pairs else "")
-                    + (f"-ring{self.num_stages}" if self.kernel == "nmcu" and self.num_stages != 2 else ""))
+                    + ("-x16" if self.x16 else "") + ("-pairs" if self.pairs else ""))
         if self.kernel in ("vc32", "vc32t", "grp8"):
             # persistent configs only add a suffix, so existing keys (results files, dispatch tables) still match
             pers = f"-p{self.persist}s{self.num_stages}" if self.persist else ""
@@ -282,7 +281,8 @@ class PackedBitmask:
             from sparselm.kernels.gpu import cuda_delta4
             return cuda_delta4.supports(self, batch=cfg.block_b, smem=cfg.smem)
         if cfg.kernel == "nmcu":  # N:M masks only
-            return _module(cfg.kernel).supports_config(self, cfg)
+            return _module(cfg.kernel).supports(self, batch=cfg.block_b, x16=cfg.x16, pairs=cfg.pairs,
+                                                unroll=cfg.unroll)
         if cfg.kernel == "bmma":
             from sparselm.kernels.gpu import cuda_mma
 
