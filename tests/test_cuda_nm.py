@@ -158,6 +158,17 @@ def test_batched_host_build_matches_the_dense_reference(keep, m, values, act, ba
         cuda_nm.gemv_host(torch.randn(batch + 1, 520).to(act), p, batch=batch)
 
 
+def test_an_unknown_staging_mode_is_refused_not_run_as_another(monkeypatch):
+    """The library's staging argument outside XS_F32..XS_PAIRS returns "unsupported" (it once fell through to the
+    16-bit staging, so a build without a newer mode silently ran a different kernel)."""
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 256, 1, 4), "float16"))
+    x = torch.randn(1, 256).half()
+    for mode in (3, 7, -1):
+        monkeypatch.setattr(cuda_nm, "_staging", lambda *a, mode=mode: mode)
+        with pytest.raises(ValueError, match="unsupported"):
+            cuda_nm.gemv_host(x, p)
+
+
 def test_layout_slots_hold_every_nonzero_and_few_bytes():
     """Every nonzero lands in one slot (the values' sum is kept, no slot holds two); 1:4 at K = 4096 reads 2.25
     bytes per kept fp16 position, 2:8 2.5 (grp8cu's layout: > 3 per nonzero)."""

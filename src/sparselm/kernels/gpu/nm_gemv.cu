@@ -424,6 +424,7 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
                   static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
+  if (h < XS_F32 || h > XS_PAIRS) return -1;  // an unknown staging mode, not a silent fall-through to XS_16
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
   if (B != 1) {
     if (minb != 1 || x16 || bsz > B) return -1;
@@ -553,6 +554,7 @@ static int nm_host_staged(const NMArgs& a, int m, int n, int B, int unroll, int 
       default: return -1;
     }
   }
+  if (x16 != XS_F32 && x16 != XS_16) return -1;
   return x16 ? nm_host_pattern<VT, XT, uint16_t>(a, m, n, unroll, y)
              : nm_host_pattern<VT, XT, float>(a, m, n, unroll, y);
 }
