@@ -22,6 +22,7 @@ bytes over it (the issue's goal: 0.8).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -54,9 +55,9 @@ def run(args) -> dict:
         raise SystemExit("give --old DIR and / or --build NAME=DIR (NAME not 'new': that is this tree)")
     libs = {"new": new_lib, **{name: cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
                                for name, d in builds.items()}}
-    for name, lib in libs.items():  # other builds keep the 1-block launch where this tree has the 40-register one
-        if name != "new" and name not in (args.forty or []):
-            lib.minb3 = False
+    minb = {name: functools.partial(cuda_nm.min_blocks, forty=name == "new" or name in (args.forty or []))
+            for name in libs}  # other builds keep the 1-block launch where this tree has the 40-register one
+    new_minb = cuda_nm.min_blocks
     failed = {name: lib.build_error() for name, lib in libs.items() if not lib.available()}
     if failed:
         raise SystemExit(f"build failed: {failed}")
@@ -86,11 +87,11 @@ def run(args) -> dict:
             for _ in range(args.rounds):
                 for c in cfgs:
                     for name, lib in libs.items():
-                        cuda_nm._LIB = lib
+                        cuda_nm._LIB, cuda_nm.min_blocks = lib, minb[name]
                         try:
                             times[name, c.key()].append(time_graph([lambda q=q: spmm(x, q, c) for q in ps]))
                         finally:
-                            cuda_nm._LIB = new_lib
+                            cuda_nm._LIB, cuda_nm.min_blocks = new_lib, new_minb
                 dense_ms.append(time_graph([lambda d=d: F.linear(x, d) for d in dense]))
             med = {key: statistics.median(v) for key, v in times.items()}
             best = {name: min(((cfg, t) for (lib, cfg), t in med.items() if lib == name), key=lambda r: r[1])

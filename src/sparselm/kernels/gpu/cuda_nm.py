@@ -264,8 +264,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
         res, w, eps = norm[0].reshape(1, n).contiguous(), norm[1].contiguous(), norm[2]
         res_out, xn, counter = torch.empty_like(res), torch.empty_like(res), _counter(p, x.device)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll,
-                            min_blocks(cfg, getattr(_LIB, "minb3", True)),
+    code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
                             _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
