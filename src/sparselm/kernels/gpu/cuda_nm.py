@@ -147,12 +147,12 @@ def supports(p, x_dtype: torch.dtype | None = None, batch: int = 1, x16: bool = 
              unroll: int = 1) -> bool:
     """Padded batch 1, 2 or 4; an N:M mask (`pattern`); fp16 values with fp16 x, bf16 with bf16, int8 (8-bit codes,
     per-row scales or none) with either; x's staged copy (`staged_bytes`) within one block's shared memory. pairs:
-    batch 1, a 1:4 layout (M = 4, one slot per group), fp16 x, fp16 or int8 values."""
+    batch 1, a 1:4 layout (M = 4, one slot per group), fp16 x, fp16 or int8 values, fewer than 2^32 slots."""
     if batch not in BATCHES or pattern(p) is None or staged_bytes(p, batch, x16, pairs, unroll) > smem_limit():
         return False
     if pairs and (batch != 1 or pattern(p) != (4, 1) or x_dtype not in (None, torch.float16)
-                  or p.values.dtype not in (torch.float16, torch.int8)):
-        return False
+                  or p.values.dtype not in (torch.float16, torch.int8) or p.shape[0] * _steps(p) * STEP >= 2 ** 32):
+        return False  # (the pair kernel's slot offsets are 32-bit)
     return serves_values(p, x_dtype)
 
 

@@ -243,6 +243,34 @@ struct NMArgs {
 };
 
 #ifdef __CUDACC__
+// The pair table's rows r0, r0 + stride, ... (glu: gate row r, up row r + rows). A row's first slot is a 32-bit
+// product (gemv checks N steps 256 < 2^32): the size_t one and its shifts were ~12 of the ~70 instructions around a
+// 4-step row (offline SASS), and loop-carried 64-bit pointers cost registers the 40-register build does not have.
+// A row's scale is loaded before its first round, not after its sum (a second memory latency per row), and carries
+// the int8 sums' 128 (nm_lane_pairs): exact, so the result is bit for bit the host twin's.
+template <int VT, int XT, int U>
+__device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table, uint32_t tbase, int lane, int r0,
+                                          int stride, int rows, PairRound<VT, U>& round, bool loaded) {
+  constexpr float UNIT = VT == VT_I8 ? 128.0f : 1.0f;
+  asm("mov.b32 %0, %0;" : "+r"(tbase));  // opaque: ptxas rebuilt it per row from the block's window (8 instructions)
+  for (int r = r0; r < rows; r += stride) {
+    float out0 = 0.0f, out1 = 0.0f;
+    for (int part = 0; part <= a.glu; ++part) {
+      const int row = r + part * rows;
+      const float sc = a.scales ? __ldg(a.scales + row) * UNIT : UNIT;
+      const uint32_t slot = (uint32_t)row * ((uint32_t)a.steps * 256u) + 8u * (uint32_t)lane;
+      float acc = nm_lane_pairs<VT, U>(static_cast<const unsigned char*>(a.vals) + (size_t)slot * (VT == VT_I8 ? 1 : 2),
+                                       static_cast<const uint16_t*>(a.idx) + (slot >> 3), table, tbase, a.k48,
+                                       a.steps, round, loaded);
+      loaded = false;
+#pragma unroll
+      for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
+      (part ? out1 : out0) = acc * sc;
+    }
+    if (lane == 0) a.y[r] = float_to_act<XT>(a.glu ? glu_out<XT>(out0, out1) : out0);
+  }
+}
+
 // Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
 // w + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
 // steps per round) caps the kernel at 32 registers so that two 1024-thread blocks stay resident: the first H200
@@ -280,15 +308,14 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  for (int r = r0; r < rows; r += gridDim.x * warps) {
+  if constexpr (XM == XS_PAIRS)
+    pair_rows<VT, XT, U>(a, table, sbase + pad + 4 * lane, lane, r0, gridDim.x * warps, rows, round, EARLY);
+  else for (int r = r0; r < rows; r += gridDim.x * warps) {
     float out0 = 0.0f, out1 = 0.0f;
     for (int part = 0; part <= a.glu; ++part) {  // glu: the gate row r, then the up row r + rows
       const int row = r + part * rows;
       float acc;
-      if constexpr (XM == XS_PAIRS)
-        acc = nm_lane_pairs<VT, U>(a.vals, a.idx, table, sbase + pad + 4 * lane, a.k48, (size_t)row * a.steps,
-                                   a.steps, lane, round, EARLY && row == r0);
-      else if constexpr (XM == XS_16)
+      if constexpr (XM == XS_16)
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xs16, (size_t)row * a.steps, a.steps, lane);
       else
         acc = nm_lane<VT, XT, M, N, U>(a.vals, a.idx, xsf, (size_t)row * a.steps, a.steps, lane);
@@ -485,8 +512,9 @@ static void nm_host_pairs(const NMArgs& a, float* y) {
     const bool early = r % 3 == 0;
     if (early) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r * a.steps, lane),
                                 pair_ip(a.idx, (size_t)r * a.steps, lane), a.steps < U ? a.steps : U);
-    return nm_lane_pairs<VT, U>(a.vals, a.idx, table, 4u * lane, a.k48, (size_t)r * a.steps, a.steps, lane, round,
-                                early);
+    const unsigned char* vp = pair_vp<VT>(a.vals, (size_t)r * a.steps, lane);  // int8: the sums' 128 (exact) here
+    return nm_lane_pairs<VT, U>(vp, pair_ip(a.idx, (size_t)r * a.steps, lane), table, 4u * lane, a.k48, a.steps,
+                                round, early) * (VT == VT_I8 ? 128.0f : 1.0f);  // before the reduction: the same bits
   });
   delete[] table;
 }

@@ -152,13 +152,14 @@ SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, in
 }
 
 // One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
-// 2 bits per slot) against the table at `base` (the lane's 8192 t + 4 l): 4 HFMA2, then the two halves join (acc0,
-// acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a literal, ptxas made it the PRMT's
+// 2 bits per slot) against the table at `base` + `imm` (the lane's 8192 t + 4 l; imm, a multiple of 8192 above the
+// fields' bits, is the step's place in its round: a load's immediate, where base + imm cost an add per step): 4 HFMA2,
+// then the two halves join (acc0, acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a literal, ptxas made it the PRMT's
 // immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD each: 4 of ~45 instructions per
 // int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
 template <int VT>
-SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t k48,
-                     float& acc0, float& acc1) {
+SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t imm,
+                     uint32_t k48, float& acc0, float& acc1) {
   uint32_t h = 0u;
 #ifdef __CUDACC__
 #pragma unroll
@@ -166,7 +167,7 @@ SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, ui
   for (int j = 0; j < 4; ++j) {
     // field j (slots 2j, 2j + 1: bits 4j..4j+3) as the byte offset 128 c
     const uint32_t off = (j < 2 ? code << (7 - 4 * j) : code >> (4 * j - 7)) & 0x780u;
-    const uint32_t xp = pair_at(table, (base | off) + j * PAIR_BLOCK);
+    const uint32_t xp = pair_at(table, (base | off) + imm + j * PAIR_BLOCK);
     uint32_t v;
     if (VT == VT_I8) v = h2_sub(j & 1 ? prmt_imm<0x4342>(w[j >> 1], k48) : prmt_imm<0x4140>(w[j >> 1], k48),
                                 0x48804880u);
@@ -218,18 +219,18 @@ SL_HD void pair_load(PairRound<VT, U>& r, const unsigned char* vp, const uint16_
   }
 }
 
-// Lane `lane`'s partial dot product over one row of a 1:4 matrix (`steps` steps from step `first`), x staged as the
-// pair table at `tbase` (the table's byte address + 4 lane); int8 sums scaled back from v / 128. `r` holds the row's
-// first round already when `loaded` (the kernel loads a warp's first one while it stages x). The walk advances
-// pointers: nm_walk's size_t step index, inlined here, cost ~15 instructions of 64-bit address arithmetic per step
-// (offline SASS). Whole rounds of U steps run unguarded and only a last, partial round checks each step against the
-// row's end: the per-step guards were ~3 of ~45 instructions of an int8 step (offline SASS).
+// One lane's partial dot product over one row of a 1:4 matrix (`steps` steps; vp, ip: the lane's values and index
+// words at the row's first step, pair_vp / pair_ip), x staged as the pair table at `tbase` (the table's byte address +
+// 4 lane). int8 sums are in units of v / 128: the caller scales the row's sum by 128 (exact, so where it happens does
+// not change a bit) together with the row's scale. `r` holds the row's first round already when `loaded` (the kernel
+// loads a warp's first one while it stages x). The walk advances pointers: nm_walk's size_t step index, inlined here,
+// cost ~15 instructions of 64-bit address arithmetic per step (offline SASS). Whole rounds of U steps run unguarded
+// and only a last, partial round checks each step against the row's end: the per-step guards were ~3 of ~45
+// instructions of an int8 step (offline SASS).
 template <int VT, int U>
-SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* table, uint32_t tbase, uint32_t k48,
-                          size_t first, int steps, int lane, PairRound<VT, U>& r, bool loaded) {
+SL_HD float nm_lane_pairs(const unsigned char* vp, const uint16_t* ip, const uint32_t* table, uint32_t tbase,
+                          uint32_t k48, int steps, PairRound<VT, U>& r, bool loaded) {
   constexpr int VB = VT == VT_I8 ? 8 : 16;
-  const unsigned char* vp = pair_vp<VT>(vals, first, lane);
-  const uint16_t* ip = pair_ip(idx, first, lane);
   float acc0 = 0.0f, acc1 = 0.0f;
   auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
     if (!loaded) pair_load<VT, U>(r, vp, ip, n);
@@ -238,12 +239,12 @@ SL_HD float nm_lane_pairs(const void* vals, const void* idx, const uint32_t* tab
 #pragma unroll
 #endif
     for (int u = 0; u < U; ++u)
-      if (u < n) pair_step<VT>(r.w[u], r.code[u], table, tbase + u * 4 * PAIR_BLOCK, k48, acc0, acc1);
+      if (u < n) pair_step<VT>(r.w[u], r.code[u], table, tbase, u * 4 * PAIR_BLOCK, k48, acc0, acc1);
   };
   int t = 0;
   for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
   if (U > 1 && t < steps) round(steps - t);
-  return (acc0 + acc1) * (VT == VT_I8 ? 128.0f : 1.0f);
+  return acc0 + acc1;
 }
 
 #ifdef __CUDACC__
