@@ -231,8 +231,7 @@ SL_HD void nm_lane_b(const void* vals, const void* idx, const float* xt, size_t 
 
 struct NMArgs {
   const uint16_t* x;
-  const void* vals;
-  const void* idx;
+  const void *vals, *idx;
   const float* scales;  // per-row (int8), or null
   uint16_t* y;
   int N, K, steps, kx;  // kx: staged x columns (steps * 256 * M / N >= K)
@@ -244,10 +243,10 @@ struct NMArgs {
 
 #ifdef __CUDACC__
 // The pair table's rows r0, r0 + stride, ... (glu: gate row r, up row r + rows). A row's first slot is a 32-bit
-// product (gemv checks N steps 256 < 2^32): the size_t one and its shifts were ~12 of the ~70 instructions around a
-// 4-step row (offline SASS), and loop-carried 64-bit pointers cost registers the 40-register build does not have.
-// A row's scale is loaded before its first round, not after its sum (a second memory latency per row), and carries
-// the int8 sums' 128 (nm_lane_pairs): exact, so the result is bit for bit the host twin's.
+// product (supports: N steps 256 < 2^32): the size_t one was ~12 of ~70 instructions around a 4-step row (offline
+// SASS); loop-carried 64-bit pointers cost registers the 40-register build lacks. A row's scale is loaded before its
+// round, not after its sum (a second memory latency per row), and int8's 128 applied after it (sc 128 put an FMUL
+// waiting on the load ahead of the round: 1-2-step rounds 2-5% slower, H200). x 128 is exact: the twin's bits.
 template <int VT, int XT, int U>
 __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table, uint32_t tbase, int lane, int r0,
                                           int stride, int rows, PairRound<VT, U>& round, bool loaded) {
@@ -257,7 +256,7 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
     float out0 = 0.0f, out1 = 0.0f;
     for (int part = 0; part <= a.glu; ++part) {
       const int row = r + part * rows;
-      const float sc = a.scales ? __ldg(a.scales + row) * UNIT : UNIT;
+      const float sc = a.scales ? __ldg(a.scales + row) : 1.0f;  // used after the sum: no wait before the round
       const uint32_t slot = (uint32_t)row * ((uint32_t)a.steps * 256u) + 8u * (uint32_t)lane;
       float acc = nm_lane_pairs<VT, U>(static_cast<const unsigned char*>(a.vals) + (size_t)slot * (VT == VT_I8 ? 1 : 2),
                                        static_cast<const uint16_t*>(a.idx) + (slot >> 3), table, tbase, a.k48,
@@ -265,19 +264,19 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
       loaded = false;
 #pragma unroll
       for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
-      (part ? out1 : out0) = acc * sc;
+      (part ? out1 : out0) = acc * sc * UNIT;  // (acc sc) 128: scaling by 128 is exact, these are the twin's bits
     }
     if (lane == 0) a.y[r] = float_to_act<XT>(a.glu ? glu_out<XT>(out0, out1) : out0);
   }
 }
 
-// Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w,
-// w + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
+// Persistent blocks: x staged (XM: float32 or 16-bit, zeros past K, or the pair table), then warp w takes rows w, w
+// + all warps, ...; lane 0 of the row's warp writes y[row]. MINB = 2 (configs asking for 2048 threads per SM, 1-2
 // steps per round) caps the kernel at 32 registers so that two 1024-thread blocks stay resident: the first H200
 // timing ran at 2.3-2.6 TB/s against grp8cu's 3.3 with at most 32 warps per SM at 36-56 registers (ptxas: no spills
-// at 32 with U <= 2).
-// MINB = 3 (pair table only; 16-warp blocks, three per SM) caps it at 40: int8's 1-step rounds need 40 and fit three
-// such blocks, but its 2-8-step rounds (the early round, the copy's address) took 46+ and lost the third block.
+// at 32 with U <= 2). MINB = 3 (pair table only; 16-warp blocks, three per SM) caps it at 40: int8's 1-step rounds
+// need 40 and fit three such blocks, but its 2-8-step rounds (the early round, the copy's address) took 46+ and lost
+// the third block.
 template <int VT, int XT, int M, int N, int U, int MINB, int XM>
 __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(const NMArgs a) {
   extern __shared__ uint4 xs4[];  // 16-byte aligned for the staging's vector stores
@@ -290,9 +289,8 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   const int r0 = blockIdx.x * warps + (threadIdx.x >> 5);
   pdl_trigger();
   pdl_wait();  // x is the previous kernel's output
-  PairRound<VT, U> round;  // the pair table's walk: its load round, the warp's first loaded during the staging
-  // (U >= 2 only, and only they stage through x's copy: 1-step rounds lost 10-60% with both, nm_ab_cpasync.json;
-  // int8 went 40 -> 46 registers, two 16-warp blocks per SM instead of three)
+  PairRound<VT, U> round;  // the pair table's load round, the warp's first loaded during the staging (U >= 2 only,
+  // and only they stage through x's copy: 1-step rounds lost 10-60% with both, nm_ab_cpasync.json)
   constexpr bool EARLY = U > 1;
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
