@@ -7,6 +7,7 @@
 #   DECODE_ARGS="--engine-ab 5" ...   (gpu_decode.py's extra options: the engine options' alternating A/B)
 #   ATTN_ARGS="--qkv-splits --positions 16,24,40,48,64,100" ...   (decode_attention.py's options)
 #   AB_S=150 AB_OLD=.stage/old_nm ...   (nm_ab.py: this tree's nmcu against another nm_gemv.cu, carried in AB_OLD)
+#   TEST_S=0 ...   (no GPU tests)
 #   AB_ARGS="--build nostage=.stage/probe/nostage --shapes 4096x4096" ...   (more builds, carried too; other shapes)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src SPARSELM_D4CU=1
@@ -19,7 +20,7 @@ done
 [ "${AB_S:-0}" -gt 0 ] && python3 -c "from pathlib import Path; from sparselm.kernels.gpu import cuda_build as b, \
 cuda_nm as c; print('old nmcu', b.Library(Path('${AB_OLD:-.stage/old_nm}/nm_gemv.cu'), c._declare).available())" &
 wait
-python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
+[ "${TEST_S:-150}" -gt 0 ] && python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
   ${TESTS:-tests/test_cuda_nm.py tests/test_gpu_fused.py tests/test_pdl.py} \
   -k "${TEST_K:-gpu_build or fused or decode or pdl}" 2>&1 | tail -12
 [ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm \
