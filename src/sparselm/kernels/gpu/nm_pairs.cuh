@@ -18,9 +18,7 @@
 // Numerics: each half of the accumulator sums a step's 4 products in fp16 (fma.rn.f16x2, one rounding per FMA), then
 // joins the float32 row sum. int8 values enter as v / 128, exact in fp16: the layout stores u = v + 128 (v ^ 0x80 as
 // a byte), the fp16 bits 0x48uu are 8 + u / 128, so subtracting 9 gives v / 128 (|v / 128| <= 1: a product never
-// exceeds |x|); the row sum is scaled back by 128. int8 sums two steps (8 products per half) before joining: the
-// join's 2 conversions + 2 adds were 4 of ~33 instructions per step, and the 8-bit values' rounding (~2^-9 of a
-// weight) is larger than the fp16 sums' (2^-11 per add). Overflow needs |x| > 8192.
+// exceeds |x|); the row sum is scaled back by 128. Overflow needs |x| > 16384.
 #pragma once
 #include "gemv_common.cuh"
 
@@ -155,13 +153,14 @@ SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, in
 
 // One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
 // 2 bits per slot) against the table at `base` + `imm` (the lane's 8192 t + 4 l; imm, a multiple of 8192 above the
-// fields' bits, is the step's place in its round: a load's immediate, where base + imm cost an add per step): 4 HFMA2
-// into the half2 partial sum h, returned (int8: in units of v / 128). k48 is 0x48484848 from a kernel argument: as a
-// literal, ptxas made it the PRMT's immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD
-// each: 4 of ~45 instructions per int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
+// fields' bits, is the step's place in its round: a load's immediate, where base + imm cost an add per step): 4 HFMA2,
+// then the two halves join (acc0, acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a literal, ptxas made it the PRMT's
+// immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD each: 4 of ~45 instructions per
+// int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
 template <int VT>
-SL_HD uint32_t pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t imm,
-                         uint32_t k48, uint32_t h) {
+SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t imm,
+                     uint32_t k48, float& acc0, float& acc1) {
+  uint32_t h = 0u;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -175,7 +174,8 @@ SL_HD uint32_t pair_step(const uint32_t* w, uint32_t code, const uint32_t* table
     else v = w[j];
     h = h2_fma(v, xp, h);
   }
-  return h;
+  acc0 += half_to_float(h & 0xFFFFu);
+  acc1 += half_to_float(h >> 16);
 }
 
 // One load round of a lane: U steps' values (fp16: 4 words per step; int8: 2, w[u][2..3] unused) and index words.
@@ -231,24 +231,15 @@ template <int VT, int U>
 SL_HD float nm_lane_pairs(const unsigned char* vp, const uint16_t* ip, const uint32_t* table, uint32_t tbase,
                           uint32_t k48, int steps, PairRound<VT, U>& r, bool loaded) {
   constexpr int VB = VT == VT_I8 ? 8 : 16;
-  constexpr int JOIN = VT == VT_I8 ? 2 : 1;  // steps summed in half2 before the float32 sums (Numerics, above)
   float acc0 = 0.0f, acc1 = 0.0f;
   auto round = [&](int n) {  // n = U (a whole round: the guards fold away) or the row's last n < U steps
     if (!loaded) pair_load<VT, U>(r, vp, ip, n);
     loaded = false;
-    uint32_t h = 0u;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-    for (int u = 0; u < U; ++u) {
-      if (u >= n) break;
-      h = pair_step<VT>(r.w[u], r.code[u], table, tbase, u * 4 * PAIR_BLOCK, k48, h);
-      if (u % JOIN == JOIN - 1 || u == n - 1) {  // the two halves join the row's float32 sums
-        acc0 += half_to_float(h & 0xFFFFu);
-        acc1 += half_to_float(h >> 16);
-        h = 0u;
-      }
-    }
+    for (int u = 0; u < U; ++u)
+      if (u < n) pair_step<VT>(r.w[u], r.code[u], table, tbase, u * 4 * PAIR_BLOCK, k48, acc0, acc1);
   };
   int t = 0;
   for (; t + U <= steps; t += U, vp += U * 32 * VB, ip += U * 32, tbase += U * 4 * PAIR_BLOCK) round(U);
