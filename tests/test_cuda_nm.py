@@ -120,6 +120,16 @@ def test_glu_epilogue_is_silu_of_the_gate_rows_times_the_up_rows(values, act, x1
         cuda_nm.gemv_host(x, PackedBitmask.from_compressed(compress_tensor(nm_weight(7, k, 1, 4), values)), glu=True)
 
 
+def test_pair_table_refuses_layouts_past_32_bit_slot_offsets():
+    """The pair kernel's rows start at 32-bit slot offsets (pair_rows): 2^32 slots or more go to other kernels."""
+    p = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "float16"))
+    assert cuda_nm.supports(p, torch.float16, pairs=True)  # caches the pattern, read off the real 8-row mask
+    p.shape = (2 ** 24 - 1, 512)  # then rows of one 256-slot step: only the shape changes
+    assert cuda_nm.supports(p, torch.float16, pairs=True)
+    p.shape = (2 ** 24, 512)
+    assert not cuda_nm.supports(p, torch.float16, pairs=True) and cuda_nm.supports(p, torch.float16, x16=True)
+
+
 def test_pair_table_serves_only_1_of_4_with_fp16_activations():
     one4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 1, 4), "float16"))
     two4 = PackedBitmask.from_compressed(compress_tensor(nm_weight(8, 512, 2, 4), "float16"))
