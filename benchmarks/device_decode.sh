@@ -20,7 +20,8 @@ done
 [ "${AB_S:-0}" -gt 0 ] && python3 -c "from pathlib import Path; from sparselm.kernels.gpu import cuda_build as b, \
 cuda_nm as c; print('old nmcu', b.Library(Path('${AB_OLD:-.stage/old_nm}/nm_gemv.cu'), c._declare).available())" &
 wait
-[ "${TEST_S:-150}" -gt 0 ] && python3 -c "import pytest" 2>/dev/null && timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
+[ "${TEST_S:-150}" -gt 0 ] && python3 -c "import pytest" 2>/dev/null && \
+  timeout -k 5 ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider \
   ${TESTS:-tests/test_cuda_nm.py tests/test_gpu_fused.py tests/test_pdl.py} \
   -k "${TEST_K:-gpu_build or fused or decode or pdl}" 2>&1 | tail -12
 [ "${NM_S:-150}" -gt 0 ] && timeout -k 10 ${NM_S:-150} python3 benchmarks/gpu_kernels.py --grid nm \

@@ -508,11 +508,11 @@ static void nm_host_pairs(const NMArgs& a, float* y) {
   nm_host_reduce<XT_F16>(a, y, [&](int r, int lane) {
     PairRound<VT, U> round;  // the kernel's warps load their first row's first round while x is staged
     const bool early = r % 3 == 0;
-    if (early) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r * a.steps, lane),
-                                pair_ip(a.idx, (size_t)r * a.steps, lane), a.steps < U ? a.steps : U);
-    const unsigned char* vp = pair_vp<VT>(a.vals, (size_t)r * a.steps, lane);  // int8: the sums' 128 (exact) here
-    return nm_lane_pairs<VT, U>(vp, pair_ip(a.idx, (size_t)r * a.steps, lane), table, 4u * lane, a.k48, a.steps,
-                                round, early) * (VT == VT_I8 ? 128.0f : 1.0f);  // before the reduction: the same bits
+    const unsigned char* vp = pair_vp<VT>(a.vals, (size_t)r * a.steps, lane);
+    const uint16_t* ip = pair_ip(a.idx, (size_t)r * a.steps, lane);
+    if (early) pair_load<VT, U>(round, vp, ip, a.steps < U ? a.steps : U);
+    // int8: the sums' 128 (exact) before the reduction, where the kernel applies it after: the same bits
+    return nm_lane_pairs<VT, U>(vp, ip, table, 4u * lane, a.k48, a.steps, round, early) * (VT == VT_I8 ? 128.0f : 1.0f);
   });
   delete[] table;
 }

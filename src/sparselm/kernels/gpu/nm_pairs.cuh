@@ -154,9 +154,9 @@ SL_HD void pair_fill(uint32_t* table, const uint16_t* x, int K, bool aligned, in
 // One lane's step of 8 slots (values w: fp16, 4 words; int8, 2 words of biased codes u = v + 128; index word `code`,
 // 2 bits per slot) against the table at `base` + `imm` (the lane's 8192 t + 4 l; imm, a multiple of 8192 above the
 // fields' bits, is the step's place in its round: a load's immediate, where base + imm cost an add per step): 4 HFMA2,
-// then the two halves join (acc0, acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a literal, ptxas made it the PRMT's
-// immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD each: 4 of ~45 instructions per
-// int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
+// then the two halves join (acc0, acc1). int8 sums are v / 128. k48 is 0x48484848 from a kernel argument: as a
+// literal, ptxas made it the PRMT's immediate and rebuilt both byte selectors in registers every step (UMOV + IMAD
+// each: 4 of ~45 instructions per int8 step, offline sm_90 SASS); as an opaque register the selectors stay immediates.
 template <int VT>
 SL_HD void pair_step(const uint32_t* w, uint32_t code, const uint32_t* table, uint32_t base, uint32_t imm,
                      uint32_t k48, float& acc0, float& acc1) {
