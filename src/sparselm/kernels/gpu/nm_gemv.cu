@@ -198,37 +198,6 @@ SL_HD float nm_lane(const void* vals, const void* idx, const XS* xs, size_t firs
   return acc0 + acc1;
 }
 
-// Batches 2 and 4: x staged transposed as float32, xt[col B + b], so a slot's B activations are one vector load and B
-// multiply-adds; the weights' bytes are the same as at batch 1.
-template <int VT, int M, int N, int B>
-SL_HD void nm_use_b(const NMStep& s, const float* xt, int g0, float* acc) {
-  nm_slots<VT, M, N>(s, g0, [&](int, float v, int col) {
-    float xv[B];
-#ifdef __CUDACC__
-    if (B == 2) {
-      const float2 t = *reinterpret_cast<const float2*>(xt + (size_t)col * B);
-      xv[0] = t.x; xv[1] = t.y;
-    } else {
-      const float4 t = *reinterpret_cast<const float4*>(xt + (size_t)col * B);
-      xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
-    }
-#else
-    memcpy(xv, xt + (size_t)col * B, sizeof xv);
-#endif
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-    for (int b = 0; b < B; ++b) acc[b] = fmaf(v, xv[b], acc[b]);
-  });
-}
-
-template <int VT, int M, int N, int B, int U>
-SL_HD void nm_lane_b(const void* vals, const void* idx, const float* xt, size_t first, int steps, int lane,
-                     float* acc) {
-  nm_walk<VT, M, N, U>(vals, idx, first, steps, lane,
-                       [&](const NMStep& s, int g0) { nm_use_b<VT, M, N, B>(s, xt, g0, acc); });
-}
-
 struct NMArgs {
   const uint16_t* x;
   const void *vals, *idx;
@@ -239,7 +208,10 @@ struct NMArgs {
   int glu;              // batch 1: y[r] = silu(row r) * row (r + N / 2), N / 2 outputs (a fused gate / up matrix)
   NormArgs norm;        // batch 1, norm.res set: y's add + RMSNorm by the last block (nm_epilogue.cuh)
   uint32_t k48;         // 0x48484848, the pair table's int8 decoding constant, opaque to ptxas (nm_pairs.cuh)
+  int pre;              // pair table, 2+ steps per round: the warp's first round loaded before pdl_wait (see there)
 };
+
+#include "nm_batched.cuh"  // batches 2-4: needs NMArgs and the lane arithmetic above
 
 #ifdef __CUDACC__
 // The pair table's rows r0, r0 + stride, ... (glu: gate row r, up row r + rows). A row's first slot is a 32-bit
@@ -288,10 +260,21 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, rows = a.glu ? a.N >> 1 : a.N;
   const int r0 = blockIdx.x * warps + (threadIdx.x >> 5);
   pdl_trigger();
-  pdl_wait();  // x is the previous kernel's output
   PairRound<VT, U> round;  // the pair table's load round, the warp's first loaded during the staging (U >= 2 only,
   // and only they stage through x's copy: 1-step rounds lost 10-60% with both, nm_ab_cpasync.json)
   constexpr bool EARLY = U > 1;
+  auto first_round = [&] {
+    if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
+                                    pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
+  };
+  // a.pre (set only by a launch under PDL whose weights no kernel of the chain writes: cuda_nm.gemv): the first
+  // round is loaded before pdl_wait, while the kernel before drains, instead of during x's staging. A block becomes
+  // resident as soon as the one before it on its SM exits, so its weights' DRAM round trip overlaps that kernel's
+  // tail instead of following it.
+  if constexpr (XM == XS_PAIRS && EARLY) {
+    if (a.pre) first_round();
+  }
+  pdl_wait();  // x is the previous kernel's output
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
@@ -300,8 +283,7 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
     stage_pairs_direct(table, a.x, a.K, a.kx);
   } else if (XM == XS_PAIRS) {
     stage_pairs(table, reinterpret_cast<uint16_t*>(table + a.kx / 256 * (PAIR_BLOCK / 4)), a.x, a.K, a.kx, [&] {
-      if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
-                                      pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
+      if (!a.pre) first_round();
     });
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
@@ -382,61 +364,10 @@ static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int x
   });
 }
 
-// Batches 2-4: x (bsz rows) staged transposed as float32 (rows past bsz and columns past K zero), one warp per row, B
-// sums per lane; lane 0 writes y[b, row] for b < bsz. Untimed when written (session 22).
-template <int VT, int XT, int M, int N, int B, int U>
-__global__ void nm_gemm_kernel(const NMArgs a) {
-  extern __shared__ float4 xt4[];
-  float* xt = reinterpret_cast<float*>(xt4);
-  for (int k = threadIdx.x; k < a.kx; k += blockDim.x) {
-#pragma unroll
-    for (int b = 0; b < B; ++b)
-      xt[k * B + b] = b < a.bsz && k < a.K ? act_to_float<XT>(a.x[(size_t)b * a.ldx + k]) : 0.0f;
-  }
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < a.N; r += gridDim.x * warps) {
-    float acc[B];
-#pragma unroll
-    for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-    nm_lane_b<VT, M, N, B, U>(a.vals, a.idx, xt, (size_t)r * a.steps, a.steps, lane, acc);
-    store_row_sums<XT, B>(acc, lane, a.scales, r, a.y, a.ldy, a.bsz);
-  }
-}
-
-// One opted-in size per kernel: cudaFuncSetAttribute is per function, so (B, U) instances may not share the record
-// (a shared one let B=4 U=2 skip its opt-in after B=4 U=1 and fail with "invalid argument").
-template <int VT, int XT, int M, int N, int B, int U>
-static int nm_launch_bu(const NMArgs& a, int blocks, int threads, cudaStream_t s) {
-  static size_t opted = 48 * 1024;
-  const size_t smem = (size_t)a.kx * B * 4;
-  if (const int e = opt_in(nm_gemm_kernel<VT, XT, M, N, B, U>, smem, &opted)) return e;
-  nm_gemm_kernel<VT, XT, M, N, B, U><<<blocks, threads, smem, s>>>(a);
-  return (int)cudaGetLastError();
-}
-
-template <int VT, int XT, int M, int N>
-static int nm_launch_b(const NMArgs& a, int B, int unroll, int blocks, int threads, cudaStream_t s) {
-  switch (B * 10 + unroll) {
-    case 21: return nm_launch_bu<VT, XT, M, N, 2, 1>(a, blocks, threads, s);
-    case 22: return nm_launch_bu<VT, XT, M, N, 2, 2>(a, blocks, threads, s);
-    case 41: return nm_launch_bu<VT, XT, M, N, 4, 1>(a, blocks, threads, s);
-    case 42: return nm_launch_bu<VT, XT, M, N, 4, 2>(a, blocks, threads, s);
-    default: return -1;
-  }
-}
-
-template <int VT, int XT>
-static int nm_pattern_b(const NMArgs& a, int m, int n, int B, int unroll, int blocks, int threads, cudaStream_t s) {
-  return by_pattern(m, n, [&](auto M, auto N) {
-    return nm_launch_b<VT, XT, decltype(M)::value, decltype(N)::value>(a, B, unroll, blocks, threads, s);
-  });
-}
-
 // y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
 // per group); B: the kernel's padded batch, 1 (unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register
 // build, unroll 1 or 2); x16: x staged as 16-bit activations (1), or as the pair table (2: 1:4 masks, fp16 x, fp16 or
-// int8 values; nm_pairs.cuh)) or 2 / 4 (unroll 1 or 2, minb 1, no x16); glu or (res set) the norm epilogue: batch
+// int8 values; nm_pairs.cuh), plus 8 for NMArgs.pre (pair table, unroll >= 2: an old build rejects it)) or 2 / 4 (unroll 1 or 2, minb 1, no x16); glu or (res set) the norm epilogue: batch
 // 1 only, not both (nm_epilogue.cuh: res, w, res_out, xn of N activations, counter one zeroed int). Returns a
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
@@ -446,13 +377,14 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
                  {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
-                  static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u};
+                  static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u, x16 >> 3};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int u = unroll, h = x16;
+  const int u = unroll, h = x16 & 7;
   if (h < XS_F32 || h > XS_PAIRS) return -1;  // an unknown staging mode, not a silent fall-through to XS_16
+  if (a.pre && (a.pre > 1 || h != XS_PAIRS || unroll < 2)) return -1;  // the flag only where a round loads early
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
   if (B != 1) {
-    if (minb != 1 || x16 || bsz > B) return -1;
+    if (minb != 1 || h || bsz > B) return -1;
     if (xt == XT_F16 && vt == VT_F16) return nm_pattern_b<VT_F16, XT_F16>(a, m, n, B, u, blocks, threads, s);
     if (xt == XT_BF16 && vt == VT_BF16) return nm_pattern_b<VT_BF16, XT_BF16>(a, m, n, B, u, blocks, threads, s);
     if (xt == XT_F16 && vt == VT_I8) return nm_pattern_b<VT_I8, XT_F16>(a, m, n, B, u, blocks, threads, s);
@@ -526,42 +458,6 @@ static int nm_host_pattern(const NMArgs& a, int m, int n, int unroll, float* y) 
     else if (unroll == 2) nm_host_rows<VT, XT, MM, NN, 2, XS>(a, y);
     else nm_host_rows<VT, XT, MM, NN, 4, XS>(a, y);
     return 0;
-  });
-}
-
-// Batches 2-4: x (bsz rows, contiguous) transposed into the float32 copy the kernel stages, y (bsz, N).
-template <int VT, int XT, int M, int N, int B, int U>
-static void nm_host_rows_b(const NMArgs& a, float* y) {
-  float* xt = new float[(size_t)(a.kx > 0 ? a.kx : 1) * B]();
-  for (int k = 0; k < a.K; ++k)
-    for (int b = 0; b < a.bsz; ++b) xt[(size_t)k * B + b] = act_to_float<XT>(a.x[(size_t)b * a.K + k]);
-  for (int r = 0; r < a.N; ++r) {
-    float l[32][B], t[32][B];
-    for (int lane = 0; lane < 32; ++lane) {
-      for (int b = 0; b < B; ++b) l[lane][b] = 0.0f;
-      nm_lane_b<VT, M, N, B, U>(a.vals, a.idx, xt, (size_t)r * a.steps, a.steps, lane, l[lane]);
-    }
-    for (int m = 16; m; m >>= 1) {
-      for (int lane = 0; lane < 32; ++lane)
-        for (int b = 0; b < B; ++b) t[lane][b] = l[lane][b] + l[lane ^ m][b];
-      memcpy(l, t, sizeof l);
-    }
-    for (int b = 0; b < a.bsz; ++b) y[(size_t)b * a.N + r] = a.scales ? l[0][b] * a.scales[r] : l[0][b];
-  }
-  delete[] xt;
-}
-
-template <int VT, int XT>
-static int nm_host_batched(const NMArgs& a, int m, int n, int B, int unroll, float* y) {
-  return by_pattern(m, n, [&](auto M, auto N) {
-    constexpr int MM = decltype(M)::value, NN = decltype(N)::value;
-    switch (B * 10 + unroll) {
-      case 21: nm_host_rows_b<VT, XT, MM, NN, 2, 1>(a, y); return 0;
-      case 22: nm_host_rows_b<VT, XT, MM, NN, 2, 2>(a, y); return 0;
-      case 41: nm_host_rows_b<VT, XT, MM, NN, 4, 1>(a, y); return 0;
-      case 42: nm_host_rows_b<VT, XT, MM, NN, 4, 2>(a, y); return 0;
-      default: return -1;
-    }
   });
 }
 
