@@ -171,12 +171,11 @@ def plot(path: Path) -> Path:
 
 def engine_ab(decoder, args, prompt, tokens, row) -> list[dict]:
     """The sparse engine with and without its options (glu: silu * up in the gate/up product; no-buckets: one
-    attention split for every position; no-early: no weight loads ahead of the PDL wait; with --norm-ab, glu+norm:
-    add + RMSNorm in o_proj / down_proj; default: StaticDecoder's choices; --ab-engines: a subset), timed round-robin
+    attention split for every position; with --norm-ab, glu+norm: add + RMSNorm in o_proj / down_proj; default:
+    StaticDecoder's choices; --ab-engines: a subset), timed round-robin
     `args.engine_ab` times: one engine timed after another drifts by a few percent (session 26's glu A/B
     disagreed between runs), alternation and medians do not."""
-    combos = {"default": {}, "no-buckets": {"attn_buckets": False}, "glu": {"glu": True}, "no-glu": {"glu": False},
-              "no-early": {"early_weights": False}}
+    combos = {"default": {}, "no-buckets": {"attn_buckets": False}, "glu": {"glu": True}, "no-glu": {"glu": False}}
     if args.norm_ab:
         combos["glu+norm"] = {"glu": True, "norm_epilogue": True}
     if args.ab_engines:
@@ -224,8 +223,8 @@ def main() -> None:
                     help="also each sparse engine with and without its glu epilogue and attention buckets (4 "
                     "engines), timed in ROUNDS alternating rounds in the same run (rows '...-ab-', medians)")
     ap.add_argument("--norm-ab", action="store_true", help="the A/B also runs the norm epilogue (glu+norm)")
-    ap.add_argument("--ab-engines", default="", help="only these A/B engines besides default, e.g. no-early "
-                    "(no-buckets, glu, no-glu, no-early, glu+norm with --norm-ab)")
+    ap.add_argument("--ab-engines", default="", help="only these A/B engines besides default, e.g. no-glu "
+                    "(no-buckets, glu, no-glu, glu+norm with --norm-ab)")
     ap.add_argument("--int4", action="store_true", help="also int4 values (128-column scale groups) at 75%%")
     ap.add_argument("--pdl-compare", action="store_true", help="also each engine without programmatic dependent "
                     "launch (rows '...-no-pdl'), timed in the same run")

@@ -22,21 +22,6 @@ def test_programmatic_launch_nests_and_restores():
     assert not pdl.enabled()  # restored on the way out of an exception too
 
 
-def test_early_weights_only_inside_a_programmatic_launch():
-    assert not pdl.early_weights()
-    with pdl.programmatic_launch():
-        assert pdl.early_weights()
-        with pdl.programmatic_launch(True, early_weights=False):
-            assert not pdl.early_weights()
-            with pdl.programmatic_launch(False):  # no attribute, no early reads, whatever the flag
-                assert not pdl.early_weights()
-        assert pdl.early_weights()
-    with pdl.programmatic_launch(False, early_weights=True):
-        assert not pdl.early_weights()
-    assert not pdl.early_weights()
-    assert StaticDecoder(tiny_llama(2), max_len=16, early_weights=False).early_weights is False
-
-
 class _Setter:
     def __init__(self):
         self.calls = []
@@ -75,7 +60,7 @@ _CFGS = {  # each CUDA C++ batch-1 kernel launched through sl_launch, forced int
     "grp8cu": dict(kernel="grp8cu", vec=4, num_warps=4, persist=1, smem=True),
     "d4cu": dict(kernel="d4cu", num_warps=4, persist=1, smem=True),
     "nmcu": dict(kernel="nmcu", num_warps=4, persist=1, x16=True),
-    # the pair table, 2 steps per round: its first round loaded ahead of the wait (early_weights)
+    # the pair table (2 steps per round: its first round loaded during x's staging)
     "nmcu-pairs": dict(kernel="nmcu", num_warps=4, persist=1, pairs=True, unroll=2),
 }
 
@@ -116,41 +101,3 @@ def test_decode_with_pdl_gives_the_tokens_without(kernel):
     assert on.pdl and not off.pdl
     assert torch.equal(t1, t2)
     torch.testing.assert_close(l1, l2, rtol=0, atol=0)  # same kernels, same inputs: bit for bit
-
-
-@pytest.mark.skipif(not (torch.cuda.is_available() and pdl.supported()), reason="needs a Hopper GPU")
-@pytest.mark.parametrize("values,unroll,warps", [("float16", 2, 16), ("int8", 4, 16), ("int8", 8, 32)])
-def test_nm_first_round_before_the_wait_gives_the_same_bits(values, unroll, warps):
-    """The pair-table kernel's first load round issued before its PDL wait (NMArgs.pre) changes when bytes arrive,
-    not the arithmetic: bit for bit the serial launch's output. The flag is passed only once the layout is cached."""
-    from sparselm.compress import compress_tensor
-    from sparselm.kernels.gpu import PackedBitmask, SpmmConfig, cuda_nm
-    from test_cuda_nm import nm_weight
-
-    if not cuda_nm.available():
-        pytest.skip(f"nmcu unavailable: {cuda_nm.build_error()}")
-    for n, k in ((37, 304), (300, 4096), (70, 11008)):
-        p = PackedBitmask.from_compressed(compress_tensor(nm_weight(n, k, 1, 4, seed=n), values).to("cuda"))
-        x = torch.randn(1, k, device="cuda").half()
-        cfg = SpmmConfig(kernel="nmcu", num_warps=warps, persist=1, unroll=unroll, pairs=True)
-        lib = cuda_nm.load("device")
-        launch, modes = lib.sl_nm_launch, []
-
-        def spy(*a):  # the staging argument of each launch: 2 (pair table), + cuda_nm.EARLY_FLAG when early
-            modes.append(a[7])
-            return launch(*a)
-
-        lib.sl_nm_launch = spy
-        try:
-            with pdl.programmatic_launch():
-                first = cuda_nm.gemv(x, p, cfg)  # builds the layout: no early reads
-                early = cuda_nm.gemv(x, p, cfg)
-                with pdl.programmatic_launch(True, early_weights=False):
-                    late = cuda_nm.gemv(x, p, cfg)
-            serial = cuda_nm.gemv(x, p, cfg)
-        finally:
-            lib.sl_nm_launch = launch
-        torch.cuda.synchronize()
-        assert modes == [2, 2 | cuda_nm.EARLY_FLAG, 2, 2]
-        for y in (first, early, late):
-            assert torch.equal(y, serial)

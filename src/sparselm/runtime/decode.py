@@ -80,8 +80,7 @@ class StaticDecoder:
 
     def __init__(self, model: nn.Module, batch_size: int = 1, max_len: int = 512, use_graph: bool | None = None,
                  fuse: bool = True, fused_ops: bool | None = None, pdl: bool | None = None, glu: bool | None = None,
-                 norm_epilogue: bool = False, prefill_graph: bool = False, attn_buckets: bool = True,
-                 early_weights: bool = True):
+                 norm_epilogue: bool = False, prefill_graph: bool = False, attn_buckets: bool = True):
         """fuse: run q/k/v and gate/up as one matmul each (fewer, larger launches). Costs a second copy of
         those weights (dense or compressed) held by the decoder; the model itself is not modified.
         fused_ops: the Triton elementwise kernels (default: on CUDA, when the model is a plain Llama block:
@@ -98,9 +97,8 @@ class StaticDecoder:
         Python, which at batch 1 takes longer than the GPU work; capturing costs about three eager prefills, once
         per length, so it pays when prompt lengths repeat (serving buckets, benchmarks). attn_buckets: the decode
         attention's key split chosen by position (attention_buckets; with graphs, one step graph per bucket);
-        False: the default split. early_weights (with pdl): kernels that can read their first weights before
-        waiting on the kernel before do (kernels/gpu/pdl.py; the N:M pair-table kernel's first load round)."""
-        self.glu, self.norm_epilogue, self.early_weights = glu, norm_epilogue, early_weights
+        False: the default split."""
+        self.glu, self.norm_epilogue = glu, norm_epilogue
         self.prefill_graph = prefill_graph
         self._prefill: dict[int, tuple] = {}  # prompt length -> (graph, ids, start, logits), LRU first
         self.model = model
@@ -268,7 +266,7 @@ class StaticDecoder:
             return self._forward(ids, start)
         from sparselm.kernels.gpu.pdl import programmatic_launch
 
-        with programmatic_launch(self.pdl, self.early_weights):  # recorded into the graph when captured
+        with programmatic_launch(self.pdl):  # recorded into the graph when captured
             return self._forward(ids, start)
 
     def _forward(self, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:

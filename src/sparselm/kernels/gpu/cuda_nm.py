@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from sparselm.compress.format import CompressedTensor, unpack_mask
-from sparselm.kernels.gpu import cuda_build, pdl
+from sparselm.kernels.gpu import cuda_build
 from sparselm.kernels.gpu.cuda_delta4 import row_scales, serves_values
 from sparselm.kernels.gpu.cuda_grp8 import smem_limit
 
@@ -37,7 +37,6 @@ UNROLLS = (1, 2, 4)
 PAIR_UNROLLS = (1, 2, 4, 8)  # the pair table's builds (8: short rows' loads in fewer rounds)
 BATCHES = (1, 2, 4)  # padded batch: 2 and 4 stage x transposed (4 kx B bytes), 1 or 2 steps per load round
 _BITS = {4: 2, 8: 4}  # index bits per slot
-EARLY_FLAG = 8  # or-ed into the staging mode: NMArgs.pre, the first round loaded before pdl_wait (nm_gemv.cu)
 _VT = {torch.float16: 0, torch.bfloat16: 1, torch.int8: 2}
 _XT = {torch.float16: 0, torch.bfloat16: 1}
 
@@ -254,9 +253,6 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     n, k = p.shape
     lib, y = _LIB.prepare("nmcu", x, p, out, rows=n // 2 if glu else None)
     x = x.contiguous()
-    # the first load round before the kernel's PDL wait (pdl.early_weights): only for a layout an earlier call built,
-    # whose writes are long done; one built just now by torch ops could still be in flight
-    early = cfg.pairs and cfg.unroll > 1 and ("nmcu",) in p._cptr and pdl.early_weights()
     vals, idx = layout(p)
     m, s = pattern(p)
     scales = row_scales(p, x.device)
@@ -269,8 +265,7 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
         res_out, xn, counter = torch.empty_like(res), torch.empty_like(res), _counter(p, x.device)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     code = lib.sl_nm_launch(_VT[p.values.dtype], _XT[x.dtype], m, s, cfg.block_b, cfg.unroll, min_blocks(cfg),
-                            _staging(cfg.x16, cfg.pairs) | (EARLY_FLAG if early else 0), x.data_ptr(),
-                            vals.data_ptr(), idx.data_ptr(),
+                            _staging(cfg.x16, cfg.pairs), x.data_ptr(), vals.data_ptr(), idx.data_ptr(),
                             ptr(scales), y.data_ptr(), n, k, _steps(p), kx(p),
                             x.shape[0], x.stride(0), y.stride(0), int(glu), blocks, 32 * cfg.num_warps,
                             ptr(res), ptr(w), ptr(res_out), ptr(xn), eps, ptr(counter),

@@ -208,7 +208,6 @@ struct NMArgs {
   int glu;              // batch 1: y[r] = silu(row r) * row (r + N / 2), N / 2 outputs (a fused gate / up matrix)
   NormArgs norm;        // batch 1, norm.res set: y's add + RMSNorm by the last block (nm_epilogue.cuh)
   uint32_t k48;         // 0x48484848, the pair table's int8 decoding constant, opaque to ptxas (nm_pairs.cuh)
-  int pre;              // pair table, 2+ steps per round: the warp's first round loaded before pdl_wait (see there)
 };
 
 #include "nm_batched.cuh"  // batches 2-4: needs NMArgs and the lane arithmetic above
@@ -260,21 +259,10 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5, rows = a.glu ? a.N >> 1 : a.N;
   const int r0 = blockIdx.x * warps + (threadIdx.x >> 5);
   pdl_trigger();
+  pdl_wait();  // x is the previous kernel's output
   PairRound<VT, U> round;  // the pair table's load round, the warp's first loaded during the staging (U >= 2 only,
   // and only they stage through x's copy: 1-step rounds lost 10-60% with both, nm_ab_cpasync.json)
   constexpr bool EARLY = U > 1;
-  auto first_round = [&] {
-    if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
-                                    pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
-  };
-  // a.pre (set only by a launch under PDL whose weights no kernel of the chain writes: cuda_nm.gemv): the first
-  // round is loaded before pdl_wait, while the kernel before drains, instead of during x's staging. A block becomes
-  // resident as soon as the one before it on its SM exits, so its weights' DRAM round trip overlaps that kernel's
-  // tail instead of following it.
-  if constexpr (XM == XS_PAIRS && EARLY) {
-    if (a.pre) first_round();
-  }
-  pdl_wait();  // x is the previous kernel's output
   if (XM == XS_16) {  // the activations as they are (16-byte copies), zeros in [K, kx)
     stage_x(xs4, a.x, a.K);
     for (int i = a.K + threadIdx.x; i < a.kx; i += blockDim.x) xs16[i] = 0;
@@ -283,7 +271,8 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
     stage_pairs_direct(table, a.x, a.K, a.kx);
   } else if (XM == XS_PAIRS) {
     stage_pairs(table, reinterpret_cast<uint16_t*>(table + a.kx / 256 * (PAIR_BLOCK / 4)), a.x, a.K, a.kx, [&] {
-      if (!a.pre) first_round();
+      if (r0 < rows) pair_load<VT, U>(round, pair_vp<VT>(a.vals, (size_t)r0 * a.steps, lane),
+                                      pair_ip(a.idx, (size_t)r0 * a.steps, lane), a.steps < U ? a.steps : U);
     });
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
@@ -367,7 +356,7 @@ static int nm_pattern(const NMArgs& a, int m, int n, int unroll, int minb, int x
 // y (bsz, N) = x (bsz, K) W^T; vt / xt as grp8_gemv.cu; (m, n) in {4:1, 4:2, 8:1, 8:2, 8:4} (the layout's M and slots
 // per group); B: the kernel's padded batch, 1 (unroll 1, 2 or 4 steps per load round; minb 1, or 2 (the 32-register
 // build, unroll 1 or 2); x16: x staged as 16-bit activations (1), or as the pair table (2: 1:4 masks, fp16 x, fp16 or
-// int8 values; nm_pairs.cuh), plus 8 for NMArgs.pre (pair table, unroll >= 2: an old build rejects it)) or 2 / 4 (unroll 1 or 2, minb 1, no x16); glu or (res set) the norm epilogue: batch
+// int8 values; nm_pairs.cuh)) or 2 / 4 (unroll 1 or 2, minb 1, no x16); glu or (res set) the norm epilogue: batch
 // 1 only, not both (nm_epilogue.cuh: res, w, res_out, xn of N activations, counter one zeroed int). Returns a
 // cudaError_t (0 = launched) or -1 when unsupported.
 extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int minb, int x16, const void* x,
@@ -377,11 +366,10 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
   const NMArgs a{static_cast<const uint16_t*>(x), vals, idx, static_cast<const float*>(scales),
                  static_cast<uint16_t*>(y), N, K, steps, kx, bsz, ldx, ldy, glu != 0,
                  {static_cast<const uint16_t*>(res), static_cast<const uint16_t*>(w), static_cast<uint16_t*>(res_out),
-                  static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u, x16 >> 3};
+                  static_cast<uint16_t*>(xn), eps, counter}, 0x48484848u};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int u = unroll, h = x16 & 7;
+  const int u = unroll, h = x16;
   if (h < XS_F32 || h > XS_PAIRS) return -1;  // an unknown staging mode, not a silent fall-through to XS_16
-  if (a.pre && (a.pre > 1 || h != XS_PAIRS || unroll < 2)) return -1;  // the flag only where a round loads early
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
   if (B != 1) {
     if (minb != 1 || h || bsz > B) return -1;

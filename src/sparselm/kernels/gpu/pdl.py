@@ -12,11 +12,6 @@ results are those of a serial launch. CUDA graphs captured from the stream keep 
 
 The CUDA C++ libraries (nm_gemv.cu, grp8_gemv.cu, delta4_gemv.cu) read one flag per library (`sl_set_pdl`), set
 here before each launch when it changed; the Triton kernels take it as a constexpr and a launch option.
-
-early_weights (on by default): inside such a launch a kernel whose weights no kernel of the chain writes may read
-them before its wait, while the kernel before still drains (cuda_nm: the pair table's first load round). A decode
-step writes activations, caches and logits, never weights; a layout built by torch ops just before its first launch
-is the exception, and cuda_nm sets the flag only for layouts cached by an earlier call.
 """
 from __future__ import annotations
 
@@ -36,21 +31,15 @@ def enabled() -> bool:
     return getattr(_STATE, "on", False)
 
 
-def early_weights() -> bool:
-    """Whether kernels launched now may read their weights before waiting on the kernel before (module docstring)."""
-    return enabled() and getattr(_STATE, "early", True)
-
-
 @contextmanager
-def programmatic_launch(on: bool = True, early_weights: bool = True):
-    """Launches inside carry the attribute (on=True) or not, and may read their weights before their wait
-    (early_weights, with on only); the previous settings are restored on exit."""
-    prev = enabled(), getattr(_STATE, "early", True)
-    _STATE.on, _STATE.early = bool(on), bool(early_weights)
+def programmatic_launch(on: bool = True):
+    """Launches inside carry the attribute (on=True) or not; the previous setting is restored on exit."""
+    prev = enabled()
+    _STATE.on = bool(on)
     try:
         yield
     finally:
-        _STATE.on, _STATE.early = prev
+        _STATE.on = prev
 
 
 def supported(device: torch.device | str | None = None) -> bool:
