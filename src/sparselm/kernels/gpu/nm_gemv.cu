@@ -218,14 +218,15 @@ struct NMArgs {
 // SASS); loop-carried 64-bit pointers cost registers the 40-register build lacks. A row's scale is loaded before its
 // round, not after its sum (a second memory latency per row), and int8's 128 applied after it (sc 128 put an FMUL
 // waiting on the load ahead of the round: 1-2-step rounds 2-5% slower, H200). x 128 is exact: the twin's bits.
-template <int VT, int XT, int U>
+template <int VT, int XT, int U, bool GLU>
 __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table, uint32_t tbase, int lane, int r0,
                                           int stride, int rows, PairRound<VT, U>& round, bool loaded) {
   constexpr float UNIT = VT == VT_I8 ? 128.0f : 1.0f;
   asm("mov.b32 %0, %0;" : "+r"(tbase));  // opaque: ptxas rebuilt it per row from the block's window (8 instructions)
   for (int r = r0; r < rows; r += stride) {
     float out0 = 0.0f, out1 = 0.0f;
-    for (int part = 0; part <= a.glu; ++part) {
+#pragma unroll
+    for (int part = 0; part <= (int)GLU; ++part) {
       const int row = r + part * rows;
       const float sc = a.scales ? __ldg(a.scales + row) : 1.0f;  // used after the sum: no wait before the round
       const uint32_t slot = (uint32_t)row * ((uint32_t)a.steps * 256u) + 8u * (uint32_t)lane;
@@ -237,7 +238,7 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
       for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
       (part ? out1 : out0) = acc * sc * UNIT;  // (acc sc) 128: scaling by 128 is exact, these are the twin's bits
     }
-    if (lane == 0) a.y[r] = float_to_act<XT>(a.glu ? glu_out<XT>(out0, out1) : out0);
+    if (lane == 0) a.y[r] = float_to_act<XT>(GLU ? glu_out<XT>(out0, out1) : out0);
   }
 }
 
@@ -277,9 +278,12 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  if constexpr (XM == XS_PAIRS)
-    pair_rows<VT, XT, U>(a, table, sbase + pad + 4 * lane, lane, r0, gridDim.x * warps, rows, round, EARLY);
-  else for (int r = r0; r < rows; r += gridDim.x * warps) {
+  if constexpr (XM == XS_PAIRS) {  // glu as a template argument: its runtime part loop cost ~8 instructions per row
+    const uint32_t tb = sbase + pad + 4 * lane;
+    const int stride = gridDim.x * warps;
+    if (a.glu) pair_rows<VT, XT, U, true>(a, table, tb, lane, r0, stride, rows, round, EARLY);
+    else pair_rows<VT, XT, U, false>(a, table, tb, lane, r0, stride, rows, round, EARLY);
+  } else for (int r = r0; r < rows; r += gridDim.x * warps) {
     float out0 = 0.0f, out1 = 0.0f;
     for (int part = 0; part <= a.glu; ++part) {  // glu: the gate row r, then the up row r + rows
       const int row = r + part * rows;
