@@ -278,7 +278,10 @@ __global__ void __launch_bounds__(MINB == 3 ? 512 : 1024, MINB) nm_gemv_kernel(c
   } else {
     stage_x_f32<XT>(xsf, a.x, a.K, a.kx);
   }
-  if constexpr (XM == XS_PAIRS) {  // glu as a template argument: its runtime part loop cost ~8 instructions per row
+  // glu as a template argument: its runtime part loop and output select were ~13 of ~69 SASS instructions per row of
+  // the plain launch. H200, same run (nm_ab_glu_template_r8.json): int8 +3.6-5.6% at K = 4096 (4-step rows), -1.5% at
+  // K = 11008-14336 (not understood), fp16 +0.4-1.2%.
+  if constexpr (XM == XS_PAIRS) {
     const uint32_t tb = sbase + pad + 4 * lane;
     const int stride = gridDim.x * warps;
     if (a.glu) pair_rows<VT, XT, U, true>(a, table, tb, lane, r0, stride, rows, round, EARLY);
