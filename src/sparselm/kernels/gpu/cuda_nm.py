@@ -235,6 +235,14 @@ def _counter(p, device: torch.device) -> torch.Tensor:
     return p._cptr[key]
 
 
+def _unit_scales(p, device: torch.device) -> torch.Tensor:
+    """Ones (N,) float32 for an int8 matrix stored without scales, made once per matrix and device."""
+    key = ("nmcu-unit-scales", str(device))
+    if key not in p._cptr:
+        p._cptr[key] = torch.ones(p.shape[0], dtype=torch.float32, device=device)
+    return p._cptr[key]
+
+
 def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = False,
          norm: tuple | None = None):
     """y (B, N) = x W^T on the GPU, B <= cfg.block_b: cfg.num_warps warps per block, cfg.persist blocks per SM,
@@ -256,6 +264,8 @@ def gemv(x: torch.Tensor, p, cfg, out: torch.Tensor | None = None, glu: bool = F
     vals, idx = layout(p)
     m, s = pattern(p)
     scales = row_scales(p, x.device)
+    if scales is None and p.values.dtype == torch.int8:  # the pair kernel reads int8 scales without a null check
+        scales = _unit_scales(p, x.device)
     blocks = max(1, min(cfg.persist * torch.cuda.get_device_properties(x.device).multi_processor_count,
                         -(-n // cfg.num_warps)))
     res = w = res_out = xn = counter = None

@@ -228,7 +228,9 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
 #pragma unroll
     for (int part = 0; part <= (int)GLU; ++part) {
       const int row = r + part * rows;
-      const float sc = a.scales ? __ldg(a.scales + row) : 1.0f;  // used after the sum: no wait before the round
+      // used after the sum: no wait before the round. int8 launches always carry scales (cuda_nm.gemv passes ones
+      // where the matrix has none), so their null check (3 instructions per row) is gone
+      const float sc = VT == VT_I8 || a.scales ? __ldg(a.scales + row) : 1.0f;
       const uint32_t slot = (uint32_t)row * ((uint32_t)a.steps * 256u) + 8u * (uint32_t)lane;
       float acc = nm_lane_pairs<VT, U>(static_cast<const unsigned char*>(a.vals) + (size_t)slot * (VT == VT_I8 ? 1 : 2),
                                        static_cast<const uint16_t*>(a.idx) + (slot >> 3), table, tbase, a.k48,
@@ -238,7 +240,8 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
       for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
       (part ? out1 : out0) = acc * sc * UNIT;  // (acc sc) 128: scaling by 128 is exact, these are the twin's bits
     }
-    if (lane == 0) a.y[r] = float_to_act<XT>(GLU ? glu_out<XT>(out0, out1) : out0);
+    // lane 0, read off tbase (2048-byte aligned + 4 lane): `lane` itself was re-read from SR_TID per row (S2R + 2)
+    if ((tbase & 0x7Cu) == 0u) a.y[r] = float_to_act<XT>(GLU ? glu_out<XT>(out0, out1) : out0);
   }
 }
 
