@@ -240,7 +240,8 @@ __device__ __forceinline__ void pair_rows(const NMArgs& a, const uint32_t* table
       for (int m = 16; m; m >>= 1) acc += __shfl_xor_sync(0xFFFFFFFFu, acc, m);
       (part ? out1 : out0) = acc * sc * UNIT;  // (acc sc) 128: scaling by 128 is exact, these are the twin's bits
     }
-    // lane 0, read off tbase (2048-byte aligned + 4 lane): `lane` itself was re-read from SR_TID per row (S2R + 2)
+    // lane 0, read off tbase (2048-byte aligned + 4 lane): `lane` itself was re-read from SR_TID per row (S2R + 2).
+    // With the scale's null check gone: 0.997-1.007x, neutral (H200, same run: nm_ab_lane_scale.json)
     if ((tbase & 0x7Cu) == 0u) a.y[r] = float_to_act<XT>(GLU ? glu_out<XT>(out0, out1) : out0);
   }
 }
