@@ -4,6 +4,9 @@
 # (details page and raw metrics), and the launch list that maps ncu's rows to (shape, sparsity, config); then
 # benchmarks/smem_probe.py (x gathered through L1 vs from shared memory, CUDA C++ built there) -> smem_probe.json.
 #   bash benchmarks/device_profile.sh [extra gpu_profile.py args, e.g. --shapes 4096x11008 --sparsities 0.75]
+#   SMEM_PROBE=0 bash benchmarks/device_profile.sh --shapes 4096x11008 --pattern 1:4 --values int8 \
+#       --configs nmcu-w32p1-u4-pairs --nm-build old=.stage/old_nm   # the same launches with another nm_gemv.cu
+#       build too (carry .stage/old_nm): counters of two builds side by side, rows KEY and KEY@old
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src
 export PATH=$(dirname "$(python3 -c "import sys; print(sys.executable)")"):$PATH  # ninja, for the probe's JIT build

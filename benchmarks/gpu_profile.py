@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="activation rows (configs: that batch's candidates)")
     ap.add_argument("--pattern", default="", help="N:M masks (e.g. 1:4) instead of uniform random at --sparsities")
     ap.add_argument("--out", default=None, help="write the launch list as JSON here too")
+    ap.add_argument("--nm-build", action="append", default=[], metavar="NAME=DIR",
+                    help="also launch every nmcu config with another build of nm_gemv.cu (DIR holds it and its "
+                    "*.cuh, e.g. from `git show REV:...`); its rows' kernel is KEY@NAME (repeatable)")
     args = ap.parse_args()
 
     from sparselm.compress.format import compress_tensor, decompress
@@ -41,6 +44,7 @@ def main() -> None:
     from sparselm.sparsity.masks import parse_pattern, select_nm
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the Triton interpreter (a smoke test, no ncu)
+    others = _nm_builds(args.nm_build)
     by_key = {c.key(): c for c in candidate_configs(args.batch, pipelined=True)}
     unknown = [k for k in args.configs.split(",") if k not in by_key]
     if unknown:
@@ -75,6 +79,9 @@ def main() -> None:
                     calls.append(lambda x=x, p=p, cfg=cfg: spmm(x, p, cfg))
                     plan.append({"N": n, "K": k, "sparsity": s, "values": vname, "kernel": key, "nnz": ct.nnz,
                                  "format_bytes": nbytes})
+                    for name, lib in (others.items() if cfg.kernel == "nmcu" else ()):  # the same launch, old code
+                        calls.append(_with_nm_lib(lib, lambda x=x, p=p, cfg=cfg: spmm(x, p, cfg)))
+                        plan.append(dict(plan[-1], kernel=f"{key}@{name}"))
     for fn in calls:  # compile and warm up outside the profiled range
         fn()
     if dev == "cuda":
@@ -90,6 +97,38 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+
+
+def _nm_builds(specs: list[str]) -> dict:
+    """NAME=DIR -> the cuda_build library of DIR/nm_gemv.cu (built now, so the build is not profiled)."""
+    if not specs:
+        return {}
+    from pathlib import Path
+
+    from sparselm.kernels.gpu import cuda_build, cuda_nm
+
+    libs = {}
+    for spec in specs:
+        name, sep, d = spec.partition("=")
+        if not sep or not name or not (Path(d) / "nm_gemv.cu").is_file():
+            raise SystemExit(f"--nm-build NAME=DIR with DIR/nm_gemv.cu, got {spec!r}")
+        libs[name] = cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
+        if not libs[name].available():
+            raise SystemExit(f"--nm-build {name}: {libs[name].build_error()}")
+    return libs
+
+
+def _with_nm_lib(lib, fn):
+    """fn run with cuda_nm's kernels taken from `lib` (another build of nm_gemv.cu), restored after."""
+    from sparselm.kernels.gpu import cuda_nm
+
+    def run():
+        kept, cuda_nm._LIB = cuda_nm._LIB, lib
+        try:
+            return fn()
+        finally:
+            cuda_nm._LIB = kept
+    return run
 
 
 if __name__ == "__main__":
