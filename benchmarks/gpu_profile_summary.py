@@ -91,7 +91,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fams: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("T_nnz_per_s") and r.get("thread_inst_per_nnz"):
-            fams.setdefault(r["kernel"].split("-")[0] + f" {r['values']}", []).append(r)
+            build = r["kernel"].partition("@")[2]  # gpu_profile.py --nm-build rows: KEY@NAME, their own marker
+            fams.setdefault(r["kernel"].split("-")[0] + (f"@{build}" if build else "") + f" {r['values']}",
+                            []).append(r)
     for name, rs in sorted(fams.items()):
         ax.scatter([r["thread_inst_per_nnz"] for r in rs], [r["T_nnz_per_s"] for r in rs], label=name, s=22)
     ax.set_xlabel("SASS thread-instructions per stored nonzero")
