@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nm_ab import _build, nm_build  # noqa: E402
 
 DEFAULT_CONFIGS = ("vc32v1-n1t512b1w2", "grp8v4-n1t1024b1w4-c16", "grp8v4-n1t512b1w2-c16", "n2k2048b1fs1w4p2")
 
@@ -33,7 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="activation rows (configs: that batch's candidates)")
     ap.add_argument("--pattern", default="", help="N:M masks (e.g. 1:4) instead of uniform random at --sparsities")
     ap.add_argument("--out", default=None, help="write the launch list as JSON here too")
-    ap.add_argument("--nm-build", action="append", default=[], metavar="NAME=DIR",
+    ap.add_argument("--nm-build", action="append", default=[], metavar="NAME=DIR", type=_build,
                     help="also launch every nmcu config with another build of nm_gemv.cu (DIR holds it and its "
                     "*.cuh, e.g. from `git show REV:...`); its rows' kernel is KEY@NAME (repeatable)")
     args = ap.parse_args()
@@ -80,7 +84,7 @@ def main() -> None:
                     plan.append({"N": n, "K": k, "sparsity": s, "values": vname, "kernel": key, "nnz": ct.nnz,
                                  "format_bytes": nbytes})
                     for name, lib in (others.items() if cfg.kernel == "nmcu" else ()):  # the same launch, old code
-                        calls.append(_with_nm_lib(lib, lambda x=x, p=p, cfg=cfg: spmm(x, p, cfg)))
+                        calls.append(lambda x=x, p=p, cfg=cfg, lib=lib: _with_build(lib, spmm, x, p, cfg))
                         plan.append(dict(plan[-1], kernel=f"{key}@{name}"))
     for fn in calls:  # compile and warm up outside the profiled range
         fn()
@@ -99,36 +103,25 @@ def main() -> None:
             f.write(text + "\n")
 
 
-def _nm_builds(specs: list[str]) -> dict:
-    """NAME=DIR -> the cuda_build library of DIR/nm_gemv.cu (built now, so the build is not profiled)."""
+def _nm_builds(specs: list[tuple[str, Path]]) -> dict:
+    """(NAME, DIR) -> the cuda_build library of DIR/nm_gemv.cu (built now, so the build is not profiled)."""
     if not specs:
         return {}
-    from pathlib import Path
-
     from sparselm.kernels.gpu import cuda_build, cuda_nm
 
     libs = {}
-    for spec in specs:
-        name, sep, d = spec.partition("=")
-        if not sep or not name or not (Path(d) / "nm_gemv.cu").is_file():
-            raise SystemExit(f"--nm-build NAME=DIR with DIR/nm_gemv.cu, got {spec!r}")
-        libs[name] = cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
+    for name, d in specs:
+        if not (d / "nm_gemv.cu").is_file():
+            raise SystemExit(f"--nm-build {name}: no {d / 'nm_gemv.cu'}")
+        libs[name] = cuda_build.Library(d / "nm_gemv.cu", cuda_nm._declare)
         if not libs[name].available():
             raise SystemExit(f"--nm-build {name}: {libs[name].build_error()}")
     return libs
 
 
-def _with_nm_lib(lib, fn):
-    """fn run with cuda_nm's kernels taken from `lib` (another build of nm_gemv.cu), restored after."""
-    from sparselm.kernels.gpu import cuda_nm
-
-    def run():
-        kept, cuda_nm._LIB = cuda_nm._LIB, lib
-        try:
-            return fn()
-        finally:
-            cuda_nm._LIB = kept
-    return run
+def _with_build(lib, fn, *args):
+    with nm_build(lib):
+        return fn(*args)
 
 
 if __name__ == "__main__":

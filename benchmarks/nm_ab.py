@@ -28,6 +28,7 @@ import math
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,9 +56,8 @@ def run(args) -> dict:
         raise SystemExit("give --old DIR and / or --build NAME=DIR (NAME not 'new': that is this tree)")
     libs = {"new": new_lib, **{name: cuda_build.Library(Path(d) / "nm_gemv.cu", cuda_nm._declare)
                                for name, d in builds.items()}}
-    minb = {name: functools.partial(cuda_nm.min_blocks, forty=name == "new" or name in (args.forty or []))
-            for name in libs}  # other builds keep the 1-block launch where this tree has the 40-register one
-    new_minb = cuda_nm.min_blocks
+    # other builds keep the 1-block launch where this tree has the 40-register one, unless named by --forty
+    forty = {name: name == "new" or name in (args.forty or []) for name in libs}
     failed = {name: lib.build_error() for name, lib in libs.items() if not lib.available()}
     if failed:
         raise SystemExit(f"build failed: {failed}")
@@ -87,11 +87,8 @@ def run(args) -> dict:
             for _ in range(args.rounds):
                 for c in cfgs:
                     for name, lib in libs.items():
-                        cuda_nm._LIB, cuda_nm.min_blocks = lib, minb[name]
-                        try:
+                        with nm_build(lib, forty[name]):
                             times[name, c.key()].append(time_graph([lambda q=q: spmm(x, q, c) for q in ps]))
-                        finally:
-                            cuda_nm._LIB, cuda_nm.min_blocks = new_lib, new_minb
                 dense_ms.append(time_graph([lambda d=d: F.linear(x, d) for d in dense]))
             med = {key: statistics.median(v) for key, v in times.items()}
             best = {name: min(((cfg, t) for (lib, cfg), t in med.items() if lib == name), key=lambda r: r[1])
@@ -115,6 +112,20 @@ def run(args) -> dict:
             "floor_us": round(floor_ms * 1e3, 3), "copy_GBps": round(copy_gbps, 1),
             "builds": {name: str(d) for name, d in builds.items()},
             **({"old": str(args.old)} if args.old else {}), "rows": rows}
+
+
+@contextmanager
+def nm_build(lib, forty: bool = True):
+    """Inside, cuda_nm launches its kernels from `lib` (a cuda_build.Library of another nm_gemv.cu); forty: that
+    build has the 40-register pair-table instance (cuda_nm.min_blocks; sources from session 32 on)."""
+    from sparselm.kernels.gpu import cuda_nm
+
+    kept = cuda_nm._LIB, cuda_nm.min_blocks
+    cuda_nm._LIB, cuda_nm.min_blocks = lib, functools.partial(kept[1], forty=forty)
+    try:
+        yield
+    finally:
+        cuda_nm._LIB, cuda_nm.min_blocks = kept
 
 
 def _build(text: str) -> tuple[str, Path]:

@@ -381,6 +381,7 @@ extern "C" int sl_nm_launch(int vt, int xt, int m, int n, int B, int unroll, int
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int u = unroll, h = x16;
   if (h < XS_F32 || h > XS_PAIRS) return -1;  // an unknown staging mode, not a silent fall-through to XS_16
+  if (vt == VT_I8 && h == XS_PAIRS && !scales) return -1;  // pair_rows reads int8 scales without a null check
   if ((glu && (B != 1 || N % 2)) || (res && (B != 1 || glu || !w || !res_out || !xn || !counter))) return -1;
   if (B != 1) {
     if (minb != 1 || h || bsz > B) return -1;
